@@ -1,0 +1,1 @@
+"""The runner's built-in plugins, each registered through the ``runner`` entry-point group."""

@@ -1,0 +1,19 @@
+"""The ``numpy`` backend: a from-scratch NumPy multilayer perceptron.
+
+Registered through the ``runner`` entry-point group (``numpy = "plugins.backends.numpy_mlp"``).
+Modules: ``network`` (forward, backward, loss), ``optimizers`` (gd, momentum, rmsprop, adam),
+``schedules`` (learning-rate decay) and ``backend`` (``NumpyBackend`` and its config sections).
+"""
+
+from runner import hookimpl
+
+from plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Options, Train
+
+
+@hookimpl
+def runner_register(registry) -> None:
+    """Called once per run by the plugin manager: adds the ``numpy`` backend."""
+    registry.add_backend(NumpyBackend)
+
+
+__all__ = ["Model", "NumpyBackend", "Options", "Train", "runner_register"]

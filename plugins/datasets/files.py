@@ -1,0 +1,395 @@
+"""The "npz" and "csv" datasets: a user's own data, read from files.
+
+``npz`` reads arrays from a NumPy ``.npz`` archive (``np.savez``): features, labels and, when
+the archive has them, a validation split. ``csv`` reads a delimited text file whose columns
+are numeric features plus one target column (numbers or strings), optionally with a
+separate validation file. Relative paths are resolved against the experiment file's
+folder. Every problem with the files is reported as a ``SpecError`` naming the option
+(``data.path``, ``data.x``, ...) and, for CSV files, the line and column.
+
+Neither loader changes the files it reads; the core's ``prepare`` encodes the labels,
+splits (when no validation split is given) and standardizes.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from runner import hookimpl
+from runner.data import DataOptions, DatasetPlugin, RawData
+from runner.errors import SpecError, join_path
+from runner.typed import bounds
+
+DATA = "data"  # where the data section sits in an experiment file
+
+
+# --------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class NpzOptions(DataOptions):
+    """Where the archive is and which arrays in it hold what."""
+
+    path: str = field(metadata=bounds(doc="the .npz file; a relative path is resolved against the experiment file's folder"))
+    x: str = field(default="x", metadata=bounds(doc="name of the array of features, one row per example"))
+    y: str = field(default="y", metadata=bounds(doc="name of the array of labels (numbers or strings), one per example"))
+    x_val: str = field(default="x_val", metadata=bounds(doc='name of the validation features, used with y_val when both are in the file; "" ignores them'))
+    y_val: str = field(default="y_val", metadata=bounds(doc='name of the validation labels, used with x_val when both are in the file; "" ignores them'))
+
+    def check(self, path: str) -> None:
+        """Called by ``build`` after the fields are checked: reject empty names."""
+        _check_path(self.path, join_path(path, "path"))
+        for key in ("x", "y"):
+            if not getattr(self, key):
+                raise SpecError(join_path(path, key), "must name an array in the file, got an empty string")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CsvOptions(DataOptions):
+    """Where the file is and how to read it."""
+
+    path: str = field(metadata=bounds(doc="the CSV file; a relative path is resolved against the experiment file's folder"))
+    target: str = field(default="", metadata=bounds(doc='name of the label column (needs a header); "" means the last column'))
+    header: bool = field(default=True, metadata=bounds(doc="whether the first line holds column names"))
+    delimiter: str = field(default=",", metadata=bounds(doc='the single character between fields, such as "," or ";" or "\\t"'))
+    val_path: str = field(default="", metadata=bounds(doc='a CSV file with the same columns holding the validation split; "" splits the data by val_fraction'))
+
+    def check(self, path: str) -> None:
+        """Called by ``build`` after the fields are checked: reject options that cannot work together."""
+        _check_path(self.path, join_path(path, "path"))
+        if len(self.delimiter) != 1 or self.delimiter in '"\r\n':
+            raise SpecError(
+                join_path(path, "delimiter"),
+                f'must be a single character other than a quote or a line break, such as "," or ";" or "\\t", got {self.delimiter!r}',
+            )
+        if self.target and not self.header:
+            raise SpecError(
+                join_path(path, "target"),
+                'names a column, which needs "header": true; leave target empty to use the last column',
+            )
+
+
+def _check_path(value: str, where: str) -> None:
+    if not value.strip():
+        raise SpecError(where, "must name a file, got an empty string")
+
+
+def _resolve(value: str, base_dir: Path | str, where: str) -> Path:
+    """The file ``value`` names, relative to ``base_dir``; a SpecError at ``where`` if it is not a file."""
+    given = Path(value).expanduser()
+    file = given if given.is_absolute() else Path(base_dir) / given
+    if not file.exists():
+        hint = "" if given.is_absolute() else f" (relative paths are resolved against the experiment file's folder, {base_dir})"
+        raise SpecError(where, f"no such file: {file}{hint}")
+    if not file.is_file():
+        raise SpecError(where, f"not a file: {file}")
+    return file
+
+
+# --------------------------------------------------------------------------------------
+# npz
+# --------------------------------------------------------------------------------------
+
+
+class NpzDataset(DatasetPlugin):
+    """Arrays from a ``.npz`` archive written by ``np.savez(path, x=..., y=...)``."""
+
+    name: ClassVar[str] = "npz"
+    Options: ClassVar[type] = NpzOptions
+
+    def load(self, options: NpzOptions, *, seed: int, base_dir: Path) -> RawData:
+        """Read the features and labels (and the validation arrays when both are present).
+
+        Called once per experiment, in the driver, before the first trial. Only reads the
+        file (never unpickles: object arrays are refused); ``seed`` is unused.
+        """
+        where = join_path(DATA, "path")
+        file = _resolve(options.path, base_dir, where)
+        with _open_npz(file, where) as archive:
+            present = list(archive.files)
+
+            def missing(key: str) -> SpecError:
+                names = ", ".join(f'"{n}"' for n in present) or "none"
+                name = getattr(options, key)
+                return SpecError(join_path(DATA, key), f'no array "{name}" in {file}; arrays present: {names}')
+
+            for key in ("x", "y"):
+                if getattr(options, key) not in present:
+                    raise missing(key)
+            use_val = bool(options.x_val) and bool(options.y_val)
+            has_x_val = use_val and options.x_val in present
+            has_y_val = use_val and options.y_val in present
+            if use_val and has_x_val != has_y_val:
+                raise missing("y_val" if has_x_val else "x_val")
+            if use_val and not has_x_val:
+                # Names the user chose (not the defaults) must be in the file.
+                for key in ("x_val", "y_val"):
+                    if getattr(options, key) != key:
+                        raise missing(key)
+
+            x = _npz_features(archive, options, "x", file)
+            y = _npz_labels(archive, options, "y", file)
+            _same_length(x, y, options, "x", "y", file)
+            if not has_x_val:
+                return RawData(x=x, y=y)
+            x_val = _npz_features(archive, options, "x_val", file)
+            y_val = _npz_labels(archive, options, "y_val", file)
+            _same_length(x_val, y_val, options, "x_val", "y_val", file)
+        if x_val.shape[1:] != x.shape[1:]:
+            raise SpecError(
+                join_path(DATA, "x_val"),
+                f'array "{options.x_val}" has rows of shape {x_val.shape[1:]} but "{options.x}" has {x.shape[1:]} in {file}',
+            )
+        if (y.dtype.kind == "U") != (y_val.dtype.kind == "U"):
+            kinds = {True: "strings", False: "numbers"}
+            raise SpecError(
+                join_path(DATA, "y_val"),
+                f'labels in "{options.y_val}" are {kinds[y_val.dtype.kind == "U"]} but labels in "{options.y}" are '
+                f"{kinds[y.dtype.kind == 'U']} in {file}; both must be of one kind",
+            )
+        return RawData(x=x, y=y, x_val=x_val, y_val=y_val)
+
+
+def _open_npz(file: Path, where: str):
+    """The open archive (a context manager), after checking that the file is a zip archive."""
+    with open(file, "rb") as handle:
+        magic = handle.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise SpecError(where, f"{file} holds a single array (.npy), not a .npz archive; write one with np.savez(path, x=..., y=...)")
+    if not magic.startswith(b"PK"):
+        raise SpecError(where, f"{file} is not a .npz archive; write one with np.savez(path, x=..., y=...)")
+    try:
+        return np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise SpecError(where, f"cannot read {file} as a .npz archive: {err}") from None
+
+
+def _npz_array(archive, options: NpzOptions, key: str, file: Path) -> np.ndarray:
+    name = getattr(options, key)
+    where = join_path(DATA, key)
+    try:
+        return archive[name]
+    except ValueError as err:
+        if "pickle" in str(err):
+            raise SpecError(
+                where,
+                f'array "{name}" in {file} is an object array (dtype object), which cannot be read without '
+                "unpickling; save numbers or strings instead, e.g. np.asarray(a, dtype=float)",
+            ) from None
+        raise SpecError(where, f'cannot read array "{name}" in {file}: {err}') from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise SpecError(where, f'cannot read array "{name}" in {file}: {err}') from None
+
+
+def _npz_features(archive, options: NpzOptions, key: str, file: Path) -> np.ndarray:
+    """Features as float64 with one row per example (extra dimensions are kept; the core flattens them)."""
+    a = _npz_array(archive, options, key, file)
+    name, where = getattr(options, key), join_path(DATA, key)
+    if a.ndim == 0:
+        raise SpecError(where, f'array "{name}" in {file} must have one row per example, got a single value')
+    if a.dtype.kind not in "biuf":
+        raise SpecError(where, f'array "{name}" in {file} must be numeric, got dtype {a.dtype}')
+    a = a.astype(np.float64)
+    bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    if bad.any():
+        raise SpecError(where, f'array "{name}" in {file} contains NaN or infinite values (first in row {int(np.argmax(bad))})')
+    return a
+
+
+def _npz_labels(archive, options: NpzOptions, key: str, file: Path) -> np.ndarray:
+    """Labels as a 1-D array of numbers or str; an (n, 1) column is flattened."""
+    a = _npz_array(archive, options, key, file)
+    name, where = getattr(options, key), join_path(DATA, key)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        hint = " (one-hot labels? save np.argmax(y, axis=1))" if a.ndim == 2 else ""
+        raise SpecError(where, f'array "{name}" in {file} must hold one label per example (1-D), got shape {a.shape}{hint}')
+    if a.dtype.kind == "S":
+        try:
+            a = np.char.decode(a, "utf-8")
+        except UnicodeDecodeError as err:
+            raise SpecError(where, f'array "{name}" in {file} holds bytes that are not UTF-8 text: {err}') from None
+    if a.dtype.kind not in "biufU":
+        raise SpecError(where, f'array "{name}" in {file} must hold numbers or strings, got dtype {a.dtype}')
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise SpecError(where, f'array "{name}" in {file} contains NaN or infinite labels (first at {int(np.argmax(~np.isfinite(a)))})')
+    return a
+
+
+def _same_length(x: np.ndarray, y: np.ndarray, options: NpzOptions, kx: str, ky: str, file: Path) -> None:
+    if len(x) != len(y):
+        raise SpecError(
+            join_path(DATA, ky),
+            f'array "{getattr(options, ky)}" has {len(y)} labels but "{getattr(options, kx)}" has {len(x)} rows in {file}; '
+            "they must have one label per example",
+        )
+
+
+# --------------------------------------------------------------------------------------
+# csv
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One CSV file as read: its header (or None) and its data rows with their line numbers."""
+
+    file: Path
+    where: str
+    header: list[str] | None
+    lines: list[int]
+    rows: list[list[str]]
+    width: int
+
+    def column(self, c: int) -> str:
+        """How a message names column ``c`` (0-based): its number and, with a header, its name."""
+        return f'column {c + 1} ("{self.header[c]}")' if self.header else f"column {c + 1}"
+
+
+class CsvDataset(DatasetPlugin):
+    """A delimited text file: numeric feature columns and one target column."""
+
+    name: ClassVar[str] = "csv"
+    Options: ClassVar[type] = CsvOptions
+
+    def load(self, options: CsvOptions, *, seed: int, base_dir: Path) -> RawData:
+        """Read the file (and the validation file, when ``val_path`` is set).
+
+        Called once per experiment, in the driver, before the first trial. Only reads the
+        files; ``seed`` is unused.
+        """
+        table = _read_csv(_resolve(options.path, base_dir, join_path(DATA, "path")), options, join_path(DATA, "path"))
+        target = _target_index(table, options)
+        x, labels = _split_columns(table, target)
+        if not options.val_path:
+            return RawData(x=x, y=_labels(labels))
+        where = join_path(DATA, "val_path")
+        val = _read_csv(_resolve(options.val_path, base_dir, where), options, where)
+        if table.header is not None and val.header != table.header:
+            raise SpecError(
+                where,
+                f"{val.file} has columns {', '.join(val.header or [])} but {table.file} has "
+                f"{', '.join(table.header)}; the validation file needs the same header",
+            )
+        if val.width != table.width:
+            raise SpecError(where, f"{val.file} has {val.width} columns but {table.file} has {table.width}")
+        x_val, val_labels = _split_columns(val, target)
+        y_all = _labels(labels + val_labels)
+        return RawData(x=x, y=y_all[: len(labels)], x_val=x_val, y_val=y_all[len(labels):])
+
+
+def _read_csv(file: Path, options: CsvOptions, where: str) -> _Table:
+    """Every non-blank row of ``file``, with fields stripped; checks that all rows are equally long."""
+    header: list[str] | None = None
+    header_line = 0
+    lines: list[int] = []
+    rows: list[list[str]] = []
+    reader = None
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=options.delimiter, skipinitialspace=True, strict=True)
+            for row in reader:
+                line = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # a blank line
+                cells = [cell.strip() for cell in row]
+                if options.header and header is None:
+                    header, header_line = cells, line
+                    continue
+                lines.append(line)
+                rows.append(cells)
+    except UnicodeDecodeError as err:
+        raise SpecError(where, f"{file} is not UTF-8 text: {err}") from None
+    except csv.Error as err:
+        raise SpecError(where, f"{file}, line {reader.line_num if reader else 1}: {err} (unbalanced quotes?)") from None
+    if header is None and not rows:
+        raise SpecError(where, f"{file} is empty")
+    if not rows:
+        raise SpecError(where, f"{file} has a header (line {header_line}) but no data rows")
+    if header is not None:
+        width, ref = len(header), f"the header, line {header_line}"
+    else:
+        width, ref = len(rows[0]), f"line {lines[0]}"
+    for n, cells in zip(lines, rows):
+        if len(cells) != width:
+            raise SpecError(where, f"{file}, line {n}: expected {width} columns (as in {ref}), found {len(cells)}")
+    if width < 2:
+        raise SpecError(where, f"{file} has a single column; it needs at least one feature column besides the target")
+    return _Table(file=file, where=where, header=header, lines=lines, rows=rows, width=width)
+
+
+def _target_index(table: _Table, options: CsvOptions) -> int:
+    """The 0-based index of the label column."""
+    if not options.target:
+        return table.width - 1
+    assert table.header is not None  # CsvOptions.check requires a header for a named target
+    found = [c for c, name in enumerate(table.header) if name == options.target]
+    if not found:
+        columns = ", ".join(f'"{name}"' for name in table.header)
+        raise SpecError(join_path(DATA, "target"), f'no column "{options.target}" in {table.file}; columns: {columns}')
+    if len(found) > 1:
+        raise SpecError(join_path(DATA, "target"), f'column "{options.target}" appears {len(found)} times in the header of {table.file}')
+    return found[0]
+
+
+def _split_columns(table: _Table, target: int) -> tuple[np.ndarray, list[str]]:
+    """Features (float64, one row per data row) and the raw label strings."""
+    features = [c for c in range(table.width) if c != target]
+    labels = []
+    for n, cells in zip(table.lines, table.rows):
+        if not cells[target]:
+            raise SpecError(table.where, f"{table.file}, line {n}, {table.column(target)}: the label is empty")
+        labels.append(cells[target])
+    try:
+        x = np.array([[cells[c] for c in features] for cells in table.rows], dtype=np.float64)
+        if np.isfinite(x).all():
+            return x, labels
+    except ValueError:
+        pass
+    # NumPy refused a cell (or found NaN or inf): read cell by cell, naming the first bad one.
+    x = np.empty((len(table.rows), len(features)), dtype=np.float64)
+    for i, (n, cells) in enumerate(zip(table.lines, table.rows)):
+        for j, c in enumerate(features):
+            try:
+                value = float(cells[c])
+            except ValueError:
+                shown = f'"{cells[c]}"' if cells[c] else "an empty field"
+                raise SpecError(
+                    table.where,
+                    f"{table.file}, line {n}, {table.column(c)}: {shown} is not a number; "
+                    "every column except the target must be numeric",
+                ) from None
+            if not math.isfinite(value):
+                raise SpecError(table.where, f'{table.file}, line {n}, {table.column(c)}: "{cells[c]}" is not a finite number')
+            x[i, j] = value
+    return x, labels
+
+
+def _labels(values: list[str]) -> np.ndarray:
+    """Labels as int64 when every one is a whole number, else float64 when all are numbers, else str."""
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return np.array(values, dtype=str)
+    if not all(math.isfinite(v) for v in numbers):
+        return np.array(values, dtype=str)
+    if all(v.is_integer() and abs(v) < 2**53 for v in numbers):
+        return np.array(numbers, dtype=np.int64)
+    return np.array(numbers, dtype=np.float64)
+
+
+@hookimpl
+def runner_register(registry) -> None:
+    """Add the "npz" and "csv" datasets; called once per run when the plugin manager is built."""
+    registry.add_dataset(NpzDataset())
+    registry.add_dataset(CsvDataset())

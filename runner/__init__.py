@@ -1,0 +1,35 @@
+"""runner: a plugin-based experiment runner for tuning neural networks.
+
+Plugin authors import what they need from here::
+
+    from runner import hookimpl, Strategy, Backend, Nudge, Stop
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("runner")
+"""Marks a function or method as an implementation of a ``runner_*`` hook."""
+
+from runner.backend import Backend, BackendState, NoOptions, TrainConfig  # noqa: E402
+from runner.data import DataOptions, Dataset, DatasetPlugin, RawData  # noqa: E402
+from runner.decisions import Decision, Nudge, Prune, Stop  # noqa: E402
+from runner.errors import RunnerError, SpecError  # noqa: E402
+from runner.executor import Executor  # noqa: E402
+from runner.registry import Registry  # noqa: E402
+from runner.space import Space  # noqa: E402
+from runner.strategy import Strategy  # noqa: E402
+from runner.trial import History, Trial, TrialResult  # noqa: E402
+from runner.typed import bounds  # noqa: E402
+
+try:
+    __version__ = version("runner")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Backend", "BackendState", "DataOptions", "Dataset", "DatasetPlugin", "Decision", "Executor",
+    "History", "NoOptions", "Nudge", "Prune", "RawData", "Registry", "RunnerError", "Space",
+    "SpecError", "Stop", "Strategy", "TrainConfig", "Trial", "TrialResult", "bounds", "hookimpl",
+]

@@ -1,0 +1,101 @@
+"""The backend contract: one trial's model, its optimizer and its data order.
+
+The loop drives a backend like a textbook training loop::
+
+    backend = Backend(model=..., train=..., options=..., data=dataset, seed=trial_seed)
+    for epoch in range(train.epochs):
+        backend.begin_epoch(epoch)
+        for _ in range(backend.steps_per_epoch):
+            loss = backend.train_step()
+        metrics = backend.evaluate("val")
+
+A backend declares its config sections as frozen dataclasses (see ``runner.typed``): the
+``model`` section, the ``train`` section (a subclass of ``TrainConfig``) and the options of
+the ``backend`` section. The runner validates an experiment file against them before
+anything runs, with errors that name the JSON path.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from runner.data import Dataset
+from runner.typed import bounds
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The part of the ``train`` section the loop itself reads. Backends subclass it."""
+
+    epochs: int = field(metadata=bounds(ge=1, doc="passes over the training split"))
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """For a backend (or any plugin) that takes no options."""
+
+
+@dataclass
+class BackendState:
+    """Everything needed to continue a trial bit for bit.
+
+    ``arrays`` holds numeric arrays (parameters, optimizer moments, running statistics,
+    the data permutation); ``meta`` holds JSON-safe values (counters, RNG state with big
+    integers as strings, hyperparameters in force). Nothing in it needs pickle to store.
+    ``state()`` must return copies, so that training on does not change a saved state.
+    """
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+
+class Backend(ABC):
+    """One trial's trainable model. Subclass it and register it in ``runner_register``."""
+
+    name: ClassVar[str]
+    Model: ClassVar[type]
+    Train: ClassVar[type] = TrainConfig
+    Options: ClassVar[type] = NoOptions
+    #: Hyperparameters that ``set_hyperparameters`` accepts between any two steps.
+    live: ClassVar[tuple[str, ...]] = ("lr", "momentum")
+
+    @abstractmethod
+    def __init__(self, *, model: Any, train: Any, options: Any, data: Dataset, seed: int) -> None:
+        """Build the model with seeded initial weights; move ``data`` where it trains."""
+
+    @property
+    @abstractmethod
+    def steps_per_epoch(self) -> int:
+        """Number of ``train_step`` calls that make one pass over the training split."""
+
+    @abstractmethod
+    def begin_epoch(self, epoch: int) -> None:
+        """Called before an epoch's first step: reshuffle, apply the learning-rate schedule."""
+
+    @abstractmethod
+    def train_step(self) -> float:
+        """Train on the next mini-batch; return its loss (before the update)."""
+
+    @abstractmethod
+    def evaluate(self, split: Literal["train", "val"]) -> dict[str, float]:
+        """Metrics over a whole split in evaluation mode: at least ``loss`` and ``acc``."""
+
+    @abstractmethod
+    def hyperparameters(self) -> dict[str, float]:
+        """The values in force of every name in ``live``."""
+
+    @abstractmethod
+    def set_hyperparameters(self, **values: float) -> None:
+        """Change live hyperparameters; takes effect from the next ``train_step``."""
+
+    @abstractmethod
+    def state(self) -> BackendState:
+        """A copy of everything needed to continue bit for bit."""
+
+    @abstractmethod
+    def load_state(self, state: BackendState) -> None:
+        """Restore a ``state()``; the next step is the one that followed it."""

@@ -1,0 +1,145 @@
+"""The command line: ``runner start``, ``runner validate``, ``runner plugins``.
+
+Exit codes: 0 success; 1 a failure during the run; 2 bad input (a message, no traceback);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from runner import __version__
+from runner.errors import RunnerError, SpecError
+from runner.files import create_run_dir
+from runner.loop import load_dataset, run_experiment
+from runner.plugins import TRACE_ENV, Plugins, hooks_of, load_plugins
+from runner.progress import ProgressReporter, short_params
+from runner.spec import load
+
+plugin_option = click.option(
+    "--plugin", "-p", "plugin_refs", multiple=True, metavar="FILE.py|MODULE",
+    help="Load a one-off plugin module (repeatable), besides the installed ones.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="runner")
+def main() -> None:
+    """Tune neural networks: many trials side by side, or babysit one long run."""
+
+
+@main.command()
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("checkpoints"),
+              show_default=True, help="Folder in which the run directory is created.")
+@plugin_option
+@click.option("--seed", type=click.IntRange(min=0), help="Override the experiment file's seed.")
+@click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
+def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int | None, plain: bool) -> None:
+    """Run the experiment described by EXPERIMENT (a JSON file)."""
+    console = terminal()
+    with reported_errors():
+        plugins, spec, dataset = _prepare(experiment, plugin_refs, seed)
+        run_dir = create_run_dir(out, spec.name)
+        console.print(f"run directory: {run_dir}", soft_wrap=True)
+        plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
+        board = run_experiment(spec, plugins, dataset, run_dir)
+        if board and all(r.state == "failed" for r in board):
+            raise RunnerError(f"every trial failed; the reasons are in {run_dir / 'events.jsonl'} (trial_complete)")
+
+
+@main.command()
+@click.argument("experiment", type=click.Path(path_type=Path))
+@plugin_option
+def validate(experiment: Path, plugin_refs: tuple[str, ...]) -> None:
+    """Check EXPERIMENT (its plugins, options, search space and data) without running it."""
+    with reported_errors():
+        plugins, spec, dataset = _prepare(experiment, plugin_refs, None)
+        strategy = plugins.registry.get("strategy", spec.search.strategy.name)(
+            space=spec.search.space, options=spec.search.strategy.options, seed=spec.seed,
+            metric=spec.search.metric, mode=spec.search.mode,
+        )
+        planned = strategy.planned_trials()
+        params = ", ".join(f"{p.path} ({getattr(p, 'scale', 'choice')})" for p in spec.search.space) or "none"
+        click.echo(f"ok: {experiment}")
+        click.echo(f"  search:  {spec.search.strategy.name}, {planned if planned is not None else 'open-ended'} trials, "
+                   f"{spec.search.mode} {spec.search.metric}")
+        click.echo(f"  space:   {params}")
+        click.echo(f"  backend: {spec.backend.name}, {spec.train.epochs} epochs; executor: {spec.executor.name}")
+        click.echo(f"  data:    {spec.data.name}: {len(dataset.x_train)} train / {len(dataset.x_val)} val examples, "
+                   f"{dataset.n_features} features, {dataset.n_classes} classes")
+
+
+@main.command("plugins")
+@plugin_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_plugins(plugin_refs: tuple[str, ...], as_json: bool) -> None:
+    """List loaded plugins, what each registers, and the hooks each implements."""
+    with reported_errors():
+        plugins = load_plugins(plugin_refs)
+        rows = _plugin_rows(plugins)
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title="plugins", title_justify="left")
+    for column in ("plugin", "from", "registers", "hooks"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["plugin"], row["from"], ", ".join(row["registers"]) or "-", ", ".join(row["hooks"]))
+    console = terminal()
+    console.print(table)
+    console.print(f"Trace every hook call with {TRACE_ENV}=1.")
+
+
+def terminal() -> Console:
+    """The console for output: the terminal's width, or wide lines when piped to a file."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200)
+    return console
+
+
+def _plugin_rows(plugins: Plugins) -> list[dict]:
+    pm = plugins.manager
+    by_plugin: dict[str, list[str]] = {}
+    for entry in plugins.registry.entries():
+        by_plugin.setdefault(entry.plugin, []).append(f"{entry.kind} {entry.name}")
+    rows = []
+    for name, plugin in sorted(pm.list_name_plugin()):
+        rows.append({
+            "plugin": name,
+            "from": plugins.origins.get(name, "runner"),
+            "registers": by_plugin.get(name, []),
+            "hooks": hooks_of(pm, plugin),
+        })
+    return rows
+
+
+def _prepare(experiment: Path, plugin_refs: tuple[str, ...], seed: int | None):
+    plugins = load_plugins(plugin_refs)
+    spec = load(experiment, plugins.registry, seed=seed)
+    try:
+        dataset = load_dataset(spec, plugins)
+    except SpecError as err:
+        raise err.in_file(str(experiment)) from None
+    return plugins, spec, dataset
+
+
+@contextmanager
+def reported_errors():
+    """Turn the runner's own errors into a message and an exit code, never a traceback."""
+    try:
+        yield
+    except RunnerError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,54 @@
+"""Decisions: what hooks, strategies and (later) the control file ask the loop to do.
+
+They are small frozen values. The loop is the only place that applies them, at a step
+boundary or at the end of an epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Nudge:
+    """Change live hyperparameters from the next step on: ``Nudge({"lr": 0.01})``."""
+
+    changes: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    def __init__(self, changes: dict[str, float] | None = None, reason: str = "", **values: float):
+        object.__setattr__(self, "changes", {**(changes or {}), **values})
+        object.__setattr__(self, "reason", reason)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """End the trial as ``stopped``; with ``experiment=True`` end the whole run after it."""
+
+    reason: str = ""
+    experiment: bool = False
+
+
+@dataclass(frozen=True)
+class Prune:
+    """End the trial early as ``pruned``: it is not worth finishing."""
+
+    reason: str = ""
+
+
+Decision = Nudge | Stop | Prune
+
+
+def flatten(results: list[Any]) -> list[Decision]:
+    """Hook results (None, one decision, or a list of them per plugin) as a flat list."""
+    decisions: list[Decision] = []
+    for result in results:
+        if result is None:
+            continue
+        items = result if isinstance(result, (list, tuple)) else [result]
+        for item in items:
+            if not isinstance(item, (Nudge, Stop, Prune)):
+                raise TypeError(f"a hook returned {item!r}; expected Nudge, Stop, Prune or None")
+            decisions.append(item)
+    return decisions

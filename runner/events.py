@@ -1,0 +1,50 @@
+"""The event log (``events.jsonl``): one JSON object a line, written by one writer.
+
+Every line has ``t`` (unix time, seconds), ``event`` and, where it applies, ``trial``.
+Lines are flushed as they are written, so ``tail -f`` and scripts see them at once.
+Non-finite numbers (a NaN loss) are written as null.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+class EventLog:
+    """Appends events to a file. Only the driver process holds one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "ab")
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Write one event now and return it as written (before JSON encoding)."""
+        record = {"t": round(time.time(), 6), "event": event, **fields}
+        self._file.write(orjson.dumps(record, option=_OPTIONS) + b"\n")
+        self._file.flush()
+        return record
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Events in order. A last line cut short by a crash is skipped, not an error."""
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                return
+            yield orjson.loads(line)

@@ -1,0 +1,53 @@
+"""Files people and scripts read while a run goes on: written whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never
+    a mix, and a crash never leaves it half written: temporary name, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``atomic_write`` of pretty-printed JSON (NaN and infinities become null)."""
+    atomic_write(path, orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+
+
+def safe_name(name: str) -> str:
+    """A folder name made from an experiment name: letters, digits, ``.``, ``_``, ``-`` only,
+    never ``.`` or ``..``, at most 64 characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-_")[:64].strip(".-_")
+    return cleaned or "run"
+
+
+def create_run_dir(root: Path, name: str, now: float | None = None) -> Path:
+    """Create a new, empty run directory ``root/<safe name>-<YYYYmmdd-HHMMSS>``.
+
+    Never reuses an existing folder: a second run in the same second gets ``-2``, ``-3``...
+    The folder is created inside ``root`` whatever the experiment's name says.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    base = f"{safe_name(name)}-{stamp}"
+    for n in range(1, 10_000):
+        candidate = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not find a free run directory name under {root}")

@@ -1,0 +1,123 @@
+"""The plugin contract: every hook the runner calls, in the order a run calls them.
+
+Every hook is prefixed ``runner_`` and called with keyword arguments, so an implementation
+may accept any subset of a hook's arguments, and a hook may gain an argument later without
+breaking older plugins. Objects passed to hooks (``trial``, ``experiment``) are owned by the
+runner: read them, do not change them. Changes to a run go through returned decisions
+(``Nudge``, ``Stop``, ``Prune``), which the loop alone applies.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from runner.decisions import Decision
+    from runner.divergence import DivergenceEvent
+    from runner.loop import Experiment
+    from runner.registry import Registry
+    from runner.trial import Trial, TrialResult
+
+hookspec = pluggy.HookspecMarker("runner")
+
+
+# --------------------------------------------------------------------------------------
+# Set-up
+# --------------------------------------------------------------------------------------
+
+
+@hookspec
+def runner_register(registry: Registry) -> None:
+    """Add backends, strategies, datasets and executors by name.
+
+    Called once per run, when the plugin manager is built, before the experiment file is
+    validated (validation needs to know every plugin's options). Call
+    ``registry.add_backend(cls)``, ``add_strategy(cls)``, ``add_dataset(obj)`` or
+    ``add_executor(cls)``; two plugins registering the same name is an error.
+    """
+
+
+# --------------------------------------------------------------------------------------
+# The experiment
+# --------------------------------------------------------------------------------------
+
+
+@hookspec
+def runner_experiment_start(experiment: Experiment) -> None:
+    """Called once, after the run directory exists and before the first trial.
+
+    ``experiment.spec`` is the validated experiment file, ``experiment.run_dir`` the run
+    directory. Results are ignored.
+    """
+
+
+@hookspec
+def runner_experiment_complete(experiment: Experiment, results: list[TrialResult]) -> None:
+    """Called once at the end of a run, after ``results.json`` is written.
+
+    ``results`` is the leaderboard: every trial, best first by the experiment's metric.
+    Also called when the run ends early (a ``Stop(experiment=True)``). Results are ignored.
+    """
+
+
+# --------------------------------------------------------------------------------------
+# A trial
+# --------------------------------------------------------------------------------------
+
+
+@hookspec
+def runner_trial_start(trial: Trial) -> None:
+    """Called before a trial's first training step, where the trial runs.
+
+    ``trial.params`` are the strategy's choices, ``trial.config`` the full config and
+    ``trial.hyperparameters`` the live values in force. Results are ignored.
+    """
+
+
+@hookspec
+def runner_epoch_end(trial: Trial, epoch: int, metrics: dict[str, float]) -> Decision | list[Decision] | None:
+    """Called after each epoch's evaluation, where the trial runs.
+
+    ``epoch`` counts from 0; ``metrics`` holds ``train_loss``, ``val_loss``, ``val_acc``,
+    ``lr``, ``momentum`` and ``seconds`` (plus any metric the backend adds). Every
+    implementation is called; each may return None, a decision or a list of decisions
+    (``Nudge``, ``Stop``, ``Prune``), which the loop applies in plugin call order before
+    the next epoch.
+    """
+
+
+@hookspec(firstresult=True)
+def runner_divergence(trial: Trial, event: DivergenceEvent) -> Decision | None:
+    """Called when training diverges: a non-finite training loss.
+
+    ``event`` says what was seen (``kind``, ``step``, ``loss``). Stops at the first
+    non-None result, which decides what happens: ``Stop`` or ``Prune`` end the trial in
+    that state; ``Nudge`` changes hyperparameters and lets training go on. With no answer
+    the trial ends as ``diverged``.
+    """
+
+
+@hookspec
+def runner_nudge_applied(trial: Trial, change: dict[str, Any], source: str) -> None:
+    """Called after a nudge took effect, before the next training step.
+
+    ``change`` maps each hyperparameter to ``{"old": .., "new": ..}``; ``source`` says who
+    asked (``plugin``, ``divergence``, ``strategy``, ``control``). Results are ignored.
+    """
+
+
+@hookspec
+def runner_checkpoint_saved(trial: Trial, checkpoint: dict[str, Any]) -> None:
+    """Called after a snapshot of a trial is durable on disk.
+
+    ``checkpoint`` describes it: ``path``, ``epoch``, ``step``, ``reason``. Results are
+    ignored.
+    """
+
+
+@hookspec
+def runner_trial_complete(trial: Trial, result: TrialResult) -> None:
+    """Called when a trial has ended, whatever the way: ``result.state`` is ``completed``,
+    ``diverged``, ``pruned``, ``stopped`` or ``failed``. Results are ignored."""

@@ -1,0 +1,121 @@
+"""Builds a fresh plugin manager for each run: built-ins, installed plugins, one-off modules.
+
+Built-in plugins are not special: they are listed under ``[project.entry-points.runner]``
+in this project's pyproject.toml and load through the same path as any installed package's
+plugins. ``--plugin path/to/file.py`` (or ``--plugin package.module``) adds a one-off.
+``RUNNER_TRACE_PLUGINS=1`` prints every hook call to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pluggy
+
+from runner import hookspecs
+from runner.errors import PluginError
+from runner.registry import Registry
+
+GROUP = "runner"
+TRACE_ENV = "RUNNER_TRACE_PLUGINS"
+
+
+@dataclass
+class Plugins:
+    """A run's plugin manager, the registry its plugins filled, and where each came from."""
+
+    manager: pluggy.PluginManager
+    registry: Registry
+    origins: dict[str, str] = field(default_factory=dict)  # plugin name -> "package 1.0" or a path
+
+    @property
+    def hook(self):
+        return self.manager.hook
+
+
+def load_plugins(extra: Iterable[str] = (), *, entry_points: bool = True) -> Plugins:
+    """A new manager with every installed plugin and the ``extra`` ones, registry filled.
+
+    ``extra`` items are paths to ``.py`` files or importable module names. Raises
+    PluginError naming the plugin when one fails to import, implements an unknown hook, or
+    registers a name another plugin already took.
+    """
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    origins: dict[str, str] = {}
+    if entry_points:
+        for ep in importlib.metadata.entry_points(group=GROUP):
+            if pm.has_plugin(ep.name):
+                continue
+            module = _import(ep.name, lambda: ep.load())
+            dist = getattr(ep, "dist", None)
+            origins[ep.name] = f"{dist.name} {dist.version}" if dist else ep.value
+            _register(pm, module, ep.name)
+    for ref in extra:
+        name, module = _load_extra(ref)
+        origins[name] = ref
+        _register(pm, module, name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as err:
+        raise PluginError(f"plugin {err.plugin_name!r}: {err}") from None
+    if os.environ.get(TRACE_ENV, "") not in ("", "0"):
+        pm.trace.root.setwriter(sys.stderr.write)
+        pm.enable_tracing()
+    return Plugins(pm, collect_registry(pm), origins)
+
+
+def collect_registry(pm: pluggy.PluginManager) -> Registry:
+    """Call ``runner_register`` plugin by plugin, so the registry knows who added what."""
+    registry = Registry()
+    plugins = [(pm.get_name(p), p) for p in pm.get_plugins()]
+    for name, plugin in sorted(plugins, key=lambda item: item[0] or ""):
+        others = [p for _, p in plugins if p is not plugin]
+        registry.provider = name
+        pm.subset_hook_caller("runner_register", remove_plugins=others)(registry=registry)
+    registry.provider = "?"
+    return registry
+
+
+def hooks_of(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    """Names of the hooks ``plugin`` implements, in contract order."""
+    implemented = {caller.name for caller in pm.get_hookcallers(plugin) or []}
+    return [name for name in vars(hookspecs) if name.startswith("runner_") and name in implemented]
+
+
+def _register(pm: pluggy.PluginManager, module: object, name: str) -> None:
+    if pm.has_plugin(name):
+        raise PluginError(f"two plugins are named {name!r}; rename the one-off module")
+    try:
+        pm.register(module, name=name)
+    except (pluggy.PluginValidationError, ValueError) as err:
+        raise PluginError(f"plugin {name!r} cannot be registered: {err}") from None
+
+
+def _load_extra(ref: str) -> tuple[str, ModuleType]:
+    path = Path(ref)
+    if ref.endswith(".py") or os.sep in ref:
+        if not path.is_file():
+            raise PluginError(f"--plugin {ref}: no such file")
+        name = path.stem
+        spec = importlib.util.spec_from_file_location(f"runner_plugin_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclass type hints resolve through sys.modules
+        _import(ref, lambda: spec.loader.exec_module(module))
+        return name, module
+    return ref, _import(ref, lambda: importlib.import_module(ref))
+
+
+def _import(name: str, load):
+    try:
+        return load()
+    except Exception as err:  # a broken plugin must name itself, not crash the CLI
+        raise PluginError(f"plugin {name!r} failed to load: {type(err).__name__}: {err}") from err

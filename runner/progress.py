@@ -1,0 +1,118 @@
+"""What a person sees in the terminal while a run goes on.
+
+``ProgressReporter`` is an ordinary plugin object the CLI registers: on a terminal it
+shows a live bar per running trial and an overall bar (rich); otherwise, plain lines,
+one per finished trial. Both end with the leaderboard.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from runner import hookimpl
+from runner.trial import Trial, TrialResult
+
+STATE_STYLE = {"completed": "green", "diverged": "red", "failed": "bold red", "pruned": "yellow", "stopped": "yellow"}
+
+
+def fmt(value: Any) -> str:
+    """A short, readable rendering of a parameter or metric value."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.2e}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def short_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{name}={fmt(v)}" for name, v in zip(short_names(list(params)), params.values()))
+
+
+class ProgressReporter:
+    def __init__(self, console: Console | None = None, *, live: bool | None = None, leaderboard_rows: int = 10):
+        self.console = console or Console()
+        self.live = self.console.is_terminal if live is None else live
+        self.rows = leaderboard_rows
+        self.progress: Progress | None = None
+        self.tasks: dict[int, Any] = {}
+
+    @hookimpl
+    def runner_experiment_start(self, experiment) -> None:
+        self.metric = experiment.spec.search.metric
+        if not self.live:
+            return
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.overall = self.progress.add_task("[bold]trials", total=experiment.planned_trials, info="")
+
+    @hookimpl
+    def runner_trial_start(self, trial: Trial) -> None:
+        if self.progress:
+            epochs = trial.config.get("train", {}).get("epochs")
+            label = f"{trial.label} {short_params(trial.params)}"[:60]
+            self.tasks[trial.id] = self.progress.add_task(label, total=epochs, info="")
+
+    @hookimpl
+    def runner_epoch_end(self, trial: Trial, epoch: int, metrics: dict[str, float]) -> None:
+        if self.progress and trial.id in self.tasks:
+            info = f"{self.metric}={fmt(metrics.get(self.metric))} train_loss={fmt(metrics['train_loss'])}"
+            self.progress.update(self.tasks[trial.id], completed=epoch + 1, info=info)
+
+    @hookimpl
+    def runner_trial_complete(self, trial: Trial, result: TrialResult) -> None:
+        style = STATE_STYLE.get(result.state, "")
+        score = f"{self.metric}={fmt(result.score)}" if result.score is not None else "no score"
+        reason = f" ({result.reason})" if result.reason else ""
+        line = (f"{trial.label} [{style}]{result.state}[/] {score} epochs={result.epochs} "
+                f"{result.seconds:.1f}s  {short_params(result.params)}{reason}")
+        if self.progress:
+            self.progress.remove_task(self.tasks.pop(trial.id))
+            self.progress.advance(self.overall)
+            self.progress.console.print(line, highlight=False)
+        else:
+            self.console.print(line, highlight=False, soft_wrap=True)
+
+    @hookimpl
+    def runner_experiment_complete(self, experiment, results: list[TrialResult]) -> None:
+        if self.progress:
+            self.progress.stop()
+        self.console.print(leaderboard_table(results, self.metric, self.rows))
+        self.console.print(f"results: {experiment.run_dir / 'results.json'}", highlight=False, soft_wrap=True)
+
+
+def leaderboard_table(results: list[TrialResult], metric: str, rows: int = 10) -> Table:
+    """The best ``rows`` trials with their score, state and parameters."""
+    params = list(dict.fromkeys(p for r in results for p in r.params))
+    headings = short_names(params)
+    extra = [] if metric == "val_loss" else ["val_loss"]
+    table = Table(title=f"leaderboard ({metric})", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ["#", "trial", "state", metric, *extra, "epochs", *headings]:
+        table.add_column(column, justify="left" if column == "state" else "right", no_wrap=True)
+    for rank, r in enumerate(results[:rows], 1):
+        best = r.best or {}
+        table.add_row(
+            str(rank), f"t{r.trial:03d}", f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]",
+            fmt(r.score) if r.score is not None else "-", *(fmt(best.get(m, "-")) for m in extra), str(r.epochs),
+            *(fmt(r.params.get(p, "-")) for p in params),
+        )
+    if len(results) > rows:
+        table.caption = f"{len(results) - rows} more trials in results.json"
+    return table
+
+
+def short_names(paths: list[str]) -> list[str]:
+    """Last part of each dotted path, or the whole path where two would read the same."""
+    last = [p.rsplit(".", 1)[-1] for p in paths]
+    return [name if last.count(name) == 1 else path for name, path in zip(last, paths)]

@@ -1,0 +1,76 @@
+"""The registry: where plugins add backends, strategies, datasets and executors by name.
+
+Filled once per run by the ``runner_register`` hook::
+
+    @hookimpl
+    def runner_register(registry):
+        registry.add_strategy(MyStrategy)
+
+Each addition remembers the plugin that made it, so ``runner plugins`` can say who
+provides what and a clash between two plugins names them both.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from runner.errors import PluginError, SpecError
+
+Kind = Literal["backend", "strategy", "dataset", "executor"]
+KINDS: tuple[Kind, ...] = ("backend", "strategy", "dataset", "executor")
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: Kind
+    name: str
+    obj: Any  # a class (backends, strategies, executors) or a DatasetPlugin instance
+    plugin: str  # the name of the plugin that registered it
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._entries: dict[Kind, dict[str, Entry]] = {k: {} for k in KINDS}
+        self.provider = "?"  # set by the plugin manager while one plugin registers
+
+    def add_backend(self, cls: type) -> None:
+        self._add("backend", cls)
+
+    def add_strategy(self, cls: type) -> None:
+        self._add("strategy", cls)
+
+    def add_dataset(self, dataset: Any) -> None:
+        """Add a dataset plugin (a ``DatasetPlugin`` instance or class)."""
+        self._add("dataset", dataset() if isinstance(dataset, type) else dataset)
+
+    def add_executor(self, cls: type) -> None:
+        self._add("executor", cls)
+
+    def get(self, kind: Kind, name: str, path: str = "") -> Any:
+        """The object registered as ``name``; a SpecError naming ``path`` if there is none."""
+        entries = self._entries[kind]
+        if name in entries:
+            return entries[name].obj
+        hint = difflib.get_close_matches(name, list(entries), n=1)
+        suggestion = f' (did you mean "{hint[0]}"?)' if hint else ""
+        available = ", ".join(sorted(entries)) or "none"
+        raise SpecError(path, f'unknown {kind} "{name}"{suggestion}; available: {available}')
+
+    def names(self, kind: Kind) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def entries(self) -> list[Entry]:
+        return [e for kind in KINDS for _, e in sorted(self._entries[kind].items())]
+
+    def _add(self, kind: Kind, obj: Any) -> None:
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {self.provider!r} registered a {kind} without a name: {obj!r}")
+        existing = self._entries[kind].get(name)
+        if existing is not None:
+            raise PluginError(
+                f'{kind} "{name}" is registered twice: by plugin {existing.plugin!r} and by plugin {self.provider!r}'
+            )
+        self._entries[kind][name] = Entry(kind, name, obj, self.provider)

@@ -1,0 +1,198 @@
+"""The experiment file: JSON read with orjson, validated into frozen dataclasses.
+
+Validation happens before anything runs and names the JSON path of every problem
+(``search.space.train.lr.low: must be > 0 for scale "log", got 0``). Plugin-defined
+sections (``model``, ``train``, each plugin's options) are checked against the dataclasses
+the named plugins declare, and every searched parameter is checked at its extreme values,
+so a typo in a dotted path or a choice the backend rejects is caught up front.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from runner.errors import SpecError, join_path
+from runner.registry import Kind, Registry
+from runner.space import Choice, Space
+from runner.typed import build, convert
+
+TOP_LEVEL = ("$schema", "name", "description", "seed", "data", "backend", "model", "train", "search", "executor")
+SEARCHABLE_SECTIONS = ("model", "train", "backend")
+METRIC = re.compile(r"^(train_loss|val_[A-Za-z0-9_]+)$")
+
+
+@dataclass(frozen=True)
+class PluginRef:
+    """A section naming a plugin: ``{"name": "random", "trials": 20}``."""
+
+    name: str
+    options: Any  # the plugin's Options dataclass, built and checked
+    raw: dict[str, Any]  # the section as written, "name" included
+
+
+@dataclass(frozen=True)
+class Search:
+    strategy: PluginRef
+    metric: str
+    mode: Literal["min", "max"]
+    space: Space
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A validated experiment file."""
+
+    name: str
+    description: str
+    seed: int
+    data: PluginRef
+    backend: PluginRef
+    model: Any  # the backend's Model dataclass
+    train: Any  # the backend's Train dataclass
+    search: Search
+    executor: PluginRef
+    raw: dict[str, Any]  # the file as read, for the run directory and for resume
+    base_dir: Path  # the experiment file's folder; relative data paths resolve against it
+
+    def trial_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The base config (model, train and backend sections) with ``params`` applied."""
+        config = {s: copy.deepcopy(self.raw.get(s, {})) for s in SEARCHABLE_SECTIONS}
+        config["backend"].setdefault("name", self.backend.name)
+        for path, value in params.items():
+            section, *keys = path.split(".")
+            node = config[section]
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = value
+        return config
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a SpecError saying where the syntax breaks if it does not parse."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError("", f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise SpecError("", f"is a directory, not an experiment file: {path}") from None
+    except OSError as err:
+        raise SpecError("", f"cannot read {path}: {err.strerror}") from None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise SpecError("", f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})", source=str(path)) from None
+
+
+def load(path: str | Path, registry: Registry, *, seed: int | None = None) -> ExperimentSpec:
+    """Read and validate an experiment file. ``seed`` overrides the file's seed."""
+    path = Path(path)
+    raw = read_json(path)
+    try:
+        return parse(raw, registry, base_dir=path.resolve().parent, seed=seed)
+    except SpecError as err:
+        raise err.in_file(str(path)) from None
+
+
+def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int | None = None) -> ExperimentSpec:
+    """Validate the parsed JSON of an experiment file against the registered plugins."""
+    if not isinstance(raw, dict):
+        raise SpecError("", "an experiment file must hold a JSON object")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise SpecError(key, "unknown section; known sections: " + ", ".join(k for k in TOP_LEVEL if k != "$schema"))
+    for required in ("data", "train"):
+        if required not in raw:
+            raise SpecError(required, "is required")
+
+    name = convert(str, raw.get("name", "experiment"), "name")
+    if not name.strip():
+        raise SpecError("name", "must not be empty")
+    description = convert(str, raw.get("description", ""), "description")
+    if seed is None:
+        seed = convert(int, raw.get("seed", 0), "seed")
+    if seed < 0:
+        raise SpecError("seed", f"must be >= 0, got {seed}")
+
+    data = _plugin_ref(raw["data"], "dataset", "data", registry)
+    backend = _plugin_ref(raw.get("backend", {"name": "numpy"}), "backend", "backend", registry)
+    backend_cls = registry.get("backend", backend.name)
+    model = build(backend_cls.Model, raw.get("model", {}), "model")
+    train = build(backend_cls.Train, raw["train"], "train")
+    search = _search(raw.get("search", {}), registry)
+    executor = _plugin_ref(raw.get("executor", {"name": "inline"}), "executor", "executor", registry)
+
+    spec = ExperimentSpec(
+        name=name, description=description, seed=seed, data=data, backend=backend, model=model,
+        train=train, search=search, executor=executor, raw=raw, base_dir=base_dir,
+    )
+    for param in search.space:
+        for value in _extremes(param):
+            try:
+                trial_sections(spec, registry, {param.path: value})
+            except SpecError as err:
+                shown = orjson.dumps(value).decode()
+                raise SpecError(join_path("search.space", param.path), f"the value {shown} is not accepted: {err}") from None
+    return spec
+
+
+def trial_sections(spec: ExperimentSpec, registry: Registry, params: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The backend's (model, train, options) dataclasses for a trial with ``params``."""
+    config = spec.trial_config(params)
+    backend_cls = registry.get("backend", spec.backend.name)
+    options = {k: v for k, v in config["backend"].items() if k != "name"}
+    return (
+        build(backend_cls.Model, config["model"], "model"),
+        build(backend_cls.Train, config["train"], "train"),
+        build(backend_cls.Options, options, "backend"),
+    )
+
+
+def _search(raw: Any, registry: Registry) -> Search:
+    if not isinstance(raw, dict):
+        raise SpecError("search", "must be an object")
+    for key in raw:
+        if key not in ("strategy", "metric", "mode", "space"):
+            raise SpecError(join_path("search", key), "unknown key; known keys: metric, mode, space, strategy")
+    strategy = _plugin_ref(raw.get("strategy", {"name": "random"}), "strategy", "search.strategy", registry)
+    metric = convert(str, raw.get("metric", "val_loss"), "search.metric")
+    if not METRIC.match(metric):
+        raise SpecError("search.metric", f'must be "train_loss" or a validation metric such as "val_loss" or "val_acc", got "{metric}"')
+    default_mode = "max" if "acc" in metric else "min"
+    mode = convert(str, raw.get("mode", default_mode), "search.mode")
+    if mode not in ("min", "max"):
+        raise SpecError("search.mode", f'must be "min" or "max", got "{mode}"')
+    space = Space.parse(raw.get("space", {}), "search.space")
+    for param in space:
+        section = param.path.split(".")[0]
+        if section not in SEARCHABLE_SECTIONS or "." not in param.path:
+            raise SpecError(
+                join_path("search.space", param.path),
+                "must be a dotted path into the model, train or backend section, such as train.lr",
+            )
+    return Search(strategy=strategy, metric=metric, mode=mode, space=space)
+
+
+def _plugin_ref(raw: Any, kind: Kind, path: str, registry: Registry) -> PluginRef:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise SpecError(path, f'must be an object such as {{"name": "..."}}, got {orjson.dumps(raw).decode()}')
+    if "name" not in raw:
+        raise SpecError(join_path(path, "name"), f"is required: which {kind} to use ({', '.join(registry.names(kind))})")
+    name = convert(str, raw["name"], join_path(path, "name"))
+    cls = registry.get(kind, name, join_path(path, "name"))
+    options = build(cls.Options, {k: v for k, v in raw.items() if k != "name"}, path)
+    return PluginRef(name=name, options=options, raw=dict(raw))
+
+
+def _extremes(param) -> list[Any]:
+    if isinstance(param, Choice):
+        return list(param.choices)
+    return [param.low, param.high]
+

@@ -1,0 +1,66 @@
+"""The strategy contract: ask for the next trial's parameters, told how trials ended.
+
+A strategy's progress is derived from the ``History`` it is given, never kept only in
+memory, so a resumed run rebuilds it from the event log (Optuna's samplers work the same
+way). A minimal strategy::
+
+    class Fixed(Strategy):
+        name = "fixed"
+
+        def ask(self, history):
+            return {} if len(history) < 3 else None   # three trials of the base config
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from runner.backend import NoOptions
+from runner.space import Space
+from runner.trial import History, TrialResult
+
+TRIAL_STREAM = 0  # spawn key of the streams that seed trials (weights, data order)
+STRATEGY_STREAM = 1  # spawn key of strategies' random streams
+
+
+class Strategy(ABC):
+    """Base of search strategies. Subclass it and register it in ``runner_register``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, *, space: Space, options: Any, seed: int, metric: str, mode: Literal["min", "max"]):
+        self.space = space
+        self.options = options
+        self.seed = seed
+        self.metric = metric
+        self.mode = mode
+
+    @abstractmethod
+    def ask(self, history: History) -> dict[str, Any] | None:
+        """Parameters of the next trial (dotted path -> value), or None.
+
+        None means "nothing to ask now": the run ends once no trial is running either, so
+        a strategy that waits for running trials (a round-based one) returns None until
+        they finish. Called in the driver whenever an executor has room for a trial.
+        """
+
+    def tell(self, history: History, result: TrialResult) -> None:
+        """Called in the driver after each trial ends (``history`` already holds it), and
+        replayed in order for finished trials when a run is resumed. Optional."""
+
+    def rng(self, index: int) -> np.random.Generator:
+        """A generator for the ``index``-th draw: the same seed and index give the same stream,
+        independent of the streams that seed trials, so ``ask`` stays a function of history."""
+        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(STRATEGY_STREAM, index)))
+
+    def planned_trials(self) -> int | None:
+        """How many trials the strategy means to run, if it knows (for progress display)."""
+        return None
+
+    def is_better(self, a: float, b: float | None) -> bool:
+        """True when score ``a`` beats ``b`` under the experiment's mode."""
+        return b is None or (a < b if self.mode == "min" else a > b)

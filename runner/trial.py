@@ -1,0 +1,108 @@
+"""Trials as hooks and strategies see them: the live trial, its result, the history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+TrialState = Literal["completed", "diverged", "pruned", "stopped", "failed"]
+
+
+@dataclass
+class Trial:
+    """One running trial. Owned and updated by the loop; plugins read it, never change it.
+
+    ``params`` are the values the strategy chose (keys are dotted paths such as
+    ``train.lr``); ``config`` is the experiment's base config with those applied.
+    """
+
+    id: int
+    params: dict[str, Any]
+    config: dict[str, Any]
+    seed: int
+    run_dir: Path
+    epoch: int = 0  # epochs completed
+    step: int = 0  # training steps taken, over all epochs
+    hyperparameters: dict[str, float] = field(default_factory=dict)  # live values in force
+    metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
+
+    @property
+    def label(self) -> str:
+        return f"t{self.id:03d}"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """How a trial ended. ``best`` holds the metrics of its best epoch by the experiment's
+    metric, ``final`` those of its last epoch; both are None if no epoch finished."""
+
+    trial: int
+    state: TrialState
+    params: dict[str, Any]
+    best: dict[str, float] | None
+    final: dict[str, float] | None
+    epochs: int
+    seconds: float
+    score: float | None  # the best value of the experiment's metric
+    reason: str = ""
+    ends_experiment: bool = False  # a Stop(experiment=True) ended it: run no more trials
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial, "state": self.state, "params": self.params,
+            "score": self.score, "best": self.best, "final": self.final,
+            "epochs": self.epochs, "seconds": round(self.seconds, 4), "reason": self.reason,
+            "ends_experiment": self.ends_experiment,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialResult:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One entry of the history: a trial asked for, and its result once it has ended."""
+
+    id: int
+    params: dict[str, Any]
+    result: TrialResult | None = None
+
+
+class History:
+    """Every trial of the experiment so far, in the order they were asked for.
+
+    Strategies derive their progress from it, so a resumed run (whose history is rebuilt
+    from the event log) needs no saved strategy state.
+    """
+
+    def __init__(self, records: list[TrialRecord] | None = None):
+        self._records: list[TrialRecord] = list(records or [])
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __iter__(self):
+        return iter(self._records)
+
+    def __getitem__(self, index: int) -> TrialRecord:
+        return self._records[index]
+
+    @property
+    def finished(self) -> list[TrialRecord]:
+        return [r for r in self._records if r.result is not None]
+
+    @property
+    def running(self) -> list[TrialRecord]:
+        return [r for r in self._records if r.result is None]
+
+    def add(self, trial_id: int, params: dict[str, Any]) -> None:
+        self._records.append(TrialRecord(trial_id, params))
+
+    def finish(self, result: TrialResult) -> None:
+        for i, record in enumerate(self._records):
+            if record.id == result.trial:
+                self._records[i] = TrialRecord(record.id, record.params, result)
+                return
+        raise KeyError(f"no trial {result.trial} in the history")

@@ -1,0 +1,235 @@
+"""The plugin contract: the exact order of hook calls in a real run, decisions from hooks,
+and a meta-test that every hook is documented and exercised here."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+import orjson
+import pytest
+
+from runner import hookspecs
+from runner.files import create_run_dir
+from runner.loop import load_dataset, run_experiment
+from runner.plugins import load_plugins
+from runner.spec import load
+from tests.conftest import ROOT
+
+RECORDER = textwrap.dedent(
+    '''
+    """Records every hook call; nudges trial 1 after its first epoch."""
+    from runner import Nudge, hookimpl
+
+    CALLS = []
+
+    @hookimpl
+    def runner_register(registry):
+        CALLS.append(("runner_register",))
+
+    @hookimpl
+    def runner_experiment_start(experiment):
+        CALLS.append(("runner_experiment_start", experiment.planned_trials))
+
+    @hookimpl
+    def runner_trial_start(trial):
+        CALLS.append(("runner_trial_start", trial.id))
+
+    @hookimpl
+    def runner_epoch_end(trial, epoch, metrics):
+        CALLS.append(("runner_epoch_end", trial.id, epoch))
+        if trial.id == 1 and epoch == 0:
+            return Nudge(lr=0.005, reason="test")
+
+    @hookimpl
+    def runner_nudge_applied(trial, change, source):
+        CALLS.append(("runner_nudge_applied", trial.id, change["lr"]["new"], source))
+
+    @hookimpl
+    def runner_checkpoint_saved(trial, checkpoint):
+        CALLS.append(("runner_checkpoint_saved", trial.id, checkpoint["epoch"]))
+
+    @hookimpl
+    def runner_divergence(trial, event):
+        CALLS.append(("runner_divergence", trial.id))
+
+    @hookimpl
+    def runner_trial_complete(trial, result):
+        CALLS.append(("runner_trial_complete", trial.id, result.state))
+
+    @hookimpl
+    def runner_experiment_complete(experiment, results):
+        CALLS.append(("runner_experiment_complete", [r.trial for r in results]))
+    '''
+)
+
+
+def run(path, tmp_path, extra=()):
+    plugins = load_plugins(extra)
+    spec = load(path, plugins.registry)
+    run_dir = create_run_dir(tmp_path / "runs", spec.name)
+    board = run_experiment(spec, plugins, load_dataset(spec, plugins), run_dir)
+    events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
+    return board, events, run_dir
+
+
+def recorder(tmp_path):
+    path = tmp_path / "recorder.py"
+    path.write_text(RECORDER)
+    return str(path)
+
+
+def test_exact_hook_order_for_two_trials_of_two_epochs(write_experiment, tmp_path):
+    board, events, _ = run(write_experiment(), tmp_path, [recorder(tmp_path)])
+    import sys
+
+    calls = sys.modules["runner_plugin_recorder"].CALLS
+    best_first = [r.trial for r in board]
+    assert calls == [
+        ("runner_register",),
+        ("runner_experiment_start", 2),
+        ("runner_trial_start", 0),
+        ("runner_epoch_end", 0, 0),
+        ("runner_epoch_end", 0, 1),
+        ("runner_trial_complete", 0, "completed"),
+        ("runner_trial_start", 1),
+        ("runner_epoch_end", 1, 0),
+        ("runner_nudge_applied", 1, 0.005, "plugin"),
+        ("runner_epoch_end", 1, 1),
+        ("runner_trial_complete", 1, "completed"),
+        ("runner_experiment_complete", best_first),
+    ]
+    # The event log says the same, and the nudge is in force from the next epoch on.
+    kinds = [(e["event"], e.get("trial")) for e in events]
+    assert kinds == [
+        ("experiment_start", None), ("trial_start", 0), ("epoch_end", 0), ("epoch_end", 0),
+        ("trial_complete", 0), ("trial_start", 1), ("epoch_end", 1), ("nudge", 1), ("epoch_end", 1),
+        ("trial_complete", 1), ("experiment_complete", None),
+    ]
+    epochs_of_1 = [e for e in events if e["event"] == "epoch_end" and e["trial"] == 1]
+    assert epochs_of_1[0]["lr"] == 0.01 and epochs_of_1[1]["lr"] == 0.005
+    nudge = next(e for e in events if e["event"] == "nudge")
+    assert nudge["changes"] == {"lr": {"old": 0.01, "new": 0.005}} and nudge["reason"] == "test"
+
+
+DIVERGING = {"model": {"hidden": [16], "batch_norm": False},
+             "train": {"optimizer": "gd", "lr": 1e6, "epochs": 3},
+             "search": {"strategy": {"name": "grid"}, "space": None}}
+
+
+def test_a_non_finite_loss_calls_runner_divergence_and_ends_the_trial_as_diverged(write_experiment, tmp_path):
+    board, events, _ = run(write_experiment(DIVERGING), tmp_path, [recorder(tmp_path)])
+    import sys
+
+    calls = sys.modules["runner_plugin_recorder"].CALLS
+    assert ("runner_divergence", 0) in calls
+    assert board[0].state == "diverged" and "non-finite training loss" in board[0].reason
+    divergence = next(e for e in events if e["event"] == "divergence")
+    assert divergence["kind"] == "non_finite_loss" and divergence["lr"] == 1e6
+
+
+def test_a_divergence_policy_plugin_decides_the_outcome(write_experiment, tmp_path):
+    policy = tmp_path / "policy.py"
+    policy.write_text(textwrap.dedent('''
+        from runner import Prune, hookimpl
+
+        @hookimpl
+        def runner_divergence(trial, event):
+            return Prune(f"pruned at step {event.step}")
+    '''))
+    board, _, _ = run(write_experiment(DIVERGING), tmp_path, [str(policy)])
+    assert board[0].state == "pruned" and board[0].reason.startswith("pruned at step ")
+
+
+def test_stop_and_prune_decisions_end_trials_in_their_state(write_experiment, tmp_path):
+    plugin = tmp_path / "deciders.py"
+    plugin.write_text(textwrap.dedent('''
+        from runner import Prune, Stop, hookimpl
+
+        @hookimpl
+        def runner_epoch_end(trial, epoch):
+            if trial.id == 0 and epoch == 0:
+                return Prune("not promising")
+            if trial.id == 1 and epoch == 0:
+                return [Stop("enough", experiment=True)]
+    '''))
+    changes = {"train": {"epochs": 3}, "search": {"strategy": {"name": "random", "trials": 5}, "space": None}}
+    board, events, run_dir = run(write_experiment(changes), tmp_path, [str(plugin)])
+    states = {r.trial: (r.state, r.epochs, r.reason) for r in board}
+    assert states == {0: ("pruned", 1, "not promising"), 1: ("stopped", 1, "enough")}, "no trial after the stop"
+    assert events[-1]["event"] == "experiment_complete" and events[-1]["stopped_early"] is True
+    results = orjson.loads((run_dir / "results.json").read_bytes())
+    assert results["counts"] == {"pruned": 1, "stopped": 1}
+
+
+def test_a_bad_nudge_from_a_plugin_fails_the_trial_with_a_clear_reason(write_experiment, tmp_path):
+    plugin = tmp_path / "badnudge.py"
+    plugin.write_text(textwrap.dedent('''
+        from runner import Nudge, hookimpl
+
+        @hookimpl
+        def runner_epoch_end(trial):
+            return Nudge(lr=-1.0)
+    '''))
+    board, events, _ = run(write_experiment({"search": {"space": None}}), tmp_path, [str(plugin)])
+    assert board[0].state == "failed"
+    assert board[0].reason == "SpecError: nudge.lr: must be > 0, got -1.0"
+    assert "Traceback" in next(e for e in events if e["event"] == "trial_complete")["traceback"]
+
+
+def test_third_party_plugin_adds_a_strategy_and_a_hook_that_changes_the_run(write_experiment, tmp_path):
+    """A plugin from a user's file: a new strategy, and a hook that halves lr after epoch 0."""
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(textwrap.dedent('''
+        from dataclasses import dataclass, field
+        from runner import Nudge, Strategy, bounds, hookimpl
+
+        @dataclass(frozen=True)
+        class Options:
+            lrs: tuple[float, ...] = field(default=(0.1, 0.01), metadata=bounds(doc="learning rates to try"))
+
+        class LrList(Strategy):
+            """Tries the listed learning rates, in order."""
+            name = "lr-list"
+            Options = Options
+
+            def ask(self, history):
+                if len(history) < len(self.options.lrs):
+                    return {"train.lr": self.options.lrs[len(history)]}
+
+        @hookimpl
+        def runner_register(registry):
+            registry.add_strategy(LrList)
+
+        @hookimpl
+        def runner_epoch_end(trial, epoch, metrics):
+            if epoch == 0:
+                return Nudge(lr=metrics["lr"] / 2, reason="halve after warm-up")
+    '''))
+    changes = {"search": {"strategy": {"name": "lr-list", "lrs": [0.2, 0.02, 0.002]}, "space": None}}
+    board, events, _ = run(write_experiment(changes), tmp_path, [str(plugin)])
+    assert sorted(r.params["train.lr"] for r in board) == [0.002, 0.02, 0.2]
+    lrs = [(e["trial"], e["lr"]) for e in events if e["event"] == "epoch_end"]
+    assert lrs == [(0, 0.2), (0, 0.1), (1, 0.02), (1, 0.01), (2, 0.002), (2, 0.001)]
+
+
+def hook_names() -> list[str]:
+    return [name for name in vars(hookspecs) if name.startswith("runner_")]
+
+
+def test_every_hook_is_documented_and_exercised():
+    readme = (ROOT / "README.md").read_text()
+    this_file = (ROOT / "tests" / "test_hooks.py").read_text()
+    for name in hook_names():
+        spec = getattr(hookspecs, name)
+        assert spec.__doc__ and len(spec.__doc__) > 80, f"{name} needs a docstring saying when it is called"
+        assert f"`{name}" in readme, f"{name} is not documented in README.md"
+        assert re.search(rf'\("{name}"', this_file), f"{name} is not recorded by the hook-order tests"
+
+
+@pytest.mark.parametrize("name", hook_names())
+def test_hooks_take_keyword_arguments_only_by_design(name):
+    """Every hook has a spec and is called with keyword arguments (pluggy rejects positional)."""
+    pm = load_plugins().manager
+    with pytest.raises(TypeError):
+        getattr(pm.hook, name)(1)
