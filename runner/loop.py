@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from runner.checkpoints import CheckpointStore, SnapshotWriter
 from runner.data import Dataset, prepare
 from runner.decisions import Nudge, Prune, Stop, flatten
 from runner.divergence import DivergenceEvent
@@ -90,7 +91,8 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
                  metric=search.metric, mode=search.mode, planned_trials=experiment.planned_trials)
         hook.runner_experiment_start(experiment=experiment)
 
-        run_trial = TrialRunner(spec, plugins, dataset, log, run_dir)
+        writer = SnapshotWriter()
+        run_trial = TrialRunner(spec, plugins, dataset, log, writer, run_dir)
         executor = registry.get("executor", spec.executor.name)(spec.executor.options, run_trial=run_trial)
         stopping = False
         try:
@@ -110,6 +112,7 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
                 stopping = stopping or result.ends_experiment
         finally:
             executor.close()
+            writer.close()
 
         board = leaderboard([r.result for r in history.finished], search.mode)
         write_results(run_dir / "results.json", spec.name, search.metric, search.mode, board)
@@ -123,8 +126,10 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
 class TrialRunner:
     """Trains one trial to its end. Executors call it with a ``TrialJob``."""
 
-    def __init__(self, spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, log: EventLog, run_dir: Path):
-        self.spec, self.plugins, self.dataset, self.log, self.run_dir = spec, plugins, dataset, log, run_dir
+    def __init__(self, spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, log: EventLog,
+                 writer: SnapshotWriter, run_dir: Path):
+        self.spec, self.plugins, self.dataset, self.log = spec, plugins, dataset, log
+        self.writer, self.run_dir = writer, run_dir
         self.hook = plugins.hook
         self.backend_cls = plugins.registry.get("backend", spec.backend.name)
         self.metric, self.mode = spec.search.metric, spec.search.mode
@@ -136,6 +141,7 @@ class TrialRunner:
             seed=job.seed, run_dir=self.run_dir / "trials" / f"t{job.trial:03d}",
         )
         self.best: dict[str, float] | None = None
+        store = CheckpointStore(trial.run_dir, trial.id, self.spec.checkpoint, self.writer)
         end = EndTrial("completed")
         error = None
         try:
@@ -145,12 +151,13 @@ class TrialRunner:
             self.log.emit("trial_start", trial=trial.id, params=trial.params, seed=trial.seed,
                           config=trial.config, hyperparameters=trial.hyperparameters)
             self.hook.runner_trial_start(trial=trial)
-            self._train(trial, backend, train.epochs)
+            self._train(trial, backend, train.epochs, store)
         except EndTrial as ended:
             end = ended
         except Exception as err:  # a bug in a backend or a plugin fails this trial, not the search
             end = EndTrial("failed", f"{type(err).__name__}: {err}")
             error = traceback.format_exc()
+        self._report_snapshots(trial, store)
 
         result = TrialResult(
             trial=trial.id, state=end.state, params=trial.params, best=self.best,
@@ -163,7 +170,7 @@ class TrialRunner:
         self.hook.runner_trial_complete(trial=trial, result=result)
         return result
 
-    def _train(self, trial: Trial, backend, epochs: int) -> None:
+    def _train(self, trial: Trial, backend, epochs: int, store: CheckpointStore) -> None:
         """The textbook loop: epochs of mini-batch steps, an evaluation after each epoch."""
         step = 0
         for epoch in range(epochs):
@@ -188,21 +195,46 @@ class TrialRunner:
                 "seconds": time.perf_counter() - epoch_started,
             }
             trial.epoch, trial.metrics = epoch + 1, metrics
-            self._track_best(metrics)
+            improved = self._track_best(metrics)
             self.log.emit("epoch_end", trial=trial.id, epoch=epoch, step=step, **metrics)
             decisions = flatten(self.hook.runner_epoch_end(trial=trial, epoch=epoch, metrics=metrics))
             self._apply(trial, backend, decisions, source="plugin")
+            self._snapshot(trial, backend, store, improved)
 
-    def _track_best(self, metrics: dict[str, float]) -> None:
+    def _snapshot(self, trial: Trial, backend, store: CheckpointStore, improved: bool) -> None:
+        """Take the end-of-epoch snapshot if one is due. The previous one is reported first:
+        it had a whole epoch to be written, so this rarely waits, and hooks fire in order."""
+        options = self.spec.checkpoint
+        periodic = options.every_epochs > 0 and trial.epoch % options.every_epochs == 0
+        best = improved and options.best
+        if not (periodic or best):
+            return
+        self._report_snapshots(trial, store)
+        store.save(backend.state(), epoch=trial.epoch, step=trial.step, reason="epoch" if periodic else "best",
+                   best=best, hyperparameters=trial.hyperparameters, metrics=trial.metrics)
+
+    def _report_snapshots(self, trial: Trial, store: CheckpointStore) -> None:
+        """Wait for queued snapshot writes; log and announce each one that is now durable."""
+        for item in store.collect(wait=True):
+            if isinstance(item, Exception):
+                self.log.emit("checkpoint_error", trial=trial.id, message=f"{type(item).__name__}: {item}")
+                continue
+            self.log.emit("checkpoint", trial=trial.id, **item.to_json())
+            self.hook.runner_checkpoint_saved(trial=trial, checkpoint=item.to_json())
+
+    def _track_best(self, metrics: dict[str, float]) -> bool:
+        """Remember the metrics of the best epoch so far; True if this epoch is the new best."""
         if self.metric not in metrics:
             raise RunnerError(
                 f"the experiment's metric {self.metric!r} was not reported; reported: {', '.join(sorted(metrics))}"
             )
         score = metrics[self.metric]
         if not math.isfinite(score):
-            return
+            return False
         if self.best is None or (score < self.best[self.metric] if self.mode == "min" else score > self.best[self.metric]):
             self.best = dict(metrics)
+            return True
+        return False
 
     def _diverged(self, trial: Trial, backend, event: DivergenceEvent) -> None:
         self.log.emit("divergence", trial=trial.id, **event.to_json(), lr=backend.hyperparameters().get("lr"))

@@ -17,12 +17,13 @@ from typing import Any, Literal
 
 import orjson
 
+from runner.checkpoints import CheckpointOptions
 from runner.errors import SpecError, join_path
 from runner.registry import Kind, Registry
 from runner.space import Choice, Space
 from runner.typed import build, convert
 
-TOP_LEVEL = ("$schema", "name", "description", "seed", "data", "backend", "model", "train", "search", "executor")
+TOP_LEVEL = ("$schema", "name", "description", "seed", "data", "backend", "model", "train", "search", "checkpoint", "executor")
 SEARCHABLE_SECTIONS = ("model", "train", "backend")
 METRIC = re.compile(r"^(train_loss|val_[A-Za-z0-9_]+)$")
 
@@ -56,6 +57,7 @@ class ExperimentSpec:
     model: Any  # the backend's Model dataclass
     train: Any  # the backend's Train dataclass
     search: Search
+    checkpoint: CheckpointOptions
     executor: PluginRef
     raw: dict[str, Any]  # the file as read, for the run directory and for resume
     base_dir: Path  # the experiment file's folder; relative data paths resolve against it
@@ -125,11 +127,12 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
     model = build(backend_cls.Model, raw.get("model", {}), "model")
     train = build(backend_cls.Train, raw["train"], "train")
     search = _search(raw.get("search", {}), registry)
+    checkpoint = build(CheckpointOptions, raw.get("checkpoint", {}), "checkpoint")
     executor = _plugin_ref(raw.get("executor", {"name": "inline"}), "executor", "executor", registry)
 
     spec = ExperimentSpec(
         name=name, description=description, seed=seed, data=data, backend=backend, model=model,
-        train=train, search=search, executor=executor, raw=raw, base_dir=base_dir,
+        train=train, search=search, checkpoint=checkpoint, executor=executor, raw=raw, base_dir=base_dir,
     )
     for param in search.space:
         for value in _extremes(param):

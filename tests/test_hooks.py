@@ -91,11 +91,15 @@ def test_exact_hook_order_for_two_trials_of_two_epochs(write_experiment, tmp_pat
         ("runner_trial_start", 0),
         ("runner_epoch_end", 0, 0),
         ("runner_epoch_end", 0, 1),
+        ("runner_checkpoint_saved", 0, 1),  # a snapshot is reported before the next one is taken
+        ("runner_checkpoint_saved", 0, 2),  # and the last one before the trial completes
         ("runner_trial_complete", 0, "completed"),
         ("runner_trial_start", 1),
         ("runner_epoch_end", 1, 0),
         ("runner_nudge_applied", 1, 0.005, "plugin"),
         ("runner_epoch_end", 1, 1),
+        ("runner_checkpoint_saved", 1, 1),
+        ("runner_checkpoint_saved", 1, 2),
         ("runner_trial_complete", 1, "completed"),
         ("runner_experiment_complete", best_first),
     ]
@@ -103,8 +107,9 @@ def test_exact_hook_order_for_two_trials_of_two_epochs(write_experiment, tmp_pat
     kinds = [(e["event"], e.get("trial")) for e in events]
     assert kinds == [
         ("experiment_start", None), ("trial_start", 0), ("epoch_end", 0), ("epoch_end", 0),
-        ("trial_complete", 0), ("trial_start", 1), ("epoch_end", 1), ("nudge", 1), ("epoch_end", 1),
-        ("trial_complete", 1), ("experiment_complete", None),
+        ("checkpoint", 0), ("checkpoint", 0), ("trial_complete", 0),
+        ("trial_start", 1), ("epoch_end", 1), ("nudge", 1), ("epoch_end", 1),
+        ("checkpoint", 1), ("checkpoint", 1), ("trial_complete", 1), ("experiment_complete", None),
     ]
     epochs_of_1 = [e for e in events if e["event"] == "epoch_end" and e["trial"] == 1]
     assert epochs_of_1[0]["lr"] == 0.01 and epochs_of_1[1]["lr"] == 0.005

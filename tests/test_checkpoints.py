@@ -1,0 +1,125 @@
+"""Snapshots: durable files that load bit for bit, retention, corruption caught on load."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from runner.backend import BackendState
+from runner.checkpoints import CheckpointOptions, CheckpointStore, CorruptSnapshot, SnapshotWriter, read_snapshot
+from runner.files import create_run_dir
+from runner.loop import load_dataset, run_experiment, trial_seed
+from runner.plugins import load_plugins
+from runner.spec import load, trial_sections
+
+
+def state(value: float) -> BackendState:
+    return BackendState(arrays={"w": np.full((3, 2), value, np.float32), "perm": np.arange(5)},
+                        meta={"epoch": int(value), "rng": str(2**100 + int(value))})
+
+
+@pytest.fixture
+def writer():
+    w = SnapshotWriter()
+    yield w
+    w.close()
+
+
+def test_a_snapshot_round_trips_exactly_and_leaves_no_temporary_file(tmp_path, writer):
+    store = CheckpointStore(tmp_path / "t000", 0, CheckpointOptions(), writer)
+    saved = store.save(state(1.5), epoch=1, step=10, reason="epoch", best=False,
+                       hyperparameters={"lr": 0.1}, metrics={"val_loss": 0.5})
+    [durable] = store.collect(wait=True)
+    assert durable == saved and saved.path.exists()
+    loaded, meta = read_snapshot(saved.path)
+    assert np.array_equal(loaded.arrays["w"], state(1.5).arrays["w"]) and loaded.arrays["w"].dtype == np.float32
+    assert loaded.meta == {"epoch": 1, "rng": str(2**100 + 1)}
+    assert meta == {"trial": 0, "epoch": 1, "step": 10, "reason": "epoch", "best": False,
+                    "hyperparameters": {"lr": 0.1}, "metrics": {"val_loss": 0.5}}
+    assert [p.name for p in (tmp_path / "t000").iterdir()] == [saved.path.name]
+
+
+def test_keeps_the_last_k_and_the_best(tmp_path, writer):
+    store = CheckpointStore(tmp_path, 0, CheckpointOptions(keep=2), writer)
+    for epoch in range(1, 7):
+        store.save(state(epoch), epoch=epoch, step=epoch * 10, reason="epoch", best=epoch == 2,
+                   hyperparameters={}, metrics={})
+        store.collect(wait=True)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert kept == ["e00002-s000000020.npz", "e00005-s000000050.npz", "e00006-s000000060.npz"]
+    assert store.best.epoch == 2
+    assert [s.epoch for s, _ in store.ring] == [5, 6], "the in-memory ring holds the latest two"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
+def test_a_damaged_snapshot_is_detected_with_a_clear_message(tmp_path, writer, damage):
+    store = CheckpointStore(tmp_path, 0, CheckpointOptions(), writer)
+    path = store.save(state(3.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={}).path
+    store.collect(wait=True)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        offset = data.index(np.float32(3.0).tobytes())  # inside the array payload
+        data[offset] ^= 0xFF
+    elif damage == "empty":
+        data = bytearray()
+    else:
+        data = bytearray(b"not a snapshot at all")
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptSnapshot, match=str(path)):
+        read_snapshot(path)
+
+
+def test_a_write_error_is_reported_not_raised(tmp_path, writer):
+    folder = tmp_path / "t000"
+    store = CheckpointStore(folder, 0, CheckpointOptions(), writer)
+    folder.mkdir()
+    (folder / "e00001-s000000001.npz").mkdir()  # a folder where the file must go: rename fails
+    store.save(state(1.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={})
+    [error] = store.collect(wait=True)
+    assert isinstance(error, OSError)
+
+
+def run(path, tmp_path):
+    plugins = load_plugins()
+    spec = load(path, plugins.registry)
+    run_dir = create_run_dir(tmp_path / "runs", spec.name)
+    run_experiment(spec, plugins, load_dataset(spec, plugins), run_dir)
+    events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
+    return plugins, spec, run_dir, events
+
+
+def test_a_run_snapshots_each_epoch_and_a_snapshot_continues_bit_for_bit(write_experiment, tmp_path):
+    changes = {"train": {"epochs": 4}, "checkpoint": {"keep": 10}, "search": {"space": None}}
+    plugins, spec, run_dir, events = run(write_experiment(changes), tmp_path)
+    snapshots = sorted((run_dir / "trials" / "t000").glob("*.npz"))
+    assert len(snapshots) == 4
+    assert [e["epoch"] for e in events if e["event"] == "checkpoint"] == [1, 2, 3, 4]
+
+    # Continue from the epoch-2 snapshot with a fresh backend: epochs 3 and 4 come out identical.
+    model, train, options = trial_sections(spec, plugins.registry, {})
+    dataset = load_dataset(spec, plugins)
+    backend = plugins.registry.get("backend", "numpy")(model=model, train=train, options=options,
+                                                         data=dataset, seed=trial_seed(spec.seed, 0))
+    state_2, meta_2 = read_snapshot(snapshots[1])
+    assert meta_2["epoch"] == 2
+    backend.load_state(state_2)
+    for epoch in (2, 3):
+        backend.begin_epoch(epoch)
+        for _ in range(backend.steps_per_epoch):
+            backend.train_step()
+    final, _ = read_snapshot(snapshots[3])
+    for name, array in backend.state().arrays.items():
+        assert np.array_equal(array, final.arrays[name]), name
+
+
+def test_snapshot_schedule_follows_the_checkpoint_section(write_experiment, tmp_path):
+    changes = {"train": {"epochs": 4}, "checkpoint": {"every_epochs": 2, "best": False}, "search": {"space": None}}
+    _, _, _, events = run(write_experiment(changes), tmp_path)
+    assert [(e["epoch"], e["reason"]) for e in events if e["event"] == "checkpoint"] == [(2, "epoch"), (4, "epoch")]
+    changes = {"train": {"epochs": 3}, "checkpoint": {"every_epochs": 0, "best": True}, "search": {"space": None}}
+    _, _, _, events = run(write_experiment(changes), tmp_path)
+    snaps = [e for e in events if e["event"] == "checkpoint"]
+    assert snaps and all(e["reason"] == "best" and e["best"] for e in snaps)

@@ -1,0 +1,50 @@
+"""The README's promises: its plugin example works as written, every hook and option is documented."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from runner.backend import NoOptions
+from runner.files import create_run_dir
+from runner.loop import load_dataset, run_experiment
+from runner.plugins import load_plugins
+from runner.spec import load
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def python_block_after(marker: str) -> str:
+    start = README.index(marker)
+    match = re.search(r"```python\n(.*?)```", README[start:], re.S)
+    return match.group(1)
+
+
+def test_the_strategy_example_runs_as_written(write_experiment, tmp_path):
+    plugin = tmp_path / "my_strategy.py"
+    plugin.write_text(python_block_after("### A strategy, from scratch"))
+    plugins = load_plugins([str(plugin)])
+    changes = {"search": {"strategy": {"name": "halving", "trials": 3}, "space": None, "metric": "val_loss"}}
+    spec = load(write_experiment(changes), plugins.registry)
+    board = run_experiment(spec, plugins, load_dataset(spec, plugins), create_run_dir(tmp_path, "x"))
+    lrs = sorted(r.params["train.lr"] for r in board)
+    assert lrs == [0.025, 0.05, 0.1]
+
+
+def test_every_option_of_every_built_in_is_documented():
+    for entry in load_plugins().registry.entries():
+        classes = [getattr(entry.obj, "Options", NoOptions)]
+        if entry.kind == "backend":
+            classes += [entry.obj.Model, entry.obj.Train]
+        for cls in classes:
+            for field in dataclasses.fields(cls):
+                assert f"`{field.name}`" in README, f"{entry.kind} {entry.name}: option {field.name} is not in README.md"
+                assert field.metadata.get("doc"), f"{entry.kind} {entry.name}: option {field.name} has no doc"
+
+
+def test_the_ci_script_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "<!-- test-command -->" in ci
+    block = README.split("<!-- test-command -->", 1)[1]
+    assert "pytest" in block.split("```")[1]
