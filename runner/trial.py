@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,16 +50,13 @@ class TrialResult:
     ends_experiment: bool = False  # a Stop(experiment=True) ended it: run no more trials
 
     def to_json(self) -> dict[str, Any]:
+        """The result as written in ``trial_complete`` events and ``results.json``."""
         return {
             "trial": self.trial, "state": self.state, "params": self.params,
             "score": self.score, "best": self.best, "final": self.final,
             "epochs": self.epochs, "seconds": round(self.seconds, 4), "reason": self.reason,
             "ends_experiment": self.ends_experiment,
         }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrialResult:
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,18 @@ class History:
 
     def __init__(self, records: list[TrialRecord] | None = None):
         self._records: list[TrialRecord] = list(records or [])
+
+    @classmethod
+    def from_events(cls, events: Iterable[dict[str, Any]]) -> History:
+        """Rebuild the history from an event log: ``trial_start`` asks, ``trial_complete`` ends."""
+        history = cls()
+        for event in events:
+            if event["event"] == "trial_start":
+                history.add(event["trial"], event["params"])
+            elif event["event"] == "trial_complete":
+                fields = {k: event[k] for k in TrialResult.__dataclass_fields__ if k in event}
+                history.finish(TrialResult(**fields))
+        return history
 
     def __len__(self) -> int:
         return len(self._records)

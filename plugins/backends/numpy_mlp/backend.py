@@ -187,10 +187,13 @@ class NumpyBackend(Backend):
         y = np.take(self._y_train, idx, out=self._yb[:k], mode="clip")
         self._pos = start + k
 
-        loss, grads, caches = self.network.loss_and_grads(self.params, x, y)
-        if self._bn_layers and k > 1:
-            self._update_running(caches, k)
-        self.optimizer.step(self.params, grads, self._lr, self._beta1, self._beta2)
+        # Overflow here means the run is diverging: the runner sees the non-finite loss and
+        # reports it as a divergence event, so NumPy's warnings would only be noise.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            loss, grads, caches = self.network.loss_and_grads(self.params, x, y)
+            if self._bn_layers and k > 1:
+                self._update_running(caches, k)
+            self.optimizer.step(self.params, grads, self._lr, self._beta1, self._beta2)
         return float(loss)
 
     def _update_running(self, caches, k: int) -> None:
@@ -226,8 +229,9 @@ class NumpyBackend(Backend):
         correct = 0
         for lo in range(0, n, EVAL_CHUNK):
             xc, yc = x[lo:lo + EVAL_CHUNK], y[lo:lo + EVAL_CHUNK]
-            logits = self.network.forward_eval(self.params, self.running, xc)
-            logp = np.take_along_axis(log_softmax(logits), yc[:, None], axis=1)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverged model
+                logits = self.network.forward_eval(self.params, self.running, xc)
+                logp = np.take_along_axis(log_softmax(logits), yc[:, None], axis=1)
             loss_sum -= float(logp.sum(dtype=np.float64))
             correct += int((logits.argmax(axis=1) == yc).sum())
         return {"loss": loss_sum / n, "acc": correct / n}
