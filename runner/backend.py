@@ -62,6 +62,8 @@ class Backend(ABC):
     Options: ClassVar[type] = NoOptions
     #: Hyperparameters that ``set_hyperparameters`` accepts between any two steps.
     live: ClassVar[tuple[str, ...]] = ("lr", "momentum")
+    #: What ``evaluate`` reports; the loop logs them as ``val_<name>``.
+    metrics: ClassVar[tuple[str, ...]] = ("loss", "acc")
 
     @abstractmethod
     def __init__(self, *, model: Any, train: Any, options: Any, data: Dataset, seed: int) -> None:
@@ -86,11 +88,14 @@ class Backend(ABC):
 
     @abstractmethod
     def hyperparameters(self) -> dict[str, float]:
-        """The values in force of every name in ``live``."""
+        """The values in force of every name in ``live`` (``lr`` after any schedule's decay)."""
 
     @abstractmethod
     def set_hyperparameters(self, **values: float) -> None:
-        """Change live hyperparameters; takes effect from the next ``train_step``."""
+        """Change live hyperparameters from the next ``train_step`` on: ``lr`` is the rate in
+        force from now (a schedule decays on from it). The loop has already checked names
+        and values against ``live`` and the ``Train`` bounds; raise ValueError for anything
+        else the backend refuses, and apply nothing in that case."""
 
     @abstractmethod
     def state(self) -> BackendState:
@@ -98,4 +103,6 @@ class Backend(ABC):
 
     @abstractmethod
     def load_state(self, state: BackendState) -> None:
-        """Restore a ``state()``; the next step is the one that followed it."""
+        """Restore a ``state()`` of a backend built with the same config and data; the next
+        step is the one that followed it. Raise ValueError for a state that does not fit.
+        Bit-for-bit continuation holds on the same machine and library versions."""

@@ -5,8 +5,9 @@ JSON metadata (trial, epoch, step, reason, hyperparameters, metrics, the backend
 meta, and a SHA-256 checksum of everything else). It is loaded with
 ``allow_pickle=False``: nothing is ever unpickled from disk.
 
-Writing happens on a background thread so that training never waits for the disk: the
-training thread only copies the state (``Backend.state()``). A snapshot is durable once
+Writing happens on a background thread so that training rarely waits for the disk: the
+training thread only copies the state (``Backend.state()``), and waits for a write only
+when it takes the next snapshot (a whole epoch later) or ends the trial. A snapshot is durable once
 written under a temporary name, flushed, fsynced, renamed into place and its folder
 fsynced; only then is it reported (``runner_checkpoint_saved`` fires on the loop's thread)
 and only then are older snapshots beyond ``keep`` deleted.
@@ -53,8 +54,10 @@ class Snapshot:
     reason: str  # "epoch", "best", ...
     best: bool
 
-    def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "epoch": self.epoch, "step": self.step, "reason": self.reason, "best": self.best}
+    def to_json(self, relative_to: Path | None = None) -> dict[str, Any]:
+        """As reported in ``checkpoint`` events: ``path`` relative to the run directory if given."""
+        path = self.path.relative_to(relative_to) if relative_to else self.path
+        return {"path": str(path), "epoch": self.epoch, "step": self.step, "reason": self.reason, "best": self.best}
 
 
 class CorruptSnapshot(Exception):
@@ -126,12 +129,8 @@ class SnapshotWriter:
         """Queue a write; ``done(error)`` is called on the writer thread once it is durable (error None)."""
         self._jobs.put((path, state, meta, done))
 
-    def join(self) -> None:
-        """Wait until every queued snapshot is written."""
-        self._jobs.join()
-
     def close(self) -> None:
-        self.join()
+        """Finish every queued write, then stop the thread. Called once, at the end of a run."""
         self._jobs.put(None)
         self._thread.join()
 
@@ -140,12 +139,10 @@ class SnapshotWriter:
             path, state, meta, done = job
             try:
                 write_snapshot(path, state, meta)
-                done(None)
             except Exception as err:  # reported to the loop, which logs it; training goes on
                 done(err)
-            finally:
-                self._jobs.task_done()
-        self._jobs.task_done()
+            else:
+                done(None)
 
 
 class CheckpointStore:
@@ -161,7 +158,8 @@ class CheckpointStore:
         self.ring: deque[tuple[Snapshot, BackendState]] = deque(maxlen=options.memory)
         self._durable: list[Snapshot] = []  # oldest first
         self._new: list[Snapshot | Exception] = []
-        self._lock = threading.Lock()
+        self._pending = 0  # writes submitted and not finished
+        self._changed = threading.Condition()
         self.best: Snapshot | None = None
 
     def save(self, state: BackendState, *, epoch: int, step: int, reason: str, best: bool,
@@ -171,17 +169,19 @@ class CheckpointStore:
         meta = {"trial": self.trial, "epoch": epoch, "step": step, "reason": reason, "best": best,
                 "hyperparameters": hyperparameters, "metrics": metrics}
         self.ring.append((snapshot, state))
+        with self._changed:
+            self._pending += 1
         self.writer.submit(snapshot.path, state, meta, lambda error: self._finished(snapshot, error))
         return snapshot
 
     def collect(self, wait: bool = False) -> list[Snapshot | Exception]:
         """Snapshots (or write errors) that became durable since the last call.
 
-        With ``wait``, first waits for every queued write (at the end of a trial).
+        With ``wait``, first waits until this trial's queued writes are finished.
         """
-        if wait:
-            self.writer.join()
-        with self._lock:
+        with self._changed:
+            if wait:
+                self._changed.wait_for(lambda: self._pending == 0)
             done, self._new = self._new, []
         for item in done:
             if isinstance(item, Snapshot):
@@ -193,8 +193,10 @@ class CheckpointStore:
         return done
 
     def _finished(self, snapshot: Snapshot, error: Exception | None) -> None:
-        with self._lock:
+        with self._changed:
             self._new.append(error if error is not None else snapshot)
+            self._pending -= 1
+            self._changed.notify_all()
 
     def _prune(self) -> None:
         """Delete durable snapshots beyond the last ``keep``, sparing the best."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,7 +14,3 @@ class DivergenceEvent:
     epoch: int
     step: int
     loss: float
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "epoch": self.epoch, "step": self.step,
-                "loss": self.loss if math.isfinite(self.loss) else str(self.loss)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,40 +135,46 @@ class TrialRunner:
         self.metric, self.mode = spec.search.metric, spec.search.mode
 
     def __call__(self, job: TrialJob) -> TrialResult:
+        """Train the trial; whatever ends it (a decision, a divergence, an error in the backend
+        or a plugin) becomes its result. Every ``trial_complete`` follows a ``trial_start``."""
         started = time.perf_counter()
-        trial = Trial(
-            id=job.trial, params=job.params, config=self.spec.trial_config(job.params),
-            seed=job.seed, run_dir=self.run_dir / "trials" / f"t{job.trial:03d}",
-        )
-        self.best: dict[str, float] | None = None
+        trial = Trial(id=job.trial, params=job.params, config={}, seed=job.seed,
+                      run_dir=self.run_dir / "trials" / f"t{job.trial:03d}")
         store = CheckpointStore(trial.run_dir, trial.id, self.spec.checkpoint, self.writer)
-        end = EndTrial("completed")
-        error = None
+        end, error, announced = EndTrial("completed"), None, False
         try:
             model, train, options = trial_sections(self.spec, self.plugins.registry, job.params)
+            trial.config = {"model": asdict(model), "train": asdict(train),
+                            "backend": {"name": self.spec.backend.name, **asdict(options)}}
             backend = self.backend_cls(model=model, train=train, options=options, data=self.dataset, seed=job.seed)
             trial.hyperparameters = backend.hyperparameters()
-            self.log.emit("trial_start", trial=trial.id, params=trial.params, seed=trial.seed,
-                          config=trial.config, hyperparameters=trial.hyperparameters)
-            self.hook.runner_trial_start(trial=trial)
+            announced = True
+            self._announce(trial)
             self._train(trial, backend, train.epochs, store)
         except EndTrial as ended:
             end = ended
         except Exception as err:  # a bug in a backend or a plugin fails this trial, not the search
             end = EndTrial("failed", f"{type(err).__name__}: {err}")
             error = traceback.format_exc()
+        if not announced:
+            self._announce(trial)
         self._report_snapshots(trial, store)
 
+        best = trial.best
         result = TrialResult(
-            trial=trial.id, state=end.state, params=trial.params, best=self.best,
+            trial=trial.id, state=end.state, params=trial.params, best=best,
             final=trial.metrics or None, epochs=trial.epoch, seconds=time.perf_counter() - started,
-            score=self.best[self.metric] if self.best else None, reason=end.reason,
-            ends_experiment=end.experiment,
+            score=best[self.metric] if best else None, reason=end.reason, ends_experiment=end.experiment,
         )
         fields = {"traceback": error} if error else {}
         self.log.emit("trial_complete", **result.to_json(), **fields)
         self.hook.runner_trial_complete(trial=trial, result=result)
         return result
+
+    def _announce(self, trial: Trial) -> None:
+        self.log.emit("trial_start", trial=trial.id, params=trial.params, seed=trial.seed,
+                      config=trial.config, hyperparameters=trial.hyperparameters)
+        self.hook.runner_trial_start(trial=trial)
 
     def _train(self, trial: Trial, backend, epochs: int, store: CheckpointStore) -> None:
         """The textbook loop: epochs of mini-batch steps, an evaluation after each epoch."""
@@ -195,11 +201,11 @@ class TrialRunner:
                 "seconds": time.perf_counter() - epoch_started,
             }
             trial.epoch, trial.metrics = epoch + 1, metrics
-            improved = self._track_best(metrics)
+            improved = self._track_best(trial, metrics)
             self.log.emit("epoch_end", trial=trial.id, epoch=epoch, step=step, **metrics)
             decisions = flatten(self.hook.runner_epoch_end(trial=trial, epoch=epoch, metrics=metrics))
+            self._snapshot(trial, backend, store, improved)  # before decisions: a stopped trial keeps its state
             self._apply(trial, backend, decisions, source="plugin")
-            self._snapshot(trial, backend, store, improved)
 
     def _snapshot(self, trial: Trial, backend, store: CheckpointStore, improved: bool) -> None:
         """Take the end-of-epoch snapshot if one is due. The previous one is reported first:
@@ -214,16 +220,17 @@ class TrialRunner:
                    best=best, hyperparameters=trial.hyperparameters, metrics=trial.metrics)
 
     def _report_snapshots(self, trial: Trial, store: CheckpointStore) -> None:
-        """Wait for queued snapshot writes; log and announce each one that is now durable."""
+        """Wait for the trial's queued snapshot writes; log and announce each durable one."""
         for item in store.collect(wait=True):
             if isinstance(item, Exception):
                 self.log.emit("checkpoint_error", trial=trial.id, message=f"{type(item).__name__}: {item}")
                 continue
-            self.log.emit("checkpoint", trial=trial.id, **item.to_json())
-            self.hook.runner_checkpoint_saved(trial=trial, checkpoint=item.to_json())
+            checkpoint = item.to_json(relative_to=self.run_dir)
+            self.log.emit("checkpoint", trial=trial.id, **checkpoint)
+            self.hook.runner_checkpoint_saved(trial=trial, checkpoint=checkpoint)
 
-    def _track_best(self, metrics: dict[str, float]) -> bool:
-        """Remember the metrics of the best epoch so far; True if this epoch is the new best."""
+    def _track_best(self, trial: Trial, metrics: dict[str, float]) -> bool:
+        """Keep ``trial.best``, the metrics of its best epoch so far; True if this epoch is the new best."""
         if self.metric not in metrics:
             raise RunnerError(
                 f"the experiment's metric {self.metric!r} was not reported; reported: {', '.join(sorted(metrics))}"
@@ -231,13 +238,14 @@ class TrialRunner:
         score = metrics[self.metric]
         if not math.isfinite(score):
             return False
-        if self.best is None or (score < self.best[self.metric] if self.mode == "min" else score > self.best[self.metric]):
-            self.best = dict(metrics)
+        best = trial.best[self.metric] if trial.best else None
+        if best is None or (score < best if self.mode == "min" else score > best):
+            trial.best = dict(metrics)
             return True
         return False
 
     def _diverged(self, trial: Trial, backend, event: DivergenceEvent) -> None:
-        self.log.emit("divergence", trial=trial.id, **event.to_json(), lr=backend.hyperparameters().get("lr"))
+        self.log.emit("divergence", trial=trial.id, **asdict(event), lr=backend.hyperparameters().get("lr"))
         decision = self.hook.runner_divergence(trial=trial, event=event)
         if decision is None:
             raise EndTrial("diverged", f"non-finite training loss at step {event.step}")

@@ -53,11 +53,15 @@ def load_plugins(extra: Iterable[str] = (), *, entry_points: bool = True) -> Plu
     origins: dict[str, str] = {}
     if entry_points:
         for ep in importlib.metadata.entry_points(group=GROUP):
-            if pm.has_plugin(ep.name):
-                continue
-            module = _import(ep.name, lambda: ep.load())
             dist = getattr(ep, "dist", None)
-            origins[ep.name] = f"{dist.name} {dist.version}" if dist else ep.value
+            origin = f"{dist.name} {dist.version}" if dist else ep.value
+            if ep.name in origins:
+                if origins[ep.name] == origin:
+                    continue  # the same distribution seen twice on sys.path
+                raise PluginError(f"two installed packages name a plugin {ep.name!r}: "
+                                  f"{origins[ep.name]} and {origin}; uninstall one")
+            module = _import(ep.name, lambda: ep.load())
+            origins[ep.name] = origin
             _register(pm, module, ep.name)
     for ref in extra:
         name, module = _load_extra(ref)
@@ -66,7 +70,8 @@ def load_plugins(extra: Iterable[str] = (), *, entry_points: bool = True) -> Plu
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as err:
-        raise PluginError(f"plugin {err.plugin_name!r}: {err}") from None
+        name = pm.get_name(err.plugin) or err.plugin
+        raise PluginError(f"plugin {name!r}: {err}") from None
     if os.environ.get(TRACE_ENV, "") not in ("", "0"):
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
@@ -74,10 +79,11 @@ def load_plugins(extra: Iterable[str] = (), *, entry_points: bool = True) -> Plu
 
 
 def collect_registry(pm: pluggy.PluginManager) -> Registry:
-    """Call ``runner_register`` plugin by plugin, so the registry knows who added what."""
+    """Call ``runner_register`` plugin by plugin, in load order (installed ones first), so the
+    registry knows who added what and a clash names the later plugin as the intruder."""
     registry = Registry()
-    plugins = [(pm.get_name(p), p) for p in pm.get_plugins()]
-    for name, plugin in sorted(plugins, key=lambda item: item[0] or ""):
+    plugins = pm.list_name_plugin()
+    for name, plugin in plugins:
         others = [p for _, p in plugins if p is not plugin]
         registry.provider = name
         pm.subset_hook_caller("runner_register", remove_plugins=others)(registry=registry)

@@ -12,6 +12,7 @@ provides what and a clash between two plugins names them both.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,16 +37,29 @@ class Registry:
         self.provider = "?"  # set by the plugin manager while one plugin registers
 
     def add_backend(self, cls: type) -> None:
+        from runner.backend import Backend, TrainConfig
+
+        self._check_class("backend", cls, Backend, Model=None, Train=TrainConfig, Options=None)
         self._add("backend", cls)
 
     def add_strategy(self, cls: type) -> None:
+        from runner.strategy import Strategy
+
+        self._check_class("strategy", cls, Strategy, Options=None)
         self._add("strategy", cls)
 
     def add_dataset(self, dataset: Any) -> None:
         """Add a dataset plugin (a ``DatasetPlugin`` instance or class)."""
-        self._add("dataset", dataset() if isinstance(dataset, type) else dataset)
+        from runner.data import DataOptions, DatasetPlugin
+
+        dataset = dataset() if isinstance(dataset, type) else dataset
+        self._check_class("dataset", type(dataset), DatasetPlugin, Options=DataOptions)
+        self._add("dataset", dataset)
 
     def add_executor(self, cls: type) -> None:
+        from runner.executor import Executor
+
+        self._check_class("executor", cls, Executor, Options=None)
         self._add("executor", cls)
 
     def get(self, kind: Kind, name: str, path: str = "") -> Any:
@@ -63,6 +77,18 @@ class Registry:
 
     def entries(self) -> list[Entry]:
         return [e for kind in KINDS for _, e in sorted(self._entries[kind].items())]
+
+    def _check_class(self, kind: Kind, cls: Any, base: type, **sections: type | None) -> None:
+        """Refuse, naming the plugin, a class that does not fit its kind's contract."""
+        where = f"plugin {self.provider!r} registered {kind} {getattr(cls, 'name', cls)!r}"
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(f"{where}: it must subclass runner.{base.__name__}")
+        for attribute, required_base in sections.items():
+            section = getattr(cls, attribute, None)
+            if not dataclasses.is_dataclass(section):
+                raise PluginError(f"{where}: its {attribute} must be a dataclass")
+            if required_base is not None and not issubclass(section, required_base):
+                raise PluginError(f"{where}: its {attribute} must subclass runner.{required_base.__name__}")
 
     def _add(self, kind: Kind, obj: Any) -> None:
         name = getattr(obj, "name", None)

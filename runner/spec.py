@@ -10,7 +10,6 @@ so a typo in a dotted path or a choice the backend rejects is caught up front.
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +24,6 @@ from runner.typed import build, convert
 
 TOP_LEVEL = ("$schema", "name", "description", "seed", "data", "backend", "model", "train", "search", "checkpoint", "executor")
 SEARCHABLE_SECTIONS = ("model", "train", "backend")
-METRIC = re.compile(r"^(train_loss|val_[A-Za-z0-9_]+)$")
 
 
 @dataclass(frozen=True)
@@ -63,14 +61,20 @@ class ExperimentSpec:
     base_dir: Path  # the experiment file's folder; relative data paths resolve against it
 
     def trial_config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The base config (model, train and backend sections) with ``params`` applied."""
-        config = {s: copy.deepcopy(self.raw.get(s, {})) for s in SEARCHABLE_SECTIONS}
-        config["backend"].setdefault("name", self.backend.name)
+        """The base config (model, train and backend sections, as written) with ``params`` applied.
+
+        Raises SpecError for a path that does not name a searchable key.
+        """
+        config = {"model": copy.deepcopy(self.raw.get("model", {})), "train": copy.deepcopy(self.raw["train"]),
+                  "backend": copy.deepcopy(self.backend.raw)}
         for path, value in params.items():
+            check_searchable(path)
             section, *keys = path.split(".")
             node = config[section]
             for key in keys[:-1]:
                 node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    raise SpecError(join_path("search.space", path), f"{key} is not an object that holds options")
             node[keys[-1]] = value
         return config
 
@@ -118,8 +122,8 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
     description = convert(str, raw.get("description", ""), "description")
     if seed is None:
         seed = convert(int, raw.get("seed", 0), "seed")
-    if seed < 0:
-        raise SpecError("seed", f"must be >= 0, got {seed}")
+    if not 0 <= seed < 2**63:
+        raise SpecError("seed", f"must be >= 0 and < 2**63, got {seed}")
 
     data = _plugin_ref(raw["data"], "dataset", "data", registry)
     backend = _plugin_ref(raw.get("backend", {"name": "numpy"}), "backend", "backend", registry)
@@ -127,6 +131,10 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
     model = build(backend_cls.Model, raw.get("model", {}), "model")
     train = build(backend_cls.Train, raw["train"], "train")
     search = _search(raw.get("search", {}), registry)
+    reported = ["train_loss", *(f"val_{m}" for m in backend_cls.metrics)]
+    if search.metric not in reported:
+        raise SpecError("search.metric", f'backend "{backend.name}" does not report "{search.metric}"; '
+                                         f"it reports {', '.join(reported)}")
     checkpoint = build(CheckpointOptions, raw.get("checkpoint", {}), "checkpoint")
     executor = _plugin_ref(raw.get("executor", {"name": "inline"}), "executor", "executor", registry)
 
@@ -164,21 +172,24 @@ def _search(raw: Any, registry: Registry) -> Search:
             raise SpecError(join_path("search", key), "unknown key; known keys: metric, mode, space, strategy")
     strategy = _plugin_ref(raw.get("strategy", {"name": "random"}), "strategy", "search.strategy", registry)
     metric = convert(str, raw.get("metric", "val_loss"), "search.metric")
-    if not METRIC.match(metric):
-        raise SpecError("search.metric", f'must be "train_loss" or a validation metric such as "val_loss" or "val_acc", got "{metric}"')
     default_mode = "max" if "acc" in metric else "min"
     mode = convert(str, raw.get("mode", default_mode), "search.mode")
     if mode not in ("min", "max"):
         raise SpecError("search.mode", f'must be "min" or "max", got "{mode}"')
     space = Space.parse(raw.get("space", {}), "search.space")
     for param in space:
-        section = param.path.split(".")[0]
-        if section not in SEARCHABLE_SECTIONS or "." not in param.path:
-            raise SpecError(
-                join_path("search.space", param.path),
-                "must be a dotted path into the model, train or backend section, such as train.lr",
-            )
+        check_searchable(param.path)
     return Search(strategy=strategy, metric=metric, mode=mode, space=space)
+
+
+def check_searchable(path: str) -> None:
+    """A searched path must name a key of the model, train or backend section (not the backend's name)."""
+    section = path.split(".")[0]
+    if section not in SEARCHABLE_SECTIONS or "." not in path:
+        raise SpecError(join_path("search.space", path),
+                        "must be a dotted path into the model, train or backend section, such as train.lr")
+    if path == "backend.name":
+        raise SpecError(join_path("search.space", path), "the backend cannot be searched: run one experiment per backend")
 
 
 def _plugin_ref(raw: Any, kind: Kind, path: str, registry: Registry) -> PluginRef:
@@ -191,7 +202,7 @@ def _plugin_ref(raw: Any, kind: Kind, path: str, registry: Registry) -> PluginRe
     name = convert(str, raw["name"], join_path(path, "name"))
     cls = registry.get(kind, name, join_path(path, "name"))
     options = build(cls.Options, {k: v for k, v in raw.items() if k != "name"}, path)
-    return PluginRef(name=name, options=options, raw=dict(raw))
+    return PluginRef(name=name, options=options, raw=dict(raw))  # "name" included, even for the shorthand
 
 
 def _extremes(param) -> list[Any]:

@@ -27,6 +27,7 @@ class Trial:
     step: int = 0  # training steps taken, over all epochs
     hyperparameters: dict[str, float] = field(default_factory=dict)  # live values in force
     metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
+    best: dict[str, float] | None = None  # metrics of the best epoch so far, by the experiment's metric
 
     @property
     def label(self) -> str:

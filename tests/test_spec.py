@@ -73,10 +73,14 @@ def error_of(path, plugins) -> str:
          "search.space.data.val_fraction: must be a dotted path into the model, train or backend section"),
         ({"search": {"space": {"model.activation": {"choices": ["relu", "swish"]}}}},
          'search.space.model.activation: the value "swish" is not accepted: model.activation: must be one of'),
-        ({"search": {"metric": "accuracy"}}, 'search.metric: must be "train_loss" or a validation metric'),
+        ({"search": {"metric": "val_accuracy"}},
+         'search.metric: backend "numpy" does not report "val_accuracy"; it reports train_loss, val_loss, val_acc'),
+        ({"search": {"space": {"backend.name": {"choices": ["numpy", "torch"]}}}},
+         "search.space.backend.name: the backend cannot be searched"),
+        ({"seed": 2**63}, "seed: must be >= 0 and < 2**63"),
         ({"search": {"mode": "maximize"}}, 'search.mode: must be "min" or "max", got "maximize"'),
         ({"executor": {"name": "inline", "workers": 2}}, "executor.workers: unknown key"),
-        ({"seed": -1}, "seed: must be >= 0, got -1"),
+        ({"seed": -1}, "seed: must be >= 0 and < 2**63, got -1"),
         ({"trials": 5}, "trials: unknown section"),
     ],
 )
@@ -85,6 +89,20 @@ def test_bad_specs_name_the_path_and_the_rule(write_experiment, plugins, changes
     message = error_of(path, plugins)
     assert expected in message
     assert message.startswith(str(path)), "the message names the file"
+
+
+def test_plugin_sections_may_be_written_as_a_name(write_experiment, plugins):
+    spec = load(write_experiment({"backend": "numpy", "data": "digits", "executor": "inline",
+                                  "search": {"strategy": "grid", "space": {"backend.dtype": {"choices": ["float64"]}}}}),
+                plugins.registry)
+    assert (spec.backend.name, spec.data.name, spec.search.strategy.name) == ("numpy", "digits", "grid")
+    assert spec.trial_config({"backend.dtype": "float64"})["backend"] == {"name": "numpy", "dtype": "float64"}
+
+
+def test_a_strategy_path_outside_the_searchable_sections_is_a_spec_error(write_experiment, plugins):
+    spec = load(write_experiment(), plugins.registry)
+    with pytest.raises(SpecError, match="search.space.data.val_fraction: must be a dotted path"):
+        spec.trial_config({"data.val_fraction": 0.5})
 
 
 def test_broken_json_says_where(tmp_path, plugins):

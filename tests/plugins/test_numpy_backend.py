@@ -298,10 +298,11 @@ def test_schedules_set_the_rate_of_each_epoch(schedule, formula):
         b.begin_epoch(epoch)
         assert b.lr_in_force == pytest.approx(formula(epoch), rel=1e-15)
         assert scheduled_lr(0.1, epoch, schedule=schedule, decay=0.5, step_epochs=2) == pytest.approx(formula(epoch), rel=1e-15)
-        assert b.hyperparameters()["lr"] == 0.1
-    b.set_hyperparameters(lr=0.2)  # a nudge sets the base rate; epoch 3's decay applies on top
-    assert b.lr_in_force == pytest.approx(2 * formula(3), rel=1e-15)
-    assert b.hyperparameters()["lr"] == 0.2
+        assert b.hyperparameters()["lr"] == b.lr_in_force, "lr reported is the rate in force"
+    b.set_hyperparameters(lr=0.2)  # a nudge sets the rate in force now ...
+    assert b.lr_in_force == b.hyperparameters()["lr"] == 0.2
+    b.begin_epoch(4)  # ... and the schedule decays on from it
+    assert b.lr_in_force == pytest.approx(0.2 * formula(4) / formula(3), rel=1e-12)
 
 
 def test_scheduled_rate_is_the_one_a_step_uses():

@@ -239,14 +239,15 @@ class NumpyBackend(Backend):
     # -- live hyperparameters ---------------------------------------------------------------
 
     def hyperparameters(self) -> dict[str, float]:
-        """The live values in force: base ``lr`` (before the schedule), ``momentum``, ``beta2``."""
-        return {"lr": self._lr0, "momentum": self._beta1, "beta2": self._beta2}
+        """The live values in force: ``lr`` (after the schedule's decay), ``momentum``, ``beta2``."""
+        return {"lr": self._lr, "momentum": self._beta1, "beta2": self._beta2}
 
     def set_hyperparameters(self, **values: float) -> None:
-        """Called between steps (a nudge): change base ``lr``, ``momentum`` and/or ``beta2``.
+        """Called between steps (a nudge): change ``lr``, ``momentum`` and/or ``beta2``.
 
-        Takes effect from the next ``train_step``; the schedule's decay for the current
-        epoch applies on top of a new ``lr``. All names and values are checked before any
+        Takes effect from the next ``train_step``. A new ``lr`` is the rate in force from
+        now on; the schedule keeps decaying from it in later epochs (the base rate becomes
+        ``lr / decay factor of this epoch``). All names and values are checked before any
         is applied: unknown names, ``lr < 0`` or a coefficient outside [0, 1) raise ValueError.
         """
         unknown = sorted(set(values) - set(self.live))
@@ -267,19 +268,27 @@ class NumpyBackend(Backend):
             if key in ("momentum", "beta2") and not 0 <= value < 1:
                 raise ValueError(f"{key} must be in [0, 1), got {value}")
             checked[key] = value
-        self._lr0 = checked.get("lr", self._lr0)
+        if "lr" in checked:
+            factor = self._decay_factor()
+            self._lr0 = checked["lr"] / factor if factor > 0 else checked["lr"]
+            self._lr = checked["lr"]
         self._beta1 = checked.get("momentum", self._beta1)
         self._beta2 = checked.get("beta2", self._beta2)
-        self._apply_schedule()
 
     def _apply_schedule(self) -> None:
         if self._epoch < 0:
             self._lr = self._lr0
             return
         t = self.train
-        self._lr = scheduled_lr(
-            self._lr0, self._epoch, schedule=t.lr_schedule, decay=t.lr_decay, step_epochs=t.lr_step_epochs
-        )
+        self._lr = scheduled_lr(self._lr0, self._epoch, schedule=t.lr_schedule, decay=t.lr_decay,
+                                step_epochs=t.lr_step_epochs)
+
+    def _decay_factor(self) -> float:
+        """The schedule's multiplier for the current epoch (1 before the first epoch)."""
+        if self._epoch < 0:
+            return 1.0
+        t = self.train
+        return scheduled_lr(1.0, self._epoch, schedule=t.lr_schedule, decay=t.lr_decay, step_epochs=t.lr_step_epochs)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -289,7 +298,8 @@ class NumpyBackend(Backend):
 
         ``arrays``: ``param/<name>``, ``running/<name>``, ``opt/<slot>/<name>`` and ``perm``
         (this epoch's row order). ``meta``: format, dtype, optimizer, epoch, position in the
-        epoch, update count ``t``, base hyperparameters and the generator state (its big
+        epoch, update count ``t``, hyperparameters in force, the base ``lr`` of the schedule
+        (``lr_base``) and the generator state (its big
         integers as decimal strings).
         """
         arrays: dict[str, np.ndarray] = {f"param/{k}": v.copy() for k, v in self.params.items()}
@@ -305,6 +315,7 @@ class NumpyBackend(Backend):
             "position": self._pos,
             "t": self.optimizer.t,
             "hyperparameters": self.hyperparameters(),
+            "lr_base": self._lr0,
             "rng": _rng_state_to_json(self._rng.bit_generator.state),
         }
         return BackendState(arrays=arrays, meta=meta)
@@ -314,7 +325,7 @@ class NumpyBackend(Backend):
         ``state()`` taken from a backend built with the same config and data, so that the
         next step is the one that followed it. Copies the arrays (the caller's ``state``
         stays independent) and replaces the parameters, running statistics, optimizer
-        moments and ``t``, the epoch's permutation and position, the base hyperparameters
+        moments and ``t``, the epoch's permutation and position, the hyperparameters
         and the generator state. Raises ValueError when the state does not fit.
         """
         meta, arrays = state.meta, state.arrays
@@ -348,9 +359,9 @@ class NumpyBackend(Backend):
         )
         self._perm = perm.astype(np.int64, copy=True)
         self._epoch, self._pos = epoch, pos
-        self._lr0, self._beta1, self._beta2 = float(hp["lr"]), float(hp["momentum"]), float(hp["beta2"])
+        self._lr0, self._lr = float(meta["lr_base"]), float(hp["lr"])
+        self._beta1, self._beta2 = float(hp["momentum"]), float(hp["beta2"])
         self._rng.bit_generator.state = rng_state
-        self._apply_schedule()
 
 
 def _rng_state_to_json(state: dict[str, Any]) -> dict[str, Any]:
