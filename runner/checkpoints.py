@@ -5,9 +5,11 @@ JSON metadata (trial, epoch, step, reason, hyperparameters, metrics, the backend
 meta, and a SHA-256 checksum of everything else). It is loaded with
 ``allow_pickle=False``: nothing is ever unpickled from disk.
 
-Writing happens on a background thread so that training rarely waits for the disk: the
-training thread only copies the state (``Backend.state()``), and waits for a write only
-when it takes the next snapshot (a whole epoch later) or ends the trial. A snapshot is durable once
+Every snapshot that is due goes to a ring in memory (a copy of ``Backend.state()``, a
+fraction of a millisecond), so a rollback never touches the disk. Files are written at
+most once per ``min_interval`` seconds while a trial trains, and its best snapshot when it
+ends, on a background thread: training waits for a write only when it reports it (before
+the next file, and at the end of the trial). A snapshot is durable once
 written under a temporary name, flushed, fsynced, renamed into place and its folder
 fsynced; only then is it reported (``runner_checkpoint_saved`` fires on the loop's thread)
 and only then are older snapshots beyond ``keep`` deleted.
@@ -19,6 +21,7 @@ import hashlib
 import os
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +40,10 @@ META_KEY = "__meta__"
 class CheckpointOptions:
     """The ``checkpoint`` section of an experiment file."""
 
-    every_epochs: int = field(default=1, metadata=bounds(ge=0, doc="snapshot every N epochs; 0 turns periodic snapshots off"))
-    keep: int = field(default=3, metadata=bounds(ge=1, doc="how many recent snapshots each trial keeps on disk, besides its best"))
-    best: bool = field(default=True, metadata=bounds(doc="also snapshot whenever the experiment's metric improves, and keep the best"))
+    every_epochs: int = field(default=1, metadata=bounds(ge=0, doc="take a snapshot every N epochs; 0 turns periodic snapshots off"))
+    min_interval: float = field(default=30.0, metadata=bounds(ge=0, doc="seconds between two snapshot files of a trial; snapshots due sooner stay in memory only; 0 writes each one"))
+    keep: int = field(default=3, metadata=bounds(ge=1, doc="how many recent snapshot files each trial keeps, besides its best"))
+    best: bool = field(default=True, metadata=bounds(doc="also snapshot whenever the experiment's metric improves; the best is written when the trial ends"))
     memory: int = field(default=2, metadata=bounds(ge=0, doc="recent snapshots each trial keeps in memory for fast rollback"))
 
 
@@ -146,33 +150,46 @@ class SnapshotWriter:
 
 
 class CheckpointStore:
-    """The snapshots of one trial: files in ``folder`` and a ring of the latest in memory.
+    """The snapshots of one trial: files in ``folder``, the latest ones in memory.
 
-    ``save`` is called by the loop on the training thread; ``collect`` (also on the loop's
-    thread) returns the snapshots that have become durable since the last call, after
-    pruning old files.
+    Called on the training thread: ``save`` when a snapshot is due, ``finish`` when the
+    trial ends, ``collect`` to learn which files have become durable. Writing and pruning
+    happen on the writer thread.
     """
 
-    def __init__(self, folder: Path, trial: int, options: CheckpointOptions, writer: SnapshotWriter):
-        self.folder, self.trial, self.options, self.writer = folder, trial, options, writer
+    def __init__(self, folder: Path, trial: int, options: CheckpointOptions, writer: SnapshotWriter,
+                 clock=time.monotonic):
+        self.folder, self.trial, self.options, self.writer, self.clock = folder, trial, options, writer, clock
         self.ring: deque[tuple[Snapshot, BackendState]] = deque(maxlen=options.memory)
+        self.best: Snapshot | None = None  # the best durable snapshot
+        self._unwritten_best: tuple[Snapshot, BackendState, dict] | None = None
+        self._last_write = clock()  # the first file comes min_interval after the trial starts
         self._durable: list[Snapshot] = []  # oldest first
         self._new: list[Snapshot | Exception] = []
         self._pending = 0  # writes submitted and not finished
         self._changed = threading.Condition()
-        self.best: Snapshot | None = None
+        self._folder_made = False
 
     def save(self, state: BackendState, *, epoch: int, step: int, reason: str, best: bool,
              hyperparameters: dict[str, float], metrics: dict[str, float]) -> Snapshot:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Keep ``state`` in memory; write it too if ``min_interval`` has passed since the last file."""
         snapshot = Snapshot(self.folder / f"e{epoch:05d}-s{step:09d}.npz", self.trial, epoch, step, reason, best)
         meta = {"trial": self.trial, "epoch": epoch, "step": step, "reason": reason, "best": best,
                 "hyperparameters": hyperparameters, "metrics": metrics}
         self.ring.append((snapshot, state))
-        with self._changed:
-            self._pending += 1
-        self.writer.submit(snapshot.path, state, meta, lambda error: self._finished(snapshot, error))
+        if self.clock() - self._last_write >= self.options.min_interval:
+            self._write(snapshot, state, meta)
+            if best:
+                self._unwritten_best = None
+        elif best:
+            self._unwritten_best = (snapshot, state, meta)
         return snapshot
+
+    def finish(self) -> None:
+        """At the end of a trial: write its best snapshot if only memory holds it."""
+        if self._unwritten_best is not None:
+            self._write(*self._unwritten_best)
+            self._unwritten_best = None
 
     def collect(self, wait: bool = False) -> list[Snapshot | Exception]:
         """Snapshots (or write errors) that became durable since the last call.
@@ -183,17 +200,25 @@ class CheckpointStore:
             if wait:
                 self._changed.wait_for(lambda: self._pending == 0)
             done, self._new = self._new, []
-        for item in done:
-            if isinstance(item, Snapshot):
-                self._durable.append(item)
-                if item.best:
-                    self.best = item
-        if done:
-            self._prune()
         return done
 
-    def _finished(self, snapshot: Snapshot, error: Exception | None) -> None:
+    def _write(self, snapshot: Snapshot, state: BackendState, meta: dict) -> None:
+        if not self._folder_made:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._folder_made = True
+        self._last_write = self.clock()
         with self._changed:
+            self._pending += 1
+        self.writer.submit(snapshot.path, state, meta, lambda error: self._finished(snapshot, error))
+
+    def _finished(self, snapshot: Snapshot, error: Exception | None) -> None:
+        """On the writer thread, once the file is durable (or failed): record it, prune old files."""
+        with self._changed:
+            if error is None:
+                self._durable.append(snapshot)
+                if snapshot.best:
+                    self.best = snapshot
+                self._prune()
             self._new.append(error if error is not None else snapshot)
             self._pending -= 1
             self._changed.notify_all()
@@ -202,6 +227,6 @@ class CheckpointStore:
         """Delete durable snapshots beyond the last ``keep``, sparing the best."""
         recent = self._durable[-self.options.keep:]
         for old in self._durable[: -self.options.keep]:
-            if old is not self.best and old not in recent:
+            if old is not self.best:
                 old.path.unlink(missing_ok=True)
         self._durable = [s for s in self._durable if s in recent or s is self.best]

@@ -6,7 +6,10 @@ Exit codes: 0 success; 1 a failure during the run; 2 bad input (a message, no tr
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,14 +43,14 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("checkpoints"),
               show_default=True, help="Folder in which the run directory is created.")
 @plugin_option
-@click.option("--seed", type=click.IntRange(min=0), help="Override the experiment file's seed.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), help="Override the experiment file's seed.")
 @click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
 def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int | None, plain: bool) -> None:
     """Run the experiment described by EXPERIMENT (a JSON file)."""
     console = terminal()
-    with reported_errors():
+    with reported_errors() as where:
         plugins, spec, dataset = _prepare(experiment, plugin_refs, seed)
-        run_dir = create_run_dir(out, spec.name)
+        run_dir = where.run_dir = create_run_dir(out, spec.name)
         console.print(f"run directory: {run_dir}", soft_wrap=True)
         plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
         board = run_experiment(spec, plugins, dataset, run_dir)
@@ -132,14 +135,36 @@ def _prepare(experiment: Path, plugin_refs: tuple[str, ...], seed: int | None):
     return plugins, spec, dataset
 
 
+class _Where:
+    run_dir: Path | None = None
+
+
 @contextmanager
 def reported_errors():
-    """Turn the runner's own errors into a message and an exit code, never a traceback."""
+    """Turn errors into a message and an exit code, never a traceback on the screen.
+
+    The runner's own errors (bad input) are one line. Anything else is a bug in a plugin or
+    in the runner: one line naming it, and the traceback in ``error.log`` of the run
+    directory (or a temporary file when no run directory exists yet).
+    """
+    where = _Where()
     try:
-        yield
+        yield where
     except RunnerError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as err:
+        if where.run_dir is not None:
+            log = where.run_dir / "error.log"
+            log.write_text(traceback.format_exc())
+        else:
+            fd, name = tempfile.mkstemp(prefix="runner-error-", suffix=".log")
+            os.write(fd, traceback.format_exc().encode())
+            os.close(fd)
+            log = Path(name)
+        click.echo(f"error: unexpected {type(err).__name__} (a bug in a plugin or in runner): {err}\n"
+                   f"the traceback is in {log}", err=True)
+        sys.exit(1)

@@ -144,10 +144,14 @@ def standardize(x_train: np.ndarray, x_val: np.ndarray) -> tuple[np.ndarray, np.
 
 def _features(x: np.ndarray, where: str) -> np.ndarray:
     x = np.asarray(x)
+    if x.ndim == 0 or len(x) == 0:
+        raise SpecError(where, "are empty: no examples")
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
         x = x.reshape(len(x), -1)
+    if x.shape[1] == 0:
+        raise SpecError(where, "have no columns: each example needs at least one feature")
     if not np.issubdtype(x.dtype, np.number):
         raise SpecError(where, f"must be numeric, got dtype {x.dtype}")
     x = x.astype(np.float64)

@@ -8,6 +8,11 @@ class RunnerError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str = "", *, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
 
 class SpecError(RunnerError):
     """Bad input in an experiment file: names the JSON path and the rule broken.

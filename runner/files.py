@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from runner.errors import RunnerError
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never
@@ -40,7 +42,10 @@ def create_run_dir(root: Path, name: str, now: float | None = None) -> Path:
     Never reuses an existing folder: a second run in the same second gets ``-2``, ``-3``...
     The folder is created inside ``root`` whatever the experiment's name says.
     """
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunnerError(f"cannot create the output folder {root}: {err.strerror}", exit_code=2) from None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     base = f"{safe_name(name)}-{stamp}"
     for n in range(1, 10_000):
@@ -49,5 +54,7 @@ def create_run_dir(root: Path, name: str, now: float | None = None) -> Path:
             candidate.mkdir()
         except FileExistsError:
             continue
+        except OSError as err:
+            raise RunnerError(f"cannot create a run directory in {root}: {err.strerror}", exit_code=2) from None
         return candidate
     raise FileExistsError(f"could not find a free run directory name under {root}")

@@ -92,10 +92,10 @@ def runner_epoch_end(trial: Trial, epoch: int, metrics: dict[str, float]) -> Dec
 def runner_divergence(trial: Trial, event: DivergenceEvent) -> Decision | None:
     """Called when training diverges: a non-finite training loss.
 
-    ``event`` says what was seen (``kind``, ``step``, ``loss``). Stops at the first
-    non-None result, which decides what happens: ``Stop`` or ``Prune`` end the trial in
-    that state; ``Nudge`` changes hyperparameters and lets training go on. With no answer
-    the trial ends as ``diverged``.
+    ``event`` says what was seen (``kind``, ``epoch``, ``step``, ``loss``). Stops at the
+    first non-None result, which decides what happens: ``Stop`` or ``Prune`` end the trial
+    in that state (any other answer fails the trial). With no answer the trial ends as
+    ``diverged``.
     """
 
 

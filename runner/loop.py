@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from runner import __version__
 from runner.checkpoints import CheckpointStore, SnapshotWriter
 from runner.data import Dataset, prepare
 from runner.decisions import Nudge, Prune, Stop, flatten
@@ -25,7 +26,7 @@ from runner.errors import RunnerError, SpecError
 from runner.events import EventLog
 from runner.files import write_json
 from runner.plugins import Plugins
-from runner.results import leaderboard, write_results
+from runner.results import leaderboard, results_document
 from runner.strategy import TRIAL_STREAM
 from runner.spec import ExperimentSpec, trial_sections
 from runner.trial import History, Trial, TrialResult
@@ -83,11 +84,12 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         metric=search.metric, mode=search.mode,
     )
     experiment = Experiment(spec, run_dir, strategy.planned_trials())
-    write_json(run_dir / "experiment.json", spec.raw)
+    write_json(run_dir / "experiment.json", {**spec.raw, "seed": spec.seed})  # the seed in force
     history = History()
 
     with EventLog(run_dir / "events.jsonl") as log:
-        log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir),
+        log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir.resolve()),
+                 base_dir=str(spec.base_dir), plugins=plugins.origins, runner_version=__version__,
                  metric=search.metric, mode=search.mode, planned_trials=experiment.planned_trials)
         hook.runner_experiment_start(experiment=experiment)
 
@@ -115,9 +117,10 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
             writer.close()
 
         board = leaderboard([r.result for r in history.finished], search.mode)
-        write_results(run_dir / "results.json", spec.name, search.metric, search.mode, board)
-        log.emit("experiment_complete", trials=len(board),
-                 best_trial=board[0].trial if board and board[0].score is not None else None,
+        document = results_document(spec.name, search.metric, search.mode, board)
+        write_json(run_dir / "results.json", document)
+        best = document["best"]
+        log.emit("experiment_complete", trials=len(board), best_trial=best["trial"] if best else None,
                  stopped_early=stopping)
         hook.runner_experiment_complete(experiment=experiment, results=board)
     return board
@@ -158,6 +161,7 @@ class TrialRunner:
             error = traceback.format_exc()
         if not announced:
             self._announce(trial)
+        store.finish()
         self._report_snapshots(trial, store)
 
         best = trial.best
@@ -208,8 +212,9 @@ class TrialRunner:
             self._apply(trial, backend, decisions, source="plugin")
 
     def _snapshot(self, trial: Trial, backend, store: CheckpointStore, improved: bool) -> None:
-        """Take the end-of-epoch snapshot if one is due. The previous one is reported first:
-        it had a whole epoch to be written, so this rarely waits, and hooks fire in order."""
+        """Take the end-of-epoch snapshot if one is due. Files written earlier are reported
+        first (they had at least an epoch to be written, so this rarely waits), which keeps
+        the order of ``checkpoint`` events and hooks the same from run to run."""
         options = self.spec.checkpoint
         periodic = options.every_epochs > 0 and trial.epoch % options.every_epochs == 0
         best = improved and options.best

@@ -78,7 +78,9 @@ class ProgressReporter:
         line = (f"{trial.label} [{style}]{result.state}[/] {score} epochs={result.epochs} "
                 f"{result.seconds:.1f}s  {short_params(result.params)}{reason}")
         if self.progress:
-            self.progress.remove_task(self.tasks.pop(trial.id))
+            task = self.tasks.pop(trial.id, None)
+            if task is not None:
+                self.progress.remove_task(task)
             self.progress.advance(self.overall)
             self.progress.console.print(line, highlight=False)
         else:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-from runner.files import write_json
 from runner.trial import TrialResult
 
 
@@ -21,8 +19,13 @@ def leaderboard(results: list[TrialResult], mode: str) -> list[TrialResult]:
 
 
 def results_document(name: str, metric: str, mode: str, board: list[TrialResult]) -> dict[str, Any]:
-    """The content of ``results.json``: the leaderboard, the best trial and counts by state."""
-    best = board[0] if board and board[0].score is not None else None
+    """The content of ``results.json``: the leaderboard, the best trial and counts by state.
+
+    ``best`` is the best trial that completed its training; only when none did, the best
+    scored trial in any state.
+    """
+    scored = [r for r in board if r.score is not None and math.isfinite(r.score)]
+    best = next((r for r in scored if r.state == "completed"), scored[0] if scored else None)
     return {
         "experiment": name,
         "metric": metric,
@@ -32,6 +35,3 @@ def results_document(name: str, metric: str, mode: str, board: list[TrialResult]
         "trials": [r.to_json() for r in board],
     }
 
-
-def write_results(path: Path, name: str, metric: str, mode: str, board: list[TrialResult]) -> None:
-    write_json(path, results_document(name, metric, mode, board))

@@ -16,14 +16,14 @@ the same unit interval.
 
 from __future__ import annotations
 
-import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 
 from runner.errors import SpecError, join_path
 
@@ -178,20 +178,55 @@ class Space:
         """One point: every parameter drawn in order from the one ``rng``."""
         return {p.path: p.sample(rng) for p in self.params}
 
-    def grid(self, points: int | Mapping[str, int] = 3) -> list[dict[str, Any]]:
+    def grid(self, points: int | Mapping[str, int] = 3) -> Grid:
         """Every combination, the first parameter varying slowest and the last fastest.
 
         ``points`` is the number of values per numeric parameter, or a mapping from path to
-        that number; choices always contribute all their values.
+        that number; choices always contribute all their values. The grid is computed point
+        by point on demand, so a huge grid costs no memory.
         """
         axes = []
         for p in self.params:
             n = points.get(p.path, 3) if isinstance(points, Mapping) else points
             axes.append(p.grid(n))
-        return [dict(zip([p.path for p in self.params], combo)) for combo in itertools.product(*axes)]
+        return Grid([p.path for p in self.params], axes)
 
     def to_json(self) -> dict[str, Any]:
         return {p.path: p.to_json() for p in self.params}
+
+
+def _json(value: Any) -> str:
+    """A value as it reads in an experiment file (infinities and NaN as Python writes them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    try:
+        return orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return str(value)
+
+
+class Grid(Sequence):
+    """The points of a grid, in order; point k is computed from k (mixed-radix digits)."""
+
+    def __init__(self, paths: list[str], axes: list[list[Any]]):
+        self.paths, self.axes = paths, axes
+        self._size = math.prod(len(a) for a in axes)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._size))]
+        if index < 0:
+            index += self._size
+        if not 0 <= index < self._size:
+            raise IndexError(f"grid point {index} out of range (the grid has {self._size})")
+        values = []
+        for axis in reversed(self.axes):  # the last parameter varies fastest
+            index, digit = divmod(index, len(axis))
+            values.append(axis[digit])
+        return dict(zip(self.paths, reversed(values)))
 
 
 def parse_param(key: str, value: Any, path: str) -> Param:
@@ -214,19 +249,19 @@ def parse_param(key: str, value: Any, path: str) -> Param:
         raise SpecError(join_path(path, extra[0]), 'unknown key; known keys: choices, high, low, scale, type')
     kind = value.get("type", "float")
     if kind not in ("float", "int"):
-        raise SpecError(join_path(path, "type"), f'must be "float" or "int", got {kind!r}')
+        raise SpecError(join_path(path, "type"), f'must be "float" or "int", got {_json(kind)}')
     scale = value.get("scale", "linear")
     allowed = SCALES if kind == "float" else ("linear", "log")
     if scale not in allowed:
         names = ", ".join(f'"{s}"' for s in allowed)
-        raise SpecError(join_path(path, "scale"), f"must be one of {names} for type {kind!r}, got {scale!r}")
+        raise SpecError(join_path(path, "scale"), f'must be one of {names} for type "{kind}", got {_json(scale)}')
     for bound in ("low", "high"):
         if bound not in value:
             raise SpecError(join_path(path, bound), "is required")
         v = value[bound]
         ok = isinstance(v, int) if kind == "int" else isinstance(v, (int, float)) and math.isfinite(v)
         if isinstance(v, bool) or not ok:
-            raise SpecError(join_path(path, bound), f"must be {'an integer' if kind == 'int' else 'a finite number'}, got {v!r}")
+            raise SpecError(join_path(path, bound), f"must be {'an integer' if kind == 'int' else 'a finite number'}, got {_json(v)}")
     low, high = value["low"], value["high"]
     if scale == "log" and low <= 0:
         raise SpecError(join_path(path, "low"), f'must be > 0 for scale "log", got {low}')

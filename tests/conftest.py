@@ -18,6 +18,7 @@ QUICK = {
     "data": {"name": "spirals", "classes": 3, "points_per_class": 40},
     "model": {"hidden": [16], "batch_norm": True},
     "train": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 0.01},
+    "checkpoint": {"min_interval": 0},  # every due snapshot becomes a file: deterministic events
     "search": {
         "strategy": {"name": "grid"},
         "metric": "val_acc",

@@ -27,7 +27,7 @@ def writer():
 
 
 def test_a_snapshot_round_trips_exactly_and_leaves_no_temporary_file(tmp_path, writer):
-    store = CheckpointStore(tmp_path / "t000", 0, CheckpointOptions(), writer)
+    store = CheckpointStore(tmp_path / "t000", 0, CheckpointOptions(min_interval=0), writer)
     saved = store.save(state(1.5), epoch=1, step=10, reason="epoch", best=False,
                        hyperparameters={"lr": 0.1}, metrics={"val_loss": 0.5})
     [durable] = store.collect(wait=True)
@@ -41,7 +41,7 @@ def test_a_snapshot_round_trips_exactly_and_leaves_no_temporary_file(tmp_path, w
 
 
 def test_keeps_the_last_k_and_the_best(tmp_path, writer):
-    store = CheckpointStore(tmp_path, 0, CheckpointOptions(keep=2), writer)
+    store = CheckpointStore(tmp_path, 0, CheckpointOptions(keep=2, min_interval=0), writer)
     for epoch in range(1, 7):
         store.save(state(epoch), epoch=epoch, step=epoch * 10, reason="epoch", best=epoch == 2,
                    hyperparameters={}, metrics={})
@@ -54,7 +54,7 @@ def test_keeps_the_last_k_and_the_best(tmp_path, writer):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
 def test_a_damaged_snapshot_is_detected_with_a_clear_message(tmp_path, writer, damage):
-    store = CheckpointStore(tmp_path, 0, CheckpointOptions(), writer)
+    store = CheckpointStore(tmp_path, 0, CheckpointOptions(min_interval=0), writer)
     path = store.save(state(3.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={}).path
     store.collect(wait=True)
     data = bytearray(path.read_bytes())
@@ -72,9 +72,26 @@ def test_a_damaged_snapshot_is_detected_with_a_clear_message(tmp_path, writer, d
         read_snapshot(path)
 
 
+def test_files_are_throttled_by_min_interval_and_the_best_is_written_at_the_end(tmp_path, writer):
+    now = [0.0]
+    store = CheckpointStore(tmp_path, 0, CheckpointOptions(min_interval=10, keep=5), writer, clock=lambda: now[0])
+    written = []
+    for epoch, (t, best) in enumerate([(4, True), (11, False), (15, True), (19, False), (22, False)], 1):
+        now[0] = t
+        store.save(state(epoch), epoch=epoch, step=epoch, reason="epoch", best=best, hyperparameters={}, metrics={})
+        written += [s.epoch for s in store.collect(wait=True)]
+    assert written == [2, 5], "a file 10 s after the start, then 10 s after that one"
+    assert [s.epoch for s, _ in store.ring] == [4, 5], "every due snapshot is in memory"
+    store.finish()
+    [best] = store.collect(wait=True)
+    assert (best.epoch, best.best) == (3, True) and store.best == best
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "e00002-s000000002.npz", "e00003-s000000003.npz", "e00005-s000000005.npz"]
+
+
 def test_a_write_error_is_reported_not_raised(tmp_path, writer):
     folder = tmp_path / "t000"
-    store = CheckpointStore(folder, 0, CheckpointOptions(), writer)
+    store = CheckpointStore(folder, 0, CheckpointOptions(min_interval=0), writer)
     folder.mkdir()
     (folder / "e00001-s000000001.npz").mkdir()  # a folder where the file must go: rename fails
     store.save(state(1.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={})

@@ -138,6 +138,54 @@ def test_trace_env_prints_hook_calls(write_experiment, tmp_path):
     assert "runner_trial_start" in proc.stderr and "runner_epoch_end" in proc.stderr
 
 
+def test_a_strategy_from_a_plugin_file_drives_a_cli_run(write_experiment, tmp_path):
+    plugin = tmp_path / "two_rates.py"
+    plugin.write_text(textwrap.dedent('''
+        from runner import Strategy, hookimpl
+
+        class TwoRates(Strategy):
+            name = "two-rates"
+
+            def ask(self, history):
+                return [{"train.lr": 0.3}, {"train.lr": 0.003}, None][min(len(history), 2)]
+
+        @hookimpl
+        def runner_register(registry):
+            registry.add_strategy(TwoRates)
+    '''))
+    exp = write_experiment({"search": {"strategy": {"name": "two-rates"}, "space": None}})
+    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    assert proc.returncode == 0, proc.stderr
+    results = orjson.loads((run_dir_of(proc.stdout) / "results.json").read_bytes())
+    assert sorted(t["params"]["train.lr"] for t in results["trials"]) == [0.003, 0.3]
+    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain")
+    assert proc.returncode == 2 and 'unknown strategy "two-rates"' in proc.stderr
+
+
+def test_a_bug_in_a_plugin_is_one_line_and_a_traceback_file(write_experiment, tmp_path):
+    plugin = tmp_path / "buggy.py"
+    plugin.write_text(textwrap.dedent('''
+        from runner import hookimpl
+
+        @hookimpl
+        def runner_trial_complete(trial, result):
+            raise ZeroDivisionError("oops in a plugin")
+    '''))
+    proc = runner("start", write_experiment(), "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "unexpected ZeroDivisionError (a bug in a plugin or in runner): oops in a plugin" in proc.stderr
+    log = run_dir_of(proc.stdout) / "error.log"
+    assert f"the traceback is in {log}" in proc.stderr
+    assert "buggy.py" in log.read_text() and "Traceback" in log.read_text()
+
+
+def test_an_unusable_output_folder_is_bad_input(write_experiment, tmp_path):
+    (tmp_path / "file").write_text("")
+    proc = runner("start", write_experiment(), "--out", tmp_path / "file" / "runs")
+    assert proc.returncode == 2 and "cannot create the output folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_version_and_help():
     assert runner("--version").stdout.startswith("runner, version ")
     for command in ("start", "validate", "plugins"):

@@ -161,7 +161,17 @@ def test_space_grid_order_and_count():
     assert [p["c"] for p in per_param[:4]] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])  # last varies fastest
     assert [p["a"] for p in per_param] == ["x"] * 12 + ["y"] * 12  # first varies slowest
     assert len(space.grid()) == 2 * 3 * 3  # three points per numeric parameter by default
-    assert Space().grid() == [{}]
+    assert list(Space().grid()) == [{}]
+
+
+def test_a_huge_grid_is_computed_point_by_point():
+    space = Space.parse({f"p{i}": {"low": 0.0, "high": 9.0} for i in range(10)})
+    grid = space.grid(10)
+    assert len(grid) == 10**10
+    assert grid[1234567890] == {f"p{i}": float(d) for i, d in enumerate("1234567890")}
+    assert grid[-1] == {f"p{i}": 9.0 for i in range(10)}
+    with pytest.raises(IndexError):
+        grid[10**10]
 
 
 def test_grid_needs_a_point():
@@ -252,13 +262,13 @@ def test_log_low_must_be_positive_exact_message():
         ({"choices": [1, 2], "low": 0}, 'p.low: unknown key; a choice parameter takes only "choices"'),
         ({"choices": []}, "p.choices: must be a non-empty list"),
         ({"choices": "abc"}, "p.choices: must be a non-empty list"),
-        ({"low": "a", "high": 1}, "p.low: must be a finite number, got 'a'"),
-        ({"low": 0, "high": True}, "p.high: must be a finite number, got True"),
+        ({"low": "a", "high": 1}, "p.low: must be a finite number, got \"a\""),
+        ({"low": 0, "high": True}, "p.high: must be a finite number, got true"),
         ({"low": 0, "high": float("inf")}, "p.high: must be a finite number, got inf"),
         ({"low": 0.5, "high": 3, "type": "int"}, "p.low: must be an integer, got 0.5"),
-        ({"low": 0, "high": 1, "type": "str"}, "p.type: must be \"float\" or \"int\", got 'str'"),
-        ({"low": 1, "high": 9, "type": "int", "scale": "log1m"}, 'p.scale: must be one of "linear", "log" for type \'int\', got \'log1m\''),
-        ({"low": 1, "high": 9, "scale": "exp"}, 'p.scale: must be one of "linear", "log", "log1m" for type \'float\', got \'exp\''),
+        ({"low": 0, "high": 1, "type": "str"}, "p.type: must be \"float\" or \"int\", got \"str\""),
+        ({"low": 1, "high": 9, "type": "int", "scale": "log1m"}, 'p.scale: must be one of "linear", "log" for type "int", got "log1m"'),
+        ({"low": 1, "high": 9, "scale": "exp"}, 'p.scale: must be one of "linear", "log", "log1m" for type "float", got "exp"'),
         ({"high": 9}, "p.low: is required"),
         ({"low": 1}, "p.high: is required"),
         ([1, 2], "p: must be an object"),

@@ -196,6 +196,8 @@ def _npz_features(archive, options: NpzOptions, key: str, file: Path) -> np.ndar
     name, where = getattr(options, key), join_path(DATA, key)
     if a.ndim == 0:
         raise SpecError(where, f'array "{name}" in {file} must have one row per example, got a single value')
+    if a.size == 0:
+        raise SpecError(where, f'array "{name}" in {file} is empty (shape {a.shape})')
     if a.dtype.kind not in "biuf":
         raise SpecError(where, f'array "{name}" in {file} must be numeric, got dtype {a.dtype}')
     a = a.astype(np.float64)
