@@ -98,6 +98,13 @@ class Backend(ABC):
         else the backend refuses, and apply nothing in that case."""
 
     @abstractmethod
+    def reshuffle(self, salt: int) -> None:
+        """Called after a rollback: draw the data order from now on (including what is
+        left of the current epoch) from a stream mixed with ``salt``, so the batches that
+        blew up are not replayed in the same order. Deterministic: the same state and salt
+        give the same order, and the new stream is part of ``state()``."""
+
+    @abstractmethod
     def state(self) -> BackendState:
         """A copy of everything needed to continue bit for bit."""
 

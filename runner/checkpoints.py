@@ -160,7 +160,7 @@ class CheckpointStore:
     def __init__(self, folder: Path, trial: int, options: CheckpointOptions, writer: SnapshotWriter,
                  clock=time.monotonic):
         self.folder, self.trial, self.options, self.writer, self.clock = folder, trial, options, writer, clock
-        self.ring: deque[tuple[Snapshot, BackendState]] = deque(maxlen=options.memory)
+        self.ring: deque[tuple[Snapshot, BackendState, dict]] = deque(maxlen=options.memory)
         self.best: Snapshot | None = None  # the best durable snapshot
         self._unwritten_best: tuple[Snapshot, BackendState, dict] | None = None
         self._last_write = clock()  # the first file comes min_interval after the trial starts
@@ -171,13 +171,18 @@ class CheckpointStore:
         self._folder_made = False
 
     def save(self, state: BackendState, *, epoch: int, step: int, reason: str, best: bool,
-             hyperparameters: dict[str, float], metrics: dict[str, float]) -> Snapshot:
-        """Keep ``state`` in memory; write it too if ``min_interval`` has passed since the last file."""
+             hyperparameters: dict[str, float], metrics: dict[str, float], loop: dict[str, Any],
+             durable: bool | None = None) -> Snapshot:
+        """Keep ``state`` in memory; write it too if ``min_interval`` has passed since the last
+        file (``durable`` True or False forces the choice). ``loop`` is the trial loop's own
+        state (best metrics, divergence detector, event count...), restored with the backend's."""
         snapshot = Snapshot(self.folder / f"e{epoch:05d}-s{step:09d}.npz", self.trial, epoch, step, reason, best)
         meta = {"trial": self.trial, "epoch": epoch, "step": step, "reason": reason, "best": best,
-                "hyperparameters": hyperparameters, "metrics": metrics}
-        self.ring.append((snapshot, state))
-        if self.clock() - self._last_write >= self.options.min_interval:
+                "hyperparameters": hyperparameters, "metrics": metrics, "loop": loop}
+        self.ring.append((snapshot, state, meta))
+        if durable is None:
+            durable = self.clock() - self._last_write >= self.options.min_interval
+        if durable:
             self._write(snapshot, state, meta)
             if best:
                 self._unwritten_best = None
@@ -190,6 +195,39 @@ class CheckpointStore:
         if self._unwritten_best is not None:
             self._write(*self._unwritten_best)
             self._unwritten_best = None
+
+    def find(self, to: str | int, older: int = 0) -> tuple[BackendState, dict[str, Any]] | None:
+        """The snapshot a rollback asks for: ``"last"``, ``"best"`` or the one after epoch
+        ``to``, skipping ``older`` newer matches (or the oldest match, if there are fewer).
+        Memory first, then files (newest first, damaged ones skipped). None if none matches."""
+        def wanted(meta: dict) -> bool:
+            return to == "last" or (to == "best" and meta["best"]) or meta["epoch"] == to
+
+        def candidates():
+            in_memory = set()
+            for snapshot, state, meta in reversed(self.ring):
+                in_memory.add(snapshot.path)
+                yield state, meta
+            if self._unwritten_best is not None:
+                yield self._unwritten_best[1], self._unwritten_best[2]
+            with self._changed:
+                durable = list(self._durable)
+            for snapshot in reversed(durable):
+                if snapshot.path in in_memory:
+                    continue
+                try:
+                    yield read_snapshot(snapshot.path)
+                except CorruptSnapshot:
+                    continue
+
+        found = None
+        for state, meta in candidates():
+            if wanted(meta):
+                found = (state, meta)
+                if older == 0:
+                    break
+                older -= 1
+        return found
 
     def collect(self, wait: bool = False) -> list[Snapshot | Exception]:
         """Snapshots (or write errors) that became durable since the last call.

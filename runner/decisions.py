@@ -37,7 +37,23 @@ class Prune:
     reason: str = ""
 
 
-Decision = Nudge | Stop | Prune
+@dataclass(frozen=True)
+class Rollback:
+    """Go back to a snapshot: ``"last"`` (the newest), ``"best"``, or the one taken after
+    epoch ``to`` (an int); ``older`` skips that many newer matches (when going back to the
+    last snapshot did not help, go further). ``lr_factor`` multiplies the lower of the
+    restored learning rate and the one in force before the rollback (so repeated rollbacks
+    keep cutting, and a bad nudge is not carried back); ``reshuffle`` draws a new data order, so the batches that blew up
+    are not replayed in the same state."""
+
+    to: str | int = "last"
+    older: int = 0
+    lr_factor: float | None = None
+    reshuffle: bool = False
+    reason: str = ""
+
+
+Decision = Nudge | Stop | Prune | Rollback
 
 
 def flatten(results: list[Any]) -> list[Decision]:
@@ -48,7 +64,7 @@ def flatten(results: list[Any]) -> list[Decision]:
             continue
         items = result if isinstance(result, (list, tuple)) else [result]
         for item in items:
-            if not isinstance(item, (Nudge, Stop, Prune)):
-                raise TypeError(f"a hook returned {item!r}; expected Nudge, Stop, Prune or None")
+            if not isinstance(item, (Nudge, Stop, Prune, Rollback)):
+                raise TypeError(f"a hook returned {item!r}; expected Nudge, Stop, Prune, Rollback or None")
             decisions.append(item)
     return decisions

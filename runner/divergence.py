@@ -1,16 +1,87 @@
-"""Divergence: what counts as training blowing up, and the event that reports it."""
+"""Divergence: what counts as training blowing up, cheaply, and the event that reports it.
+
+Per step the loop checks the training loss: a non-finite loss diverges at once; a loss
+above ``spike_factor`` times its running average (an exponentially weighted average, after
+``warmup_steps``) for ``patience`` steps in a row is a spike. Per epoch it checks the
+validation loss the same way against the best one so far. Each check is a few float
+operations; nothing scans the parameters.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from runner.typed import bounds
+
+Kind = Literal["non_finite_loss", "loss_spike", "non_finite_val_loss", "val_loss_spike"]
+
+
+@dataclass(frozen=True)
+class DivergenceOptions:
+    """The ``divergence`` section of an experiment file."""
+
+    spike_factor: float = field(default=4.0, metadata=bounds(gt=1, doc="a loss above this many times its running average is a spike"))
+    spike_floor: float = field(default=0.1, metadata=bounds(ge=0, doc="running averages below this count as this much: near zero, ratios of losses are noise"))
+    patience: int = field(default=5, metadata=bounds(ge=1, doc="consecutive spiking steps before a spike counts as divergence"))
+    warmup_steps: int = field(default=20, metadata=bounds(ge=0, doc="steps of each trial before spikes are looked for"))
+    smoothing: float = field(default=0.9, metadata=bounds(ge=0, lt=1, doc="weight of the past in the running average of the loss"))
+    lr_cut: float = field(default=0.5, metadata=bounds(gt=0, le=1, doc="the rollback policy multiplies the learning rate by this"))
+    max_rollbacks: int = field(default=3, metadata=bounds(ge=0, doc="rollbacks per trial before it ends as diverged"))
 
 
 @dataclass(frozen=True)
 class DivergenceEvent:
-    """What the loop saw. ``step`` counts training steps over all epochs, from 1."""
+    """What the loop saw. ``step`` counts training steps of the trial, from 1."""
 
-    kind: Literal["non_finite_loss"]
+    kind: Kind
     epoch: int
     step: int
     loss: float
+    threshold: float | None = None  # what a spike exceeded
+
+
+class SpikeDetector:
+    """The per-step check. Its state travels in snapshots, so a rollback or a resume
+    restores it exactly."""
+
+    def __init__(self, options: DivergenceOptions):
+        self.factor, self.floor = options.spike_factor, options.spike_floor
+        self.patience, self.warmup, self.smoothing = options.patience, options.warmup_steps, options.smoothing
+        self.average: float | None = None
+        self.seen = 0
+        self.strikes = 0
+
+    def threshold(self) -> float:
+        return self.factor * max(self.average, self.floor)
+
+    def spiked(self, loss: float) -> bool:
+        """Called after each step with a finite loss; True once a spike has lasted ``patience`` steps."""
+        self.seen += 1
+        if self.average is None:
+            self.average = loss
+            return False
+        if self.seen > self.warmup and loss > self.factor * max(self.average, self.floor):
+            self.strikes += 1  # spikes stay out of the average
+            return self.strikes >= self.patience
+        self.strikes = 0
+        self.average = self.smoothing * self.average + (1.0 - self.smoothing) * loss
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {"average": self.average, "seen": self.seen, "strikes": self.strikes}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.average, self.seen, self.strikes = state["average"], state["seen"], state["strikes"]
+
+
+def val_divergence(val_loss: float, best_val_loss: float | None, options: DivergenceOptions) -> tuple[Kind, float | None] | None:
+    """The per-epoch check: a non-finite validation loss, or one exploding past the best."""
+    if not math.isfinite(val_loss):
+        return "non_finite_val_loss", None
+    if best_val_loss is not None:
+        threshold = options.spike_factor * max(best_val_loss, options.spike_floor)
+        if val_loss > threshold:
+            return "val_loss_spike", threshold
+    return None

@@ -89,13 +89,17 @@ def runner_epoch_end(trial: Trial, epoch: int, metrics: dict[str, float]) -> Dec
 
 
 @hookspec(firstresult=True)
-def runner_divergence(trial: Trial, event: DivergenceEvent) -> Decision | None:
-    """Called when training diverges: a non-finite training loss.
+def runner_divergence(trial: Trial, event: DivergenceEvent, experiment: Experiment) -> Decision | None:
+    """Called when training diverges: a non-finite or spiking training loss (checked each
+    step), or a non-finite or exploding validation loss (checked each epoch).
 
-    ``event`` says what was seen (``kind``, ``epoch``, ``step``, ``loss``). Stops at the
-    first non-None result, which decides what happens: ``Stop`` or ``Prune`` end the trial
-    in that state (any other answer fails the trial). With no answer the trial ends as
-    ``diverged``.
+    ``event`` says what was seen (``kind``, ``epoch``, ``step``, ``loss``, ``threshold``);
+    ``trial.rollbacks`` counts the rollbacks so far; ``experiment.spec.divergence`` holds
+    the experiment's divergence options. Stops at the first non-None result, which decides
+    what happens: ``Rollback`` restores a snapshot and training goes on; ``Stop`` or
+    ``Prune`` end the trial in that state. With no answer the trial ends as ``diverged``.
+    The built-in ``rollback`` plugin answers last (``trylast``), so a plugin of yours is
+    asked first and can replace its policy.
     """
 
 

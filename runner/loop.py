@@ -20,8 +20,8 @@ import numpy as np
 from runner import __version__
 from runner.checkpoints import CheckpointStore, SnapshotWriter
 from runner.data import Dataset, prepare
-from runner.decisions import Nudge, Prune, Stop, flatten
-from runner.divergence import DivergenceEvent
+from runner.decisions import Nudge, Prune, Rollback, Stop, flatten
+from runner.divergence import DivergenceEvent, SpikeDetector, val_divergence
 from runner.errors import RunnerError, SpecError
 from runner.events import EventLog
 from runner.files import write_json
@@ -94,7 +94,7 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         hook.runner_experiment_start(experiment=experiment)
 
         writer = SnapshotWriter()
-        run_trial = TrialRunner(spec, plugins, dataset, log, writer, run_dir)
+        run_trial = TrialRunner(experiment, plugins, dataset, log, writer)
         executor = registry.get("executor", spec.executor.name)(spec.executor.options, run_trial=run_trial)
         stopping = False
         try:
@@ -127,42 +127,70 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
 
 
 class TrialRunner:
-    """Trains one trial to its end. Executors call it with a ``TrialJob``."""
+    """Trains trials to their end. Executors call it with a ``TrialJob``."""
 
-    def __init__(self, spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, log: EventLog,
-                 writer: SnapshotWriter, run_dir: Path):
-        self.spec, self.plugins, self.dataset, self.log = spec, plugins, dataset, log
-        self.writer, self.run_dir = writer, run_dir
-        self.hook = plugins.hook
-        self.backend_cls = plugins.registry.get("backend", spec.backend.name)
-        self.metric, self.mode = spec.search.metric, spec.search.mode
+    def __init__(self, experiment: Experiment, plugins: Plugins, dataset: Dataset, log: EventLog,
+                 writer: SnapshotWriter):
+        self.experiment, self.plugins, self.dataset, self.log, self.writer = experiment, plugins, dataset, log, writer
 
     def __call__(self, job: TrialJob) -> TrialResult:
+        return TrialLoop(self, job).run()
+
+
+class RolledBack(Exception):
+    """Raised inside an epoch after a rollback: the epoch loop starts again from the snapshot."""
+
+
+class TrialLoop:
+    """One trial: the textbook loop, plus snapshots, divergence checks and decisions.
+
+    Every change to the running trial (a nudge, a rollback, an end) happens in this class,
+    at a step boundary or at the end of an epoch.
+    """
+
+    def __init__(self, runner: TrialRunner, job: TrialJob):
+        spec = runner.experiment.spec
+        self.runner, self.job, self.spec = runner, job, spec
+        self.log, self.hook = runner.log, runner.plugins.hook
+        self.backend_cls = runner.plugins.registry.get("backend", spec.backend.name)
+        self.metric, self.mode = spec.search.metric, spec.search.mode
+        run_dir = runner.experiment.run_dir
+        self.trial = Trial(id=job.trial, params=job.params, config={}, seed=job.seed,
+                           run_dir=run_dir / "trials" / f"t{job.trial:03d}")
+        self.store = CheckpointStore(self.trial.run_dir, job.trial, spec.checkpoint, runner.writer)
+        self.detector = SpikeDetector(spec.divergence)
+        self.events = 0  # this trial's events in the log, so a resume can cut the log where a snapshot was taken
+        self.partial: tuple[int, float] | None = None  # (steps done, loss sum) when an epoch resumes midway
+        self.backend = None
+
+    # -- the trial, start to end ----------------------------------------------------------
+
+    def run(self) -> TrialResult:
         """Train the trial; whatever ends it (a decision, a divergence, an error in the backend
         or a plugin) becomes its result. Every ``trial_complete`` follows a ``trial_start``."""
         started = time.perf_counter()
-        trial = Trial(id=job.trial, params=job.params, config={}, seed=job.seed,
-                      run_dir=self.run_dir / "trials" / f"t{job.trial:03d}")
-        store = CheckpointStore(trial.run_dir, trial.id, self.spec.checkpoint, self.writer)
+        trial = self.trial
         end, error, announced = EndTrial("completed"), None, False
         try:
-            model, train, options = trial_sections(self.spec, self.plugins.registry, job.params)
+            model, train, options = trial_sections(self.spec, self.runner.plugins.registry, trial.params)
             trial.config = {"model": asdict(model), "train": asdict(train),
                             "backend": {"name": self.spec.backend.name, **asdict(options)}}
-            backend = self.backend_cls(model=model, train=train, options=options, data=self.dataset, seed=job.seed)
-            trial.hyperparameters = backend.hyperparameters()
+            self.backend = self.backend_cls(model=model, train=train, options=options,
+                                            data=self.runner.dataset, seed=trial.seed)
+            trial.hyperparameters = self.backend.hyperparameters()
             announced = True
-            self._announce(trial)
-            self._train(trial, backend, train.epochs, store)
+            self.announce()
+            self.snapshot("start", improved=False, durable=False)  # what a first rollback returns to
+            self.train(train.epochs)
         except EndTrial as ended:
             end = ended
         except Exception as err:  # a bug in a backend or a plugin fails this trial, not the search
             end = EndTrial("failed", f"{type(err).__name__}: {err}")
             error = traceback.format_exc()
         if not announced:
-            self._announce(trial)
-        store.finish()
-        self._report_snapshots(trial, store)
+            self.announce()
+        self.store.finish()
+        self.report_snapshots()
 
         best = trial.best
         result = TrialResult(
@@ -170,71 +198,74 @@ class TrialRunner:
             final=trial.metrics or None, epochs=trial.epoch, seconds=time.perf_counter() - started,
             score=best[self.metric] if best else None, reason=end.reason, ends_experiment=end.experiment,
         )
-        fields = {"traceback": error} if error else {}
-        self.log.emit("trial_complete", **result.to_json(), **fields)
+        self.emit("trial_complete", **result.to_json(), **({"traceback": error} if error else {}))
         self.hook.runner_trial_complete(trial=trial, result=result)
         return result
 
-    def _announce(self, trial: Trial) -> None:
-        self.log.emit("trial_start", trial=trial.id, params=trial.params, seed=trial.seed,
-                      config=trial.config, hyperparameters=trial.hyperparameters)
+    def announce(self) -> None:
+        trial = self.trial
+        self.emit("trial_start", params=trial.params, seed=trial.seed, config=trial.config,
+                  hyperparameters=trial.hyperparameters)
         self.hook.runner_trial_start(trial=trial)
 
-    def _train(self, trial: Trial, backend, epochs: int, store: CheckpointStore) -> None:
-        """The textbook loop: epochs of mini-batch steps, an evaluation after each epoch."""
-        step = 0
-        for epoch in range(epochs):
-            epoch_started = time.perf_counter()
-            backend.begin_epoch(epoch)
-            total = 0.0
-            steps = backend.steps_per_epoch
-            for _ in range(steps):
-                loss = backend.train_step()
-                step += 1
-                if not math.isfinite(loss):
-                    trial.step = step
-                    self._diverged(trial, backend, DivergenceEvent("non_finite_loss", epoch, step, loss))
-                total += loss
-            trial.step = step
-            val = backend.evaluate("val")
-            trial.hyperparameters = backend.hyperparameters()
-            metrics = {
-                "train_loss": total / steps,
-                **{f"val_{name}": value for name, value in val.items()},
-                **trial.hyperparameters,
-                "seconds": time.perf_counter() - epoch_started,
-            }
-            trial.epoch, trial.metrics = epoch + 1, metrics
-            improved = self._track_best(trial, metrics)
-            self.log.emit("epoch_end", trial=trial.id, epoch=epoch, step=step, **metrics)
-            decisions = flatten(self.hook.runner_epoch_end(trial=trial, epoch=epoch, metrics=metrics))
-            self._snapshot(trial, backend, store, improved)  # before decisions: a stopped trial keeps its state
-            self._apply(trial, backend, decisions, source="plugin")
+    def emit(self, event: str, **fields: Any) -> None:
+        self.log.emit(event, **{"trial": self.trial.id, **fields})
+        self.events += 1
 
-    def _snapshot(self, trial: Trial, backend, store: CheckpointStore, improved: bool) -> None:
-        """Take the end-of-epoch snapshot if one is due. Files written earlier are reported
-        first (they had at least an epoch to be written, so this rarely waits), which keeps
-        the order of ``checkpoint`` events and hooks the same from run to run."""
-        options = self.spec.checkpoint
-        periodic = options.every_epochs > 0 and trial.epoch % options.every_epochs == 0
-        best = improved and options.best
-        if not (periodic or best):
-            return
-        self._report_snapshots(trial, store)
-        store.save(backend.state(), epoch=trial.epoch, step=trial.step, reason="epoch" if periodic else "best",
-                   best=best, hyperparameters=trial.hyperparameters, metrics=trial.metrics)
+    # -- training -------------------------------------------------------------------------
 
-    def _report_snapshots(self, trial: Trial, store: CheckpointStore) -> None:
-        """Wait for the trial's queued snapshot writes; log and announce each durable one."""
-        for item in store.collect(wait=True):
-            if isinstance(item, Exception):
-                self.log.emit("checkpoint_error", trial=trial.id, message=f"{type(item).__name__}: {item}")
+    def train(self, epochs: int) -> None:
+        """Epochs until the last; a rollback restarts from the epoch of its snapshot."""
+        while self.trial.epoch < epochs:
+            try:
+                self.run_epoch()
+            except RolledBack:
                 continue
-            checkpoint = item.to_json(relative_to=self.run_dir)
-            self.log.emit("checkpoint", trial=trial.id, **checkpoint)
-            self.hook.runner_checkpoint_saved(trial=trial, checkpoint=checkpoint)
 
-    def _track_best(self, trial: Trial, metrics: dict[str, float]) -> bool:
+    def run_epoch(self) -> None:
+        """The textbook epoch: mini-batch steps, an evaluation, then what the hooks decide."""
+        trial, backend, detector = self.trial, self.backend, self.detector
+        epoch = trial.epoch
+        started = time.perf_counter()
+        if self.partial is None:
+            backend.begin_epoch(epoch)
+            done, total = 0, 0.0
+        else:
+            (done, total), self.partial = self.partial, None
+        steps = backend.steps_per_epoch
+        for _ in range(steps - done):
+            loss = backend.train_step()
+            trial.step += 1
+            if not math.isfinite(loss):
+                self.diverged(DivergenceEvent("non_finite_loss", epoch, trial.step, loss))
+            if detector.spiked(loss):
+                self.diverged(DivergenceEvent("loss_spike", epoch, trial.step, loss, detector.threshold()))
+            total += loss
+
+        val = backend.evaluate("val")
+        best_val = trial.best.get("val_loss") if trial.best else None
+        if (blown := val_divergence(val["loss"], best_val, self.spec.divergence)) is not None:
+            self.diverged(DivergenceEvent(blown[0], epoch, trial.step, val["loss"], blown[1]))
+        trial.hyperparameters = backend.hyperparameters()
+        trial.recent_rollbacks = 0  # this epoch trained through
+        metrics = {
+            "train_loss": total / steps,
+            **{f"val_{name}": value for name, value in val.items()},
+            **trial.hyperparameters,
+            "seconds": time.perf_counter() - started,
+        }
+        trial.epoch, trial.metrics = epoch + 1, metrics
+        improved = self.track_best(metrics)
+        self.emit("epoch_end", epoch=epoch, step=trial.step, **metrics)
+        decisions = flatten(self.hook.runner_epoch_end(trial=trial, epoch=epoch, metrics=metrics))
+        ending = self.apply(decisions, source="plugin")
+        options = self.spec.checkpoint
+        if (options.every_epochs and trial.epoch % options.every_epochs == 0) or (improved and options.best):
+            self.snapshot("epoch" if not improved or not options.best else "best", improved=improved and options.best)
+        if ending is not None:
+            raise ending
+
+    def track_best(self, metrics: dict[str, float]) -> bool:
         """Keep ``trial.best``, the metrics of its best epoch so far; True if this epoch is the new best."""
         if self.metric not in metrics:
             raise RunnerError(
@@ -243,46 +274,122 @@ class TrialRunner:
         score = metrics[self.metric]
         if not math.isfinite(score):
             return False
-        best = trial.best[self.metric] if trial.best else None
+        best = self.trial.best[self.metric] if self.trial.best else None
         if best is None or (score < best if self.mode == "min" else score > best):
-            trial.best = dict(metrics)
+            self.trial.best = dict(metrics)
             return True
         return False
 
-    def _diverged(self, trial: Trial, backend, event: DivergenceEvent) -> None:
-        self.log.emit("divergence", trial=trial.id, **asdict(event), lr=backend.hyperparameters().get("lr"))
-        decision = self.hook.runner_divergence(trial=trial, event=event)
-        if decision is None:
-            raise EndTrial("diverged", f"non-finite training loss at step {event.step}")
-        if not isinstance(decision, (Stop, Prune)):
-            raise TypeError(f"runner_divergence answered {decision!r}; it may answer Stop, Prune or None")
-        self._apply(trial, backend, [decision], source="divergence")
+    # -- decisions --------------------------------------------------------------------------
 
-    def _apply(self, trial: Trial, backend, decisions: list, source: str) -> None:
-        """Apply decisions in order; the only place that changes a running trial."""
+    def apply(self, decisions: list, source: str) -> EndTrial | None:
+        """Apply decisions in order. A rollback happens at once (it raises RolledBack); an end
+        (Stop, Prune) is returned, so the epoch's snapshot is still taken before it."""
         for decision in decisions:
             if isinstance(decision, Nudge):
-                self._nudge(trial, backend, decision, source)
+                self.nudge(decision, source)
+            elif isinstance(decision, Rollback):
+                self.rollback(decision, source)
             elif isinstance(decision, Prune):
-                self.log.emit("prune", trial=trial.id, epoch=trial.epoch, reason=decision.reason, source=source)
-                raise EndTrial("pruned", decision.reason)
+                self.emit("prune", epoch=self.trial.epoch, reason=decision.reason, source=source)
+                return EndTrial("pruned", decision.reason)
             elif isinstance(decision, Stop):
-                self.log.emit("stop", trial=trial.id, epoch=trial.epoch, reason=decision.reason,
-                              source=source, experiment=decision.experiment)
-                raise EndTrial("stopped", decision.reason, experiment=decision.experiment)
+                self.emit("stop", epoch=self.trial.epoch, reason=decision.reason, source=source,
+                          experiment=decision.experiment)
+                return EndTrial("stopped", decision.reason, experiment=decision.experiment)
+        return None
 
-    def _nudge(self, trial: Trial, backend, nudge: Nudge, source: str) -> None:
-        live = self.backend_cls.live
+    def nudge(self, nudge: Nudge, source: str) -> None:
+        live, backend = self.backend_cls.live, self.backend
         for name, value in nudge.changes.items():
             if name not in live:
                 raise SpecError(f"nudge.{name}", f"not a live hyperparameter of backend {self.spec.backend.name!r}; "
                                                  f"live: {', '.join(live)}")
             if name in self.backend_cls.Train.__dataclass_fields__:
                 check_field(self.backend_cls.Train, name, value, f"nudge.{name}")
+        self.snapshot("before_nudge", improved=False, durable=False)  # so a bad nudge can be undone
         before = backend.hyperparameters()
         backend.set_hyperparameters(**nudge.changes)
+        self.trial.hyperparameters = backend.hyperparameters()
+        change = {k: {"old": before[k], "new": self.trial.hyperparameters[k]} for k in nudge.changes}
+        self.emit("nudge", epoch=self.trial.epoch, step=self.trial.step, changes=change, source=source,
+                  reason=nudge.reason)
+        self.hook.runner_nudge_applied(trial=self.trial, change=change, source=source)
+
+    def diverged(self, event: DivergenceEvent) -> None:
+        """Report a divergence and carry out the policy's answer; never returns normally."""
+        trial = self.trial
+        self.emit("divergence", **asdict(event), lr=self.backend.hyperparameters().get("lr"),
+                  rollbacks=trial.rollbacks)
+        decision = self.hook.runner_divergence(trial=trial, event=event, experiment=self.runner.experiment)
+        if decision is None:
+            tried = f" after {trial.rollbacks} rollback{'s' * (trial.rollbacks != 1)}" if trial.rollbacks else ""
+            raise EndTrial("diverged", f"{event.kind} at step {event.step}{tried}")
+        if not isinstance(decision, (Rollback, Stop, Prune)):
+            raise TypeError(f"runner_divergence answered {decision!r}; it may answer Rollback, Stop, Prune or None")
+        raise self.apply([decision], source="divergence")
+
+    def rollback(self, rollback: Rollback, source: str) -> None:
+        """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
+        trial, backend = self.trial, self.backend
+        found = self.store.find(rollback.to, rollback.older)
+        if found is None:
+            raise EndTrial("diverged" if source == "divergence" else "failed",
+                           f"no snapshot to roll back to ({rollback.to!r})")
+        state, meta = found
+        lr_before, step_before, epoch_before = backend.hyperparameters().get("lr"), trial.step, trial.epoch
+        backend.load_state(state)
+        self.restore_loop(meta)
+        trial.rollbacks += 1
+        trial.recent_rollbacks += 1
+        if rollback.reshuffle:
+            backend.reshuffle(trial.rollbacks)
+        if rollback.lr_factor is not None:
+            lower = min(backend.hyperparameters()["lr"], lr_before)
+            backend.set_hyperparameters(lr=lower * rollback.lr_factor)
         trial.hyperparameters = backend.hyperparameters()
-        change = {k: {"old": before[k], "new": trial.hyperparameters[k]} for k in nudge.changes}
-        self.log.emit("nudge", trial=trial.id, epoch=trial.epoch, step=trial.step, changes=change,
-                      source=source, reason=nudge.reason)
-        self.hook.runner_nudge_applied(trial=trial, change=change, source=source)
+        self.emit("rollback", to_epoch=trial.epoch, to_step=trial.step, from_epoch=epoch_before,
+                  from_step=step_before, snapshot=meta["reason"], reason=rollback.reason, source=source, lr_before=lr_before,
+                  lr_after=trial.hyperparameters.get("lr"), reshuffled=rollback.reshuffle, rollbacks=trial.rollbacks)
+        raise RolledBack
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def loop_state(self, partial: tuple[int, float] | None = None) -> dict[str, Any]:
+        """The loop's own state that a snapshot carries besides the backend's."""
+        trial = self.trial
+        return {"best": trial.best, "metrics": trial.metrics, "rollbacks": trial.rollbacks,
+                "recent_rollbacks": trial.recent_rollbacks, "detector": self.detector.state(),
+                "events": self.events, "partial": partial}
+
+    def restore_loop(self, meta: dict[str, Any], *, counters: bool = False) -> None:
+        """Put the loop back where a snapshot was taken. A rollback keeps counting rollbacks
+        (``counters`` False); a resume restores the counts too."""
+        loop, trial = meta["loop"], self.trial
+        if counters:
+            trial.rollbacks, trial.recent_rollbacks = loop["rollbacks"], loop["recent_rollbacks"]
+            self.events = loop["events"]
+        trial.epoch, trial.step = meta["epoch"], meta["step"]
+        trial.best, trial.metrics = loop["best"], loop["metrics"]
+        self.detector.load_state(loop["detector"])
+        self.partial = tuple(loop["partial"]) if loop["partial"] else None
+
+    def snapshot(self, reason: str, *, improved: bool, durable: bool | None = None,
+                 partial: tuple[int, float] | None = None) -> None:
+        """Take a snapshot; files written earlier are reported first (they had at least an
+        epoch to be written, so this rarely waits), which keeps event order deterministic."""
+        self.report_snapshots()
+        trial = self.trial
+        self.store.save(self.backend.state(), epoch=trial.epoch, step=trial.step, reason=reason, best=improved,
+                        hyperparameters=trial.hyperparameters, metrics=trial.metrics,
+                        loop=self.loop_state(partial), durable=durable)
+
+    def report_snapshots(self) -> None:
+        """Wait for the trial's queued snapshot writes; log and announce each durable one."""
+        for item in self.store.collect(wait=True):
+            if isinstance(item, Exception):
+                self.emit("checkpoint_error", message=f"{type(item).__name__}: {item}")
+                continue
+            checkpoint = item.to_json(relative_to=self.runner.experiment.run_dir)
+            self.emit("checkpoint", **checkpoint)
+            self.hook.runner_checkpoint_saved(trial=self.trial, checkpoint=checkpoint)

@@ -17,12 +17,13 @@ from typing import Any, Literal
 import orjson
 
 from runner.checkpoints import CheckpointOptions
+from runner.divergence import DivergenceOptions
 from runner.errors import SpecError, join_path
 from runner.registry import Kind, Registry
 from runner.space import Choice, Space
 from runner.typed import build, convert
 
-TOP_LEVEL = ("$schema", "name", "description", "seed", "data", "backend", "model", "train", "search", "checkpoint", "executor")
+TOP_LEVEL = ("$schema", "name", "description", "seed", "data", "backend", "model", "train", "search", "checkpoint", "divergence", "executor")
 SEARCHABLE_SECTIONS = ("model", "train", "backend")
 
 
@@ -56,6 +57,7 @@ class ExperimentSpec:
     train: Any  # the backend's Train dataclass
     search: Search
     checkpoint: CheckpointOptions
+    divergence: DivergenceOptions
     executor: PluginRef
     raw: dict[str, Any]  # the file as read, for the run directory and for resume
     base_dir: Path  # the experiment file's folder; relative data paths resolve against it
@@ -136,11 +138,12 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
         raise SpecError("search.metric", f'backend "{backend.name}" does not report "{search.metric}"; '
                                          f"it reports {', '.join(reported)}")
     checkpoint = build(CheckpointOptions, raw.get("checkpoint", {}), "checkpoint")
+    divergence = build(DivergenceOptions, raw.get("divergence", {}), "divergence")
     executor = _plugin_ref(raw.get("executor", {"name": "inline"}), "executor", "executor", registry)
 
     spec = ExperimentSpec(
         name=name, description=description, seed=seed, data=data, backend=backend, model=model,
-        train=train, search=search, checkpoint=checkpoint, executor=executor, raw=raw, base_dir=base_dir,
+        train=train, search=search, checkpoint=checkpoint, divergence=divergence, executor=executor, raw=raw, base_dir=base_dir,
     )
     for param in search.space:
         for value in _extremes(param):

@@ -29,14 +29,14 @@ def writer():
 def test_a_snapshot_round_trips_exactly_and_leaves_no_temporary_file(tmp_path, writer):
     store = CheckpointStore(tmp_path / "t000", 0, CheckpointOptions(min_interval=0), writer)
     saved = store.save(state(1.5), epoch=1, step=10, reason="epoch", best=False,
-                       hyperparameters={"lr": 0.1}, metrics={"val_loss": 0.5})
+                       hyperparameters={"lr": 0.1}, metrics={"val_loss": 0.5}, loop={})
     [durable] = store.collect(wait=True)
     assert durable == saved and saved.path.exists()
     loaded, meta = read_snapshot(saved.path)
     assert np.array_equal(loaded.arrays["w"], state(1.5).arrays["w"]) and loaded.arrays["w"].dtype == np.float32
     assert loaded.meta == {"epoch": 1, "rng": str(2**100 + 1)}
     assert meta == {"trial": 0, "epoch": 1, "step": 10, "reason": "epoch", "best": False,
-                    "hyperparameters": {"lr": 0.1}, "metrics": {"val_loss": 0.5}}
+                    "hyperparameters": {"lr": 0.1}, "metrics": {"val_loss": 0.5}, "loop": {}}
     assert [p.name for p in (tmp_path / "t000").iterdir()] == [saved.path.name]
 
 
@@ -44,18 +44,18 @@ def test_keeps_the_last_k_and_the_best(tmp_path, writer):
     store = CheckpointStore(tmp_path, 0, CheckpointOptions(keep=2, min_interval=0), writer)
     for epoch in range(1, 7):
         store.save(state(epoch), epoch=epoch, step=epoch * 10, reason="epoch", best=epoch == 2,
-                   hyperparameters={}, metrics={})
+                   hyperparameters={}, metrics={}, loop={})
         store.collect(wait=True)
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert kept == ["e00002-s000000020.npz", "e00005-s000000050.npz", "e00006-s000000060.npz"]
     assert store.best.epoch == 2
-    assert [s.epoch for s, _ in store.ring] == [5, 6], "the in-memory ring holds the latest two"
+    assert [s.epoch for s, _, _ in store.ring] == [5, 6], "the in-memory ring holds the latest two"
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
 def test_a_damaged_snapshot_is_detected_with_a_clear_message(tmp_path, writer, damage):
     store = CheckpointStore(tmp_path, 0, CheckpointOptions(min_interval=0), writer)
-    path = store.save(state(3.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={}).path
+    path = store.save(state(3.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={}, loop={}).path
     store.collect(wait=True)
     data = bytearray(path.read_bytes())
     if damage == "truncate":
@@ -78,10 +78,10 @@ def test_files_are_throttled_by_min_interval_and_the_best_is_written_at_the_end(
     written = []
     for epoch, (t, best) in enumerate([(4, True), (11, False), (15, True), (19, False), (22, False)], 1):
         now[0] = t
-        store.save(state(epoch), epoch=epoch, step=epoch, reason="epoch", best=best, hyperparameters={}, metrics={})
+        store.save(state(epoch), epoch=epoch, step=epoch, reason="epoch", best=best, hyperparameters={}, metrics={}, loop={})
         written += [s.epoch for s in store.collect(wait=True)]
     assert written == [2, 5], "a file 10 s after the start, then 10 s after that one"
-    assert [s.epoch for s, _ in store.ring] == [4, 5], "every due snapshot is in memory"
+    assert [s.epoch for s, _, _ in store.ring] == [4, 5], "every due snapshot is in memory"
     store.finish()
     [best] = store.collect(wait=True)
     assert (best.epoch, best.best) == (3, True) and store.best == best
@@ -94,7 +94,7 @@ def test_a_write_error_is_reported_not_raised(tmp_path, writer):
     store = CheckpointStore(folder, 0, CheckpointOptions(min_interval=0), writer)
     folder.mkdir()
     (folder / "e00001-s000000001.npz").mkdir()  # a folder where the file must go: rename fails
-    store.save(state(1.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={})
+    store.save(state(1.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={}, loop={})
     [error] = store.collect(wait=True)
     assert isinstance(error, OSError)
 

@@ -128,7 +128,8 @@ def test_a_non_finite_loss_calls_runner_divergence_and_ends_the_trial_as_diverge
 
     calls = sys.modules["runner_plugin_recorder"].CALLS
     assert ("runner_divergence", 0) in calls
-    assert board[0].state == "diverged" and "non-finite training loss" in board[0].reason
+    assert board[0].state == "diverged" and board[0].reason.endswith("after 3 rollbacks")
+    assert board[0].reason.startswith("non_finite_loss at step ")
     divergence = next(e for e in events if e["event"] == "divergence")
     assert divergence["kind"] == "non_finite_loss" and divergence["lr"] == 1e6
 

@@ -292,6 +292,14 @@ class NumpyBackend(Backend):
 
     # -- checkpoints ----------------------------------------------------------------------
 
+    def reshuffle(self, salt: int) -> None:
+        """Called after a rollback: a new generator for the data order, derived from the
+        current generator's state and ``salt``; the rest of the current epoch is reordered."""
+        entropy = int(self._rng.integers(2**63))
+        self._rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(int(salt),)))
+        if self._pos < len(self._perm):
+            self._perm[self._pos:] = self._rng.permutation(self._perm[self._pos:])
+
     def state(self) -> BackendState:
         """Called when the loop checkpoints (between steps): copies of everything needed to
         continue bit for bit. Changes nothing.

@@ -1,0 +1,159 @@
+"""Divergence: detection values, the rollback policy on real runs, and its limits."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import numpy as np
+import orjson
+import pytest
+
+from runner.divergence import DivergenceOptions, SpikeDetector, val_divergence
+from runner.files import create_run_dir
+from runner.loop import load_dataset, run_experiment
+from runner.plugins import load_plugins
+from runner.spec import load
+
+
+def test_spike_detector_waits_for_warmup_and_patience_and_keeps_spikes_out_of_the_average():
+    d = SpikeDetector(DivergenceOptions(spike_factor=4, spike_floor=0.0, patience=2, warmup_steps=3, smoothing=0.5))
+    assert [d.spiked(x) for x in (1.0, 100.0, 1.0)] == [False, False, False]  # warm-up: 100 is folded in
+    assert d.average == pytest.approx(0.5 * (0.5 * 1.0 + 0.5 * 100.0) + 0.5 * 1.0)  # 25.75
+    d = SpikeDetector(DivergenceOptions(spike_factor=4, spike_floor=0.0, patience=2, warmup_steps=0, smoothing=0.5))
+    d.spiked(1.0)
+    assert d.spiked(5.0) is False and d.strikes == 1 and d.average == 1.0  # a spike, not yet divergence
+    assert d.spiked(1.0) is False and d.strikes == 0  # a normal step resets the count
+    assert d.spiked(4.5) is False and d.spiked(4.5) is True  # two in a row: diverged
+    assert d.threshold() == 4.0
+
+
+def test_the_floor_keeps_tiny_losses_from_counting_as_spikes():
+    d = SpikeDetector(DivergenceOptions(spike_factor=4, spike_floor=0.1, patience=1, warmup_steps=0, smoothing=0.9))
+    d.spiked(0.01)
+    assert d.spiked(0.3) is False  # 30x the average, but under 4 x 0.1
+    assert d.spiked(0.5) is True
+
+
+def test_val_divergence():
+    options = DivergenceOptions(spike_factor=4, spike_floor=0.1)
+    assert val_divergence(float("nan"), 0.5, options) == ("non_finite_val_loss", None)
+    assert val_divergence(2.1, 0.5, options) == ("val_loss_spike", 2.0)
+    assert val_divergence(1.9, 0.5, options) is None and val_divergence(5.0, None, options) is None
+
+
+def run(path, tmp_path, extra=()):
+    plugins = load_plugins(extra)
+    spec = load(path, plugins.registry)
+    run_dir = create_run_dir(tmp_path / "runs", spec.name)
+    board = run_experiment(spec, plugins, load_dataset(spec, plugins), run_dir)
+    events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
+    return board, events
+
+
+ABSURD = textwrap.dedent('''
+    from runner import Nudge, hookimpl
+
+    @hookimpl
+    def runner_epoch_end(trial, epoch):
+        if trial.id == 0 and epoch == 2 and trial.rollbacks == 0:
+            return Nudge(lr=1e4, reason="a person's typo")
+''')
+
+
+def test_an_absurd_nudge_is_rolled_back_the_lr_cut_and_training_recovers(write_experiment, tmp_path):
+    plugin = tmp_path / "absurd.py"
+    plugin.write_text(ABSURD)
+    changes = {"model": {"hidden": [16], "batch_norm": False},
+               "train": {"epochs": 8, "optimizer": "momentum", "lr": 0.1},
+               "search": {"strategy": {"name": "grid"}, "space": None}}
+    board, events = run(write_experiment(changes), tmp_path, [str(plugin)])
+    result = board[0]
+    assert result.state == "completed" and result.epochs == 8
+    kinds = [e["event"] for e in events]
+    assert kinds.count("divergence") >= 1 and kinds.count("rollback") == kinds.count("divergence")
+    rollbacks = [e for e in events if e["event"] == "rollback"]
+    last = rollbacks[-1]
+    assert last["snapshot"] == "before_nudge" and last["to_epoch"] == 3, "back to before the bad nudge"
+    assert last["lr_after"] == pytest.approx(0.1 * 0.5) and last["reshuffled"] is True
+    assert all(r["lr_before"] == 1e4 or r["lr_before"] == 5e3 for r in rollbacks)
+    lrs_after = [e["lr"] for e in events if e["event"] == "epoch_end"][3:]
+    assert lrs_after and all(lr == pytest.approx(0.05) for lr in lrs_after), "the cut rate stays in force"
+    losses = [e["train_loss"] for e in events if e["event"] == "epoch_end"]
+    assert math.isfinite(losses[-1]) and losses[-1] < losses[0], "training goes on learning"
+    assert result.final["val_acc"] > 0.45, "well above chance (1/3)"
+
+
+NAN_BACKEND = textwrap.dedent('''
+    from runner import hookimpl
+    from plugins.backends.numpy_mlp import NumpyBackend
+
+    class NanData(NumpyBackend):
+        """The NumPy backend with one poisoned training example."""
+        name = "numpy-nan"
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            if self._seed_trial == 0:
+                self._x_train[5, 0] = float("nan")
+
+    @hookimpl
+    def runner_register(registry):
+        registry.add_backend(NanData)
+''')
+
+
+def test_a_nan_in_the_data_exhausts_the_rollbacks_and_the_search_goes_on(write_experiment, tmp_path):
+    plugin = tmp_path / "nan_backend.py"
+    plugin.write_text(NAN_BACKEND.replace("self._seed_trial == 0", "True"))
+    changes = {"backend": {"name": "numpy-nan"}, "train": {"epochs": 3},
+               "divergence": {"max_rollbacks": 2},
+               "search": {"strategy": {"name": "random", "trials": 2}, "space": None}}
+    board, events = run(write_experiment(changes), tmp_path, [str(plugin)])
+    assert [r.state for r in sorted(board, key=lambda r: r.trial)] == ["diverged", "diverged"], "both trials ran"
+    for trial in (0, 1):
+        mine = [e for e in events if e.get("trial") == trial]
+        assert [e["event"] for e in mine].count("rollback") == 2
+        assert mine[-1]["reason"].endswith("after 2 rollbacks")
+        cuts = [e["lr_after"] for e in mine if e["event"] == "rollback"]
+        assert cuts == [pytest.approx(0.005), pytest.approx(0.0025)]
+
+
+def test_a_plugin_can_replace_the_rollback_policy(write_experiment, tmp_path):
+    plugin = tmp_path / "policy.py"
+    plugin.write_text(NAN_BACKEND.replace("self._seed_trial == 0", "True") + textwrap.dedent('''
+        from runner import Stop
+
+        @hookimpl
+        def runner_divergence(trial, event):
+            return Stop(f"my policy: {event.kind}")
+    '''))
+    changes = {"backend": {"name": "numpy-nan"}, "search": {"space": None, "strategy": {"name": "grid"}}}
+    board, events = run(write_experiment(changes), tmp_path, [str(plugin)])
+    assert board[0].state == "stopped" and board[0].reason == "my policy: non_finite_loss"
+    assert not [e for e in events if e["event"] == "rollback"]
+
+
+def test_a_rollback_restores_the_backend_exactly(write_experiment, tmp_path):
+    """Rolling back to a snapshot and training on gives what training from it gives."""
+    plugins = load_plugins()
+    spec = load(write_experiment({"train": {"epochs": 2}, "search": {"space": None}}), plugins.registry)
+    from runner.loop import TrialJob, TrialLoop, TrialRunner, Experiment
+    from runner.checkpoints import SnapshotWriter
+    from runner.events import EventLog
+
+    run_dir = create_run_dir(tmp_path, "x")
+    writer = SnapshotWriter()
+    with EventLog(run_dir / "events.jsonl") as log:
+        runner = TrialRunner(Experiment(spec, run_dir, 1), plugins, load_dataset(spec, plugins), log, writer)
+        loop = TrialLoop(runner, TrialJob(0, {}, 7))
+        loop.run()
+        state, meta = loop.store.find("last")
+        before = {k: v.copy() for k, v in state.arrays.items()}
+        loop.backend.begin_epoch(2)
+        loop.backend.train_step()
+        loop.backend.load_state(state)
+        after = loop.backend.state().arrays
+    writer.close()
+    assert all(np.array_equal(before[k], after[k]) for k in before), "load_state copies: the ring stays intact"
+    assert meta["epoch"] == 2 and meta["loop"]["best"] is not None
