@@ -190,6 +190,23 @@ class CheckpointStore:
             self._unwritten_best = (snapshot, state, meta)
         return snapshot
 
+    def adopt(self, folder: Path) -> None:
+        """On resume: take over the valid snapshot files already in ``folder``, oldest first,
+        so that keeping the last ``keep`` and the best goes on as before."""
+        found = []
+        for path in folder.glob("*.npz"):
+            try:
+                _, meta = read_snapshot(path)
+            except CorruptSnapshot:
+                continue
+            found.append((meta["loop"]["events"], meta["step"],
+                          Snapshot(path, self.trial, meta["epoch"], meta["step"], meta["reason"], meta["best"])))
+        with self._changed:
+            self._durable = [snapshot for *_, snapshot in sorted(found, key=lambda item: item[:2])]
+            self.best = next((s for s in reversed(self._durable) if s.best), None)
+        self._folder_made = True
+        self._last_write = self.clock()
+
     def finish(self) -> None:
         """At the end of a trial: write its best snapshot if only memory holds it."""
         if self._unwritten_best is not None:

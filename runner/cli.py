@@ -1,4 +1,4 @@
-"""The command line: ``runner start``, ``runner validate``, ``runner plugins``.
+"""The command line: ``runner start``, ``runner resume``, ``runner validate``, ``runner plugins``.
 
 Exit codes: 0 success; 1 a failure during the run; 2 bad input (a message, no traceback);
 130 interrupted.
@@ -21,7 +21,9 @@ from rich.table import Table
 from runner import __version__
 from runner.errors import RunnerError, SpecError
 from runner.files import create_run_dir
+from runner.interrupt import Interrupted, graceful_interrupts
 from runner.loop import load_dataset, run_experiment
+from runner.resume import clean_temporary_files, plan_resume, read_run
 from runner.plugins import TRACE_ENV, Plugins, hooks_of, load_plugins
 from runner.progress import ProgressReporter, short_params
 from runner.spec import load
@@ -53,9 +55,44 @@ def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int |
         run_dir = where.run_dir = create_run_dir(out, spec.name)
         console.print(f"run directory: {run_dir}", soft_wrap=True)
         plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
-        board = run_experiment(spec, plugins, dataset, run_dir)
-        if board and all(r.state == "failed" for r in board):
-            raise RunnerError(f"every trial failed; the reasons are in {run_dir / 'events.jsonl'} (trial_complete)")
+        with graceful_interrupts():
+            board = run_experiment(spec, plugins, dataset, run_dir)
+        _check(board, run_dir)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
+def resume(run_dir: Path, plain: bool) -> None:
+    """Continue the run in RUN_DIR after a crash, a kill or Ctrl-C.
+
+    Finished trials stay finished; an interrupted trial continues from its last intact
+    snapshot (or starts again if it has none); the trials not yet run follow.
+    """
+    console = terminal()
+    with reported_errors() as where:
+        start = read_run(run_dir)[0]
+        plugins = load_plugins(start.get("plugin_files", []))
+        spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
+        dataset = load_dataset(spec, plugins)
+        where.run_dir = run_dir
+        for path in clean_temporary_files(run_dir):
+            console.print(f"removed a half-written file: {path}", soft_wrap=True)
+        plan = plan_resume(run_dir)
+        for note in plan.notes:
+            console.print(f"[yellow]{note}[/]", soft_wrap=True)
+        for trial, snapshot in plan.continue_from.items():
+            where_from = f"from {snapshot.relative_to(run_dir)}" if snapshot else "from the start (no snapshot)"
+            console.print(f"t{trial:03d} continues {where_from}", soft_wrap=True)
+        plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
+        with graceful_interrupts():
+            board = run_experiment(spec, plugins, dataset, run_dir, resume=plan)
+        _check(board, run_dir)
+
+
+def _check(board, run_dir: Path) -> None:
+    if board and all(r.state == "failed" for r in board):
+        raise RunnerError(f"every trial failed; the reasons are in {run_dir / 'events.jsonl'} (trial_complete)")
 
 
 @main.command()
@@ -150,6 +187,9 @@ def reported_errors():
     where = _Where()
     try:
         yield where
+    except Interrupted as err:
+        click.echo(str(err), err=True)
+        sys.exit(err.exit_code)
     except RunnerError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)

@@ -46,7 +46,8 @@ def runner_register(registry: Registry) -> None:
 
 @hookspec
 def runner_experiment_start(experiment: Experiment) -> None:
-    """Called once, after the run directory exists and before the first trial.
+    """Called once, after the run directory exists and before the first trial (and once
+    more when ``runner resume`` continues the run).
 
     ``experiment.spec`` is the validated experiment file, ``experiment.run_dir`` the run
     directory. Results are ignored.
@@ -69,7 +70,8 @@ def runner_experiment_complete(experiment: Experiment, results: list[TrialResult
 
 @hookspec
 def runner_trial_start(trial: Trial) -> None:
-    """Called before a trial's first training step, where the trial runs.
+    """Called before a trial's first training step, where the trial runs, and again when a
+    resumed run continues the trial (``trial.epoch`` and ``trial.step`` say from where).
 
     ``trial.params`` are the strategy's choices, ``trial.config`` the full config and
     ``trial.hyperparameters`` the live values in force. Results are ignored.

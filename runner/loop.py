@@ -18,15 +18,17 @@ from typing import Any
 import numpy as np
 
 from runner import __version__
-from runner.checkpoints import CheckpointStore, SnapshotWriter
+from runner.checkpoints import CheckpointStore, SnapshotWriter, read_snapshot
 from runner.data import Dataset, prepare
 from runner.decisions import Nudge, Prune, Rollback, Stop, flatten
 from runner.divergence import DivergenceEvent, SpikeDetector, val_divergence
 from runner.errors import RunnerError, SpecError
 from runner.events import EventLog
+from runner.interrupt import FLAG, Interrupted
 from runner.files import write_json
 from runner.plugins import Plugins
 from runner.results import leaderboard, results_document
+from runner.resume import ResumePlan, rewrite_events
 from runner.strategy import TRIAL_STREAM
 from runner.spec import ExperimentSpec, trial_sections
 from runner.trial import History, Trial, TrialResult
@@ -49,6 +51,8 @@ class TrialJob:
     trial: int
     params: dict[str, Any]
     seed: int
+    resume: str | None = None  # a snapshot file to continue from
+    announced: bool = False  # its trial_start is already in the event log (a resumed run)
 
 
 class EndTrial(Exception):
@@ -72,9 +76,12 @@ def trial_seed(experiment_seed: int, trial_id: int) -> int:
     return int(sequence.generate_state(1)[0])
 
 
-def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run_dir: Path) -> list[TrialResult]:
+def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run_dir: Path,
+                   resume: ResumePlan | None = None) -> list[TrialResult]:
     """Run every trial the strategy asks for; write the event log and ``results.json``.
 
+    With ``resume`` (see ``runner.resume``), the run directory's log is first cut to what
+    ``resume`` keeps; its interrupted trials continue before any new one is asked for.
     Returns the leaderboard, best first.
     """
     registry, hook = plugins.registry, plugins.hook
@@ -84,13 +91,26 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         metric=search.metric, mode=search.mode,
     )
     experiment = Experiment(spec, run_dir, strategy.planned_trials())
-    write_json(run_dir / "experiment.json", {**spec.raw, "seed": spec.seed})  # the seed in force
-    history = History()
+    if resume is None:
+        write_json(run_dir / "experiment.json", {**spec.raw, "seed": spec.seed})  # the seed in force
+        history, waiting = History(), []
+    else:
+        rewrite_events(run_dir, resume.events)
+        history = History.from_events(resume.events)
+        for record in history.finished:
+            strategy.tell(history, record.result)
+        waiting = [TrialJob(r.id, r.params, trial_seed(spec.seed, r.id), resume=_str(resume.continue_from[r.id]),
+                            announced=True) for r in history.running]
 
     with EventLog(run_dir / "events.jsonl") as log:
-        log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir.resolve()),
-                 base_dir=str(spec.base_dir), plugins=plugins.origins, runner_version=__version__,
-                 metric=search.metric, mode=search.mode, planned_trials=experiment.planned_trials)
+        if resume is None:
+            log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir.resolve()),
+                     base_dir=str(spec.base_dir), plugins=plugins.origins, plugin_files=plugins.extra,
+                     runner_version=__version__, metric=search.metric, mode=search.mode,
+                     planned_trials=experiment.planned_trials)
+        else:
+            log.emit("resume", trials={str(j.trial): j.resume for j in waiting}, notes=resume.notes,
+                     runner_version=__version__)
         hook.runner_experiment_start(experiment=experiment)
 
         writer = SnapshotWriter()
@@ -100,6 +120,12 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         try:
             while True:
                 while not stopping and executor.has_room():
+                    if FLAG.requested:
+                        log.emit("interrupted", between_trials=True)
+                        raise Interrupted(f"interrupted between trials; continue with: runner resume {run_dir}")
+                    if waiting:
+                        executor.submit(waiting.pop(0))
+                        continue
                     params = strategy.ask(history)
                     if params is None:
                         break
@@ -124,6 +150,10 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
                  stopped_early=stopping)
         hook.runner_experiment_complete(experiment=experiment, results=board)
     return board
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 class TrialRunner:
@@ -179,11 +209,16 @@ class TrialLoop:
                                             data=self.runner.dataset, seed=trial.seed)
             trial.hyperparameters = self.backend.hyperparameters()
             announced = True
-            self.announce()
-            self.snapshot("start", improved=False, durable=False)  # what a first rollback returns to
+            if self.job.resume:
+                self.resume(Path(self.job.resume))
+            else:
+                self.announce()
+                self.snapshot("start", improved=False, durable=False)  # what a first rollback returns to
             self.train(train.epochs)
         except EndTrial as ended:
             end = ended
+        except Interrupted:
+            raise
         except Exception as err:  # a bug in a backend or a plugin fails this trial, not the search
             end = EndTrial("failed", f"{type(err).__name__}: {err}")
             error = traceback.format_exc()
@@ -202,8 +237,27 @@ class TrialLoop:
         self.hook.runner_trial_complete(trial=trial, result=result)
         return result
 
+    def resume(self, path: Path) -> None:
+        """Continue from a snapshot file: backend and loop state as they were when it was taken."""
+        state, meta = read_snapshot(path)
+        self.backend.load_state(state)
+        self.restore_loop(meta, counters=True)
+        trial = self.trial
+        trial.hyperparameters = self.backend.hyperparameters()
+        self.store.adopt(path.parent)
+        self.store.save(state, epoch=trial.epoch, step=trial.step, reason="resume", best=False,
+                        hyperparameters=trial.hyperparameters, metrics=trial.metrics,
+                        loop=self.loop_state(self.partial), durable=False)
+        self.emit("trial_resume", epoch=trial.epoch, step=trial.step, snapshot=str(path.relative_to(self.runner.experiment.run_dir)))
+        self.hook.runner_trial_start(trial=trial)
+
     def announce(self) -> None:
         trial = self.trial
+        if self.job.announced:  # a resumed run restarts this trial: its trial_start is in the log
+            self.events = 1
+            self.emit("trial_resume", epoch=0, step=0, snapshot=None)
+            self.hook.runner_trial_start(trial=trial)
+            return
         self.emit("trial_start", params=trial.params, seed=trial.seed, config=trial.config,
                   hyperparameters=trial.hyperparameters)
         self.hook.runner_trial_start(trial=trial)
@@ -234,6 +288,8 @@ class TrialLoop:
             (done, total), self.partial = self.partial, None
         steps = backend.steps_per_epoch
         for _ in range(steps - done):
+            if FLAG.requested:
+                self.interrupt(done, total)
             loss = backend.train_step()
             trial.step += 1
             if not math.isfinite(loss):
@@ -241,6 +297,7 @@ class TrialLoop:
             if detector.spiked(loss):
                 self.diverged(DivergenceEvent("loss_spike", epoch, trial.step, loss, detector.threshold()))
             total += loss
+            done += 1
 
         val = backend.evaluate("val")
         best_val = trial.best.get("val_loss") if trial.best else None
@@ -279,6 +336,15 @@ class TrialLoop:
             self.trial.best = dict(metrics)
             return True
         return False
+
+    def interrupt(self, done: int, total: float) -> None:
+        """Ctrl-C or SIGTERM: save a durable snapshot of this very step, then stop the run."""
+        trial = self.trial
+        self.emit("interrupted", epoch=trial.epoch, step=trial.step)  # before the snapshot: a resume keeps it
+        self.snapshot("interrupt", improved=False, durable=True, partial=(done, total))
+        self.report_snapshots()
+        raise Interrupted(f"interrupted at trial {trial.id}, epoch {trial.epoch}, step {trial.step}; "
+                          f"continue with: runner resume {self.runner.experiment.run_dir}")
 
     # -- decisions --------------------------------------------------------------------------
 

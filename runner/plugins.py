@@ -35,6 +35,7 @@ class Plugins:
     manager: pluggy.PluginManager
     registry: Registry
     origins: dict[str, str] = field(default_factory=dict)  # plugin name -> "package 1.0" or a path
+    extra: list[str] = field(default_factory=list)  # the one-off plugins asked for (files as absolute paths)
 
     @property
     def hook(self):
@@ -63,9 +64,11 @@ def load_plugins(extra: Iterable[str] = (), *, entry_points: bool = True) -> Plu
             module = _import(ep.name, lambda: ep.load())
             origins[ep.name] = origin
             _register(pm, module, ep.name)
+    refs = []
     for ref in extra:
         name, module = _load_extra(ref)
         origins[name] = ref
+        refs.append(str(Path(ref).resolve()) if _is_file_ref(ref) else ref)
         _register(pm, module, name)
     try:
         pm.check_pending()
@@ -75,7 +78,7 @@ def load_plugins(extra: Iterable[str] = (), *, entry_points: bool = True) -> Plu
     if os.environ.get(TRACE_ENV, "") not in ("", "0"):
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
-    return Plugins(pm, collect_registry(pm), origins)
+    return Plugins(pm, collect_registry(pm), origins, refs)
 
 
 def collect_registry(pm: pluggy.PluginManager) -> Registry:
@@ -106,9 +109,13 @@ def _register(pm: pluggy.PluginManager, module: object, name: str) -> None:
         raise PluginError(f"plugin {name!r} cannot be registered: {err}") from None
 
 
+def _is_file_ref(ref: str) -> bool:
+    return ref.endswith(".py") or os.sep in ref
+
+
 def _load_extra(ref: str) -> tuple[str, ModuleType]:
     path = Path(ref)
-    if ref.endswith(".py") or os.sep in ref:
+    if _is_file_ref(ref):
         if not path.is_file():
             raise PluginError(f"--plugin {ref}: no such file")
         name = path.stem

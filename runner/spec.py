@@ -97,12 +97,14 @@ def read_json(path: Path) -> Any:
         raise SpecError("", f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})", source=str(path)) from None
 
 
-def load(path: str | Path, registry: Registry, *, seed: int | None = None) -> ExperimentSpec:
-    """Read and validate an experiment file. ``seed`` overrides the file's seed."""
+def load(path: str | Path, registry: Registry, *, seed: int | None = None,
+         base_dir: Path | None = None) -> ExperimentSpec:
+    """Read and validate an experiment file. ``seed`` overrides the file's seed; relative
+    paths in it resolve against ``base_dir`` (default: the file's folder)."""
     path = Path(path)
     raw = read_json(path)
     try:
-        return parse(raw, registry, base_dir=path.resolve().parent, seed=seed)
+        return parse(raw, registry, base_dir=base_dir or path.resolve().parent, seed=seed)
     except SpecError as err:
         raise err.in_file(str(path)) from None
 
