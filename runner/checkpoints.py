@@ -41,6 +41,7 @@ class CheckpointOptions:
     """The ``checkpoint`` section of an experiment file."""
 
     every_epochs: int = field(default=1, metadata=bounds(ge=0, doc="take a snapshot every N epochs; 0 turns periodic snapshots off"))
+    every_steps: int = field(default=0, metadata=bounds(ge=0, doc="also take a snapshot every N training steps, mid-epoch included; 0 turns this off"))
     min_interval: float = field(default=30.0, metadata=bounds(ge=0, doc="seconds between two snapshot files of a trial; snapshots due sooner stay in memory only; 0 writes each one"))
     keep: int = field(default=3, metadata=bounds(ge=1, doc="how many recent snapshot files each trial keeps, besides its best"))
     best: bool = field(default=True, metadata=bounds(doc="also snapshot whenever the experiment's metric improves; the best is written when the trial ends"))

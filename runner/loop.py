@@ -287,9 +287,12 @@ class TrialLoop:
         else:
             (done, total), self.partial = self.partial, None
         steps = backend.steps_per_epoch
+        every_steps = self.spec.checkpoint.every_steps
         for _ in range(steps - done):
             if FLAG.requested:
                 self.interrupt(done, total)
+            if every_steps and done and trial.step % every_steps == 0:
+                self.snapshot("steps", improved=False, partial=(done, total))
             loss = backend.train_step()
             trial.step += 1
             if not math.isfinite(loss):

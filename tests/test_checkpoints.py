@@ -140,3 +140,14 @@ def test_snapshot_schedule_follows_the_checkpoint_section(write_experiment, tmp_
     _, _, _, events = run(write_experiment(changes), tmp_path)
     snaps = [e for e in events if e["event"] == "checkpoint"]
     assert snaps and all(e["reason"] == "best" and e["best"] for e in snaps)
+
+
+def test_every_steps_takes_snapshots_mid_epoch_that_continue_exactly(write_experiment, tmp_path):
+    """Spirals quick: 3 steps an epoch; a snapshot every 2 steps lands mid-epoch at step 2, 4..."""
+    changes = {"train": {"epochs": 2}, "checkpoint": {"every_steps": 2, "every_epochs": 0, "best": False, "keep": 10},
+               "search": {"space": None}}
+    _, _, run_dir, events = run(write_experiment(changes), tmp_path)
+    steps = [e["step"] for e in events if e["event"] == "checkpoint"]
+    assert steps == [2, 4], "step 6 ends the trial's last epoch: no step snapshot there"
+    _, meta = read_snapshot(run_dir / "trials" / "t000" / "e00000-s000000002.npz")
+    assert meta["reason"] == "steps" and meta["loop"]["partial"][0] == 2
