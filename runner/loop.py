@@ -248,7 +248,8 @@ class TrialLoop:
         self.store.save(state, epoch=trial.epoch, step=trial.step, reason="resume", best=False,
                         hyperparameters=trial.hyperparameters, metrics=trial.metrics,
                         loop=self.loop_state(self.partial), durable=False)
-        self.emit("trial_resume", epoch=trial.epoch, step=trial.step, snapshot=str(path.relative_to(self.runner.experiment.run_dir)))
+        self.emit("trial_resume", epoch=trial.epoch, step=trial.step,
+                  snapshot=str(path.relative_to(self.runner.experiment.run_dir)))
         self.hook.runner_trial_start(trial=trial)
 
     def announce(self) -> None:

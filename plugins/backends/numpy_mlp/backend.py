@@ -345,13 +345,13 @@ class NumpyBackend(Backend):
                 f"this backend uses {self.dtype.name!r} with {self.optimizer.name!r}"
             )
         expected = {f"param/{k}" for k in self.params} | {f"running/{k}" for k in self.running} | {"perm"}
-        expected |= {f"opt/{k}" for k in self.optimizer.state_arrays()}
+        expected |= {f"opt/{slot}/{k}" for slot, buf in self.optimizer.moments.items() for k in buf}
         if set(arrays) != expected:
             missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
             raise ValueError(f"state arrays do not match this network: missing {missing}, unexpected {extra}")
         epoch, pos = int(meta["epoch"]), int(meta["position"])
         perm = np.asarray(arrays["perm"])
-        if epoch >= 0 and not (perm.shape == (self._m,) and np.array_equal(np.sort(perm), np.arange(self._m))):
+        if epoch >= 0 and not (perm.shape == (self._m,) and _is_permutation(perm, self._m)):
             raise ValueError(f"state's permutation is not a permutation of the {self._m} training rows")
         if not 0 <= pos <= len(perm):
             raise ValueError(f"state's position {pos} lies outside its permutation of {len(perm)} rows")
@@ -370,6 +370,13 @@ class NumpyBackend(Backend):
         self._lr0, self._lr = float(meta["lr_base"]), float(hp["lr"])
         self._beta1, self._beta2 = float(hp["momentum"]), float(hp["beta2"])
         self._rng.bit_generator.state = rng_state
+
+
+def _is_permutation(perm: np.ndarray, m: int) -> bool:
+    """True if ``perm`` holds each of 0..m-1 exactly once (O(m), no sort)."""
+    if perm.dtype.kind not in "iu" or (m and (perm.min() < 0 or perm.max() >= m)):
+        return False
+    return bool(np.bincount(perm, minlength=m).max(initial=0) <= 1)
 
 
 def _rng_state_to_json(state: dict[str, Any]) -> dict[str, Any]:
