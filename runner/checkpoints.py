@@ -45,7 +45,7 @@ class CheckpointOptions:
     min_interval: float = field(default=30.0, metadata=bounds(ge=0, doc="seconds between two snapshot files of a trial; snapshots due sooner stay in memory only; 0 writes each one"))
     keep: int = field(default=3, metadata=bounds(ge=1, doc="how many recent snapshot files each trial keeps, besides its best"))
     best: bool = field(default=True, metadata=bounds(doc="also snapshot whenever the experiment's metric improves; the best is written when the trial ends"))
-    memory: int = field(default=2, metadata=bounds(ge=0, doc="recent snapshots each trial keeps in memory for fast rollback"))
+    memory: int = field(default=4, metadata=bounds(ge=1, doc="recent snapshots each trial keeps in memory for fast rollback (more than divergence.max_rollbacks, so rollbacks in a row stay in memory)"))
 
 
 @dataclass(frozen=True)
@@ -181,12 +181,14 @@ class CheckpointStore:
         """Keep ``state`` in memory; write it too if ``min_interval`` has passed since the last
         file (``durable`` True or False forces the choice). ``loop`` is the trial loop's own
         state (best metrics, divergence detector, event count...), restored with the backend's."""
-        snapshot = Snapshot(self.folder / f"e{epoch:05d}-s{step:09d}.npz", self.trial, epoch, step, reason, best)
+        # The trial's event count makes the name unique even when a rollback retrains an epoch.
+        name = f"e{epoch:05d}-s{step:09d}-n{loop.get('events', 0):06d}.npz"
+        snapshot = Snapshot(self.folder / name, self.trial, epoch, step, reason, best)
         meta = {"trial": self.trial, "epoch": epoch, "step": step, "reason": reason, "best": best,
                 "hyperparameters": hyperparameters, "metrics": metrics, "loop": loop}
         self.ring.append((snapshot, state, meta))
         if durable is None:
-            durable = self.clock() - self._last_write >= self.options.min_interval
+            durable = self.due()
         if durable:
             self._write(snapshot, state, meta)
             if best:
@@ -204,6 +206,8 @@ class CheckpointStore:
                 _, meta = read_snapshot(path)
             except CorruptSnapshot:
                 continue
+            if "loop" not in meta:
+                continue
             found.append((meta["loop"]["events"], meta["step"],
                           Snapshot(path, self.trial, meta["epoch"], meta["step"], meta["reason"], meta["best"])))
         with self._changed:
@@ -218,12 +222,17 @@ class CheckpointStore:
             self._write(*self._unwritten_best)
             self._unwritten_best = None
 
+    def due(self) -> bool:
+        """True if the next ``save`` will write a file (``min_interval`` has passed)."""
+        return self.clock() - self._last_write >= self.options.min_interval
+
     def find(self, to: str | int, older: int = 0) -> tuple[BackendState, dict[str, Any]] | None:
         """The snapshot a rollback asks for: ``"last"``, ``"best"`` or the one after epoch
         ``to``, skipping ``older`` newer matches (or the oldest match, if there are fewer).
         Memory first, then files (newest first, damaged ones skipped). None if none matches."""
         def wanted(meta: dict) -> bool:
-            return to == "last" or (to == "best" and meta["best"]) or meta["epoch"] == to
+            at_boundary = not meta["loop"].get("partial")
+            return to == "last" or (to == "best" and meta["best"]) or (meta["epoch"] == to and at_boundary)
 
         def candidates():
             in_memory = set()

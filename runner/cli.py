@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import click
@@ -20,7 +20,7 @@ from rich.table import Table
 
 from runner import __version__
 from runner.errors import RunnerError, SpecError
-from runner.files import create_run_dir
+from runner.files import create_run_dir, run_lock
 from runner.interrupt import Interrupted, graceful_interrupts
 from runner.loop import load_dataset, run_experiment
 from runner.resume import clean_temporary_files, plan_resume, read_run
@@ -55,7 +55,7 @@ def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int |
         run_dir = where.run_dir = create_run_dir(out, spec.name)
         console.print(f"run directory: {run_dir}", soft_wrap=True)
         plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
-        with graceful_interrupts():
+        with run_lock(run_dir), graceful_interrupts():
             board = run_experiment(spec, plugins, dataset, run_dir)
         _check(board, run_dir)
 
@@ -70,8 +70,9 @@ def resume(run_dir: Path, plain: bool) -> None:
     snapshot (or starts again if it has none); the trials not yet run follow.
     """
     console = terminal()
-    with reported_errors() as where:
+    with reported_errors() as where, ExitStack() as held:
         start = read_run(run_dir)[0]
+        held.enter_context(run_lock(run_dir))
         plugins = load_plugins(start.get("plugin_files", []))
         spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
         dataset = load_dataset(spec, plugins)

@@ -4,7 +4,8 @@ Per step the loop checks the training loss: a non-finite loss diverges at once; 
 above ``spike_factor`` times its running average (an exponentially weighted average, after
 ``warmup_steps``) for ``patience`` steps in a row is a spike. Per epoch it checks the
 validation loss the same way against the best one so far. Each check is a few float
-operations; nothing scans the parameters.
+operations. Parameters are scanned only when a snapshot is taken: a state with a
+non-finite value is never saved, and counts as divergence.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 from runner.typed import bounds
 
-Kind = Literal["non_finite_loss", "loss_spike", "non_finite_val_loss", "val_loss_spike"]
+Kind = Literal["non_finite_loss", "loss_spike", "non_finite_val_loss", "val_loss_spike", "non_finite_parameters"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class DivergenceOptions:
     patience: int = field(default=5, metadata=bounds(ge=1, doc="consecutive spiking steps before a spike counts as divergence"))
     warmup_steps: int = field(default=20, metadata=bounds(ge=0, doc="steps of each trial before spikes are looked for"))
     smoothing: float = field(default=0.9, metadata=bounds(ge=0, lt=1, doc="weight of the past in the running average of the loss"))
+    val_spike_factor: float = field(default=10.0, metadata=bounds(gt=1, doc="a validation loss above this many times its lowest so far is exploding (overfitting alone rarely gets there)"))
     lr_cut: float = field(default=0.5, metadata=bounds(gt=0, le=1, doc="the rollback policy multiplies the learning rate by this"))
     max_rollbacks: int = field(default=3, metadata=bounds(ge=0, doc="rollbacks per trial before it ends as diverged"))
 
@@ -76,12 +78,12 @@ class SpikeDetector:
         self.average, self.seen, self.strikes = state["average"], state["seen"], state["strikes"]
 
 
-def val_divergence(val_loss: float, best_val_loss: float | None, options: DivergenceOptions) -> tuple[Kind, float | None] | None:
-    """The per-epoch check: a non-finite validation loss, or one exploding past the best."""
+def val_divergence(val_loss: float, lowest_val_loss: float | None, options: DivergenceOptions) -> tuple[Kind, float | None] | None:
+    """The per-epoch check: a non-finite validation loss, or one exploding past the lowest so far."""
     if not math.isfinite(val_loss):
         return "non_finite_val_loss", None
-    if best_val_loss is not None:
-        threshold = options.spike_factor * max(best_val_loss, options.spike_floor)
+    if lowest_val_loss is not None:
+        threshold = options.val_spike_factor * max(lowest_val_loss, options.spike_floor)
         if val_loss > threshold:
             return "val_loss_spike", threshold
     return None

@@ -7,6 +7,7 @@ Non-finite numbers (a NaN loss) are written as null.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,11 @@ class EventLog:
         self._file.write(orjson.dumps(record, option=_OPTIONS) + b"\n")
         self._file.flush()
         return record
+
+    def sync(self) -> None:
+        """Make what was written durable (fsync): called before a snapshot file is written,
+        so that no snapshot on disk is ever ahead of the log after a power cut."""
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+from contextlib import contextmanager
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,21 @@ def atomic_write(path: Path, data: bytes) -> None:
 def write_json(path: Path, value: Any) -> None:
     """``atomic_write`` of pretty-printed JSON (NaN and infinities become null)."""
     atomic_write(path, orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """Hold the run directory for this process: a second ``start``/``resume`` on it fails at
+    once with a clear message instead of interleaving two writers. Released on exit."""
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunnerError(f"another runner process is using {run_dir}", exit_code=2) from None
+        yield
+    finally:
+        handle.close()
 
 
 def safe_name(name: str) -> str:

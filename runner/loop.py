@@ -116,7 +116,7 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         writer = SnapshotWriter()
         run_trial = TrialRunner(experiment, plugins, dataset, log, writer)
         executor = registry.get("executor", spec.executor.name)(spec.executor.options, run_trial=run_trial)
-        stopping = False
+        stopping = any(r.result.ends_experiment for r in history.finished)  # a resumed run that was stopping
         try:
             while True:
                 while not stopping and executor.has_room():
@@ -167,6 +167,9 @@ class TrialRunner:
         return TrialLoop(self, job).run()
 
 
+MAX_ROLLBACKS = 100  # per trial, whoever asks: a plugin that always rolls back must not loop forever
+
+
 class RolledBack(Exception):
     """Raised inside an epoch after a rollback: the epoch loop starts again from the snapshot."""
 
@@ -191,6 +194,9 @@ class TrialLoop:
         self.detector = SpikeDetector(spec.divergence)
         self.events = 0  # this trial's events in the log, so a resume can cut the log where a snapshot was taken
         self.partial: tuple[int, float] | None = None  # (steps done, loss sum) when an epoch resumes midway
+        self.lowest_val_loss: float | None = None
+        self.ending: EndTrial | None = None  # a Stop or Prune decided at the epoch the snapshot closes
+        self.snapshot_step = -1  # step of the newest snapshot, so a restored one is not taken twice
         self.backend = None
 
     # -- the trial, start to end ----------------------------------------------------------
@@ -211,6 +217,8 @@ class TrialLoop:
             announced = True
             if self.job.resume:
                 self.resume(Path(self.job.resume))
+                if self.ending is not None:  # the snapshot closed an epoch that ended the trial
+                    raise self.ending
             else:
                 self.announce()
                 self.snapshot("start", improved=False, durable=False)  # what a first rollback returns to
@@ -292,7 +300,7 @@ class TrialLoop:
         for _ in range(steps - done):
             if FLAG.requested:
                 self.interrupt(done, total)
-            if every_steps and done and trial.step % every_steps == 0:
+            if every_steps and done and trial.step % every_steps == 0 and trial.step != self.snapshot_step:
                 self.snapshot("steps", improved=False, partial=(done, total))
             loss = backend.train_step()
             trial.step += 1
@@ -304,9 +312,9 @@ class TrialLoop:
             done += 1
 
         val = backend.evaluate("val")
-        best_val = trial.best.get("val_loss") if trial.best else None
-        if (blown := val_divergence(val["loss"], best_val, self.spec.divergence)) is not None:
+        if (blown := val_divergence(val["loss"], self.lowest_val_loss, self.spec.divergence)) is not None:
             self.diverged(DivergenceEvent(blown[0], epoch, trial.step, val["loss"], blown[1]))
+        self.lowest_val_loss = min(val["loss"], self.lowest_val_loss or math.inf)
         trial.hyperparameters = backend.hyperparameters()
         trial.recent_rollbacks = 0  # this epoch trained through
         metrics = {
@@ -319,12 +327,12 @@ class TrialLoop:
         improved = self.track_best(metrics)
         self.emit("epoch_end", epoch=epoch, step=trial.step, **metrics)
         decisions = flatten(self.hook.runner_epoch_end(trial=trial, epoch=epoch, metrics=metrics))
-        ending = self.apply(decisions, source="plugin")
+        self.ending = self.apply(decisions, source="plugin")
         options = self.spec.checkpoint
         if (options.every_epochs and trial.epoch % options.every_epochs == 0) or (improved and options.best):
             self.snapshot("epoch" if not improved or not options.best else "best", improved=improved and options.best)
-        if ending is not None:
-            raise ending
+        if self.ending is not None:
+            raise self.ending
 
     def track_best(self, metrics: dict[str, float]) -> bool:
         """Keep ``trial.best``, the metrics of its best epoch so far; True if this epoch is the new best."""
@@ -402,6 +410,8 @@ class TrialLoop:
     def rollback(self, rollback: Rollback, source: str) -> None:
         """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
         trial, backend = self.trial, self.backend
+        if trial.rollbacks >= MAX_ROLLBACKS:
+            raise EndTrial("failed", f"{trial.rollbacks} rollbacks: a plugin keeps rolling this trial back")
         found = self.store.find(rollback.to, rollback.older)
         if found is None:
             raise EndTrial("diverged" if source == "divergence" else "failed",
@@ -428,9 +438,11 @@ class TrialLoop:
     def loop_state(self, partial: tuple[int, float] | None = None) -> dict[str, Any]:
         """The loop's own state that a snapshot carries besides the backend's."""
         trial = self.trial
+        ending = self.ending
         return {"best": trial.best, "metrics": trial.metrics, "rollbacks": trial.rollbacks,
                 "recent_rollbacks": trial.recent_rollbacks, "detector": self.detector.state(),
-                "events": self.events, "partial": partial}
+                "lowest_val_loss": self.lowest_val_loss, "events": self.events, "partial": partial,
+                "ending": None if ending is None else [ending.state, ending.reason, ending.experiment]}
 
     def restore_loop(self, meta: dict[str, Any], *, counters: bool = False) -> None:
         """Put the loop back where a snapshot was taken. A rollback keeps counting rollbacks
@@ -442,15 +454,26 @@ class TrialLoop:
         trial.epoch, trial.step = meta["epoch"], meta["step"]
         trial.best, trial.metrics = loop["best"], loop["metrics"]
         self.detector.load_state(loop["detector"])
+        self.lowest_val_loss = loop["lowest_val_loss"]
         self.partial = tuple(loop["partial"]) if loop["partial"] else None
+        self.snapshot_step = trial.step
+        if counters and loop["ending"]:
+            state, reason, experiment = loop["ending"]
+            self.ending = EndTrial(state, reason, experiment=experiment)
 
     def snapshot(self, reason: str, *, improved: bool, durable: bool | None = None,
                  partial: tuple[int, float] | None = None) -> None:
         """Take a snapshot; files written earlier are reported first (they had at least an
         epoch to be written, so this rarely waits), which keeps event order deterministic."""
         self.report_snapshots()
-        trial = self.trial
-        self.store.save(self.backend.state(), epoch=trial.epoch, step=trial.step, reason=reason, best=improved,
+        trial, state = self.trial, self.backend.state()
+        if not all(np.isfinite(a).all() for a in state.arrays.values() if a.dtype.kind == "f"):
+            self.diverged(DivergenceEvent("non_finite_parameters", trial.epoch, trial.step, math.nan))
+        if durable or (durable is None and self.store.due()):
+            self.log.sync()  # the log is never behind a snapshot file, even after a power cut
+            durable = True
+        self.snapshot_step = trial.step
+        self.store.save(state, epoch=trial.epoch, step=trial.step, reason=reason, best=improved,
                         hyperparameters=trial.hyperparameters, metrics=trial.metrics,
                         loop=self.loop_state(partial), durable=durable)
 

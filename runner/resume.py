@@ -48,7 +48,8 @@ def read_run(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def plan_resume(run_dir: Path) -> ResumePlan:
-    """Decide how to continue the run in ``run_dir``. Changes nothing on disk."""
+    """Decide how to continue the run in ``run_dir``. Changes nothing on disk but setting
+    damaged snapshot files aside (renamed ``*.damaged``)."""
     events = read_run(run_dir)
     if any(e["event"] == "experiment_complete" for e in events):
         raise RunnerError(f"the run in {run_dir} has finished; there is nothing to resume", exit_code=2)
@@ -80,6 +81,9 @@ def newest_intact_snapshot(folder: Path, notes: list[str]) -> tuple[Path | None,
         except CorruptSnapshot as err:
             notes.append(f"{err}; using an earlier snapshot")
             path.rename(path.with_name(path.name + ".damaged"))
+            continue
+        if "loop" not in meta:
+            notes.append(f"{path}: not a snapshot this version of runner can continue from; ignored")
             continue
         candidates.append(((meta["loop"]["events"], meta["step"]), path, meta))
     if not candidates:

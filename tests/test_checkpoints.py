@@ -47,9 +47,9 @@ def test_keeps_the_last_k_and_the_best(tmp_path, writer):
                    hyperparameters={}, metrics={}, loop={})
         store.collect(wait=True)
     kept = sorted(p.name for p in tmp_path.iterdir())
-    assert kept == ["e00002-s000000020.npz", "e00005-s000000050.npz", "e00006-s000000060.npz"]
+    assert kept == ["e00002-s000000020-n000000.npz", "e00005-s000000050-n000000.npz", "e00006-s000000060-n000000.npz"]
     assert store.best.epoch == 2
-    assert [s.epoch for s, _, _ in store.ring] == [5, 6], "the in-memory ring holds the latest two"
+    assert [s.epoch for s, _, _ in store.ring] == [3, 4, 5, 6], "the in-memory ring holds the latest four"
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
@@ -81,19 +81,19 @@ def test_files_are_throttled_by_min_interval_and_the_best_is_written_at_the_end(
         store.save(state(epoch), epoch=epoch, step=epoch, reason="epoch", best=best, hyperparameters={}, metrics={}, loop={})
         written += [s.epoch for s in store.collect(wait=True)]
     assert written == [2, 5], "a file 10 s after the start, then 10 s after that one"
-    assert [s.epoch for s, _, _ in store.ring] == [4, 5], "every due snapshot is in memory"
+    assert [s.epoch for s, _, _ in store.ring] == [2, 3, 4, 5], "every due snapshot is in memory"
     store.finish()
     [best] = store.collect(wait=True)
     assert (best.epoch, best.best) == (3, True) and store.best == best
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "e00002-s000000002.npz", "e00003-s000000003.npz", "e00005-s000000005.npz"]
+        "e00002-s000000002-n000000.npz", "e00003-s000000003-n000000.npz", "e00005-s000000005-n000000.npz"]
 
 
 def test_a_write_error_is_reported_not_raised(tmp_path, writer):
     folder = tmp_path / "t000"
     store = CheckpointStore(folder, 0, CheckpointOptions(min_interval=0), writer)
     folder.mkdir()
-    (folder / "e00001-s000000001.npz").mkdir()  # a folder where the file must go: rename fails
+    (folder / "e00001-s000000001-n000000.npz").mkdir()  # a folder where the file must go: rename fails
     store.save(state(1.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={}, loop={})
     [error] = store.collect(wait=True)
     assert isinstance(error, OSError)
@@ -149,5 +149,6 @@ def test_every_steps_takes_snapshots_mid_epoch_that_continue_exactly(write_exper
     _, _, run_dir, events = run(write_experiment(changes), tmp_path)
     steps = [e["step"] for e in events if e["event"] == "checkpoint"]
     assert steps == [2, 4], "step 6 ends the trial's last epoch: no step snapshot there"
-    _, meta = read_snapshot(run_dir / "trials" / "t000" / "e00000-s000000002.npz")
+    [path] = (run_dir / "trials" / "t000").glob("e00000-s000000002-n*.npz")
+    _, meta = read_snapshot(path)
     assert meta["reason"] == "steps" and meta["loop"]["partial"][0] == 2

@@ -36,10 +36,11 @@ def test_the_floor_keeps_tiny_losses_from_counting_as_spikes():
 
 
 def test_val_divergence():
-    options = DivergenceOptions(spike_factor=4, spike_floor=0.1)
+    options = DivergenceOptions(val_spike_factor=4, spike_floor=0.1)
     assert val_divergence(float("nan"), 0.5, options) == ("non_finite_val_loss", None)
     assert val_divergence(2.1, 0.5, options) == ("val_loss_spike", 2.0)
     assert val_divergence(1.9, 0.5, options) is None and val_divergence(5.0, None, options) is None
+    assert DivergenceOptions().val_spike_factor == 10.0, "overfitting alone must not look like divergence"
 
 
 def run(path, tmp_path, extra=()):

@@ -227,3 +227,66 @@ def test_resume_refuses_a_finished_run_and_a_folder_that_is_no_run(tmp_path, uni
     assert again.returncode == 2 and "has finished; there is nothing to resume" in again.stderr
     nothing = runner("resume", tmp_path)
     assert nothing.returncode == 2 and "is not a run directory" in nothing.stderr
+
+
+STOPPER = textwrap.dedent('''
+    """Test plugin: stops trial 0 after its 2nd epoch (the whole run if STOP_ALL is in this file),
+    and, when RUNNER_TEST_KILL is set, dies at the moment it names."""
+    import os, signal
+    from runner import Stop, hookimpl
+
+    KILL = os.environ.get("RUNNER_TEST_KILL", "")
+    STOP_ALL = False
+
+    @hookimpl
+    def runner_epoch_end(trial, epoch):
+        if trial.id == 0 and epoch == 1:
+            return Stop("enough", experiment=STOP_ALL)
+
+    @hookimpl
+    def runner_checkpoint_saved(trial, checkpoint):
+        if KILL == "after_last_snapshot" and trial.id == 0 and checkpoint["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # the stop is decided, trial_complete not yet written
+
+    @hookimpl
+    def runner_trial_complete(trial):
+        if KILL == "after_trial_0" and trial.id == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+''')
+
+
+@pytest.mark.parametrize("stop_all, kill", [(False, "after_last_snapshot"), (True, "after_trial_0")])
+def test_a_stop_decided_before_a_kill_still_holds_after_resume(tmp_path, stop_all, kill):
+    plugin = tmp_path / "stopper.py"
+    plugin.write_text(STOPPER.replace("STOP_ALL = False", f"STOP_ALL = {stop_all}"))
+    exp = tmp_path / "exp.json"
+    exp.write_bytes(orjson.dumps(EXPERIMENT))
+
+    def start_run(out, env):
+        proc = runner("start", exp, "--out", tmp_path / out, "--plain", "--plugin", plugin, env=env)
+        [run_dir] = (tmp_path / out).iterdir()
+        return proc, run_dir
+
+    proc, baseline_dir = start_run("baseline", {"RUNNER_TEST_KILL": ""})
+    assert proc.returncode == 0, proc.stderr
+    proc, run_dir = start_run("killed", {"RUNNER_TEST_KILL": kill})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    resumed = runner("resume", run_dir, "--plain", env={"RUNNER_TEST_KILL": ""})
+    assert resumed.returncode == 0, resumed.stderr
+    baseline = orjson.loads((baseline_dir / "results.json").read_bytes())["trials"]
+    after = orjson.loads((run_dir / "results.json").read_bytes())["trials"]
+    assert [(t["trial"], t["state"], t["epochs"], t["score"]) for t in after] == \
+           [(t["trial"], t["state"], t["epochs"], t["score"]) for t in baseline]
+    assert next(t for t in after if t["trial"] == 0)["state"] == "stopped"
+    assert len(after) == (1 if stop_all else 3)
+
+
+def test_two_processes_cannot_share_a_run_directory(tmp_path):
+    proc, run_dir = start(tmp_path, "killed", EXPERIMENT, kill="step:20")
+    assert proc.returncode == -signal.SIGKILL
+    from runner.files import run_lock
+
+    with run_lock(run_dir):
+        other = runner("resume", run_dir)
+    assert other.returncode == 2 and f"another runner process is using {run_dir}" in other.stderr
+    assert runner("resume", run_dir, "--plain").returncode == 0
