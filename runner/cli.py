@@ -25,7 +25,7 @@ from runner.interrupt import Interrupted, graceful_interrupts
 from runner.loop import load_dataset, run_experiment
 from runner.resume import clean_temporary_files, plan_resume, read_run
 from runner.plugins import TRACE_ENV, Plugins, hooks_of, load_plugins
-from runner.progress import ProgressReporter, short_params
+from runner.progress import ProgressReporter
 from runner.spec import load
 
 plugin_option = click.option(

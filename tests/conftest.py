@@ -8,7 +8,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from types import SimpleNamespace
+
+from runner.files import create_run_dir
+from runner.loop import load_dataset, run_experiment
 from runner.plugins import load_plugins
+from runner.spec import load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +55,16 @@ def write_experiment(tmp_path):
         return path
 
     return write
+
+
+def run_file(path: Path, tmp_path: Path, extra=()) -> SimpleNamespace:
+    """Run an experiment file in-process as ``runner start`` would; the outcome and the log."""
+    plugins = load_plugins(extra)
+    spec = load(path, plugins.registry)
+    run_dir = create_run_dir(tmp_path / "runs", spec.name)
+    board = run_experiment(spec, plugins, load_dataset(spec, plugins), run_dir)
+    events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
+    return SimpleNamespace(board=board, events=events, run_dir=run_dir, plugins=plugins, spec=spec)
 
 
 @pytest.fixture

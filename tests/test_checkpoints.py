@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import orjson
 import pytest
 
+from tests.conftest import run_file
 from runner.backend import BackendState
 from runner.checkpoints import CheckpointOptions, CheckpointStore, CorruptSnapshot, SnapshotWriter, read_snapshot
-from runner.files import create_run_dir
-from runner.loop import load_dataset, run_experiment, trial_seed
-from runner.plugins import load_plugins
-from runner.spec import load, trial_sections
+from runner.loop import load_dataset, trial_seed
+from runner.spec import trial_sections
 
 
 def state(value: float) -> BackendState:
@@ -100,12 +98,8 @@ def test_a_write_error_is_reported_not_raised(tmp_path, writer):
 
 
 def run(path, tmp_path):
-    plugins = load_plugins()
-    spec = load(path, plugins.registry)
-    run_dir = create_run_dir(tmp_path / "runs", spec.name)
-    run_experiment(spec, plugins, load_dataset(spec, plugins), run_dir)
-    events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
-    return plugins, spec, run_dir, events
+    r = run_file(path, tmp_path)
+    return r.plugins, r.spec, r.run_dir, r.events
 
 
 def test_a_run_snapshots_each_epoch_and_a_snapshot_continues_bit_for_bit(write_experiment, tmp_path):

@@ -6,12 +6,12 @@ import math
 import textwrap
 
 import numpy as np
-import orjson
 import pytest
 
+from tests.conftest import run_file
 from runner.divergence import DivergenceOptions, SpikeDetector, val_divergence
 from runner.files import create_run_dir
-from runner.loop import load_dataset, run_experiment
+from runner.loop import load_dataset
 from runner.plugins import load_plugins
 from runner.spec import load
 
@@ -44,12 +44,8 @@ def test_val_divergence():
 
 
 def run(path, tmp_path, extra=()):
-    plugins = load_plugins(extra)
-    spec = load(path, plugins.registry)
-    run_dir = create_run_dir(tmp_path / "runs", spec.name)
-    board = run_experiment(spec, plugins, load_dataset(spec, plugins), run_dir)
-    events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
-    return board, events
+    r = run_file(path, tmp_path, extra)
+    return r.board, r.events
 
 
 ABSURD = textwrap.dedent('''

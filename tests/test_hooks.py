@@ -3,18 +3,12 @@ and a meta-test that every hook is documented and exercised here."""
 
 from __future__ import annotations
 
-import re
 import textwrap
 
 import orjson
-import pytest
 
 from runner import hookspecs
-from runner.files import create_run_dir
-from runner.loop import load_dataset, run_experiment
-from runner.plugins import load_plugins
-from runner.spec import load
-from tests.conftest import ROOT
+from tests.conftest import run_file, ROOT
 
 RECORDER = textwrap.dedent(
     '''
@@ -65,12 +59,8 @@ RECORDER = textwrap.dedent(
 
 
 def run(path, tmp_path, extra=()):
-    plugins = load_plugins(extra)
-    spec = load(path, plugins.registry)
-    run_dir = create_run_dir(tmp_path / "runs", spec.name)
-    board = run_experiment(spec, plugins, load_dataset(spec, plugins), run_dir)
-    events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
-    return board, events, run_dir
+    r = run_file(path, tmp_path, extra)
+    return r.board, r.events, r.run_dir
 
 
 def recorder(tmp_path):

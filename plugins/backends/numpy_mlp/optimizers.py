@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 OptimizerName = Literal["gd", "momentum", "rmsprop", "adam"]
 
 
-class Optimizer:
+class Optimizer(ABC):
     """Base class: the moment buffers, the update counter ``t`` and the update loop."""
 
     name: ClassVar[str]
@@ -45,8 +47,9 @@ class Optimizer:
         for key, w in params.items():
             self._update(key, w, grads[key], lr, b1, b2)
 
+    @abstractmethod
     def _update(self, key: str, w: np.ndarray, g: np.ndarray, lr: float, b1: float, b2: float) -> None:
-        raise NotImplementedError
+        """Update one parameter ``w`` in place from its gradient ``g`` (and its moments)."""
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Copies of the moment buffers, keyed ``"{slot}/{parameter}"``."""
@@ -110,15 +113,10 @@ class Adam(Optimizer):
     name = "adam"
     slots = ("v", "s")
 
-    def step(self, params, grads, lr, b1, b2):
-        """One Adam update; the bias corrections use this update's ``t`` (1 on the first)."""
-        self.t += 1
+    def _update(self, key, w, g, lr, b1, b2):
+        """The bias corrections use this update's ``t`` (1 on the first)."""
         c1 = 1.0 - b1**self.t
         c2 = 1.0 - b2**self.t
-        for key, w in params.items():
-            self._adam(key, w, grads[key], lr, b1, b2, c1, c2)
-
-    def _adam(self, key, w, g, lr, b1, b2, c1, c2):
         v, s, tmp = self.moments["v"][key], self.moments["s"][key], self._scratch[key]
         v *= b1
         np.multiply(g, 1.0 - b1, out=tmp)
