@@ -348,7 +348,7 @@ def staged_write_snapshot(path: Path, state, meta, clock=time.perf_counter) -> d
     t6 = clock()
     fsync_dir(path.parent)
     t7 = clock()
-    t["checksum: SHA-256 of every array + meta"] = t1 - t0
+    t["checksum: SHA-256 of layout + meta"] = t1 - t0
     t["metadata document, payload dict"] = t2 - t1
     t["open"] = t3 - t2
     t["np.savez into the file + flush (no fsync)"] = t4 - t3

@@ -124,25 +124,17 @@ class MethodTimer:
         seconds, calls, profiler = self.seconds, self.calls, self.profiler
         clock = time.perf_counter
 
-        if profiler is None:
-            @functools.wraps(method)
-            def timed(*args, **kwargs):
-                start = clock()
-                try:
-                    return method(*args, **kwargs)
-                finally:
-                    seconds[name] += clock() - start
-                    calls[name] += 1
-        else:
-            @functools.wraps(method)
-            def timed(*args, **kwargs):
+        @functools.wraps(method)
+        def timed(*args, **kwargs):
+            if profiler is not None:  # training calls are left out of the profile
                 profiler.disable()
-                start = clock()
-                try:
-                    return method(*args, **kwargs)
-                finally:
-                    seconds[name] += clock() - start
-                    calls[name] += 1
+            start = clock()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                seconds[name] += clock() - start
+                calls[name] += 1
+                if profiler is not None:
                     profiler.enable()
         return timed
 
