@@ -578,6 +578,8 @@ def every_epoch(args, plugins, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.bench_overhead import add_blas_threads_option, apply_blas_threads
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
@@ -595,19 +597,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=15, help="3: epochs per trial (default 15)")
     parser.add_argument("--only", choices=("1", "2", "3"), action="append",
                         help="run only these measurements (repeatable; default all)")
-    parser.add_argument("--blas-threads", type=int,
-                        help="set OPENBLAS/OMP/MKL_NUM_THREADS for this run (default: leave them as they are)")
+    add_blas_threads_option(parser)
     parser.add_argument("--tmp", type=Path, help="folder for the files written (default: the system's temp folder)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     if min(args.samples, args.write_samples, args.rounds, args.trials, args.epochs, args.wide_rows) < 1 \
             or args.instrumented < 0 or args.sample_ms <= 0:
         parser.error("counts must be >= 1 (--instrumented >= 0), --sample-ms > 0")
-    if args.blas_threads is not None:
-        if "numpy" in sys.modules:
-            parser.error("--blas-threads must be set before NumPy is imported; run this file as a script")
-        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[name] = str(args.blas_threads)
+    apply_blas_threads(parser, args)
     only = set(args.only or ("1", "2", "3"))
 
     from runner.loop import load_dataset
@@ -793,7 +790,7 @@ def report_write(fx: Fixture, t: dict, stages_npz: dict, stages_raw: dict, cpu: 
 def report_every_epoch(ev: dict, args) -> None:
     wall, n = ev["wall"], ev["n"]
     off = wall[OFF]
-    print(f"\nCheckpoint sections: " + "; ".join(f"{k}: {CHECKPOINT_SECTIONS[k]}" for k in wall))
+    print("\nCheckpoint sections: " + "; ".join(f"{k}: {CHECKPOINT_SECTIONS[k]}" for k in wall))
     print("\n| side | median s | min s | max s | / no snapshots (medians) | (minima) | paired rounds: median (min .. max) |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, values in wall.items():

@@ -142,6 +142,20 @@ class MethodTimer:
         return sum(self.seconds[n] for n in names)
 
 
+def add_blas_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--blas-threads", type=int,
+                        help="set OPENBLAS/OMP/MKL_NUM_THREADS for this run (default: leave them as they are)")
+
+
+def apply_blas_threads(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Set the BLAS thread count asked for; only possible before NumPy is imported."""
+    if args.blas_threads is not None:
+        if "numpy" in sys.modules:
+            parser.error("--blas-threads must be set before NumPy is imported; run this file as a script")
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(args.blas_threads)
+
+
 def median_min_max(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
@@ -391,17 +405,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds with methods timed, for the direct measurement (default 3)")
     parser.add_argument("--cold", type=int, default=3, help="fresh processes for the cold fixed costs (default 3)")
     parser.add_argument("--top", type=int, default=12, help="rows of each profile table (default 12)")
-    parser.add_argument("--blas-threads", type=int,
-                        help="set OPENBLAS/OMP/MKL_NUM_THREADS for this run (default: leave them as they are)")
+    add_blas_threads_option(parser)
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     if min(args.trials, args.epochs, args.repeats, args.instrumented, args.cold) < 1:
         parser.error("--trials, --epochs, --repeats, --instrumented and --cold must be >= 1")
-    if args.blas_threads is not None:
-        if "numpy" in sys.modules:
-            parser.error("--blas-threads must be set before NumPy is imported; run this file as a script")
-        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[name] = str(args.blas_threads)
+    apply_blas_threads(parser, args)
 
     from runner.loop import load_dataset, trial_seed
     from runner.plugins import load_plugins

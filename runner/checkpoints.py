@@ -118,6 +118,26 @@ def read_snapshot(path: Path) -> tuple[BackendState, dict[str, Any]]:
     return BackendState(arrays=arrays, meta=document.pop("backend")), document
 
 
+def scan_snapshots(folder: Path, skipped=None) -> list[tuple[Path, dict[str, Any]]]:
+    """The snapshot files in ``folder`` that read back intact, in the order they were taken
+    (by the trial's event count, then step). ``skipped(path, error_or_None)`` hears about a
+    damaged file (with its CorruptSnapshot) or one without loop state (with None)."""
+    found = []
+    for path in folder.glob("*.npz"):
+        try:
+            _, meta = read_snapshot(path)
+        except CorruptSnapshot as err:
+            if skipped:
+                skipped(path, err)
+            continue
+        if "loop" not in meta:
+            if skipped:
+                skipped(path, None)
+            continue
+        found.append(((meta["loop"]["events"], meta["step"]), path, meta))
+    return [(path, meta) for _, path, meta in sorted(found, key=lambda item: item[0])]
+
+
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -200,19 +220,11 @@ class CheckpointStore:
     def adopt(self, folder: Path) -> None:
         """On resume: take over the valid snapshot files already in ``folder``, oldest first,
         so that keeping the last ``keep`` and the best goes on as before."""
-        found = []
-        for path in folder.glob("*.npz"):
-            try:
-                _, meta = read_snapshot(path)
-            except CorruptSnapshot:
-                continue
-            if "loop" not in meta:
-                continue
-            found.append((meta["loop"]["events"], meta["step"],
-                          Snapshot(path, self.trial, meta["epoch"], meta["step"], meta["reason"], meta["best"])))
+        found = [Snapshot(path, self.trial, meta["epoch"], meta["step"], meta["reason"], meta["best"])
+                 for path, meta in scan_snapshots(folder)]
         with self._changed:
-            self._durable = [snapshot for *_, snapshot in sorted(found, key=lambda item: item[:2])]
-            self.best = next((s for s in reversed(self._durable) if s.best), None)
+            self._durable = found
+            self.best = next((s for s in reversed(found) if s.best), None)
         self._folder_made = True
         self._last_write = self.clock()
 

@@ -31,7 +31,7 @@ from runner.results import leaderboard, results_document
 from runner.resume import ResumePlan, rewrite_events
 from runner.strategy import TRIAL_STREAM
 from runner.spec import ExperimentSpec, trial_sections
-from runner.trial import History, Trial, TrialResult
+from runner.trial import History, Trial, TrialResult, better
 from runner.typed import check_field
 
 
@@ -330,7 +330,8 @@ class TrialLoop:
         self.ending = self.apply(decisions, source="plugin")
         options = self.spec.checkpoint
         if (options.every_epochs and trial.epoch % options.every_epochs == 0) or (improved and options.best):
-            self.snapshot("epoch" if not improved or not options.best else "best", improved=improved and options.best)
+            best = improved and options.best
+            self.snapshot("best" if best else "epoch", improved=best)
         if self.ending is not None:
             raise self.ending
 
@@ -343,8 +344,7 @@ class TrialLoop:
         score = metrics[self.metric]
         if not math.isfinite(score):
             return False
-        best = self.trial.best[self.metric] if self.trial.best else None
-        if best is None or (score < best if self.mode == "min" else score > best):
+        if better(score, self.trial.best[self.metric] if self.trial.best else None, self.mode):
             self.trial.best = dict(metrics)
             return True
         return False

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from runner.checkpoints import CorruptSnapshot, read_snapshot
+from runner.checkpoints import CorruptSnapshot, scan_snapshots
 from runner.errors import RunnerError
 from runner.events import read_events
 from runner.files import atomic_write
@@ -73,23 +73,17 @@ def plan_resume(run_dir: Path) -> ResumePlan:
 
 
 def newest_intact_snapshot(folder: Path, notes: list[str]) -> tuple[Path | None, dict | None]:
-    """The trial's snapshot file taken last that reads back intact (checksum verified)."""
-    candidates = []
-    for path in folder.glob("*.npz"):
-        try:
-            _, meta = read_snapshot(path)
-        except CorruptSnapshot as err:
-            notes.append(f"{err}; using an earlier snapshot")
-            path.rename(path.with_name(path.name + ".damaged"))
-            continue
-        if "loop" not in meta:
+    """The trial's snapshot file taken last that reads back intact (checksum verified);
+    damaged files are set aside as ``*.damaged``, each with a note."""
+    def skipped(path: Path, error: CorruptSnapshot | None) -> None:
+        if error is None:
             notes.append(f"{path}: not a snapshot this version of runner can continue from; ignored")
-            continue
-        candidates.append(((meta["loop"]["events"], meta["step"]), path, meta))
-    if not candidates:
-        return None, None
-    _, path, meta = max(candidates, key=lambda c: c[0])
-    return path, meta
+        else:
+            notes.append(f"{error}; using an earlier snapshot")
+            path.rename(path.with_name(path.name + ".damaged"))
+
+    found = scan_snapshots(folder, skipped)
+    return found[-1] if found else (None, None)
 
 
 def clean_temporary_files(run_dir: Path) -> list[Path]:

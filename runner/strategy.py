@@ -20,7 +20,7 @@ import numpy as np
 
 from runner.backend import NoOptions
 from runner.space import Space
-from runner.trial import History, TrialResult
+from runner.trial import History, TrialResult, better
 
 TRIAL_STREAM = 0  # spawn key of the streams that seed trials (weights, data order)
 STRATEGY_STREAM = 1  # spawn key of strategies' random streams
@@ -63,4 +63,4 @@ class Strategy(ABC):
 
     def is_better(self, a: float, b: float | None) -> bool:
         """True when score ``a`` beats ``b`` under the experiment's mode."""
-        return b is None or (a < b if self.mode == "min" else a > b)
+        return better(a, b, self.mode)

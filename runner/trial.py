@@ -10,6 +10,11 @@ from typing import Any, Literal
 TrialState = Literal["completed", "diverged", "pruned", "stopped", "failed"]
 
 
+def better(score: float, than: float | None, mode: str) -> bool:
+    """True when ``score`` beats ``than`` (None: nothing to beat) under mode "min" or "max"."""
+    return than is None or (score < than if mode == "min" else score > than)
+
+
 @dataclass
 class Trial:
     """One running trial. Owned and updated by the loop; plugins read it, never change it.
