@@ -14,7 +14,7 @@ hookimpl = pluggy.HookimplMarker("runner")
 
 from runner.backend import Backend, BackendState, NoOptions, TrainConfig  # noqa: E402
 from runner.data import DataOptions, Dataset, DatasetPlugin, RawData  # noqa: E402
-from runner.decisions import Decision, Nudge, Prune, Rollback, Stop  # noqa: E402
+from runner.decisions import Checkpoint, Decision, Nudge, Pause, Prune, Rollback, Stop, Unpause  # noqa: E402
 from runner.errors import RunnerError, SpecError  # noqa: E402
 from runner.executor import Executor  # noqa: E402
 from runner.registry import Registry  # noqa: E402
@@ -29,7 +29,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
-    "Backend", "BackendState", "DataOptions", "Dataset", "DatasetPlugin", "Decision", "Executor",
-    "History", "NoOptions", "Nudge", "Prune", "RawData", "Registry", "Rollback", "RunnerError", "Space",
-    "SpecError", "Stop", "Strategy", "TrainConfig", "Trial", "TrialResult", "bounds", "hookimpl",
+    "Backend", "BackendState", "Checkpoint", "DataOptions", "Dataset", "DatasetPlugin", "Decision", "Executor",
+    "History", "NoOptions", "Nudge", "Pause", "Prune", "RawData", "Registry", "Rollback", "RunnerError", "Space",
+    "SpecError", "Stop", "Strategy", "TrainConfig", "Trial", "TrialResult", "Unpause", "bounds", "hookimpl",
 ]

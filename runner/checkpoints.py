@@ -69,6 +69,10 @@ class CorruptSnapshot(Exception):
     """A snapshot file is truncated, damaged or not a snapshot."""
 
 
+class NoSnapshot(Exception):
+    """No snapshot matches what a rollback asked for."""
+
+
 def checksum(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
     """SHA-256 over the file's layout (each array's name, dtype, shape) and the metadata.
 
@@ -188,6 +192,7 @@ class CheckpointStore:
         self.ring: deque[tuple[Snapshot, BackendState, dict]] = deque(maxlen=options.memory)
         self.best: Snapshot | None = None  # the best durable snapshot
         self._unwritten_best: tuple[Snapshot, BackendState, dict] | None = None
+        self._before_nudge: tuple[Snapshot, BackendState, dict] | None = None  # kept past the ring's length
         self._last_write = clock()  # the first file comes min_interval after the trial starts
         self._durable: list[Snapshot] = []  # oldest first
         self._new: list[Snapshot | Exception] = []
@@ -207,6 +212,8 @@ class CheckpointStore:
         meta = {"trial": self.trial, "epoch": epoch, "step": step, "reason": reason, "best": best,
                 "hyperparameters": hyperparameters, "metrics": metrics, "loop": loop}
         self.ring.append((snapshot, state, meta))
+        if reason == "before_nudge":
+            self._before_nudge = (snapshot, state, meta)
         if durable is None:
             durable = self.due()
         if durable:
@@ -239,12 +246,14 @@ class CheckpointStore:
         return self.clock() - self._last_write >= self.options.min_interval
 
     def find(self, to: str | int, older: int = 0) -> tuple[BackendState, dict[str, Any]] | None:
-        """The snapshot a rollback asks for: ``"last"``, ``"best"`` or the one after epoch
-        ``to``, skipping ``older`` newer matches (or the oldest match, if there are fewer).
-        Memory first, then files (newest first, damaged ones skipped). None if none matches."""
+        """The snapshot a rollback asks for: ``"last"``, ``"best"``, ``"before_nudge"`` or
+        the one after epoch ``to``, skipping ``older`` newer matches (or the oldest match, if
+        there are fewer). Memory first, then files (newest first, damaged ones skipped).
+        None if none matches."""
         def wanted(meta: dict) -> bool:
             at_boundary = not meta["loop"].get("partial")
-            return to == "last" or (to == "best" and meta["best"]) or (meta["epoch"] == to and at_boundary)
+            return (to == "last" or (to == "best" and meta["best"]) or (to == meta["reason"] == "before_nudge")
+                    or (meta["epoch"] == to and not isinstance(to, str) and at_boundary))
 
         def candidates():
             in_memory = set()
@@ -253,6 +262,8 @@ class CheckpointStore:
                 yield state, meta
             if self._unwritten_best is not None:
                 yield self._unwritten_best[1], self._unwritten_best[2]
+            if to == "before_nudge" and self._before_nudge and self._before_nudge[0].path not in in_memory:
+                yield self._before_nudge[1], self._before_nudge[2]
             with self._changed:
                 durable = list(self._durable)
             for snapshot in reversed(durable):

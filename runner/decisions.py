@@ -1,4 +1,4 @@
-"""Decisions: what hooks, strategies and (later) the control file ask the loop to do.
+"""Decisions: what hooks, strategies and the control file ask the loop to do.
 
 They are small frozen values. The loop is the only place that applies them, at a step
 boundary or at the end of an epoch.
@@ -39,21 +39,44 @@ class Prune:
 
 @dataclass(frozen=True)
 class Rollback:
-    """Go back to a snapshot: ``"last"`` (the newest), ``"best"``, or the one taken after
-    epoch ``to`` (an int); ``older`` skips that many newer matches (when going back to the
+    """Go back to a snapshot: ``"last"`` (the newest), ``"best"``, ``"before_nudge"`` (the
+    one taken just before the latest nudge), or the one taken after epoch ``to`` (an int); ``older`` skips that many newer matches (when going back to the
     last snapshot did not help, go further). ``lr_factor`` multiplies the lower of the
     restored learning rate and the one in force before the rollback (so repeated rollbacks
     keep cutting, and a bad nudge is not carried back); ``reshuffle`` draws a new data order, so the batches that blew up
     are not replayed in the same state."""
 
-    to: str | int = "last"
+    to: str | int = "last"  # "last", "best", "before_nudge" or an epoch
     older: int = 0
     lr_factor: float | None = None
     reshuffle: bool = False
     reason: str = ""
 
 
-Decision = Nudge | Stop | Prune | Rollback
+@dataclass(frozen=True)
+class Pause:
+    """Hold the trial at this step boundary until an ``Unpause`` (or a ``Stop``) arrives
+    through the control file; nudges, rollbacks and checkpoints are still applied meanwhile."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Unpause:
+    """Let a paused trial train again."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Take a snapshot now and write it to disk at once (whatever ``min_interval`` says)."""
+
+    reason: str = ""
+
+
+Decision = Nudge | Stop | Prune | Rollback | Pause | Unpause | Checkpoint
+DECISIONS = (Nudge, Stop, Prune, Rollback, Pause, Unpause, Checkpoint)
 
 
 def flatten(results: list[Any]) -> list[Decision]:
@@ -64,7 +87,8 @@ def flatten(results: list[Any]) -> list[Decision]:
             continue
         items = result if isinstance(result, (list, tuple)) else [result]
         for item in items:
-            if not isinstance(item, (Nudge, Stop, Prune, Rollback)):
-                raise TypeError(f"a hook returned {item!r}; expected Nudge, Stop, Prune, Rollback or None")
+            if not isinstance(item, DECISIONS):
+                names = ", ".join(d.__name__ for d in DECISIONS)
+                raise TypeError(f"a hook returned {item!r}; expected one of {names}, or None")
             decisions.append(item)
     return decisions

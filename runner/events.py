@@ -8,8 +8,9 @@ Non-finite numbers (a NaN loss) are written as null.
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,24 @@ _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 class EventLog:
-    """Appends events to a file. Only the driver process holds one."""
+    """Appends events to a file. Only the driver process holds one; its threads (the trial
+    loop, the control-file watcher) take turns. ``observers`` are called with each event
+    after it is written, in log order (``status.json`` is kept this way)."""
 
     def __init__(self, path: Path):
         self.path = path
         self._file = open(path, "ab")
+        self._lock = threading.Lock()
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one event now and return it as written (before JSON encoding)."""
-        record = {"t": round(time.time(), 6), "event": event, **fields}
-        self._file.write(orjson.dumps(record, option=_OPTIONS) + b"\n")
-        self._file.flush()
+        with self._lock:
+            record = {"t": round(time.time(), 6), "event": event, **fields}
+            self._file.write(orjson.dumps(record, option=_OPTIONS) + b"\n")
+            self._file.flush()
+            for observe in self.observers:
+                observe(record)
         return record
 
     def sync(self) -> None:

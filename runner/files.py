@@ -15,14 +15,17 @@ import orjson
 from runner.errors import RunnerError
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never
-    a mix, and a crash never leaves it half written: temporary name, fsync, rename."""
+    a mix: temporary name, then rename. ``durable`` also fsyncs before the rename, so a
+    power cut never leaves it half written (files rewritten often and rebuilt from the
+    event log, such as ``status.json``, skip that cost)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ from typing import Any
 import numpy as np
 
 from runner import __version__
-from runner.checkpoints import CheckpointStore, SnapshotWriter, read_snapshot
+from runner.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot
+from runner.control import FILE_NAME as CONTROL_FILE, ControlSchema, initial_document
 from runner.data import Dataset, prepare
-from runner.decisions import Nudge, Prune, Rollback, Stop, flatten
+from runner.decisions import Checkpoint, Nudge, Pause, Prune, Rollback, Stop, Unpause, flatten
 from runner.divergence import DivergenceEvent, SpikeDetector, val_divergence
 from runner.errors import RunnerError, SpecError
 from runner.events import EventLog
+from runner.inbox import ControlInbox, Delivery
 from runner.interrupt import FLAG, Interrupted
 from runner.files import write_json
 from runner.plugins import Plugins
@@ -31,6 +34,7 @@ from runner.results import leaderboard, results_document
 from runner.resume import ResumePlan, rewrite_events
 from runner.strategy import TRIAL_STREAM
 from runner.spec import ExperimentSpec, trial_sections
+from runner.status import FILE_NAME as STATUS_FILE, StatusBoard
 from runner.trial import History, Trial, TrialResult, better
 from runner.typed import check_field
 
@@ -77,11 +81,15 @@ def trial_seed(experiment_seed: int, trial_id: int) -> int:
 
 
 def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run_dir: Path,
-                   resume: ResumePlan | None = None) -> list[TrialResult]:
-    """Run every trial the strategy asks for; write the event log and ``results.json``.
+                   resume: ResumePlan | None = None, *, poll: bool = False,
+                   notify: Callable[[str], None] = lambda message: None) -> list[TrialResult]:
+    """Run every trial the strategy asks for; write the event log, ``status.json`` and
+    ``results.json``, and take orders from the control file while trials train.
 
     With ``resume`` (see ``runner.resume``), the run directory's log is first cut to what
     ``resume`` keeps; its interrupted trials continue before any new one is asked for.
+    ``poll`` watches the control file by polling (for file systems without inotify);
+    ``notify`` shows a person what the control file did (a line of rich markup).
     Returns the leaderboard, best first.
     """
     registry, hook = plugins.registry, plugins.hook
@@ -102,7 +110,14 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         waiting = [TrialJob(r.id, r.params, trial_seed(spec.seed, r.id), resume=_str(resume.continue_from[r.id]),
                             announced=True) for r in history.running]
 
+    backend_cls = registry.get("backend", spec.backend.name)
     with EventLog(run_dir / "events.jsonl") as log:
+        inbox = ControlInbox(run_dir / CONTROL_FILE, ControlSchema(backend_cls.live, backend_cls.Train), log,
+                             poll=poll, notify=notify)
+        board = StatusBoard(run_dir / STATUS_FILE, control={
+            "path": str((run_dir / CONTROL_FILE).resolve()), "watching": inbox.mode, "settings": list(backend_cls.live)})
+        log.observers.append(board.observe)
+        inbox.watcher.on_idle = board.flush
         if resume is None:
             log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir.resolve()),
                      base_dir=str(spec.base_dir), plugins=plugins.origins, plugin_files=plugins.extra,
@@ -111,10 +126,11 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         else:
             log.emit("resume", trials={str(j.trial): j.resume for j in waiting}, notes=resume.notes,
                      runner_version=__version__)
+        inbox.start(initial_control(spec, registry), fresh=resume is None)
         hook.runner_experiment_start(experiment=experiment)
 
         writer = SnapshotWriter()
-        run_trial = TrialRunner(experiment, plugins, dataset, log, writer)
+        run_trial = TrialRunner(experiment, plugins, dataset, log, writer, inbox)
         executor = registry.get("executor", spec.executor.name)(spec.executor.options, run_trial=run_trial)
         stopping = any(r.result.ends_experiment for r in history.finished)  # a resumed run that was stopping
         try:
@@ -123,6 +139,10 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
                     if FLAG.requested:
                         log.emit("interrupted", between_trials=True)
                         raise Interrupted(f"interrupted between trials; continue with: runner resume {run_dir}")
+                    if (stop := inbox.take_run_stop()) is not None:
+                        log.emit("stop", reason=stop.decision.reason, source="control", experiment=True, order=stop.order)
+                        stopping = True
+                        break
                     if waiting:
                         executor.submit(waiting.pop(0))
                         continue
@@ -141,6 +161,7 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         finally:
             executor.close()
             writer.close()
+            inbox.close()
 
         board = leaderboard([r.result for r in history.finished], search.mode)
         document = results_document(spec.name, search.metric, search.mode, board)
@@ -156,12 +177,23 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
+def initial_control(spec: ExperimentSpec, registry) -> bytes:
+    """The control file a run starts with: each live setting with the value trials start
+    with, or null where the search chooses it per trial."""
+    backend_cls = registry.get("backend", spec.backend.name)
+    train = trial_sections(spec, registry, {})[1]
+    searched = {p.path for p in spec.search.space}
+    values = {name: getattr(train, name, None) for name in backend_cls.live if f"train.{name}" not in searched}
+    return initial_document(backend_cls.live, values)
+
+
 class TrialRunner:
     """Trains trials to their end. Executors call it with a ``TrialJob``."""
 
     def __init__(self, experiment: Experiment, plugins: Plugins, dataset: Dataset, log: EventLog,
-                 writer: SnapshotWriter):
+                 writer: SnapshotWriter, inbox: ControlInbox):
         self.experiment, self.plugins, self.dataset, self.log, self.writer = experiment, plugins, dataset, log, writer
+        self.inbox = inbox
 
     def __call__(self, job: TrialJob) -> TrialResult:
         return TrialLoop(self, job).run()
@@ -198,6 +230,9 @@ class TrialLoop:
         self.ending: EndTrial | None = None  # a Stop or Prune decided at the epoch the snapshot closes
         self.snapshot_step = -1  # step of the newest snapshot, so a restored one is not taken twice
         self.backend = None
+        self.mailbox = runner.inbox.open(job.trial)  # orders from the control file
+        self.paused = False
+        self.order: str | None = None  # the control-file order being carried out: events name it
 
     # -- the trial, start to end ----------------------------------------------------------
 
@@ -232,6 +267,7 @@ class TrialLoop:
             error = traceback.format_exc()
         if not announced:
             self.announce()
+        self.runner.inbox.close_mailbox(trial.id)  # orders that come too late are reported dropped
         self.store.finish()
         self.report_snapshots()
 
@@ -256,7 +292,7 @@ class TrialLoop:
         self.store.save(state, epoch=trial.epoch, step=trial.step, reason="resume", best=False,
                         hyperparameters=trial.hyperparameters, metrics=trial.metrics,
                         loop=self.loop_state(self.partial), durable=False)
-        self.emit("trial_resume", epoch=trial.epoch, step=trial.step,
+        self.emit("trial_resume", epoch=trial.epoch, step=trial.step, hyperparameters=trial.hyperparameters,
                   snapshot=str(path.relative_to(self.runner.experiment.run_dir)))
         self.hook.runner_trial_start(trial=trial)
 
@@ -264,7 +300,7 @@ class TrialLoop:
         trial = self.trial
         if self.job.announced:  # a resumed run restarts this trial: its trial_start is in the log
             self.events = 1
-            self.emit("trial_resume", epoch=0, step=0, snapshot=None)
+            self.emit("trial_resume", epoch=0, step=0, hyperparameters=trial.hyperparameters, snapshot=None)
             self.hook.runner_trial_start(trial=trial)
             return
         self.emit("trial_start", params=trial.params, seed=trial.seed, config=trial.config,
@@ -272,6 +308,10 @@ class TrialLoop:
         self.hook.runner_trial_start(trial=trial)
 
     def emit(self, event: str, **fields: Any) -> None:
+        """Log an event of this trial; while an order from the control file is carried out,
+        the event names it (``order``), which acknowledges it in ``status.json``."""
+        if self.order is not None:
+            fields["order"] = self.order
         self.log.emit(event, **{"trial": self.trial.id, **fields})
         self.events += 1
 
@@ -297,9 +337,12 @@ class TrialLoop:
             (done, total), self.partial = self.partial, None
         steps = backend.steps_per_epoch
         every_steps = self.spec.checkpoint.every_steps
+        mail = self.mailbox.items
         for _ in range(steps - done):
             if FLAG.requested:
                 self.interrupt(done, total)
+            if mail or self.paused:
+                self.take_mail((done, total))
             if every_steps and done and trial.step % every_steps == 0 and trial.step != self.snapshot_step:
                 self.snapshot("steps", improved=False, partial=(done, total))
             loss = backend.train_step()
@@ -327,7 +370,7 @@ class TrialLoop:
         improved = self.track_best(metrics)
         self.emit("epoch_end", epoch=epoch, step=trial.step, **metrics)
         decisions = flatten(self.hook.runner_epoch_end(trial=trial, epoch=epoch, metrics=metrics))
-        self.ending = self.apply(decisions, source="plugin")
+        self.ending = self.apply(decisions, source="plugin", partial=None)
         options = self.spec.checkpoint
         if (options.every_epochs and trial.epoch % options.every_epochs == 0) or (improved and options.best):
             best = improved and options.best
@@ -360,22 +403,72 @@ class TrialLoop:
 
     # -- decisions --------------------------------------------------------------------------
 
-    def apply(self, decisions: list, source: str) -> EndTrial | None:
+    def apply(self, decisions: list, source: str, partial: tuple[int, float] | None) -> EndTrial | None:
         """Apply decisions in order. A rollback happens at once (it raises RolledBack); an end
-        (Stop, Prune) is returned, so the epoch's snapshot is still taken before it."""
+        (Stop, Prune) is returned, so the epoch's snapshot is still taken before it.
+        ``partial`` is (steps done, loss sum) when applied mid-epoch."""
+        trial = self.trial
         for decision in decisions:
             if isinstance(decision, Nudge):
                 self.nudge(decision, source)
             elif isinstance(decision, Rollback):
-                self.rollback(decision, source)
+                try:
+                    self.rollback(decision, source)
+                except NoSnapshot as missing:
+                    if source == "control":
+                        raise
+                    raise EndTrial("diverged" if source == "divergence" else "failed", str(missing)) from None
             elif isinstance(decision, Prune):
-                self.emit("prune", epoch=self.trial.epoch, reason=decision.reason, source=source)
+                self.emit("prune", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
                 return EndTrial("pruned", decision.reason)
             elif isinstance(decision, Stop):
-                self.emit("stop", epoch=self.trial.epoch, reason=decision.reason, source=source,
+                self.emit("stop", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source,
                           experiment=decision.experiment)
                 return EndTrial("stopped", decision.reason, experiment=decision.experiment)
+            elif isinstance(decision, Pause):
+                self.paused = True
+                self.emit("pause", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
+            elif isinstance(decision, Unpause):
+                self.paused = False
+                self.emit("unpause", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
+            elif isinstance(decision, Checkpoint):
+                self.snapshot("requested", improved=False, durable=True, partial=partial)
+                self.report_snapshots()
         return None
+
+    def take_mail(self, partial: tuple[int, float]) -> None:
+        """At a step boundary: carry out the control file's orders, oldest first; while
+        paused, wait here for more (a resume, a stop, anything), still answering Ctrl-C.
+        After a rollback the orders behind it wait for the next step."""
+        mail = self.mailbox.items
+        while True:
+            while mail:
+                self.carry_out(mail.popleft(), partial)
+            if not self.paused:
+                return
+            if FLAG.requested:
+                self.interrupt(*partial)
+            self.mailbox.wait(0.2)
+
+    def carry_out(self, delivery: Delivery, partial: tuple[int, float]) -> None:
+        """One order from the control file. One that cannot be carried out (no snapshot to
+        roll back to, a value the backend refuses) is reported and training goes on."""
+        notify, label = self.runner.inbox.notify, f"t{self.trial.id:03d} step {self.trial.step}: {delivery.what}"
+        self.order = delivery.order
+        try:
+            ending = self.apply([delivery.decision], source="control", partial=partial)
+        except (NoSnapshot, SpecError, ValueError) as err:
+            self.emit("control_error", message=f"{delivery.what}: {err}")
+            notify(f"[red]{label}: {err}[/]")
+            return
+        except RolledBack:
+            notify(f"{label} (control.json)")
+            raise
+        finally:
+            self.order = None
+        notify(f"{label} (control.json)")
+        if ending is not None:
+            raise ending
 
     def nudge(self, nudge: Nudge, source: str) -> None:
         live, backend = self.backend_cls.live, self.backend
@@ -405,7 +498,7 @@ class TrialLoop:
             raise EndTrial("diverged", f"{event.kind} at step {event.step}{tried}")
         if not isinstance(decision, (Rollback, Stop, Prune)):
             raise TypeError(f"runner_divergence answered {decision!r}; it may answer Rollback, Stop, Prune or None")
-        raise self.apply([decision], source="divergence")
+        raise self.apply([decision], source="divergence", partial=None)
 
     def rollback(self, rollback: Rollback, source: str) -> None:
         """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
@@ -414,8 +507,7 @@ class TrialLoop:
             raise EndTrial("failed", f"{trial.rollbacks} rollbacks: a plugin keeps rolling this trial back")
         found = self.store.find(rollback.to, rollback.older)
         if found is None:
-            raise EndTrial("diverged" if source == "divergence" else "failed",
-                           f"no snapshot to roll back to ({rollback.to!r})")
+            raise NoSnapshot(f"no snapshot to roll back to ({rollback.to!r})")
         state, meta = found
         lr_before, step_before, epoch_before = backend.hyperparameters().get("lr"), trial.step, trial.epoch
         backend.load_state(state)

@@ -34,7 +34,7 @@ def bounds(*, gt=None, ge=None, lt=None, le=None, doc: str | None = None) -> dic
 def build(cls: type, data: Any, path: str = "") -> Any:
     """Instantiate dataclass ``cls`` from ``data`` (a JSON object); raise SpecError on misfit."""
     if not isinstance(data, Mapping):
-        raise SpecError(path, f"must be an object, got {_describe(data)}")
+        raise SpecError(path, f"must be an object, got {describe(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
@@ -94,11 +94,11 @@ def convert(tp: Any, value: Any, path: str) -> Any:
                 return convert(option, value, path)
             except SpecError as err:
                 errors.append(err)
-        raise errors[0] if len(errors) == 1 else SpecError(path, f"must be {_type_name(tp)}, got {_describe(value)}")
+        raise errors[0] if len(errors) == 1 else SpecError(path, f"must be {_type_name(tp)}, got {describe(value)}")
     if origin is tuple:
         args = get_args(tp)
         if not isinstance(value, list):
-            raise SpecError(path, f"must be a list, got {_describe(value)}")
+            raise SpecError(path, f"must be a list, got {describe(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(convert(args[0], v, join_path(path, i)) for i, v in enumerate(value))
         if len(value) != len(args):
@@ -106,7 +106,7 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         return tuple(convert(a, v, join_path(path, i)) for i, (a, v) in enumerate(zip(args, value)))
     if origin in (dict, Mapping, typing.Mapping) or tp is dict:
         if not isinstance(value, dict):
-            raise SpecError(path, f"must be an object, got {_describe(value)}")
+            raise SpecError(path, f"must be an object, got {describe(value)}")
         args = get_args(tp)
         value_type = args[1] if args else Any
         return {k: convert(value_type, v, join_path(path, k)) for k, v in value.items()}
@@ -114,17 +114,17 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         return build(tp, value, path)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(path, f"must be a number, got {_describe(value)}")
+            raise SpecError(path, f"must be a number, got {describe(value)}")
         if not math.isfinite(value):
             raise SpecError(path, f"must be a finite number, got {value}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(path, f"must be an integer, got {_describe(value)}")
+            raise SpecError(path, f"must be an integer, got {describe(value)}")
         return value
     if tp in (bool, str):
         if not isinstance(value, tp):
-            raise SpecError(path, f"must be {_JSON_NAMES[tp]}, got {_describe(value)}")
+            raise SpecError(path, f"must be {_JSON_NAMES[tp]}, got {describe(value)}")
         return value
     raise TypeError(f"unsupported annotation {tp!r} at {path}")
 
@@ -157,7 +157,8 @@ def _type_name(tp: Any) -> str:
     return _JSON_NAMES.get(tp, "an object")
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A JSON value as an error message names it: ``number -1``, ``string "adam"``, ``a list``."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -165,7 +166,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"number {value}"
     if isinstance(value, str):
-        return f"string {_quote(value)}"
+        return f"string {_quote(value if len(value) <= 40 else value[:40] + '...')}"
     if isinstance(value, list):
         return "a list"
     return "an object"

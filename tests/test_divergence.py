@@ -138,11 +138,14 @@ def test_a_rollback_restores_the_backend_exactly(write_experiment, tmp_path):
     from runner.loop import TrialJob, TrialLoop, TrialRunner, Experiment
     from runner.checkpoints import SnapshotWriter
     from runner.events import EventLog
+    from runner.control import ControlSchema
+    from runner.inbox import ControlInbox
 
     run_dir = create_run_dir(tmp_path, "x")
     writer = SnapshotWriter()
     with EventLog(run_dir / "events.jsonl") as log:
-        runner = TrialRunner(Experiment(spec, run_dir, 1), plugins, load_dataset(spec, plugins), log, writer)
+        inbox = ControlInbox(run_dir / "control.json", ControlSchema(("lr",)), log)  # not watching: no orders
+        runner = TrialRunner(Experiment(spec, run_dir, 1), plugins, load_dataset(spec, plugins), log, writer, inbox)
         loop = TrialLoop(runner, TrialJob(0, {}, 7))
         loop.run()
         state, meta = loop.store.find("last")

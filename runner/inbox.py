@@ -1,0 +1,219 @@
+"""From the control file to the running trials: read, validate, and deliver each order once.
+
+``ControlInbox`` owns ``control.json`` for the length of a run. It writes the file when a
+run starts, watches it (``runner.watch``), and on every save reads it on the watcher's
+thread: a version that cannot be applied is reported (a ``control_error`` event, the
+terminal, ``status.json``) and changes nothing; a valid one is compared with the last valid
+one (``runner.control.orders``) and each order goes to the mailbox of the trial it names,
+recorded first in a ``control`` event. Trials take their mail at the next step boundary
+(``TrialLoop``) and every event they write while carrying out an order names it, which is
+how ``status.json`` acknowledges it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.control import MAX_BYTES, ControlDocument, ControlError, ControlSchema, Order, orders, parse
+from runner.decisions import Decision, Stop
+from runner.events import EventLog
+from runner.files import atomic_write
+from runner.watch import FileWatcher
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One order for one trial. ``order`` ("5.1": read 5, second delivery) names it in events."""
+
+    order: str
+    decision: Decision
+    what: str
+
+
+class Mailbox:
+    """A trial's incoming orders. The loop reads ``items`` (a deque) once per step."""
+
+    def __init__(self) -> None:
+        self.items: deque[Delivery] = deque()
+        self._arrived = threading.Event()
+
+    def put(self, delivery: Delivery) -> None:
+        self.items.append(delivery)
+        self._arrived.set()
+
+    def wait(self, timeout: float) -> None:
+        """Block until mail arrives or ``timeout`` passes (a paused trial waiting for resume)."""
+        self._arrived.wait(timeout)
+        self._arrived.clear()
+
+
+class ControlInbox:
+    """The control file of one run, and the mailboxes of its running trials.
+
+    Called by the driver (``start``, ``take_run_stop``, ``close``), by each trial's loop
+    (``open``/``close_mailbox``) and, for every save, by the watcher thread (``check``).
+    """
+
+    def __init__(self, path: Path, schema: ControlSchema, log: EventLog, *, poll: bool = False,
+                 notify: Callable[[str], None] = lambda message: None, on_idle: Callable[[], None] = lambda: None):
+        self.path, self.schema, self.log, self.notify = path, schema, log, notify
+        self.watcher = FileWatcher(path, self.check, poll=poll, on_idle=on_idle)
+        self.baseline: ControlDocument | None = None  # the last valid version
+        self.reads = 0
+        self._last_read: bytes | None = None
+        self._last_problem: str | None = None
+        self._mailboxes: dict[int, Mailbox] = {}
+        self._waiting: list[Delivery] = []  # orders for every trial, read while none was running
+        self._run_stop: Delivery | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def mode(self) -> str:
+        return self.watcher.mode
+
+    def start(self, initial: bytes, *, fresh: bool) -> None:
+        """Write ``initial`` for a new run (``fresh``); a resumed run keeps the file that is
+        there (writing ``initial`` only if it is gone): its contents are the starting point
+        and nothing in it is applied again. Then watch it."""
+        if fresh or not self.path.exists():
+            atomic_write(self.path, initial)
+        data, _ = self._read()
+        if data is not None:
+            try:
+                self.baseline = parse(data, self.schema)
+                self._last_read = data
+            except ControlError:
+                pass  # the first valid version becomes the baseline, and nothing in it is applied
+        if self.baseline is None:
+            self.check(True)  # report what is wrong with it now
+        self.watcher.start()
+
+    def close(self) -> None:
+        self.watcher.stop()
+
+    # -- trials ----------------------------------------------------------------------------
+
+    def open(self, trial: int) -> Mailbox:
+        """A trial starts (or resumes): its mailbox, holding any order read while no trial ran."""
+        mailbox = Mailbox()
+        with self._lock:
+            self._mailboxes[trial] = mailbox
+            for delivery in self._waiting:
+                mailbox.put(delivery)
+            self._waiting = []
+        return mailbox
+
+    def close_mailbox(self, trial: int) -> None:
+        with self._lock:
+            self._mailboxes.pop(trial, None)
+
+    def take_run_stop(self) -> Delivery | None:
+        """A stop for the whole run read while no trial was running (the driver ends the run)."""
+        with self._lock:
+            stop, self._run_stop = self._run_stop, None
+        return stop
+
+    # -- reading the file (the watcher's thread) --------------------------------------------
+
+    def check(self, confirm: bool) -> bool:
+        """Read the file after a save. Returns True when it looks half written and the
+        watcher should ask again (``confirm``) once saves have settled."""
+        data, problem = self._read()
+        if data is not None and data == self._last_read:
+            return False
+        sha = hashlib.sha256(data).hexdigest() if data is not None else None
+        try:
+            if problem is not None:
+                raise ControlError("", problem)
+            document = parse(data, self.schema)
+            found = [] if self.baseline is None else orders(self.baseline, document)
+            with self._lock:
+                self._check_targets(found)
+                self.reads += 1
+                self._last_read, self._last_problem = data, None
+                self.baseline = document
+                self._deliver(found, sha)
+        except ControlError as err:
+            if err.incomplete and not confirm:
+                return True
+            message = str(err)
+            if data is not None or message != self._last_problem:  # new contents, or a new reason it has none
+                self._last_problem = message
+                self._last_read = data
+                self.reads += 1
+                self.log.emit("control_error", read=self.reads, sha256=sha, message=message)
+                self.notify(f"[red]{message}[/] (nothing applied; the last valid settings stay in force)")
+        return False
+
+    def _read(self) -> tuple[bytes | None, str | None]:
+        """The file's bytes, or what keeps it from being read (never blocks, never reads more
+        than ``MAX_BYTES`` + 1 bytes)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None, "the file is missing; write it again to change settings"
+        except IsADirectoryError:
+            return None, "is a folder, not a file; remove the folder and write the file again"
+        except OSError as err:
+            return None, f"cannot be read: {err.strerror}"
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                return None, "is a folder, not a file; remove the folder and write the file again"
+            if not stat.S_ISREG(info.st_mode):
+                return None, "is not a regular file"
+            if info.st_size > MAX_BYTES:
+                return None, f"the file is {info.st_size:,} bytes; a control file is at most {MAX_BYTES:,}"
+            chunks, size = [], 0
+            while size <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks), None
+        except OSError as err:
+            return None, f"cannot be read: {err.strerror}"
+        finally:
+            os.close(fd)
+
+    def _check_targets(self, found: list[Order]) -> None:
+        missing = sorted({o.trial for o in found if o.trial is not None} - set(self._mailboxes))
+        if missing:
+            running = ", ".join(str(t) for t in sorted(self._mailboxes)) or "none"
+            named = ", ".join(str(t) for t in missing)
+            raise ControlError("trials" if any(o.action is None for o in found if o.trial in missing) else "actions",
+                               f"trial {named} {'is' if len(missing) == 1 else 'are'} not running "
+                               f"(running: {running}); nothing in this version was applied")
+
+    def _deliver(self, found: list[Order], sha: str) -> None:
+        """Record the read (a ``control`` event) and put each order in its trial's mailbox."""
+        deliveries: list[tuple[Mailbox | None, Delivery, int | None, Order]] = []
+        for order in found:
+            if order.trial is not None:
+                targets = [order.trial]
+            elif self._mailboxes:
+                targets = sorted(self._mailboxes)
+            else:
+                targets = [None]
+            for trial in targets:
+                delivery = Delivery(f"{self.reads}.{len(deliveries)}", order.decision, order.what)
+                deliveries.append((self._mailboxes.get(trial) if trial is not None else None, delivery, trial, order))
+        self.log.emit("control", read=self.reads, sha256=sha, orders=[
+            {"order": d.order, "trial": trial, "what": d.what, "action": order.action}
+            for _, d, trial, order in deliveries])
+        for mailbox, delivery, trial, order in deliveries:
+            if mailbox is not None:
+                mailbox.put(delivery)
+            elif isinstance(order.decision, Stop) and order.decision.experiment:
+                self._run_stop = delivery
+            else:
+                self._waiting.append(delivery)
+        if deliveries:
+            self.notify("control.json: " + "; ".join(
+                f"{d.what} for {'t%03d' % trial if trial is not None else 'the next trial'}"
+                for _, d, trial, _ in deliveries))

@@ -1,0 +1,229 @@
+"""``status.json``: the run as it is now, for ``runner status``, ``runner nudge`` and scripts.
+
+``StatusBoard`` folds the event stream into one small document: the run's state, each
+running trial (epoch, step, losses, the hyperparameters in force, paused or not), a
+summary of finished trials, and the control file's recent reads with the fate of every
+order each one gave (pending, applied, dropped). The event log calls ``observe`` after
+writing each event, so the file never says anything the log does not.
+
+The file is replaced atomically (a reader sees the old version or the new one). Epoch
+ends and checkpoints rewrite it at most every ``min_interval`` seconds; anything a person
+asked for, any error and every start and end rewrite it at once; ``flush`` (called by the
+control watcher when idle) writes what a skipped rewrite left out.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runner.files import atomic_write
+
+FILE_NAME = "status.json"
+RECENT_READS = 20  # control-file reads kept in status.json
+THROTTLED = {"epoch_end", "checkpoint"}  # frequent, and nobody waits on them
+TRIAL_FIELDS = ("epoch", "step", "train_loss", "val_loss", "val_acc")
+
+
+class StatusBoard:
+    """Keeps the live picture of one run and writes it to ``path``."""
+
+    def __init__(self, path: Path, *, control: dict[str, Any], min_interval: float = 0.1, clock=time.monotonic):
+        self.path, self.min_interval, self.clock = path, min_interval, clock
+        self.doc: dict[str, Any] = {
+            "run": {"state": "starting", "pid": os.getpid(), "name": None, "run_dir": str(path.parent.resolve()),
+                    "metric": None, "mode": None, "planned_trials": None, "updated": None},
+            "control": {**control, "reads": 0, "last_change": None, "last_error": None, "recent": []},
+            "trials": {},
+            "finished": {"count": 0, "states": {}, "best": None},
+        }
+        self._reads: deque[dict[str, Any]] = deque(maxlen=RECENT_READS)
+        self._orders: dict[str, dict[str, Any]] = {}  # order id -> its entry in a read, while kept
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._written = -float("inf")
+        self.write_error: str | None = None  # why the last write failed, if it did
+
+    # -- folding events ---------------------------------------------------------------------
+
+    def observe(self, record: dict[str, Any]) -> None:
+        """Called with every event, as written to the log. Rewrites the file as needed."""
+        with self._lock:
+            try:
+                handler = getattr(self, f"_on_{record['event']}", None)
+                if handler is not None:
+                    handler(record)
+                if "order" in record:
+                    self._order_done(record)
+            except Exception:  # a bug here must not stop training; the event log is complete
+                traceback.print_exc()
+            self._dirty = True
+            if record["event"] not in THROTTLED or self.clock() - self._written >= self.min_interval:
+                self._write()
+
+    def flush(self) -> None:
+        """Write the file if an event since the last write was held back by the throttle."""
+        with self._lock:
+            if self._dirty:
+                self._write()
+
+    def _on_experiment_start(self, e: dict) -> None:
+        run = self.doc["run"]
+        run.update(state="running", name=e["name"], metric=e["metric"], mode=e["mode"],
+                   planned_trials=e["planned_trials"], started=e["t"])
+
+    def _on_resume(self, e: dict) -> None:
+        self.doc["run"]["state"] = "running"
+        self.doc["run"]["resumed"] = e["t"]
+
+    def _on_trial_start(self, e: dict) -> None:
+        self.doc["trials"][str(e["trial"])] = {
+            "state": "running", "epoch": 0, "step": 0, "params": e["params"],
+            "hyperparameters": dict(e["hyperparameters"]), "best": None, "rollbacks": 0, "last_change": None,
+        }
+
+    def _on_trial_resume(self, e: dict) -> None:
+        trial = self.doc["trials"].setdefault(str(e["trial"]), {"state": "running", "params": e.get("params"),
+                                                                 "best": None, "rollbacks": 0, "last_change": None})
+        trial.update(state="running", epoch=e["epoch"], step=e["step"],
+                     hyperparameters=dict(e.get("hyperparameters") or {}))
+
+    def _on_epoch_end(self, e: dict) -> None:
+        trial = self._trial(e)
+        if trial is None:
+            return
+        trial.update({k: e[k] for k in TRIAL_FIELDS if k in e})
+        trial["epoch"] = e["epoch"] + 1
+        trial["hyperparameters"] = {k: e[k] for k in trial["hyperparameters"] if k in e}
+        metric = self.doc["run"]["metric"]
+        if e.get(metric) is not None:
+            best = trial["best"]
+            if best is None or (e[metric] < best[metric] if self.doc["run"]["mode"] == "min" else e[metric] > best[metric]):
+                trial["best"] = {"epoch": e["epoch"] + 1, metric: e[metric]}
+
+    def _on_nudge(self, e: dict) -> None:
+        trial = self._trial(e)
+        if trial is not None:
+            trial["hyperparameters"].update({k: v["new"] for k, v in e["changes"].items()})
+            change = {"t": e["t"], "trial": e["trial"], "what": "nudge", "changes": e["changes"],
+                      "source": e["source"], "step": e["step"]}
+            trial["last_change"] = change
+            if e["source"] == "control":
+                self.doc["control"]["last_change"] = change
+
+    def _on_rollback(self, e: dict) -> None:
+        trial = self._trial(e)
+        if trial is not None:
+            trial.update(epoch=e["to_epoch"], step=e["to_step"], rollbacks=e["rollbacks"])
+            if e.get("lr_after") is not None:
+                trial["hyperparameters"]["lr"] = e["lr_after"]
+            change = {"t": e["t"], "trial": e["trial"], "what": f"rollback to {e['snapshot']}",
+                      "source": e["source"], "step": e["to_step"]}
+            trial["last_change"] = change
+            if e["source"] == "control":
+                self.doc["control"]["last_change"] = change
+
+    def _on_pause(self, e: dict) -> None:
+        self._set_state(e, "paused")
+
+    def _on_unpause(self, e: dict) -> None:
+        self._set_state(e, "running")
+
+    def _set_state(self, e: dict, state: str) -> None:
+        trial = self._trial(e)
+        if trial is not None:
+            trial["state"] = state
+            change = {"t": e["t"], "trial": e["trial"], "what": e["event"], "source": e["source"], "step": e["step"]}
+            trial["last_change"] = change
+            if e["source"] == "control":
+                self.doc["control"]["last_change"] = change
+
+    def _on_trial_complete(self, e: dict) -> None:
+        self.doc["trials"].pop(str(e["trial"]), None)
+        finished = self.doc["finished"]
+        finished["count"] += 1
+        finished["states"][e["state"]] = finished["states"].get(e["state"], 0) + 1
+        score, best = e.get("score"), finished["best"]
+        if score is not None and (best is None or (score < best["score"] if self.doc["run"]["mode"] == "min"
+                                                   else score > best["score"])):
+            finished["best"] = {"trial": e["trial"], "score": score, "params": e["params"]}
+        for entry in self._orders.values():
+            if entry["trial"] == e["trial"] and entry["state"] == "pending":
+                entry.update(state="dropped", detail=f"the trial ended ({e['state']}) first")
+                self._settle(entry["read"])
+
+    def _on_interrupted(self, e: dict) -> None:
+        if "trial" not in e or e.get("between_trials"):
+            self.doc["run"]["state"] = "interrupted"
+
+    def _on_experiment_complete(self, e: dict) -> None:
+        self.doc["run"]["state"] = "finished"
+        self.doc["trials"] = {}
+
+    # -- the control file -------------------------------------------------------------------
+
+    def _on_control(self, e: dict) -> None:
+        """A valid version of the control file was read; its orders are now pending."""
+        read = {"read": e["read"], "t": e["t"], "sha256": e["sha256"], "message": None,
+                "orders": [dict(o, read=e["read"], state="pending", detail=None) for o in e["orders"]]}
+        read["outcome"] = "pending" if read["orders"] else "no change"
+        self._add_read(read)
+        for entry in read["orders"]:
+            self._orders[entry["order"]] = entry
+
+    def _on_control_error(self, e: dict) -> None:
+        error = {"t": e["t"], "message": e["message"], "read": e.get("read"), "order": e.get("order")}
+        self.doc["control"]["last_error"] = error
+        if "order" in e:  # a valid order that could not be carried out (no snapshot to roll back to)
+            return
+        self._add_read({"read": e.get("read"), "t": e["t"], "sha256": e.get("sha256"), "outcome": "rejected",
+                        "message": e["message"], "orders": []})
+
+    def _order_done(self, e: dict) -> None:
+        entry = self._orders.get(e["order"])
+        if entry is None or entry["state"] != "pending":
+            return
+        failed = e["event"] in ("control_error", "checkpoint_error")
+        entry.update(trial=e.get("trial", entry["trial"]), state="failed" if failed else "applied", detail=e.get("message"), t=e["t"],
+                     step=e.get("step", e.get("to_step")))
+        self._settle(entry["read"])
+
+    def _settle(self, read_id: int) -> None:
+        """A read's outcome once none of its orders is pending: applied, or partly so."""
+        for read in self._reads:
+            if read["read"] == read_id and not any(o["state"] == "pending" for o in read["orders"]):
+                states = {o["state"] for o in read["orders"]}
+                read["outcome"] = "applied" if states == {"applied"} else "partly applied" if "applied" in states else "not applied"
+
+    def _add_read(self, read: dict[str, Any]) -> None:
+        if len(self._reads) == self._reads.maxlen:
+            for entry in self._reads[0]["orders"]:
+                self._orders.pop(entry["order"], None)
+        self._reads.append(read)
+        control = self.doc["control"]
+        control["reads"] = max(control["reads"], read["read"] or 0)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _trial(self, e: dict) -> dict[str, Any] | None:
+        return self.doc["trials"].get(str(e.get("trial")))
+
+    def _write(self) -> None:
+        self.doc["run"]["updated"] = round(time.time(), 6)
+        self.doc["control"]["recent"] = list(self._reads)
+        data = orjson.dumps(self.doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        try:
+            atomic_write(self.path, data + b"\n", durable=False)
+        except OSError as err:  # a full disk or a removed folder must not stop training: the log has it all
+            self.write_error = f"cannot write {self.path}: {err.strerror}"
+            return
+        self.write_error = None
+        self._dirty = False
+        self._written = self.clock()
