@@ -1,4 +1,4 @@
-"""The command line: ``runner start``, ``runner resume``, ``runner validate``, ``runner plugins``.
+"""The command line: ``runner start``, ``resume``, ``nudge``, ``status``, ``validate``, ``plugins``.
 
 Exit codes: 0 success; 1 a failure during the run; 2 bad input (a message, no traceback);
 130 interrupted.
@@ -20,17 +20,23 @@ from rich.table import Table
 
 from runner import __version__
 from runner.errors import RunnerError, SpecError
-from runner.files import create_run_dir, run_lock
+from runner.control import FILE_NAME as CONTROL_FILE, ControlSchema, trial_id
+from runner.files import create_run_dir, run_is_held, run_lock
 from runner.interrupt import Interrupted, graceful_interrupts
 from runner.loop import load_dataset, run_experiment
 from runner.resume import clean_temporary_files, plan_resume, read_run
 from runner.plugins import TRACE_ENV, Plugins, hooks_of, load_plugins
-from runner.progress import ProgressReporter
+from runner.nudge import Change, latest_run, read_status, send, wait
+from runner.progress import ProgressReporter, status_view
 from runner.spec import load
 
 plugin_option = click.option(
     "--plugin", "-p", "plugin_refs", multiple=True, metavar="FILE.py|MODULE",
     help="Load a one-off plugin module (repeatable), besides the installed ones.",
+)
+poll_option = click.option(
+    "--poll", is_flag=True,
+    help="Watch the control file by polling, for file systems without inotify (network mounts, some containers).",
 )
 
 
@@ -47,23 +53,27 @@ def main() -> None:
 @plugin_option
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), help="Override the experiment file's seed.")
 @click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
-def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int | None, plain: bool) -> None:
+@poll_option
+def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int | None, plain: bool, poll: bool) -> None:
     """Run the experiment described by EXPERIMENT (a JSON file)."""
     console = terminal()
     with reported_errors() as where:
         plugins, spec, dataset = _prepare(experiment, plugin_refs, seed)
         run_dir = where.run_dir = create_run_dir(out, spec.name)
         console.print(f"run directory: {run_dir}", soft_wrap=True)
+        console.print(f"control file:  {run_dir / CONTROL_FILE}  (edit it, or: runner nudge {run_dir} lr=...)",
+                      soft_wrap=True)
         plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
         with run_lock(run_dir), graceful_interrupts():
-            board = run_experiment(spec, plugins, dataset, run_dir)
+            board = run_experiment(spec, plugins, dataset, run_dir, poll=poll, notify=_notifier(console))
         _check(board, run_dir)
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
-def resume(run_dir: Path, plain: bool) -> None:
+@poll_option
+def resume(run_dir: Path, plain: bool, poll: bool) -> None:
     """Continue the run in RUN_DIR after a crash, a kill or Ctrl-C.
 
     Finished trials stay finished; an interrupted trial continues from its last intact
@@ -85,10 +95,119 @@ def resume(run_dir: Path, plain: bool) -> None:
         for trial, snapshot in plan.continue_from.items():
             where_from = f"from {snapshot.relative_to(run_dir)}" if snapshot else "from the start (no snapshot)"
             console.print(f"t{trial:03d} continues {where_from}", soft_wrap=True)
+        console.print(f"control file: {run_dir / CONTROL_FILE} (its current contents are the starting point)",
+                      soft_wrap=True)
         plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
         with graceful_interrupts():
-            board = run_experiment(spec, plugins, dataset, run_dir, resume=plan)
+            board = run_experiment(spec, plugins, dataset, run_dir, resume=plan, poll=poll, notify=_notifier(console))
         _check(board, run_dir)
+
+
+def _notifier(console: Console):
+    """How the run tells a person what the control file did: a line above the progress bars."""
+    def notify(message: str) -> None:
+        console.print(message, soft_wrap=True, highlight=False)
+    return notify
+
+
+@main.command()
+@click.argument("args", nargs=-1, metavar="[RUN_DIR] [NAME=VALUE]...")
+@click.option("--trial", "trial_ref", metavar="ID", help="Only this trial (3 or t003); default: every running trial.")
+@click.option("--rollback", "rollback_to", metavar="TO", help="Roll back to last, best, before_nudge or an epoch number.")
+@click.option("--pause", is_flag=True, help="Pause at the next step.")
+@click.option("--resume", "unpause", is_flag=True, help="Let a paused trial go on.")
+@click.option("--stop", is_flag=True, help="Stop the trial (with --trial) or the whole run.")
+@click.option("--checkpoint", is_flag=True, help="Write a snapshot now.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to wait for the run to acknowledge the change.")
+@click.option("--no-wait", is_flag=True, help="Write the change and return without waiting.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("checkpoints"),
+              show_default=True, help="Where to look for the latest run when RUN_DIR is not given.")
+def nudge(args: tuple[str, ...], trial_ref: str | None, rollback_to: str | None, pause: bool, unpause: bool,
+          stop: bool, checkpoint: bool, timeout: float, no_wait: bool, out: Path) -> None:
+    """Change a running run: set live hyperparameters (lr=0.003 momentum=0.95), roll back,
+    pause, resume, stop or checkpoint, through its control file; then wait until the run
+    has applied it.
+
+    RUN_DIR defaults to the latest run in --out.
+    """
+    with reported_errors():
+        run_dir, change = _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint, out)
+        schema = _control_schema(run_dir)
+        sha, reads = send(run_dir, change, schema)
+        if no_wait:
+            click.echo(f"written to {run_dir / CONTROL_FILE}")
+            return
+        read = wait(run_dir, sha, reads, timeout)
+        failed = False
+        for order in read["orders"]:
+            who = f"t{order['trial']:03d}" if order["trial"] is not None else "run"
+            if order["state"] == "applied":
+                where = f" at step {order['step']}" if order.get("step") is not None else ""
+                click.echo(f"{who}: {order['what']} applied{where}")
+            else:
+                click.echo(f"{who}: {order['state']}: {order.get('detail') or order['what']}", err=True)
+                failed = True
+        if not read["orders"]:
+            click.echo("nothing to change")
+        if failed:
+            sys.exit(1)
+
+
+def _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint, out) -> tuple[Path, Change]:
+    run_dirs = [a for a in args if "=" not in a]
+    if len(run_dirs) > 1:
+        raise RunnerError(f"one run directory at most, got {', '.join(run_dirs)}; settings are NAME=VALUE", exit_code=2)
+    run_dir = Path(run_dirs[0]) if run_dirs else latest_run(out)
+    settings = {}
+    for arg in args:
+        if "=" in arg:
+            name, _, text = arg.partition("=")
+            try:
+                settings[name.strip()] = float(text)
+            except ValueError:
+                raise RunnerError(f"{arg}: the value must be a number", exit_code=2) from None
+    actions: list[dict] = []
+    if rollback_to is not None:
+        actions.append({"do": "rollback", "to": int(rollback_to) if rollback_to.isdigit() else rollback_to})
+    actions += [{"do": do} for do, asked in (("pause", pause), ("resume", unpause), ("checkpoint", checkpoint),
+                                             ("stop", stop)) if asked]
+    if not settings and not actions:
+        raise RunnerError("nothing to change: give NAME=VALUE settings or an action (--rollback, --pause, "
+                          "--resume, --stop, --checkpoint)", exit_code=2)
+    try:
+        trial = None if trial_ref is None else trial_id(trial_ref, "--trial")
+    except SpecError as err:
+        raise RunnerError(str(err), exit_code=2) from None
+    return run_dir, Change(settings, actions, trial)
+
+
+def _control_schema(run_dir: Path) -> ControlSchema:
+    """What the run's backend lets a person change, from its plugins (as the run sees them)."""
+    start = read_run(run_dir)[0]
+    plugins = load_plugins(start.get("plugin_files", []))
+    spec_raw = orjson.loads((run_dir / "experiment.json").read_bytes())
+    name = (spec_raw.get("backend") or {}).get("name", "numpy")
+    backend_cls = plugins.registry.get("backend", name, "backend.name")
+    return ControlSchema(backend_cls.live, backend_cls.Train)
+
+
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="The whole status.json, plus \"alive\".")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("checkpoints"),
+              show_default=True, help="Where to look for the latest run when RUN_DIR is not given.")
+def status(run_dir: Path | None, as_json: bool, out: Path) -> None:
+    """Show a run as it is now: its trials, their epoch, losses, lr and momentum, and what
+    the control file did last. RUN_DIR defaults to the latest run in --out."""
+    with reported_errors():
+        run_dir = run_dir or latest_run(out)
+        doc = read_status(run_dir)
+        doc["alive"] = run_is_held(run_dir)
+    if as_json:
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    terminal().print(status_view(doc))
 
 
 def _check(board, run_dir: Path) -> None:

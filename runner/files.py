@@ -49,6 +49,20 @@ def run_lock(run_dir: Path):
         handle.close()
 
 
+def run_is_held(run_dir: Path) -> bool:
+    """True while a ``runner start`` or ``runner resume`` process holds ``run_dir``."""
+    try:
+        handle = open(run_dir / ".lock", "r")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
 def safe_name(name: str) -> str:
     """A folder name made from an experiment name: letters, digits, ``.``, ``_``, ``-`` only,
     never ``.`` or ``..``, at most 64 characters."""

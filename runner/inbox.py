@@ -135,7 +135,6 @@ class ControlInbox:
             document = parse(data, self.schema)
             found = [] if self.baseline is None else orders(self.baseline, document)
             with self._lock:
-                self._check_targets(found)
                 self.reads += 1
                 self._last_read, self._last_problem = data, None
                 self.baseline = document
@@ -149,7 +148,7 @@ class ControlInbox:
                 self._last_read = data
                 self.reads += 1
                 self.log.emit("control_error", read=self.reads, sha256=sha, message=message)
-                self.notify(f"[red]{message}[/] (nothing applied; the last valid settings stay in force)")
+                self.notify(f"[red]{message}[/] (nothing in this version was applied)")
         return False
 
     def _read(self) -> tuple[bytes | None, str | None]:
@@ -181,39 +180,27 @@ class ControlInbox:
         finally:
             os.close(fd)
 
-    def _check_targets(self, found: list[Order]) -> None:
-        missing = sorted({o.trial for o in found if o.trial is not None} - set(self._mailboxes))
-        if missing:
-            running = ", ".join(str(t) for t in sorted(self._mailboxes)) or "none"
-            named = ", ".join(str(t) for t in missing)
-            raise ControlError("trials" if any(o.action is None for o in found if o.trial in missing) else "actions",
-                               f"trial {named} {'is' if len(missing) == 1 else 'are'} not running "
-                               f"(running: {running}); nothing in this version was applied")
-
     def _deliver(self, found: list[Order], sha: str) -> None:
-        """Record the read (a ``control`` event) and put each order in its trial's mailbox."""
-        deliveries: list[tuple[Mailbox | None, Delivery, int | None, Order]] = []
+        """Record the read (a ``control`` event), then put each order in the mailbox of its
+        trial. An order for every trial goes to each running one (or, if none is running, to
+        the next that starts); one for a trial that is not running fails with a message."""
+        deliveries: list[tuple[Delivery, int | None, Order]] = []
         for order in found:
-            if order.trial is not None:
-                targets = [order.trial]
-            elif self._mailboxes:
-                targets = sorted(self._mailboxes)
-            else:
-                targets = [None]
+            targets = [order.trial] if order.trial is not None else sorted(self._mailboxes) or [None]
             for trial in targets:
-                delivery = Delivery(f"{self.reads}.{len(deliveries)}", order.decision, order.what)
-                deliveries.append((self._mailboxes.get(trial) if trial is not None else None, delivery, trial, order))
+                deliveries.append((Delivery(f"{self.reads}.{len(deliveries)}", order.decision, order.what), trial, order))
         self.log.emit("control", read=self.reads, sha256=sha, orders=[
-            {"order": d.order, "trial": trial, "what": d.what, "action": order.action}
-            for _, d, trial, order in deliveries])
-        for mailbox, delivery, trial, order in deliveries:
-            if mailbox is not None:
-                mailbox.put(delivery)
+            {"order": d.order, "trial": trial, "what": d.what, "action": order.action} for d, trial, order in deliveries])
+        for delivery, trial, order in deliveries:
+            if trial in self._mailboxes:
+                self._mailboxes[trial].put(delivery)  # the trial says when it is applied
+            elif trial is not None:
+                running = ", ".join(f"t{t:03d}" for t in sorted(self._mailboxes)) or "none"
+                message = f"{delivery.what}: trial {trial} is not running (running: {running})"
+                self.log.emit("control_error", read=self.reads, order=delivery.order, message=message)
+                self.notify(f"[red]control.json: {message}[/]")
             elif isinstance(order.decision, Stop) and order.decision.experiment:
                 self._run_stop = delivery
             else:
                 self._waiting.append(delivery)
-        if deliveries:
-            self.notify("control.json: " + "; ".join(
-                f"{d.what} for {'t%03d' % trial if trial is not None else 'the next trial'}"
-                for _, d, trial, _ in deliveries))
+                self.notify(f"control.json: {delivery.what} for the next trial that starts")

@@ -507,7 +507,9 @@ class TrialLoop:
             raise EndTrial("failed", f"{trial.rollbacks} rollbacks: a plugin keeps rolling this trial back")
         found = self.store.find(rollback.to, rollback.older)
         if found is None:
-            raise NoSnapshot(f"no snapshot to roll back to ({rollback.to!r})")
+            which = {"last": "snapshot", "best": "best snapshot", "before_nudge": "snapshot from before a nudge"}
+            raise NoSnapshot(f"no {which.get(rollback.to, f'snapshot of epoch {rollback.to}')} to roll back to "
+                             "(in memory or on disk)")
         state, meta = found
         lr_before, step_before, epoch_before = backend.hyperparameters().get("lr"), trial.step, trial.epoch
         backend.load_state(state)

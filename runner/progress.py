@@ -1,17 +1,19 @@
-"""What a person sees in the terminal while a run goes on.
+"""What a person sees in the terminal: a run going on, and ``runner status``.
 
 ``ProgressReporter`` is an ordinary plugin object the CLI registers: on a terminal it
 shows a live bar per running trial and an overall bar (rich); otherwise, plain lines,
-one per finished trial. Both end with the leaderboard.
+one per finished trial. Both end with the leaderboard. ``status_view`` renders
+``status.json``.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -118,3 +120,62 @@ def short_names(paths: list[str]) -> list[str]:
     """Last part of each dotted path, or the whole path where two would read the same."""
     last = [p.rsplit(".", 1)[-1] for p in paths]
     return [name if last.count(name) == 1 else path for name, path in zip(last, paths)]
+
+
+def status_view(doc: dict[str, Any]) -> Group:
+    """``runner status``: a run's ``status.json`` for people."""
+    run, control, finished = doc["run"], doc["control"], doc["finished"]
+    state = run["state"]
+    if state in ("running", "starting") and not doc.get("alive", True):
+        state = f"[red]not running[/] (its process is gone; continue it with: runner resume {run['run_dir']})"
+    elif state == "running":
+        state = f"[green]running[/] (pid {run['pid']})"
+    lines = [f"[bold]{run['name']}[/] {state}", f"run directory: {run['run_dir']}",
+             f"control file:  {control['path']} ({control['watching']}; {control['reads']} versions read)"]
+    if control["last_change"]:
+        lines.append(f"last change:   {_change(control['last_change'])}")
+    if control["last_error"]:
+        error = control["last_error"]
+        lines.append(f"last error:    [red]{error['message']}[/] ({_ago(error['t'])})")
+    table = Table(box=box.SIMPLE_HEAD, title="running trials", title_justify="left")
+    settings = control["settings"]
+    columns = ["trial", "state", "epoch", "step", "train_loss", "val_loss", "val_acc", *settings, "best", "last change"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("state", "last change") else "right", no_wrap=True)
+    for trial_id, trial in sorted(doc["trials"].items(), key=lambda item: int(item[0])):
+        style = "yellow" if trial["state"] == "paused" else ""
+        best = trial.get("best") or {}
+        best_text = " ".join(f"{k}={fmt(v)}" for k, v in best.items() if k != "epoch")
+        table.add_row(
+            f"t{int(trial_id):03d}", f"[{style}]{trial['state']}[/]" if style else trial["state"],
+            *(fmt(trial.get(k, "-")) for k in ("epoch", "step", "train_loss", "val_loss", "val_acc")),
+            *(fmt(trial["hyperparameters"].get(k, "-")) for k in settings),
+            f"{best_text} (epoch {best['epoch']})" if best else "-",
+            _change(trial["last_change"]) if trial.get("last_change") else "-",
+        )
+    parts: list[Any] = ["\n".join(lines)]
+    if doc["trials"]:
+        parts.append(table)
+    states = ", ".join(f"{n} {s}" for s, n in sorted(finished["states"].items()))
+    done = f"finished trials: {finished['count']}" + (f" ({states})" if states else "")
+    if finished["best"]:
+        done += f"; best t{finished['best']['trial']:03d} {run['metric']}={fmt(finished['best']['score'])}"
+    parts.append(done)
+    return Group(*parts)
+
+
+def _change(change: dict[str, Any]) -> str:
+    if change["what"] == "nudge":
+        what = " ".join(f"{k} {fmt(v['old'])}→{fmt(v['new'])}" for k, v in change["changes"].items())
+    else:
+        what = change["what"]
+    return f"t{change['trial']:03d} {what} at step {change['step']} ({change['source']}, {_ago(change['t'])})"
+
+
+def _ago(t: float) -> str:
+    seconds = max(0.0, time.time() - t)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))

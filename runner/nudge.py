@@ -1,0 +1,162 @@
+"""``runner nudge``: change a running run's control file as a person would, then wait until
+the run says what became of the change.
+
+The edit is made under a lock (two ``runner nudge`` at once do not lose each other's
+change), checked with the same validation the run applies, written atomically (a new file
+renamed over the old one, as editors save), and acknowledged through ``status.json``: the
+run records every version of the control file it reads (by SHA-256) and the fate of every
+order in it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runner.control import FILE_NAME as CONTROL_FILE, ControlError, ControlSchema, parse, render, trial_id
+from runner.errors import RunnerError
+from runner.files import atomic_write, run_is_held
+from runner.status import FILE_NAME as STATUS_FILE
+
+
+@dataclass
+class Change:
+    """What ``runner nudge`` was asked for."""
+
+    settings: dict[str, float] = field(default_factory=dict)
+    actions: list[dict[str, Any]] = field(default_factory=list)  # {"do": ..., "to": ...} without ids
+    trial: int | None = None
+
+
+def latest_run(root: Path) -> Path:
+    """The run directory under ``root`` whose event log changed last."""
+    logs = [p for p in root.glob("*/events.jsonl") if p.is_file()] if root.is_dir() else []
+    if not logs:
+        raise RunnerError(f"no run directory in {root}/; name one: runner status RUN_DIR", exit_code=2)
+    return max(logs, key=lambda p: p.stat().st_mtime_ns).parent
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """``status.json`` of a run; a RunnerError if there is none or it cannot be read."""
+    path = run_dir / STATUS_FILE
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise RunnerError(f"{run_dir} has no {STATUS_FILE}: not a run directory, or one from before "
+                          f"runner tracked status", exit_code=2) from None
+    except (OSError, orjson.JSONDecodeError) as err:
+        raise RunnerError(f"cannot read {path}: {err}", exit_code=2) from None
+
+
+@contextmanager
+def control_lock(run_dir: Path):
+    """One ``runner nudge`` at a time edits a run's control file."""
+    with open(run_dir / ".control.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def edit(raw: dict[str, Any], change: Change) -> dict[str, Any]:
+    """The control document with ``change`` made as a person would make it: each setting
+    written where it applies (top level, or under ``trials``); a setting the file already
+    holds becomes a ``set`` action, so it is applied again; each action gets a new id."""
+    raw = dict(raw)
+    actions = list(raw.get("actions") or [])
+    if change.trial is None:
+        target = raw
+    else:
+        trials = dict(raw.get("trials") or {})
+        key = next((k for k in trials if _names(k, change.trial)), str(change.trial))
+        target = trials[key] = dict(trials.get(key) or {})
+        raw["trials"] = trials
+    again = {}
+    for name, value in change.settings.items():
+        if target.get(name) == value:
+            again[name] = value
+        else:
+            target[name] = value
+    wanted = ([{"do": "set", **again}] if again else []) + change.actions
+    next_id = 1 + max([a["id"] for a in actions if isinstance(a, dict) and isinstance(a.get("id"), int)
+                       and not isinstance(a.get("id"), bool)], default=0)
+    for n, action in enumerate(wanted):
+        actions.append({"id": next_id + n, **action, **({"trial": change.trial} if change.trial is not None else {})})
+    raw["actions"] = actions
+    return raw
+
+
+def _names(key: str, trial: int) -> bool:
+    try:
+        return trial_id(key, "") == trial
+    except ControlError:
+        return False
+
+
+def send(run_dir: Path, change: Change, schema: ControlSchema) -> tuple[str, int]:
+    """Write the change into the control file; returns its SHA-256 and how many versions the
+    run had read before it (what ``wait`` needs). Raises RunnerError if the run is not
+    running, or the file or the change is not valid (then nothing is written)."""
+    if not run_is_held(run_dir):
+        state = read_status(run_dir)["run"]["state"]
+        raise RunnerError(f"no runner process is running {run_dir} (last state: {state}); "
+                          f"an interrupted run goes on with: runner resume {run_dir}")
+    running = read_status(run_dir)["trials"]
+    if change.trial is not None and str(change.trial) not in running:
+        names = ", ".join(f"t{int(t):03d}" for t in sorted(running, key=int)) or "none"
+        raise RunnerError(f"trial {change.trial} is not running (running: {names}); nothing was written", exit_code=2)
+    path = run_dir / CONTROL_FILE
+    with control_lock(run_dir):
+        try:
+            current = path.read_bytes()
+            parse(current, schema)
+        except OSError as err:
+            raise RunnerError(f"cannot read {path}: {err.strerror}", exit_code=2) from None
+        except ControlError as err:
+            raise RunnerError(f"{path} is not valid now, so it was left alone: {err}. Fix it first; "
+                              "the run keeps its last valid settings", exit_code=2) from None
+        raw = orjson.loads(current)
+        data = render(edit(raw, change))
+        try:
+            parse(data, schema)
+        except ControlError as err:
+            raise RunnerError(f"not sent: {err}", exit_code=2) from None
+        reads = read_status(run_dir)["control"]["reads"]
+        atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest(), reads
+
+
+def wait(run_dir: Path, sha: str, reads_before: int, timeout: float, interval: float = 0.02) -> dict[str, Any]:
+    """The run's record of reading the version ``sha``, once every order in it is settled
+    (applied, failed or dropped). A RunnerError if it is rejected, superseded, or not
+    settled within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    read = None
+    while time.monotonic() < deadline:
+        try:
+            status = read_status(run_dir)
+        except RunnerError:  # replaced between our stat and read: try again
+            time.sleep(interval)
+            continue
+        recent = [r for r in status["control"]["recent"] if (r["read"] or 0) > reads_before]
+        read = next((r for r in recent if r["sha256"] == sha), None)
+        if read is not None and read["outcome"] == "rejected":
+            raise RunnerError(f"the run refused it: {read['message']}", exit_code=2)
+        if read is not None and read["outcome"] != "pending":
+            return read
+        if read is None and any(r["sha256"] != sha for r in recent) and (run_dir / CONTROL_FILE).exists() and \
+                hashlib.sha256((run_dir / CONTROL_FILE).read_bytes()).hexdigest() != sha:
+            raise RunnerError("the control file was changed again before the run read this change; "
+                              "see runner status")
+        if status["run"]["state"] in ("finished", "interrupted") or not run_is_held(run_dir):
+            raise RunnerError(f"the run ended before it applied the change (state: {status['run']['state']})")
+        time.sleep(interval)
+    pending = [o["what"] for o in read["orders"] if o["state"] == "pending"] if read else []
+    raise RunnerError(f"no acknowledgement within {timeout:g} s" + (
+        f" ({', '.join(pending)} still pending: a trial in a long step, or paused?)" if pending else
+        " (the run has not read the file yet)"))
