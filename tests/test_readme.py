@@ -48,3 +48,13 @@ def test_the_ci_script_runs_the_readme_test_command():
     assert "<!-- test-command -->" in ci
     block = README.split("<!-- test-command -->", 1)[1]
     assert "pytest" in block.split("```")[1]
+
+
+def test_every_event_the_code_writes_is_in_the_events_table():
+    written = set()
+    for path in (ROOT / "runner").glob("*.py"):
+        written |= set(re.findall(r'emit\(\s*"([a-z_]+)"', path.read_text()))
+    table = README.split("### `events.jsonl`", 1)[1].split("###", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)`(?:, `([a-z_]+)`)?", table, re.M))
+    documented = {name for pair in documented for name in pair if name}
+    assert written and written <= documented, f"undocumented events: {sorted(written - documented)}"
