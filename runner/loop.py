@@ -114,10 +114,13 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
     with EventLog(run_dir / "events.jsonl") as log:
         inbox = ControlInbox(run_dir / CONTROL_FILE, ControlSchema(backend_cls.live, backend_cls.Train), log,
                              poll=poll, notify=notify)
-        board = StatusBoard(run_dir / STATUS_FILE, control={
+        status = StatusBoard(run_dir / STATUS_FILE, control={
             "path": str((run_dir / CONTROL_FILE).resolve()), "watching": inbox.mode, "settings": list(backend_cls.live)})
-        log.observers.append(board.observe)
-        inbox.watcher.on_idle = board.flush
+        if resume is not None:
+            status.replay(resume.events)  # what the run had done before
+            inbox.reads = status.doc["control"]["reads"]  # read numbers, and so order ids, go on
+        log.observers.append(status.observe)
+        inbox.watcher.on_idle = status.flush
         if resume is None:
             log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir.resolve()),
                      base_dir=str(spec.base_dir), plugins=plugins.origins, plugin_files=plugins.extra,

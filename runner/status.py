@@ -56,23 +56,33 @@ class StatusBoard:
     def observe(self, record: dict[str, Any]) -> None:
         """Called with every event, as written to the log. Rewrites the file as needed."""
         with self._lock:
-            try:
-                handler = getattr(self, f"_on_{record['event']}", None)
-                if handler is not None:
-                    handler(record)
-                if "order" in record:
-                    self._order_done(record)
-            except Exception:  # a bug here must not stop training; the event log is complete
-                traceback.print_exc()
+            self._fold(record)
             self._dirty = True
             if record["event"] not in THROTTLED or self.clock() - self._written >= self.min_interval:
                 self._write()
+
+    def replay(self, events: list[dict[str, Any]]) -> None:
+        """Fold the events a resumed run keeps, then write the file once."""
+        with self._lock:
+            for record in events:
+                self._fold(record)
+            self._write()
 
     def flush(self) -> None:
         """Write the file if an event since the last write was held back by the throttle."""
         with self._lock:
             if self._dirty:
                 self._write()
+
+    def _fold(self, record: dict[str, Any]) -> None:
+        try:
+            handler = getattr(self, f"_on_{record['event']}", None)
+            if handler is not None:
+                handler(record)
+            if "order" in record:
+                self._order_done(record)
+        except Exception:  # a bug here must not stop training; the event log has everything
+            traceback.print_exc()
 
     def _on_experiment_start(self, e: dict) -> None:
         run = self.doc["run"]

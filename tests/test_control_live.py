@@ -230,4 +230,8 @@ def test_an_action_is_not_applied_again_after_resume(live, tmp_path):
     resumed_at = run.until(lambda: run.find("trial_resume"))[0]
     run.until(lambda: [e for e in run.find("epoch_end") if e["step"] > resumed_at["step"]])  # trains: not paused again
     assert len(run.find("pause")) == 1
+    nudged = runner("nudge", run.run_dir, "lr=0.003")  # read numbers go on from before, so the answer is found
+    assert nudged.returncode == 0 and "applied" in nudged.stdout, nudged.stderr
+    reads = [e["read"] for e in run.find("control")]
+    assert reads == sorted(set(reads)) and len(reads) == 2
     assert run.stop() == 0
