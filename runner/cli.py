@@ -34,6 +34,10 @@ plugin_option = click.option(
     "--plugin", "-p", "plugin_refs", multiple=True, metavar="FILE.py|MODULE",
     help="Load a one-off plugin module (repeatable), besides the installed ones.",
 )
+latest_run_option = click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("checkpoints"), show_default=True,
+    help="Where to look for the latest run when RUN_DIR is not given.",
+)
 poll_option = click.option(
     "--poll", is_flag=True,
     help="Watch the control file by polling, for file systems without inotify (network mounts, some containers).",
@@ -121,8 +125,7 @@ def _notifier(console: Console):
 @click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds to wait for the run to acknowledge the change.")
 @click.option("--no-wait", is_flag=True, help="Write the change and return without waiting.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("checkpoints"),
-              show_default=True, help="Where to look for the latest run when RUN_DIR is not given.")
+@latest_run_option
 def nudge(args: tuple[str, ...], trial_ref: str | None, rollback_to: str | None, pause: bool, unpause: bool,
           stop: bool, checkpoint: bool, timeout: float, no_wait: bool, out: Path) -> None:
     """Change a running run: set live hyperparameters (lr=0.003 momentum=0.95), roll back,
@@ -186,17 +189,15 @@ def _control_schema(run_dir: Path) -> ControlSchema:
     """What the run's backend lets a person change, from its plugins (as the run sees them)."""
     start = read_run(run_dir)[0]
     plugins = load_plugins(start.get("plugin_files", []))
-    spec_raw = orjson.loads((run_dir / "experiment.json").read_bytes())
-    name = (spec_raw.get("backend") or {}).get("name", "numpy")
-    backend_cls = plugins.registry.get("backend", name, "backend.name")
+    spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
+    backend_cls = plugins.registry.get("backend", spec.backend.name)
     return ControlSchema(backend_cls.live, backend_cls.Train)
 
 
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="The whole status.json, plus \"alive\".")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("checkpoints"),
-              show_default=True, help="Where to look for the latest run when RUN_DIR is not given.")
+@latest_run_option
 def status(run_dir: Path | None, as_json: bool, out: Path) -> None:
     """Show a run as it is now: its trials, their epoch, losses, lr and momentum, and what
     the control file did last. RUN_DIR defaults to the latest run in --out."""
