@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from runner.files import atomic_write
+from runner.trial import better
 
 FILE_NAME = "status.json"
 RECENT_READS = 20  # control-file reads kept in status.json
@@ -113,20 +114,15 @@ class StatusBoard:
         trial["epoch"] = e["epoch"] + 1
         trial["hyperparameters"] = {k: e[k] for k in trial["hyperparameters"] if k in e}
         metric = self.doc["run"]["metric"]
-        if e.get(metric) is not None:
-            best = trial["best"]
-            if best is None or (e[metric] < best[metric] if self.doc["run"]["mode"] == "min" else e[metric] > best[metric]):
-                trial["best"] = {"epoch": e["epoch"] + 1, metric: e[metric]}
+        if e.get(metric) is not None and better(e[metric], (trial["best"] or {}).get(metric), self.doc["run"]["mode"]):
+            trial["best"] = {"epoch": e["epoch"] + 1, metric: e[metric]}
 
     def _on_nudge(self, e: dict) -> None:
         trial = self._trial(e)
         if trial is not None:
             trial["hyperparameters"].update({k: v["new"] for k, v in e["changes"].items()})
-            change = {"t": e["t"], "trial": e["trial"], "what": "nudge", "changes": e["changes"],
-                      "source": e["source"], "step": e["step"]}
-            trial["last_change"] = change
-            if e["source"] == "control":
-                self.doc["control"]["last_change"] = change
+            self._record_change(trial, {"t": e["t"], "trial": e["trial"], "what": "nudge", "changes": e["changes"],
+                                        "source": e["source"], "step": e["step"]})
 
     def _on_rollback(self, e: dict) -> None:
         trial = self._trial(e)
@@ -134,11 +130,8 @@ class StatusBoard:
             trial.update(epoch=e["to_epoch"], step=e["to_step"], rollbacks=e["rollbacks"])
             if e.get("lr_after") is not None:
                 trial["hyperparameters"]["lr"] = e["lr_after"]
-            change = {"t": e["t"], "trial": e["trial"], "what": f"rollback to {e['snapshot']}",
-                      "source": e["source"], "step": e["to_step"]}
-            trial["last_change"] = change
-            if e["source"] == "control":
-                self.doc["control"]["last_change"] = change
+            self._record_change(trial, {"t": e["t"], "trial": e["trial"], "what": f"rollback to {e['snapshot']}",
+                                        "source": e["source"], "step": e["to_step"]})
 
     def _on_pause(self, e: dict) -> None:
         self._set_state(e, "paused")
@@ -150,19 +143,22 @@ class StatusBoard:
         trial = self._trial(e)
         if trial is not None:
             trial["state"] = state
-            change = {"t": e["t"], "trial": e["trial"], "what": e["event"], "source": e["source"], "step": e["step"]}
-            trial["last_change"] = change
-            if e["source"] == "control":
-                self.doc["control"]["last_change"] = change
+            self._record_change(trial, {"t": e["t"], "trial": e["trial"], "what": e["event"], "source": e["source"],
+                                        "step": e["step"]})
+
+    def _record_change(self, trial: dict[str, Any], change: dict[str, Any]) -> None:
+        """A trial's latest change; the control file's too, if it asked for it."""
+        trial["last_change"] = change
+        if change["source"] == "control":
+            self.doc["control"]["last_change"] = change
 
     def _on_trial_complete(self, e: dict) -> None:
         self.doc["trials"].pop(str(e["trial"]), None)
         finished = self.doc["finished"]
         finished["count"] += 1
         finished["states"][e["state"]] = finished["states"].get(e["state"], 0) + 1
-        score, best = e.get("score"), finished["best"]
-        if score is not None and (best is None or (score < best["score"] if self.doc["run"]["mode"] == "min"
-                                                   else score > best["score"])):
+        score = e.get("score")
+        if score is not None and better(score, (finished["best"] or {}).get("score"), self.doc["run"]["mode"]):
             finished["best"] = {"trial": e["trial"], "score": score, "params": e["params"]}
         for entry in self._orders.values():
             if entry["trial"] == e["trial"] and entry["state"] == "pending":
