@@ -46,7 +46,7 @@ HELP = [
     "do: set, rollback (to last, best, before_nudge or an epoch), pause, resume, stop, checkpoint.",
     "Add \"trial\": 3 to aim an action at one trial; a stop without a trial ends the run.",
 ]
-_TRIAL_KEY = re.compile(r"t?(\d{1,9})")
+_TRIAL_KEY = re.compile(r"t?([0-9]{1,9})")
 
 
 class ControlError(SpecError):

@@ -25,7 +25,7 @@ from runner.control import MAX_BYTES, ControlDocument, ControlError, ControlSche
 from runner.decisions import Decision, Stop
 from runner.events import EventLog
 from runner.files import atomic_write
-from runner.watch import FileWatcher
+from runner.watch import FileWatcher, signature
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class ControlInbox:
         self.baseline: ControlDocument | None = None  # the last valid version
         self.reads = 0
         self._last_read: bytes | None = None
-        self._last_problem: str | None = None
+        self._last_problem: tuple[str, tuple | None] | None = None  # (message, file signature)
         self._mailboxes: dict[int, Mailbox] = {}
         self._waiting: list[Delivery] = []  # orders for every trial, read while none was running
         self._run_stop: Delivery | None = None
@@ -84,13 +84,12 @@ class ControlInbox:
         and nothing in it is applied again. Then watch it."""
         if fresh or not self.path.exists():
             atomic_write(self.path, initial)
-        data, _ = self._read()
-        if data is not None:
-            try:
-                self.baseline = parse(data, self.schema)
-                self._last_read = data
-            except ControlError:
-                pass  # the first valid version becomes the baseline, and nothing in it is applied
+        try:
+            data = self._read()
+            self.baseline = parse(data, self.schema)
+            self._last_read = data
+        except ControlError:
+            pass  # the first valid version becomes the baseline, and nothing in it is applied
         if self.baseline is None:
             self.check(True)  # report what is wrong with it now
         self.watcher.start()
@@ -123,60 +122,60 @@ class ControlInbox:
     # -- reading the file (the watcher's thread) --------------------------------------------
 
     def check(self, confirm: bool) -> bool:
-        """Read the file after a save. Returns True when it looks half written and the
-        watcher should ask again (``confirm``) once saves have settled."""
-        data, problem = self._read()
-        if data is not None and data == self._last_read:
-            return False
-        sha = hashlib.sha256(data).hexdigest() if data is not None else None
+        """Read the file after a save. Returns True when it looks half written (or is gone
+        for a moment, as when an editor deletes and rewrites it) and the watcher should ask
+        again (``confirm``) once saves have settled."""
+        data = None
         try:
-            if problem is not None:
-                raise ControlError("", problem)
+            data = self._read()
+            if data == self._last_read:
+                return False
             document = parse(data, self.schema)
             found = [] if self.baseline is None else orders(self.baseline, document)
             with self._lock:
                 self.reads += 1
                 self._last_read, self._last_problem = data, None
                 self.baseline = document
-                self._deliver(found, sha)
+                self._deliver(found, hashlib.sha256(data).hexdigest())
         except ControlError as err:
             if err.incomplete and not confirm:
                 return True
-            message = str(err)
-            if data is not None or message != self._last_problem:  # new contents, or a new reason it has none
-                self._last_problem = message
-                self._last_read = data
+            problem = (str(err), signature(self.path))
+            if data is not None or problem != self._last_problem:  # new contents, or a new reason it has none
+                self._last_problem, self._last_read = problem, data
                 self.reads += 1
-                self.log.emit("control_error", read=self.reads, sha256=sha, message=message)
-                self.notify(f"[red]{message}[/] (nothing in this version was applied)")
+                self.log.emit("control_error", read=self.reads, message=problem[0],
+                              sha256=hashlib.sha256(data).hexdigest() if data is not None else None)
+                self.notify(f"[red]{problem[0]}[/] (nothing in this version was applied)")
         return False
 
-    def _read(self) -> tuple[bytes | None, str | None]:
-        """The file's bytes, or what keeps it from being read (never blocks, never reads more
-        than ``MAX_BYTES`` + 1 bytes)."""
+    def _read(self) -> bytes:
+        """The file's bytes; a ControlError says what keeps it from being read. Never
+        blocks (a FIFO), never reads more than ``MAX_BYTES`` + 1 bytes."""
+        folder = "is a folder, not a file; remove the folder and write the file again"
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
-            return None, "the file is missing; write it again to change settings"
+            raise ControlError("", "the file is missing; write it again to change settings", incomplete=True) from None
         except IsADirectoryError:
-            return None, "is a folder, not a file; remove the folder and write the file again"
+            raise ControlError("", folder) from None
         except OSError as err:
-            return None, f"cannot be read: {err.strerror}"
+            raise ControlError("", f"cannot be read: {err.strerror}") from None
         try:
             info = os.fstat(fd)
             if stat.S_ISDIR(info.st_mode):
-                return None, "is a folder, not a file; remove the folder and write the file again"
+                raise ControlError("", folder)
             if not stat.S_ISREG(info.st_mode):
-                return None, "is not a regular file"
+                raise ControlError("", "is not a regular file")
             if info.st_size > MAX_BYTES:
-                return None, f"the file is {info.st_size:,} bytes; a control file is at most {MAX_BYTES:,}"
+                raise ControlError("", f"the file is {info.st_size:,} bytes; a control file is at most {MAX_BYTES:,}")
             chunks, size = [], 0
             while size <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - size)):
                 chunks.append(chunk)
                 size += len(chunk)
-            return b"".join(chunks), None
+            return b"".join(chunks)
         except OSError as err:
-            return None, f"cannot be read: {err.strerror}"
+            raise ControlError("", f"cannot be read: {err.strerror}") from None
         finally:
             os.close(fd)
 

@@ -30,6 +30,7 @@ def doc(**raw) -> ControlDocument:
     (b'{"lr": NaN}', "control.json: not valid JSON"),
     (b'{"rl": 0.1}', "control.json: rl: unknown key; the keys are help, trials, actions and the settings lr, momentum, beta2"),
     (b'{"trials": {"x3": {}}}', 'control.json: trials.x3: a trial is named by its number, such as 3 or "t003"'),
+    ('{"trials": {"t\u0663": {}}}'.encode(), "control.json: trials.t\u0663: a trial is named by its number"),  # ASCII digits only
     (b'{"trials": {"3": {"lr": -1}}}', "control.json: trials.3.lr: must be > 0"),
     (b'{"trials": {"3": {}, "t003": {}}}', "control.json: trials.t003: trial 3 is named twice"),
     (b'{"actions": {"id": 1}}', "control.json: actions: must be a list"),
