@@ -581,5 +581,11 @@ class TrialLoop:
                 self.emit("checkpoint_error", message=f"{type(item).__name__}: {item}")
                 continue
             checkpoint = item.to_json(relative_to=self.runner.experiment.run_dir)
-            self.emit("checkpoint", **checkpoint)
+            order = self.order
+            if item.reason != "requested":  # a file written earlier: not what an order in progress asked for
+                self.order = None
+            try:
+                self.emit("checkpoint", **checkpoint)
+            finally:
+                self.order = order
             self.hook.runner_checkpoint_saved(trial=self.trial, checkpoint=checkpoint)

@@ -56,14 +56,15 @@ class FileWatcher:
 
     ``quiet``: seconds without further events before a save that did not end with a close
     or a rename is read (a writer still writing). ``poll``: use watchdog's polling observer
-    (every ``poll_interval`` seconds) for file systems without inotify.
+    (every ``poll_interval`` seconds) for file systems without inotify; its changes come a
+    poll late already, so they are read at once (a half-written file still gets ``settle``).
     """
 
     def __init__(self, path: Path, check: Callable[[bool], bool], *, on_idle: Callable[[], None] = lambda: None,
                  poll: bool = False, poll_interval: float = 0.1, quiet: float = 0.02, settle: float = 0.25,
                  idle: float = 0.5):
         self.path, self.check, self.on_idle = path, check, on_idle
-        self.poll, self.quiet, self.settle, self.idle = poll, quiet, settle, idle
+        self.poll, self.quiet, self.settle, self.idle = poll, 0.0 if poll else quiet, settle, idle
         self.mode = "polling" if poll else "inotify"
         self._kick = threading.Event()
         self._complete = False  # the last event ended a save: read at once
