@@ -130,6 +130,7 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
             log.emit("resume", trials={str(j.trial): j.resume for j in waiting}, notes=resume.notes,
                      runner_version=__version__)
         inbox.start(initial_control(spec, registry), fresh=resume is None)
+        status.doc["control"]["watching"] = inbox.mode  # polling if inotify could not be had
         hook.runner_experiment_start(experiment=experiment)
 
         writer = SnapshotWriter()

@@ -35,6 +35,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 SAVE_EVENTS = [FileClosedEvent, FileMovedEvent, FileCreatedEvent, FileDeletedEvent,
@@ -64,34 +65,50 @@ class FileWatcher:
                  poll: bool = False, poll_interval: float = 0.1, quiet: float = 0.02, settle: float = 0.25,
                  idle: float = 0.5):
         self.path, self.check, self.on_idle = path, check, on_idle
-        self.poll, self.quiet, self.settle, self.idle = poll, 0.0 if poll else quiet, settle, idle
-        self.mode = "polling" if poll else "inotify"
+        self.poll_interval, self.settle, self.idle = poll_interval, settle, idle
+        self.quiet = 0.0 if poll else quiet
+        self.mode = "polling" if poll else "inotify"  # what ``start`` ends up using
         self._kick = threading.Event()
         self._complete = False  # the last event ended a save: read at once
         self._stopped = False
         self._seen = signature(path)
-        self.observer = PollingObserver(timeout=poll_interval) if poll else Observer()
-        self.observer.schedule(_Handler(self), str(path.parent), event_filter=POLL_EVENTS if poll else SAVE_EVENTS)
+        self.observer: BaseObserver | None = None
         self._thread = threading.Thread(target=self._run, name="runner-control-watcher", daemon=True)
 
     def start(self) -> FileWatcher:
-        try:
-            self.observer.start()
-        except OSError:  # no inotify here (out of watches, or an exotic file system): poll instead
-            self.observer = PollingObserver(timeout=0.1)
-            self.observer.schedule(_Handler(self), str(self.path.parent), event_filter=POLL_EVENTS)
-            self.observer.start()
-            self.mode = "polling"
+        """Start watching: inotify, or polling if asked for or if inotify cannot be had here
+        (out of inotify instances or watches, or a file system without it)."""
+        if self.mode == "inotify":
+            try:
+                self.observer = self._observe(Observer(), SAVE_EVENTS)
+            except OSError:
+                self.mode = "polling"
+                self.quiet = 0.0
+        if self.mode == "polling":
+            self.observer = self._observe(PollingObserver(timeout=self.poll_interval), POLL_EVENTS)
         self._thread.start()
         return self
+
+    def _observe(self, observer: BaseObserver, events: list) -> BaseObserver:
+        try:
+            observer.schedule(_Handler(self), str(self.path.parent), event_filter=events)
+            observer.start()
+        except OSError:
+            observer.stop()  # leave no thread or descriptor behind
+            if observer.is_alive():
+                observer.join()
+            raise
+        return observer
 
     def stop(self) -> None:
         """Stop watching; called once when the run ends. Waits for a check in progress."""
         self._stopped = True
         self._kick.set()
-        self.observer.stop()
-        self.observer.join()
-        self._thread.join()
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def kick(self, complete: bool = False) -> None:
         """Called by the observer thread for every event about the watched file."""
