@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 a failure during the run; 2 bad input (a message, no tr
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from runner.interrupt import Interrupted, graceful_interrupts
 from runner.loop import load_dataset, run_experiment
 from runner.resume import clean_temporary_files, plan_resume, read_run
 from runner.plugins import TRACE_ENV, Plugins, hooks_of, load_plugins
-from runner.nudge import Change, latest_run, read_status, send, wait
+from runner.nudge import Change, latest_run, read_status, send
 from runner.progress import ProgressReporter, status_view
 from runner.spec import load
 
@@ -64,9 +65,9 @@ def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int |
     with reported_errors() as where:
         plugins, spec, dataset = _prepare(experiment, plugin_refs, seed)
         run_dir = where.run_dir = create_run_dir(out, spec.name)
-        console.print(f"run directory: {run_dir}", soft_wrap=True)
+        console.print(f"run directory: {run_dir}", soft_wrap=True, markup=False)
         console.print(f"control file:  {run_dir / CONTROL_FILE}  (edit it, or: runner nudge {run_dir} lr=...)",
-                      soft_wrap=True)
+                      soft_wrap=True, markup=False)
         plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
         with run_lock(run_dir), graceful_interrupts():
             board = run_experiment(spec, plugins, dataset, run_dir, poll=poll, notify=_notifier(console))
@@ -100,7 +101,7 @@ def resume(run_dir: Path, plain: bool, poll: bool) -> None:
             where_from = f"from {snapshot.relative_to(run_dir)}" if snapshot else "from the start (no snapshot)"
             console.print(f"t{trial:03d} continues {where_from}", soft_wrap=True)
         console.print(f"control file: {run_dir / CONTROL_FILE} (its current contents are the starting point)",
-                      soft_wrap=True)
+                      soft_wrap=True, markup=False)
         plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
         with graceful_interrupts():
             board = run_experiment(spec, plugins, dataset, run_dir, resume=plan, poll=poll, notify=_notifier(console))
@@ -137,11 +138,10 @@ def nudge(args: tuple[str, ...], trial_ref: str | None, rollback_to: str | None,
     with reported_errors():
         run_dir, change = _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint, out)
         schema = _control_schema(run_dir)
-        sha, reads = send(run_dir, change, schema)
-        if no_wait:
+        read = send(run_dir, change, schema, None if no_wait else timeout)
+        if read is None:
             click.echo(f"written to {run_dir / CONTROL_FILE}")
             return
-        read = wait(run_dir, sha, reads, timeout)
         failed = False
         for order in read["orders"]:
             who = f"t{order['trial']:03d}" if order["trial"] is not None else "run"
@@ -167,9 +167,12 @@ def _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint,
         if "=" in arg:
             name, _, text = arg.partition("=")
             try:
-                settings[name.strip()] = float(text)
+                value = float(text)
             except ValueError:
-                raise RunnerError(f"{arg}: the value must be a number", exit_code=2) from None
+                value = math.nan
+            if not math.isfinite(value):
+                raise RunnerError(f"{arg}: the value must be a finite number", exit_code=2)
+            settings[name.strip()] = value
     actions: list[dict] = []
     if rollback_to is not None:
         actions.append({"do": "rollback", "to": int(rollback_to) if rollback_to.isdigit() else rollback_to})
@@ -190,8 +193,7 @@ def _control_schema(run_dir: Path) -> ControlSchema:
     start = read_run(run_dir)[0]
     plugins = load_plugins(start.get("plugin_files", []))
     spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
-    backend_cls = plugins.registry.get("backend", spec.backend.name)
-    return ControlSchema(backend_cls.live, backend_cls.Train)
+    return ControlSchema.for_backend(plugins.registry.get("backend", spec.backend.name))
 
 
 @main.command()

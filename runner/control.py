@@ -69,6 +69,7 @@ class Action:
     reason: str = ""
 
     def decision(self) -> Decision:
+        """What the loop is asked to do when this action is new."""
         reason = self.reason or f"control action {self.id}"
         if self.do == "set":
             return Nudge(dict(self.values), reason=reason)
@@ -81,7 +82,7 @@ class Action:
     def describe(self) -> str:
         """A short line for people: ``rollback to best``, ``set lr=0.01``."""
         if self.do == "set":
-            return "set " + " ".join(f"{k}={v:g}" for k, v in self.values.items())
+            return "set " + _values(self.values)
         if self.do == "rollback":
             return f"rollback to {'epoch ' if isinstance(self.to, int) else ''}{self.to}"
         return self.do
@@ -114,7 +115,13 @@ class ControlSchema:
     live: tuple[str, ...]
     train_cls: type | None = None
 
+    @classmethod
+    def for_backend(cls, backend_cls: type) -> ControlSchema:
+        return cls(tuple(backend_cls.live), backend_cls.Train)
+
     def check(self, name: str, value: Any, path: str) -> float | None:
+        """Called for each setting in a version of the file: its value as a float (None: no
+        value), or a ControlError naming ``path`` and the rule it breaks."""
         if name not in self.live:
             raise ControlError(path, f"not a setting this run's backend can change; settings: {', '.join(self.live)}")
         if value is None:
@@ -236,11 +243,15 @@ def _action(item: Any, path: str, schema: ControlSchema) -> Action:
     return Action(action_id, do, trial, values, to, reason)
 
 
-def orders(previous: ControlDocument, current: ControlDocument) -> list[Order]:
+def orders(previous: ControlDocument, current: ControlDocument,
+           used: dict[int | str, Action | None] | None = None) -> list[Order]:
     """What changed from ``previous`` to ``current``: a nudge for every running trial if
     top-level settings changed, one per trial whose own settings changed, then the actions
-    whose ids are new, in file order. An id that was seen before with other contents is an
-    error (a new action needs a new id)."""
+    whose ids are new, in file order. ``used`` holds every action id the run has applied
+    (None where only the id is known, as after a resume); by default, ``previous``'s. An
+    id used before for another action (or whose action is not known) is an error: a new
+    action needs a new id, and an applied one stays applied when taken out and put back."""
+    used = previous.actions if used is None else used
     found: list[Order] = []
     changed = _changed(previous.settings, current.settings)
     if changed:
@@ -250,12 +261,12 @@ def orders(previous: ControlDocument, current: ControlDocument) -> list[Order]:
         if changed:
             found.append(Order(trial, Nudge(changed, reason=FILE_NAME), what=_values(changed)))
     for action_id, action in current.actions.items():
-        before = previous.actions.get(action_id)
-        if before is None:
+        if action_id not in used:
             found.append(Order(action.trial, action.decision(), action_id, action.describe()))
-        elif before != action:
-            raise ControlError(f"actions (id {action_id!r})", f"id {action_id!r} was already applied as "
-                                                              f"\"{before.describe()}\"; give a new action a new id")
+        elif used[action_id] != action and previous.actions.get(action_id) != action:
+            before = used[action_id]
+            applied = f"was already applied as \"{before.describe()}\"" if before else "was already used in this run"
+            raise ControlError(f"actions (id {action_id!r})", f"id {action_id!r} {applied}; give a new action a new id")
     return found
 
 

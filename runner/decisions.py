@@ -6,7 +6,7 @@ boundary or at the end of an epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -92,3 +92,14 @@ def flatten(results: list[Any]) -> list[Decision]:
                 raise TypeError(f"a hook returned {item!r}; expected one of {names}, or None")
             decisions.append(item)
     return decisions
+
+
+def decision_to_json(decision: Decision) -> dict[str, Any]:
+    """A decision as a JSON object (``{"kind": "Nudge", "changes": {...}, "reason": ""}``)."""
+    return {"kind": type(decision).__name__, **asdict(decision)}
+
+
+def decision_from_json(data: dict[str, Any]) -> Decision:
+    """The decision ``decision_to_json`` wrote."""
+    kinds = {cls.__name__: cls for cls in DECISIONS}
+    return kinds[data["kind"]](**{k: v for k, v in data.items() if k != "kind"})

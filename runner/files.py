@@ -40,10 +40,14 @@ def run_lock(run_dir: Path):
     once with a clear message instead of interleaving two writers. Released on exit."""
     handle = open(run_dir / ".lock", "a+")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunnerError(f"another runner process is using {run_dir}", exit_code=2) from None
+        for attempt in range(20):  # ``run_is_held`` (runner nudge, status) holds it for an instant
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 19:
+                    raise RunnerError(f"another runner process is using {run_dir}", exit_code=2) from None
+                time.sleep(0.01)
         yield
     finally:
         handle.close()

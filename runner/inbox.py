@@ -21,8 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.control import MAX_BYTES, ControlDocument, ControlError, ControlSchema, Order, orders, parse
-from runner.decisions import Decision, Stop
+from rich.markup import escape
+
+from runner.control import MAX_BYTES, Action, ControlDocument, ControlError, ControlSchema, Order, orders, parse
+from runner.decisions import Decision, Stop, decision_from_json, decision_to_json
 from runner.events import EventLog
 from runner.files import atomic_write
 from runner.watch import FileWatcher, signature
@@ -58,7 +60,8 @@ class ControlInbox:
     """The control file of one run, and the mailboxes of its running trials.
 
     Called by the driver (``start``, ``take_run_stop``, ``close``), by each trial's loop
-    (``open``/``close_mailbox``) and, for every save, by the watcher thread (``check``).
+    on the training thread (``open`` when it starts, ``close_mailbox`` when it ends) and,
+    for every save, by the watcher thread (``check``).
     """
 
     def __init__(self, path: Path, schema: ControlSchema, log: EventLog, *, poll: bool = False,
@@ -66,11 +69,13 @@ class ControlInbox:
         self.path, self.schema, self.log, self.notify = path, schema, log, notify
         self.watcher = FileWatcher(path, self.check, poll=poll, on_idle=on_idle)
         self.baseline: ControlDocument | None = None  # the last valid version
+        self.used: dict[int | str, Action | None] = {}  # every action id applied in this run
         self.reads = 0
         self._last_read: bytes | None = None
         self._last_problem: tuple[str, tuple | None] | None = None  # (message, file signature)
         self._mailboxes: dict[int, Mailbox] = {}
         self._waiting: list[Delivery] = []  # orders for every trial, read while none was running
+        self._held: dict[int, list[Delivery]] = {}  # orders a resumed trial had not carried out
         self._run_stop: Delivery | None = None
         self._lock = threading.Lock()
 
@@ -79,37 +84,61 @@ class ControlInbox:
         return self.watcher.mode
 
     def start(self, initial: bytes, *, fresh: bool) -> None:
-        """Write ``initial`` for a new run (``fresh``); a resumed run keeps the file that is
-        there (writing ``initial`` only if it is gone): its contents are the starting point
-        and nothing in it is applied again. Then watch it."""
+        """Called once by the driver before the first trial. Writes ``initial`` for a new run
+        (``fresh``); a resumed run keeps the file that is there (writing ``initial`` only if
+        it is gone): its settings are the starting point and are not applied again. Then
+        watches it."""
         if fresh or not self.path.exists():
             atomic_write(self.path, initial)
         try:
             data = self._read()
             self.baseline = parse(data, self.schema)
             self._last_read = data
+            self.used.update(self.baseline.actions)
         except ControlError:
-            pass  # the first valid version becomes the baseline, and nothing in it is applied
-        if self.baseline is None:
-            self.check(True)  # report what is wrong with it now
+            self.check(True)  # say what is wrong with it now; its first valid version is the starting point
         self.watcher.start()
 
+    def resume(self, events: list[dict], continuing: set[int]) -> None:
+        """Called by the driver of a resumed run, before ``start``, with the events it keeps:
+        read numbers and action ids go on from them, and orders that were read but whose
+        effect was lost with the work after the last snapshot are carried out again when
+        their trial continues (or, for every trial, by the next one to run)."""
+        settled = {e["order"] for e in events if "order" in e}
+        for event in events:
+            if event["event"] not in ("control", "control_error") or event.get("read") is None:
+                continue
+            self.reads = max(self.reads, event["read"])
+            for entry in event.get("orders", []):
+                if entry["action"] is not None:
+                    self.used.setdefault(entry["action"], None)
+                if entry["order"] in settled or "decision" not in entry:
+                    continue
+                delivery = Delivery(entry["order"], decision_from_json(entry["decision"]), entry["what"])
+                if entry["trial"] in continuing:
+                    self._held.setdefault(entry["trial"], []).append(delivery)
+                elif entry["trial"] is None:
+                    self._hold_for_any_trial(delivery)
+
     def close(self) -> None:
+        """Called once by the driver when the run ends: stop watching."""
         self.watcher.stop()
 
     # -- trials ----------------------------------------------------------------------------
 
     def open(self, trial: int) -> Mailbox:
-        """A trial starts (or resumes): its mailbox, holding any order read while no trial ran."""
+        """A trial starts (or resumes): its mailbox, holding any order read while no trial
+        ran, or left undone when the run stopped."""
         mailbox = Mailbox()
         with self._lock:
             self._mailboxes[trial] = mailbox
-            for delivery in self._waiting:
+            for delivery in self._held.pop(trial, []) + self._waiting:
                 mailbox.put(delivery)
             self._waiting = []
         return mailbox
 
     def close_mailbox(self, trial: int) -> None:
+        """A trial ended: orders read from now on cannot reach it (and are reported so)."""
         with self._lock:
             self._mailboxes.pop(trial, None)
 
@@ -118,6 +147,12 @@ class ControlInbox:
         with self._lock:
             stop, self._run_stop = self._run_stop, None
         return stop
+
+    def _hold_for_any_trial(self, delivery: Delivery) -> None:
+        if isinstance(delivery.decision, Stop) and delivery.decision.experiment:
+            self._run_stop = delivery
+        else:
+            self._waiting.append(delivery)
 
     # -- reading the file (the watcher's thread) --------------------------------------------
 
@@ -131,11 +166,15 @@ class ControlInbox:
             if data == self._last_read:
                 return False
             document = parse(data, self.schema)
-            found = [] if self.baseline is None else orders(self.baseline, document)
+            # With no valid version before (a resumed run's file was broken), its settings are the
+            # starting point; its new actions still apply.
+            previous = self.baseline or ControlDocument(document.settings, document.trials)
+            found = orders(previous, document, self.used)
             with self._lock:
                 self.reads += 1
                 self._last_read, self._last_problem = data, None
                 self.baseline = document
+                self.used.update(document.actions)
                 self._deliver(found, hashlib.sha256(data).hexdigest())
         except ControlError as err:
             if err.incomplete and not confirm:
@@ -146,7 +185,7 @@ class ControlInbox:
                 self.reads += 1
                 self.log.emit("control_error", read=self.reads, message=problem[0],
                               sha256=hashlib.sha256(data).hexdigest() if data is not None else None)
-                self.notify(f"[red]{problem[0]}[/] (nothing in this version was applied)")
+                self.notify(f"[red]{escape(problem[0])}[/] (nothing in this version was applied)")
         return False
 
     def _read(self) -> bytes:
@@ -189,7 +228,8 @@ class ControlInbox:
             for trial in targets:
                 deliveries.append((Delivery(f"{self.reads}.{len(deliveries)}", order.decision, order.what), trial, order))
         self.log.emit("control", read=self.reads, sha256=sha, orders=[
-            {"order": d.order, "trial": trial, "what": d.what, "action": order.action} for d, trial, order in deliveries])
+            {"order": d.order, "trial": trial, "what": d.what, "action": order.action,
+             "decision": decision_to_json(order.decision)} for d, trial, order in deliveries])
         for delivery, trial, order in deliveries:
             if trial in self._mailboxes:
                 self._mailboxes[trial].put(delivery)  # the trial says when it is applied
@@ -197,9 +237,7 @@ class ControlInbox:
                 running = ", ".join(f"t{t:03d}" for t in sorted(self._mailboxes)) or "none"
                 message = f"{delivery.what}: trial {trial} is not running (running: {running})"
                 self.log.emit("control_error", read=self.reads, order=delivery.order, message=message)
-                self.notify(f"[red]control.json: {message}[/]")
-            elif isinstance(order.decision, Stop) and order.decision.experiment:
-                self._run_stop = delivery
+                self.notify(f"[red]control.json: {escape(message)}[/]")
             else:
-                self._waiting.append(delivery)
-                self.notify(f"control.json: {delivery.what} for the next trial that starts")
+                self._hold_for_any_trial(delivery)
+                self.notify(f"control.json: {escape(delivery.what)} for the next trial that starts")

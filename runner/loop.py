@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from runner import __version__
 from runner.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot
@@ -111,16 +112,16 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
                             announced=True) for r in history.running]
 
     backend_cls = registry.get("backend", spec.backend.name)
+    control_path = run_dir / CONTROL_FILE
     with EventLog(run_dir / "events.jsonl") as log:
-        inbox = ControlInbox(run_dir / CONTROL_FILE, ControlSchema(backend_cls.live, backend_cls.Train), log,
-                             poll=poll, notify=notify)
-        status = StatusBoard(run_dir / STATUS_FILE, control={
-            "path": str((run_dir / CONTROL_FILE).resolve()), "watching": inbox.mode, "settings": list(backend_cls.live)})
+        status = StatusBoard(run_dir / STATUS_FILE, control={"path": str(control_path.resolve()),
+                                                             "settings": list(backend_cls.live)})
+        inbox = ControlInbox(control_path, ControlSchema.for_backend(backend_cls), log, poll=poll, notify=notify,
+                             on_idle=status.flush)
         if resume is not None:
             status.replay(resume.events)  # what the run had done before
-            inbox.reads = status.doc["control"]["reads"]  # read numbers, and so order ids, go on
+            inbox.resume(resume.events, continuing=set(resume.continue_from))
         log.observers.append(status.observe)
-        inbox.watcher.on_idle = status.flush
         if resume is None:
             log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir.resolve()),
                      base_dir=str(spec.base_dir), plugins=plugins.origins, plugin_files=plugins.extra,
@@ -129,15 +130,15 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         else:
             log.emit("resume", trials={str(j.trial): j.resume for j in waiting}, notes=resume.notes,
                      runner_version=__version__)
-        inbox.start(initial_control(spec, registry), fresh=resume is None)
-        status.doc["control"]["watching"] = inbox.mode  # polling if inotify could not be had
-        hook.runner_experiment_start(experiment=experiment)
 
-        writer = SnapshotWriter()
-        run_trial = TrialRunner(experiment, plugins, dataset, log, writer, inbox)
-        executor = registry.get("executor", spec.executor.name)(spec.executor.options, run_trial=run_trial)
+        writer, executor = SnapshotWriter(), None
         stopping = any(r.result.ends_experiment for r in history.finished)  # a resumed run that was stopping
         try:
+            inbox.start(initial_control(spec, registry, backend_cls.live), fresh=resume is None)
+            status.set_control(watching=inbox.mode)  # polling if inotify could not be had
+            hook.runner_experiment_start(experiment=experiment)
+            run_trial = TrialRunner(experiment, plugins, dataset, log, writer, inbox)
+            executor = registry.get("executor", spec.executor.name)(spec.executor.options, run_trial=run_trial)
             while True:
                 while not stopping and executor.has_room():
                     if FLAG.requested:
@@ -163,7 +164,8 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
                 strategy.tell(history, result)
                 stopping = stopping or result.ends_experiment
         finally:
-            executor.close()
+            if executor is not None:
+                executor.close()
             writer.close()
             inbox.close()
 
@@ -181,14 +183,12 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def initial_control(spec: ExperimentSpec, registry) -> bytes:
+def initial_control(spec: ExperimentSpec, registry, live: tuple[str, ...]) -> bytes:
     """The control file a run starts with: each live setting with the value trials start
     with, or null where the search chooses it per trial."""
-    backend_cls = registry.get("backend", spec.backend.name)
     train = trial_sections(spec, registry, {})[1]
     searched = {p.path for p in spec.search.space}
-    values = {name: getattr(train, name, None) for name in backend_cls.live if f"train.{name}" not in searched}
-    return initial_document(backend_cls.live, values)
+    return initial_document(live, {name: getattr(train, name, None) for name in live if f"train.{name}" not in searched})
 
 
 class TrialRunner:
@@ -414,7 +414,7 @@ class TrialLoop:
         trial = self.trial
         for decision in decisions:
             if isinstance(decision, Nudge):
-                self.nudge(decision, source)
+                self.nudge(decision, source, partial)
             elif isinstance(decision, Rollback):
                 try:
                     self.rollback(decision, source)
@@ -457,13 +457,13 @@ class TrialLoop:
     def carry_out(self, delivery: Delivery, partial: tuple[int, float]) -> None:
         """One order from the control file. One that cannot be carried out (no snapshot to
         roll back to, a value the backend refuses) is reported and training goes on."""
-        notify, label = self.runner.inbox.notify, f"t{self.trial.id:03d} step {self.trial.step}: {delivery.what}"
+        notify, label = self.runner.inbox.notify, escape(f"t{self.trial.id:03d} step {self.trial.step}: {delivery.what}")
         self.order = delivery.order
         try:
             ending = self.apply([delivery.decision], source="control", partial=partial)
         except (NoSnapshot, SpecError, ValueError) as err:
             self.emit("control_error", message=f"{delivery.what}: {err}")
-            notify(f"[red]{label}: {err}[/]")
+            notify(f"[red]{label}: {escape(str(err))}[/]")
             return
         except RolledBack:
             notify(f"{label} (control.json)")
@@ -474,7 +474,9 @@ class TrialLoop:
         if ending is not None:
             raise ending
 
-    def nudge(self, nudge: Nudge, source: str) -> None:
+    def nudge(self, nudge: Nudge, source: str, partial: tuple[int, float] | None) -> None:
+        """Set live hyperparameters from the next step on, after a snapshot of this very
+        point (mid-epoch: ``partial``), so that a rollback to ``before_nudge`` undoes it."""
         live, backend = self.backend_cls.live, self.backend
         for name, value in nudge.changes.items():
             if name not in live:
@@ -482,7 +484,7 @@ class TrialLoop:
                                                  f"live: {', '.join(live)}")
             if name in self.backend_cls.Train.__dataclass_fields__:
                 check_field(self.backend_cls.Train, name, value, f"nudge.{name}")
-        self.snapshot("before_nudge", improved=False, durable=False)  # so a bad nudge can be undone
+        self.snapshot("before_nudge", improved=False, durable=False, partial=partial)
         before = backend.hyperparameters()
         backend.set_hyperparameters(**nudge.changes)
         self.trial.hyperparameters = backend.hyperparameters()
@@ -494,6 +496,9 @@ class TrialLoop:
     def diverged(self, event: DivergenceEvent) -> None:
         """Report a divergence and carry out the policy's answer; never returns normally."""
         trial = self.trial
+        if self.order is not None:  # found while carrying out an order, which never took effect
+            self.emit("control_error", message=f"not applied: the trial diverged first ({event.kind})")
+            self.order = None
         self.emit("divergence", **asdict(event), lr=self.backend.hyperparameters().get("lr"),
                   rollbacks=trial.rollbacks)
         decision = self.hook.runner_divergence(trial=trial, event=event, experiment=self.runner.experiment)
@@ -508,7 +513,7 @@ class TrialLoop:
         """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
         trial, backend = self.trial, self.backend
         if trial.rollbacks >= MAX_ROLLBACKS:
-            raise EndTrial("failed", f"{trial.rollbacks} rollbacks: a plugin keeps rolling this trial back")
+            raise EndTrial("failed", f"{trial.rollbacks} rollbacks: something keeps rolling this trial back")
         found = self.store.find(rollback.to, rollback.older)
         if found is None:
             which = {"last": "snapshot", "best": "best snapshot", "before_nudge": "snapshot from before a nudge"}

@@ -22,6 +22,7 @@ import orjson
 
 from runner.control import FILE_NAME as CONTROL_FILE, ControlError, ControlSchema, parse, render, trial_id
 from runner.errors import RunnerError
+from runner.events import read_events
 from runner.files import atomic_write, run_is_held
 from runner.status import FILE_NAME as STATUS_FILE
 
@@ -36,11 +37,12 @@ class Change:
 
 
 def latest_run(root: Path) -> Path:
-    """The run directory under ``root`` whose event log changed last."""
+    """The run directory under ``root`` that a process is running (a paused run writes no
+    events, but is still the one meant), else the one whose event log changed last."""
     logs = [p for p in root.glob("*/events.jsonl") if p.is_file()] if root.is_dir() else []
     if not logs:
         raise RunnerError(f"no run directory in {root}/; name one: runner status RUN_DIR", exit_code=2)
-    return max(logs, key=lambda p: p.stat().st_mtime_ns).parent
+    return max(logs, key=lambda p: (run_is_held(p.parent), p.stat().st_mtime_ns)).parent
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -63,10 +65,18 @@ def control_lock(run_dir: Path):
         yield
 
 
-def edit(raw: dict[str, Any], change: Change) -> dict[str, Any]:
+def used_action_ids(run_dir: Path) -> set[int | str]:
+    """Every action id the run has read, from its ``control`` events (the file may have
+    lost some: a person can tidy the list)."""
+    return {order["action"] for event in read_events(run_dir / "events.jsonl") if event["event"] == "control"
+            for order in event["orders"] if order["action"] is not None}
+
+
+def edit(raw: dict[str, Any], change: Change, used: set[int | str] = frozenset()) -> dict[str, Any]:
     """The control document with ``change`` made as a person would make it: each setting
     written where it applies (top level, or under ``trials``); a setting the file already
-    holds becomes a ``set`` action, so it is applied again; each action gets a new id."""
+    holds becomes a ``set`` action, so it is applied again; each action gets an id above
+    every one in the file and in ``used``."""
     raw = dict(raw)
     actions = list(raw.get("actions") or [])
     if change.trial is None:
@@ -83,8 +93,8 @@ def edit(raw: dict[str, Any], change: Change) -> dict[str, Any]:
         else:
             target[name] = value
     wanted = ([{"do": "set", **again}] if again else []) + change.actions
-    next_id = 1 + max([a["id"] for a in actions if isinstance(a, dict) and isinstance(a.get("id"), int)
-                       and not isinstance(a.get("id"), bool)], default=0)
+    ids = {a.get("id") for a in actions if isinstance(a, dict)} | set(used)
+    next_id = 1 + max([i for i in ids if isinstance(i, int) and not isinstance(i, bool)], default=0)
     for n, action in enumerate(wanted):
         actions.append({"id": next_id + n, **action, **({"trial": change.trial} if change.trial is not None else {})})
     raw["actions"] = actions
@@ -98,17 +108,17 @@ def _names(key: str, trial: int) -> bool:
         return False
 
 
-def send(run_dir: Path, change: Change, schema: ControlSchema) -> tuple[str, int]:
-    """Write the change into the control file; returns its SHA-256 and how many versions the
-    run had read before it (what ``wait`` needs). Raises RunnerError if the run is not
-    running, or the file or the change is not valid (then nothing is written)."""
+def send(run_dir: Path, change: Change, schema: ControlSchema, timeout: float | None) -> dict[str, Any] | None:
+    """Write the change into the control file and, unless ``timeout`` is None, wait for the
+    run's record of reading it (see ``wait``). Raises RunnerError if the run is not running,
+    or the file or the change is not valid (then nothing is written). The control lock is
+    held until the run has answered, so two ``runner nudge`` never race."""
+    status = read_status(run_dir)
     if not run_is_held(run_dir):
-        state = read_status(run_dir)["run"]["state"]
-        raise RunnerError(f"no runner process is running {run_dir} (last state: {state}); "
+        raise RunnerError(f"no runner process is running {run_dir} (last state: {status['run']['state']}); "
                           f"an interrupted run goes on with: runner resume {run_dir}")
-    running = read_status(run_dir)["trials"]
-    if change.trial is not None and str(change.trial) not in running:
-        names = ", ".join(f"t{int(t):03d}" for t in sorted(running, key=int)) or "none"
+    if change.trial is not None and str(change.trial) not in status["trials"]:
+        names = ", ".join(f"t{int(t):03d}" for t in sorted(status["trials"], key=int)) or "none"
         raise RunnerError(f"trial {change.trial} is not running (running: {names}); nothing was written", exit_code=2)
     path = run_dir / CONTROL_FILE
     with control_lock(run_dir):
@@ -120,15 +130,16 @@ def send(run_dir: Path, change: Change, schema: ControlSchema) -> tuple[str, int
         except ControlError as err:
             raise RunnerError(f"{path} is not valid now, so it was left alone: {err}. Fix it first; "
                               "the run keeps its last valid settings", exit_code=2) from None
-        raw = orjson.loads(current)
-        data = render(edit(raw, change))
+        data = render(edit(orjson.loads(current), change, used_action_ids(run_dir)))
         try:
             parse(data, schema)
         except ControlError as err:
             raise RunnerError(f"not sent: {err}", exit_code=2) from None
         reads = read_status(run_dir)["control"]["reads"]
         atomic_write(path, data)
-    return hashlib.sha256(data).hexdigest(), reads
+        if timeout is None:
+            return None
+        return wait(run_dir, hashlib.sha256(data).hexdigest(), reads, timeout)
 
 
 def wait(run_dir: Path, sha: str, reads_before: int, timeout: float, interval: float = 0.02) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -76,7 +77,7 @@ class ProgressReporter:
     def runner_trial_complete(self, trial: Trial, result: TrialResult) -> None:
         style = STATE_STYLE.get(result.state, "")
         score = f"{self.metric}={fmt(result.score)}" if result.score is not None else "no score"
-        reason = f" ({result.reason})" if result.reason else ""
+        reason = f" ({escape(result.reason)})" if result.reason else ""
         line = (f"{trial.label} [{style}]{result.state}[/] {score} epochs={result.epochs} "
                 f"{result.seconds:.1f}s  {short_params(result.params)}{reason}")
         if self.progress:
@@ -130,13 +131,13 @@ def status_view(doc: dict[str, Any]) -> Group:
         state = f"[red]not running[/] (its process is gone; continue it with: runner resume {run['run_dir']})"
     elif state == "running":
         state = f"[green]running[/] (pid {run['pid']})"
-    lines = [f"[bold]{run['name']}[/] {state}", f"run directory: {run['run_dir']}",
-             f"control file:  {control['path']} ({control['watching']}; {control['reads']} versions read)"]
+    lines = [f"[bold]{escape(run['name'])}[/] {state}", f"run directory: {escape(run['run_dir'])}",
+             f"control file:  {escape(control['path'])} ({control['watching']}; {control['reads']} versions read)"]
     if control["last_change"]:
-        lines.append(f"last change:   {_change(control['last_change'])}")
+        lines.append(f"last change:   {escape(_change(control['last_change']))}")
     if control["last_error"]:
         error = control["last_error"]
-        lines.append(f"last error:    [red]{error['message']}[/] ({_ago(error['t'])})")
+        lines.append(f"last error:    [red]{escape(error['message'])}[/] ({_ago(error['t'])})")
     table = Table(box=box.SIMPLE_HEAD, title="running trials", title_justify="left")
     settings = control["settings"]
     columns = ["trial", "state", "epoch", "step", "train_loss", "val_loss", "val_acc", *settings, "best", "last change"]
@@ -151,7 +152,7 @@ def status_view(doc: dict[str, Any]) -> Group:
             *(fmt(trial.get(k, "-")) for k in ("epoch", "step", "train_loss", "val_loss", "val_acc")),
             *(fmt(trial["hyperparameters"].get(k, "-")) for k in settings),
             f"{best_text} (epoch {best['epoch']})" if best else "-",
-            _change(trial["last_change"]) if trial.get("last_change") else "-",
+            escape(_change(trial["last_change"])) if trial.get("last_change") else "-",
         )
     parts: list[Any] = ["\n".join(lines)]
     if doc["trials"]:

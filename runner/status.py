@@ -15,6 +15,7 @@ control watcher when idle) writes what a skipped rewrite left out.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import traceback
 import time
@@ -41,7 +42,7 @@ class StatusBoard:
         self.doc: dict[str, Any] = {
             "run": {"state": "starting", "pid": os.getpid(), "name": None, "run_dir": str(path.parent.resolve()),
                     "metric": None, "mode": None, "planned_trials": None, "updated": None},
-            "control": {**control, "reads": 0, "last_change": None, "last_error": None, "recent": []},
+            "control": {"watching": None, **control, "reads": 0, "last_change": None, "last_error": None, "recent": []},
             "trials": {},
             "finished": {"count": 0, "states": {}, "best": None},
         }
@@ -61,6 +62,12 @@ class StatusBoard:
             self._dirty = True
             if record["event"] not in THROTTLED or self.clock() - self._written >= self.min_interval:
                 self._write()
+
+    def set_control(self, **fields: Any) -> None:
+        """Called by the driver once the control file is watched: how (``watching``)."""
+        with self._lock:
+            self.doc["control"].update(fields)
+            self._write()
 
     def replay(self, events: list[dict[str, Any]]) -> None:
         """Fold the events a resumed run keeps, then write the file once."""
@@ -120,6 +127,7 @@ class StatusBoard:
     def _on_nudge(self, e: dict) -> None:
         trial = self._trial(e)
         if trial is not None:
+            trial["step"] = e["step"]
             trial["hyperparameters"].update({k: v["new"] for k, v in e["changes"].items()})
             self._record_change(trial, {"t": e["t"], "trial": e["trial"], "what": "nudge", "changes": e["changes"],
                                         "source": e["source"], "step": e["step"]})
@@ -142,7 +150,7 @@ class StatusBoard:
     def _set_state(self, e: dict, state: str) -> None:
         trial = self._trial(e)
         if trial is not None:
-            trial["state"] = state
+            trial.update(state=state, step=e["step"])
             self._record_change(trial, {"t": e["t"], "trial": e["trial"], "what": e["event"], "source": e["source"],
                                         "step": e["step"]})
 
@@ -166,12 +174,15 @@ class StatusBoard:
                 self._settle(entry["read"])
 
     def _on_interrupted(self, e: dict) -> None:
-        if "trial" not in e or e.get("between_trials"):
-            self.doc["run"]["state"] = "interrupted"
+        self.doc["run"]["state"] = "interrupted"  # Ctrl-C or SIGTERM: the run stops after saving
 
     def _on_experiment_complete(self, e: dict) -> None:
         self.doc["run"]["state"] = "finished"
         self.doc["trials"] = {}
+        for entry in self._orders.values():
+            if entry["state"] == "pending":  # for the next trial to start, and none did
+                entry.update(state="dropped", detail="the run ended first")
+                self._settle(entry["read"])
 
     # -- the control file -------------------------------------------------------------------
 
@@ -228,7 +239,10 @@ class StatusBoard:
         try:
             atomic_write(self.path, data + b"\n", durable=False)
         except OSError as err:  # a full disk or a removed folder must not stop training: the log has it all
-            self.write_error = f"cannot write {self.path}: {err.strerror}"
+            if self.write_error is None:
+                print(f"runner: cannot write {self.path} ({err.strerror}); training goes on, the event log "
+                      "has everything", file=sys.stderr)
+            self.write_error = str(err)
             return
         self.write_error = None
         self._dirty = False

@@ -128,3 +128,18 @@ def test_runner_nudge_edits_the_file_as_a_person_would():
     found = orders(parse(orjson.dumps(raw), SCHEMA), parse(orjson.dumps(edited), SCHEMA))
     assert [(o.trial, o.decision) for o in found] == [
         (3, Nudge({"lr": 0.25}, reason="control.json")), (3, Rollback(to="best", reason="control action 5"))]
+
+
+def test_an_applied_action_stays_applied_when_taken_out_and_put_back():
+    pause = [{"id": 1, "do": "pause"}]
+    applied = doc(actions=pause)
+    used = dict(applied.actions)
+    tidied = doc()  # a person removed the applied action
+    assert orders(applied, tidied, used) == []
+    assert orders(tidied, doc(actions=pause), used) == []  # put back (an undo): not applied again
+    with pytest.raises(ControlError, match='id 1 was already applied as "pause"'):
+        orders(tidied, doc(actions=[{"id": 1, "do": "stop"}]), used)
+    after_resume = {1: None}  # only the id is known from the event log
+    with pytest.raises(ControlError, match="id 1 was already used in this run"):
+        orders(tidied, doc(actions=pause), after_resume)
+    assert orders(applied, applied, after_resume) == []  # the file as it was: nothing new

@@ -189,6 +189,9 @@ def test_runner_nudge_and_status_on_a_live_run(live):
     before = run.control.read_bytes()
     bad = runner("nudge", run.run_dir, "lr=-1")
     assert bad.returncode == 2 and "lr: must be > 0" in bad.stderr
+    for value in ("nan", "inf", "1e400", "fast"):
+        refused = runner("nudge", run.run_dir, f"lr={value}")
+        assert refused.returncode == 2 and "must be a finite number" in refused.stderr
     missing = runner("nudge", run.run_dir, "--trial", "7", "lr=0.1")
     assert missing.returncode == 2 and "trial 7 is not running" in missing.stderr
     assert run.control.read_bytes() == before  # refused before anything was written
@@ -212,11 +215,14 @@ def test_bad_saves_are_reported_and_change_nothing(live):
     run.until(lambda: [e for e in run.find("control_error") if "momentum: must be < 1" in e["message"]])
     status = json.loads((run.run_dir / "status.json").read_text())
     assert "momentum: must be < 1" in status["control"]["last_error"]["message"]
+    run.write({**good, "[/oops]": 1})  # markup-like text is shown as written, not interpreted
+    run.until(lambda: [e for e in run.find("control_error") if "[/oops]: unknown key" in e["message"]])
     run.write({**good, "lr": 0.005})  # fixed: the change since the last valid version is applied
     nudge = run.until(lambda: run.find("nudge", source="control"))
     assert nudge[0]["changes"] == {"lr": {"old": 0.01, "new": 0.005}}
     assert run.stop() == 0
     assert "(polling" in runner("status", run.run_dir).stdout
+    assert "Traceback" not in run.process.stderr.read()
 
 
 def test_an_action_is_not_applied_again_after_resume(live, tmp_path):
@@ -235,3 +241,49 @@ def test_an_action_is_not_applied_again_after_resume(live, tmp_path):
     reads = [e["read"] for e in run.find("control")]
     assert reads == sorted(set(reads)) and len(reads) == 2
     assert run.stop() == 0
+
+
+def test_a_rollback_to_before_a_mid_epoch_nudge_keeps_epochs_whole(live):
+    run = live({"data": {"points_per_class": 400}})  # 30 steps an epoch
+    steps = run.until(lambda: run.find("epoch_end"))[0]["step"]
+    for n in range(1, 20):  # until the pause lands mid-epoch
+        paused = run.act(2 * n, "pause")
+        if paused["step"] % steps:
+            break
+        run.act(2 * n + 1, "resume")
+    document = run.document()
+    document["lr"] = 0.05
+    run.write(document)
+    nudge = run.until(lambda: run.find("nudge", source="control"))[0]
+    rollback = run.act(100, "rollback", to="before_nudge")
+    assert rollback["to_step"] == nudge["step"] == paused["step"] and rollback["lr_after"] == 0.01
+    run.act(101, "resume")
+    run.until(lambda: [e for e in run.find("epoch_end") if e["step"] > paused["step"] + steps])
+    assert all(e["step"] == (e["epoch"] + 1) * steps for e in run.find("epoch_end"))  # every epoch whole
+    assert run.stop() == 0
+
+
+def test_an_order_lost_with_a_crash_is_carried_out_again_on_resume(live):
+    run = live()  # snapshot files only when asked: a crash restarts the trial from scratch
+    document = run.document()
+    document["lr"] = 0.02
+    run.write(document)
+    nudge = run.until(lambda: run.find("nudge", source="control"))[0]
+    run.process.kill()
+    run.process.wait()
+    run.process = subprocess.Popen([sys.executable, "-m", "runner", "resume", run.run_dir, "--plain"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def after_resume() -> list[dict]:
+        events = run.events()
+        starts = [i for i, e in enumerate(events) if e["event"] == "trial_resume"]
+        return events[starts[0]:] if starts else []
+
+    again = run.until(lambda: [e for e in after_resume() if e["event"] == "nudge"])[0]
+    assert again["order"] == nudge["order"] and again["changes"]["lr"]["new"] == 0.02
+    assert again["step"] == 0  # no snapshot file: the trial started again, and the order was carried out again
+    assert not [e for e in run.events() if e["event"] == "nudge" and e["step"] == nudge["step"] > 0]  # cut
+    run.until(lambda: [e for e in run.find("epoch_end") if e["lr"] == 0.02])
+    assert run.stop() == 0
+    read = next(r for r in orjson.loads((run.run_dir / "status.json").read_bytes())["control"]["recent"]
+                if r["read"] == 1)
+    assert read["outcome"] == "applied"
