@@ -40,11 +40,12 @@ class Prune:
 @dataclass(frozen=True)
 class Rollback:
     """Go back to a snapshot: ``"last"`` (the newest), ``"best"``, ``"before_nudge"`` (the
-    one taken just before the latest nudge), or the one taken after epoch ``to`` (an int); ``older`` skips that many newer matches (when going back to the
-    last snapshot did not help, go further). ``lr_factor`` multiplies the lower of the
-    restored learning rate and the one in force before the rollback (so repeated rollbacks
-    keep cutting, and a bad nudge is not carried back); ``reshuffle`` draws a new data order, so the batches that blew up
-    are not replayed in the same state."""
+    one taken just before the latest nudge), or the one taken after epoch ``to`` (an int);
+    ``older`` skips that many newer matches (when going back to the last snapshot did not
+    help, go further). ``lr_factor`` multiplies the lower of the restored learning rate and
+    the one in force before the rollback (so repeated rollbacks keep cutting, and a bad
+    nudge is not carried back); ``reshuffle`` draws a new data order, so the batches that
+    blew up are not replayed in the same state."""
 
     to: str | int = "last"  # "last", "best", "before_nudge" or an epoch
     older: int = 0

@@ -7,7 +7,9 @@ The driver hands an executor jobs while it has room and collects results as tria
         result = executor.next_result()
 
 ``run_trial`` is the function that trains one job to its end; an in-process executor calls
-it directly, others call it where the trial runs.
+it directly, others call it where the trial runs. It writes events and takes the control
+file's orders through objects of the driver's process (the event log, the control inbox),
+so an executor that runs trials elsewhere must carry those across.
 """
 
 from __future__ import annotations

@@ -47,11 +47,14 @@ class Mailbox:
         self._arrived = threading.Event()
 
     def put(self, delivery: Delivery) -> None:
+        """Called on the watcher's thread (or by ``open``): the trial finds it at its next step."""
         self.items.append(delivery)
         self._arrived.set()
 
     def wait(self, timeout: float) -> None:
-        """Block until mail arrives or ``timeout`` passes (a paused trial waiting for resume)."""
+        """Block until mail arrives or ``timeout`` passes (a paused trial waiting for resume).
+        Clearing after the wait can swallow a signal for mail already queued; harmless, as the
+        caller looks at ``items`` before every wait."""
         self._arrived.wait(timeout)
         self._arrived.clear()
 

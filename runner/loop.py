@@ -455,8 +455,9 @@ class TrialLoop:
             self.mailbox.wait(0.2)
 
     def carry_out(self, delivery: Delivery, partial: tuple[int, float]) -> None:
-        """One order from the control file. One that cannot be carried out (no snapshot to
-        roll back to, a value the backend refuses) is reported and training goes on."""
+        """Called by ``take_mail`` on the training thread: one order from the control file.
+        One that cannot be carried out (no snapshot to roll back to, a value the backend
+        refuses) is reported and training goes on."""
         notify, label = self.runner.inbox.notify, escape(f"t{self.trial.id:03d} step {self.trial.step}: {delivery.what}")
         self.order = delivery.order
         try:
