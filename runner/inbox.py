@@ -92,7 +92,7 @@ class ControlInbox:
         it is gone): its settings are the starting point and are not applied again. Then
         watches it."""
         if fresh or not self.path.exists():
-            atomic_write(self.path, initial)
+            atomic_write(self.path, initial, durable=False)  # rebuilt by a resume if a crash loses it
         try:
             data = self._read()
             self.baseline = parse(data, self.schema)

@@ -63,7 +63,7 @@ class FileWatcher:
 
     def __init__(self, path: Path, check: Callable[[bool], bool], *, on_idle: Callable[[], None] = lambda: None,
                  poll: bool = False, poll_interval: float = 0.1, quiet: float = 0.02, settle: float = 0.25,
-                 idle: float = 0.5):
+                 idle: float = 0.1):
         self.path, self.check, self.on_idle = path, check, on_idle
         self.poll_interval, self.settle, self.idle = poll_interval, settle, idle
         self.quiet = 0.0 if poll else quiet

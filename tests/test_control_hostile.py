@@ -359,9 +359,9 @@ class Run(SimpleNamespace):
         """The first event matching ``predicate``; polls the log (the limit only stops a hang)."""
         deadline = time.monotonic() + WAIT
         while True:
-            for event in self.events():
-                if predicate(event):
-                    return event
+            for record in self.events():
+                if predicate(record):
+                    return record
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {what} within {WAIT}s; the last events: {self.events()[-5:]}")
             time.sleep(0.01)
