@@ -230,7 +230,7 @@ def load_state_parts(fx: Fixture, samples: int, target_s: float) -> dict[str, li
     """The pieces of NumpyBackend.load_state, each timed alone (line numbers in the printout)."""
     import numpy as np
 
-    from plugins.backends.numpy_mlp.backend import _rng_state_from_json
+    from plugins.backends.mlp_family import rng_state_from_json as _rng_state_from_json
     from plugins.backends.numpy_mlp.optimizers import copy_into
 
     backend, arrays, meta = fx.backend, fx.state.arrays, fx.state.meta

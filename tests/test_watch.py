@@ -44,9 +44,12 @@ def test_in_place_writes_renames_and_sed_are_each_seen(tmp_path, poll):
         until(lambda: b'{"a": 2}' in seen)
         subprocess.run(["sed", "-i", "s/2/3/", str(path)], check=True)
         until(lambda: b'{"a": 3}' in seen)
-        (tmp_path / "events.jsonl").write_text("x\n" * 100)  # another file in the folder: no check
+        time.sleep(0.3)  # a save may be checked more than once (the inbox skips bytes it has read)
+        checks = len(seen)
+        with open(tmp_path / "events.jsonl", "a") as log:  # another file in the folder: no check
+            log.write("x\n" * 100)
         time.sleep(0.3)
-        assert seen.count(b'{"a": 3}') == 1
+        assert len(seen) == checks
     finally:
         watcher.stop()
 
