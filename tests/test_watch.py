@@ -31,6 +31,15 @@ def until(condition, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def settled(seen: list, quiet: float = 0.5) -> int:
+    """How many checks there were once none came for ``quiet`` seconds."""
+    while True:
+        count = len(seen)
+        time.sleep(quiet)
+        if len(seen) == count:
+            return count
+
+
 @pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
 def test_in_place_writes_renames_and_sed_are_each_seen(tmp_path, poll):
     path = tmp_path / "control.json"
@@ -44,8 +53,7 @@ def test_in_place_writes_renames_and_sed_are_each_seen(tmp_path, poll):
         until(lambda: b'{"a": 2}' in seen)
         subprocess.run(["sed", "-i", "s/2/3/", str(path)], check=True)
         until(lambda: b'{"a": 3}' in seen)
-        time.sleep(0.3)  # a save may be checked more than once (the inbox skips bytes it has read)
-        checks = len(seen)
+        checks = settled(seen)  # a save may be checked more than once (the inbox skips bytes it has read)
         with open(tmp_path / "events.jsonl", "a") as log:  # another file in the folder: no check
             log.write("x\n" * 100)
         time.sleep(0.3)
