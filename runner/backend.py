@@ -79,8 +79,16 @@ class Backend(ABC):
         """Called before an epoch's first step: reshuffle, apply the learning-rate schedule."""
 
     @abstractmethod
-    def train_step(self) -> float:
-        """Train on the next mini-batch; return its loss (before the update)."""
+    def train_step(self) -> float | None:
+        """Train on the next mini-batch; return its loss (before the update). A backend on a
+        GPU may return an earlier step's loss, or None, so as not to wait for the device
+        every step; it then hands the rest over in ``pending_losses``."""
+
+    def pending_losses(self) -> list[float]:
+        """Called at the end of an epoch and before a mid-epoch snapshot: the losses of steps
+        ``train_step`` has not returned yet, oldest first. Empty for a backend that returns
+        each step's loss at once (the default)."""
+        return []
 
     @abstractmethod
     def evaluate(self, split: Literal["train", "val"]) -> dict[str, float]:

@@ -273,7 +273,8 @@ def _plugin_rows(plugins: Plugins) -> list[dict]:
     pm = plugins.manager
     by_plugin: dict[str, list[str]] = {}
     for entry in plugins.registry.entries():
-        by_plugin.setdefault(entry.plugin, []).append(f"{entry.kind} {entry.name}")
+        note = f" (unavailable: {entry.unavailable})" if entry.unavailable else ""
+        by_plugin.setdefault(entry.plugin, []).append(f"{entry.kind} {entry.name}{note}")
     rows = []
     for name, plugin in sorted(pm.list_name_plugin()):
         rows.append({

@@ -331,7 +331,7 @@ class TrialLoop:
 
     def run_epoch(self) -> None:
         """The textbook epoch: mini-batch steps, an evaluation, then what the hooks decide."""
-        trial, backend, detector = self.trial, self.backend, self.detector
+        trial, backend = self.trial, self.backend
         epoch = trial.epoch
         started = time.perf_counter()
         if self.partial is None:
@@ -342,21 +342,22 @@ class TrialLoop:
         steps = backend.steps_per_epoch
         every_steps = self.spec.checkpoint.every_steps
         mail = self.mailbox.items
-        for _ in range(steps - done):
+        for _ in range(steps - done):  # a snapshot below records the loss sum: first settle what a GPU owes
             if FLAG.requested:
+                total += self.settle(epoch)
                 self.interrupt(done, total)
             if mail or self.paused:
+                total += self.settle(epoch)
                 self.take_mail((done, total))
             if every_steps and done and trial.step % every_steps == 0 and trial.step != self.snapshot_step:
+                total += self.settle(epoch)
                 self.snapshot("steps", improved=False, partial=(done, total))
             loss = backend.train_step()
             trial.step += 1
-            if not math.isfinite(loss):
-                self.diverged(DivergenceEvent("non_finite_loss", epoch, trial.step, loss))
-            if detector.spiked(loss):
-                self.diverged(DivergenceEvent("loss_spike", epoch, trial.step, loss, detector.threshold()))
-            total += loss
+            if loss is not None:
+                total += self.checked(loss, epoch)
             done += 1
+        total += self.settle(epoch)
 
         val = backend.evaluate("val")
         if (blown := val_divergence(val["loss"], self.lowest_val_loss, self.spec.divergence)) is not None:
@@ -381,6 +382,18 @@ class TrialLoop:
             self.snapshot("best" if best else "epoch", improved=best)
         if self.ending is not None:
             raise self.ending
+
+    def checked(self, loss: float, epoch: int) -> float:
+        """A step's loss, once it is known to be finite and no spike (else a divergence)."""
+        if not math.isfinite(loss):
+            self.diverged(DivergenceEvent("non_finite_loss", epoch, self.trial.step, loss))
+        if self.detector.spiked(loss):
+            self.diverged(DivergenceEvent("loss_spike", epoch, self.trial.step, loss, self.detector.threshold()))
+        return loss
+
+    def settle(self, epoch: int) -> float:
+        """The sum of the losses the backend still owes (a GPU backend's last step), checked."""
+        return sum(self.checked(loss, epoch) for loss in self.backend.pending_losses())
 
     def track_best(self, metrics: dict[str, float]) -> bool:
         """Keep ``trial.best``, the metrics of its best epoch so far; True if this epoch is the new best."""

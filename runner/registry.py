@@ -27,8 +27,9 @@ KINDS: tuple[Kind, ...] = ("backend", "strategy", "dataset", "executor")
 class Entry:
     kind: Kind
     name: str
-    obj: Any  # a class (backends, strategies, executors) or a DatasetPlugin instance
+    obj: Any  # a class (backends, strategies, executors) or a DatasetPlugin instance; None if unavailable
     plugin: str  # the name of the plugin that registered it
+    unavailable: str | None = None  # why it cannot be used here, and how to fix that
 
 
 class Registry:
@@ -62,11 +63,21 @@ class Registry:
         self._check_class("executor", cls, Executor, Options=None)
         self._add("executor", cls)
 
+    def add_unavailable(self, kind: Kind, name: str, reason: str) -> None:
+        """Name something this plugin provides but cannot here, and say why and how to get it
+        (``backend "torch": needs PyTorch: pip install 'runner[torch]'``): ``runner plugins``
+        lists it, and an experiment asking for it stops with ``reason`` before anything runs."""
+        self._add(kind, _Named(name), unavailable=reason)
+
     def get(self, kind: Kind, name: str, path: str = "") -> Any:
-        """The object registered as ``name``; a SpecError naming ``path`` if there is none."""
+        """The object registered as ``name``; a SpecError naming ``path`` if there is none,
+        or if it is unavailable here (with the reason)."""
         entries = self._entries[kind]
         if name in entries:
-            return entries[name].obj
+            entry = entries[name]
+            if entry.unavailable:
+                raise SpecError(path, f'{kind} "{name}" is not available here: {entry.unavailable}')
+            return entry.obj
         hint = difflib.get_close_matches(name, list(entries), n=1)
         suggestion = f' (did you mean "{hint[0]}"?)' if hint else ""
         available = ", ".join(sorted(entries)) or "none"
@@ -90,7 +101,7 @@ class Registry:
             if required_base is not None and not issubclass(section, required_base):
                 raise PluginError(f"{where}: its {attribute} must subclass runner.{required_base.__name__}")
 
-    def _add(self, kind: Kind, obj: Any) -> None:
+    def _add(self, kind: Kind, obj: Any, unavailable: str | None = None) -> None:
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {self.provider!r} registered a {kind} without a name: {obj!r}")
@@ -99,4 +110,9 @@ class Registry:
             raise PluginError(
                 f'{kind} "{name}" is registered twice: by plugin {existing.plugin!r} and by plugin {self.provider!r}'
             )
-        self._entries[kind][name] = Entry(kind, name, obj, self.provider)
+        self._entries[kind][name] = Entry(kind, name, None if unavailable else obj, self.provider, unavailable)
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str

@@ -70,3 +70,14 @@ def run_file(path: Path, tmp_path: Path, extra=()) -> SimpleNamespace:
 @pytest.fixture
 def plugins():
     return load_plugins()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``torch`` skip, with the install command, where PyTorch is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        skip = pytest.mark.skip(reason="needs PyTorch: pip install 'runner[torch]'")
+        for item in items:
+            if "torch" in item.keywords:
+                item.add_marker(skip)

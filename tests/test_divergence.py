@@ -58,10 +58,12 @@ ABSURD = textwrap.dedent('''
 ''')
 
 
-def test_an_absurd_nudge_is_rolled_back_the_lr_cut_and_training_recovers(write_experiment, tmp_path):
+@pytest.mark.parametrize("backend", [{"name": "numpy"},
+                                     pytest.param({"name": "torch", "device": "cpu"}, marks=pytest.mark.torch)])
+def test_an_absurd_nudge_is_rolled_back_the_lr_cut_and_training_recovers(write_experiment, tmp_path, backend):
     plugin = tmp_path / "absurd.py"
     plugin.write_text(ABSURD)
-    changes = {"model": {"hidden": [16], "batch_norm": False},
+    changes = {"model": {"hidden": [16], "batch_norm": False}, "backend": backend,
                "train": {"epochs": 8, "optimizer": "momentum", "lr": 0.1},
                "search": {"strategy": {"name": "grid"}, "space": None}}
     board, events = run(write_experiment(changes), tmp_path, [str(plugin)])

@@ -34,6 +34,8 @@ def test_the_strategy_example_runs_as_written(write_experiment, tmp_path):
 
 def test_every_option_of_every_built_in_is_documented():
     for entry in load_plugins().registry.entries():
+        if entry.unavailable:  # its options are documented all the same; checked where it is installed
+            continue
         classes = [getattr(entry.obj, "Options", NoOptions)]
         if entry.kind == "backend":
             classes += [entry.obj.Model, entry.obj.Train]

@@ -290,3 +290,20 @@ def test_two_processes_cannot_share_a_run_directory(tmp_path):
         other = runner("resume", run_dir)
     assert other.returncode == 2 and f"another runner process is using {run_dir}" in other.stderr
     assert runner("resume", run_dir, "--plain").returncode == 0
+
+
+TORCH = deep_update(EXPERIMENT, {"name": "resumable-torch", "backend": {"name": "torch", "device": "cpu"}})
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kill", ["write:5", "trial_end:1"])
+def test_a_torch_run_killed_and_resumed_gives_the_uninterrupted_result(tmp_path, kill):
+    proc, run_dir = start(tmp_path, "torch-baseline", TORCH)
+    assert proc.returncode == 0, proc.stderr
+    baseline = outcome(run_dir)
+    proc, run_dir = start(tmp_path, "torch-killed", TORCH, kill=kill)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    resumed = runner("resume", run_dir, "--plain")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same(outcome(run_dir), baseline)
+    assert_clean_log(run_dir)

@@ -9,7 +9,11 @@ from runner.spec import load
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.json")), ids=lambda p: p.name)
+EXAMPLES = [pytest.param(p, marks=pytest.mark.torch) if "torch" in p.name else p
+            for p in sorted((ROOT / "experiments").glob("*.json"))]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_experiment_is_valid(path, plugins):
     spec = load(path, plugins.registry)
     assert spec.train.epochs >= 1

@@ -20,7 +20,7 @@ import numpy as np
 from runner import Backend, TrainConfig, bounds
 from runner.errors import SpecError, join_path
 
-from plugins.backends.numpy_mlp.schedules import scheduled_lr
+from plugins.backends.schedules import scheduled_lr
 
 
 @dataclass(frozen=True)

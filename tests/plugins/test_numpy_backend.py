@@ -18,7 +18,7 @@ from runner.typed import build
 from plugins.backends.numpy_mlp import Model, NumpyBackend, Options, Train, runner_register
 from plugins.backends.numpy_mlp.network import MLP, log_softmax, softmax_cross_entropy
 from plugins.backends.numpy_mlp.optimizers import make_optimizer
-from plugins.backends.numpy_mlp.schedules import scheduled_lr
+from plugins.backends.schedules import scheduled_lr
 
 
 # -- helpers ---------------------------------------------------------------------------------

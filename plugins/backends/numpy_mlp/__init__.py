@@ -2,7 +2,8 @@
 
 Registered through the ``runner`` entry-point group (``numpy = "plugins.backends.numpy_mlp"``).
 Modules: ``network`` (forward, backward, loss), ``optimizers`` (gd, momentum, rmsprop, adam),
-``schedules`` (learning-rate decay) and ``backend`` (``NumpyBackend`` and its config sections).
+and ``backend`` (``NumpyBackend``); the config sections, the data order and the
+learning-rate schedule are the MLP family's (``plugins.backends.mlp_family``, ``plugins.backends.schedules``).
 """
 
 from runner import hookimpl
