@@ -258,3 +258,45 @@ def test_a_trial_whose_params_the_backend_refuses_fails_alone_and_is_still_annou
 
     history = History.from_events(events)
     assert len(history) == 4 and len(history.finished) == 4
+
+
+LAGGING = '''
+from runner import hookimpl
+from plugins.backends.numpy_mlp import NumpyBackend
+
+class Lagging(NumpyBackend):
+    """The NumPy backend answering as a GPU backend does: each step returns the previous
+    step's loss (None at first), the rest comes from pending_losses."""
+    name = "numpy-lagging"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.owed = []
+
+    def train_step(self):
+        self.owed.append(super().train_step())
+        return self.owed.pop(0) if len(self.owed) > 1 else None
+
+    def pending_losses(self):
+        owed, self.owed = self.owed, []
+        return owed
+
+@hookimpl
+def runner_register(registry):
+    registry.add_backend(Lagging)
+'''
+
+
+def test_a_backend_that_returns_losses_late_gets_the_same_epochs_as_one_that_does_not(write_experiment, tmp_path):
+    plugin = tmp_path / "lagging.py"
+    plugin.write_text(LAGGING)
+    changes = {"train": {"epochs": 3}, "checkpoint": {"every_steps": 2}}
+    plain = run_file(write_experiment(changes), tmp_path / "plain")
+    late = run_file(write_experiment({**changes, "backend": {"name": "numpy-lagging"}}, name="late.json"),
+                    tmp_path / "late", [str(plugin)])
+
+    def epochs(run):
+        return [(e["trial"], e["epoch"], e["step"], e["train_loss"], e["val_loss"])
+                for e in run.events if e["event"] == "epoch_end"]
+
+    assert epochs(late) == epochs(plain)  # every loss counted, in its own epoch
