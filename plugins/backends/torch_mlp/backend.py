@@ -55,19 +55,20 @@ class Options:
     dtype: Literal["float32", "float64"] = field(default="float32", metadata=bounds(doc="floating-point type of parameters, data and all computation"))
 
     def check(self, path: str) -> None:
-        """The device must be named correctly and present on this machine."""
+        """The device must be named correctly and present on this machine (checked when the
+        experiment file is read, so a missing GPU stops the run before anything starts)."""
+        where = join_path(path, "device")
         if not _DEVICE.fullmatch(self.device):
-            raise SpecError(join_path(path, "device"), f'must be "auto", "cpu", "cuda", "cuda:N" or "mps", got "{self.device}"')
+            raise SpecError(where, f'must be "auto", "cpu", "cuda", "cuda:N" or "mps", got "{self.device}"')
         if self.device.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise SpecError(join_path(path, "device"), f'"{self.device}" asked for, but this machine has no CUDA device '
-                                                  f'(torch {torch.__version__}); use "auto" or "cpu"')
-            index = int(self.device.partition(":")[2] or 0)
-            if index >= torch.cuda.device_count():
-                raise SpecError(join_path(path, "device"), f'"{self.device}" asked for, but there are '
-                                                  f"{torch.cuda.device_count()} CUDA devices")
-        if self.device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise SpecError(join_path(path, "device"), '"mps" asked for, but MPS is not available here')
+                raise SpecError(where, f'"{self.device}" asked for, but this machine has no CUDA device '
+                                       f'(torch {torch.__version__}); use "auto" or "cpu"')
+            count = torch.cuda.device_count()
+            if int(self.device.partition(":")[2] or 0) >= count:
+                raise SpecError(where, f'"{self.device}" asked for, but there are {count} CUDA devices')
+        if self.device == "mps" and not torch.backends.mps.is_available():
+            raise SpecError(where, '"mps" asked for, but MPS is not available here')
 
 
 def resolve_device(name: str) -> torch.device:
