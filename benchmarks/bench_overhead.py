@@ -42,6 +42,7 @@ import dataclasses
 import datetime
 import functools
 import gc
+import inspect
 import json
 import os
 import platform
@@ -110,15 +111,21 @@ class MethodTimer:
         self.calls: dict[str, int] = defaultdict(int)
 
     def __enter__(self) -> MethodTimer:
-        # A method the class does not define itself (the runner changed) is simply not timed.
-        self._saved = {name: self.cls.__dict__[name] for name in self.methods if name in self.cls.__dict__}
+        # Methods the class defines or inherits (NumpyBackend inherits begin_epoch and
+        # hyperparameters from MiniBatchBackend); a method it lacks (the runner changed) is not timed.
+        self._own = {name for name in self.methods if name in self.cls.__dict__}
+        self._saved = {name: inspect.getattr_static(self.cls, name) for name in self.methods
+                       if inspect.getattr_static(self.cls, name, None) is not None}
         for name, method in self._saved.items():
             setattr(self.cls, name, self._wrap(name, method))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for name, method in self._saved.items():
-            setattr(self.cls, name, method)
+            if name in self._own:
+                setattr(self.cls, name, method)
+            else:  # inherited: remove the wrapper, the base class's method shows through again
+                delattr(self.cls, name)
 
     def _wrap(self, name, method):
         seconds, calls, profiler = self.seconds, self.calls, self.profiler
@@ -175,17 +182,21 @@ def bare_configs(raw: dict, params: dict) -> dict[str, dict]:
     return sections
 
 
-def bare_run(jobs: list[tuple[int, dict, int]], raw: dict, dataset) -> dict[int, dict[str, float]]:
-    """The hand-written loop: NumpyBackend built directly, epochs of steps, evaluate("val")."""
-    from plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Options, Train
+def bare_run(jobs: list[tuple[int, dict, int]], raw: dict, dataset, backend_cls: type | None = None
+             ) -> dict[int, dict[str, float]]:
+    """The hand-written loop: NumpyBackend (or ``backend_cls``, of the same MLP family) built
+    directly, epochs of steps, evaluate("val")."""
+    from plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Train
 
+    backend_cls = backend_cls or NumpyBackend
+    Options = backend_cls.Options
     finals = {}
     for trial, params, seed in jobs:
         cfg = bare_configs(raw, params)
         model = Model(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items()})
         train = Train(**cfg["train"])
         options = Options(**{k: v for k, v in cfg["backend"].items() if k != "name"})
-        backend = NumpyBackend(model=model, train=train, options=options, data=dataset, seed=seed)
+        backend = backend_cls(model=model, train=train, options=options, data=dataset, seed=seed)
         for epoch in range(train.epochs):
             backend.begin_epoch(epoch)
             total = 0.0
@@ -220,10 +231,27 @@ def runner_run(spec, plugins, dataset, root: Path, profiler: cProfile.Profile | 
     return seconds, {r.trial: {k: r.final[k] for k in COMPARED} for r in board}
 
 
-def timed_bare(jobs, raw, dataset) -> tuple[float, dict]:
+def print_direct_rows(direct: dict[str, dict[str, list[float]]], names: list[str]) -> None:
+    """The direct-measurement table: a row per place, ms per trial, a column per side."""
+    keys = list(dict.fromkeys(k for name in names for k in direct[name]))
+    print("| where | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for key in keys:
+        cells = []
+        for name in names:
+            values = direct[name].get(key)
+            if values:
+                m, lo, hi = median_min_max([v * 1e3 for v in values])
+                cells.append(f"{m:.3f} ({lo:.2f}..{hi:.2f})")
+            else:
+                cells.append("-")
+        print(f"| {key} | " + " | ".join(cells) + " |")
+
+
+def timed_bare(jobs, raw, dataset, backend_cls: type | None = None) -> tuple[float, dict]:
     gc.collect()
     start = time.perf_counter()
-    finals = bare_run(jobs, raw, dataset)
+    finals = bare_run(jobs, raw, dataset, backend_cls)
     return time.perf_counter() - start, finals
 
 
@@ -340,20 +368,22 @@ def bench_experiment(source: Path, trials: int, epochs: int, checkpoint: dict | 
     return raw
 
 
-def instrumented_runner(spec, plugins, dataset, root: Path, n: int) -> dict[str, float]:
+def instrumented_runner(spec, plugins, dataset, root: Path, n: int, backend_cls: type | None = None
+                        ) -> dict[str, float]:
     """One runner run with the backend's methods, the trial runner and the checkpoint store
     timed; seconds per trial by place."""
     from runner.loop import TrialRunner
 
     from plugins.backends.numpy_mlp.backend import NumpyBackend
 
+    backend_cls = backend_cls or NumpyBackend
     try:
         from runner.checkpoints import CheckpointStore
     except ImportError:  # a runner without snapshots
         CheckpointStore = None
-    backend_methods = TRAINING + OTHER_BACKEND + (("state",) if "state" in NumpyBackend.__dict__ else ())
+    backend_methods = TRAINING + OTHER_BACKEND + (("state",) if "state" in backend_cls.__dict__ else ())
     with contextlib.ExitStack() as stack:
-        backend = stack.enter_context(MethodTimer(NumpyBackend, backend_methods))
+        backend = stack.enter_context(MethodTimer(backend_cls, backend_methods))
         trials = stack.enter_context(MethodTimer(TrialRunner, ("__call__",)))
         store = stack.enter_context(MethodTimer(CheckpointStore, ("save", "collect"))) if CheckpointStore else None
         seconds, _ = runner_run(spec, plugins, dataset, root)
@@ -372,11 +402,12 @@ def instrumented_runner(spec, plugins, dataset, root: Path, n: int) -> dict[str,
     return {k: v / n for k, v in out.items()}
 
 
-def instrumented_bare(jobs, raw, dataset, n: int) -> dict[str, float]:
+def instrumented_bare(jobs, raw, dataset, n: int, backend_cls: type | None = None) -> dict[str, float]:
     from plugins.backends.numpy_mlp.backend import NumpyBackend
 
-    with MethodTimer(NumpyBackend, TRAINING) as backend:
-        seconds, _ = timed_bare(jobs, raw, dataset)
+    backend_cls = backend_cls or NumpyBackend
+    with MethodTimer(backend_cls, TRAINING) as backend:
+        seconds, _ = timed_bare(jobs, raw, dataset, backend_cls)
     training = backend.total(TRAINING)
     return {"outside training, all": (seconds - training) / n, "training (backend calls)": training / n}
 
@@ -533,19 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bare loop: {b_med / n * 1e3:.1f} ms per trial, {b_med / n / args.epochs * 1e3:.2f} ms per epoch")
     print()
     print(f"## Direct measurement: ms per trial (median (min..max) of {args.instrumented} instrumented rounds)")
-    keys = list(dict.fromkeys(k for name in names for k in direct[name]))
-    print("| where | " + " | ".join(names) + " |")
-    print("|---|" + "---:|" * len(names))
-    for key in keys:
-        cells = []
-        for name in names:
-            values = direct[name].get(key)
-            if values:
-                m, lo, hi = median_min_max([v * 1e3 for v in values])
-                cells.append(f"{m:.3f} ({lo:.2f}..{hi:.2f})")
-            else:
-                cells.append("-")
-        print(f"| {key} | " + " | ".join(cells) + " |")
+    print_direct_rows(direct, names)
     floor = statistics.median(direct[BARE]["outside training, all"]) * 1e3
     print("| outside training minus the bare column (runner's own, timers' cost removed) | - | "
           + " | ".join(f"{statistics.median(direct[name]['outside training, all']) * 1e3 - floor:.3f}"

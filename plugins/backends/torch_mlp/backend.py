@@ -240,8 +240,10 @@ class TorchBackend(MiniBatchBackend):
         to continue bit for bit (on CPU). ``arrays``: ``param/``, ``running/``, ``opt/<slot>/``,
         ``perm`` and ``rng/torch`` (the trial's torch generator); ``meta`` as the NumPy
         backend's (the NumPy generator that orders the data among it)."""
-        def host(tensor: torch.Tensor) -> np.ndarray:
-            return tensor.detach().to("cpu", copy=True).numpy()
+        on_cpu = self.device.type == "cpu"
+
+        def host(tensor: torch.Tensor) -> np.ndarray:  # a copy: training on must not change it
+            return tensor.detach().numpy().copy() if on_cpu else tensor.detach().cpu().numpy()
 
         arrays = {f"param/{k}": host(v) for k, v in self.params.items()}
         arrays.update({f"running/{k}": host(v) for k, v in self.running.items()})
