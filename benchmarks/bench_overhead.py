@@ -231,6 +231,22 @@ def runner_run(spec, plugins, dataset, root: Path, profiler: cProfile.Profile | 
     return seconds, {r.trial: {k: r.final[k] for k in COMPARED} for r in board}
 
 
+def planned_jobs(spec, plugins) -> list[tuple[int, dict, int]]:
+    """The trials, exactly as the runner's (random) strategy will ask for them: (id, params, seed)."""
+    from runner.loop import trial_seed
+    from runner.trial import History
+
+    strategy = plugins.registry.get("strategy", "random")(
+        space=spec.search.space, options=spec.search.strategy.options, seed=spec.seed,
+        metric=spec.search.metric, mode=spec.search.mode)
+    history, jobs = History(), []
+    while (params := strategy.ask(history)) is not None:
+        trial = len(history)
+        history.add(trial, params)
+        jobs.append((trial, params, trial_seed(spec.seed, trial)))
+    return jobs
+
+
 def print_direct_rows(direct: dict[str, dict[str, list[float]]], names: list[str]) -> None:
     """The direct-measurement table: a row per place, ms per trial, a column per side."""
     keys = list(dict.fromkeys(k for name in names for k in direct[name]))
@@ -443,10 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--trials, --epochs, --repeats, --instrumented and --cold must be >= 1")
     apply_blas_threads(parser, args)
 
-    from runner.loop import load_dataset, trial_seed
+    from runner.loop import load_dataset
     from runner.plugins import load_plugins
     from runner.spec import TOP_LEVEL, load
-    from runner.trial import History
 
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
@@ -478,14 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = warm_fixed_costs(experiment, work, 5)
 
         # The trials, exactly as the runner's strategy will ask for them (setup, not timed).
-        strategy = plugins.registry.get("strategy", "random")(
-            space=spec.search.space, options=spec.search.strategy.options, seed=spec.seed,
-            metric=spec.search.metric, mode=spec.search.mode)
-        history, jobs = History(), []
-        while (params := strategy.ask(history)) is not None:
-            trial = len(history)
-            history.add(trial, params)
-            jobs.append((trial, params, trial_seed(spec.seed, trial)))
+        jobs = planned_jobs(spec, plugins)
         n = len(jobs)
 
         sides = {BARE: lambda: timed_bare(jobs, raw, dataset)}

@@ -69,7 +69,7 @@ if str(ROOT) not in sys.path:  # ``python benchmarks/bench_torch.py`` from anywh
 from benchmarks.bench_checkpoints import cpu_jiffies, rotated  # noqa: E402
 from benchmarks.bench_overhead import (  # noqa: E402
     BARE, CHECKPOINTS_OFF, NO_CKPT, RUNNER, bench_experiment, compare, instrumented_bare,
-    instrumented_runner, machine, median_min_max, print_direct_rows, runner_run, timed_bare,
+    instrumented_runner, machine, median_min_max, planned_jobs, print_direct_rows, runner_run, timed_bare,
 )
 
 DEFAULT_EXPERIMENT = ROOT / "experiments" / "digits_random.json"
@@ -343,10 +343,9 @@ def torch_experiment(source: Path, trials: int, epochs: int, checkpoint: dict | 
 def overhead(args: argparse.Namespace) -> dict:
     import torch
 
-    from runner.loop import load_dataset, trial_seed
+    from runner.loop import load_dataset
     from runner.plugins import load_plugins
     from runner.spec import TOP_LEVEL, load
-    from runner.trial import History
 
     from plugins.backends.torch_mlp.backend import TorchBackend
 
@@ -374,14 +373,7 @@ def overhead(args: argparse.Namespace) -> dict:
         dataset = wide_dataset(args.wide_rows) if args.overhead_net == "wide" else load_dataset(spec, plugins)
 
         # The trials, exactly as the runner's strategy will ask for them (setup, not timed).
-        strategy = plugins.registry.get("strategy", "random")(
-            space=spec.search.space, options=spec.search.strategy.options, seed=spec.seed,
-            metric=spec.search.metric, mode=spec.search.mode)
-        history, jobs = History(), []
-        while (params := strategy.ask(history)) is not None:
-            trial = len(history)
-            history.add(trial, params)
-            jobs.append((trial, params, trial_seed(spec.seed, trial)))
+        jobs = planned_jobs(spec, plugins)
         n = len(jobs)
 
         sides = {BARE: functools.partial(timed_bare, jobs, raw, dataset, TorchBackend)}
