@@ -247,6 +247,18 @@ def planned_jobs(spec, plugins) -> list[tuple[int, dict, int]]:
     return jobs
 
 
+def print_metric_check(problems: list[str], trials: int, rounds: int) -> None:
+    """Whether every side ended every trial with bit-identical metrics (the first 20 misfits)."""
+    if problems:
+        print(f"FAILED: {len(problems)} mismatches")
+        for problem in problems[:20]:
+            print("  " + problem)
+    else:
+        print(f"ok: all {trials} trials end with bit-identical {', '.join(COMPARED)} on every side, "
+              f"in all {rounds} rounds (warm-up included)")
+    print()
+
+
 def print_direct_rows(direct: dict[str, dict[str, list[float]]], names: list[str]) -> None:
     """The direct-measurement table: a row per place, ms per trial, a column per side."""
     keys = list(dict.fromkeys(k for name in names for k in direct[name]))
@@ -599,14 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         print_profile(name, stats, n, args.top)
 
     print("## Check: same final metrics on every side")
-    if problems:
-        print(f"FAILED: {len(problems)} mismatches")
-        for p in problems[:20]:
-            print("  " + p)
-    else:
-        print(f"ok: all {n} trials end with bit-identical {', '.join(COMPARED)} on every side, "
-              f"in all {args.repeats + 1} rounds (warm-up included)")
-    print()
+    print_metric_check(problems, n, args.repeats + 1)
     direct_runner = statistics.median(direct[RUNNER]["outside training, all"]) * 1e3
     overhead = summary[RUNNER]["overhead"]
     print(f"## Targets ({RUNNER}): overhead <= 3 %: {'met' if overhead <= 0.03 else 'MISSED'} "

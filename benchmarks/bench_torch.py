@@ -69,7 +69,8 @@ if str(ROOT) not in sys.path:  # ``python benchmarks/bench_torch.py`` from anywh
 from benchmarks.bench_checkpoints import cpu_jiffies, rotated  # noqa: E402
 from benchmarks.bench_overhead import (  # noqa: E402
     BARE, CHECKPOINTS_OFF, NO_CKPT, RUNNER, bench_experiment, compare, instrumented_bare,
-    instrumented_runner, machine, median_min_max, planned_jobs, print_direct_rows, runner_run, timed_bare,
+    instrumented_runner, machine, median_min_max, planned_jobs, print_direct_rows, print_metric_check, runner_run,
+    timed_bare,
 )
 
 DEFAULT_EXPERIMENT = ROOT / "experiments" / "digits_random.json"
@@ -613,14 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         results["overhead_raw"] = {"wall_s": over["wall"], "direct_s_per_trial": {k: dict(v) for k, v in over["direct"].items()}}
         problems = over["problems"]
         print("## Check: same final metrics on every side of 2")
-        if problems:
-            print(f"FAILED: {len(problems)} mismatches")
-            for p in problems[:20]:
-                print("  " + p)
-        else:
-            print(f"ok: all {over['n']} trials end with bit-identical train_loss, val_loss and val_acc on every "
-                  f"side, in all {args.repeats + 1} rounds (warm-up included)")
-        print()
+        print_metric_check(problems, over["n"], args.repeats + 1)
     print("## Aims")
     for key, s in results.get("steps", {}).items():
         print(f"- NumPy within 1.5x of Torch, {key}: {'met' if s['met'] else 'MISSED'} "

@@ -110,15 +110,16 @@ class StatusBoard:
 
     def _on_trial_start(self, e: dict) -> None:
         self.doc["trials"][str(e["trial"])] = {
-            "state": "running", "epoch": 0, "step": 0, "params": e["params"],
-            "hyperparameters": dict(e["hyperparameters"]), "best": None, "rollbacks": 0, "last_change": None,
+            "state": "running", "epoch": 0, "step": 0, "params": e.get("params"),
+            "hyperparameters": dict(e.get("hyperparameters") or {}), "best": None, "rollbacks": 0, "last_change": None,
         }
 
     def _on_trial_resume(self, e: dict) -> None:
-        trial = self.doc["trials"].setdefault(str(e["trial"]), {"state": "running", "params": e.get("params"),
-                                                                 "best": None, "rollbacks": 0, "last_change": None})
-        trial.update(state="running", epoch=e["epoch"], step=e["step"],
-                     hyperparameters=dict(e.get("hyperparameters") or {}))
+        """A trial goes on after a resume: its ``trial_start`` was folded by ``replay``."""
+        if str(e["trial"]) not in self.doc["trials"]:
+            self._on_trial_start(e)
+        self.doc["trials"][str(e["trial"])].update(state="running", epoch=e["epoch"], step=e["step"],
+                                                   hyperparameters=dict(e.get("hyperparameters") or {}))
 
     def _on_epoch_end(self, e: dict) -> None:
         trial = self._trial(e)

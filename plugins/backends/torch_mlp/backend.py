@@ -176,20 +176,22 @@ class TorchBackend(MiniBatchBackend):
         """One update of every parameter, as ``plugins.backends.numpy_mlp.optimizers`` writes it."""
         self.t += 1
         lr, b1, b2, eps, name = self._lr, self._beta1, self._beta2, self.train.epsilon, self.train.optimizer
-        for key, w in self.params.items():
-            g = grads[key]
-            if name == "gd":
+        items = [(key, w, grads[key]) for key, w in self.params.items()]
+        if name == "gd":
+            for _, w, g in items:
                 w.sub_(g, alpha=lr)
-            elif name == "momentum":
-                v = self.moments["v"][key].mul_(b1).add_(g, alpha=1 - b1)
-                w.sub_(v, alpha=lr)
-            elif name == "rmsprop":
+        elif name == "momentum":
+            for key, w, g in items:
+                w.sub_(self.moments["v"][key].mul_(b1).add_(g, alpha=1 - b1), alpha=lr)
+        elif name == "rmsprop":
+            for key, w, g in items:
                 s = self.moments["s"][key].mul_(b2).addcmul_(g, g, value=1 - b2)
                 w.sub_(lr * g / (s.sqrt() + eps))
-            else:
+        else:
+            c1, c2 = 1.0 - b1**self.t, 1.0 - b2**self.t
+            for key, w, g in items:
                 v = self.moments["v"][key].mul_(b1).add_(g, alpha=1 - b1)
                 s = self.moments["s"][key].mul_(b2).addcmul_(g, g, value=1 - b2)
-                c1, c2 = 1.0 - b1**self.t, 1.0 - b2**self.t
                 w.sub_(v / ((s / c2).sqrt() + eps), alpha=lr / c1)
 
     def _lag(self, loss: torch.Tensor) -> float | None:
