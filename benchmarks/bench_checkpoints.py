@@ -102,8 +102,10 @@ class Fixture:
     """A real TrialLoop around a trained backend, with one snapshot in its memory ring."""
 
     def __init__(self, label: str, spec, plugins, dataset, backend, work: Path):
-        from runner.events import EventLog
         from runner.checkpoints import SnapshotWriter
+        from runner.control import ControlSchema
+        from runner.events import EventLog
+        from runner.inbox import ControlInbox
         from runner.loop import Experiment, TrialJob, TrialLoop, TrialRunner
 
         self.label, self.backend = label, backend
@@ -111,7 +113,8 @@ class Fixture:
         run_dir.mkdir()
         self.log = EventLog(run_dir / "events.jsonl")
         self.writer = SnapshotWriter()
-        runner = TrialRunner(Experiment(spec, run_dir, None), plugins, dataset, self.log, self.writer)
+        inbox = ControlInbox(run_dir / "control.json", ControlSchema(("lr",)), self.log)  # not watching: no orders
+        runner = TrialRunner(Experiment(spec, run_dir, None), plugins, dataset, self.log, self.writer, inbox)
         self.loop = TrialLoop(runner, TrialJob(trial=0, params={}, seed=1))
         self.loop.backend = backend
         # One epoch of training and an evaluation, so the state is a real end-of-epoch one.
@@ -177,6 +180,7 @@ def rollback_sides(fx: Fixture) -> dict:
             np.copyto(d, s)
 
     def rollback():
+        loop.stuck_rollbacks = 0  # thousands of samples must not trip the guard against endless rollbacks
         try:
             loop.rollback(decision, "plugin")
         except RolledBack:

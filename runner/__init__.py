@@ -12,9 +12,12 @@ import pluggy
 hookimpl = pluggy.HookimplMarker("runner")
 """Marks a function or method as an implementation of a ``runner_*`` hook."""
 
+from runner.babysitter import Babysitter  # noqa: E402
 from runner.backend import Backend, BackendState, NoOptions, TrainConfig  # noqa: E402
 from runner.data import DataOptions, Dataset, DatasetPlugin, RawData  # noqa: E402
-from runner.decisions import Checkpoint, Decision, Nudge, Pause, Prune, Rollback, Stop, Unpause  # noqa: E402
+from runner.decisions import (  # noqa: E402
+    Checkpoint, Decision, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Unpause,
+)
 from runner.errors import RunnerError, SpecError  # noqa: E402
 from runner.executor import Executor  # noqa: E402
 from runner.registry import Registry  # noqa: E402
@@ -29,7 +32,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
-    "Backend", "BackendState", "Checkpoint", "DataOptions", "Dataset", "DatasetPlugin", "Decision", "Executor",
-    "History", "NoOptions", "Nudge", "Pause", "Prune", "RawData", "Registry", "Rollback", "RunnerError", "Space",
+    "Babysitter", "Backend", "BackendState", "Checkpoint", "DataOptions", "Dataset", "DatasetPlugin", "Decision",
+    "Executor", "Finish", "History", "NoOptions", "Note", "Nudge", "Pause", "Prune", "RawData", "Registry", "Rollback", "RunnerError", "Space",
     "SpecError", "Stop", "Strategy", "TrainConfig", "Trial", "TrialResult", "Unpause", "bounds", "hookimpl",
 ]

@@ -202,16 +202,20 @@ class CheckpointStore:
 
     def save(self, state: BackendState, *, epoch: int, step: int, reason: str, best: bool,
              hyperparameters: dict[str, float], metrics: dict[str, float], loop: dict[str, Any],
-             durable: bool | None = None) -> Snapshot:
+             durable: bool | None = None, in_ring: bool = True) -> Snapshot:
         """Keep ``state`` in memory; write it too if ``min_interval`` has passed since the last
         file (``durable`` True or False forces the choice). ``loop`` is the trial loop's own
-        state (best metrics, divergence detector, event count...), restored with the backend's."""
+        state (best metrics, divergence detector, event count...), restored with the backend's.
+        ``in_ring`` False keeps a before-nudge snapshot only as the target of ``"before_nudge"``
+        (one of a point just restored, whose weights the ring holds already: rollbacks in a
+        row must still go further back)."""
         # The trial's event count makes the name unique even when a rollback retrains an epoch.
         name = f"e{epoch:05d}-s{step:09d}-n{loop.get('events', 0):06d}.npz"
         snapshot = Snapshot(self.folder / name, self.trial, epoch, step, reason, best)
         meta = {"trial": self.trial, "epoch": epoch, "step": step, "reason": reason, "best": best,
                 "hyperparameters": hyperparameters, "metrics": metrics, "loop": loop}
-        self.ring.append((snapshot, state, meta))
+        if in_ring:
+            self.ring.append((snapshot, state, meta))
         if reason == "before_nudge":
             self._before_nudge = (snapshot, state, meta)
         if durable is None:
@@ -256,14 +260,16 @@ class CheckpointStore:
                     or (meta["epoch"] == to and not isinstance(to, str) and at_boundary))
 
         def candidates():
+            if to == "before_nudge":  # only ever the latest, in memory (it may not be in the ring)
+                if self._before_nudge is not None:
+                    yield self._before_nudge[1], self._before_nudge[2]
+                return
             in_memory = set()
             for snapshot, state, meta in reversed(self.ring):
                 in_memory.add(snapshot.path)
                 yield state, meta
             if self._unwritten_best is not None:
                 yield self._unwritten_best[1], self._unwritten_best[2]
-            if to == "before_nudge" and self._before_nudge and self._before_nudge[0].path not in in_memory:
-                yield self._before_nudge[1], self._before_nudge[2]
             with self._changed:
                 durable = list(self._durable)
             for snapshot in reversed(durable):

@@ -29,6 +29,7 @@ from runner.resume import clean_temporary_files, plan_resume, read_run
 from runner.plugins import TRACE_ENV, Plugins, hooks_of, load_plugins
 from runner.nudge import Change, latest_run, read_status, send
 from runner.progress import ProgressReporter, status_view
+from runner.results import best_of_run
 from runner.spec import load
 
 plugin_option = click.option(
@@ -57,20 +58,32 @@ def main() -> None:
               show_default=True, help="Folder in which the run directory is created.")
 @plugin_option
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), help="Override the experiment file's seed.")
+@click.option("--from", "from_run", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR",
+              help="Start from the best trial of an earlier run: its searched values are set in the "
+                   "model, train and backend sections first (panda-nudge then babysits that config).")
 @click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
 @poll_option
-def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int | None, plain: bool, poll: bool) -> None:
+def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int | None, from_run: Path | None,
+          plain: bool, poll: bool) -> None:
     """Run the experiment described by EXPERIMENT (a JSON file)."""
     console = terminal()
     with reported_errors() as where:
-        plugins, spec, dataset = _prepare(experiment, plugin_refs, seed)
+        origin = None
+        if from_run is not None:
+            best = best_of_run(from_run)
+            origin = {"run_dir": str(from_run.resolve()), "trial": best["trial"], "params": best["params"],
+                      "score": best["score"]}
+            shown = ", ".join(f"{k}={v}" for k, v in best["params"].items()) or "its base config"
+            console.print(f"starting from t{best['trial']:03d} of {from_run}: {shown}", soft_wrap=True, markup=False)
+        plugins, spec, dataset = _prepare(experiment, plugin_refs, seed, origin["params"] if origin else None)
         run_dir = where.run_dir = create_run_dir(out, spec.name)
         console.print(f"run directory: {run_dir}", soft_wrap=True, markup=False)
         console.print(f"control file:  {run_dir / CONTROL_FILE}  (edit it, or: runner nudge {run_dir} lr=...)",
                       soft_wrap=True, markup=False)
         plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
         with run_lock(run_dir), graceful_interrupts():
-            board = run_experiment(spec, plugins, dataset, run_dir, poll=poll, notify=_notifier(console))
+            board = run_experiment(spec, plugins, dataset, run_dir, poll=poll, notify=_notifier(console),
+                                   origin=origin)
         _check(board, run_dir)
 
 
@@ -286,9 +299,10 @@ def _plugin_rows(plugins: Plugins) -> list[dict]:
     return rows
 
 
-def _prepare(experiment: Path, plugin_refs: tuple[str, ...], seed: int | None):
+def _prepare(experiment: Path, plugin_refs: tuple[str, ...], seed: int | None,
+             start_from: dict | None = None):
     plugins = load_plugins(plugin_refs)
-    spec = load(experiment, plugins.registry, seed=seed)
+    spec = load(experiment, plugins.registry, seed=seed, start_from=start_from)
     try:
         dataset = load_dataset(spec, plugins)
     except SpecError as err:

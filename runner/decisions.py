@@ -76,8 +76,34 @@ class Checkpoint:
     reason: str = ""
 
 
-Decision = Nudge | Stop | Prune | Rollback | Pause | Unpause | Checkpoint
-DECISIONS = (Nudge, Stop, Prune, Rollback, Pause, Unpause, Checkpoint)
+@dataclass(frozen=True)
+class Finish:
+    """End the trial now as ``completed``: it has trained enough (an early stop, a spent budget)."""
+
+    reason: str = ""
+
+
+NOTE_RESERVED = frozenset({"t", "event", "trial", "epoch", "step", "kind", "reason", "source", "order"})
+
+
+@dataclass(frozen=True)
+class Note:
+    """Write a ``note`` event, and change nothing: why a plugin or strategy did what it did
+    (``Note("keep", "lr 0.02 beat the trend", {"lr": 0.02})``). ``fields`` go into the event
+    beside ``kind`` and ``reason``; they must be JSON values and not shadow the event's own keys."""
+
+    kind: str
+    reason: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        clash = sorted(NOTE_RESERVED & set(self.fields))
+        if clash:
+            raise ValueError(f"a Note's fields may not be named {', '.join(clash)}")
+
+
+Decision = Nudge | Stop | Prune | Finish | Rollback | Pause | Unpause | Checkpoint | Note
+DECISIONS = (Nudge, Stop, Prune, Finish, Rollback, Pause, Unpause, Checkpoint, Note)
 
 
 def flatten(results: list[Any]) -> list[Decision]:

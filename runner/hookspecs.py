@@ -85,8 +85,8 @@ def runner_epoch_end(trial: Trial, epoch: int, metrics: dict[str, float]) -> Dec
     ``epoch`` counts from 0; ``metrics`` holds ``train_loss``, ``val_loss``, ``val_acc``,
     ``lr``, ``momentum`` and ``seconds`` (plus any metric the backend adds). Every
     implementation is called; each may return None, a decision or a list of decisions
-    (``Nudge``, ``Stop``, ``Prune``), which the loop applies in plugin call order before
-    the next epoch.
+    (``Nudge``, ``Rollback``, ``Stop``, ``Prune``, ``Finish``, ``Note``), which the loop
+    applies in plugin call order before the next epoch.
     """
 
 
@@ -96,7 +96,9 @@ def runner_divergence(trial: Trial, event: DivergenceEvent, experiment: Experime
     step), or a non-finite or exploding validation loss (checked each epoch).
 
     ``event`` says what was seen (``kind``, ``epoch``, ``step``, ``loss``, ``threshold``);
-    ``trial.rollbacks`` counts the rollbacks so far; ``experiment.spec.divergence`` holds
+    ``trial.divergence_rollbacks`` counts the rollbacks that answered a divergence so far
+    (``trial.recent_rollbacks`` those since an epoch last trained through, ``trial.rollbacks``
+    all rollbacks, a person's and a strategy's included); ``experiment.spec.divergence`` holds
     the experiment's divergence options. Stops at the first non-None result, which decides
     what happens: ``Rollback`` restores a snapshot and training goes on; ``Stop`` or
     ``Prune`` end the trial in that state. With no answer the trial ends as ``diverged``.
@@ -110,7 +112,7 @@ def runner_nudge_applied(trial: Trial, change: dict[str, Any], source: str) -> N
     """Called after a nudge took effect, before the next training step.
 
     ``change`` maps each hyperparameter to ``{"old": .., "new": ..}``; ``source`` says who
-    asked (``plugin``, ``divergence``, ``strategy``, ``control``). Results are ignored.
+    asked (``plugin``, ``strategy``, ``control``). Results are ignored.
     """
 
 

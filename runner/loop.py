@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from rich.markup import escape
 
 from runner import __version__
+from runner.babysitter import Babysitter
 from runner.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot
 from runner.control import FILE_NAME as CONTROL_FILE, ControlSchema, initial_document
 from runner.data import Dataset, prepare
-from runner.decisions import Checkpoint, Nudge, Pause, Prune, Rollback, Stop, Unpause, flatten
+from runner.decisions import Checkpoint, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Unpause, flatten
 from runner.divergence import DivergenceEvent, SpikeDetector, val_divergence
 from runner.errors import RunnerError, SpecError
 from runner.events import EventLog
@@ -33,7 +35,7 @@ from runner.files import write_json
 from runner.plugins import Plugins
 from runner.results import leaderboard, results_document
 from runner.resume import ResumePlan, rewrite_events
-from runner.strategy import TRIAL_STREAM
+from runner.strategy import TRIAL_STREAM, Strategy
 from runner.spec import ExperimentSpec, trial_sections
 from runner.status import FILE_NAME as STATUS_FILE, StatusBoard
 from runner.trial import History, Trial, TrialResult, better
@@ -83,14 +85,16 @@ def trial_seed(experiment_seed: int, trial_id: int) -> int:
 
 def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run_dir: Path,
                    resume: ResumePlan | None = None, *, poll: bool = False,
-                   notify: Callable[[str], None] = lambda message: None) -> list[TrialResult]:
+                   notify: Callable[[str], None] = lambda message: None,
+                   origin: dict[str, Any] | None = None) -> list[TrialResult]:
     """Run every trial the strategy asks for; write the event log, ``status.json`` and
     ``results.json``, and take orders from the control file while trials train.
 
     With ``resume`` (see ``runner.resume``), the run directory's log is first cut to what
     ``resume`` keeps; its interrupted trials continue before any new one is asked for.
     ``poll`` watches the control file by polling (for file systems without inotify);
-    ``notify`` shows a person what the control file did (a line of rich markup).
+    ``notify`` shows a person what the control file did (a line of rich markup); ``origin``
+    names the earlier run's trial whose config this run starts from (``runner start --from``).
     Returns the leaderboard, best first.
     """
     registry, hook = plugins.registry, plugins.hook
@@ -100,6 +104,7 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         metric=search.metric, mode=search.mode,
     )
     experiment = Experiment(spec, run_dir, strategy.planned_trials())
+    past = [] if resume is None else resume.events
     if resume is None:
         write_json(run_dir / "experiment.json", {**spec.raw, "seed": spec.seed})  # the seed in force
         history, waiting = History(), []
@@ -114,6 +119,7 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
     backend_cls = registry.get("backend", spec.backend.name)
     control_path = run_dir / CONTROL_FILE
     with EventLog(run_dir / "events.jsonl") as log:
+        strategy.write_note = note_writer(log, past)
         status = StatusBoard(run_dir / STATUS_FILE, control={"path": str(control_path.resolve()),
                                                              "settings": list(backend_cls.live)})
         inbox = ControlInbox(control_path, ControlSchema.for_backend(backend_cls), log, poll=poll, notify=notify,
@@ -126,7 +132,7 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
             log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir.resolve()),
                      base_dir=str(spec.base_dir), plugins=plugins.origins, plugin_files=plugins.extra,
                      runner_version=__version__, metric=search.metric, mode=search.mode,
-                     planned_trials=experiment.planned_trials)
+                     planned_trials=experiment.planned_trials, started_from=origin)
         else:
             log.emit("resume", trials={str(j.trial): j.resume for j in waiting}, notes=resume.notes,
                      runner_version=__version__)
@@ -137,7 +143,7 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
             inbox.start(initial_control(spec, registry, backend_cls.live), fresh=resume is None)
             status.set_control(watching=inbox.mode)  # polling if inotify could not be had
             hook.runner_experiment_start(experiment=experiment)
-            run_trial = TrialRunner(experiment, plugins, dataset, log, writer, inbox)
+            run_trial = TrialRunner(experiment, plugins, dataset, log, writer, inbox, strategy)
             executor = registry.get("executor", spec.executor.name)(spec.executor.options, run_trial=run_trial)
             while True:
                 while not stopping and executor.has_room():
@@ -179,6 +185,22 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
     return board
 
 
+def note_writer(log: EventLog, past: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
+    """How a strategy's notes reach the log: as ``note`` events, except those a resumed
+    run writes again exactly as the run wrote them before it stopped."""
+    written = [{k: v for k, v in e.items() if k not in ("t", "event", "source")}
+               for e in past if e["event"] == "note" and e.get("source") == "strategy" and "trial" not in e]
+
+    def write(note: dict[str, Any]) -> None:
+        note = orjson.loads(orjson.dumps(note))  # as it reads back: tuples become lists
+        if note in written:
+            written.remove(note)
+            return
+        log.emit("note", source="strategy", **note)
+
+    return write
+
+
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -195,19 +217,24 @@ class TrialRunner:
     """Trains trials to their end. Executors call it with a ``TrialJob``."""
 
     def __init__(self, experiment: Experiment, plugins: Plugins, dataset: Dataset, log: EventLog,
-                 writer: SnapshotWriter, inbox: ControlInbox):
+                 writer: SnapshotWriter, inbox: ControlInbox, strategy: Strategy | None = None):
         self.experiment, self.plugins, self.dataset, self.log, self.writer = experiment, plugins, dataset, log, writer
-        self.inbox = inbox
+        self.inbox, self.strategy = inbox, strategy
 
     def __call__(self, job: TrialJob) -> TrialResult:
         return TrialLoop(self, job).run()
 
 
-MAX_ROLLBACKS = 100  # per trial, whoever asks: a plugin that always rolls back must not loop forever
+MAX_ROLLBACKS = 100  # in a row without reaching a new epoch, whoever asks: a plugin that always rolls back must not loop forever
 
 
 class RolledBack(Exception):
-    """Raised inside an epoch after a rollback: the epoch loop starts again from the snapshot."""
+    """Raised inside an epoch after a rollback: the epoch loop starts again from the snapshot.
+    ``after`` holds what the babysitter decided on hearing of it, to apply to the restored state."""
+
+    def __init__(self, after: list | None = None):
+        super().__init__()
+        self.after = after or []
 
 
 class TrialLoop:
@@ -233,7 +260,11 @@ class TrialLoop:
         self.lowest_val_loss: float | None = None
         self.ending: EndTrial | None = None  # a Stop or Prune decided at the epoch the snapshot closes
         self.snapshot_step = -1  # step of the newest snapshot, so a restored one is not taken twice
+        self.restored_step = -1  # step the last rollback restored (until training moves on, the ring holds it)
         self.backend = None
+        self.babysitter = Babysitter()  # the strategy's, if it babysits trials (set once the trial is built)
+        self.furthest = 0  # the most epochs this trial has completed, on any path
+        self.stuck_rollbacks = 0  # rollbacks since the trial last completed more epochs than ever before
         self.mailbox = runner.inbox.open(job.trial)  # orders from the control file
         self.paused = False
         self.order: str | None = None  # the control-file order being carried out: events name it
@@ -253,6 +284,8 @@ class TrialLoop:
             self.backend = self.backend_cls(model=model, train=train, options=options,
                                             data=self.runner.dataset, seed=trial.seed)
             trial.hyperparameters = self.backend.hyperparameters()
+            if self.runner.strategy is not None:
+                self.babysitter = self.runner.strategy.babysitter(trial) or self.babysitter
             announced = True
             if self.job.resume:
                 self.resume(Path(self.job.resume))
@@ -365,6 +398,8 @@ class TrialLoop:
         self.lowest_val_loss = min(val["loss"], self.lowest_val_loss or math.inf)
         trial.hyperparameters = backend.hyperparameters()
         trial.recent_rollbacks = 0  # this epoch trained through
+        if epoch + 1 > self.furthest:
+            self.furthest, self.stuck_rollbacks = epoch + 1, 0
         metrics = {
             "train_loss": total / steps,
             **{f"val_{name}": value for name, value in val.items()},
@@ -376,6 +411,9 @@ class TrialLoop:
         self.emit("epoch_end", epoch=epoch, step=trial.step, **metrics)
         decisions = flatten(self.hook.runner_epoch_end(trial=trial, epoch=epoch, metrics=metrics))
         self.ending = self.apply(decisions, source="plugin", partial=None)
+        if self.ending is None:
+            decisions = flatten([self.babysitter.epoch_end(trial, epoch, metrics)])
+            self.ending = self.apply(decisions, source="strategy", partial=None)
         options = self.spec.checkpoint
         if (options.every_epochs and trial.epoch % options.every_epochs == 0) or (improved and options.best):
             best = improved and options.best
@@ -421,11 +459,12 @@ class TrialLoop:
     # -- decisions --------------------------------------------------------------------------
 
     def apply(self, decisions: list, source: str, partial: tuple[int, float] | None) -> EndTrial | None:
-        """Apply decisions in order. A rollback happens at once (it raises RolledBack); an end
-        (Stop, Prune) is returned, so the epoch's snapshot is still taken before it.
-        ``partial`` is (steps done, loss sum) when applied mid-epoch."""
+        """Apply decisions in order. An end (Stop, Prune, Finish) is returned, so the epoch's
+        snapshot is still taken before it. A rollback happens at once: what the babysitter
+        answers to it, then the decisions after it, apply to the restored state, then
+        RolledBack is raised (the epoch loop starts again from the snapshot). ``partial`` is (steps done, loss sum) when applied mid-epoch."""
         trial = self.trial
-        for decision in decisions:
+        for index, decision in enumerate(decisions):
             if isinstance(decision, Nudge):
                 self.nudge(decision, source, partial)
             elif isinstance(decision, Rollback):
@@ -435,6 +474,18 @@ class TrialLoop:
                     if source == "control":
                         raise
                     raise EndTrial("diverged" if source == "divergence" else "failed", str(missing)) from None
+                except RolledBack as rolled:
+                    ending = (self.apply(rolled.after, "strategy", partial=self.partial)
+                              or self.apply(decisions[index + 1:], source, partial=self.partial))
+                    if ending is not None:
+                        raise ending from None
+                    raise
+            elif isinstance(decision, Note):
+                self.emit("note", epoch=trial.epoch, step=trial.step, kind=decision.kind, reason=decision.reason,
+                          source=source, **decision.fields)
+            elif isinstance(decision, Finish):
+                self.emit("finish", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
+                return EndTrial("completed", decision.reason)
             elif isinstance(decision, Prune):
                 self.emit("prune", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
                 return EndTrial("pruned", decision.reason)
@@ -498,7 +549,8 @@ class TrialLoop:
                                                  f"live: {', '.join(live)}")
             if name in self.backend_cls.Train.__dataclass_fields__:
                 check_field(self.backend_cls.Train, name, value, f"nudge.{name}")
-        self.snapshot("before_nudge", improved=False, durable=False, partial=partial)
+        self.snapshot("before_nudge", improved=False, durable=False, partial=partial,
+                      in_ring=self.trial.step != self.restored_step)
         before = backend.hyperparameters()
         backend.set_hyperparameters(**nudge.changes)
         self.trial.hyperparameters = backend.hyperparameters()
@@ -506,6 +558,7 @@ class TrialLoop:
         self.emit("nudge", epoch=self.trial.epoch, step=self.trial.step, changes=change, source=source,
                   reason=nudge.reason)
         self.hook.runner_nudge_applied(trial=self.trial, change=change, source=source)
+        self.babysitter.nudge_applied(self.trial, change, source)
 
     def diverged(self, event: DivergenceEvent) -> None:
         """Report a divergence and carry out the policy's answer; never returns normally."""
@@ -517,7 +570,8 @@ class TrialLoop:
                   rollbacks=trial.rollbacks)
         decision = self.hook.runner_divergence(trial=trial, event=event, experiment=self.runner.experiment)
         if decision is None:
-            tried = f" after {trial.rollbacks} rollback{'s' * (trial.rollbacks != 1)}" if trial.rollbacks else ""
+            n = trial.divergence_rollbacks
+            tried = f" after {n} rollback{'s' * (n != 1)}" if n else ""
             raise EndTrial("diverged", f"{event.kind} at step {event.step}{tried}")
         if not isinstance(decision, (Rollback, Stop, Prune)):
             raise TypeError(f"runner_divergence answered {decision!r}; it may answer Rollback, Stop, Prune or None")
@@ -526,8 +580,9 @@ class TrialLoop:
     def rollback(self, rollback: Rollback, source: str) -> None:
         """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
         trial, backend = self.trial, self.backend
-        if trial.rollbacks >= MAX_ROLLBACKS:
-            raise EndTrial("failed", f"{trial.rollbacks} rollbacks: something keeps rolling this trial back")
+        if self.stuck_rollbacks >= MAX_ROLLBACKS:
+            raise EndTrial("failed", f"{self.stuck_rollbacks} rollbacks without reaching a new epoch: "
+                                     "something keeps rolling this trial back")
         found = self.store.find(rollback.to, rollback.older)
         if found is None:
             which = {"last": "snapshot", "best": "best snapshot", "before_nudge": "snapshot from before a nudge"}
@@ -537,18 +592,23 @@ class TrialLoop:
         lr_before, step_before, epoch_before = backend.hyperparameters().get("lr"), trial.step, trial.epoch
         backend.load_state(state)
         self.restore_loop(meta)
+        self.restored_step = trial.step
         trial.rollbacks += 1
-        trial.recent_rollbacks += 1
+        self.stuck_rollbacks += 1
+        if source == "divergence":
+            trial.divergence_rollbacks += 1
+            trial.recent_rollbacks += 1
         if rollback.reshuffle:
             backend.reshuffle(trial.rollbacks)
         if rollback.lr_factor is not None:
             lower = min(backend.hyperparameters()["lr"], lr_before)
             backend.set_hyperparameters(lr=lower * rollback.lr_factor)
         trial.hyperparameters = backend.hyperparameters()
-        self.emit("rollback", to_epoch=trial.epoch, to_step=trial.step, from_epoch=epoch_before,
-                  from_step=step_before, snapshot=meta["reason"], reason=rollback.reason, source=source, lr_before=lr_before,
-                  lr_after=trial.hyperparameters.get("lr"), reshuffled=rollback.reshuffle, rollbacks=trial.rollbacks)
-        raise RolledBack
+        done = dict(to_epoch=trial.epoch, to_step=trial.step, from_epoch=epoch_before, from_step=step_before,
+                    snapshot=meta["reason"], reason=rollback.reason, source=source, lr_before=lr_before,
+                    lr_after=trial.hyperparameters.get("lr"), reshuffled=rollback.reshuffle, rollbacks=trial.rollbacks)
+        self.emit("rollback", **done)
+        raise RolledBack(flatten([self.babysitter.rolled_back(trial, done)]))
 
     # -- snapshots --------------------------------------------------------------------------
 
@@ -557,7 +617,9 @@ class TrialLoop:
         trial = self.trial
         ending = self.ending
         return {"best": trial.best, "metrics": trial.metrics, "rollbacks": trial.rollbacks,
-                "recent_rollbacks": trial.recent_rollbacks, "detector": self.detector.state(),
+                "recent_rollbacks": trial.recent_rollbacks, "divergence_rollbacks": trial.divergence_rollbacks,
+                "furthest": self.furthest, "stuck_rollbacks": self.stuck_rollbacks,
+                "babysitter": self.babysitter.state(), "detector": self.detector.state(),
                 "lowest_val_loss": self.lowest_val_loss, "events": self.events, "partial": partial,
                 "ending": None if ending is None else [ending.state, ending.reason, ending.experiment]}
 
@@ -567,6 +629,9 @@ class TrialLoop:
         loop, trial = meta["loop"], self.trial
         if counters:
             trial.rollbacks, trial.recent_rollbacks = loop["rollbacks"], loop["recent_rollbacks"]
+            trial.divergence_rollbacks = loop.get("divergence_rollbacks", trial.rollbacks)  # older snapshots count all
+            self.furthest, self.stuck_rollbacks = loop.get("furthest", meta["epoch"]), loop.get("stuck_rollbacks", 0)
+            self.babysitter.load_state(loop.get("babysitter") or {})
             self.events = loop["events"]
         trial.epoch, trial.step = meta["epoch"], meta["step"]
         trial.best, trial.metrics = loop["best"], loop["metrics"]
@@ -579,7 +644,7 @@ class TrialLoop:
             self.ending = EndTrial(state, reason, experiment=experiment)
 
     def snapshot(self, reason: str, *, improved: bool, durable: bool | None = None,
-                 partial: tuple[int, float] | None = None) -> None:
+                 partial: tuple[int, float] | None = None, in_ring: bool = True) -> None:
         """Take a snapshot; files written earlier are reported first (they had at least an
         epoch to be written, so this rarely waits), which keeps event order deterministic."""
         self.report_snapshots()
@@ -592,7 +657,7 @@ class TrialLoop:
         self.snapshot_step = trial.step
         self.store.save(state, epoch=trial.epoch, step=trial.step, reason=reason, best=improved,
                         hyperparameters=trial.hyperparameters, metrics=trial.metrics,
-                        loop=self.loop_state(partial), durable=durable)
+                        loop=self.loop_state(partial), durable=durable, in_ring=in_ring)
 
     def report_snapshots(self) -> None:
         """Wait for the trial's queued snapshot writes; log and announce each durable one."""

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from runner.trial import TrialResult
+import orjson
+
+from runner.errors import RunnerError
+from runner.trial import History, TrialResult
 
 
 def leaderboard(results: list[TrialResult], mode: str) -> list[TrialResult]:
@@ -35,3 +39,25 @@ def results_document(name: str, metric: str, mode: str, board: list[TrialResult]
         "trials": [r.to_json() for r in board],
     }
 
+
+
+def best_of_run(run_dir: Path) -> dict[str, Any]:
+    """The best trial of an earlier run, as in ``results.json``; for a run still going or
+    one that stopped early, the best of its trials finished so far, from its event log.
+    A RunnerError (exit 2) when it is no run or no trial of it has a score."""
+    from runner.resume import read_run  # resume reads snapshots; only this needs it
+
+    path = Path(run_dir) / "results.json"
+    if path.is_file():
+        try:
+            best = orjson.loads(path.read_bytes())["best"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as err:
+            raise RunnerError(f"{path} is damaged: {err}", exit_code=2) from None
+    else:
+        events = read_run(Path(run_dir))
+        start = events[0]
+        board = leaderboard([r.result for r in History.from_events(events).finished], start["mode"])
+        best = results_document(start["name"], start["metric"], start["mode"], board)["best"]
+    if best is None:
+        raise RunnerError(f"no trial of the run in {run_dir} has a score yet to start from", exit_code=2)
+    return best

@@ -107,6 +107,11 @@ class Int(Param):
         a, b = self._edges()
         return (self._warp(value + 0.5) - a) / (b - a)
 
+    def unit_cell(self, value: int) -> tuple[float, float]:
+        """The part of [0, 1] that ``value`` owns: ``from_unit`` maps every point of it to ``value``."""
+        a, b = self._edges()
+        return (self._warp(value) - a) / (b - a), (self._warp(value + 1) - a) / (b - a)
+
     def from_unit(self, u: float) -> int:
         a, b = self._edges()
         return int(min(max(math.floor(self._unwarp(a + u * (b - a))), self.low), self.high))

@@ -69,16 +69,26 @@ class ExperimentSpec:
         """
         config = {"model": copy.deepcopy(self.raw.get("model", {})), "train": copy.deepcopy(self.raw["train"]),
                   "backend": copy.deepcopy(self.backend.raw)}
-        for path, value in params.items():
-            check_searchable(path)
-            section, *keys = path.split(".")
-            node = config[section]
-            for key in keys[:-1]:
-                node = node.setdefault(key, {})
-                if not isinstance(node, dict):
-                    raise SpecError(join_path("search.space", path), f"{key} is not an object that holds options")
-            node[keys[-1]] = value
+        set_paths(config, params, "search.space")
         return config
+
+
+def set_paths(config: dict[str, Any], params: dict[str, Any], where: str) -> None:
+    """Set each dotted path of ``params`` (``train.lr``) in ``config``'s sections, in place;
+    a SpecError (under ``where``) for a path that names no searchable key."""
+    for path, value in params.items():
+        check_searchable(path, where)
+        section, *keys = path.split(".")
+        node = config.setdefault(section, {} if section != "backend" else {"name": "numpy"})
+        if isinstance(node, str) and section == "backend":  # the shorthand "backend": "torch"
+            node = config[section] = {"name": node}
+        if not isinstance(node, dict):
+            raise SpecError(section, "must be an object")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise SpecError(join_path(where, path), f"{key} is not an object that holds options")
+        node[keys[-1]] = value
 
 
 def read_json(path: Path) -> Any:
@@ -98,11 +108,18 @@ def read_json(path: Path) -> Any:
 
 
 def load(path: str | Path, registry: Registry, *, seed: int | None = None,
-         base_dir: Path | None = None) -> ExperimentSpec:
+         base_dir: Path | None = None, start_from: dict[str, Any] | None = None) -> ExperimentSpec:
     """Read and validate an experiment file. ``seed`` overrides the file's seed; relative
-    paths in it resolve against ``base_dir`` (default: the file's folder)."""
+    paths in it resolve against ``base_dir`` (default: the file's folder). ``start_from``
+    (dotted path -> value, an earlier run's best trial) is set in the file's model, train
+    and backend sections first, so the run's ``experiment.json`` holds it."""
     path = Path(path)
     raw = read_json(path)
+    if start_from:
+        if not isinstance(raw, dict):
+            raise SpecError("", "an experiment file must hold a JSON object", source=str(path))
+        raw = copy.deepcopy(raw)
+        set_paths(raw, start_from, "--from")
     try:
         return parse(raw, registry, base_dir=base_dir or path.resolve().parent, seed=seed)
     except SpecError as err:
@@ -177,24 +194,29 @@ def _search(raw: Any, registry: Registry) -> Search:
             raise SpecError(join_path("search", key), "unknown key; known keys: metric, mode, space, strategy")
     strategy = _plugin_ref(raw.get("strategy", {"name": "random"}), "strategy", "search.strategy", registry)
     metric = convert(str, raw.get("metric", "val_loss"), "search.metric")
-    default_mode = "max" if "acc" in metric else "min"
-    mode = convert(str, raw.get("mode", default_mode), "search.mode")
+    mode = convert(str, raw.get("mode", default_mode(metric)), "search.mode")
     if mode not in ("min", "max"):
         raise SpecError("search.mode", f'must be "min" or "max", got "{mode}"')
     space = Space.parse(raw.get("space", {}), "search.space")
     for param in space:
         check_searchable(param.path)
+    registry.get("strategy", strategy.name).check(space, strategy.options)
     return Search(strategy=strategy, metric=metric, mode=mode, space=space)
 
 
-def check_searchable(path: str) -> None:
+def default_mode(metric: str) -> Literal["min", "max"]:
+    """Whether a metric is better high or low when the file does not say: accuracies are maximised."""
+    return "max" if "acc" in metric else "min"
+
+
+def check_searchable(path: str, where: str = "search.space") -> None:
     """A searched path must name a key of the model, train or backend section (not the backend's name)."""
     section = path.split(".")[0]
     if section not in SEARCHABLE_SECTIONS or "." not in path:
-        raise SpecError(join_path("search.space", path),
+        raise SpecError(join_path(where, path),
                         "must be a dotted path into the model, train or backend section, such as train.lr")
     if path == "backend.name":
-        raise SpecError(join_path("search.space", path), "the backend cannot be searched: run one experiment per backend")
+        raise SpecError(join_path(where, path), "the backend cannot be searched: run one experiment per backend")
 
 
 def _plugin_ref(raw: Any, kind: Kind, path: str, registry: Registry) -> PluginRef:

@@ -2,7 +2,8 @@
 
 A strategy's progress is derived from the ``History`` it is given, never kept only in
 memory, so a resumed run rebuilds it from the event log (Optuna's samplers work the same
-way). A minimal strategy::
+way). A strategy that tunes trials while they train also hands each one a ``Babysitter``
+(see ``runner.babysitter``). A minimal strategy::
 
     class Fixed(Strategy):
         name = "fixed"
@@ -14,13 +15,16 @@ way). A minimal strategy::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from runner.babysitter import Babysitter
 from runner.backend import NoOptions
+from runner.decisions import NOTE_RESERVED
 from runner.space import Space
-from runner.trial import History, TrialResult, better
+from runner.trial import History, Trial, TrialResult, better
 
 TRIAL_STREAM = 0  # spawn key of the streams that seed trials (weights, data order)
 STRATEGY_STREAM = 1  # spawn key of strategies' random streams
@@ -38,6 +42,14 @@ class Strategy(ABC):
         self.seed = seed
         self.metric = metric
         self.mode = mode
+        self.notes: list[dict[str, Any]] = []  # what note() recorded, in order
+        self.write_note: Callable[[dict[str, Any]], None] | None = None  # set by the driver: into the event log
+
+    @classmethod
+    def check(cls, space: Space, options: Any) -> None:
+        """Called when the experiment file is read, before anything runs: raise
+        ``SpecError(path, message)`` for a search this strategy cannot run (say, a space
+        where it needs none). Optional."""
 
     @abstractmethod
     def ask(self, history: History) -> dict[str, Any] | None:
@@ -51,6 +63,25 @@ class Strategy(ABC):
     def tell(self, history: History, result: TrialResult) -> None:
         """Called in the driver after each trial ends (``history`` already holds it), and
         replayed in order for finished trials when a run is resumed. Optional."""
+
+    def babysitter(self, trial: Trial) -> Babysitter | None:
+        """A babysitter for ``trial``, to act inside it while it trains, or None (the default).
+        Called where the trial runs, once per start of the trial (a resumed trial included),
+        with ``trial.config`` and ``trial.hyperparameters`` set."""
+        return None
+
+    def note(self, kind: str, reason: str = "", **fields: Any) -> None:
+        """Record why the search does what it does, as a ``note`` event (``source``
+        "strategy") in the run's log: ``self.note("round", "zoomed in", round=2, region=...)``.
+        Call it from ``ask`` or ``tell``. A note that a resumed run writes again exactly
+        as before (it is a function of the history) is not written twice."""
+        clash = sorted(NOTE_RESERVED & set(fields))
+        if clash:
+            raise ValueError(f"a note's fields may not be named {', '.join(clash)}")
+        note = {"kind": kind, "reason": reason, **fields}
+        self.notes.append(note)
+        if self.write_note is not None:
+            self.write_note(note)
 
     def rng(self, index: int) -> np.random.Generator:
         """A generator for the ``index``-th draw: the same seed and index give the same stream,

@@ -33,8 +33,9 @@ class Trial:
     hyperparameters: dict[str, float] = field(default_factory=dict)  # live values in force
     metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
     best: dict[str, float] | None = None  # metrics of the best epoch so far, by the experiment's metric
-    rollbacks: int = 0  # rollbacks so far
-    recent_rollbacks: int = 0  # rollbacks since an epoch last ended without diverging
+    rollbacks: int = 0  # rollbacks so far, whoever asked
+    divergence_rollbacks: int = 0  # rollbacks answering a divergence so far
+    recent_rollbacks: int = 0  # rollbacks answering a divergence since an epoch last ended without diverging
 
     @property
     def label(self) -> str:

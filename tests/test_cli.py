@@ -191,3 +191,29 @@ def test_version_and_help():
     for command in ("start", "validate", "plugins"):
         proc = runner(command, "--help")
         assert proc.returncode == 0 and "Usage:" in proc.stdout
+
+
+def test_start_from_an_earlier_run_trains_its_best_config(write_experiment, tmp_path):
+    search = write_experiment({"search": {"strategy": {"name": "grid", "points": 3},
+                                          "space": {"train.lr": {"low": 1e-3, "high": 0.1, "scale": "log"},
+                                                    "model.hidden": {"choices": [[4], [16]]}}}}, name="search.json")
+    first = runner("start", search, "--out", tmp_path / "runs", "--plain")
+    assert first.returncode == 0, first.stderr
+    earlier = run_dir_of(first.stdout)
+    best = orjson.loads((earlier / "results.json").read_bytes())["best"]
+    babysit = write_experiment({"train": {"epochs": 3}, "search": {"strategy": {"name": "panda-nudge"}, "space": None}},
+                               name="panda.json")
+    proc = runner("start", babysit, "--out", tmp_path / "runs", "--plain", "--from", earlier)
+    assert proc.returncode == 0, proc.stderr
+    assert f"starting from t{best['trial']:03d}" in proc.stdout
+    run_dir = run_dir_of(proc.stdout)
+    written = orjson.loads((run_dir / "experiment.json").read_bytes())
+    assert written["train"]["lr"] == best["params"]["train.lr"] and written["model"]["hidden"] == best["params"]["model.hidden"]
+    events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
+    assert events[0]["started_from"] == {"run_dir": str(earlier.resolve()), "trial": best["trial"],
+                                         "params": best["params"], "score": best["score"]}
+    trial = next(e for e in events if e["event"] == "trial_start")
+    assert trial["config"]["train"]["lr"] == best["params"]["train.lr"] and trial["params"] == {}
+
+    missing = runner("start", babysit, "--out", tmp_path / "runs", "--plain", "--from", tmp_path / "nowhere")
+    assert missing.returncode == 2 and "is not a run directory" in missing.stderr and "Traceback" not in missing.stderr

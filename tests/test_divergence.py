@@ -159,3 +159,27 @@ def test_a_rollback_restores_the_backend_exactly(write_experiment, tmp_path):
     writer.close()
     assert all(np.array_equal(before[k], after[k]) for k in before), "load_state copies: the ring stays intact"
     assert meta["epoch"] == 2 and meta["loop"]["best"] is not None
+
+
+REWINDER = textwrap.dedent('''
+    from runner import Nudge, Rollback, hookimpl
+
+    @hookimpl
+    def runner_epoch_end(trial, epoch):
+        if trial.rollbacks < 3:  # a person, a strategy or a plugin going back: not a divergence
+            return Rollback("last", reason="look again")
+        if epoch == 2 and trial.divergence_rollbacks == 0:
+            return Nudge(lr=1e4, reason="a typo")
+''')
+
+
+def test_only_rollbacks_answering_a_divergence_count_against_max_rollbacks(write_experiment, tmp_path):
+    plugin = tmp_path / "rewinder.py"
+    plugin.write_text(REWINDER)
+    changes = {"model": {"hidden": [16], "batch_norm": False}, "divergence": {"max_rollbacks": 2},
+               "train": {"epochs": 5, "optimizer": "momentum", "lr": 0.1},
+               "search": {"strategy": {"name": "grid"}, "space": None}}
+    board, events = run(write_experiment(changes), tmp_path, [str(plugin)])
+    sources = [e["source"] for e in events if e["event"] == "rollback"]
+    assert sources == ["plugin"] * 3 + ["divergence"] * 2, "three rollbacks by a plugin, then two answering the blow-up"
+    assert board[0].state == "completed" and board[0].epochs == 5

@@ -3,8 +3,9 @@
 This is how large training runs recover from a loss that blows up: go back to the last
 healthy snapshot, lower the learning rate, and move past the batches that blew up by
 drawing a new data order. When that does not help, the next rollback goes one snapshot
-further back (before a bad nudge, say). After ``divergence.max_rollbacks`` rollbacks the trial ends as
-``diverged`` and the search goes on. It answers last, so any plugin that answers
+further back (before a bad nudge, say). After ``divergence.max_rollbacks`` rollbacks answering a
+divergence (a person's or a strategy's rollbacks do not count) the trial ends as ``diverged``
+and the search goes on. It answers last, so any plugin that answers
 ``runner_divergence`` replaces it.
 """
 
@@ -16,7 +17,7 @@ from runner import Rollback, hookimpl
 @hookimpl(trylast=True)
 def runner_divergence(trial, event, experiment):
     options = experiment.spec.divergence
-    if trial.rollbacks >= options.max_rollbacks:
+    if trial.divergence_rollbacks >= options.max_rollbacks:
         return None  # the trial ends as diverged
     # Each rollback in a row goes one snapshot further back: if the last snapshot did not
     # help (a bad nudge was already in force there), an older one may.

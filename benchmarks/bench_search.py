@@ -1,0 +1,451 @@
+#!/usr/bin/env python
+"""Search strategies at an equal budget: the best validation loss each one finds.
+
+    python benchmarks/bench_search.py [--trials 27 48 75] [--seeds 5] [--datasets digits spirals]
+                                      [--epochs digits=10 spirals=50] [--jobs 2] [--json FILE]
+    python benchmarks/bench_search.py --quick      # smoke run: 1 seed, 12 trials, 2 epochs
+
+Compared, on the same training code (the NumPy backend run by ``run_experiment``, in process):
+
+* ``grid`` (built in): ``points`` values per numeric parameter, all values of a choice. Its
+  trial count is a product, so it gets the point count whose grid is closest to the budget
+  (3 numeric points x 3 x 3 widths = 27, 4 -> 48, 5 -> 75: exactly the default budgets).
+* ``random`` (built in): ``trials`` = the budget.
+* ``coarse-to-fine`` (built in): ``rounds`` (3) x ``trials_per_round`` (budget / rounds),
+  ``keep_top`` 0.3, ``margin`` 0.1 (the plugin's defaults).
+* ``tpe``: Optuna's ``TPESampler(seed=experiment seed)`` with its defaults, wrapped in a
+  runner ``Strategy`` defined here (``ask`` = ``study.ask()`` + ``suggest_*``, ``tell`` =
+  ``study.tell(score)``) and registered for the run. So its trials go through the same
+  ``run_experiment`` as the others', and trial k gets the same per-trial seed
+  (``trial_seed(seed, k)``: initial weights, batch order) as trial k of every other strategy.
+  Same parameters on the same scales: lr with ``suggest_float(log=True)``, momentum as
+  ``1 - suggest_float("one_minus_momentum", 1 - high, 1 - low, log=True)``, the width with
+  ``suggest_categorical`` over the choices' indices. A trial without a finite score is told
+  to Optuna as failed (what Optuna does when an objective returns NaN).
+
+Every strategy runs ``trials x epochs`` epochs (no early stopping), metric ``val_loss``
+(mode min), checkpoints off. The search space is the same for all::
+
+    train.lr        log   1e-4 .. 1
+    train.momentum  log1m 0.8 .. 0.999   (Adam's beta1)
+    model.hidden    choices [32], [64], [128]
+
+Base config: MLP with batch norm and ReLU, Adam, batches of 64. Datasets: scikit-learn's
+digits (val 20 %) and synthetic spirals (5 arms, 200 points each, angle noise 0.3: 800
+train / 200 val points of 2-D inputs, not linearly separable). The experiment ``seed``
+(0 .. seeds-1) seeds the split (and the spirals' points), the trials and the strategies'
+random streams (Optuna's sampler included), so within one seed all strategies see the
+same data.
+
+Reported per dataset and budget: the best finite ``val_loss`` over a run's trials (its
+"best"), median (min..max) over the seeds; the ``val_acc`` of the epoch where that best
+``val_loss`` was reached (median); the number of seeds each strategy won (lowest best
+loss; a tie counts for all tied); trials that ended without a finite score or in a state
+other than completed; seconds per run (rough: two runs share the 2 cores). Also a
+per-seed table, for paired comparisons.
+
+Runs are spread over ``--jobs`` worker processes (default 2), each with BLAS on one thread
+(``--blas-threads``, set before NumPy is imported). Work folders are temporary and
+removed. No timed assertions: this benchmark reports, it does not judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # ``python benchmarks/bench_search.py`` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+STRATEGIES = ("grid", "random", "coarse-to-fine", "tpe")
+TPE_NAME = "optuna-tpe"  # the name the Optuna strategy is registered under for a run
+METRIC = "val_loss"
+
+SPACE = {
+    "train.lr": {"low": 1e-4, "high": 1.0, "scale": "log"},
+    "train.momentum": {"low": 0.8, "high": 0.999, "scale": "log1m"},
+    "model.hidden": {"choices": [[32], [64], [128]]},
+}
+BASE = {
+    "backend": {"name": "numpy"},
+    "model": {"hidden": [64], "activation": "relu", "batch_norm": True},
+    "train": {"epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": 0.001, "momentum": 0.9},
+    "checkpoint": {"every_epochs": 0, "best": False},
+    "executor": {"name": "inline"},
+}
+#: name -> (data section, default epochs per trial)
+DATASETS = {
+    "digits": ({"name": "digits", "val_fraction": 0.2}, 10),
+    "spirals": ({"name": "spirals", "classes": 5, "points_per_class": 200, "noise": 0.3}, 50),
+}
+C2F_DEFAULTS = {"rounds": 3, "keep_top": 0.3, "margin": 0.1}
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+
+def grid_points(trials: int) -> tuple[int, int]:
+    """The points per numeric parameter whose grid size is closest to ``trials`` (the
+    smaller grid on a tie), and that size."""
+    numeric = sum(1 for v in SPACE.values() if "choices" not in v)
+    choices = math.prod(len(v["choices"]) for v in SPACE.values() if "choices" in v)
+    best = min(range(1, 50), key=lambda p: (abs(p ** numeric * choices - trials), p))
+    return best, best ** numeric * choices
+
+
+def strategy_section(name: str, trials: int, rounds: int) -> tuple[dict, int]:
+    """The ``search.strategy`` section for a budget of ``trials``, and the trials it will run."""
+    if name == "grid":
+        points, size = grid_points(trials)
+        return {"name": "grid", "points": points}, size
+    if name == "random":
+        return {"name": "random", "trials": trials}, trials
+    if name == "coarse-to-fine":
+        per_round = max(1, trials // rounds)
+        return {"name": "coarse-to-fine", "rounds": rounds, "trials_per_round": per_round,
+                "keep_top": C2F_DEFAULTS["keep_top"], "margin": C2F_DEFAULTS["margin"]}, rounds * per_round
+    if name == "tpe":
+        return {"name": TPE_NAME, "trials": trials}, trials
+    raise ValueError(name)
+
+
+def experiment(dataset: str, seed: int, strategy: dict, epochs: int) -> dict:
+    data, _ = DATASETS[dataset]
+    raw = json.loads(json.dumps(BASE))
+    raw["train"]["epochs"] = epochs
+    return {
+        "name": f"search-{dataset}-{strategy['name']}-s{seed}",
+        "seed": seed,
+        "data": data,
+        **raw,
+        "search": {"strategy": strategy, "metric": METRIC, "mode": "min", "space": SPACE},
+    }
+
+
+# -- Optuna's TPE as a runner strategy --------------------------------------------------------
+
+
+def tpe_strategy_class():
+    """A runner ``Strategy`` that asks Optuna's TPE sampler (defined here, so that NumPy and
+    Optuna are imported only in the worker processes)."""
+    from dataclasses import dataclass, field
+
+    import optuna
+
+    from runner import Strategy, bounds
+    from runner.space import Choice, Float, Int
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    @dataclass(frozen=True)
+    class TPEOptions:
+        trials: int = field(default=20, metadata=bounds(ge=1, doc="trials to ask for"))
+
+    class OptunaTPE(Strategy):
+        name = TPE_NAME
+        Options = TPEOptions
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.study = optuna.create_study(
+                direction="minimize" if self.mode == "min" else "maximize",
+                sampler=optuna.samplers.TPESampler(seed=self.seed))
+            self.asked: dict[int, optuna.Trial] = {}  # runner trial id -> Optuna trial
+
+        def planned_trials(self) -> int:
+            return self.options.trials
+
+        def ask(self, history):
+            index = len(history)
+            if index >= self.options.trials:
+                return None
+            trial = self.study.ask()
+            params = {}
+            for p in self.space:
+                if isinstance(p, Choice):
+                    params[p.path] = p.choices[trial.suggest_categorical(p.path, list(range(len(p.choices))))]
+                elif isinstance(p, Int):
+                    params[p.path] = trial.suggest_int(p.path, p.low, p.high, log=p.scale == "log")
+                elif isinstance(p, Float) and p.scale == "log1m":
+                    one_minus = trial.suggest_float(f"one_minus_{p.path.rsplit('.', 1)[-1]}",
+                                                    1.0 - p.high, 1.0 - p.low, log=True)
+                    params[p.path] = min(max(1.0 - one_minus, p.low), p.high)
+                else:
+                    params[p.path] = trial.suggest_float(p.path, p.low, p.high, log=p.scale == "log")
+            self.asked[index] = trial
+            return params
+
+        def tell(self, history, result):
+            trial = self.asked.pop(result.trial)
+            if result.score is not None and math.isfinite(result.score):
+                self.study.tell(trial, result.score)
+            else:
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    return OptunaTPE
+
+
+# -- one run (in a worker process) ----------------------------------------------------------
+
+
+def run_one(job: dict) -> dict:
+    """Run one experiment (dataset, seed, strategy, budget) in process; its summary."""
+    import orjson
+
+    from runner.files import create_run_dir
+    from runner.loop import load_dataset, run_experiment
+    from runner.plugins import load_plugins
+    from runner.spec import load
+
+    work = Path(tempfile.mkdtemp(prefix="bench-search-", dir=job["tmp"]))
+    try:
+        raw = experiment(job["dataset"], job["seed"], job["section"], job["epochs"])
+        path = work / f"{raw['name']}.json"
+        path.write_bytes(orjson.dumps(raw))
+        plugins = load_plugins()
+        if job["strategy"] == "tpe":
+            plugins.registry.add_strategy(tpe_strategy_class())
+        spec = load(path, plugins.registry)
+        dataset = load_dataset(spec, plugins)
+        run_dir = create_run_dir(work / "runs", spec.name)
+        start = time.perf_counter()  # the trials only: not the imports or the data's loading
+        board = run_experiment(spec, plugins, dataset, run_dir)
+        seconds = time.perf_counter() - start
+        rounds = []
+        with open(run_dir / "events.jsonl", "rb") as events:
+            for line in events:
+                event = orjson.loads(line)
+                if event.get("event") == "note" and event.get("kind") == "round":
+                    rounds.append({k: event.get(k) for k in ("round", "reason", "top", "region")})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    scored = [r for r in board if r.score is not None and math.isfinite(r.score)]
+    best = min(scored, key=lambda r: (r.score, r.trial)) if scored else None
+    return {
+        **{k: job[k] for k in ("dataset", "seed", "strategy", "budget", "epochs", "section")},
+        "trials": len(board),
+        "epochs_run": sum(r.epochs for r in board),
+        "best_val_loss": best.score if best else None,
+        "val_acc": best.best.get("val_acc") if best and best.best else None,
+        "best_trial": best.trial if best else None,
+        "best_params": best.params if best else None,
+        "unscored": sum(1 for r in board if r.score is None or not math.isfinite(r.score)),
+        "not_completed": sum(1 for r in board if r.state != "completed"),
+        "states": sorted({r.state for r in board}),
+        "seconds": seconds,
+        "rounds": rounds,
+        "trial_scores": sorted([[r.trial, r.score] for r in board]),
+    }
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def short_params(params: dict | None) -> str:
+    if not params:
+        return "-"
+    lr, mom, hidden = params.get("train.lr"), params.get("train.momentum"), params.get("model.hidden")
+    return f"lr {lr:.3g}, beta1 {mom:.4g}, hidden {hidden}"
+
+
+def report(records: list[dict], strategies: list[str], seeds: list[int]) -> dict:
+    """Print the tables; return the summary per (dataset, budget, strategy)."""
+    summary = {}
+    groups = sorted({(r["dataset"], r["budget"]) for r in records},
+                    key=lambda g: (list(DATASETS).index(g[0]), g[1]))
+    for dataset, budget in groups:
+        rows = {s: sorted((r for r in records if (r["dataset"], r["budget"], r["strategy"]) == (dataset, budget, s)),
+                          key=lambda r: r["seed"]) for s in strategies}
+        epochs = next(r["epochs"] for r in records if (r["dataset"], r["budget"]) == (dataset, budget))
+        wins = {s: 0 for s in strategies}
+        for seed in seeds:
+            losses = {s: r["best_val_loss"] for s in strategies for r in rows[s] if r["seed"] == seed
+                      and r["best_val_loss"] is not None}
+            if losses:
+                low = min(losses.values())
+                for s, v in losses.items():
+                    wins[s] += v == low
+        print(f"### {dataset}: budget {budget} trials x {epochs} epochs, {len(seeds)} seeds")
+        print()
+        print("| strategy | trials x epochs | best val_loss: median (min..max) | val_acc at that epoch: median "
+              "(min..max) | seeds won | trials without a score / not completed | s per run (median) |")
+        print("|---|---|---|---|---:|---|---:|")
+        for s in strategies:
+            rs = rows[s]
+            if not rs:
+                continue
+            losses = [r["best_val_loss"] for r in rs if r["best_val_loss"] is not None]
+            accs = [r["val_acc"] for r in rs if r["val_acc"] is not None]
+            trials = sorted({r["trials"] for r in rs})
+            cell = lambda v, d: (f"{statistics.median(v):.{d}f} ({min(v):.{d}f}..{max(v):.{d}f})" if v else "-")
+            print(f"| {s} | {'/'.join(map(str, trials))} x {epochs} | {cell(losses, 4)} | {cell(accs, 3)} | "
+                  f"{wins[s]} | {sum(r['unscored'] for r in rs)} / {sum(r['not_completed'] for r in rs)} | "
+                  f"{statistics.median(r['seconds'] for r in rs):.1f} |")
+            summary[f"{dataset}/{budget}/{s}"] = {
+                "median_best_val_loss": statistics.median(losses) if losses else None,
+                "min": min(losses) if losses else None, "max": max(losses) if losses else None,
+                "median_val_acc": statistics.median(accs) if accs else None, "wins": wins[s], "trials": trials,
+            }
+        print()
+        print("Best val_loss per seed (the same data and trial seeds in a column):")
+        print()
+        print("| strategy | " + " | ".join(f"seed {seed}" for seed in seeds) + " |")
+        print("|---|" + "---:|" * len(seeds))
+        for s in strategies:
+            by_seed = {r["seed"]: r for r in rows[s]}
+            print(f"| {s} | " + " | ".join(fmt(by_seed[seed]["best_val_loss"]) if seed in by_seed else "-"
+                                            for seed in seeds) + " |")
+        print()
+        print("Best trial's parameters, seed 0:")
+        print()
+        for s in strategies:
+            r = next((r for r in rows[s] if r["seed"] == seeds[0]), None)
+            if r:
+                print(f"- {s}: {short_params(r['best_params'])} (trial {r['best_trial']})")
+        c2f = next((r for r in rows.get("coarse-to-fine", []) if r["seed"] == seeds[0]), None)
+        if c2f and c2f["rounds"]:
+            last = c2f["rounds"][-1]
+            region = last.get("region") or {}
+            print(f"- coarse-to-fine's last region, seed 0 (round {last['round']}: {last['reason']}): "
+                  + "; ".join(f"{k} {v.get('choices', [v.get('low'), v.get('high')])}" for k, v in region.items()))
+        print()
+    return summary
+
+
+def parse_epochs(values: list[str] | None, parser: argparse.ArgumentParser) -> dict[str, int]:
+    """``--epochs 10`` (every dataset) or ``--epochs digits=10 spirals=50``."""
+    epochs = {name: default for name, (_, default) in DATASETS.items()}
+    for value in values or []:
+        name, sep, number = value.rpartition("=")
+        try:
+            n = int(number)
+        except ValueError:
+            parser.error(f"--epochs: expected N or DATASET=N, got {value!r}")
+        if n < 1:
+            parser.error(f"--epochs: must be at least 1, got {value!r}")
+        if sep:
+            if name not in DATASETS:
+                parser.error(f"--epochs: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+            epochs[name] = n
+        else:
+            epochs = {k: n for k in epochs}
+    return epochs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, nargs="+", default=[27, 48, 75],
+                        help="budgets in trials per run (default: 27 48 75, the grid sizes of 3, 4 and 5 points)")
+    parser.add_argument("--seeds", type=int, default=5, help="experiment seeds 0..N-1 (default 5)")
+    parser.add_argument("--epochs", nargs="+", metavar="[DATASET=]N",
+                        help="epochs per trial: N for every dataset or DATASET=N (default: digits=10 spirals=50)")
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--rounds", type=int, default=C2F_DEFAULTS["rounds"], help="coarse-to-fine rounds (default 3)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--blas-threads", type=int, default=1, help="OPENBLAS/OMP/MKL_NUM_THREADS (default 1)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 12 trials, 2 epochs")
+    parser.add_argument("--json", type=Path, help="also write every run's summary to this file")
+    args = parser.parse_args(argv)
+
+    if "numpy" in sys.modules:
+        parser.error("--blas-threads must be set before NumPy is imported; run this file as a script")
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(args.blas_threads)
+    if args.quick:
+        args.seeds, args.trials, args.epochs = 1, [12], ["2"]
+    epochs = parse_epochs(args.epochs, parser)
+    seeds = list(range(args.seeds))
+    if "tpe" in args.strategies:
+        try:
+            import optuna  # noqa: F401  (only to fail early; the workers import it again)
+        except ImportError:
+            parser.error("the tpe strategy needs Optuna (a benchmark-only dependency): pip install optuna")
+
+    from benchmarks.bench_overhead import machine
+
+    info = machine()
+    try:
+        import optuna
+        info["optuna"] = optuna.__version__
+    except ImportError:
+        pass
+    tmp = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    jobs = []
+    for dataset in args.datasets:
+        for budget in args.trials:
+            for seed in seeds:
+                for strategy in args.strategies:
+                    section, trials = strategy_section(strategy, budget, args.rounds)
+                    jobs.append({"dataset": dataset, "seed": seed, "strategy": strategy, "budget": budget,
+                                 "epochs": epochs[dataset], "section": section, "planned": trials, "tmp": str(tmp)})
+    jobs.sort(key=lambda j: -j["planned"] * j["epochs"] * (4 if j["dataset"] == "digits" else 1))  # longest first
+
+    command = "python benchmarks/bench_search.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    print(f"search benchmark: {len(jobs)} runs ({', '.join(args.strategies)}) x budgets {args.trials} on "
+          f"{', '.join(f'{d} ({epochs[d]} epochs)' for d in args.datasets)}, seeds {seeds}, {args.jobs} processes",
+          flush=True)
+    for budget in args.trials:
+        print(f"  budget {budget}: " + ", ".join(f"{s} {strategy_section(s, budget, args.rounds)[1]} trials"
+                                                   for s in args.strategies), flush=True)
+    start = time.perf_counter()
+    records = []
+    try:
+        if args.jobs > 1:
+            with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+                for i, record in enumerate(pool.imap_unordered(run_one, jobs), 1):
+                    records.append(record)
+                    progress(i, len(jobs), record, start)
+        else:
+            for i, job in enumerate(jobs, 1):
+                records.append(run_one(job))
+                progress(i, len(jobs), records[-1], start)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    wall = time.perf_counter() - start
+
+    print()
+    print(f"# Search strategies at an equal budget (metric {METRIC}, mode min)")
+    print(f"command: {command}")
+    print(f"wall time: {wall / 60:.1f} min ({args.jobs} processes)")
+    print()
+    print("## Machine")
+    for key, value in info.items():
+        print(f"- {key}: {value}")
+    print(f"- BLAS threads per process: {args.blas_threads}")
+    print()
+    summary = report(records, args.strategies, seeds)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "command": command, "machine": info, "wall_s": wall, "space": SPACE, "base": BASE,
+            "datasets": {d: DATASETS[d][0] for d in args.datasets}, "epochs": epochs, "seeds": seeds,
+            "budgets": args.trials, "summary": summary,
+            "runs": sorted(records, key=lambda r: (r["dataset"], r["budget"], r["strategy"], r["seed"])),
+        }, indent=2))
+    return 0
+
+
+def progress(i: int, n: int, record: dict, start: float) -> None:
+    print(f"  [{i}/{n}] {time.perf_counter() - start:6.0f} s  {record['dataset']} budget {record['budget']} "
+          f"seed {record['seed']} {record['strategy']}: best {METRIC} {fmt(record['best_val_loss'])} "
+          f"({record['trials']} trials, {record['seconds']:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""panda-nudge: babysits one run out of a learning rate far too high or far too low, reverts
+what made things worse, yields to a person, and resumes exactly after a kill."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from runner import SpecError
+from runner.spec import parse
+from tests.conftest import deep_update, run_file
+from tests.test_control_live import live  # noqa: F401  (a fixture)
+from tests.test_resume import outcome, start
+
+DIGITS = {
+    "name": "panda", "seed": 0, "data": {"name": "digits", "val_fraction": 0.2},
+    "model": {"hidden": [64], "activation": "relu", "batch_norm": False},
+    "train": {"epochs": 40, "batch_size": 64, "optimizer": "momentum", "lr": 0.02, "momentum": 0.9},
+    "search": {"strategy": {"name": "panda-nudge"}, "metric": "val_acc"},
+    "checkpoint": {"min_interval": 10},
+}
+
+
+def run(tmp_path, changes: dict):
+    path = tmp_path / "exp.json"
+    path.write_bytes(orjson.dumps(deep_update(DIGITS, changes)))
+    return run_file(path, tmp_path)
+
+
+def notes(events: list[dict], kind: str) -> list[dict]:
+    return [e for e in events if e["event"] == "note" and e["kind"] == kind]
+
+
+@pytest.fixture(scope="module", params=[30.0, 1e-4], ids=["lr-far-too-high", "lr-far-too-low"])
+def babysat(request, tmp_path_factory):
+    """The same file run with a fixed learning rate (grid over nothing: one trial) and babysat."""
+    tmp = tmp_path_factory.mktemp("panda")
+    fixed = run(tmp, {"train": {"lr": request.param}, "search": {"strategy": {"name": "grid"}}})
+    panda = run(tmp, {"train": {"lr": request.param}})
+    return request.param, fixed, panda
+
+
+def test_it_reaches_95_percent_where_the_same_fixed_lr_run_does_not(babysat):
+    lr, fixed, panda = babysat
+    fixed_accs = [e["val_acc"] for e in fixed.events if e["event"] == "epoch_end"]
+    assert max(fixed_accs) < 0.95
+    if lr > 1:
+        assert fixed.board[0].state == "diverged", "far too high: the fixed run diverges for good"
+        assert notes(panda.events, "diverged"), "panda saw the divergence too, and survived it"
+    result = panda.board[0]
+    assert result.state == "completed" and result.best["val_acc"] >= 0.95
+    trained = sum(e["event"] == "epoch_end" for e in panda.events)
+    assert trained == 40 == len(fixed_accs) + (40 - len(fixed_accs)) * (fixed.board[0].state != "completed"), \
+        "the same budget: every epoch trained counts, those a revert undid too"
+    finish = [e for e in panda.events if e["event"] == "finish"]
+    assert len(finish) == 1 and "budget of 40 epochs" in finish[0]["reason"]
+
+
+def test_every_try_is_judged_against_the_trend_and_a_worse_one_is_reverted(babysat):
+    _, _, panda = babysat
+    events = panda.events
+    kept, reverted = notes(events, "keep"), notes(events, "revert")
+    assert kept and reverted, "the log shows both outcomes"
+    val_loss = {}  # the path's val_loss by epochs completed, as of each point in the log
+    for i, e in enumerate(events):
+        if e["event"] == "epoch_end":
+            val_loss[e["epoch"] + 1] = e["val_loss"]
+        if e["event"] == "note" and e["kind"] in ("keep", "revert"):
+            assert e["after"] == val_loss[e["epoch"]], "judged on the epoch just trained"
+            if e["kind"] == "keep":
+                assert e["after"] < e["promised"], "kept: better than leaving things alone"
+            else:
+                assert e["after"] >= e["promised"], "reverted: no better than leaving things alone"
+                back = events[i + 1]
+                assert back["event"] == "rollback" and back["source"] == "strategy"
+                assert back["snapshot"] == "before_nudge" and back["lr_after"] == pytest.approx(
+                    e["old"] if e["setting"] == "lr" else back["lr_before"])
+    tries = [e for e in events if e["event"] == "nudge" and e["source"] == "strategy" and e["reason"].startswith("try")]
+    assert len(tries) >= len(kept) + len(reverted) - 1  # every judged try was made (the last may be unjudged)
+
+
+def test_a_space_is_refused_it_trains_one_model(plugins):
+    raw = deep_update(DIGITS, {"search": {"space": {"train.lr": {"low": 1e-3, "high": 1.0, "scale": "log"}}}})
+    with pytest.raises(SpecError, match="search.space: panda-nudge trains one model.*--from RUN_DIR"):
+        parse(raw, plugins.registry)
+
+
+BABYSIT = {
+    "name": "panda-live", "data": {"name": "spirals", "points_per_class": 100},
+    "train": {"epochs": 100_000, "optimizer": "momentum", "lr": 0.01},
+    "search": {"strategy": {"name": "panda-nudge", "every": 1, "probe_epochs": 1, "cooldown": 5}, "metric": "val_loss"},
+}
+
+
+def test_a_persons_nudge_wins_and_pauses_the_automatic_ones(live):  # noqa: F811
+    run = live(BABYSIT)
+    run.until(lambda: [e for e in run.find("nudge", source="strategy")])  # the babysitter is at work
+    document = run.document()
+    document["lr"] = 0.0123
+    run.write(document)
+    mine = run.until(lambda: run.find("nudge", source="control"))[0]
+    run.until(lambda: [e for e in run.find("epoch_end") if e["step"] > mine["step"]][5:])
+    assert run.stop() == 0
+    events = run.events()
+    at = events.index(next(e for e in events if e["event"] == "nudge" and e["source"] == "control"))
+    after = events[at + 1:]
+    epochs = [e for e in after if e["event"] == "epoch_end"]
+    assert epochs[0]["lr"] == 0.0123, "in force from the next step"
+    yielded = notes(after, "yield")
+    assert yielded and "a person nudged lr to 0.0123" in yielded[0]["reason"]
+    quiet = after[:after.index(epochs[5])]
+    assert not [e for e in quiet if e["event"] in ("nudge", "rollback") and e.get("source") == "strategy"], \
+        "no automatic nudge or revert during the cooldown: the try in progress was dropped, not reverted"
+    assert all(e["lr"] == 0.0123 for e in epochs[:5])
+
+
+RESUMABLE = deep_update(BABYSIT, {
+    "name": "panda-resume", "seed": 3, "train": {"epochs": 30, "lr": 0.5},
+    "search": {"strategy": {"name": "panda-nudge", "every": 2, "probe_epochs": 2}},
+    "checkpoint": {"min_interval": 0, "keep": 10},
+})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_panda(tmp_path_factory):
+    proc, run_dir = start(tmp_path_factory.mktemp("panda-baseline"), "baseline", RESUMABLE)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+@pytest.mark.parametrize("kill", ["step:23", "step:45", "step:90"])
+def test_killed_and_resumed_it_babysits_exactly_as_if_never_stopped(tmp_path, uninterrupted_panda, kill):
+    import subprocess
+    import sys
+    events = [orjson.loads(x) for x in (uninterrupted_panda / "events.jsonl").read_bytes().splitlines()]
+    assert notes(events, "keep") or notes(events, "revert"), "the run babysits: there is something to restore"
+    proc, run_dir = start(tmp_path, "killed", RESUMABLE, kill=kill)
+    assert proc.returncode == -9
+    resumed = subprocess.run([sys.executable, "-m", "runner", "resume", run_dir, "--plain"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = outcome(uninterrupted_panda), outcome(run_dir)
+    assert a["trials"] == b["trials"]
+    for name, (epoch, arrays) in a["finals"].items():
+        assert b["finals"][name][0] == epoch
+        assert all((arrays[k] == b["finals"][name][1][k]).all() for k in arrays)
