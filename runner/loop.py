@@ -225,7 +225,8 @@ class TrialRunner:
         return TrialLoop(self, job).run()
 
 
-MAX_ROLLBACKS = 100  # in a row without reaching a new epoch, whoever asks: a plugin that always rolls back must not loop forever
+# Rollbacks without reaching a new epoch, whoever asks: a plugin that always rolls back must not loop forever.
+MAX_ROLLBACKS = 100
 
 
 class RolledBack(Exception):
@@ -462,7 +463,8 @@ class TrialLoop:
         """Apply decisions in order. An end (Stop, Prune, Finish) is returned, so the epoch's
         snapshot is still taken before it. A rollback happens at once: what the babysitter
         answers to it, then the decisions after it, apply to the restored state, then
-        RolledBack is raised (the epoch loop starts again from the snapshot). ``partial`` is (steps done, loss sum) when applied mid-epoch."""
+        RolledBack is raised (the epoch loop starts again from the snapshot). ``partial`` is
+        (steps done, loss sum) when applied mid-epoch."""
         trial = self.trial
         for index, decision in enumerate(decisions):
             if isinstance(decision, Nudge):

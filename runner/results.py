@@ -40,7 +40,6 @@ def results_document(name: str, metric: str, mode: str, board: list[TrialResult]
     }
 
 
-
 def best_of_run(run_dir: Path) -> dict[str, Any]:
     """The best trial of an earlier run, as in ``results.json``; for a run still going or
     one that stopped early, the best of its trials finished so far, from its event log.

@@ -115,12 +115,10 @@ def load(path: str | Path, registry: Registry, *, seed: int | None = None,
     and backend sections first, so the run's ``experiment.json`` holds it."""
     path = Path(path)
     raw = read_json(path)
-    if start_from:
-        if not isinstance(raw, dict):
-            raise SpecError("", "an experiment file must hold a JSON object", source=str(path))
-        raw = copy.deepcopy(raw)
-        set_paths(raw, start_from, "--from")
     try:
+        if start_from and isinstance(raw, dict):
+            raw = copy.deepcopy(raw)
+            set_paths(raw, start_from, "--from")
         return parse(raw, registry, base_dir=base_dir or path.resolve().parent, seed=seed)
     except SpecError as err:
         raise err.in_file(str(path)) from None

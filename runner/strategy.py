@@ -22,7 +22,7 @@ import numpy as np
 
 from runner.babysitter import Babysitter
 from runner.backend import NoOptions
-from runner.decisions import NOTE_RESERVED
+from runner.decisions import Note
 from runner.space import Space
 from runner.trial import History, Trial, TrialResult, better
 
@@ -75,9 +75,7 @@ class Strategy(ABC):
         "strategy") in the run's log: ``self.note("round", "zoomed in", round=2, region=...)``.
         Call it from ``ask`` or ``tell``. A note that a resumed run writes again exactly
         as before (it is a function of the history) is not written twice."""
-        clash = sorted(NOTE_RESERVED & set(fields))
-        if clash:
-            raise ValueError(f"a note's fields may not be named {', '.join(clash)}")
+        Note(kind, reason, fields)  # refuses fields that shadow the event's own keys
         note = {"kind": kind, "reason": reason, **fields}
         self.notes.append(note)
         if self.write_note is not None:
