@@ -34,7 +34,8 @@ class Babysitter:
 
     def nudge_applied(self, trial: Trial, change: dict[str, Any], source: str) -> None:
         """Called after any nudge took effect, this babysitter's own (``source`` "strategy"),
-        a person's ("control"), a plugin's or the divergence policy's. Must not change the trial."""
+        a person's ("control") or a plugin's. (The divergence policy's learning-rate cut is
+        part of its rollback: see ``rolled_back``.) Must not change the trial."""
 
     def rolled_back(self, trial: Trial, rollback: dict[str, Any]) -> Decision | list[Decision] | None:
         """Called after any rollback, with ``trial`` as restored (``trial.epoch``, ``trial.step``,

@@ -193,6 +193,8 @@ class CheckpointStore:
         self.best: Snapshot | None = None  # the best durable snapshot
         self._unwritten_best: tuple[Snapshot, BackendState, dict] | None = None
         self._before_nudge: tuple[Snapshot, BackendState, dict] | None = None  # kept past the ring's length
+        self._before_nudge_file: Snapshot | None = None  # its file, if it has one: spared by pruning
+        self._abandoned: list[tuple[int, int]] = []  # event-count ranges of paths rollbacks left behind
         self._last_write = clock()  # the first file comes min_interval after the trial starts
         self._durable: list[Snapshot] = []  # oldest first
         self._new: list[Snapshot | Exception] = []
@@ -217,7 +219,7 @@ class CheckpointStore:
         if in_ring:
             self.ring.append((snapshot, state, meta))
         if reason == "before_nudge":
-            self._before_nudge = (snapshot, state, meta)
+            self._before_nudge, self._before_nudge_file = (snapshot, state, meta), None
         if durable is None:
             durable = self.due()
         if durable:
@@ -228,11 +230,24 @@ class CheckpointStore:
             self._unwritten_best = (snapshot, state, meta)
         return snapshot
 
-    def adopt(self, folder: Path) -> None:
-        """On resume: take over the valid snapshot files already in ``folder``, oldest first,
-        so that keeping the last ``keep`` and the best goes on as before."""
+    def adopt(self, folder: Path, upto: int, before_nudge_events: int | None = None) -> None:
+        """On resume from the snapshot taken at ``upto`` events: take over the valid snapshot
+        files already in ``folder``, oldest first, so that keeping the last ``keep`` and the
+        best goes on as before; and the before-nudge snapshot taken at ``before_nudge_events``
+        events, if it was written to a file. Files of work after ``upto`` (lost with the
+        interruption, to be done again) are deleted."""
+        scanned = []
+        for path, meta in scan_snapshots(folder):
+            if meta["loop"]["events"] > upto:
+                path.unlink(missing_ok=True)
+            else:
+                scanned.append((path, meta))
         found = [Snapshot(path, self.trial, meta["epoch"], meta["step"], meta["reason"], meta["best"])
-                 for path, meta in scan_snapshots(folder)]
+                 for path, meta in scanned]
+        for snapshot, (path, meta) in zip(found, scanned):
+            if meta["reason"] == "before_nudge" and meta["loop"]["events"] == before_nudge_events:
+                self._before_nudge = (snapshot, *read_snapshot(path))
+                self._before_nudge_file = snapshot
         with self._changed:
             self._durable = found
             self.best = next((s for s in reversed(found) if s.best), None)
@@ -249,11 +264,24 @@ class CheckpointStore:
         """True if the next ``save`` will write a file (``min_interval`` has passed)."""
         return self.clock() - self._last_write >= self.options.min_interval
 
+    def abandon(self, after: int, until: int) -> None:
+        """Called after a rollback to the snapshot taken at ``after`` events, ``until`` events
+        into the trial: the snapshots taken between are of a path left behind, and no later
+        rollback may go forward onto it. Files stay (a resume may still start from one)."""
+        self._abandoned.append((after, until))
+        kept = [entry for entry in self.ring if not self._left_behind(entry[2])]
+        self.ring.clear()
+        self.ring.extend(kept)
+
+    def _left_behind(self, meta: dict[str, Any]) -> bool:
+        events = meta["loop"]["events"]
+        return any(after < events <= until for after, until in self._abandoned)
+
     def find(self, to: str | int, older: int = 0) -> tuple[BackendState, dict[str, Any]] | None:
         """The snapshot a rollback asks for: ``"last"``, ``"best"``, ``"before_nudge"`` or
         the one after epoch ``to``, skipping ``older`` newer matches (or the oldest match, if
-        there are fewer). Memory first, then files (newest first, damaged ones skipped).
-        None if none matches."""
+        there are fewer). Memory first, then files (newest first, damaged ones skipped);
+        never one of a path an earlier rollback left behind. None if none matches."""
         def wanted(meta: dict) -> bool:
             at_boundary = not meta["loop"].get("partial")
             return (to == "last" or (to == "best" and meta["best"]) or (to == meta["reason"] == "before_nudge")
@@ -282,7 +310,7 @@ class CheckpointStore:
 
         found = None
         for state, meta in candidates():
-            if wanted(meta):
+            if wanted(meta) and not self._left_behind(meta):
                 found = (state, meta)
                 if older == 0:
                     break
@@ -316,15 +344,19 @@ class CheckpointStore:
                 self._durable.append(snapshot)
                 if snapshot.best:
                     self.best = snapshot
+                if self._before_nudge is not None and snapshot is self._before_nudge[0]:
+                    self._before_nudge_file = snapshot
                 self._prune()
             self._new.append(error if error is not None else snapshot)
             self._pending -= 1
             self._changed.notify_all()
 
     def _prune(self) -> None:
-        """Delete durable snapshots beyond the last ``keep``, sparing the best."""
+        """Delete durable snapshots beyond the last ``keep``, sparing the best and the latest
+        before-nudge one (a try of a strategy may be reverted to it after a resume)."""
         recent = self._durable[-self.options.keep:]
+        spared = (self.best, self._before_nudge_file)
         for old in self._durable[: -self.options.keep]:
-            if old is not self.best:
+            if not any(old is s for s in spared):
                 old.path.unlink(missing_ok=True)
-        self._durable = [s for s in self._durable if s in recent or s is self.best]
+        self._durable = [s for s in self._durable if s in recent or any(s is k for k in spared)]

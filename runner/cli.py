@@ -59,8 +59,8 @@ def main() -> None:
 @plugin_option
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), help="Override the experiment file's seed.")
 @click.option("--from", "from_run", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR",
-              help="Start from the best trial of an earlier run: its searched values are set in the "
-                   "model, train and backend sections first (panda-nudge then babysits that config).")
+              help="Start from the best trial of an earlier run: its model and train config (all but "
+                   "train.epochs) replaces this file's (panda-nudge then babysits it).")
 @click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
 @poll_option
 def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int | None, from_run: Path | None,
@@ -68,14 +68,23 @@ def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int |
     """Run the experiment described by EXPERIMENT (a JSON file)."""
     console = terminal()
     with reported_errors() as where:
-        origin = None
+        origin, start_from = None, None
         if from_run is not None:
             best = best_of_run(from_run)
             origin = {"run_dir": str(from_run.resolve()), "trial": best["trial"], "params": best["params"],
                       "score": best["score"]}
-            shown = ", ".join(f"{k}={v}" for k, v in best["params"].items()) or "its base config"
-            console.print(f"starting from t{best['trial']:03d} of {from_run}: {shown}", soft_wrap=True, markup=False)
-        plugins, spec, dataset = _prepare(experiment, plugin_refs, seed, origin["params"] if origin else None)
+            start_from = {f"{section}.{key}": value for section in ("model", "train")
+                          for key, value in best["config"].get(section, {}).items() if (section, key) != ("train", "epochs")}
+            shown = "".join(f", {k}={v}" for k, v in best["params"].items())
+            console.print(f"starting from t{best['trial']:03d} of {from_run}: its model and train config{shown}",
+                          soft_wrap=True, markup=False)
+        try:
+            plugins, spec, dataset = _prepare(experiment, plugin_refs, seed, start_from)
+        except SpecError as err:
+            if origin is None:
+                raise
+            raise SpecError(err.path, f"{err.message} (with the config of t{origin['trial']:03d} from --from "
+                                      f"{from_run} set in it)", source=err.source) from None
         run_dir = where.run_dir = create_run_dir(out, spec.name)
         console.print(f"run directory: {run_dir}", soft_wrap=True, markup=False)
         console.print(f"control file:  {run_dir / CONTROL_FILE}  (edit it, or: runner nudge {run_dir} lr=...)",

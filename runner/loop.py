@@ -262,6 +262,7 @@ class TrialLoop:
         self.ending: EndTrial | None = None  # a Stop or Prune decided at the epoch the snapshot closes
         self.snapshot_step = -1  # step of the newest snapshot, so a restored one is not taken twice
         self.restored_step = -1  # step the last rollback restored (until training moves on, the ring holds it)
+        self.before_nudge_events = None  # the trial's event count when its latest before-nudge snapshot was taken
         self.backend = None
         self.babysitter = Babysitter()  # the strategy's, if it babysits trials (set once the trial is built)
         self.furthest = 0  # the most epochs this trial has completed, on any path
@@ -326,7 +327,7 @@ class TrialLoop:
         self.restore_loop(meta, counters=True)
         trial = self.trial
         trial.hyperparameters = self.backend.hyperparameters()
-        self.store.adopt(path.parent)
+        self.store.adopt(path.parent, upto=meta["loop"]["events"], before_nudge_events=meta["loop"].get("before_nudge_events"))
         self.store.save(state, epoch=trial.epoch, step=trial.step, reason="resume", best=False,
                         hyperparameters=trial.hyperparameters, metrics=trial.metrics,
                         loop=self.loop_state(self.partial), durable=False)
@@ -477,8 +478,12 @@ class TrialLoop:
                         raise
                     raise EndTrial("diverged" if source == "divergence" else "failed", str(missing)) from None
                 except RolledBack as rolled:
-                    ending = (self.apply(rolled.after, "strategy", partial=self.partial)
-                              or self.apply(decisions[index + 1:], source, partial=self.partial))
+                    order, self.order = self.order, None  # what the babysitter answers is not the order's doing
+                    try:
+                        ending = self.apply(rolled.after, "strategy", partial=self.partial)
+                    finally:
+                        self.order = order
+                    ending = ending or self.apply(decisions[index + 1:], source, partial=self.partial)
                     if ending is not None:
                         raise ending from None
                     raise
@@ -551,8 +556,10 @@ class TrialLoop:
                                                  f"live: {', '.join(live)}")
             if name in self.backend_cls.Train.__dataclass_fields__:
                 check_field(self.backend_cls.Train, name, value, f"nudge.{name}")
-        self.snapshot("before_nudge", improved=False, durable=False, partial=partial,
+        # A strategy's try is written to disk, so that a resumed run can still revert it.
+        self.snapshot("before_nudge", improved=False, durable=source == "strategy", partial=partial,
                       in_ring=self.trial.step != self.restored_step)
+        self.before_nudge_events = self.events  # as the snapshot recorded it
         before = backend.hyperparameters()
         backend.set_hyperparameters(**nudge.changes)
         self.trial.hyperparameters = backend.hyperparameters()
@@ -594,6 +601,7 @@ class TrialLoop:
         lr_before, step_before, epoch_before = backend.hyperparameters().get("lr"), trial.step, trial.epoch
         backend.load_state(state)
         self.restore_loop(meta)
+        self.store.abandon(after=meta["loop"]["events"], until=self.events)
         self.restored_step = trial.step
         trial.rollbacks += 1
         self.stuck_rollbacks += 1
@@ -621,6 +629,7 @@ class TrialLoop:
         return {"best": trial.best, "metrics": trial.metrics, "rollbacks": trial.rollbacks,
                 "recent_rollbacks": trial.recent_rollbacks, "divergence_rollbacks": trial.divergence_rollbacks,
                 "furthest": self.furthest, "stuck_rollbacks": self.stuck_rollbacks,
+                "before_nudge_events": self.before_nudge_events,
                 "babysitter": self.babysitter.state(), "detector": self.detector.state(),
                 "lowest_val_loss": self.lowest_val_loss, "events": self.events, "partial": partial,
                 "ending": None if ending is None else [ending.state, ending.reason, ending.experiment]}
@@ -633,6 +642,7 @@ class TrialLoop:
             trial.rollbacks, trial.recent_rollbacks = loop["rollbacks"], loop["recent_rollbacks"]
             trial.divergence_rollbacks = loop.get("divergence_rollbacks", trial.rollbacks)  # older snapshots count all
             self.furthest, self.stuck_rollbacks = loop.get("furthest", meta["epoch"]), loop.get("stuck_rollbacks", 0)
+            self.before_nudge_events = loop.get("before_nudge_events")
             self.babysitter.load_state(loop.get("babysitter") or {})
             self.events = loop["events"]
         trial.epoch, trial.step = meta["epoch"], meta["step"]

@@ -7,8 +7,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from runner.errors import RunnerError
 from runner.trial import History, TrialResult
 
@@ -41,22 +39,19 @@ def results_document(name: str, metric: str, mode: str, board: list[TrialResult]
 
 
 def best_of_run(run_dir: Path) -> dict[str, Any]:
-    """The best trial of an earlier run, as in ``results.json``; for a run still going or
-    one that stopped early, the best of its trials finished so far, from its event log.
-    A RunnerError (exit 2) when it is no run or no trial of it has a score."""
+    """The best trial of an earlier run (finished, stopped or still going), from its event
+    log: as in ``results.json`` (``trial``, ``params``, ``score``, ...), plus ``config``, its
+    full ``model``/``train``/``backend`` config. A RunnerError (exit 2) when ``run_dir`` is no
+    run or no trial of it has a score."""
     from runner.resume import read_run  # resume reads snapshots; only this needs it
 
-    path = Path(run_dir) / "results.json"
-    if path.is_file():
-        try:
-            best = orjson.loads(path.read_bytes())["best"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as err:
-            raise RunnerError(f"{path} is damaged: {err}", exit_code=2) from None
-    else:
-        events = read_run(Path(run_dir))
-        start = events[0]
-        board = leaderboard([r.result for r in History.from_events(events).finished], start["mode"])
-        best = results_document(start["name"], start["metric"], start["mode"], board)["best"]
+    events = read_run(Path(run_dir))
+    start = events[0]
+    board = leaderboard([r.result for r in History.from_events(events).finished], start["mode"])
+    best = results_document(start["name"], start["metric"], start["mode"], board)["best"]
     if best is None:
         raise RunnerError(f"no trial of the run in {run_dir} has a score yet to start from", exit_code=2)
-    return best
+    begun = next((e for e in events if e["event"] == "trial_start" and e["trial"] == best["trial"]), {})
+    if not isinstance(begun.get("config"), dict):
+        raise RunnerError(f"{run_dir}/events.jsonl has no config for trial {best['trial']}", exit_code=2)
+    return {**best, "config": begun["config"]}

@@ -82,7 +82,9 @@ def newest_intact_snapshot(folder: Path, notes: list[str]) -> tuple[Path | None,
             notes.append(f"{error}; using an earlier snapshot")
             path.rename(path.with_name(path.name + ".damaged"))
 
-    found = scan_snapshots(folder, skipped)
+    # A before-nudge snapshot is taken in the middle of applying an epoch's decisions: a
+    # resume starts from the one taken after them (it stays, for reverting the nudge).
+    found = [(path, meta) for path, meta in scan_snapshots(folder, skipped) if meta["reason"] != "before_nudge"]
     return found[-1] if found else (None, None)
 
 

@@ -111,7 +111,7 @@ def load(path: str | Path, registry: Registry, *, seed: int | None = None,
          base_dir: Path | None = None, start_from: dict[str, Any] | None = None) -> ExperimentSpec:
     """Read and validate an experiment file. ``seed`` overrides the file's seed; relative
     paths in it resolve against ``base_dir`` (default: the file's folder). ``start_from``
-    (dotted path -> value, an earlier run's best trial) is set in the file's model, train
+    (dotted path -> value: an earlier run's best config) is set in the file's model, train
     and backend sections first, so the run's ``experiment.json`` holds it."""
     path = Path(path)
     raw = read_json(path)
@@ -154,6 +154,7 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
     if search.metric not in reported:
         raise SpecError("search.metric", f'backend "{backend.name}" does not report "{search.metric}"; '
                                          f"it reports {', '.join(reported)}")
+    registry.get("strategy", search.strategy.name).check(search.space, search.strategy.options, tuple(reported))
     checkpoint = build(CheckpointOptions, raw.get("checkpoint", {}), "checkpoint")
     divergence = build(DivergenceOptions, raw.get("divergence", {}), "divergence")
     executor = _plugin_ref(raw.get("executor", {"name": "inline"}), "executor", "executor", registry)
@@ -198,7 +199,6 @@ def _search(raw: Any, registry: Registry) -> Search:
     space = Space.parse(raw.get("space", {}), "search.space")
     for param in space:
         check_searchable(param.path)
-    registry.get("strategy", strategy.name).check(space, strategy.options)
     return Search(strategy=strategy, metric=metric, mode=mode, space=space)
 
 

@@ -46,10 +46,11 @@ class Strategy(ABC):
         self.write_note: Callable[[dict[str, Any]], None] | None = None  # set by the driver: into the event log
 
     @classmethod
-    def check(cls, space: Space, options: Any) -> None:
-        """Called when the experiment file is read, before anything runs: raise
-        ``SpecError(path, message)`` for a search this strategy cannot run (say, a space
-        where it needs none). Optional."""
+    def check(cls, space: Space, options: Any, metrics: tuple[str, ...]) -> None:
+        """Called when the experiment file is read, before anything runs, with the metrics
+        the backend reports (``train_loss``, ``val_loss``, ...): raise ``SpecError(path,
+        message)`` for a search this strategy cannot run (say, a space where it needs
+        none). Optional."""
 
     @abstractmethod
     def ask(self, history: History) -> dict[str, Any] | None:

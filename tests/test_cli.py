@@ -209,6 +209,10 @@ def test_start_from_an_earlier_run_trains_its_best_config(write_experiment, tmp_
     run_dir = run_dir_of(proc.stdout)
     written = orjson.loads((run_dir / "experiment.json").read_bytes())
     assert written["train"]["lr"] == best["params"]["train.lr"] and written["model"]["hidden"] == best["params"]["model.hidden"]
+    config = next(e for e in (orjson.loads(x) for x in (earlier / "events.jsonl").read_bytes().splitlines())
+                  if e["event"] == "trial_start" and e["trial"] == best["trial"])["config"]
+    assert written["model"] == config["model"], "the whole model config, not only what was searched"
+    assert written["train"] == {**config["train"], "epochs": 3}, "the whole train config but the budget"
     events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
     assert events[0]["started_from"] == {"run_dir": str(earlier.resolve()), "trial": best["trial"],
                                          "params": best["params"], "score": best["score"]}

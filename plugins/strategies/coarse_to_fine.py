@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner import History, SpecError, Strategy, bounds, hookimpl
-from runner.space import Choice, Float, Int, Param, Space
+from runner.space import Choice, Int, Param, Space
 from runner.trial import TrialRecord
 
 
@@ -51,7 +51,7 @@ class CoarseToFine(Strategy):
         self.regions: list[Space] = []  # the region of each round so far; round 0's is the space
 
     @classmethod
-    def check(cls, space: Space, options: CoarseToFineOptions) -> None:
+    def check(cls, space: Space, options: CoarseToFineOptions, metrics: tuple[str, ...]) -> None:
         if not len(space):
             raise SpecError("search.space", "coarse-to-fine needs parameters to search: it zooms in on their best values")
 
@@ -105,10 +105,12 @@ class CoarseToFine(Strategy):
             lows = highs = [param.to_unit(v) for v in values]
         pad = self.options.margin * width
         a, b = max(0.0, min(lows) - pad), min(1.0, max(highs) + pad)
-        if isinstance(param, Int):
-            high = param.from_unit(b - 1e-12)  # b may be exactly the top edge of the highest value's cell
-            return Int(param.path, min(param.from_unit(a), min(values)), max(high, max(values)), param.scale)
-        return Float(param.path, param.from_unit(a), param.from_unit(b), param.scale)
+        if isinstance(param, Int):  # a and b may lie exactly on the edges of the extreme values' cells
+            low, high = param.from_unit(a + 1e-12), param.from_unit(b - 1e-12)
+        else:
+            low, high = param.from_unit(a), param.from_unit(b)
+        # The top values themselves always stay in (a round trip through the unit scale may round them out).
+        return type(param)(param.path, min(low, min(values)), max(high, max(values)), param.scale)
 
 
 @hookimpl

@@ -7,8 +7,9 @@ nudge: the learning rate up or down by ``lr_factor``, or a momentum up or down (
 momentum`` divided or multiplied by ``momentum_factor``). After ``probe_epochs`` it judges:
 
 - the change is **kept** if the metric gained more over those epochs than the trend
-  promised: the last epoch's gain before the nudge, continued for as many epochs (what
-  leaving things alone would give at most, since learning curves flatten);
+  promised: the slowest one-epoch gain of the ``probe_epochs`` epochs before the nudge,
+  continued for as many epochs (what leaving things alone could be counted on to give,
+  since learning curves flatten);
 - otherwise it is **reverted** (a rollback to the snapshot the loop took just before the
   nudge) and the other direction is tried from that same point; when neither beats
   the trend, the setting stays and the next try waits twice as long.
@@ -33,7 +34,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runner import Babysitter, Finish, Note, Nudge, Rollback, RunnerError, SpecError, Strategy, Trial, bounds, hookimpl
+from runner import Babysitter, Finish, Note, Nudge, Rollback, SpecError, Strategy, Trial, bounds, hookimpl
 from runner.decisions import Decision
 from runner.spec import default_mode
 
@@ -64,7 +65,10 @@ class PandaNudge(Strategy):
     Options = PandaOptions
 
     @classmethod
-    def check(cls, space, options) -> None:
+    def check(cls, space, options, metrics) -> None:
+        if options.judge not in metrics:
+            raise SpecError("search.strategy.judge", f"the backend does not report {options.judge!r}; "
+                                                     f"it reports {', '.join(metrics)}")
         if len(space):
             raise SpecError("search.space", "panda-nudge trains one model, so it searches no space: set the values "
                                             "in the model and train sections, or start from an earlier search's "
@@ -78,7 +82,8 @@ class PandaNudge(Strategy):
 
     def babysitter(self, trial: Trial) -> PandaBabysitter:
         judge = self.options.judge
-        return PandaBabysitter(self.options, judge, default_mode(judge), budget=trial.config["train"]["epochs"],
+        mode = self.mode if judge == self.metric else default_mode(judge)
+        return PandaBabysitter(self.options, judge, mode, budget=trial.config["train"]["epochs"],
                                live=tuple(trial.hyperparameters))
 
 
@@ -112,7 +117,6 @@ class Notebook:
     ceiling: float | None = None  # the lowest learning rate that diverged: tries stay below it
     plateau_from: int = 0  # epochs completed when the last plateau cut (or a person) reset the count
     notes: list = field(default_factory=list)  # notes to write at the next epoch end: (kind, reason)
-    resumed: bool = False  # the try in progress outlived a resume (its before-nudge snapshot did not)
 
 
 class PandaBabysitter(Babysitter):
@@ -134,7 +138,6 @@ class PandaBabysitter(Babysitter):
     def load_state(self, state: dict[str, Any]) -> None:
         if state:
             self.book = Notebook(**state)
-            self.book.resumed = self.book.trying is not None
 
     def nudge_applied(self, trial: Trial, change: dict[str, Any], source: str) -> None:
         if source != "strategy":
@@ -159,7 +162,7 @@ class PandaBabysitter(Babysitter):
         if lr is not None:
             book.ceiling = lr if book.ceiling is None else min(book.ceiling, lr)
         tried = Try(**book.trying) if book.trying is not None else None
-        book.trying, book.failed, book.streak, book.resumed = None, [], 0, False
+        book.trying, book.failed, book.streak = None, [], 0
         book.prefer["lr"] = "down"
         book.wait = self.options.every
         what = f"{tried.setting} {tried.direction} to {tried.new:.4g}" if tried else "training"
@@ -175,10 +178,7 @@ class PandaBabysitter(Babysitter):
     def epoch_end(self, trial: Trial, epoch: int, metrics: dict[str, float]) -> list[Decision]:
         book = self.book
         book.trained += 1
-        if self.metric not in metrics:
-            raise RunnerError(f"panda-nudge judges by {self.metric!r}, which this backend does not report; "
-                              f"it reports {', '.join(sorted(metrics))} (set search.strategy.judge)")
-        score = metrics[self.metric]
+        score = metrics.get(self.metric)
         del book.scores[trial.epoch - 1:]
         book.scores.append(score if score is not None and math.isfinite(score) else None)
         decisions: list[Decision] = [Note(kind, reason) for kind, reason in book.notes]
@@ -205,7 +205,7 @@ class PandaBabysitter(Babysitter):
         book, options = self.book, self.options
         if trial.epoch - tried.epoch < options.probe_epochs:
             return []
-        book.trying, resumed, book.resumed = None, book.resumed, False
+        book.trying = None
         now = book.scores[-1]
         got = None if now is None else self.gain(tried.score, now)
         what = f"{tried.setting} {tried.direction} to {tried.new:.4g}"
@@ -220,13 +220,9 @@ class PandaBabysitter(Babysitter):
             return [keep] + self.start(trial, tried.setting, tried.direction, chained=True)
         book.failed.append(tried.direction)
         book.streak = 0
-        decisions: list[Decision] = [Note("revert", f"revert {what}: {verdict}", record)]
-        if resumed:  # the snapshot from before the nudge was in memory: the epoch's, and the old value
-            decisions += [Rollback(tried.epoch, reason=f"revert {what}"),
-                          Nudge({tried.setting: tried.old}, reason=f"revert {what}: back to {tried.old:.4g}")]
-        else:
-            decisions.append(Rollback("before_nudge", reason=f"revert {what}"))
-        if flip(tried.direction) not in book.failed:
+        decisions: list[Decision] = [Note("revert", f"revert {what}: {verdict}", record),
+                                     Rollback("before_nudge", reason=f"revert {what}")]
+        if flip(tried.direction) not in book.failed and book.trained + options.probe_epochs < self.budget:
             retry = self.nudge_for(tried.setting, flip(tried.direction), tried.old)
             if retry is not None:
                 book.trying = asdict(Try(tried.setting, flip(tried.direction), tried.old, retry, tried.epoch,
@@ -237,11 +233,12 @@ class PandaBabysitter(Babysitter):
     def give_up(self, setting: str) -> list[Decision]:
         """No direction beat the trend: leave the setting, and wait longer before the next try."""
         book = self.book
-        tried = " nor ".join(book.failed)
+        verdict = (f"neither {' nor '.join(book.failed)} beat the trend" if len(book.failed) > 1
+                   else f"{book.failed[0]} did not beat the trend")
         book.failed, book.backoff = [], min(book.backoff * 2, 8)
         book.wait = self.options.every * book.backoff
         book.move += 1
-        return [Note("hold", f"{setting}: neither {tried} beat the trend; next try in {book.wait} epochs")]
+        return [Note("hold", f"{setting}: {verdict}; next try in {book.wait} epochs")]
 
     def start_next(self, trial: Trial) -> list[Decision]:
         """Try the next setting in turn, in the direction that last helped it (up at first)."""
@@ -292,7 +289,7 @@ class PandaBabysitter(Babysitter):
         """Someone else changed the trial: drop the try in progress (it is no longer what is
         being measured); a person's change also pauses the automatic nudges."""
         book = self.book
-        book.trying, book.failed, book.streak, book.resumed = None, [], 0, False
+        book.trying, book.failed, book.streak = None, [], 0
         book.plateau_from = len(book.scores)
         book.wait = self.options.every
         if source == "control":

@@ -231,3 +231,13 @@ def test_a_run_killed_mid_round_resumes_to_the_same_search(tmp_path, zoomed, kil
     def trials(log):
         return [(e["trial"], e["params"], e["score"]) for e in log if e["event"] == "trial_complete"]
     assert trials(events) == trials(zoomed)
+
+
+def test_a_region_around_one_value_with_no_margin_is_that_value(plugins):
+    ints, lr = Int("model.width", 1, 1000, "log"), Float("train.lr", 1e-4, 1.0, "log")
+    strategy = make(plugins, Space([ints, lr]), keep_top=1, margin=0.0)
+    for v in range(1, 1001):
+        narrowed = strategy.narrow(ints, ints, [v])
+        assert (narrowed.low, narrowed.high) == (v, v)
+    point = strategy.narrow(lr, lr, [0.003])
+    assert point.low <= 0.003 <= point.high and point.high - point.low < 1e-15

@@ -137,8 +137,44 @@ def test_killed_and_resumed_it_babysits_exactly_as_if_never_stopped(tmp_path, un
     assert proc.returncode == -9
     resumed = subprocess.run([sys.executable, "-m", "runner", "resume", run_dir, "--plain"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+    resumed_log = [orjson.loads(x) for x in (run_dir / "events.jsonl").read_bytes().splitlines()]
+    at = next(i for i, e in enumerate(resumed_log) if e["event"] == "resume")
+    reverts = [e for e in resumed_log[at:] if e["event"] == "rollback" and e["source"] == "strategy"]
+    assert all(e["snapshot"] == "before_nudge" for e in reverts), "a try is reverted to its own snapshot, from disk if need be"
     a, b = outcome(uninterrupted_panda), outcome(run_dir)
     assert a["trials"] == b["trials"]
     for name, (epoch, arrays) in a["finals"].items():
         assert b["finals"][name][0] == epoch
         assert all((arrays[k] == b["finals"][name][1][k]).all() for k in arrays)
+
+
+POISON = """
+import os
+from plugins.backends.numpy_mlp.backend import NumpyBackend
+real, count = NumpyBackend.train_step, [0]
+
+def train_step(self):  # the 26th step trained returns NaN: right after the first revert
+    count[0] += 1
+    return float("nan") if count[0] == 26 else real(self)
+
+NumpyBackend.train_step = train_step
+"""
+
+
+def test_a_divergence_after_a_revert_never_rolls_forward_onto_the_path_left_behind(tmp_path):
+    (tmp_path / "poison.py").write_text(POISON)
+    path = tmp_path / "exp.json"
+    path.write_bytes(orjson.dumps(deep_update(RESUMABLE, {"checkpoint": {"min_interval": 30}})))
+    events = run_file(path, tmp_path, [str(tmp_path / "poison.py")]).events
+    rollbacks = [e for e in events if e["event"] == "rollback"]
+    assert [e["source"] for e in rollbacks][:2] == ["strategy", "divergence"]
+    assert all(e["to_step"] <= e["from_step"] for e in rollbacks), "every rollback goes back, never forward"
+    revert, blowup = rollbacks[:2]
+    assert blowup["to_step"] <= revert["to_step"], "not onto the epochs of the reverted try"
+
+
+def test_a_judge_the_backend_does_not_report_is_refused_when_the_file_is_read(plugins):
+    raw = deep_update(DIGITS, {"search": {"strategy": {"name": "panda-nudge", "judge": "val_accuracy"}}})
+    with pytest.raises(SpecError, match="search.strategy.judge: the backend does not report 'val_accuracy'; "
+                                        "it reports train_loss, val_loss, val_acc"):
+        parse(raw, plugins.registry)
