@@ -2,8 +2,12 @@
 """Search strategies at an equal budget: the best validation loss each one finds.
 
     python benchmarks/bench_search.py [--trials 27 48 75] [--seeds 5] [--datasets digits spirals]
-                                      [--epochs digits=10 spirals=50] [--jobs 2] [--json FILE]
-    python benchmarks/bench_search.py --quick      # smoke run: 1 seed, 12 trials, 2 epochs
+                                      [--epochs digits=10 spirals=50] [--noise 12] [--jobs 2] [--json FILE]
+    python benchmarks/bench_search.py --quick      # smoke run: 1 seed, 12 trials, 2 epochs (about 10 s)
+    python benchmarks/bench_search.py --from-json FILE   # print the tables again from a --json file
+
+Needs Optuna for the ``tpe`` side (``pip install optuna``: a benchmark-only dependency).
+The defaults take 7 to 10 minutes on 2 slow cores.
 
 Compared, on the same training code (the NumPy backend run by ``run_experiment``, in process):
 
@@ -41,8 +45,14 @@ Reported per dataset and budget: the best finite ``val_loss`` over a run's trial
 "best"), median (min..max) over the seeds; the ``val_acc`` of the epoch where that best
 ``val_loss`` was reached (median); the number of seeds each strategy won (lowest best
 loss; a tie counts for all tied); trials that ended without a finite score or in a state
-other than completed; seconds per run (rough: two runs share the 2 cores). Also a
-per-seed table, for paired comparisons.
+other than completed; the median paired difference with random on the same seed;
+seconds per run (rough: two runs share the 2 cores). Also a per-seed table, for paired
+comparisons, and a condensed table per dataset.
+
+Trial-seed noise (``--noise N``): afterwards, for each dataset and seed, the parameters
+with the lowest best loss any strategy found are trained again with trial seeds 0..N-1
+(a random search over a space of one value per parameter): how much of a "best
+val_loss" is the trial's seed rather than its parameters.
 
 Runs are spread over ``--jobs`` worker processes (default 2), each with BLAS on one thread
 (``--blas-threads``, set before NumPy is imported). Work folders are temporary and
@@ -52,7 +62,6 @@ removed. No timed assertions: this benchmark reports, it does not judge.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import multiprocessing
@@ -120,16 +129,19 @@ def strategy_section(name: str, trials: int, rounds: int) -> tuple[dict, int]:
     raise ValueError(name)
 
 
-def experiment(dataset: str, seed: int, strategy: dict, epochs: int) -> dict:
+def experiment(dataset: str, seed: int, strategy: dict, epochs: int, fixed: dict | None = None) -> dict:
+    """The experiment dict of one run. With ``fixed`` (path -> value), the space holds one
+    value per parameter instead: every trial trains those parameters, only the trial seed varies."""
     data, _ = DATASETS[dataset]
     raw = json.loads(json.dumps(BASE))
     raw["train"]["epochs"] = epochs
+    space = SPACE if fixed is None else {path: {"choices": [value]} for path, value in fixed.items()}
     return {
         "name": f"search-{dataset}-{strategy['name']}-s{seed}",
         "seed": seed,
         "data": data,
         **raw,
-        "search": {"strategy": strategy, "metric": METRIC, "mode": "min", "space": SPACE},
+        "search": {"strategy": strategy, "metric": METRIC, "mode": "min", "space": space},
     }
 
 
@@ -210,7 +222,7 @@ def run_one(job: dict) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-search-", dir=job["tmp"]))
     try:
-        raw = experiment(job["dataset"], job["seed"], job["section"], job["epochs"])
+        raw = experiment(job["dataset"], job["seed"], job["section"], job["epochs"], job.get("fixed"))
         path = work / f"{raw['name']}.json"
         path.write_bytes(orjson.dumps(raw))
         plugins = load_plugins()
@@ -235,6 +247,7 @@ def run_one(job: dict) -> dict:
     best = min(scored, key=lambda r: (r.score, r.trial)) if scored else None
     return {
         **{k: job[k] for k in ("dataset", "seed", "strategy", "budget", "epochs", "section")},
+        **{k: job[k] for k in ("fixed", "found") if k in job},
         "trials": len(board),
         "epochs_run": sum(r.epochs for r in board),
         "best_val_loss": best.score if best else None,
@@ -284,8 +297,9 @@ def report(records: list[dict], strategies: list[str], seeds: list[int]) -> dict
         print(f"### {dataset}: budget {budget} trials x {epochs} epochs, {len(seeds)} seeds")
         print()
         print("| strategy | trials x epochs | best val_loss: median (min..max) | val_acc at that epoch: median "
-              "(min..max) | seeds won | trials without a score / not completed | s per run (median) |")
-        print("|---|---|---|---|---:|---|---:|")
+              "(min..max) | seeds won | paired with random: median difference (seeds better / worse) "
+              "| trials without a score / not completed | s per run (median) |")
+        print("|---|---|---|---|---:|---|---|---:|")
         for s in strategies:
             rs = rows[s]
             if not rs:
@@ -294,13 +308,17 @@ def report(records: list[dict], strategies: list[str], seeds: list[int]) -> dict
             accs = [r["val_acc"] for r in rs if r["val_acc"] is not None]
             trials = sorted({r["trials"] for r in rs})
             cell = lambda v, d: (f"{statistics.median(v):.{d}f} ({min(v):.{d}f}..{max(v):.{d}f})" if v else "-")
+            diffs = paired(rs, rows.get("random", []))
+            vs_random = ("-" if s == "random" or not diffs else
+                         f"{statistics.median(diffs):+.4f} ({sum(d < 0 for d in diffs)} / {sum(d > 0 for d in diffs)})")
             print(f"| {s} | {'/'.join(map(str, trials))} x {epochs} | {cell(losses, 4)} | {cell(accs, 3)} | "
-                  f"{wins[s]} | {sum(r['unscored'] for r in rs)} / {sum(r['not_completed'] for r in rs)} | "
+                  f"{wins[s]} | {vs_random} | {sum(r['unscored'] for r in rs)} / {sum(r['not_completed'] for r in rs)} | "
                   f"{statistics.median(r['seconds'] for r in rs):.1f} |")
             summary[f"{dataset}/{budget}/{s}"] = {
                 "median_best_val_loss": statistics.median(losses) if losses else None,
                 "min": min(losses) if losses else None, "max": max(losses) if losses else None,
                 "median_val_acc": statistics.median(accs) if accs else None, "wins": wins[s], "trials": trials,
+                "paired_minus_random": diffs,
             }
         print()
         print("Best val_loss per seed (the same data and trial seeds in a column):")
@@ -326,6 +344,99 @@ def report(records: list[dict], strategies: list[str], seeds: list[int]) -> dict
                   + "; ".join(f"{k} {v.get('choices', [v.get('low'), v.get('high')])}" for k, v in region.items()))
         print()
     return summary
+
+
+def noise_jobs(records: list[dict], trials: int, tmp: Path) -> list[dict]:
+    """Per dataset and seed: the best parameters any strategy found, trained again with the
+    trial seeds 0..trials-1 of the same experiment seed (the same data)."""
+    jobs = []
+    for dataset in DATASETS:
+        for seed in sorted({r["seed"] for r in records if r["dataset"] == dataset}):
+            mine = [r for r in records if r["dataset"] == dataset and r["seed"] == seed
+                    and r["best_val_loss"] is not None]
+            if not mine:
+                continue
+            best = min(mine, key=lambda r: r["best_val_loss"])
+            jobs.append({"dataset": dataset, "seed": seed, "strategy": "noise", "budget": None,
+                         "epochs": best["epochs"], "section": {"name": "random", "trials": trials},
+                         "fixed": best["best_params"], "planned": trials, "tmp": str(tmp),
+                         "found": {k: best[k] for k in ("strategy", "budget", "best_trial", "best_val_loss")}})
+    return jobs
+
+
+def noise_table(noise: list[dict]) -> None:
+    """How much the trial seed alone moves the best val_loss of the best parameters found."""
+    if not noise:
+        return
+    n = max(r["trials"] for r in noise)
+    print(f"### Trial-seed noise: the best parameters found, trained with trial seeds 0..{n - 1}")
+    print()
+    print("| dataset | seed | best val_loss found (strategy, trials, trial) | parameters | same parameters, "
+          f"{n} trial seeds: min / median / max | sd |")
+    print("|---|---:|---|---|---|---:|")
+    for r in sorted(noise, key=lambda r: (list(DATASETS).index(r["dataset"]), r["seed"])):
+        scores = [s for _, s in r["trial_scores"] if s is not None and math.isfinite(s)]
+        found = r["found"]
+        sd = f"{statistics.stdev(scores):.4f}" if len(scores) > 1 else "-"
+        print(f"| {r['dataset']} | {r['seed']} | {found['best_val_loss']:.4f} ({found['strategy']}, {found['budget']}, "
+              f"t{found['best_trial']}) | {short_params(r['fixed'])} | "
+              + (f"{min(scores):.4f} / {statistics.median(scores):.4f} / {max(scores):.4f}" if scores else "-")
+              + f" | {sd} |")
+    print()
+
+
+def summary_tables(records: list[dict], strategies: list[str], seeds: list[int]) -> None:
+    """One condensed table per dataset: a row per (budget, strategy)."""
+    for dataset in [d for d in DATASETS if any(r["dataset"] == d for r in records)]:
+        mine = [r for r in records if r["dataset"] == dataset]
+        epochs = mine[0]["epochs"]
+        print(f"### Summary, {dataset} ({epochs} epochs per trial, {len(seeds)} seeds)")
+        print()
+        print("| trials | strategy | best val_loss: median (min..max) | val_acc at that epoch: median | seeds won "
+              "| paired with random: median difference (seeds better / worse) |")
+        print("|---:|---|---|---:|---:|---|")
+        for budget in sorted({r["budget"] for r in mine}):
+            rows = {s: [r for r in mine if r["budget"] == budget and r["strategy"] == s] for s in strategies}
+            wins = {s: 0 for s in strategies}
+            for seed in seeds:
+                losses = {s: r["best_val_loss"] for s in strategies for r in rows[s]
+                          if r["seed"] == seed and r["best_val_loss"] is not None}
+                for s, v in losses.items():
+                    wins[s] += v == min(losses.values())
+            best_median = min((statistics.median(v) for v in (
+                [r["best_val_loss"] for r in rows[s] if r["best_val_loss"] is not None] for s in strategies) if v),
+                default=None)
+            for s in strategies:
+                losses = [r["best_val_loss"] for r in rows[s] if r["best_val_loss"] is not None]
+                accs = [r["val_acc"] for r in rows[s] if r["val_acc"] is not None]
+                if not losses:
+                    continue
+                median = statistics.median(losses)
+                mark = "**" if round(median, 4) == round(best_median, 4) else ""
+                diffs = paired(rows[s], rows.get("random", []))
+                vs_random = ("-" if s == "random" or not diffs else
+                             f"{statistics.median(diffs):+.4f} ({sum(d < 0 for d in diffs)} / {sum(d > 0 for d in diffs)})")
+                trials = "/".join(str(t) for t in sorted({r["trials"] for r in rows[s]}))
+                acc = f"{statistics.median(accs):.3f}" if accs else "-"
+                print(f"| {trials} | {s} | {mark}{median:.4f}{mark} ({min(losses):.4f}..{max(losses):.4f}) | "
+                      f"{acc} | {wins[s]} | {vs_random} |")
+        print()
+
+
+def paired(rows: list[dict], reference: list[dict]) -> list[float]:
+    """Best val_loss minus the reference's, seed by seed (seeds where both have one)."""
+    ref = {r["seed"]: r["best_val_loss"] for r in reference}
+    return [r["best_val_loss"] - ref[r["seed"]] for r in rows
+            if r["best_val_loss"] is not None and ref.get(r["seed"]) is not None]
+
+
+def grid_axes(points: int) -> str:
+    """The grid's values per parameter, for the report."""
+    from runner.space import Space
+
+    space = Space.parse(SPACE)
+    return "; ".join(f"{p.path} " + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in p.grid(points))
+                     for p in space)
 
 
 def parse_epochs(values: list[str] | None, parser: argparse.ArgumentParser) -> dict[str, int]:
@@ -360,32 +471,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=C2F_DEFAULTS["rounds"], help="coarse-to-fine rounds (default 3)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--blas-threads", type=int, default=1, help="OPENBLAS/OMP/MKL_NUM_THREADS (default 1)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 12 trials, 2 epochs")
+    parser.add_argument("--noise", type=int, default=12,
+                        help="then train each seed's best parameters with this many trial seeds (default 12; 0: skip)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 12 trials, 2 epochs, noise 3")
     parser.add_argument("--json", type=Path, help="also write every run's summary to this file")
+    parser.add_argument("--from-json", type=Path, metavar="FILE",
+                        help="run nothing: print the tables again from a file written by --json")
     args = parser.parse_args(argv)
+
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        strategies = [s for s in STRATEGIES if any(r["strategy"] == s for r in saved["runs"])]
+        print(f"# Search strategies at an equal budget (metric {METRIC}, mode min), from {args.from_json}")
+        print(f"command: {saved['command']}")
+        print(f"wall time: {saved['wall_s'] / 60:.1f} min")
+        print()
+        print("## Machine")
+        for key, value in saved["machine"].items():
+            print(f"- {key}: {value}")
+        print()
+        report(saved["runs"], strategies, saved["seeds"])
+        summary_tables(saved["runs"], strategies, saved["seeds"])
+        noise_table(saved.get("noise", []))
+        return 0
 
     if "numpy" in sys.modules:
         parser.error("--blas-threads must be set before NumPy is imported; run this file as a script")
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(args.blas_threads)
     if args.quick:
-        args.seeds, args.trials, args.epochs = 1, [12], ["2"]
+        args.seeds, args.trials, args.epochs, args.noise = 1, [12], ["2"], 3
     epochs = parse_epochs(args.epochs, parser)
     seeds = list(range(args.seeds))
-    if "tpe" in args.strategies:
-        try:
-            import optuna  # noqa: F401  (only to fail early; the workers import it again)
-        except ImportError:
+    try:
+        import optuna
+    except ImportError:
+        optuna = None
+        if "tpe" in args.strategies:
             parser.error("the tpe strategy needs Optuna (a benchmark-only dependency): pip install optuna")
 
     from benchmarks.bench_overhead import machine
 
     info = machine()
-    try:
-        import optuna
+    if optuna is not None:
         info["optuna"] = optuna.__version__
-    except ImportError:
-        pass
     tmp = Path(tempfile.mkdtemp(prefix="bench-search-"))
     jobs = []
     for dataset in args.datasets:
@@ -404,18 +533,15 @@ def main(argv: list[str] | None = None) -> int:
     for budget in args.trials:
         print(f"  budget {budget}: " + ", ".join(f"{s} {strategy_section(s, budget, args.rounds)[1]} trials"
                                                    for s in args.strategies), flush=True)
+        if "grid" in args.strategies:
+            print(f"    grid, {grid_points(budget)[0]} points: {grid_axes(grid_points(budget)[0])}", flush=True)
     start = time.perf_counter()
-    records = []
     try:
-        if args.jobs > 1:
-            with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-                for i, record in enumerate(pool.imap_unordered(run_one, jobs), 1):
-                    records.append(record)
-                    progress(i, len(jobs), record, start)
-        else:
-            for i, job in enumerate(jobs, 1):
-                records.append(run_one(job))
-                progress(i, len(jobs), records[-1], start)
+        records = run_jobs(jobs, args.jobs, start)
+        noise = []
+        if args.noise > 0:
+            print(f"trial-seed noise: each seed's best parameters with {args.noise} trial seeds...", flush=True)
+            noise = run_jobs(noise_jobs(records, args.noise, tmp), args.jobs, start)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     wall = time.perf_counter() - start
@@ -431,14 +557,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- BLAS threads per process: {args.blas_threads}")
     print()
     summary = report(records, args.strategies, seeds)
+    summary_tables(records, args.strategies, seeds)
+    noise_table(noise)
     if args.json:
         args.json.write_text(json.dumps({
             "command": command, "machine": info, "wall_s": wall, "space": SPACE, "base": BASE,
             "datasets": {d: DATASETS[d][0] for d in args.datasets}, "epochs": epochs, "seeds": seeds,
             "budgets": args.trials, "summary": summary,
             "runs": sorted(records, key=lambda r: (r["dataset"], r["budget"], r["strategy"], r["seed"])),
+            "noise": sorted(noise, key=lambda r: (r["dataset"], r["seed"])),
         }, indent=2))
     return 0
+
+
+def run_jobs(jobs: list[dict], processes: int, start: float) -> list[dict]:
+    """Run the jobs in ``processes`` worker processes (in this one if 1); their summaries."""
+    records = []
+    if processes > 1:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            for i, record in enumerate(pool.imap_unordered(run_one, jobs), 1):
+                records.append(record)
+                progress(i, len(jobs), record, start)
+    else:
+        for i, job in enumerate(jobs, 1):
+            records.append(run_one(job))
+            progress(i, len(jobs), records[-1], start)
+    return records
 
 
 def progress(i: int, n: int, record: dict, start: float) -> None:
