@@ -11,8 +11,9 @@ its end state, and for panda the learning rate it ended with and the epochs reve
     python benchmarks/bench_panda.py                 # 3 rates x 6 seeds x 2 runs, under a minute on 2 cores
     python benchmarks/bench_panda.py --seeds 2 --json panda.json
 
-The data is scikit-learn's digits; the network is a 64-unit ReLU MLP without batch norm
-trained by SGD with momentum, whose learning rate matters most. Results are in BENCHMARKS.md.
+The experiment is ``experiments/digits_panda.json`` (scikit-learn's digits; a 64-unit ReLU
+MLP without batch norm trained by SGD with momentum, whose learning rate matters most)
+with its rate and budget replaced. Results are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -32,13 +33,7 @@ from runner.loop import load_dataset, run_experiment
 from runner.plugins import load_plugins
 from runner.spec import load
 
-EXPERIMENT = {
-    "name": "panda-bench", "seed": 0, "data": {"name": "digits", "val_fraction": 0.2},
-    "model": {"hidden": [64], "activation": "relu", "batch_norm": False},
-    "train": {"epochs": 40, "batch_size": 64, "optimizer": "momentum", "lr": 0.02, "momentum": 0.9},
-    "search": {"strategy": {"name": "panda-nudge"}, "metric": "val_acc"},
-    "checkpoint": {"min_interval": 10},
-}
+EXPERIMENT = orjson.loads((Path(__file__).resolve().parent.parent / "experiments" / "digits_panda.json").read_bytes())
 
 
 def run_once(experiment: dict, work: Path) -> dict:

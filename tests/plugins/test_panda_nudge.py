@@ -8,22 +8,20 @@ import pytest
 
 from runner import SpecError
 from runner.spec import parse
-from tests.conftest import deep_update, run_file
+from tests.conftest import ROOT, deep_update, run_file
 from tests.test_control_live import live  # noqa: F401  (a fixture)
 from tests.test_resume import outcome, start
 
-DIGITS = {
-    "name": "panda", "seed": 0, "data": {"name": "digits", "val_fraction": 0.2},
-    "model": {"hidden": [64], "activation": "relu", "batch_norm": False},
-    "train": {"epochs": 40, "batch_size": 64, "optimizer": "momentum", "lr": 0.02, "momentum": 0.9},
-    "search": {"strategy": {"name": "panda-nudge"}, "metric": "val_acc"},
-    "checkpoint": {"min_interval": 10},
-}
+# The shipped example (lr 30, far too high), with the budget the fixed runs below get.
+DIGITS = deep_update(orjson.loads((ROOT / "experiments" / "digits_panda.json").read_bytes()), {"train": {"epochs": 40}})
 
 
 def run(tmp_path, changes: dict):
+    """The example with ``changes``; without a strategy (``"strategy": None``), one fixed trial."""
+    experiment = deep_update(DIGITS, changes)
+    experiment["search"].setdefault("strategy", {"name": "grid"})
     path = tmp_path / "exp.json"
-    path.write_bytes(orjson.dumps(deep_update(DIGITS, changes)))
+    path.write_bytes(orjson.dumps(experiment))
     return run_file(path, tmp_path)
 
 
@@ -35,7 +33,7 @@ def notes(events: list[dict], kind: str) -> list[dict]:
 def babysat(request, tmp_path_factory):
     """The same file run with a fixed learning rate (grid over nothing: one trial) and babysat."""
     tmp = tmp_path_factory.mktemp("panda")
-    fixed = run(tmp, {"train": {"lr": request.param}, "search": {"strategy": {"name": "grid"}}})
+    fixed = run(tmp, {"train": {"lr": request.param}, "search": {"strategy": None}})
     panda = run(tmp, {"train": {"lr": request.param}})
     return request.param, fixed, panda
 
