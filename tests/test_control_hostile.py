@@ -18,7 +18,10 @@ import hashlib
 import math
 import os
 import re
+import sys
+import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -348,6 +351,13 @@ def clear(path: Path) -> None:
 # -- the running inbox --------------------------------------------------------------------------
 
 
+def thread_stacks() -> str:
+    """Where every thread of this process is now: what a watcher that stopped answering is doing."""
+    frames = sys._current_frames()
+    return "\n".join(f"--- thread {t.name}:\n{''.join(traceback.format_stack(frames[t.ident]))}"
+                     for t in threading.enumerate() if t.ident in frames)
+
+
 class Run(SimpleNamespace):
     def events(self) -> list[dict]:
         return list(read_events(self.log_path))
@@ -363,7 +373,8 @@ class Run(SimpleNamespace):
                 if predicate(record):
                     return record
             if time.monotonic() > deadline:
-                raise AssertionError(f"no {what} within {WAIT}s; the last events: {self.events()[-5:]}")
+                raise AssertionError(f"no {what} within {WAIT}s; the last events: {self.events()[-5:]}\n"
+                                     f"{thread_stacks()}")
             time.sleep(0.01)
 
     def wait_until(self, condition, what: str) -> None:
