@@ -117,6 +117,33 @@ class Notebook:
     ceiling: float | None = None  # the lowest learning rate that diverged: tries stay below it
     plateau_from: int = 0  # epochs completed when the last plateau cut (or a person) reset the count
     notes: list = field(default_factory=list)  # notes to write at the next epoch end: (kind, reason)
+    first: int = 0  # the epoch whose score is scores[0]: older ones are dropped, so snapshots stay small
+
+    def record(self, epoch: int, score: float | None) -> None:
+        """The score after ``epoch`` (from 0) of the current path; keeps the last ``KEPT_SCORES``."""
+        self.cut(epoch)
+        self.scores.append(score)
+        if len(self.scores) > 2 * KEPT_SCORES:
+            drop = len(self.scores) - KEPT_SCORES
+            del self.scores[:drop]
+            self.first += drop
+
+    def cut(self, epochs: int) -> None:
+        """Forget the scores of epoch ``epochs`` on: the path goes on from there (a rollback)."""
+        if epochs < self.first:
+            self.scores.clear()
+            self.first = epochs
+        else:
+            del self.scores[epochs - self.first:]
+
+    def since(self, epochs: int) -> list:
+        """The kept scores of epoch ``epochs`` on."""
+        return self.scores[max(0, epochs - self.first):]
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of the current path, scored."""
+        return self.first + len(self.scores)
 
 
 class PandaBabysitter(Babysitter):
@@ -145,7 +172,7 @@ class PandaBabysitter(Babysitter):
 
     def rolled_back(self, trial: Trial, rollback: dict[str, Any]) -> list[Decision]:
         book, source = self.book, rollback["source"]
-        del book.scores[trial.epoch:]  # the path now continues from the restored epoch
+        book.cut(trial.epoch)  # the path now continues from the restored epoch
         book.plateau_from = min(book.plateau_from, trial.epoch)
         if source == "divergence":
             return self.diverged(trial, rollback["lr_before"])
@@ -179,8 +206,7 @@ class PandaBabysitter(Babysitter):
         book = self.book
         book.trained += 1
         score = metrics.get(self.metric)
-        del book.scores[trial.epoch - 1:]
-        book.scores.append(score if score is not None and math.isfinite(score) else None)
+        book.record(epoch, score if score is not None and math.isfinite(score) else None)
         decisions: list[Decision] = [Note(kind, reason) for kind, reason in book.notes]
         book.notes.clear()
         if book.trained >= self.budget and trial.epoch < self.budget:
@@ -272,14 +298,14 @@ class PandaBabysitter(Babysitter):
     def plateau(self, trial: Trial) -> Nudge | None:
         """A learning-rate cut when the best metric of the path is ``patience`` epochs old."""
         book = self.book
-        scores = book.scores[book.plateau_from:]
+        scores = book.since(book.plateau_from)
         finite = [(i, s) for i, s in enumerate(scores) if s is not None]
         if "lr" not in trial.hyperparameters or not finite:
             return None
         best_at = min(finite, key=lambda x: x[1])[0] if self.mode == "min" else max(finite, key=lambda x: x[1])[0]
         if len(scores) - 1 - best_at < self.options.patience:
             return None
-        book.plateau_from = len(book.scores)
+        book.plateau_from = book.epochs
         lr = trial.hyperparameters["lr"]
         return Nudge(lr=lr * self.options.plateau_factor,
                      reason=f"plateau: no better {self.metric} for {self.options.patience} epochs; "
@@ -290,7 +316,7 @@ class PandaBabysitter(Babysitter):
         being measured); a person's change also pauses the automatic nudges."""
         book = self.book
         book.trying, book.failed, book.streak = None, [], 0
-        book.plateau_from = len(book.scores)
+        book.plateau_from = book.epochs
         book.wait = self.options.every
         if source == "control":
             book.cooling = self.options.cooldown
@@ -336,6 +362,7 @@ class PandaBabysitter(Babysitter):
 
 
 MAX_STREAK = 3  # the longest stride is factor ** 4
+KEPT_SCORES = 256  # epochs of scores the notebook keeps: many times what the trend and a plateau look at
 
 
 def flip(direction: str) -> str:

@@ -176,3 +176,25 @@ def test_a_judge_the_backend_does_not_report_is_refused_when_the_file_is_read(pl
     with pytest.raises(SpecError, match="search.strategy.judge: the backend does not report 'val_accuracy'; "
                                         "it reports train_loss, val_loss, val_acc"):
         parse(raw, plugins.registry)
+
+
+def test_the_notebook_stays_small_on_a_long_run_and_a_plateau_is_still_seen():
+    from types import SimpleNamespace
+
+    from plugins.strategies.panda_nudge import KEPT_SCORES, PandaBabysitter, PandaOptions
+
+    sitter = PandaBabysitter(PandaOptions(moves=("momentum",), patience=6), "val_loss", "min",
+                             budget=10**6, live=("lr", "momentum"))
+    trial = SimpleNamespace(epoch=0, hyperparameters={"lr": 0.1, "momentum": 0.0})
+    cuts = []
+    for epoch in range(5000):
+        trial.epoch = epoch + 1
+        loss = 1.0 / (epoch + 1) if epoch < 4000 else 1.0  # learning, then flat for good
+        for decision in sitter.epoch_end(trial, epoch, {"val_loss": loss}):
+            if getattr(decision, "reason", "").startswith("plateau"):
+                cuts.append(epoch)
+    book = sitter.book
+    assert len(book.scores) <= 2 * KEPT_SCORES and book.epochs == 5000
+    assert cuts and 4000 < cuts[0] <= 4000 + 6 + 1, "the plateau after epoch 4000 is seen within its patience"
+    sitter.rolled_back(SimpleNamespace(epoch=10, hyperparameters=trial.hyperparameters), {"source": "control"})
+    assert book.epochs == 10 and book.scores == [], "a rollback behind what is kept forgets it all"
