@@ -61,6 +61,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # ``python benchmarks/bench_checkpoints.py`` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_overhead import rotated  # noqa: E402
+
 DEFAULT_EXPERIMENT = ROOT / "experiments" / "digits_random.json"
 
 #: The three ``checkpoint`` sections of measurement 3.
@@ -75,11 +77,6 @@ AIMS = {"rollback": 2.0, "write": 1.5, "every_epoch": 0.05}
 
 def med_min(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), min(values)
-
-
-def rotated(names: list[str], i: int) -> list[str]:
-    k = i % len(names)
-    return names[k:] + names[:k]
 
 
 def filesystem(path: Path) -> str:

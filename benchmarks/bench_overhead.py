@@ -74,6 +74,12 @@ OTHER_BACKEND = ("hyperparameters",)
 #: Final metrics compared between the two sides (exact float equality).
 COMPARED = ("train_loss", "val_loss", "val_acc")
 
+def rotated(names: list, i: int) -> list:
+    """``names`` started at the ``i``-th (mod its length): each timed round runs the sides in a new order."""
+    k = i % len(names)
+    return names[k:] + names[:k]
+
+
 #: What a fresh ``runner start`` process does before its first trial, stage by stage.
 COLD_CHILD = r"""
 import json, sys, time
@@ -522,8 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         wall: dict[str, list[float]] = {name: [] for name in sides}
         names = list(sides)
         for i in range(args.repeats):
-            order = names[i % len(names):] + names[:i % len(names)]
-            for name in order:
+            for name in rotated(names, i):
                 seconds, finals = sides[name]()
                 wall[name].append(seconds)
                 problems += [f"round {i + 1} {name}: {p}" for p in compare(reference, finals)]

@@ -66,9 +66,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # ``python benchmarks/bench_torch.py`` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_checkpoints import cpu_jiffies, rotated  # noqa: E402
+from benchmarks.bench_checkpoints import cpu_jiffies  # noqa: E402
 from benchmarks.bench_overhead import (  # noqa: E402
-    BARE, CHECKPOINTS_OFF, NO_CKPT, RUNNER, bench_experiment, compare, instrumented_bare,
+    rotated, BARE, CHECKPOINTS_OFF, NO_CKPT, RUNNER, bench_experiment, compare, instrumented_bare,
     instrumented_runner, machine, median_min_max, planned_jobs, print_direct_rows, print_metric_check, runner_run,
     timed_bare,
 )

@@ -119,6 +119,12 @@ class Notebook:
     notes: list = field(default_factory=list)  # notes to write at the next epoch end: (kind, reason)
     first: int = 0  # the epoch whose score is scores[0]: older ones are dropped, so snapshots stay small
 
+    def drop_try(self) -> dict | None:
+        """End the try in progress without a verdict (someone else acted, or it diverged); return it."""
+        trying = self.trying
+        self.trying, self.failed, self.streak = None, [], 0
+        return trying
+
     def record(self, epoch: int, score: float | None) -> None:
         """The score after ``epoch`` (from 0) of the current path; keeps the last ``KEPT_SCORES``."""
         self.cut(epoch)
@@ -188,8 +194,8 @@ class PandaBabysitter(Babysitter):
         book = self.book
         if lr is not None:
             book.ceiling = lr if book.ceiling is None else min(book.ceiling, lr)
-        tried = Try(**book.trying) if book.trying is not None else None
-        book.trying, book.failed, book.streak = None, [], 0
+        trying = book.drop_try()
+        tried = Try(**trying) if trying is not None else None
         book.prefer["lr"] = "down"
         book.wait = self.options.every
         what = f"{tried.setting} {tried.direction} to {tried.new:.4g}" if tried else "training"
@@ -315,7 +321,7 @@ class PandaBabysitter(Babysitter):
         """Someone else changed the trial: drop the try in progress (it is no longer what is
         being measured); a person's change also pauses the automatic nudges."""
         book = self.book
-        book.trying, book.failed, book.streak = None, [], 0
+        book.drop_try()
         book.plateau_from = book.epochs
         book.wait = self.options.every
         if source == "control":
