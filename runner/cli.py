@@ -28,7 +28,8 @@ from runner.loop import load_dataset, run_experiment
 from runner.resume import clean_temporary_files, plan_resume, read_run
 from runner.plugins import TRACE_ENV, Plugins, hooks_of, load_plugins
 from runner.nudge import Change, latest_run, read_status, send
-from runner.progress import ProgressReporter, status_view
+from runner.live import LiveView
+from runner.progress import leaderboard_table, status_view
 from runner.results import best_of_run
 from runner.spec import load
 
@@ -89,11 +90,11 @@ def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int |
         console.print(f"run directory: {run_dir}", soft_wrap=True, markup=False)
         console.print(f"control file:  {run_dir / CONTROL_FILE}  (edit it, or: runner nudge {run_dir} lr=...)",
                       soft_wrap=True, markup=False)
-        plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
-        with run_lock(run_dir), graceful_interrupts():
+        view = LiveView(console, live=False if plain else None)
+        with run_lock(run_dir), graceful_interrupts(), view:
             board = run_experiment(spec, plugins, dataset, run_dir, poll=poll, notify=_notifier(console),
-                                   origin=origin)
-        _check(board, run_dir)
+                                   origin=origin, watchers=[view.observe])
+        _finished(console, board, spec.search.metric, run_dir)
 
 
 @main.command()
@@ -124,10 +125,12 @@ def resume(run_dir: Path, plain: bool, poll: bool) -> None:
             console.print(f"t{trial:03d} continues {where_from}", soft_wrap=True)
         console.print(f"control file: {run_dir / CONTROL_FILE} (its current contents are the starting point)",
                       soft_wrap=True, markup=False)
-        plugins.manager.register(ProgressReporter(console, live=False if plain else None), name="progress")
-        with graceful_interrupts():
-            board = run_experiment(spec, plugins, dataset, run_dir, resume=plan, poll=poll, notify=_notifier(console))
-        _check(board, run_dir)
+        view = LiveView(console, live=False if plain else None)
+        view.replay(plan.events)
+        with graceful_interrupts(), view:
+            board = run_experiment(spec, plugins, dataset, run_dir, resume=plan, poll=poll, notify=_notifier(console),
+                                   watchers=[view.observe])
+        _finished(console, board, spec.search.metric, run_dir)
 
 
 def _notifier(console: Console):
@@ -235,7 +238,11 @@ def status(run_dir: Path | None, as_json: bool, out: Path) -> None:
     terminal().print(status_view(doc))
 
 
-def _check(board, run_dir: Path) -> None:
+def _finished(console: Console, board, metric: str, run_dir: Path) -> None:
+    """The end of ``start`` and ``resume``: the leaderboard, where the results are, and exit
+    code 1 if every trial failed."""
+    console.print(leaderboard_table(board, metric))
+    console.print(f"results: {run_dir / 'results.json'}", highlight=False, soft_wrap=True)
     if board and all(r.state == "failed" for r in board):
         raise RunnerError(f"every trial failed; the reasons are in {run_dir / 'events.jsonl'} (trial_complete)")
 

@@ -21,7 +21,7 @@ _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 class EventLog:
     """Appends events to a file. Only the driver process holds one; its threads (the trial
-    loop, the control-file watcher) take turns. ``observers`` are called with each event
+    loop, the control-file watcher, an executor writing what its workers send) take turns. ``observers`` are called with each event
     after it is written, in log order (``status.json`` is kept this way)."""
 
     def __init__(self, path: Path):
@@ -32,8 +32,11 @@ class EventLog:
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one event now and return it as written (before JSON encoding)."""
+        return self.write({"t": round(time.time(), 6), "event": event, **fields})
+
+    def write(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Write an event made elsewhere (a worker process: ``t`` is when it happened there)."""
         with self._lock:
-            record = {"t": round(time.time(), 6), "event": event, **fields}
             self._file.write(orjson.dumps(record, option=_OPTIONS) + b"\n")
             self._file.flush()
             for observe in self.observers:

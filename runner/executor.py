@@ -7,19 +7,41 @@ The driver hands an executor jobs while it has room and collects results as tria
         result = executor.next_result()
 
 ``run_trial`` is the function that trains one job to its end; an in-process executor calls
-it directly, others call it where the trial runs. It writes events and takes the control
-file's orders through objects of the driver's process (the event log, the control inbox),
-so an executor that runs trials elsewhere must carry those across.
+it directly. An executor that runs trials elsewhere builds the same function where the
+trial runs, from ``session.setup``, and carries what the trial writes (events) and reads
+(orders from the control file) across: ``runner.remote.RemoteExecutor`` does that part for
+any transport, ``runner.worker`` is the worker's end.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from runner.backend import NoOptions
 from runner.trial import TrialResult
+
+if TYPE_CHECKING:
+    from runner.events import EventLog
+    from runner.inbox import ControlInbox
+    from runner.worker import WorkerSetup
+
+
+@dataclass
+class Session:
+    """The driver's side of a run, as an executor that runs trials elsewhere needs it."""
+
+    setup: WorkerSetup  # picklable: what a worker builds its own trial runner from
+    log: EventLog  # the one event log: what workers send is written here, in the order it comes
+    inbox: ControlInbox  # the control file's orders, for trials wherever they run
+    hook: Any  # the driver's hooks (``runner_trial_complete`` for a trial whose worker died for good)
+    run_dir: Path
+    metric: str
+    logged: Counter  # trial id -> its events in the log so far
 
 
 class Executor(ABC):
@@ -28,9 +50,10 @@ class Executor(ABC):
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
 
-    def __init__(self, options: Any, *, run_trial: Callable[[Any], TrialResult]):
+    def __init__(self, options: Any, *, run_trial: Callable[[Any], TrialResult], session: Session):
         self.options = options
         self.run_trial = run_trial
+        self.session = session
 
     @abstractmethod
     def has_room(self) -> bool:
@@ -48,5 +71,7 @@ class Executor(ABC):
     def next_result(self) -> TrialResult:
         """Block until a submitted trial ends; return its result."""
 
-    def close(self) -> None:
-        """Release workers. Called once, at the end of the run, also after an error."""
+    def close(self, *, aborting: bool = False) -> None:
+        """Release workers. Called once, at the end of the run: also after Ctrl-C (trials
+        still running elsewhere are let finish their snapshot first) and after an error
+        or a second Ctrl-C (``aborting``: stop at once)."""

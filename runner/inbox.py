@@ -129,10 +129,11 @@ class ControlInbox:
 
     # -- trials ----------------------------------------------------------------------------
 
-    def open(self, trial: int) -> Mailbox:
+    def open(self, trial: int, mailbox: Mailbox | None = None) -> Mailbox:
         """A trial starts (or resumes): its mailbox, holding any order read while no trial
-        ran, or left undone when the run stopped."""
-        mailbox = Mailbox()
+        ran, or left undone when the run stopped. An executor that runs the trial in another
+        process passes a ``mailbox`` of its own (anything with ``put``) that forwards there."""
+        mailbox = mailbox if mailbox is not None else Mailbox()
         with self._lock:
             self._mailboxes[trial] = mailbox
             for delivery in self._held.pop(trial, []) + self._waiting:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from runner.decisions import Checkpoint, Finish, Note, Nudge, Pause, Prune, Roll
 from runner.divergence import DivergenceEvent, SpikeDetector, val_divergence
 from runner.errors import RunnerError, SpecError
 from runner.events import EventLog
+from runner.executor import Session
 from runner.inbox import ControlInbox, Delivery
 from runner.interrupt import FLAG, Interrupted
 from runner.files import write_json
@@ -40,6 +42,7 @@ from runner.spec import ExperimentSpec, trial_sections
 from runner.status import FILE_NAME as STATUS_FILE, StatusBoard
 from runner.trial import History, Trial, TrialResult, better
 from runner.typed import check_field
+from runner.worker import WorkerLink, WorkerSetup
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class TrialJob:
     seed: int
     resume: str | None = None  # a snapshot file to continue from
     announced: bool = False  # its trial_start is already in the event log (a resumed run)
+    logged: int | None = None  # a retry after its worker died: the trial's events in the log so far
 
 
 class EndTrial(Exception):
@@ -83,10 +87,19 @@ def trial_seed(experiment_seed: int, trial_id: int) -> int:
     return int(sequence.generate_state(1)[0])
 
 
+def build_strategy(spec: ExperimentSpec, registry) -> Strategy:
+    """The experiment's strategy, fresh (the driver's asks and tells; a worker's babysits)."""
+    search = spec.search
+    return registry.get("strategy", search.strategy.name)(
+        space=search.space, options=search.strategy.options, seed=spec.seed, metric=search.metric, mode=search.mode,
+    )
+
+
 def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run_dir: Path,
                    resume: ResumePlan | None = None, *, poll: bool = False,
                    notify: Callable[[str], None] = lambda message: None,
-                   origin: dict[str, Any] | None = None) -> list[TrialResult]:
+                   origin: dict[str, Any] | None = None,
+                   watchers: list[Callable[[dict[str, Any]], None]] = ()) -> list[TrialResult]:
     """Run every trial the strategy asks for; write the event log, ``status.json`` and
     ``results.json``, and take orders from the control file while trials train.
 
@@ -94,19 +107,18 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
     ``resume`` keeps; its interrupted trials continue before any new one is asked for.
     ``poll`` watches the control file by polling (for file systems without inotify);
     ``notify`` shows a person what the control file did (a line of rich markup); ``origin``
-    names the earlier run's trial whose config this run starts from (``runner start --from``).
+    names the earlier run's trial whose config this run starts from (``runner start --from``);
+    ``watchers`` are called with every event as it is written (the terminal's live view).
     Returns the leaderboard, best first.
     """
     registry, hook = plugins.registry, plugins.hook
     search = spec.search
-    strategy = registry.get("strategy", search.strategy.name)(
-        space=search.space, options=search.strategy.options, seed=spec.seed,
-        metric=search.metric, mode=search.mode,
-    )
+    strategy = build_strategy(spec, registry)
     experiment = Experiment(spec, run_dir, strategy.planned_trials())
     past = [] if resume is None else resume.events
+    as_run = {**spec.raw, "seed": spec.seed}  # the seed in force
     if resume is None:
-        write_json(run_dir / "experiment.json", {**spec.raw, "seed": spec.seed})  # the seed in force
+        write_json(run_dir / "experiment.json", as_run)
         history, waiting = History(), []
     else:
         rewrite_events(run_dir, resume.events)
@@ -128,6 +140,9 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
             status.replay(resume.events)  # what the run had done before
             inbox.resume(resume.events, continuing=set(resume.continue_from))
         log.observers.append(status.observe)
+        log.observers.extend(watchers)
+        logged = Counter(e["trial"] for e in past if "trial" in e)
+        log.observers.append(lambda e: "trial" in e and logged.update((e["trial"],)))
         if resume is None:
             log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir.resolve()),
                      base_dir=str(spec.base_dir), plugins=plugins.origins, plugin_files=plugins.extra,
@@ -137,17 +152,23 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
             log.emit("resume", trials={str(j.trial): j.resume for j in waiting}, notes=resume.notes,
                      runner_version=__version__)
 
-        writer, executor = SnapshotWriter(), None
+        writer, executor, aborting = SnapshotWriter(), None, True
         stopping = any(r.result.ends_experiment for r in history.finished)  # a resumed run that was stopping
         try:
             inbox.start(initial_control(spec, registry, backend_cls.live), fresh=resume is None)
             status.set_control(watching=inbox.mode)  # polling if inotify could not be had
             hook.runner_experiment_start(experiment=experiment)
             run_trial = TrialRunner(experiment, plugins, dataset, log, writer, inbox, strategy)
-            executor = registry.get("executor", spec.executor.name)(spec.executor.options, run_trial=run_trial)
+            setup = WorkerSetup(as_run, str(spec.base_dir), tuple(plugins.extra), str(run_dir),
+                                experiment.planned_trials, dataset)
+            session = Session(setup, log, inbox, hook, run_dir, search.metric, logged)
+            executor = registry.get("executor", spec.executor.name)(spec.executor.options, run_trial=run_trial,
+                                                                     session=session)
             while True:
                 while not stopping and executor.has_room():
                     if FLAG.requested:
+                        if executor.pending():  # trials running elsewhere save a snapshot; next_result waits
+                            break
                         log.emit("interrupted", between_trials=True)
                         raise Interrupted(f"interrupted between trials; continue with: runner resume {run_dir}")
                     if (stop := inbox.take_run_stop()) is not None:
@@ -169,9 +190,13 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
                 history.finish(result)
                 strategy.tell(history, result)
                 stopping = stopping or result.ends_experiment
+            aborting = False
+        except Interrupted:
+            aborting = False
+            raise
         finally:
             if executor is not None:
-                executor.close()
+                executor.close(aborting=aborting)
             writer.close()
             inbox.close()
 
@@ -214,10 +239,13 @@ def initial_control(spec: ExperimentSpec, registry, live: tuple[str, ...]) -> by
 
 
 class TrialRunner:
-    """Trains trials to their end. Executors call it with a ``TrialJob``."""
+    """Trains trials to their end. Executors call it with a ``TrialJob``.
 
-    def __init__(self, experiment: Experiment, plugins: Plugins, dataset: Dataset, log: EventLog,
-                 writer: SnapshotWriter, inbox: ControlInbox, strategy: Strategy | None = None):
+    ``log`` and ``inbox`` are the driver's event log and control inbox, or, in a worker
+    process, a ``runner.worker.WorkerLink`` standing in for both."""
+
+    def __init__(self, experiment: Experiment, plugins: Plugins, dataset: Dataset, log: EventLog | WorkerLink,
+                 writer: SnapshotWriter, inbox: ControlInbox | WorkerLink, strategy: Strategy | None = None):
         self.experiment, self.plugins, self.dataset, self.log, self.writer = experiment, plugins, dataset, log, writer
         self.inbox, self.strategy = inbox, strategy
 
@@ -325,6 +353,8 @@ class TrialLoop:
         state, meta = read_snapshot(path)
         self.backend.load_state(state)
         self.restore_loop(meta, counters=True)
+        if self.job.logged is not None:  # a retry: the lost work's events and the retry stay in the log
+            self.events = self.job.logged
         trial = self.trial
         trial.hyperparameters = self.backend.hyperparameters()
         self.store.adopt(path.parent, upto=meta["loop"]["events"], before_nudge_events=meta["loop"].get("before_nudge_events"))
@@ -338,7 +368,7 @@ class TrialLoop:
     def announce(self) -> None:
         trial = self.trial
         if self.job.announced:  # a resumed run restarts this trial: its trial_start is in the log
-            self.events = 1
+            self.events = 1 if self.job.logged is None else self.job.logged
             self.emit("trial_resume", epoch=0, step=0, hyperparameters=trial.hyperparameters, snapshot=None)
             self.hook.runner_trial_start(trial=trial)
             return

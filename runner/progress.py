@@ -1,9 +1,7 @@
-"""What a person sees in the terminal: a run going on, and ``runner status``.
+"""Tables for people: the leaderboard a run ends with, and ``runner status``.
 
-``ProgressReporter`` is an ordinary plugin object the CLI registers: on a terminal it
-shows a live bar per running trial and an overall bar (rich); otherwise, plain lines,
-one per finished trial. Both end with the leaderboard. ``status_view`` renders
-``status.json``.
+``status_view`` renders ``status.json``; ``fmt`` and ``short_params`` are how values and
+parameters read everywhere in the terminal (``runner.live`` draws a run as it goes).
 """
 
 from __future__ import annotations
@@ -13,13 +11,11 @@ import time
 from typing import Any
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Group
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from runner import hookimpl
-from runner.trial import Trial, TrialResult
+from runner.trial import TrialResult
 
 STATE_STYLE = {"completed": "green", "diverged": "red", "failed": "bold red", "pruned": "yellow", "stopped": "yellow"}
 
@@ -37,64 +33,6 @@ def fmt(value: Any) -> str:
 
 def short_params(params: dict[str, Any]) -> str:
     return " ".join(f"{name}={fmt(v)}" for name, v in zip(short_names(list(params)), params.values()))
-
-
-class ProgressReporter:
-    def __init__(self, console: Console | None = None, *, live: bool | None = None, leaderboard_rows: int = 10):
-        self.console = console or Console()
-        self.live = self.console.is_terminal if live is None else live
-        self.rows = leaderboard_rows
-        self.progress: Progress | None = None
-        self.tasks: dict[int, Any] = {}
-
-    @hookimpl
-    def runner_experiment_start(self, experiment) -> None:
-        self.metric = experiment.spec.search.metric
-        if not self.live:
-            return
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            console=self.console, transient=False,
-        )
-        self.progress.start()
-        self.overall = self.progress.add_task("[bold]trials", total=experiment.planned_trials, info="")
-
-    @hookimpl
-    def runner_trial_start(self, trial: Trial) -> None:
-        if self.progress:
-            epochs = trial.config.get("train", {}).get("epochs")
-            label = f"{trial.label} {short_params(trial.params)}"[:60]
-            self.tasks[trial.id] = self.progress.add_task(label, total=epochs, info="")
-
-    @hookimpl
-    def runner_epoch_end(self, trial: Trial, epoch: int, metrics: dict[str, float]) -> None:
-        if self.progress and trial.id in self.tasks:
-            info = f"{self.metric}={fmt(metrics.get(self.metric))} train_loss={fmt(metrics['train_loss'])}"
-            self.progress.update(self.tasks[trial.id], completed=epoch + 1, info=info)
-
-    @hookimpl
-    def runner_trial_complete(self, trial: Trial, result: TrialResult) -> None:
-        style = STATE_STYLE.get(result.state, "")
-        score = f"{self.metric}={fmt(result.score)}" if result.score is not None else "no score"
-        reason = f" ({escape(result.reason)})" if result.reason else ""
-        line = (f"{trial.label} [{style}]{result.state}[/] {score} epochs={result.epochs} "
-                f"{result.seconds:.1f}s  {short_params(result.params)}{reason}")
-        if self.progress:
-            task = self.tasks.pop(trial.id, None)
-            if task is not None:
-                self.progress.remove_task(task)
-            self.progress.advance(self.overall)
-            self.progress.console.print(line, highlight=False)
-        else:
-            self.console.print(line, highlight=False, soft_wrap=True)
-
-    @hookimpl
-    def runner_experiment_complete(self, experiment, results: list[TrialResult]) -> None:
-        if self.progress:
-            self.progress.stop()
-        self.console.print(leaderboard_table(results, self.metric, self.rows))
-        self.console.print(f"results: {experiment.run_dir / 'results.json'}", highlight=False, soft_wrap=True)
 
 
 def leaderboard_table(results: list[TrialResult], metric: str, rows: int = 10) -> Table:

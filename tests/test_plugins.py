@@ -20,7 +20,7 @@ def plugin_file(tmp_path: Path, name: str, body: str) -> str:
 
 def test_every_built_in_comes_through_the_entry_point_group():
     plugins = load_plugins()
-    assert {e.plugin for e in plugins.registry.entries()} == {"numpy", "torch", "grid", "random", "coarse-to-fine", "panda-nudge", "digits", "spirals", "files", "inline"}
+    assert {e.plugin for e in plugins.registry.entries()} == {"numpy", "torch", "grid", "random", "coarse-to-fine", "panda-nudge", "digits", "spirals", "files", "inline", "process", "ray"}
     assert all(origin.startswith("runner ") for origin in plugins.origins.values())
     assert load_plugins(entry_points=False).registry.entries() == []
 

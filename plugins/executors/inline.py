@@ -10,8 +10,8 @@ from runner import Executor, TrialResult, hookimpl
 class InlineExecutor(Executor):
     name = "inline"
 
-    def __init__(self, options, *, run_trial):
-        super().__init__(options, run_trial=run_trial)
+    def __init__(self, options, *, run_trial, session):
+        super().__init__(options, run_trial=run_trial, session=session)
         self._queue: deque = deque()
 
     def has_room(self) -> bool:

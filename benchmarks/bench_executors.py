@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+"""Caviar at scale, measured in one command: worker processes against inline, and the
+runner on Ray against Ray Tune on the same local cluster.
+
+    python benchmarks/bench_executors.py                      # both parts, about 3 minutes on 2 cores
+    python benchmarks/bench_executors.py --part process --rounds 5
+    python benchmarks/bench_executors.py --part ray           # needs pip install "ray[tune]"
+
+Every side trains the same trials: a fixed random search over lr and beta1 on
+scikit-learn's digits (``experiments/digits_random.json``'s data and model, ``--epochs``
+epochs, ``--trials`` trials; trial k has the same parameters and seed on every side).
+
+**process**: ``run_experiment`` with ``inline`` and with ``process`` (``--workers``
+workers), taking turns round by round (the order rotates). Reported: wall time per side,
+the throughput ratio inline / process, the workers' start-up (from ``experiment_start``
+to the first trial's first event) and the ratio once they are up. Every round checks that
+both sides end every trial with bit-identical metrics.
+
+**ray**: one local Ray cluster (``ray.init(num_cpus=--workers)``), then, taking turns:
+the runner with the ``ray`` executor, and Ray Tune running a function trainable that trains
+the same backend for the same trials (``tune.grid_search`` over the runner's own trial
+list, one CPU a trial, ``--workers`` at once, ``tune.report`` each epoch). Both with no
+snapshot files (Tune's function trainable saves none). Reported: wall time, and per-trial
+overhead: (slots x wall - the seconds trials spent training) / trials, where training
+seconds are measured inside each trial on both sides (the runner's ``epoch_end.seconds``,
+the trainable's own clock around the same calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_overhead import (COMPARED, bare_configs, bench_experiment, machine, median_min_max,  # noqa: E402
+                                       planned_jobs, rotated)
+
+SOURCE = ROOT / "experiments" / "digits_random.json"
+NO_SNAPSHOTS = {"every_epochs": 0, "best": False}
+
+
+def experiment(trials: int, epochs: int, executor: dict) -> dict:
+    raw = bench_experiment(SOURCE, trials, epochs, checkpoint=NO_SNAPSHOTS)
+    raw["model"]["hidden"] = [128]
+    raw["executor"] = executor
+    return raw
+
+
+def run(raw: dict, plugins, dataset, work: Path) -> dict:
+    """One ``run_experiment`` in this process: wall time, each trial's final metrics, and
+    from its event log the workers' start-up and the seconds trials spent training."""
+    from runner.events import read_events
+    from runner.files import create_run_dir
+    from runner.loop import run_experiment
+    from runner.spec import parse
+
+    spec = parse(raw, plugins.registry, base_dir=SOURCE.parent)
+    run_dir = create_run_dir(work, spec.name)
+    start = time.perf_counter()
+    board = run_experiment(spec, plugins, dataset, run_dir)
+    wall = time.perf_counter() - start
+    bad = [(r.trial, r.state) for r in board if r.state != "completed"]
+    assert not bad, f"trials did not complete: {bad}"
+    events = list(read_events(run_dir / "events.jsonl"))
+    first_trial = next(e["t"] for e in events if "trial" in e)
+    return {"wall": wall, "startup": first_trial - events[0]["t"],
+            "after_startup": events[-1]["t"] - first_trial,
+            "training": sum(e["seconds"] for e in events if e["event"] == "epoch_end"),
+            "finals": {r.trial: {k: r.final[k] for k in COMPARED} for r in board}}
+
+
+def part_process(args, plugins, dataset, work: Path) -> dict:
+    sides = {"inline": {"name": "inline"}, "process": {"name": "process", "workers": args.workers}}
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    mismatches = 0
+    for i in range(args.rounds):
+        for name in rotated(list(sides), i):
+            runs[name].append(run(experiment(args.trials, args.epochs, sides[name]), plugins, dataset, work))
+        mismatches += runs["inline"][-1]["finals"] != runs["process"][-1]["finals"]
+        print(f"  round {i + 1}: " + ", ".join(f"{n} {runs[n][-1]['wall']:.2f} s" for n in sides), flush=True)
+    walls = {name: [r["wall"] for r in rs] for name, rs in runs.items()}
+    ratios = [a / b for a, b in zip(walls["inline"], walls["process"])]
+    steady = [a["after_startup"] / b["after_startup"] for a, b in zip(runs["inline"], runs["process"])]
+    return {"walls": walls, "ratios": ratios, "steady": steady,
+            "startup": [r["startup"] for r in runs["process"]], "mismatched_rounds": mismatches}
+
+
+def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Path) -> dict:
+    """Ray Tune running the bare training loop over the runner's own trials."""
+    from ray import tune
+
+    def trainable(config):
+        from plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Train
+
+        trial, params, seed = config["job"]
+        cfg = bare_configs(config["raw"], params)
+        data = ray.get(config["data"][0])
+        training = 0.0
+        started = time.perf_counter()
+        model = Model(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["model"].items()})
+        train = Train(**cfg["train"])
+        backend = NumpyBackend(model=model, train=train, options=NumpyBackend.Options(), data=data, seed=seed)
+        training += time.perf_counter() - started
+        for epoch in range(train.epochs):
+            started = time.perf_counter()
+            backend.begin_epoch(epoch)
+            total = sum(backend.train_step() for _ in range(backend.steps_per_epoch))
+            val = backend.evaluate("val")
+            training += time.perf_counter() - started
+            tune.report({"trial": trial, "epoch": epoch, "train_loss": total / backend.steps_per_epoch,
+                         "val_loss": val["loss"], "val_acc": val["acc"], "training": training})
+
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"job": tune.grid_search(jobs), "raw": raw, "data": [dataset_ref]},
+        tune_config=tune.TuneConfig(max_concurrent_trials=workers),
+        run_config=tune.RunConfig(storage_path=str(storage), verbose=0, name=f"tune-{time.time_ns()}"),
+    )
+    start = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - start
+    finals = {}
+    training = 0.0
+    for result in grid:
+        assert result.error is None, result.error
+        finals[result.metrics["trial"]] = {k: result.metrics[k] for k in COMPARED}
+        training += result.metrics["training"]
+    return {"wall": wall, "training": training, "finals": finals}
+
+
+def part_ray(args, plugins, dataset, work: Path) -> dict:
+    import ray
+    from runner.spec import parse
+
+    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    try:
+        raw = experiment(args.trials, args.epochs, {"name": "ray", "workers": args.workers})
+        jobs = [list(job) for job in planned_jobs(parse(raw, plugins.registry, base_dir=SOURCE.parent), plugins)]
+        dataset_ref = ray.put(dataset)
+        sides = {"runner (ray executor)": lambda: run(raw, plugins, dataset, work),
+                 "Ray Tune": lambda: tune_side(ray, jobs, raw, dataset_ref, args.workers, work)}
+        runs: dict[str, list[dict]] = {name: [] for name in sides}
+        sides["runner (ray executor)"](), sides["Ray Tune"]()  # warm-up: workers' imports, Tune's first actor
+        for i in range(args.rounds):
+            for name in rotated(list(sides), i):
+                runs[name].append(sides[name]())
+            print(f"  round {i + 1}: " + ", ".join(f"{n} {runs[n][-1]['wall']:.2f} s" for n in sides), flush=True)
+        same = all(a["finals"] == b["finals"] for a, b in zip(*runs.values()))
+    finally:
+        ray.shutdown()
+    per_trial = {name: [(args.workers * r["wall"] - r["training"]) / args.trials for r in rs] for name, rs in runs.items()}
+    return {"walls": {n: [r["wall"] for r in rs] for n, rs in runs.items()}, "overhead": per_trial,
+            "training": {n: [r["training"] / args.trials for r in rs] for n, rs in runs.items()}, "same_metrics": same}
+
+
+def line(values: list[float], unit: str = "s", digits: int = 2) -> str:
+    median, low, high = median_min_max(values)
+    return f"{median:.{digits}f} {unit} (min {low:.{digits}f}, max {high:.{digits}f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("process", "ray", "both"), default="both")
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    from runner.loop import load_dataset
+    from runner.plugins import load_plugins
+    from runner.spec import parse
+
+    plugins = load_plugins()
+    dataset = load_dataset(parse(experiment(1, 1, {"name": "inline"}), plugins.registry, base_dir=SOURCE.parent), plugins)
+    print(json.dumps(machine(), indent=2))
+    print(f"{args.trials} trials x {args.epochs} epochs (digits, hidden [128], adam), {args.workers} workers, "
+          f"{args.rounds} rounds\n")
+    figures: dict = {"args": vars(args) | {"json": None}}
+    status = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.part in ("process", "both"):
+            print("process executor against inline:")
+            p = figures["process"] = part_process(args, plugins, dataset, Path(tmp))
+            for name, walls in p["walls"].items():
+                print(f"  {name:8} {line(walls)}")
+            print(f"  throughput inline/process: {line(p['ratios'], 'x')}")
+            print(f"  workers' start-up:         {line(p['startup'])}")
+            print(f"  ratio once workers are up: {line(p['steady'], 'x')}")
+            print(f"  rounds whose metrics differ: {p['mismatched_rounds']}\n")
+            status |= p["mismatched_rounds"] > 0
+        if args.part in ("ray", "both"):
+            print("runner's ray executor against Ray Tune, same local cluster:")
+            r = figures["ray"] = part_ray(args, plugins, dataset, Path(tmp))
+            for name in r["walls"]:
+                print(f"  {name:22} wall {line(r['walls'][name])}; training per trial "
+                      f"{statistics.median(r['training'][name]):.3f} s; overhead per trial {line(r['overhead'][name], 's', 3)}")
+            print(f"  same final metrics on both sides: {r['same_metrics']}")
+            status |= not r["same_metrics"]
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

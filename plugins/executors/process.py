@@ -1,0 +1,237 @@
+"""The process executor: trials side by side in a pool of worker processes on this machine.
+
+Each slot has one worker process (started with ``spawn``: a clean interpreter, safe with
+threads, CUDA and Torch) that builds its own trial runner once and then runs trial after
+trial. Every worker has its own pair of pipes to the driver, so a worker killed in the
+middle of a message cannot block the others. Workers ignore Ctrl-C: the driver passes it
+on (``runner.remote``) so that every trial saves a snapshot before the run stops; a worker
+whose driver is gone exits.
+
+With GPUs, worker k sees only GPU ``gpus[k % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``), so the
+trials spread over them and a backend's ``"cuda"`` (or ``"auto"``) is that GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import connection, get_context
+from typing import Any
+
+from runner import bounds, hookimpl
+from runner.checkpoints import SnapshotWriter
+from runner.errors import RunnerError, SpecError, join_path
+from runner.remote import RemoteExecutor
+from runner.worker import WorkerLink, WorkerSetup, run_job
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+EXIT_SECONDS = 30  # a worker asked to exit (its trials done) that is still there after this is killed
+
+
+@dataclass(frozen=True)
+class ProcessOptions:
+    workers: int = field(default=0, metadata=bounds(ge=0, doc="worker processes, trials at once; 0: one per CPU core"))
+    retries: int = field(default=2, metadata=bounds(ge=0, doc="times a trial is retried from its newest snapshot after its worker dies"))
+    threads: int = field(default=0, metadata=bounds(ge=0, doc="math threads per worker (OpenMP, BLAS); 0: the cores shared out among the workers"))
+    gpus: tuple[int, ...] | None = field(default=None, metadata=bounds(doc="GPU ids to spread the workers over; null: every visible CUDA device if the backend uses Torch, else none"))
+
+    def check(self, path: str) -> None:
+        if self.gpus is not None and any(g < 0 for g in self.gpus):
+            raise SpecError(join_path(path, "gpus"), f"GPU ids are >= 0, got {list(self.gpus)}")
+
+
+def cpu_count() -> int:
+    """Cores this process may use (its affinity mask), not every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[int]:
+    """The CUDA devices to spread over when the file names none: Torch's count, if the
+    backend already imported Torch (nothing else is imported to find out)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return []
+    return list(range(torch.cuda.device_count()))
+
+
+def device_ids(gpus: list[int]) -> list[str]:
+    """The GPUs as ``CUDA_VISIBLE_DEVICES`` names them: the driver's own list, if it has one,
+    numbers GPU 0, 1, ... (as Torch does)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not visible:
+        return [str(g) for g in gpus]
+    ids = [v.strip() for v in visible.split(",")]
+    for g in gpus:
+        if g >= len(ids):
+            raise RunnerError(f"executor.gpus: GPU {g} is not one of the {len(ids)} this process sees "
+                              f"(CUDA_VISIBLE_DEVICES={visible})", exit_code=2)
+    return [ids[g] for g in gpus]
+
+
+def worker_environment(slot: int, threads: int, devices: list[str]) -> dict[str, str]:
+    """What worker ``slot`` finds in its environment: its share of threads, its GPU."""
+    env = {name: str(threads) for name in THREAD_VARIABLES}
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = devices[slot % len(devices)]
+    return env
+
+
+@contextmanager
+def environment(changes: dict[str, str]):
+    """Set variables for a child to inherit as it starts, then put the driver's back."""
+    before = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def worker_main(setup: WorkerSetup, inbound: connection.Connection, outbound: connection.Connection) -> None:
+    """A worker process: build the trial runner, then run jobs until told to exit (or the
+    driver is gone). Its main thread trains; a second thread receives from the driver."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole process group; the driver decides
+    lock, driver_alive = threading.Lock(), threading.Event()
+    driver_alive.set()
+
+    def send(message: tuple) -> None:
+        with lock:
+            outbound.send(message)
+
+    link = WorkerLink(send, alive=driver_alive.is_set)
+    jobs: deque = deque()
+    arrived = threading.Condition()
+
+    def receive() -> None:
+        while True:
+            try:
+                message = inbound.recv()
+            except (EOFError, OSError):  # the driver is gone: nobody will read what this worker does
+                driver_alive.clear()
+                os._exit(1)
+            if message[0] in ("job", "exit"):
+                with arrived:
+                    jobs.append(message[1] if message[0] == "job" else None)
+                    arrived.notify()
+            else:
+                link.receive(message)
+
+    threading.Thread(target=receive, name="runner-worker-receive", daemon=True).start()
+    writer = SnapshotWriter()
+    try:
+        runner = setup.runner(link, writer)
+        while True:
+            with arrived:
+                arrived.wait_for(lambda: jobs)
+                job = jobs.popleft()
+            if job is None:
+                break
+            run_job(runner, link, job)
+    finally:
+        writer.close()
+
+
+class ProcessExecutor(RemoteExecutor):
+    name = "process"
+    Options = ProcessOptions
+
+    def __init__(self, options, *, run_trial, session):
+        super().__init__(options, run_trial=run_trial, session=session)
+        self.slots = options.workers or cpu_count()
+        self.threads = options.threads or max(1, cpu_count() // self.slots)
+        self.devices = device_ids(visible_gpus() if options.gpus is None else list(options.gpus))
+        self._context = get_context("spawn")
+        self._workers: dict[int, tuple[Any, connection.Connection, connection.Connection]] = {}
+        self._send_lock = threading.Lock()
+        self._ready: deque[tuple[int, tuple]] = deque()
+        self._ended: set[int] = set()  # slots whose worker's pipe reached its end: it exited
+
+    def start(self, slot: int) -> None:
+        if slot in self._workers:  # its worker died
+            self._forget(slot)
+        inbound_reader, inbound_writer = self._context.Pipe(duplex=False)
+        outbound_reader, outbound_writer = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=worker_main, name=f"runner-worker-{slot}", daemon=True,
+                                        args=(self.session.setup, inbound_reader, outbound_writer))
+        with environment(worker_environment(slot, self.threads, self.devices)):
+            process.start()
+        inbound_reader.close()  # the worker's ends: closed here, so a dead worker reads as EOF
+        outbound_writer.close()
+        self._workers[slot] = (process, inbound_writer, outbound_reader)
+
+    def launch(self, slot: int, job) -> None:
+        self.send(slot, ("job", job))
+
+    def send(self, slot: int, message: tuple) -> None:
+        with self._send_lock:
+            worker = self._workers.get(slot)
+            if worker is None:
+                return
+            try:
+                worker[1].send(message)
+            except (BrokenPipeError, OSError):  # it died: ``dead`` reports it and its trial is retried
+                pass
+
+    def receive(self, timeout: float) -> tuple[int, tuple] | None:
+        if not self._ready:
+            readers = {worker[2]: slot for slot, worker in self._workers.items() if slot not in self._ended}
+            for reader in connection.wait(list(readers), timeout):
+                try:
+                    while reader.poll():
+                        self._ready.append((readers[reader], reader.recv()))
+                except (EOFError, OSError):  # the worker is gone, and what it sent is read
+                    self._ended.add(readers[reader])
+        return self._ready.popleft() if self._ready else None
+
+    def dead(self, slots: list[int]) -> dict[int, str]:
+        lost = {}
+        for slot in slots:
+            process = self._workers[slot][0]
+            if process.exitcode is not None:
+                lost[slot] = describe_exit(process.exitcode)
+        return lost
+
+    def shutdown(self, *, now: bool) -> None:
+        for slot in list(self._workers):
+            if not now:
+                self.send(slot, ("exit", None))
+        for slot, (process, _, _) in list(self._workers.items()):
+            process.join(0 if now else EXIT_SECONDS)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            self._forget(slot)
+
+    def _forget(self, slot: int) -> None:
+        self._ended.discard(slot)
+        process, writer, reader = self._workers.pop(slot)
+        writer.close()
+        reader.close()
+        process.close()
+
+
+def describe_exit(code: int) -> str:
+    """A worker's exit code as a person reads it: ``killed by SIGKILL``, ``exit code 1``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+@hookimpl
+def runner_register(registry):
+    registry.add_executor(ProcessExecutor)

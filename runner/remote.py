@@ -1,0 +1,250 @@
+"""The driver's end of trials that run outside it: ``RemoteExecutor``, the base of executors
+whose workers are other processes (a pool on this machine, a Ray cluster).
+
+A subclass provides the transport: start a worker in a slot, hand it a job, send it a
+message, receive the next message from any worker, and say which busy workers died. This
+class does the rest, the same for every transport:
+
+- what workers send (``runner.worker`` lists the messages) is written to the one event
+  log in the order it comes, so ``events.jsonl`` and ``status.json`` read as in a single
+  process; a worker's request to sync is answered once the log is durable;
+- each running trial's mailbox in the control inbox forwards its orders to the worker;
+- a worker that dies takes only its trial with it: the trial is retried in a new worker
+  from its newest snapshot file (a ``trial_retry`` event), up to ``options.retries``
+  times, then ends ``failed``; orders it had not carried out by that snapshot are sent
+  again;
+- Ctrl-C (or SIGTERM) reaching the driver is passed on to every worker, each trial saves a
+  snapshot, and the run stops resumable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import abstractmethod
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from runner.errors import RunnerError
+from runner.executor import Executor
+from runner.inbox import Delivery
+from runner.interrupt import FLAG, Interrupted
+from runner.resume import newest_intact_snapshot
+from runner.trial import Trial, TrialResult
+
+DEATH_CHECK_SECONDS = 0.5  # how often busy workers are checked for death while messages keep coming
+
+
+@dataclass
+class Running:
+    """A trial in a worker, as the driver follows it."""
+
+    job: Any  # the TrialJob it runs
+    started: float = field(default_factory=time.perf_counter)
+    attempt: int = 0  # retries so far, after its worker died
+    delivered: list[Delivery] = field(default_factory=list)  # orders sent to it
+    named: dict[str, int] = field(default_factory=dict)  # order -> the trial's event count when an event named it
+
+
+class Forward:
+    """The driver's mailbox of a trial that runs in a worker: each order goes on to the worker."""
+
+    def __init__(self, executor: RemoteExecutor, slot: int, running: Running):
+        self.executor, self.slot, self.running = executor, slot, running
+
+    def put(self, delivery: Delivery) -> None:
+        """Called on the watcher's thread (or by ``ControlInbox.open``)."""
+        self.running.delivered.append(delivery)
+        self.executor.send(self.slot, ("mail", self.running.job.trial, delivery))
+
+
+class RemoteExecutor(Executor):
+    """Runs each trial in one of ``slots`` workers. Options must have ``retries``."""
+
+    slots: int  # how many trials run at once; set by the subclass before ``submit`` is called
+
+    def __init__(self, options, *, run_trial, session):
+        super().__init__(options, run_trial=run_trial, session=session)
+        self.running: dict[int, Running] = {}  # slot -> its trial
+        self.started: set[int] = set()  # slots whose worker is up
+        self.finished: deque[TrialResult] = deque()
+        self.interrupted: list[str] = []
+        self.interrupting = False
+        self._last_death_check = 0.0
+
+    # -- the transport: what a subclass provides ------------------------------------------------
+
+    @abstractmethod
+    def start(self, slot: int) -> None:
+        """Start a worker in ``slot`` (again, after the one before it died)."""
+
+    @abstractmethod
+    def launch(self, slot: int, job: Any) -> None:
+        """Hand the worker in ``slot`` a job to run with ``runner.worker.run_job``."""
+
+    @abstractmethod
+    def send(self, slot: int, message: tuple) -> None:
+        """Send a message to the worker in ``slot``; called from the driver's threads."""
+
+    @abstractmethod
+    def receive(self, timeout: float) -> tuple[int, tuple] | None:
+        """The next message from any worker as ``(slot, message)``, or None after ``timeout``."""
+
+    @abstractmethod
+    def dead(self, slots: list[int]) -> dict[int, str]:
+        """Which of these busy slots' workers died, each with why ("killed by SIGKILL")."""
+
+    @abstractmethod
+    def shutdown(self, *, now: bool) -> None:
+        """Stop every worker: let them exit, or (``now``) kill them."""
+
+    # -- the Executor contract ------------------------------------------------------------------
+
+    def has_room(self) -> bool:
+        return len(self.running) < self.slots
+
+    def pending(self) -> int:
+        return len(self.running) + len(self.finished)
+
+    def submit(self, job: Any) -> None:
+        slot = min(set(range(self.slots)) - set(self.running))
+        self.begin(slot, Running(job))
+
+    def next_result(self) -> TrialResult:
+        while not self.finished:
+            if FLAG.requested and not self.interrupting:
+                self.interrupt()
+            if self.interrupting and not self.running:
+                raise Interrupted(f"interrupted: {len(self.interrupted)} running trials saved a snapshot; "
+                                  f"continue with: runner resume {self.session.run_dir}")
+            self.pump()
+        return self.finished.popleft()
+
+    def close(self, *, aborting: bool = False) -> None:
+        try:
+            if not aborting and FLAG.requested:  # Ctrl-C: let every trial save its snapshot first
+                if not self.interrupting:
+                    self.interrupt()
+                while self.running:
+                    self.pump()
+        finally:
+            self.shutdown(now=aborting)
+
+    # -- the driver's side of the protocol ------------------------------------------------------
+
+    def begin(self, slot: int, running: Running) -> None:
+        """Run a trial in ``slot``: its mailbox forwards to the worker, then the job goes."""
+        if slot not in self.started:
+            self.start(slot)
+            self.started.add(slot)
+        self.running[slot] = running
+        self.session.inbox.open(running.job.trial, mailbox=Forward(self, slot, running))
+        self.launch(slot, running.job)
+
+    def pump(self) -> None:
+        """Handle what the workers sent for a moment, and notice workers that died."""
+        got = self.receive(0.1)
+        if got is not None:
+            self.handle(*got)
+        now = time.monotonic()
+        if got is None or now - self._last_death_check > DEATH_CHECK_SECONDS:
+            self._last_death_check = now
+            for slot, why in self.dead(sorted(self.running)).items():
+                self.lost(slot, why)
+
+    def handle(self, slot: int, message: tuple) -> None:
+        """One message from the worker in ``slot`` (see ``runner.worker``)."""
+        kind, session = message[0], self.session
+        if kind == "event":
+            record = message[1]
+            session.log.write(record)
+            if "order" in record and (running := self.running.get(slot)) is not None:
+                running.named.setdefault(record["order"], session.logged[record["trial"]])
+        elif kind == "sync":
+            session.log.sync()
+            self.send(slot, ("synced", message[1]))
+        elif kind == "notify":
+            session.inbox.notify(message[1])
+        elif kind == "closed":
+            session.inbox.close_mailbox(message[1])
+        elif kind == "unreachable":
+            _, trial, delivery = message
+            text = f"{delivery.what}: trial {trial} ended before the order reached it"
+            session.log.emit("control_error", order=delivery.order, message=text)
+            session.inbox.notify(f"[red]control.json: {escape(text)}[/]")
+        elif kind == "done":
+            del self.running[slot]
+            self.finished.append(message[2])
+        elif kind == "interrupted":
+            del self.running[slot]
+            self.interrupted.append(message[2])
+        elif kind == "crashed":
+            _, trial, details = message
+            raise RunnerError(f"trial {trial} stopped its worker with an error in the runner itself:\n{details}")
+        else:
+            raise RunnerError(f"unknown message from the worker in slot {slot}: {message!r}")
+
+    def interrupt(self) -> None:
+        """Ctrl-C or SIGTERM reached the driver: every running trial snapshots and stops."""
+        self.interrupting = True
+        for slot in self.running:
+            self.send(slot, ("interrupt",))
+
+    def drain(self) -> None:
+        """Handle every message already sent, before deciding what a dead worker left behind."""
+        while (got := self.receive(0.0)) is not None:
+            self.handle(*got)
+
+    def lost(self, slot: int, why: str) -> None:
+        """The worker in ``slot`` died: retry its trial from its newest snapshot file, or,
+        past ``options.retries``, end it ``failed``. Either way the other trials go on."""
+        self.drain()
+        self.started.discard(slot)
+        running = self.running.pop(slot, None)
+        if running is None:  # it had finished after all
+            return
+        trial_id, session = running.job.trial, self.session
+        session.inbox.close_mailbox(trial_id)
+        if self.interrupting:  # stopping anyway: a resume continues it from its newest snapshot
+            self.interrupted.append(f"t{trial_id:03d}: its worker died while stopping ({why})")
+            return
+        notes: list[str] = []
+        snapshot, meta = newest_intact_snapshot(session.run_dir / "trials" / f"t{trial_id:03d}", notes)
+        attempt = running.attempt + 1
+        if attempt > self.options.retries:
+            self.finished.append(self.give_up(running, meta, why))
+            return
+        kept = meta["loop"]["events"] if meta else 1
+        session.log.emit("trial_retry", trial=trial_id, attempt=attempt, retries=self.options.retries, reason=why,
+                         snapshot=str(snapshot.relative_to(session.run_dir)) if snapshot else None,
+                         epoch=meta["epoch"] if meta else 0, step=meta["step"] if meta else 0, notes=notes)
+        session.inbox.notify(f"[yellow]t{trial_id:03d}: its worker died ({escape(why)}); retry {attempt} of "
+                             f"{self.options.retries} from {'epoch ' + str(meta['epoch']) if meta else 'the start'}[/]")
+        job = replace(running.job, resume=str(snapshot) if snapshot else None, announced=True,
+                      logged=session.logged[trial_id])
+        undone = [d for d in running.delivered if running.named.get(d.order, math.inf) > kept]
+        retry = Running(job, started=running.started, attempt=attempt)
+        self.begin(slot, retry)
+        for delivery in undone:  # carried out after the snapshot, or never: lost with the worker
+            Forward(self, slot, retry).put(delivery)
+
+    def give_up(self, running: Running, meta: dict[str, Any] | None, why: str) -> TrialResult:
+        """End a trial whose worker died once too often, as its newest snapshot left it."""
+        job, session = running.job, self.session
+        loop = meta["loop"] if meta else {}
+        best = loop.get("best")
+        result = TrialResult(
+            trial=job.trial, state="failed", params=job.params, best=best, final=(meta or {}).get("metrics") or None,
+            epochs=meta["epoch"] if meta else 0, seconds=time.perf_counter() - running.started,
+            score=best.get(session.metric) if best else None,
+            reason=f"its worker died {running.attempt + 1} times (last: {why})",
+        )
+        session.log.emit("trial_complete", **result.to_json())
+        trial = Trial(id=job.trial, params=job.params, config={}, seed=job.seed,
+                      run_dir=Path(session.run_dir) / "trials" / f"t{job.trial:03d}", epoch=result.epochs)
+        session.hook.runner_trial_complete(trial=trial, result=result)
+        return result

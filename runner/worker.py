@@ -1,0 +1,153 @@
+"""The worker's end of trials that run outside the driver (a pool of processes, a Ray cluster).
+
+A worker builds its own ``TrialRunner`` from a ``WorkerSetup`` (everything picklable: the
+experiment file as run, the plugin files, the prepared data set) and runs the jobs the
+driver sends it. The trial loop runs exactly as in the driver; only its two links to the
+outside change. ``WorkerLink`` stands in for the driver's event log and control inbox:
+
+worker → driver, through ``send`` (order kept)::
+
+    ("event", record)              an event, timestamped here; the driver writes it to the log
+    ("sync", token)                before a durable snapshot: the driver fsyncs the log, answers ("synced", token)
+    ("notify", message)            a line for the person at the terminal (rich markup)
+    ("closed", trial)              the trial's mailbox closed: orders for it now fail
+    ("unreachable", trial, delivery)  an order that arrived after its trial ended
+    ("done", trial, result)        the trial ended (a TrialResult)
+    ("interrupted", trial, message)   it saved a snapshot after ("interrupt",) and stopped
+    ("crashed", trial, traceback)  the runner itself failed: the driver ends the run
+
+driver → worker, through ``receive`` (on the worker's receiving thread)::
+
+    ("mail", trial, delivery)      an order from the control file, for the trial's mailbox
+    ("synced", token)              the log is durable up to the sync asked for
+    ("interrupt",)                 Ctrl-C or SIGTERM reached the driver: snapshot and stop
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.checkpoints import SnapshotWriter
+from runner.data import Dataset
+from runner.inbox import Delivery, Mailbox
+from runner.interrupt import FLAG, Interrupted
+from runner.plugins import load_plugins
+from runner.spec import parse
+
+Message = tuple
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs to train any trial of a run; picklable, sent once per worker."""
+
+    raw: dict[str, Any]  # the experiment file as run (``experiment.json``: the seed in force included)
+    base_dir: str
+    plugin_files: tuple[str, ...]  # one-off plugins (``--plugin``) besides the installed ones
+    run_dir: str
+    planned_trials: int | None
+    dataset: Dataset
+
+    def runner(self, link: WorkerLink, writer: SnapshotWriter):
+        """Called once in each worker: the worker's own plugins, spec, strategy and TrialRunner."""
+        from runner.loop import Experiment, TrialRunner, build_strategy
+
+        plugins = load_plugins(self.plugin_files)
+        spec = parse(self.raw, plugins.registry, base_dir=Path(self.base_dir))
+        experiment = Experiment(spec, Path(self.run_dir), self.planned_trials)
+        return TrialRunner(experiment, plugins, self.dataset, link, writer, link, build_strategy(spec, plugins.registry))
+
+
+class WorkerLink:
+    """The driver as a worker's trial loop sees it: an event log (``emit``, ``sync``) and a
+    control inbox (``open``, ``close_mailbox``, ``notify``). ``send`` carries a message to
+    the driver and must keep their order; ``alive`` says whether the driver is still there."""
+
+    def __init__(self, send: Callable[[Message], None], alive: Callable[[], bool] = lambda: True):
+        self.send, self.alive = send, alive
+        self._mailboxes: dict[int, Mailbox] = {}
+        self._early: dict[int, list[Delivery]] = {}  # mail that came before its trial opened its mailbox
+        self._closed: set[int] = set()
+        self._synced: dict[int, threading.Event] = {}
+        self._tokens = itertools.count()
+        self._lock = threading.Lock()
+
+    # -- the event log -----------------------------------------------------------------------
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        record = {"t": round(time.time(), 6), "event": event, **fields}
+        self.send(("event", record))
+        return record
+
+    def sync(self) -> None:
+        """Block until the driver has made every event sent so far durable: no snapshot file
+        is ever ahead of the log."""
+        token, done = next(self._tokens), threading.Event()
+        self._synced[token] = done
+        self.send(("sync", token))
+        while not done.wait(1.0):
+            if not self.alive():
+                raise Interrupted("the driver is gone; this worker stops")
+        del self._synced[token]
+
+    # -- the control inbox ---------------------------------------------------------------------
+
+    def open(self, trial: int) -> Mailbox:
+        mailbox = Mailbox()
+        with self._lock:
+            self._mailboxes[trial] = mailbox
+            self._closed.discard(trial)
+            for delivery in self._early.pop(trial, []):
+                mailbox.put(delivery)
+        return mailbox
+
+    def close_mailbox(self, trial: int) -> None:
+        with self._lock:
+            self._mailboxes.pop(trial, None)
+            self._closed.add(trial)
+        self.send(("closed", trial))
+
+    def notify(self, message: str) -> None:
+        self.send(("notify", message))
+
+    # -- from the driver ---------------------------------------------------------------------
+
+    def receive(self, message: Message) -> None:
+        """Called on the worker's receiving thread with each message from the driver."""
+        kind = message[0]
+        if kind == "mail":
+            _, trial, delivery = message
+            with self._lock:
+                if trial in self._mailboxes:
+                    self._mailboxes[trial].put(delivery)
+                elif trial in self._closed:
+                    self.send(("unreachable", trial, delivery))
+                else:
+                    self._early.setdefault(trial, []).append(delivery)
+        elif kind == "synced":
+            if (done := self._synced.get(message[1])) is not None:
+                done.set()
+        elif kind == "interrupt":
+            FLAG.requested = True
+        else:
+            raise ValueError(f"unknown message from the driver: {message!r}")
+
+
+def run_job(runner, link: WorkerLink, job) -> None:
+    """Train one job in a worker and tell the driver how it ended."""
+    try:
+        result = runner(job)
+    except Interrupted as stopped:
+        link.send(("interrupted", job.trial, str(stopped)))
+    except BaseException:
+        link.send(("crashed", job.trial, traceback.format_exc()))
+        raise
+    else:
+        link.send(("done", job.trial, result))

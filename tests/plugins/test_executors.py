@@ -1,0 +1,258 @@
+"""The process and ray executors: the same numbers as inline, orders that reach a worker,
+workers that die, and Ctrl-C, with real ``runner`` processes (and a real Ray cluster)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from runner.errors import RunnerError
+from runner.events import read_events
+from tests.conftest import deep_update
+from tests.test_control_live import LiveRun, runner as cli
+from tests.test_resume import EXPERIMENT, assert_same, outcome, runner
+
+FOUR = deep_update(EXPERIMENT, {"name": "four", "search": {"strategy": {"trials": 4}}})
+PROCESS = {"name": "process", "workers": 2}
+
+# Test plugin, loaded in every worker: SIGKILLs the worker running trial ``trial`` at the end
+# of epoch ``epoch``, once its file of the epoch before is on disk (so the retry's starting
+# point is known), once (the marker file is created first) or, with ``always``, every time.
+# ``driver`` then also kills the driver (once) at the epoch after, in the retried worker. Settings
+# come from die.json beside it: a Ray worker does not inherit the runner's environment.
+DIE = textwrap.dedent('''
+    import json, os, signal, time
+    from pathlib import Path
+    from runner import hookimpl
+
+    SETTINGS = json.loads(Path(__file__).with_suffix(".json").read_text())
+    TRIAL, EPOCH, MARKER = SETTINGS["trial"], SETTINGS["epoch"], Path(__file__).with_name("died")
+
+    def once(marker):
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+            return True
+        except FileExistsError:
+            return False
+
+    def die(trial, epoch):
+        deadline = time.monotonic() + 60
+        while not list(trial.run_dir.glob(f"e{epoch:05d}-*.npz")) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @hookimpl
+    def runner_epoch_end(trial, epoch):
+        if trial.id != TRIAL:
+            return
+        if epoch == EPOCH:
+            if SETTINGS.get("always"):
+                die(trial, epoch)
+            if once(MARKER):
+                die(trial, epoch)
+        if epoch == EPOCH + 1 and SETTINGS.get("driver") and MARKER.exists() and once(MARKER.with_name("driver-died")):
+            os.kill(os.getppid(), signal.SIGKILL)
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray cluster started for these tests (as ``ray start`` on a head node); its address."""
+    pytest.importorskip("ray")
+    port = free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    settings = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}  # a loopback cluster: no token
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)  # for the runner processes that join it, too
+    env = dict(os.environ)
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    started = subprocess.run([*ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                              "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+                             capture_output=True, text=True, env=env, timeout=180)
+    assert started.returncode == 0, started.stderr
+    yield f"127.0.0.1:{port}"
+    subprocess.run([*ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    for name, value in saved.items():
+        os.environ.pop(name) if value is None else os.environ.update({name: value})
+
+
+@pytest.fixture(params=["process", "ray"])
+def executor(request) -> dict:
+    if request.param == "process":
+        return PROCESS
+    return {"name": "ray", "address": request.getfixturevalue("ray_cluster")}
+
+
+@pytest.fixture(scope="module")
+def inline(tmp_path_factory):
+    """The four trials run one after another in the driver: what every executor must reproduce."""
+    proc, run_dir = start(tmp_path_factory.mktemp("inline"), FOUR)
+    assert proc.returncode == 0, proc.stderr
+    return outcome(run_dir)
+
+
+def start(tmp_path: Path, experiment: dict, **die) -> tuple[subprocess.CompletedProcess, Path]:
+    """``runner start`` with the ``DIE`` plugin, set by ``die`` (trial, epoch, always, driver)."""
+    exp = tmp_path / "exp.json"
+    exp.write_bytes(orjson.dumps(experiment))
+    plugin = tmp_path / "die.py"
+    plugin.write_text(DIE)
+    plugin.with_suffix(".json").write_bytes(orjson.dumps({"trial": -1, "epoch": -1, **die}))
+    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    assert (tmp_path / "runs").is_dir(), proc.stderr
+    [run_dir] = (tmp_path / "runs").iterdir()
+    return proc, run_dir
+
+
+def events_of(run_dir: Path) -> list[dict]:
+    return list(read_events(run_dir / "events.jsonl"))
+
+
+def test_four_trials_give_exactly_the_inline_results(tmp_path, inline, executor):
+    proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": executor}))
+    assert proc.returncode == 0, proc.stderr
+    assert_same(outcome(run_dir), inline)
+    events = events_of(run_dir)
+    assert [e["event"] for e in events].count("trial_complete") == 4
+    for trial in range(4):  # each trial's events are whole and in order, though trials ran side by side
+        epochs = [e["epoch"] for e in events if e.get("trial") == trial and e["event"] == "epoch_end"]
+        assert epochs == [0, 1, 2, 3]
+    # the finished lines are printed by the driver, from the events the workers sent
+    assert sorted(line[:4] for line in proc.stdout.splitlines() if line[4:15] == " completed ") == ["t000", "t001", "t002", "t003"]
+
+
+def test_a_nudge_through_the_control_file_reaches_the_trial_in_its_worker(tmp_path, executor):
+    run = LiveRun(tmp_path, {"executor": executor})
+    try:
+        nudged = cli("nudge", run.run_dir, "lr=0.0031", "--trial", "0")
+        assert nudged.returncode == 0, nudged.stderr
+        assert nudged.stdout.startswith("t000: lr=0.0031 applied at step")
+        [nudge] = run.find("nudge", trial=0)
+        assert nudge["source"] == "control" and nudge["changes"]["lr"] == {"old": 0.01, "new": 0.0031}
+        after = run.until(lambda: [e for e in run.find("epoch_end", trial=0) if e["step"] > nudge["step"]])
+        assert after[0]["lr"] == 0.0031  # in force in the worker's very next steps
+        status = orjson.loads((run.run_dir / "status.json").read_bytes())
+        assert status["trials"]["0"]["hyperparameters"]["lr"] == 0.0031
+        assert run.stop() == 0
+    finally:
+        run.kill()
+
+
+def test_a_worker_killed_mid_trial_is_retried_from_its_snapshot(tmp_path, inline, executor):
+    proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": executor}),
+                          trial=1, epoch=2)
+    assert proc.returncode == 0, proc.stderr
+    assert_same(outcome(run_dir), inline)  # bit for bit, though trial 1 lost its worker
+    events = events_of(run_dir)
+    [retry] = [e for e in events if e["event"] == "trial_retry"]
+    assert retry["trial"] == 1 and retry["attempt"] == 1 and retry["reason"]
+    assert retry["snapshot"].startswith("trials/t001/e00002-") and retry["epoch"] == 2  # its newest file
+    mine = [e for e in events if e.get("trial") == 1]
+    assert [e["event"] for e in mine].count("trial_complete") == 1
+    resumed = mine[mine.index(retry) + 1]
+    assert resumed["event"] == "trial_resume" and resumed["epoch"] == retry["epoch"]
+    assert [e["epoch"] for e in mine[mine.index(resumed):] if e["event"] == "epoch_end"] == list(range(retry["epoch"], 4))
+    assert "t001: its worker died" in proc.stdout
+
+
+def test_a_trial_whose_worker_keeps_dying_fails_and_the_others_finish(tmp_path, inline):
+    proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": {**PROCESS, "retries": 1}}),
+                          trial=2, epoch=1, always=True)
+    assert proc.returncode == 0, proc.stderr
+    results = orjson.loads((run_dir / "results.json").read_bytes())
+    states = {t["trial"]: t["state"] for t in results["trials"]}
+    assert states == {0: "completed", 1: "completed", 2: "failed", 3: "completed"}
+    [failed] = [t for t in results["trials"] if t["trial"] == 2]
+    assert failed["reason"] == "its worker died 2 times (last: killed by SIGKILL)"
+    events = events_of(run_dir)
+    first = next(e for e in events if e["event"] == "epoch_end" and e["trial"] == 2)
+    assert failed["epochs"] == 1 and failed["best"]["val_acc"] == first["val_acc"]  # as its newest snapshot left it
+    assert [e["attempt"] for e in events if e["event"] == "trial_retry"] == [1]
+    for trial in (0, 1, 3):
+        assert outcome(run_dir)["trials"][trial] == inline["trials"][trial]
+
+
+def test_a_run_killed_after_a_retry_resumes_to_the_same_result(tmp_path, inline):
+    """The retried trial's event count goes on from the log's, so a resume cuts the log right."""
+    proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": PROCESS}),
+                          trial=1, epoch=1, driver=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert any(e["event"] == "trial_retry" for e in events_of(run_dir))
+    resumed = runner("resume", run_dir, "--plain")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same(outcome(run_dir), inline)
+    events = events_of(run_dir)
+    for trial in range(4):
+        mine = [e["event"] for e in events if e.get("trial") == trial]
+        assert mine.count("trial_start") == 1 and mine.count("trial_complete") == 1, (trial, mine)
+
+
+HEAVY = deep_update(FOUR, {"name": "heavy", "data": {"points_per_class": 1500}, "train": {"epochs": 3, "batch_size": 8},
+                           "executor": PROCESS})
+
+
+def test_ctrl_c_stops_every_worker_with_a_snapshot_and_resume_finishes_the_run(tmp_path):
+    (tmp_path / "baseline").mkdir()
+    proc, run_dir = start(tmp_path / "baseline", deep_update(HEAVY, {"executor": None}))  # inline
+    assert proc.returncode == 0, proc.stderr
+    baseline = outcome(run_dir)
+
+    exp = tmp_path / "heavy.json"
+    exp.write_bytes(orjson.dumps(HEAVY))
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "start", exp, "--out", tmp_path / "runs", "--plain"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # both workers have trained an epoch: press Ctrl-C (the whole process group)
+        logs = list((tmp_path / "runs").glob("*/events.jsonl"))
+        trained = {e.get("trial") for e in read_events(logs[0]) if e["event"] == "epoch_end"} if logs else set()
+        if {0, 1} <= trained:
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "continue with: runner resume" in err and "Traceback" not in err
+    [run_dir] = (tmp_path / "runs").iterdir()
+    events = events_of(run_dir)
+    stopped = {e["trial"] for e in events if e["event"] == "interrupted"}
+    assert stopped and stopped == {e["trial"] for e in events if e["event"] == "trial_start"} - \
+        {e["trial"] for e in events if e["event"] == "trial_complete"}
+    for trial in stopped:  # each saved a snapshot of the very step it stopped at
+        [at] = [e for e in events if e["event"] == "interrupted" and e["trial"] == trial]
+        [checkpoint] = [e for e in events if e["event"] == "checkpoint" and e.get("trial") == trial
+                        and e["reason"] == "interrupt"]
+        assert checkpoint["step"] == at["step"]
+
+    resumed = runner("resume", run_dir, "--plain")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same(outcome(run_dir), baseline, epochs=3)
+
+
+def test_workers_share_out_the_cores_and_spread_over_the_gpus(monkeypatch):
+    from plugins.executors.process import device_ids, worker_environment
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    devices = device_ids([0, 1])
+    assert [worker_environment(k, 1, devices)["CUDA_VISIBLE_DEVICES"] for k in range(4)] == ["0", "1", "0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")  # the driver's own share: GPU 1 is device 5
+    devices = device_ids([1, 2])
+    assert [worker_environment(k, 2, devices)["CUDA_VISIBLE_DEVICES"] for k in range(3)] == ["5", "7", "5"]
+    with pytest.raises(RunnerError, match=r"executor.gpus: GPU 3 is not one of the 3 this process sees"):
+        device_ids([3])
+    alone = worker_environment(0, 2, [])
+    assert "CUDA_VISIBLE_DEVICES" not in alone and alone["OMP_NUM_THREADS"] == alone["OPENBLAS_NUM_THREADS"] == "2"
