@@ -121,7 +121,7 @@ def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Pa
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"job": tune.grid_search(jobs), "raw": raw, "data": [dataset_ref]},
-        tune_config=tune.TuneConfig(max_concurrent_trials=workers),
+        tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(storage), verbose=0, name=f"tune-{time.time_ns()}"),
     )
     start = time.perf_counter()

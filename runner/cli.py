@@ -24,7 +24,7 @@ from runner.errors import RunnerError, SpecError
 from runner.control import FILE_NAME as CONTROL_FILE, ControlSchema, trial_id
 from runner.files import create_run_dir, run_is_held, run_lock
 from runner.interrupt import Interrupted, graceful_interrupts
-from runner.loop import load_dataset, run_experiment
+from runner.loop import build_strategy, load_dataset, run_experiment
 from runner.resume import clean_temporary_files, plan_resume, read_run
 from runner.plugins import TRACE_ENV, Plugins, hooks_of, load_plugins
 from runner.nudge import Change, latest_run, read_status, send
@@ -254,11 +254,7 @@ def validate(experiment: Path, plugin_refs: tuple[str, ...]) -> None:
     """Check EXPERIMENT (its plugins, options, search space and data) without running it."""
     with reported_errors():
         plugins, spec, dataset = _prepare(experiment, plugin_refs, None)
-        strategy = plugins.registry.get("strategy", spec.search.strategy.name)(
-            space=spec.search.space, options=spec.search.strategy.options, seed=spec.seed,
-            metric=spec.search.metric, mode=spec.search.mode,
-        )
-        planned = strategy.planned_trials()
+        planned = build_strategy(spec, plugins.registry).planned_trials()
         params = ", ".join(f"{p.path} ({getattr(p, 'scale', 'choice')})" for p in spec.search.space) or "none"
         click.echo(f"ok: {experiment}")
         click.echo(f"  search:  {spec.search.strategy.name}, {planned if planned is not None else 'open-ended'} trials, "

@@ -33,7 +33,8 @@ def runner_register(registry: Registry) -> None:
     """Add backends, strategies, datasets and executors by name.
 
     Called once per run, when the plugin manager is built, before the experiment file is
-    validated (validation needs to know every plugin's options). Call
+    validated (validation needs to know every plugin's options); and once in each worker
+    process of an executor that runs trials elsewhere, which builds its own manager. Call
     ``registry.add_backend(cls)``, ``add_strategy(cls)``, ``add_dataset(obj)`` or
     ``add_executor(cls)``; two plugins registering the same name is an error.
     """

@@ -94,7 +94,6 @@ class LiveView:
                 return
             else:
                 self.follow(self.rows[trial], kind, event)
-            self.update_progress()
         if kind == "trial_complete" and not self.live:
             self.console.print(finished_line(self.rows[trial], self.metric), highlight=False, soft_wrap=True)
 
@@ -135,7 +134,9 @@ class LiveView:
     # -- drawing -------------------------------------------------------------------------------
 
     def render(self) -> Group:
+        """Called on rich's refresh thread (and by tests): the table and the bar, as they stand."""
         with self._lock:
+            self.update_progress()
             return Group(self.table(), self.progress)
 
     def table(self) -> Table:

@@ -184,7 +184,8 @@ class RemoteExecutor(Executor):
             self.interrupted.append(message[2])
         elif kind == "crashed":
             _, trial, details = message
-            raise RunnerError(f"trial {trial} stopped its worker with an error in the runner itself:\n{details}")
+            where = f"trial {trial} stopped its worker" if trial is not None else f"the worker in slot {slot} could not start"
+            raise RunnerError(f"{where}: an error in the runner or a plugin:\n{details}")
         else:
             raise RunnerError(f"unknown message from the worker in slot {slot}: {message!r}")
 

@@ -14,7 +14,8 @@ worker → driver, through ``send`` (order kept)::
     ("unreachable", trial, delivery)  an order that arrived after its trial ended
     ("done", trial, result)        the trial ended (a TrialResult)
     ("interrupted", trial, message)   it saved a snapshot after ("interrupt",) and stopped
-    ("crashed", trial, traceback)  the runner itself failed: the driver ends the run
+    ("crashed", trial, traceback)  the runner itself failed (trial None: building the worker's
+                                   trial runner): the driver ends the run
 
 driver → worker, through ``receive`` (on the worker's receiving thread)::
 
@@ -138,6 +139,17 @@ class WorkerLink:
             FLAG.requested = True
         else:
             raise ValueError(f"unknown message from the driver: {message!r}")
+
+
+def build_runner(setup: WorkerSetup, link: WorkerLink, writer: SnapshotWriter):
+    """A worker's trial runner; if it cannot be built (a plugin fails to load here), the
+    driver is told why, with the traceback, and ends the run, rather than retrying trials
+    on workers that can never run them."""
+    try:
+        return setup.runner(link, writer)
+    except BaseException:
+        link.send(("crashed", None, traceback.format_exc()))
+        raise
 
 
 def run_job(runner, link: WorkerLink, job) -> None:

@@ -27,7 +27,7 @@ from runner import bounds, hookimpl
 from runner.checkpoints import SnapshotWriter
 from runner.errors import RunnerError, SpecError, join_path
 from runner.remote import RemoteExecutor
-from runner.worker import WorkerLink, WorkerSetup, run_job
+from runner.worker import WorkerLink, WorkerSetup, build_runner, run_job
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 EXIT_SECONDS = 30  # a worker asked to exit (its trials done) that is still there after this is killed
@@ -131,7 +131,7 @@ def worker_main(setup: WorkerSetup, inbound: connection.Connection, outbound: co
     threading.Thread(target=receive, name="runner-worker-receive", daemon=True).start()
     writer = SnapshotWriter()
     try:
-        runner = setup.runner(link, writer)
+        runner = build_runner(setup, link, writer)
         while True:
             with arrived:
                 arrived.wait_for(lambda: jobs)

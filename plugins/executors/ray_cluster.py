@@ -5,10 +5,14 @@
 cluster ``RAY_ADDRESS`` names, or starts a local one for the run and stops it after. Each
 actor reserves ``cpus`` CPUs and ``gpus`` GPUs (a fraction shares a GPU between trials);
 Ray sets ``CUDA_VISIBLE_DEVICES`` in each actor, so a backend's ``"cuda"`` is the GPU Ray
-gave it. Workers send their messages (``runner.worker``) through one Ray queue actor; orders
-reach an actor through its ``receive`` method, served by a thread of its own while ``run``
-trains. A dead actor (its node lost, out of memory, ``ray.kill``) is noticed when its
-``run`` call fails; ``runner.remote`` retries the trial in a new actor.
+gave it. Each actor keeps what it has to tell the driver (``runner.worker``'s messages)
+until the driver collects it: the driver keeps one ``collect`` call waiting on every actor,
+which returns as soon as there is something, with everything there is (so a busy actor's
+events travel in batches, and an idle one costs nothing). Orders reach an actor through its
+``receive`` method. Both are served by a thread of their own (concurrency groups of one
+thread, so each keeps its order) while ``run`` trains. A dead actor (its node lost, out of
+memory, ``ray.kill``) is noticed when its ``run`` call fails; ``runner.remote`` retries the
+trial in a new actor.
 
 Every node must see the run directory at the same path (snapshots are written and read
 there: NFS, a cloud file system mount) and have this package and the experiment's plugins
@@ -20,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +33,12 @@ from runner import bounds, hookimpl
 from runner.checkpoints import SnapshotWriter
 from runner.errors import RunnerError
 from runner.remote import RemoteExecutor
-from runner.worker import WorkerLink, run_job
+from runner.worker import WorkerLink, build_runner, run_job
 
 INSTALL = "needs Ray: pip install 'runner[ray]' (or pip install ray)"
 MAIL = "mail"  # the actor's concurrency group for messages from the driver: one thread, in order
+OUT = "out"  # and for the driver's ``collect`` calls
+COLLECT_SECONDS = 1.0  # how long a ``collect`` call waits for a message before it returns empty
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,27 @@ class RayOptions:
 class TrialWorker:
     """A Ray actor that trains trials: the worker's end of ``runner.worker``."""
 
-    def __init__(self, setup, outbox, slot: int):
-        self.link = WorkerLink(lambda message: outbox.put((slot, message)))
+    def __init__(self, setup):
+        self.outbox: deque[tuple] = deque()
+        self.posted = threading.Condition()
+        self.link = WorkerLink(self.post)
         self.writer = SnapshotWriter()
-        self.runner = setup.runner(self.link, self.writer)
+        self.runner = build_runner(setup, self.link, self.writer)
+
+    def post(self, message: tuple) -> None:
+        """The link's ``send``: keep the message until the driver collects it."""
+        with self.posted:
+            self.outbox.append(message)
+            self.posted.notify()
+
+    def collect(self, timeout: float) -> list[tuple]:
+        """Called by the driver (group ``OUT``): every message kept, as soon as there is
+        one, or none after ``timeout``."""
+        with self.posted:
+            self.posted.wait_for(lambda: self.outbox, timeout)
+            messages = list(self.outbox)
+            self.outbox.clear()
+        return messages
 
     def run(self, job) -> None:
         run_job(self.runner, self.link, job)
@@ -68,7 +92,6 @@ class RayExecutor(RemoteExecutor):
     def __init__(self, options, *, run_trial, session):
         super().__init__(options, run_trial=run_trial, session=session)
         import ray
-        from ray.util.queue import Queue
 
         self.ray = ray
         self.owns_cluster = not ray.is_initialized()
@@ -82,12 +105,12 @@ class RayExecutor(RemoteExecutor):
                                   exit_code=2) from None
         self.check_resources()
         self.slots = options.workers or self.fitting()
-        self.actor_class = ray.remote(concurrency_groups={MAIL: 1})(TrialWorker).options(
-            num_cpus=options.cpus, num_gpus=options.gpus, max_concurrency=2)
-        self.outbox = Queue(actor_options={"num_cpus": 0})
+        self.actor_class = ray.remote(concurrency_groups={MAIL: 1, OUT: 1})(TrialWorker).options(
+            num_cpus=options.cpus, num_gpus=options.gpus, max_concurrency=1)
         self.setup = ray.put(session.setup)  # the data set goes to the object store once
         self.actors: dict[int, Any] = {}
         self.runs: dict[Any, int] = {}  # each actor's ``run`` call in flight -> its slot
+        self.collecting: dict[Any, tuple[int, Any]] = {}  # each actor's ``collect`` call in flight -> (slot, actor)
         self._ready: deque[tuple[int, tuple]] = deque()
 
     def check_resources(self) -> None:
@@ -110,7 +133,14 @@ class RayExecutor(RemoteExecutor):
         return max(1, int(fit))
 
     def start(self, slot: int) -> None:
-        self.actors[slot] = self.actor_class.remote(self.setup, self.outbox, slot)
+        self.actors[slot] = self.actor_class.remote(self.setup)
+        self.collect(slot)
+
+    def collect(self, slot: int) -> None:
+        """Leave a ``collect`` call waiting on the actor in ``slot``: one at a time, so its
+        messages come back in order."""
+        actor = self.actors[slot]
+        self.collecting[actor.collect.options(concurrency_group=OUT).remote(COLLECT_SECONDS)] = (slot, actor)
 
     def launch(self, slot: int, job) -> None:
         self.runs[self.actors[slot].run.remote(job)] = slot
@@ -121,15 +151,20 @@ class RayExecutor(RemoteExecutor):
             actor.receive.options(concurrency_group=MAIL).remote(message)
 
     def receive(self, timeout: float) -> tuple[int, tuple] | None:
-        from ray.util.queue import Empty
+        from ray.exceptions import RayActorError
 
-        if not self._ready:
-            try:
-                self._ready.append(self.outbox.get(block=timeout > 0, timeout=timeout or None))
-                if waiting := self.outbox.qsize():
-                    self._ready.extend(self.outbox.get_nowait_batch(waiting))
-            except Empty:
-                pass
+        if not self._ready and self.collecting:
+            refs = list(self.collecting)
+            done, _ = self.ray.wait(refs, num_returns=len(refs) if timeout == 0 else 1, timeout=timeout)
+            for ref in done:
+                slot, actor = self.collecting.pop(ref)
+                try:
+                    messages = self.ray.get(ref)
+                except RayActorError:  # it died: ``dead`` says so once its ``run`` fails too
+                    continue
+                self._ready.extend((slot, message) for message in messages)
+                if self.actors.get(slot) is actor:
+                    self.collect(slot)
         return self._ready.popleft() if self._ready else None
 
     def dead(self, slots: list[int]) -> dict[int, str]:
@@ -153,7 +188,6 @@ class RayExecutor(RemoteExecutor):
                          num_returns=len(self.actors), timeout=30)
             for actor in self.actors.values():
                 ray.kill(actor)
-            self.outbox.shutdown()
         finally:
             self.actors.clear()
             if self.owns_cluster:

@@ -256,3 +256,18 @@ def test_workers_share_out_the_cores_and_spread_over_the_gpus(monkeypatch):
         device_ids([3])
     alone = worker_environment(0, 2, [])
     assert "CUDA_VISIBLE_DEVICES" not in alone and alone["OMP_NUM_THREADS"] == alone["OPENBLAS_NUM_THREADS"] == "2"
+
+
+def test_a_worker_that_cannot_load_a_plugin_ends_the_run_with_the_reason(tmp_path):
+    plugin = tmp_path / "driver_only.py"
+    plugin.write_text("import multiprocessing\n"
+                      "if multiprocessing.parent_process() is not None:\n"
+                      "    raise RuntimeError('this plugin needs a licence server only the driver reaches')\n")
+    exp = tmp_path / "exp.json"
+    exp.write_bytes(orjson.dumps(deep_update(FOUR, {"executor": PROCESS})))
+    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    assert proc.returncode == 1
+    assert "the worker in slot 0 could not start" in proc.stderr or "the worker in slot 1 could not start" in proc.stderr
+    assert "licence server only the driver reaches" in proc.stderr
+    [run_dir] = (tmp_path / "runs").iterdir()
+    assert not any(e["event"] in ("trial_retry", "trial_complete") for e in events_of(run_dir))
