@@ -19,8 +19,8 @@ both sides end every trial with bit-identical metrics.
 **ray**: one local Ray cluster (``ray.init(num_cpus=--workers)``), then, taking turns:
 the runner with the ``ray`` executor, and Ray Tune running a function trainable that trains
 the same backend for the same trials (``tune.grid_search`` over the runner's own trial
-list, one CPU a trial, ``--workers`` at once, ``tune.report`` each epoch). Both with no
-snapshot files (Tune's function trainable saves none). Reported: wall time, and per-trial
+list, one CPU a trial, ``--workers`` at once, ``tune.report`` each epoch, actors reused,
+Tune's default result loggers off). Both with no snapshot files (the trainable saves none). Reported: wall time, and per-trial
 overhead: (slots x wall - the seconds trials spent training) / trials, where training
 seconds are measured inside each trial on both sides (the runner's ``epoch_end.seconds``,
 the trainable's own clock around the same calls).
@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_overhead import (COMPARED, bare_configs, bench_experiment, machine, median_min_max,  # noqa: E402
-                                       planned_jobs, rotated)
+from benchmarks.bench_overhead import (COMPARED, add_blas_threads_option, apply_blas_threads,  # noqa: E402
+                                       bare_configs, bench_experiment, machine, median_min_max, planned_jobs,
+                                       rotated)
 
 SOURCE = ROOT / "experiments" / "digits_random.json"
 NO_SNAPSHOTS = {"every_epochs": 0, "best": False}
@@ -137,9 +138,14 @@ def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Pa
 
 
 def part_ray(args, plugins, dataset, work: Path) -> dict:
+    import os
+
     import ray
     from runner.spec import parse
 
+    # Tune at its fastest: without its default JSON, CSV and TensorBoard loggers of every result
+    # (the runner writes one events.jsonl). With them, Tune took about 3 s more per trial here.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     try:
         raw = experiment(args.trials, args.epochs, {"name": "ray", "workers": args.workers})
@@ -174,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    add_blas_threads_option(parser)  # the inline side's; a worker takes its share of the cores (the executor's ``threads``)
     args = parser.parse_args(argv)
+    apply_blas_threads(parser, args)
 
     from runner.loop import load_dataset
     from runner.plugins import load_plugins
