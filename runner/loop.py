@@ -141,8 +141,12 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
             inbox.resume(resume.events, continuing=set(resume.continue_from))
         log.observers.append(status.observe)
         log.observers.extend(watchers)
-        logged = Counter(e["trial"] for e in past if "trial" in e)
-        log.observers.append(lambda e: "trial" in e and logged.update((e["trial"],)))
+        logged = Counter(e["trial"] for e in past if "trial" in e)  # each trial's events in the log
+
+        def count(event: dict[str, Any]) -> None:
+            if "trial" in event:
+                logged[event["trial"]] += 1
+        log.observers.append(count)
         if resume is None:
             log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir.resolve()),
                      base_dir=str(spec.base_dir), plugins=plugins.origins, plugin_files=plugins.extra,
