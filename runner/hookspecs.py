@@ -129,4 +129,5 @@ def runner_checkpoint_saved(trial: Trial, checkpoint: dict[str, Any]) -> None:
 @hookspec
 def runner_trial_complete(trial: Trial, result: TrialResult) -> None:
     """Called when a trial has ended, whatever the way: ``result.state`` is ``completed``,
-    ``diverged``, ``pruned``, ``stopped`` or ``failed``. Results are ignored."""
+    ``diverged``, ``pruned``, ``stopped`` or ``failed``. Called where the trial ran, or in
+    the driver for a trial whose worker died too often. Results are ignored."""
