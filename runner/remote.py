@@ -23,7 +23,7 @@ import math
 import time
 from abc import abstractmethod
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class Running:
     attempt: int = 0  # retries so far, after its worker died
     delivered: list[Delivery] = field(default_factory=list)  # orders sent to it
     named: dict[str, int] = field(default_factory=dict)  # order -> the trial's event count when an event named it
+    completed: dict[str, Any] | None = None  # its trial_complete event, once written
 
 
 class Forward:
@@ -72,7 +73,8 @@ class RemoteExecutor(Executor):
         self.running: dict[int, Running] = {}  # slot -> its trial
         self.started: set[int] = set()  # slots whose worker is up
         self.finished: deque[TrialResult] = deque()
-        self.interrupted: list[str] = []
+        self.interrupted: list[str] = []  # trials that saved a snapshot and stopped
+        self.lost_stopping: list[int] = []  # trials whose worker died while the run was stopping
         self.interrupting = False
         self._last_death_check = 0.0
 
@@ -119,8 +121,10 @@ class RemoteExecutor(Executor):
             if FLAG.requested and not self.interrupting:
                 self.interrupt()
             if self.interrupting and not self.running:
-                raise Interrupted(f"interrupted: {len(self.interrupted)} running trials saved a snapshot; "
-                                  f"continue with: runner resume {self.session.run_dir}")
+                lost = ", ".join(f"t{t:03d}" for t in self.lost_stopping)
+                raise Interrupted(f"interrupted: {len(self.interrupted)} running trials saved a snapshot"
+                                  + (f" ({lost} lost their worker first and go on from their newest snapshot file)"
+                                     if lost else "") + f"; continue with: runner resume {self.session.run_dir}")
             self.pump()
         return self.finished.popleft()
 
@@ -136,13 +140,17 @@ class RemoteExecutor(Executor):
 
     # -- the driver's side of the protocol ------------------------------------------------------
 
-    def begin(self, slot: int, running: Running) -> None:
-        """Run a trial in ``slot``: its mailbox forwards to the worker, then the job goes."""
+    def begin(self, slot: int, running: Running, undone: list[Delivery] = ()) -> None:
+        """Run a trial in ``slot``: its mailbox forwards to the worker (``undone``, orders a
+        dead worker had not carried out, go first), then the job goes."""
         if slot not in self.started:
             self.start(slot)
             self.started.add(slot)
         self.running[slot] = running
-        self.session.inbox.open(running.job.trial, mailbox=Forward(self, slot, running))
+        mailbox = Forward(self, slot, running)
+        for delivery in undone:
+            mailbox.put(delivery)
+        self.session.inbox.open(running.job.trial, mailbox=mailbox)  # replaces a dead worker's: no gap
         self.launch(slot, running.job)
 
     def pump(self) -> None:
@@ -162,8 +170,11 @@ class RemoteExecutor(Executor):
         if kind == "event":
             record = message[1]
             session.log.write(record)
-            if "order" in record and (running := self.running.get(slot)) is not None:
-                running.named.setdefault(record["order"], session.logged[record["trial"]])
+            if (running := self.running.get(slot)) is not None:
+                if "order" in record:
+                    running.named.setdefault(record["order"], session.logged[record["trial"]])
+                if record["event"] == "trial_complete":
+                    running.completed = record
         elif kind == "sync":
             session.log.sync()
             self.send(slot, ("synced", message[1]))
@@ -209,14 +220,24 @@ class RemoteExecutor(Executor):
         if running is None:  # it had finished after all
             return
         trial_id, session = running.job.trial, self.session
-        session.inbox.close_mailbox(trial_id)
-        if self.interrupting:  # stopping anyway: a resume continues it from its newest snapshot
-            self.interrupted.append(f"t{trial_id:03d}: its worker died while stopping ({why})")
+        attempt = running.attempt + 1
+        if running.completed is not None or self.interrupting:
+            session.inbox.close_mailbox(trial_id)
+            if running.completed is not None:  # it had ended; only telling the driver was left
+                self.finished.append(TrialResult(**{f.name: running.completed[f.name] for f in fields(TrialResult)}))
+            else:  # stopping anyway: a resume continues it from its newest snapshot
+                self.lost_stopping.append(trial_id)
+            return
+        if not running.job.announced and session.logged[trial_id] == 0:  # it died before the trial began
+            if attempt > self.options.retries:
+                raise RunnerError(f"workers keep dying before trial {trial_id} can start (last: {why}); "
+                                  f"its worker's output above may say why")
+            self.begin(slot, Running(running.job, started=running.started, attempt=attempt), running.delivered)
             return
         notes: list[str] = []
         snapshot, meta = newest_intact_snapshot(session.run_dir / "trials" / f"t{trial_id:03d}", notes)
-        attempt = running.attempt + 1
         if attempt > self.options.retries:
+            session.inbox.close_mailbox(trial_id)
             self.finished.append(self.give_up(running, meta, why))
             return
         kept = meta["loop"]["events"] if meta else 1
@@ -227,11 +248,8 @@ class RemoteExecutor(Executor):
                              f"{self.options.retries} from {'epoch ' + str(meta['epoch']) if meta else 'the start'}[/]")
         job = replace(running.job, resume=str(snapshot) if snapshot else None, announced=True,
                       logged=session.logged[trial_id])
-        undone = [d for d in running.delivered if running.named.get(d.order, math.inf) > kept]
-        retry = Running(job, started=running.started, attempt=attempt)
-        self.begin(slot, retry)
-        for delivery in undone:  # carried out after the snapshot, or never: lost with the worker
-            Forward(self, slot, retry).put(delivery)
+        undone = [d for d in running.delivered if running.named.get(d.order, math.inf) > kept]  # after the snapshot, or never
+        self.begin(slot, Running(job, started=running.started, attempt=attempt), undone)
 
     def give_up(self, running: Running, meta: dict[str, Any] | None, why: str) -> TrialResult:
         """End a trial whose worker died once too often, as its newest snapshot left it."""

@@ -3,8 +3,9 @@
 Each slot has one worker process (started with ``spawn``: a clean interpreter, safe with
 threads, CUDA and Torch) that builds its own trial runner once and then runs trial after
 trial. Every worker has its own pair of pipes to the driver, so a worker killed in the
-middle of a message cannot block the others. Workers ignore Ctrl-C: the driver passes it
-on (``runner.remote``) so that every trial saves a snapshot before the run stops; a worker
+middle of a message cannot block the others. Workers ignore Ctrl-C and SIGTERM (both reach
+a whole process group: a terminal's Ctrl-C, a scheduler's stop): the driver passes them on
+(``runner.remote``) so that every trial saves a snapshot before the run stops; a worker
 whose driver is gone exits.
 
 With GPUs, worker k sees only GPU ``gpus[k % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``), so the
@@ -30,6 +31,7 @@ from runner.remote import RemoteExecutor
 from runner.worker import WorkerLink, WorkerSetup, build_runner, run_job
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # workers ignore them: the driver passes a stop on
 EXIT_SECONDS = 30  # a worker asked to exit (its trials done) that is still there after this is killed
 
 
@@ -85,9 +87,12 @@ def worker_environment(slot: int, threads: int, devices: list[str]) -> dict[str,
 
 
 @contextmanager
-def environment(changes: dict[str, str]):
-    """Set variables for a child to inherit as it starts, then put the driver's back."""
+def inherited(changes: dict[str, str]):
+    """What a child inherits as it starts: these variables, and Ctrl-C and SIGTERM ignored
+    from its first instruction (a stop during its start-up must not kill it). Then the
+    driver's own are put back."""
     before = {name: os.environ.get(name) for name in changes}
+    handlers = {stop: signal.signal(stop, signal.SIG_IGN) for stop in STOP_SIGNALS}
     os.environ.update(changes)
     try:
         yield
@@ -97,12 +102,15 @@ def environment(changes: dict[str, str]):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        for stop, handler in handlers.items():
+            signal.signal(stop, handler)
 
 
 def worker_main(setup: WorkerSetup, inbound: connection.Connection, outbound: connection.Connection) -> None:
     """A worker process: build the trial runner, then run jobs until told to exit (or the
     driver is gone). Its main thread trains; a second thread receives from the driver."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole process group; the driver decides
+    for stop in STOP_SIGNALS:  # a Ctrl-C (or a scheduler's SIGTERM) reaches the whole process group; the driver decides
+        signal.signal(stop, signal.SIG_IGN)
     lock, driver_alive = threading.Lock(), threading.Event()
     driver_alive.set()
 
@@ -160,16 +168,18 @@ class ProcessExecutor(RemoteExecutor):
 
     def start(self, slot: int) -> None:
         if slot in self._workers:  # its worker died
-            self._forget(slot)
+            with self._send_lock:
+                self._forget(slot)
         inbound_reader, inbound_writer = self._context.Pipe(duplex=False)
         outbound_reader, outbound_writer = self._context.Pipe(duplex=False)
         process = self._context.Process(target=worker_main, name=f"runner-worker-{slot}", daemon=True,
                                         args=(self.session.setup, inbound_reader, outbound_writer))
-        with environment(worker_environment(slot, self.threads, self.devices)):
+        with inherited(worker_environment(slot, self.threads, self.devices)):
             process.start()
         inbound_reader.close()  # the worker's ends: closed here, so a dead worker reads as EOF
         outbound_writer.close()
-        self._workers[slot] = (process, inbound_writer, outbound_reader)
+        with self._send_lock:
+            self._workers[slot] = (process, inbound_writer, outbound_reader)
 
     def launch(self, slot: int, job) -> None:
         self.send(slot, ("job", job))
@@ -212,7 +222,8 @@ class ProcessExecutor(RemoteExecutor):
             if process.is_alive():
                 process.kill()
                 process.join()
-            self._forget(slot)
+            with self._send_lock:
+                self._forget(slot)
 
     def _forget(self, slot: int) -> None:
         self._ended.discard(slot)

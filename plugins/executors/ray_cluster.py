@@ -2,7 +2,8 @@
 
 ``address`` names the cluster to join (``"auto"``: the one this machine is a node of;
 ``"ray://head:10001"``: a remote one through Ray Client); without it the runner joins the
-cluster ``RAY_ADDRESS`` names, or starts a local one for the run and stops it after. Each
+cluster ``RAY_ADDRESS`` names, else one ``ray start`` started on this machine, else it
+starts a local one for the run and stops it after. Each
 actor reserves ``cpus`` CPUs and ``gpus`` GPUs (a fraction shares a GPU between trials);
 Ray sets ``CUDA_VISIBLE_DEVICES`` in each actor, so a backend's ``"cuda"`` is the GPU Ray
 gave it. Each actor keeps what it has to tell the driver (``runner.worker``'s messages)
@@ -43,7 +44,7 @@ COLLECT_SECONDS = 1.0  # how long a ``collect`` call waits for a message before 
 
 @dataclass(frozen=True)
 class RayOptions:
-    address: str | None = field(default=None, metadata=bounds(doc='the cluster to run on: "auto", "HOST:PORT" or "ray://HOST:PORT"; null: RAY_ADDRESS if set, else a local cluster started for the run'))
+    address: str | None = field(default=None, metadata=bounds(doc='the cluster to run on: "auto", "HOST:PORT" or "ray://HOST:PORT"; null: RAY_ADDRESS if set, else one `ray start` started on this machine, else a local cluster started for the run'))
     cpus: float = field(default=1.0, metadata=bounds(gt=0, doc="CPUs each trial reserves"))
     gpus: float = field(default=0.0, metadata=bounds(ge=0, doc="GPUs each trial reserves; a fraction (0.5) shares one GPU between trials"))
     workers: int = field(default=0, metadata=bounds(ge=0, doc="trials at once; 0: as many as the cluster's CPUs and GPUs fit"))
@@ -58,7 +59,10 @@ class TrialWorker:
         self.posted = threading.Condition()
         self.link = WorkerLink(self.post)
         self.writer = SnapshotWriter()
-        self.runner = build_runner(setup, self.link, self.writer)
+        try:
+            self.runner = build_runner(setup, self.link, self.writer)
+        except Exception:  # the reason is posted: the driver collects it and ends the run
+            self.runner = None
 
     def post(self, message: tuple) -> None:
         """The link's ``send``: keep the message until the driver collects it."""
@@ -76,7 +80,8 @@ class TrialWorker:
         return messages
 
     def run(self, job) -> None:
-        run_job(self.runner, self.link, job)
+        if self.runner is not None:
+            run_job(self.runner, self.link, job)
 
     def receive(self, message: tuple) -> None:
         self.link.receive(message)
@@ -151,7 +156,7 @@ class RayExecutor(RemoteExecutor):
             actor.receive.options(concurrency_group=MAIL).remote(message)
 
     def receive(self, timeout: float) -> tuple[int, tuple] | None:
-        from ray.exceptions import RayActorError
+        from ray.exceptions import ActorUnavailableError, RayActorError
 
         if not self._ready and self.collecting:
             refs = list(self.collecting)
@@ -160,6 +165,8 @@ class RayExecutor(RemoteExecutor):
                 slot, actor = self.collecting.pop(ref)
                 try:
                     messages = self.ray.get(ref)
+                except ActorUnavailableError:  # for a moment (a network blip): ask again
+                    messages = []
                 except RayActorError:  # it died: ``dead`` says so once its ``run`` fails too
                     continue
                 self._ready.extend((slot, message) for message in messages)
@@ -168,7 +175,7 @@ class RayExecutor(RemoteExecutor):
         return self._ready.popleft() if self._ready else None
 
     def dead(self, slots: list[int]) -> dict[int, str]:
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         ended, _ = self.ray.wait(list(self.runs), num_returns=len(self.runs), timeout=0) if self.runs else ([], [])
         lost = {}
@@ -178,6 +185,8 @@ class RayExecutor(RemoteExecutor):
                 self.ray.get(ref)
             except RayActorError as err:
                 lost[slot] = f"its Ray actor died: {str(err).strip().splitlines()[0]}"
+            except RayTaskError as err:  # the runner itself failed in the actor
+                raise RunnerError(f"the worker in slot {slot} failed: {err}") from None
         return lost
 
     def shutdown(self, *, now: bool) -> None:

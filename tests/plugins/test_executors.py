@@ -206,7 +206,9 @@ HEAVY = deep_update(FOUR, {"name": "heavy", "data": {"points_per_class": 1500}, 
                            "executor": PROCESS})
 
 
-def test_ctrl_c_stops_every_worker_with_a_snapshot_and_resume_finishes_the_run(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_to_the_process_group_stops_every_worker_with_a_snapshot_and_resume_finishes(tmp_path, stop):
+    """A terminal's Ctrl-C, or a scheduler's SIGTERM, reaches every process of the group."""
     (tmp_path / "baseline").mkdir()
     proc, run_dir = start(tmp_path / "baseline", deep_update(HEAVY, {"executor": None}))  # inline
     assert proc.returncode == 0, proc.stderr
@@ -223,7 +225,7 @@ def test_ctrl_c_stops_every_worker_with_a_snapshot_and_resume_finishes_the_run(t
         if {0, 1} <= trained:
             break
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, stop)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "continue with: runner resume" in err and "Traceback" not in err
@@ -271,3 +273,50 @@ def test_a_worker_that_cannot_load_a_plugin_ends_the_run_with_the_reason(tmp_pat
     assert "licence server only the driver reaches" in proc.stderr
     [run_dir] = (tmp_path / "runs").iterdir()
     assert not any(e["event"] in ("trial_retry", "trial_complete") for e in events_of(run_dir))
+
+
+def test_a_worker_that_dies_starting_up_is_replaced_and_its_trial_starts_once(tmp_path, inline):
+    plugin = tmp_path / "die_at_start.py"
+    plugin.write_text(textwrap.dedent('''
+        import multiprocessing, os, signal
+        from pathlib import Path
+        if multiprocessing.parent_process() is not None:  # in a worker, the first one only
+            try:
+                os.close(os.open(Path(__file__).with_name("died"), os.O_CREAT | os.O_EXCL))
+                os.kill(os.getpid(), signal.SIGKILL)
+            except FileExistsError:
+                pass
+    '''))
+    exp = tmp_path / "exp.json"
+    exp.write_bytes(orjson.dumps(deep_update(FOUR, {"executor": PROCESS})))
+    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    assert proc.returncode == 0, proc.stderr
+    [run_dir] = (tmp_path / "runs").iterdir()
+    events = events_of(run_dir)
+    for trial in range(4):  # no retry was logged: the trial had not begun
+        mine = [e["event"] for e in events if e.get("trial") == trial]
+        assert mine[0] == "trial_start" and mine.count("trial_start") == 1 and mine.count("trial_complete") == 1
+    assert not any(e["event"] == "trial_retry" for e in events)
+    assert_same(outcome(run_dir), inline)
+
+
+def test_a_worker_that_dies_after_its_trial_completed_does_not_run_it_again(tmp_path, inline):
+    plugin = tmp_path / "die_at_end.py"
+    plugin.write_text(textwrap.dedent('''
+        import os, signal
+        from runner import hookimpl
+
+        @hookimpl
+        def runner_trial_complete(trial):  # trial_complete is in the log; the worker's "done" is not sent
+            if trial.id == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+    '''))
+    exp = tmp_path / "exp.json"
+    exp.write_bytes(orjson.dumps(deep_update(FOUR, {"executor": PROCESS})))
+    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    assert proc.returncode == 0, proc.stderr
+    [run_dir] = (tmp_path / "runs").iterdir()
+    events = events_of(run_dir)
+    assert [e["event"] for e in events if e.get("trial") == 1].count("trial_complete") == 1
+    assert not any(e["event"] == "trial_retry" for e in events)
+    assert outcome(run_dir)["trials"] == inline["trials"]
