@@ -123,6 +123,17 @@ def events_of(run_dir: Path) -> list[dict]:
     return list(read_events(run_dir / "events.jsonl"))
 
 
+def start_with_plugin(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """The four trials on 2 worker processes, with a one-off plugin of this ``source``."""
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(textwrap.dedent(source))
+    exp = tmp_path / "exp.json"
+    exp.write_bytes(orjson.dumps(deep_update(FOUR, {"executor": PROCESS})))
+    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    [run_dir] = (tmp_path / "runs").iterdir()
+    return proc, run_dir
+
+
 def test_four_trials_give_exactly_the_inline_results(tmp_path, inline, executor):
     proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": executor}))
     assert proc.returncode == 0, proc.stderr
@@ -261,23 +272,19 @@ def test_workers_share_out_the_cores_and_spread_over_the_gpus(monkeypatch):
 
 
 def test_a_worker_that_cannot_load_a_plugin_ends_the_run_with_the_reason(tmp_path):
-    plugin = tmp_path / "driver_only.py"
-    plugin.write_text("import multiprocessing\n"
-                      "if multiprocessing.parent_process() is not None:\n"
-                      "    raise RuntimeError('this plugin needs a licence server only the driver reaches')\n")
-    exp = tmp_path / "exp.json"
-    exp.write_bytes(orjson.dumps(deep_update(FOUR, {"executor": PROCESS})))
-    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    proc, run_dir = start_with_plugin(tmp_path, """
+        import multiprocessing
+        if multiprocessing.parent_process() is not None:
+            raise RuntimeError('this plugin needs a licence server only the driver reaches')
+    """)
     assert proc.returncode == 1
     assert "the worker in slot 0 could not start" in proc.stderr or "the worker in slot 1 could not start" in proc.stderr
     assert "licence server only the driver reaches" in proc.stderr
-    [run_dir] = (tmp_path / "runs").iterdir()
     assert not any(e["event"] in ("trial_retry", "trial_complete") for e in events_of(run_dir))
 
 
 def test_a_worker_that_dies_starting_up_is_replaced_and_its_trial_starts_once(tmp_path, inline):
-    plugin = tmp_path / "die_at_start.py"
-    plugin.write_text(textwrap.dedent('''
+    proc, run_dir = start_with_plugin(tmp_path, '''
         import multiprocessing, os, signal
         from pathlib import Path
         if multiprocessing.parent_process() is not None:  # in a worker, the first one only
@@ -286,12 +293,8 @@ def test_a_worker_that_dies_starting_up_is_replaced_and_its_trial_starts_once(tm
                 os.kill(os.getpid(), signal.SIGKILL)
             except FileExistsError:
                 pass
-    '''))
-    exp = tmp_path / "exp.json"
-    exp.write_bytes(orjson.dumps(deep_update(FOUR, {"executor": PROCESS})))
-    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    ''')
     assert proc.returncode == 0, proc.stderr
-    [run_dir] = (tmp_path / "runs").iterdir()
     events = events_of(run_dir)
     for trial in range(4):  # no retry was logged: the trial had not begun
         mine = [e["event"] for e in events if e.get("trial") == trial]
@@ -301,8 +304,7 @@ def test_a_worker_that_dies_starting_up_is_replaced_and_its_trial_starts_once(tm
 
 
 def test_a_worker_that_dies_after_its_trial_completed_does_not_run_it_again(tmp_path, inline):
-    plugin = tmp_path / "die_at_end.py"
-    plugin.write_text(textwrap.dedent('''
+    proc, run_dir = start_with_plugin(tmp_path, '''
         import os, signal
         from runner import hookimpl
 
@@ -310,12 +312,8 @@ def test_a_worker_that_dies_after_its_trial_completed_does_not_run_it_again(tmp_
         def runner_trial_complete(trial):  # trial_complete is in the log; the worker's "done" is not sent
             if trial.id == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
-    '''))
-    exp = tmp_path / "exp.json"
-    exp.write_bytes(orjson.dumps(deep_update(FOUR, {"executor": PROCESS})))
-    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    ''')
     assert proc.returncode == 0, proc.stderr
-    [run_dir] = (tmp_path / "runs").iterdir()
     events = events_of(run_dir)
     assert [e["event"] for e in events if e.get("trial") == 1].count("trial_complete") == 1
     assert not any(e["event"] == "trial_retry" for e in events)
