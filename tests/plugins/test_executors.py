@@ -213,7 +213,7 @@ def test_a_run_killed_after_a_retry_resumes_to_the_same_result(tmp_path, inline)
         assert mine.count("trial_start") == 1 and mine.count("trial_complete") == 1, (trial, mine)
 
 
-HEAVY = deep_update(FOUR, {"name": "heavy", "data": {"points_per_class": 1500}, "train": {"epochs": 3, "batch_size": 8},
+HEAVY = deep_update(FOUR, {"name": "heavy", "data": {"points_per_class": 1500}, "train": {"epochs": 8, "batch_size": 8},
                            "executor": PROCESS})
 
 
@@ -242,18 +242,19 @@ def test_ctrl_c_or_sigterm_to_the_process_group_stops_every_worker_with_a_snapsh
     assert "continue with: runner resume" in err and "Traceback" not in err
     [run_dir] = (tmp_path / "runs").iterdir()
     events = events_of(run_dir)
-    stopped = {e["trial"] for e in events if e["event"] == "interrupted"}
+    # a trial about to end may still complete; the run then also notes it stopped between trials
+    stopped = {e["trial"] for e in events if e["event"] == "interrupted" and "trial" in e}
     assert stopped and stopped == {e["trial"] for e in events if e["event"] == "trial_start"} - \
         {e["trial"] for e in events if e["event"] == "trial_complete"}
     for trial in stopped:  # each saved a snapshot of the very step it stopped at
-        [at] = [e for e in events if e["event"] == "interrupted" and e["trial"] == trial]
+        [at] = [e for e in events if e["event"] == "interrupted" and e.get("trial") == trial]
         [checkpoint] = [e for e in events if e["event"] == "checkpoint" and e.get("trial") == trial
                         and e["reason"] == "interrupt"]
         assert checkpoint["step"] == at["step"]
 
     resumed = runner("resume", run_dir, "--plain")
     assert resumed.returncode == 0, resumed.stderr
-    assert_same(outcome(run_dir), baseline, epochs=3)
+    assert_same(outcome(run_dir), baseline, epochs=8)
 
 
 def test_workers_share_out_the_cores_and_spread_over_the_gpus(monkeypatch):
