@@ -239,12 +239,10 @@ def runner_run(spec, plugins, dataset, root: Path, profiler: cProfile.Profile | 
 
 def planned_jobs(spec, plugins) -> list[tuple[int, dict, int]]:
     """The trials, exactly as the runner's (random) strategy will ask for them: (id, params, seed)."""
-    from runner.loop import trial_seed
+    from runner.loop import build_strategy, trial_seed
     from runner.trial import History
 
-    strategy = plugins.registry.get("strategy", "random")(
-        space=spec.search.space, options=spec.search.strategy.options, seed=spec.seed,
-        metric=spec.search.metric, mode=spec.search.mode)
+    strategy = build_strategy(spec, plugins.registry)
     history, jobs = History(), []
     while (params := strategy.ask(history)) is not None:
         trial = len(history)

@@ -28,7 +28,7 @@ PROCESS = {"name": "process", "workers": 2}
 # of epoch ``epoch``, once its file of the epoch before is on disk (so the retry's starting
 # point is known), once (the marker file is created first) or, with ``always``, every time.
 # ``driver`` then also kills the driver (once) at the epoch after, in the retried worker. Settings
-# come from die.json beside it: a Ray worker does not inherit the runner's environment.
+# come from the .json file of the same name beside it: a Ray worker does not inherit the runner's environment.
 DIE = textwrap.dedent('''
     import json, os, signal, time
     from pathlib import Path
@@ -108,28 +108,24 @@ def inline(tmp_path_factory):
 
 def start(tmp_path: Path, experiment: dict, **die) -> tuple[subprocess.CompletedProcess, Path]:
     """``runner start`` with the ``DIE`` plugin, set by ``die`` (trial, epoch, always, driver)."""
-    exp = tmp_path / "exp.json"
-    exp.write_bytes(orjson.dumps(experiment))
-    plugin = tmp_path / "die.py"
-    plugin.write_text(DIE)
-    plugin.with_suffix(".json").write_bytes(orjson.dumps({"trial": -1, "epoch": -1, **die}))
-    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
-    assert (tmp_path / "runs").is_dir(), proc.stderr
-    [run_dir] = (tmp_path / "runs").iterdir()
-    return proc, run_dir
+    (tmp_path / "plugin.json").write_bytes(orjson.dumps({"trial": -1, "epoch": -1, **die}))
+    return start_with_plugin(tmp_path, DIE, experiment)
 
 
 def events_of(run_dir: Path) -> list[dict]:
     return list(read_events(run_dir / "events.jsonl"))
 
 
-def start_with_plugin(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProcess, Path]:
-    """The four trials on 2 worker processes, with a one-off plugin of this ``source``."""
+def start_with_plugin(tmp_path: Path, source: str, experiment: dict | None = None
+                      ) -> tuple[subprocess.CompletedProcess, Path]:
+    """``runner start`` with a one-off plugin of this ``source`` (``plugin.py``); by default
+    the four trials on 2 worker processes."""
+    exp = tmp_path / "exp.json"
+    exp.write_bytes(orjson.dumps(experiment or deep_update(FOUR, {"executor": PROCESS})))
     plugin = tmp_path / "plugin.py"
     plugin.write_text(textwrap.dedent(source))
-    exp = tmp_path / "exp.json"
-    exp.write_bytes(orjson.dumps(deep_update(FOUR, {"executor": PROCESS})))
     proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    assert (tmp_path / "runs").is_dir(), proc.stderr
     [run_dir] = (tmp_path / "runs").iterdir()
     return proc, run_dir
 
