@@ -1,4 +1,5 @@
-"""The command line: ``runner start``, ``resume``, ``nudge``, ``status``, ``validate``, ``plugins``.
+"""The command line: ``runner start``, ``resume``, ``nudge``, ``status``, ``report``, ``validate``, ``schema``,
+``plugins``.
 
 Exit codes: 0 success; 1 a failure during the run; 2 bad input (a message, no traceback);
 130 interrupted.
@@ -17,12 +18,13 @@ from pathlib import Path
 import click
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from runner import __version__
-from runner.errors import RunnerError, SpecError
+from runner.errors import PluginError, RunnerError, SpecError
 from runner.control import FILE_NAME as CONTROL_FILE, ControlSchema, trial_id
-from runner.files import create_run_dir, run_is_held, run_lock
+from runner.files import atomic_write, create_run_dir, run_is_held, run_lock
 from runner.interrupt import Interrupted, graceful_interrupts
 from runner.loop import build_strategy, load_dataset, run_experiment
 from runner.resume import clean_temporary_files, plan_resume, read_run
@@ -31,6 +33,7 @@ from runner.nudge import Change, latest_run, read_status, send
 from runner.live import LiveView
 from runner.progress import leaderboard_table, status_view
 from runner.results import best_of_run
+from runner.schema import experiment_schema
 from runner.spec import load
 
 plugin_option = click.option(
@@ -238,6 +241,73 @@ def status(run_dir: Path | None, as_json: bool, out: Path) -> None:
     terminal().print(status_view(doc))
 
 
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--csv", "as_csv", is_flag=True, help="Print every trial as CSV, for scripts (no plots).")
+@click.option("--json", "as_json", is_flag=True, help="Print every trial as JSON, for scripts (no plots).")
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Trials in the terminal's leaderboard (0: all).")
+@click.option("--curves", type=click.IntRange(min=1), default=6, show_default=True,
+              help="How many of the best trials get learning curves.")
+@click.option("--open", "open_page", is_flag=True, help="Open the HTML report in a browser, where there is one.")
+@plugin_option
+@latest_run_option
+def report(run_dir: Path | None, as_csv: bool, as_json: bool, top: int, curves: int, open_page: bool,
+           plugin_refs: tuple[str, ...], out: Path) -> None:
+    """Report on a run, finished, interrupted or still running: its leaderboard, plots in
+    RUN_DIR/report/ and one self-contained page, RUN_DIR/report.html (images embedded).
+
+    RUN_DIR defaults to the latest run in --out.
+    """
+    with reported_errors():
+        from runner.report import FIGURE_DIR, draw_figures, read_run_view, write_report  # matplotlib loads only here
+        from runner.report.table import to_csv, to_json
+
+        if as_csv and as_json:
+            raise RunnerError("--csv and --json print different formats: choose one", exit_code=2)
+        run = read_run_view(run_dir or latest_run(out))
+        if as_csv or as_json:
+            click.echo(to_csv(run) if as_csv else to_json(run).decode(), nl=False)
+            return
+        console = terminal()
+        console.print(leaderboard_table([t.result for t in run.trials], run.metric, rows=top or None,
+                                        more="(all: --top 0; every column: --csv)"))
+        plugins, problems = _report_plugins(run.events[0].get("plugin_files", []), plugin_refs)
+        figures, drawing_problems = draw_figures(run, plugins.hook, top=curves)
+        written = write_report(run, figures, problems + drawing_problems)
+        for problem in written.problems:
+            console.print(f"[yellow]{escape(problem)}[/]", soft_wrap=True)
+        console.print(f"{run.name}: {run.state}; {len(run.trials)} trials", soft_wrap=True, markup=False)
+        names = ", ".join(p.name for p in written.images)
+        console.print(f"plots:  {run.run_dir / FIGURE_DIR}/ ({names})" if names else "plots:  none yet (no epoch has ended)",
+                      soft_wrap=True, markup=False)
+        console.print(f"report: {written.html}", soft_wrap=True, markup=False)
+        if open_page:
+            _open_in_browser(written.html)
+
+
+def _report_plugins(run_files: list[str], plugin_refs: tuple[str, ...]) -> tuple[Plugins, list[str]]:
+    """The plugins a report asks for figures: installed ones, the run's one-off plugins
+    and ``--plugin`` ones. A run's one-off plugin that no longer loads costs only its figures."""
+    try:
+        return load_plugins([*run_files, *plugin_refs]), []
+    except PluginError as err:
+        if not run_files:
+            raise
+        return load_plugins(plugin_refs), [f"the run's plugins did not load, so their figures are missing: {err}"]
+
+
+def _open_in_browser(page: Path) -> None:
+    import webbrowser
+
+    try:
+        opened = webbrowser.open(page.resolve().as_uri())
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        click.echo(f"no browser found here; open {page} where there is one", err=True)
+
+
 def _finished(console: Console, board, metric: str, run_dir: Path) -> None:
     """The end of ``start`` and ``resume``: the leaderboard, where the results are, and exit
     code 1 if every trial failed."""
@@ -284,6 +354,25 @@ def list_plugins(plugin_refs: tuple[str, ...], as_json: bool) -> None:
     console = terminal()
     console.print(table)
     console.print(f"Trace every hook call with {TRACE_ENV}=1.")
+
+
+@main.command("schema")
+@plugin_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write it to FILE (atomically) instead of printing it.")
+def print_schema(plugin_refs: tuple[str, ...], out: Path | None) -> None:
+    """Print the JSON Schema of experiment files, with the options of every plugin loaded,
+    for editors to complete and check them: name it in an experiment's "$schema"."""
+    with reported_errors():
+        text = orjson.dumps(experiment_schema(load_plugins(plugin_refs).registry), option=orjson.OPT_INDENT_2) + b"\n"
+        if out is None:
+            click.echo(text.decode(), nl=False)
+            return
+        try:
+            atomic_write(out, text)
+        except OSError as err:
+            raise RunnerError(f"--out {out}: cannot write it: {err.strerror}", exit_code=2) from None
+        click.echo(f"wrote {out}")
 
 
 def terminal() -> Console:

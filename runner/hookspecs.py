@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from runner.divergence import DivergenceEvent
     from runner.loop import Experiment
     from runner.registry import Registry
+    from runner.report import ReportFigure, RunView
     from runner.trial import Trial, TrialResult
 
 hookspec = pluggy.HookspecMarker("runner")
@@ -131,3 +132,23 @@ def runner_trial_complete(trial: Trial, result: TrialResult) -> None:
     """Called when a trial has ended, whatever the way: ``result.state`` is ``completed``,
     ``diverged``, ``pruned``, ``stopped`` or ``failed``. Called where the trial ran, or in
     the driver for a trial whose worker died too often. Results are ignored."""
+
+
+# --------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------
+
+
+@hookspec
+def runner_report_figures(run: RunView) -> ReportFigure | list[ReportFigure] | None:
+    """Called by ``runner report``, in its own process (never during a run), after the
+    built-in figures are drawn: return figures to add to the report, or None.
+
+    ``run`` is the run directory as its event log stands (``runner.report.RunView``): the
+    trials best first, each with its result, its ``epoch_end`` events and its marks
+    (nudges, rollbacks, divergences); the strategy's name; the ``note`` events; the search
+    space. A figure is a ``runner.report.ReportFigure(name, title, figure, caption)`` holding a
+    ``matplotlib.figure.Figure`` (the object API, never pyplot: reports are drawn
+    headless); ``runner.report.figures`` has the helpers the built-in ones use. A plugin
+    whose implementation raises is named in the report, and the rest is still written.
+    """

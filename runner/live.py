@@ -27,8 +27,6 @@ from rich.table import Table
 from runner.progress import STATE_STYLE, fmt, short_params
 from runner.trial import better
 
-RUNNING_STYLE = {"running": "cyan", "paused": "yellow", "retrying": "magenta"}
-
 
 @dataclass
 class TrialRow:
@@ -153,7 +151,7 @@ class LiveView:
             table.add_column(column, justify="left" if column in ("state", "params") else "right", no_wrap=True,
                              min_width=width, overflow="ellipsis")
         for row in shown:
-            style = RUNNING_STYLE.get(row.state) or STATE_STYLE.get(row.state, "")
+            style = STATE_STYLE.get(row.state, "")
             table.add_row(
                 f"t{row.id:03d}", f"[{style}]{row.state}[/]" if style else row.state,
                 f"{row.epoch}/{row.epochs}" if row.epochs else str(row.epoch),

@@ -17,7 +17,8 @@ from rich.table import Table
 
 from runner.trial import TrialResult
 
-STATE_STYLE = {"completed": "green", "diverged": "red", "failed": "bold red", "pruned": "yellow", "stopped": "yellow"}
+STATE_STYLE = {"completed": "green", "diverged": "red", "failed": "bold red", "pruned": "yellow", "stopped": "yellow",
+               "running": "cyan", "paused": "yellow", "retrying": "magenta", "interrupted": "magenta"}
 
 
 def fmt(value: Any) -> str:
@@ -35,23 +36,26 @@ def short_params(params: dict[str, Any]) -> str:
     return " ".join(f"{name}={fmt(v)}" for name, v in zip(short_names(list(params)), params.values()))
 
 
-def leaderboard_table(results: list[TrialResult], metric: str, rows: int = 10) -> Table:
-    """The best ``rows`` trials with their score, state and parameters."""
+def leaderboard_table(results: list[TrialResult], metric: str, rows: int | None = 10,
+                      more: str = "in results.json") -> Table:
+    """The best ``rows`` trials (all of them for None) with their score, state and
+    parameters; a caption saying where the ``more`` trials not shown are."""
     params = list(dict.fromkeys(p for r in results for p in r.params))
     headings = short_names(params)
     extra = [] if metric == "val_loss" else ["val_loss"]
     table = Table(title=f"leaderboard ({metric})", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ["#", "trial", "state", metric, *extra, "epochs", *headings]:
         table.add_column(column, justify="left" if column == "state" else "right", no_wrap=True)
-    for rank, r in enumerate(results[:rows], 1):
+    shown = results if rows is None else results[:rows]
+    for rank, r in enumerate(shown, 1):
         best = r.best or {}
         table.add_row(
             str(rank), f"t{r.trial:03d}", f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]",
             fmt(r.score) if r.score is not None else "-", *(fmt(best.get(m, "-")) for m in extra), str(r.epochs),
             *(fmt(r.params.get(p, "-")) for p in params),
         )
-    if len(results) > rows:
-        table.caption = f"{len(results) - rows} more trials in results.json"
+    if len(results) > len(shown):
+        table.caption = f"{len(results) - len(shown)} more trials {more}"
     return table
 
 

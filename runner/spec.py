@@ -25,6 +25,9 @@ from runner.typed import build, convert
 
 TOP_LEVEL = ("$schema", "name", "description", "seed", "data", "backend", "model", "train", "search", "checkpoint", "divergence", "executor")
 SEARCHABLE_SECTIONS = ("model", "train", "backend")
+DEFAULT_PLUGINS = {"backend": "numpy", "search.strategy": "random", "executor": "inline"}  # for a section left out
+DEFAULT_METRIC = "val_loss"
+SEED_LIMIT = 2**63  # a seed is >= 0 and < SEED_LIMIT
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def set_paths(config: dict[str, Any], params: dict[str, Any], where: str) -> Non
     for path, value in params.items():
         check_searchable(path, where)
         section, *keys = path.split(".")
-        node = config.setdefault(section, {} if section != "backend" else {"name": "numpy"})
+        node = config.setdefault(section, {} if section != "backend" else {"name": DEFAULT_PLUGINS["backend"]})
         if isinstance(node, str) and section == "backend":  # the shorthand "backend": "torch"
             node = config[section] = {"name": node}
         if not isinstance(node, dict):
@@ -141,11 +144,11 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
     description = convert(str, raw.get("description", ""), "description")
     if seed is None:
         seed = convert(int, raw.get("seed", 0), "seed")
-    if not 0 <= seed < 2**63:
+    if not 0 <= seed < SEED_LIMIT:
         raise SpecError("seed", f"must be >= 0 and < 2**63, got {seed}")
 
     data = _plugin_ref(raw["data"], "dataset", "data", registry)
-    backend = _plugin_ref(raw.get("backend", {"name": "numpy"}), "backend", "backend", registry)
+    backend = _plugin_ref(raw.get("backend", {"name": DEFAULT_PLUGINS["backend"]}), "backend", "backend", registry)
     backend_cls = registry.get("backend", backend.name)
     model = build(backend_cls.Model, raw.get("model", {}), "model")
     train = build(backend_cls.Train, raw["train"], "train")
@@ -157,7 +160,7 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
     registry.get("strategy", search.strategy.name).check(search.space, search.strategy.options, tuple(reported))
     checkpoint = build(CheckpointOptions, raw.get("checkpoint", {}), "checkpoint")
     divergence = build(DivergenceOptions, raw.get("divergence", {}), "divergence")
-    executor = _plugin_ref(raw.get("executor", {"name": "inline"}), "executor", "executor", registry)
+    executor = _plugin_ref(raw.get("executor", {"name": DEFAULT_PLUGINS["executor"]}), "executor", "executor", registry)
 
     spec = ExperimentSpec(
         name=name, description=description, seed=seed, data=data, backend=backend, model=model,
@@ -191,8 +194,8 @@ def _search(raw: Any, registry: Registry) -> Search:
     for key in raw:
         if key not in ("strategy", "metric", "mode", "space"):
             raise SpecError(join_path("search", key), "unknown key; known keys: metric, mode, space, strategy")
-    strategy = _plugin_ref(raw.get("strategy", {"name": "random"}), "strategy", "search.strategy", registry)
-    metric = convert(str, raw.get("metric", "val_loss"), "search.metric")
+    strategy = _plugin_ref(raw.get("strategy", {"name": DEFAULT_PLUGINS["search.strategy"]}), "strategy", "search.strategy", registry)
+    metric = convert(str, raw.get("metric", DEFAULT_METRIC), "search.metric")
     mode = convert(str, raw.get("mode", default_mode(metric)), "search.mode")
     if mode not in ("min", "max"):
         raise SpecError("search.mode", f'must be "min" or "max", got "{mode}"')

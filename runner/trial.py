@@ -67,6 +67,11 @@ class TrialResult:
             "ends_experiment": self.ends_experiment,
         }
 
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> TrialResult:
+        """The result a ``trial_complete`` event (or a ``results.json`` entry) holds."""
+        return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
+
 
 @dataclass(frozen=True)
 class TrialRecord:
@@ -95,8 +100,7 @@ class History:
             if event["event"] == "trial_start":
                 history.add(event["trial"], event["params"])
             elif event["event"] == "trial_complete":
-                fields = {k: event[k] for k in TrialResult.__dataclass_fields__ if k in event}
-                history.finish(TrialResult(**fields))
+                history.finish(TrialResult.from_json(event))
         return history
 
     def __len__(self) -> int:

@@ -43,7 +43,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         suggestion = f' (did you mean "{hint[0]}"?)' if hint else ""
         known = ", ".join(sorted(fields)) or "none"
         raise SpecError(join_path(path, key), f"unknown key{suggestion}; known keys: {known}")
-    hints = _type_hints(cls)
+    hints = type_hints(cls)
     values = {}
     for name, f in fields.items():
         if name not in data:
@@ -65,7 +65,7 @@ def check_field(cls: type, name: str, value: Any, path: str) -> Any:
     """Check one value for field ``name`` of dataclass ``cls`` (type and bounds); return it converted."""
     for f in dataclasses.fields(cls):
         if f.name == name:
-            value = convert(_type_hints(cls)[name], value, path)
+            value = convert(type_hints(cls)[name], value, path)
             _check_bounds(f.metadata.get("bounds"), value, path)
             return value
     raise SpecError(path, f"unknown key; known keys: {', '.join(f.name for f in dataclasses.fields(cls))}")
@@ -130,7 +130,7 @@ def convert(tp: Any, value: Any, path: str) -> Any:
 
 
 @functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
+def type_hints(cls: type) -> dict[str, Any]:
     """A dataclass's resolved annotations (resolving them is slow; classes do not change)."""
     return typing.get_type_hints(cls)
 

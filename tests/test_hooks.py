@@ -54,6 +54,10 @@ RECORDER = textwrap.dedent(
     @hookimpl
     def runner_experiment_complete(experiment, results):
         CALLS.append(("runner_experiment_complete", [r.trial for r in results]))
+
+    @hookimpl
+    def runner_report_figures(run):
+        CALLS.append(("runner_report_figures", [t.id for t in run.trials]))
     '''
 )
 
@@ -214,10 +218,13 @@ def hook_names() -> list[str]:
 
 
 def test_every_hook_is_documented_and_fires_in_a_real_run(write_experiment, tmp_path):
-    """One run whose second trial diverges calls every hook in the contract."""
+    """One run whose second trial diverges, and its report, call every hook in the contract."""
+    from runner.report import draw_figures, read_run_view
+
     changes = {"model": {"batch_norm": False}, "train": {"optimizer": "gd", "epochs": 2},
                "search": {"strategy": {"name": "grid"}, "space": {"train.lr": {"choices": [0.01, 1e6]}}}}
-    run(write_experiment(changes), tmp_path, [recorder(tmp_path)])
+    outcome = run_file(write_experiment(changes), tmp_path, [recorder(tmp_path)])
+    draw_figures(read_run_view(outcome.run_dir), outcome.plugins.hook)
     import sys
 
     called = {call[0] for call in sys.modules["runner_plugin_recorder"].CALLS}

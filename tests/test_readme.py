@@ -32,6 +32,20 @@ def test_the_strategy_example_runs_as_written(write_experiment, tmp_path):
     assert lrs == [0.025, 0.05, 0.1]
 
 
+def test_the_report_figure_example_draws_its_figure(write_experiment, tmp_path):
+    from runner.report import draw_figures, read_run_view, write_report
+
+    plugin = tmp_path / "seconds_plot.py"
+    plugin.write_text(python_block_after("### A figure for the report"))
+    plugins = load_plugins([str(plugin)])
+    spec = load(write_experiment(), plugins.registry)
+    run_dir = create_run_dir(tmp_path, "x")
+    run_experiment(spec, plugins, load_dataset(spec, plugins), run_dir)
+    figures, problems = draw_figures(read_run_view(run_dir), plugins.hook)
+    assert problems == [] and figures[-1].name == "seconds"
+    assert (run_dir / "report" / "seconds.png") in write_report(read_run_view(run_dir), figures).images
+
+
 def test_every_option_of_every_built_in_is_documented():
     for entry in load_plugins().registry.entries():
         if entry.unavailable:  # its options are documented all the same; checked where it is installed

@@ -116,3 +116,15 @@ class CoarseToFine(Strategy):
 @hookimpl
 def runner_register(registry):
     registry.add_strategy(CoarseToFine)
+
+
+@hookimpl
+def runner_report_figures(run):
+    """``runner report``: each round's region, one panel per parameter, with the trials
+    sampled in it coloured by their score (nothing for runs of other strategies)."""
+    rounds = [n for n in run.notes if n.get("kind") == "round" and isinstance(n.get("region"), dict)]
+    if run.strategy != CoarseToFine.name or not rounds or not len(run.space):
+        return None
+    from plugins.strategies.coarse_to_fine_report import regions_figure  # matplotlib loads only for reports
+
+    return regions_figure(run, rounds)

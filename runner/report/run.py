@@ -1,0 +1,207 @@
+"""A run as its event log tells it, for reports: finished, interrupted or still running.
+
+``read_run_view(run_dir)`` reads ``events.jsonl`` as it stands (a line being written is
+skipped) and ``experiment.json``, and needs none of the run's plugins: a Torch run can be
+reported on a machine without Torch. Trials that have not ended get a result built from
+their epochs so far, with the state ``running``, ``paused`` or ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runner.errors import RunnerError, SpecError
+from runner.files import run_is_held
+from runner.resume import read_run
+from runner.results import leaderboard
+from runner.space import Space
+from runner.spec import DEFAULT_PLUGINS
+from runner.trial import TrialResult, better
+
+# What an epoch_end carries besides its metrics and live settings.
+EPOCH_FIELDS = ("t", "event", "trial", "epoch", "step")
+# A trial's events that plots mark on its curves (nudges, rollbacks, ...), besides epochs.
+UNMARKED = ("trial_start", "epoch_end", "trial_complete", "checkpoint", "control", "note")
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Something that happened to a trial between its epochs (a ``nudge``, ``rollback``,
+    ``divergence``, ``trial_retry``, ``pause``...): the event, and how many epochs the trial
+    had trained by then (in log order, undone ones included)."""
+
+    event: dict[str, Any]
+    trained: int
+
+    @property
+    def kind(self) -> str:
+        return self.event["event"]
+
+
+@dataclass
+class TrialView:
+    """One trial: its result (or its standing so far), its epochs and what happened to it."""
+
+    id: int
+    params: dict[str, Any]
+    settings: tuple[str, ...]  # its live settings (lr, momentum, ...), as trial_start names them
+    result: TrialResult
+    epochs: list[dict[str, Any]]  # epoch_end events in log order
+    marks: list[Mark]
+
+    @property
+    def state(self) -> str:
+        return self.result.state
+
+    @property
+    def label(self) -> str:
+        return f"t{self.id:03d}"
+
+    def was_moved(self) -> bool:
+        """Whether a nudge, or a rollback that cut the learning rate, changed its live settings
+        (a schedule's decay alone does not count)."""
+        return any(m.kind == "nudge" or (m.kind == "rollback" and m.event.get("lr_after") != m.event.get("lr_before"))
+                   for m in self.marks)
+
+    def changed_settings(self) -> list[str]:
+        """The live settings that took more than one value over the trial's epochs."""
+        return [name for name in self.settings
+                if len({e.get(name) for e in self.epochs if e.get(name) is not None}) > 1]
+
+
+@dataclass
+class RunView:
+    """A run directory, read for a report. ``trials`` are ranked best first, as on the
+    leaderboard; ``notes`` are the ``note`` events, why a strategy or plugin did what it
+    did (a strategy's between trials, such as coarse-to-fine's rounds, have no ``trial``);
+    ``events`` the whole log."""
+
+    run_dir: Path
+    name: str
+    metric: str
+    mode: str
+    state: str  # finished, running, interrupted, or unfinished (its process died)
+    strategy: str  # the search strategy's name
+    space: Space
+    planned_trials: int | None
+    trials: list[TrialView]
+    notes: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+    @property
+    def started(self) -> float:
+        return self.events[0]["t"]
+
+    @property
+    def updated(self) -> float:
+        return self.events[-1]["t"]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for trial in self.trials:
+            counts[trial.state] = counts.get(trial.state, 0) + 1
+        return counts
+
+
+def read_run_view(run_dir: Path) -> RunView:
+    """Read ``run_dir``; a RunnerError (exit 2) if it is not a run directory."""
+    run_dir = Path(run_dir)
+    events = read_run(run_dir)
+    start = events[0]
+    raw = _experiment(run_dir)
+    search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
+    strategy = search.get("strategy", DEFAULT_PLUGINS["search.strategy"])
+    try:
+        space = Space.parse(search.get("space", {}), "search.space")
+    except SpecError as err:
+        raise RunnerError(f"{run_dir / 'experiment.json'}: {err}", exit_code=2) from None
+    state = _run_state(run_dir, events)
+    trials = _trials(events, start["metric"], start["mode"], state)
+    ranked = {r.trial: i for i, r in enumerate(leaderboard([t.result for t in trials], start["mode"]))}
+    return RunView(
+        run_dir=run_dir, name=start["name"], metric=start["metric"], mode=start["mode"], state=state,
+        strategy=strategy.get("name", "?") if isinstance(strategy, dict) else str(strategy),
+        space=space, planned_trials=start.get("planned_trials"),
+        trials=sorted(trials, key=lambda t: ranked[t.id]),
+        notes=[e for e in events if e["event"] == "note"],
+        events=events,
+    )
+
+
+def _experiment(run_dir: Path) -> dict[str, Any]:
+    try:
+        raw = orjson.loads((run_dir / "experiment.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError) as err:
+        raise RunnerError(f"cannot read {run_dir / 'experiment.json'}: {err}", exit_code=2) from None
+    if not isinstance(raw, dict):
+        raise RunnerError(f"{run_dir / 'experiment.json'} does not hold an experiment", exit_code=2)
+    return raw
+
+
+def _run_state(run_dir: Path, events: list[dict[str, Any]]) -> str:
+    if any(e["event"] == "experiment_complete" for e in events):
+        return "finished"
+    if run_is_held(run_dir):
+        return "running"
+    last = next((e["event"] for e in reversed(events) if e["event"] in ("interrupted", "resume")), None)
+    return "interrupted" if last == "interrupted" else "unfinished"
+
+
+def _trials(events: list[dict[str, Any]], metric: str, mode: str, run_state: str) -> list[TrialView]:
+    begun: dict[int, dict[str, Any]] = {}
+    epochs: dict[int, list[dict[str, Any]]] = {}
+    marks: dict[int, list[Mark]] = {}
+    ended: dict[int, TrialResult] = {}
+    paused: set[int] = set()
+    for event in events:
+        kind, trial_id = event["event"], event.get("trial")
+        if kind == "trial_start":
+            begun[trial_id] = event
+            epochs[trial_id], marks[trial_id] = [], []
+        elif trial_id not in begun:
+            continue
+        elif kind == "epoch_end":
+            epochs[trial_id].append(event)
+        elif kind == "trial_complete":
+            ended[trial_id] = TrialResult.from_json(event)
+        elif kind not in UNMARKED:
+            marks[trial_id].append(Mark(event, len(epochs[trial_id])))
+            if kind == "pause":
+                paused.add(trial_id)
+            elif kind == "unpause":
+                paused.discard(trial_id)
+    views = []
+    for trial_id, start in begun.items():
+        result = ended.get(trial_id)
+        if result is None:
+            state = ("paused" if trial_id in paused else "running") if run_state == "running" else "interrupted"
+            result = _standing(trial_id, start, epochs[trial_id], metric, mode, state)
+        views.append(TrialView(trial_id, start["params"], tuple(start.get("hyperparameters", {})), result,
+                               epochs[trial_id], marks[trial_id]))
+    return views
+
+
+def _standing(trial_id: int, begun: dict[str, Any], epochs: list[dict[str, Any]], metric: str, mode: str,
+              state: str) -> TrialResult:
+    """A trial that has not ended, as far as it got: its best epoch so far by ``metric``."""
+    best, score = None, None
+    for epoch in epochs:
+        value = epoch.get(metric)
+        if value is not None and math.isfinite(value) and better(value, score, mode):
+            best, score = epoch, value
+    last = epochs[-1] if epochs else None
+    return TrialResult(
+        trial=trial_id, state=state, params=begun["params"],  # type: ignore[arg-type]  # running, paused, interrupted
+        best=metrics_of(best) if best else None, final=metrics_of(last) if last else None,
+        epochs=last["epoch"] + 1 if last else 0, seconds=(last or begun)["t"] - begun["t"], score=score,
+    )
+
+
+def metrics_of(epoch: dict[str, Any]) -> dict[str, Any]:
+    """An epoch_end event's metrics and live settings, as a trial result holds them."""
+    return {k: v for k, v in epoch.items() if k not in EPOCH_FIELDS}
