@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 import orjson
+import pluggy
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -272,8 +273,8 @@ def report(run_dir: Path | None, as_csv: bool, as_json: bool, top: int, curves: 
         console = terminal()
         console.print(leaderboard_table([t.result for t in run.trials], run.metric, rows=top or None,
                                         more="(all: --top 0; every column: --csv)"))
-        plugins, problems = _report_plugins(run.events[0].get("plugin_files", []), plugin_refs)
-        figures, drawing_problems = draw_figures(run, plugins.hook, top=curves)
+        manager, problems = _report_plugins(run.events[0].get("plugin_files", []), plugin_refs)
+        figures, drawing_problems = draw_figures(run, manager, top=curves)
         written = write_report(run, figures, problems + drawing_problems)
         for problem in written.problems:
             console.print(f"[yellow]{escape(problem)}[/]", soft_wrap=True)
@@ -286,15 +287,22 @@ def report(run_dir: Path | None, as_csv: bool, as_json: bool, top: int, curves: 
             _open_in_browser(written.html)
 
 
-def _report_plugins(run_files: list[str], plugin_refs: tuple[str, ...]) -> tuple[Plugins, list[str]]:
-    """The plugins a report asks for figures: installed ones, the run's one-off plugins
-    and ``--plugin`` ones. A run's one-off plugin that no longer loads costs only its figures."""
+def _report_plugins(run_files: list[str], plugin_refs: tuple[str, ...]) -> tuple[pluggy.PluginManager | None, list[str]]:
+    """The plugins a report asks for figures: installed ones, the run's one-off plugins and
+    ``--plugin`` ones. Plugins that no longer load cost only their figures (a ``--plugin``
+    asked for now that fails is an error)."""
     try:
-        return load_plugins([*run_files, *plugin_refs]), []
+        return load_plugins([*run_files, *plugin_refs]).manager, []
     except PluginError as err:
-        if not run_files:
-            raise
-        return load_plugins(plugin_refs), [f"the run's plugins did not load, so their figures are missing: {err}"]
+        failed = err
+    if run_files:
+        try:
+            return load_plugins(plugin_refs).manager, [f"the run's plugins did not load, so their figures are missing: {failed}"]
+        except PluginError as err:
+            failed = err
+    if plugin_refs:
+        raise failed
+    return None, [f"plugins did not load, so the report has no plugin figures: {failed}"]
 
 
 def _open_in_browser(page: Path) -> None:

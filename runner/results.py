@@ -23,11 +23,9 @@ def leaderboard(results: list[TrialResult], mode: str) -> list[TrialResult]:
 def results_document(name: str, metric: str, mode: str, board: list[TrialResult]) -> dict[str, Any]:
     """The content of ``results.json``: the leaderboard, the best trial and counts by state.
 
-    ``best`` is the best trial that completed its training; only when none did, the best
-    scored trial in any state.
+    ``best`` is ``best_of(board)``.
     """
-    scored = [r for r in board if r.score is not None and math.isfinite(r.score)]
-    best = next((r for r in scored if r.state == "completed"), scored[0] if scored else None)
+    best = best_of(board)
     return {
         "experiment": name,
         "metric": metric,
@@ -36,6 +34,13 @@ def results_document(name: str, metric: str, mode: str, board: list[TrialResult]
         "counts": dict(Counter(r.state for r in board)),
         "trials": [r.to_json() for r in board],
     }
+
+
+def best_of(board: list[TrialResult]) -> TrialResult | None:
+    """The best trial of a leaderboard that completed its training; only when none did, the
+    best scored trial in any state; None when no trial has a score."""
+    scored = [r for r in board if r.score is not None and math.isfinite(r.score)]
+    return next((r for r in scored if r.state == "completed"), scored[0] if scored else None)
 
 
 def best_of_run(run_dir: Path) -> dict[str, Any]:

@@ -122,6 +122,9 @@ def _plugin_section(registry: Registry, kind: Kind, path: str, what: str) -> dic
     """The section at ``path`` naming a plugin: its name alone, or an object with ``name`` and that plugin's options."""
     entries = [e for e in registry.entries() if e.kind == kind]
     name = {"type": "string", "enum": [e.name for e in entries]}
+    # The name alone stands for the plugin with its default options: not for one with required options.
+    shorthand = {"type": "string", "enum": [e.name for e in entries
+                                            if e.unavailable or "required" not in dataclass_schema(e.obj.Options)]}
     rules = []
     for e in entries:
         then: dict[str, Any] = {"description": _about(e)}
@@ -130,7 +133,7 @@ def _plugin_section(registry: Registry, kind: Kind, path: str, what: str) -> dic
             then.update(options, properties={"name": {"const": e.name}, **options["properties"]})
         rules.append({"if": {"properties": {"name": {"const": e.name}}}, "then": then})
     section = {"description": f'{what}: {{"name": {kind.upper()}, ...its options}}, or just its name',
-               "anyOf": [name, {"type": "object", "required": ["name"], "properties": {"name": name}, "allOf": rules}]}
+               "anyOf": [shorthand, {"type": "object", "required": ["name"], "properties": {"name": name}, "allOf": rules}]}
     default = DEFAULT_PLUGINS.get(path)
     return {**section, "default": {"name": default}} if default else section
 

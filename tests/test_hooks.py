@@ -224,7 +224,7 @@ def test_every_hook_is_documented_and_fires_in_a_real_run(write_experiment, tmp_
     changes = {"model": {"batch_norm": False}, "train": {"optimizer": "gd", "epochs": 2},
                "search": {"strategy": {"name": "grid"}, "space": {"train.lr": {"choices": [0.01, 1e6]}}}}
     outcome = run_file(write_experiment(changes), tmp_path, [recorder(tmp_path)])
-    draw_figures(read_run_view(outcome.run_dir), outcome.plugins.hook)
+    draw_figures(read_run_view(outcome.run_dir), outcome.plugins.manager)
     import sys
 
     called = {call[0] for call in sys.modules["runner_plugin_recorder"].CALLS}

@@ -41,7 +41,7 @@ def test_the_report_figure_example_draws_its_figure(write_experiment, tmp_path):
     spec = load(write_experiment(), plugins.registry)
     run_dir = create_run_dir(tmp_path, "x")
     run_experiment(spec, plugins, load_dataset(spec, plugins), run_dir)
-    figures, problems = draw_figures(read_run_view(run_dir), plugins.hook)
+    figures, problems = draw_figures(read_run_view(run_dir), plugins.manager)
     assert problems == [] and figures[-1].name == "seconds"
     assert (run_dir / "report" / "seconds.png") in write_report(read_run_view(run_dir), figures).images
 

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from PIL import Image
 
+from runner.files import run_lock
 from runner.report import draw_figures, read_run_view, write_report
 from runner.report.figures import _branches, learning_curves, new_figure, parameter_effects, scale_axis
 from tests.conftest import QUICK, deep_update, run_file
@@ -179,7 +180,7 @@ def test_nudges_rollbacks_and_divergences_are_marked_on_the_curves_and_settings(
     curves = learning_curves(run)
     labels = {t.get_text() for t in curves.figure.legends[0].get_texts()}
     assert {"nudge", "rollback", "divergence"} <= labels
-    figures, problems = draw_figures(run, outcome.plugins.hook)
+    figures, problems = draw_figures(run, outcome.plugins.manager)
     assert [f.name for f in figures] == ["curves", "settings"] and problems == []
     settings = figures[1].figure.axes[0]
     drawn_lr = [line for line in settings.get_lines() if len(line.get_xdata()) == len(trial.epochs)][0].get_ydata()
@@ -195,7 +196,7 @@ def test_coarse_to_fine_adds_its_regions_through_the_plugin_hook(write_experimen
         "space": {"train.lr": {"low": 1e-3, "high": 1.0, "scale": "log"}, "model.hidden": {"choices": [[8], [16]]}}}}
     outcome = run_file(write_experiment(changes), tmp_path)
     run = read_run_view(outcome.run_dir)
-    figures, problems = draw_figures(run, outcome.plugins.hook)
+    figures, problems = draw_figures(run, outcome.plugins.manager)
     assert [f.name for f in figures] == ["curves", "parameters", "regions"] and problems == []
     lr_axes = next(ax for ax in figures[-1].figure.axes if ax.get_xlabel() == "train.lr (log)")
     round_1 = next(n["region"]["train.lr"] for n in run.notes if n["kind"] == "round" and n["round"] == 1)
@@ -227,15 +228,70 @@ BROKEN_PLUGIN = textwrap.dedent('''
         raise ValueError("no such column")
 ''')
 
+UNRENDERABLE_PLUGIN = textwrap.dedent('''
+    from matplotlib.figure import Figure
+    from runner import hookimpl
+    from runner.report import ReportFigure
+
+    @hookimpl
+    def runner_report_figures(run):  # fails only when matplotlib renders it
+        figure = Figure()
+        figure.add_subplot().set_title(r"$\\notacommand{x}$")
+        return ReportFigure("bad", "Bad", figure)
+''')
+
+
+def write_log(run_dir: Path, trial_events: list[dict]) -> Path:
+    """A run directory by hand: experiment.json, experiment_start, then ``trial_events`` for trial 0."""
+    run_dir.mkdir()
+    (run_dir / "experiment.json").write_bytes(orjson.dumps(QUICK))
+    start = {"event": "experiment_start", "name": "hand", "metric": "val_acc", "mode": "max", "planned_trials": 1}
+    begun = {"event": "trial_start", "params": {}, "hyperparameters": {"lr": 0.1}}
+    lines = [start, begun, *trial_events]
+    (run_dir / "events.jsonl").write_bytes(b"".join(orjson.dumps({"t": float(i), "trial": 0, **e}) + b"\n"
+                                                    for i, e in enumerate(lines)))
+    return run_dir
+
+
+def epoch(index: int, acc: float) -> dict:
+    return {"event": "epoch_end", "epoch": index, "step": 10 * (index + 1), "val_acc": acc, "val_loss": 1 - acc,
+            "train_loss": 1 - acc, "lr": 0.1}
+
+
+def test_a_trial_still_going_stands_on_the_epochs_a_rollback_kept(tmp_path):
+    run_dir = write_log(tmp_path / "run", [
+        epoch(0, 0.5), epoch(1, 0.4), epoch(2, 0.99),  # the 0.99 is undone below
+        {"event": "rollback", "to_epoch": 1, "from_epoch": 3, "lr_before": 0.1, "lr_after": 0.05},
+        epoch(1, 0.6),
+    ])
+    (trial,) = read_run_view(run_dir).trials
+    result = trial.result
+    assert (result.state, result.score, result.epochs, result.final["val_acc"]) == ("interrupted", 0.6, 2, 0.6)
+    assert result.best["val_acc"] == 0.6 and len(trial.epochs) == 4, "every epoch is still plotted"
+
+
+def test_a_paused_trial_that_was_resumed_runs_again(tmp_path):
+    run_dir = write_log(tmp_path / "run", [
+        epoch(0, 0.5), {"event": "pause", "epoch": 1, "step": 10}, {"event": "interrupted", "epoch": 1, "step": 10},
+        {"event": "trial_resume", "epoch": 1, "step": 10}, epoch(1, 0.6),
+    ])
+    assert read_run_view(run_dir).state == "interrupted"
+    with run_lock(run_dir):  # as the resumed run's process holds it
+        run = read_run_view(run_dir)
+    assert run.state == "running" and run.trials[0].state == "running"
+
 
 def test_a_plugins_figure_joins_the_report_and_a_broken_one_costs_only_its_own(search_run, tmp_path):
     run_dir, _ = search_run
-    (tmp_path / "figure.py").write_text(FIGURE_PLUGIN)
-    (tmp_path / "broken.py").write_text(BROKEN_PLUGIN)
-    proc = runner("report", run_dir, "--plugin", tmp_path / "figure.py", "--plugin", tmp_path / "broken.py")
+    plugins = {"figure": FIGURE_PLUGIN, "broken": BROKEN_PLUGIN, "unrenderable": UNRENDERABLE_PLUGIN}
+    for name, code in plugins.items():
+        (tmp_path / f"{name}.py").write_text(code)
+    proc = runner("report", run_dir, *(arg for name in plugins for arg in ("--plugin", tmp_path / f"{name}.py")))
     assert proc.returncode == 0, proc.stderr
     assert "plugin 'broken' could not draw its figures: ValueError: no such column" in proc.stdout
+    assert "the figure 'bad' could not be rendered: ValueError" in proc.stdout
     assert_drawn(run_dir / "report" / "epochs.png")
+    assert not (run_dir / "report" / "bad.png").exists()
     page = (run_dir / "report.html").read_text()
     assert "Epochs per trial" in page and "no such column" in page and page.count("data:image/png") == 3
     runner("report", run_dir)  # without the plugin its figure goes, from the folder too

@@ -128,6 +128,7 @@ def test_it_rejects_every_broken_spec_of_the_validation_tests(validator, changes
         ({"executor": {"name": "process", "workers": 2, "gpus": [0, 1]}}, True),
         ({"executor": {"name": "process", "gpus": None}}, True),
         ({"executor": {"name": "process", "gpus": [0.5]}}, False),
+        ({"data": "csv"}, False),  # the name alone, for a dataset whose path is required
         ({"name": "  "}, False),
         ({"seed": True}, False),
         ({"model": {"hidden": [32, "wide"]}}, False),

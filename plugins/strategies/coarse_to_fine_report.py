@@ -36,7 +36,7 @@ def regions_figure(run: RunView, rounds: list[dict[str, Any]]) -> ReportFigure:
             if param.path not in [p.path for p in region]:
                 continue
             part = region[param.path]
-            spans = ([(place(c, 0) - 0.4, place(c, 0) + 0.4) for c in part.choices] if isinstance(part, Choice)
+            spans = ([(place(c, None) - 0.4, place(c, None) + 0.4) for c in part.choices] if isinstance(part, Choice)
                      else [(part.low, part.high)])
             for low, high in spans:
                 ax.fill_betweenx([row - 0.38, row + 0.38], low, high, color="#1f77b4", alpha=0.15, linewidth=0)

@@ -11,9 +11,13 @@ so runs never pay for it.
 from __future__ import annotations
 
 import io
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pluggy
 
 from runner.errors import RunnerError
 from runner.files import atomic_write
@@ -37,33 +41,47 @@ class Report:
     problems: list[str] = field(default_factory=list)
 
 
-def draw_figures(run: RunView, hook: Any, *, top: int = 6) -> tuple[list[ReportFigure], list[str]]:
+def draw_figures(run: RunView, manager: pluggy.PluginManager | None, *, top: int = 6
+                 ) -> tuple[list[ReportFigure], list[str]]:
     """The built-in figures that apply to ``run`` (learning curves of the ``top`` best
-    trials, parameters against the metric, live settings over time), then each plugin's.
+    trials, parameters against the metric, live settings over time), then those of each
+    plugin of ``manager`` (None: no plugin figures).
 
-    A plugin whose ``runner_report_figures`` raises or returns something else than figures
-    is named in the returned problems; the other figures are kept."""
-    figures = [f for f in (learning_curves(run, top), parameter_effects(run), settings_over_time(run)) if f]
-    problems = []
-    arguments = {"run": run}
-    for impl in reversed(hook.runner_report_figures.get_hookimpls()):  # pluggy's call order, one at a time
-        try:
-            answer = impl.function(**{name: arguments[name] for name in impl.argnames})
-        except Exception as err:  # noqa: BLE001  # one plugin's bug must not cost the rest of the report
-            problems.append(f"plugin {impl.plugin_name!r} could not draw its figures: {type(err).__name__}: {err}")
+    Each figure is drawn on its own: one that fails (a plugin's bug, a ``runner_report_figures``
+    answer that is not figures) is named in the returned problems, and the others are kept."""
+    figures: list[ReportFigure] = []
+    problems: list[str] = []
+    for draw in (lambda: learning_curves(run, top), lambda: parameter_effects(run), lambda: settings_over_time(run)):
+        with _noted(problems, "a built-in figure could not be drawn"):
+            figures += [f for f in [draw()] if f]
+    plugins = manager.list_name_plugin() if manager else []
+    for name, plugin in plugins:
+        if not any(impl.plugin is plugin for impl in manager.hook.runner_report_figures.get_hookimpls()):
             continue
-        answer = [] if answer is None else answer if isinstance(answer, (list, tuple)) else [answer]
-        taken = {f.name for f in figures}
-        for item in answer:
-            if not isinstance(item, ReportFigure):
-                problems.append(f"plugin {impl.plugin_name!r} returned {type(item).__name__}, not a ReportFigure")
-            elif item.name in taken or not item.name.replace("-", "").replace("_", "").isalnum():
-                problems.append(f"plugin {impl.plugin_name!r} returned a figure named {item.name!r}: names must be "
-                                f"unique and made of letters, digits, - and _")
-            else:
-                figures.append(item)
-                taken.add(item.name)
+        others = [p for _, p in plugins if p is not plugin]
+        with _noted(problems, f"plugin {name!r} could not draw its figures"):
+            for answer in manager.subset_hook_caller("runner_report_figures", remove_plugins=others)(run=run):
+                for item in answer if isinstance(answer, (list, tuple)) else [answer]:
+                    figures += [_checked(item, name, {f.name for f in figures})]
     return figures, problems
+
+
+def _checked(item: Any, plugin: str, taken: set[str]) -> ReportFigure:
+    if not isinstance(item, ReportFigure):
+        raise TypeError(f"it returned {type(item).__name__}, not a runner.report.ReportFigure")
+    if item.name in taken or not re.fullmatch(r"[A-Za-z0-9_-]+", item.name):
+        raise ValueError(f"its figure is named {item.name!r}: names must be unique, made of letters, digits, - and _")
+    return item
+
+
+@contextmanager
+def _noted(problems: list[str], what: str):
+    """Run the block; an exception in it becomes a line in ``problems`` (a report is still
+    written without that figure)."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001  # one figure's bug must not cost the rest of the report
+        problems.append(f"{what}: {type(err).__name__}: {err}")
 
 
 def write_report(run: RunView, figures: list[ReportFigure], problems: list[str] = ()) -> Report:
@@ -76,15 +94,30 @@ def write_report(run: RunView, figures: list[ReportFigure], problems: list[str] 
     try:
         folder.mkdir(exist_ok=True)
         for figure in figures:
-            buffer = io.BytesIO()
-            figure.figure.savefig(buffer, format="png", dpi=DPI)
+            png = _rendered(figure, report.problems)
+            if png is None:
+                continue
             path = folder / f"{figure.name}.png"
-            atomic_write(path, buffer.getvalue(), durable=False)
+            atomic_write(path, png, durable=False)
             report.images.append(path)
-            drawn.append((figure, buffer.getvalue()))
+            drawn.append((figure, png))
         for stale in set(folder.glob("*.png")) - set(report.images):
             stale.unlink()
         atomic_write(report.html, render(run, drawn, report.problems).encode(), durable=False)
     except OSError as err:
         raise RunnerError(f"cannot write the report in {run.run_dir}: {err.strerror or err}", exit_code=2) from None
     return report
+
+
+def _rendered(figure: ReportFigure, problems: list[str]) -> bytes | None:
+    """The figure as PNG bytes; None, with a line in ``problems``, if matplotlib cannot
+    render it (a plugin's bad label, say)."""
+    buffer = io.BytesIO()
+    try:
+        figure.figure.savefig(buffer, format="png", dpi=DPI)
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        problems.append(f"the figure {figure.name!r} could not be rendered: {type(err).__name__}: {err}")
+        return None
+    return buffer.getvalue()

@@ -19,9 +19,10 @@ import orjson
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
 from runner.report.run import RunView, TrialView
+from runner.results import best_of
 from runner.space import Choice, Param
 
 STATE_COLORS = {"completed": "#1f77b4", "diverged": "#d62728", "pruned": "#ff7f0e", "stopped": "#7f7f7f",
@@ -91,17 +92,22 @@ def _from_nines(y):
 
 
 def mark_strip(ax: Axes, marks: Sequence[tuple[float, str]]) -> set[str]:
-    """Draw marks (x position, event kind) in a strip along the top of ``ax``, whatever its
-    y scale, with a faint line down the plot; return the kinds drawn (for a legend)."""
+    """Draw marks, ``(x, kind)`` pairs (``kind`` an event name in ``MARK_STYLES``: ``nudge``,
+    ``rollback``, ...), along the top of ``ax`` whatever its y scale, stacked downwards where
+    several share an x, each with a faint line down the plot; return the kinds drawn (for
+    ``mark_handles``)."""
     drawn = set()
+    stacked: dict[float, int] = {}
     transform = ax.get_xaxis_transform()  # x in data, y in axes fractions
     for x, kind in marks:
         if kind not in MARK_STYLES:
             continue
         marker, color, _ = MARK_STYLES[kind]
-        ax.axvline(x, color=color, alpha=0.25, linewidth=0.8, zorder=0)
-        ax.plot([x], [0.97], marker=marker, color=color, markersize=6, transform=transform, clip_on=False,
-                linestyle="none", zorder=5, scalex=False, scaley=False)
+        level = stacked[x] = stacked.get(x, -1) + 1
+        if level == 0:
+            ax.axvline(x, color=color, alpha=0.25, linewidth=0.8, zorder=0)
+        ax.plot([x], [0.97 - 0.045 * min(level, 8)], marker=marker, color=color, markersize=6, transform=transform,
+                clip_on=False, linestyle="none", zorder=5, scalex=False, scaley=False)
         drawn.add(kind)
     return drawn
 
@@ -148,6 +154,7 @@ def learning_curves(run: RunView, top: int = 6) -> ReportFigure | None:
                 # an undone epoch that blew up would flatten the rest: it runs off the top instead
                 ax.set_ylim(min(shown[True]) / 1.5, max(shown[True]) * 3)
         ax.set_title(trial_title(run, trial), fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epochs completed", fontsize=8)
         ax.set_ylabel("loss", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -225,7 +232,8 @@ def parameter_effects(run: RunView) -> ReportFigure | None:
     figure, axes = new_figure(len(params))
     scores = [t.result.score for t in run.trials]
     finite = [s for s in scores if s is not None and math.isfinite(s)]
-    best = next((t for t in run.trials if t.result.score is not None and math.isfinite(t.result.score)), None)
+    best_result = best_of([t.result for t in run.trials])
+    best = next((t for t in run.trials if best_result is not None and t.id == best_result.trial), None)
     states = set()
     for ax, param in zip(axes, params):
         place = param_axis(ax, param, [t.params.get(param.path) for t in run.trials])
@@ -262,16 +270,21 @@ def parameter_effects(run: RunView) -> ReportFigure | None:
     return ReportFigure("parameters", "Hyperparameters against the metric", figure, caption)
 
 
-def param_axis(ax: Axes, param: Param, values: Sequence[Any] = ()) -> Callable[[Any, int], float]:
+def param_axis(ax: Axes, param: Param, values: Sequence[Any] = ()) -> Callable[[Any, int | None], float]:
     """Set ``ax``'s x axis up for searched ``param`` (its scale and whole range, or one
-    tick per choice); return where a value sits on it: ``place(value, trial_id)`` (choices
-    get a small fixed jitter by trial, so equal values do not hide each other)."""
+    tick per choice); return where a value sits on it: ``place(value, trial_id)``, where a
+    trial's choice gets a small fixed jitter, so equal values do not hide each other
+    (``trial_id`` None: the choice's tick itself)."""
     if isinstance(param, Choice):
         labels = [_short(c) for c in param.choices]
         ax.set_xticks(range(len(labels)), labels, rotation=20 if max(map(len, labels)) > 6 else 0)
         ax.set_xlim(-0.6, len(labels) - 0.4)
         index = {label: i for i, label in enumerate(labels)}
-        return lambda value, trial_id: index.get(_short(value), -1) + ((trial_id * 0.7548776662) % 1 - 0.5) * 0.3
+
+        def place(value: Any, trial_id: int | None) -> float:
+            jitter = 0.0 if trial_id is None else ((trial_id * 0.7548776662) % 1 - 0.5) * 0.3
+            return index.get(_short(value), -1) + jitter
+        return place
     scale_axis(ax, param.scale, "x", [v for v in values if isinstance(v, (int, float))], (param.low, param.high))
     return lambda value, trial_id: value
 
@@ -305,6 +318,7 @@ def settings_over_time(run: RunView, top: int = 3) -> ReportFigure | None:
         scale_axis(ax, _value_scale(ys), "y", ys)
         kinds |= mark_strip(ax, [(m.trained + 0.5, m.kind) for m in trial.marks])
         ax.set_title(f"{trial.label}: {name}", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epochs trained (undone ones included)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -111,6 +111,7 @@ class RunView:
 def read_run_view(run_dir: Path) -> RunView:
     """Read ``run_dir``; a RunnerError (exit 2) if it is not a run directory."""
     run_dir = Path(run_dir)
+    held = run_is_held(run_dir)  # before reading: a run that finishes meanwhile then reads as finished, not dead
     events = read_run(run_dir)
     start = events[0]
     raw = _experiment(run_dir)
@@ -120,7 +121,7 @@ def read_run_view(run_dir: Path) -> RunView:
         space = Space.parse(search.get("space", {}), "search.space")
     except SpecError as err:
         raise RunnerError(f"{run_dir / 'experiment.json'}: {err}", exit_code=2) from None
-    state = _run_state(run_dir, events)
+    state = _run_state(events, held)
     trials = _trials(events, start["metric"], start["mode"], state)
     ranked = {r.trial: i for i, r in enumerate(leaderboard([t.result for t in trials], start["mode"]))}
     return RunView(
@@ -143,10 +144,10 @@ def _experiment(run_dir: Path) -> dict[str, Any]:
     return raw
 
 
-def _run_state(run_dir: Path, events: list[dict[str, Any]]) -> str:
+def _run_state(events: list[dict[str, Any]], held: bool) -> str:
     if any(e["event"] == "experiment_complete" for e in events):
         return "finished"
-    if run_is_held(run_dir):
+    if held:
         return "running"
     last = next((e["event"] for e in reversed(events) if e["event"] in ("interrupted", "resume")), None)
     return "interrupted" if last == "interrupted" else "unfinished"
@@ -155,6 +156,7 @@ def _run_state(run_dir: Path, events: list[dict[str, Any]]) -> str:
 def _trials(events: list[dict[str, Any]], metric: str, mode: str, run_state: str) -> list[TrialView]:
     begun: dict[int, dict[str, Any]] = {}
     epochs: dict[int, list[dict[str, Any]]] = {}
+    lineage: dict[int, list[dict[str, Any]]] = {}  # the epochs the model as it stands went through
     marks: dict[int, list[Mark]] = {}
     ended: dict[int, TrialResult] = {}
     paused: set[int] = set()
@@ -162,25 +164,28 @@ def _trials(events: list[dict[str, Any]], metric: str, mode: str, run_state: str
         kind, trial_id = event["event"], event.get("trial")
         if kind == "trial_start":
             begun[trial_id] = event
-            epochs[trial_id], marks[trial_id] = [], []
+            epochs[trial_id], lineage[trial_id], marks[trial_id] = [], [], []
         elif trial_id not in begun:
             continue
         elif kind == "epoch_end":
             epochs[trial_id].append(event)
+            lineage[trial_id] = lineage[trial_id][:event["epoch"]] + [event]
         elif kind == "trial_complete":
             ended[trial_id] = TrialResult.from_json(event)
         elif kind not in UNMARKED:
             marks[trial_id].append(Mark(event, len(epochs[trial_id])))
+            if kind in ("rollback", "trial_retry", "trial_resume"):  # back to a snapshot of that many epochs
+                lineage[trial_id] = lineage[trial_id][:event.get("to_epoch", event.get("epoch", 0))]
             if kind == "pause":
                 paused.add(trial_id)
-            elif kind == "unpause":
+            elif kind in ("unpause", "trial_resume", "trial_retry"):  # a resumed or retried trial starts unpaused
                 paused.discard(trial_id)
     views = []
     for trial_id, start in begun.items():
         result = ended.get(trial_id)
         if result is None:
             state = ("paused" if trial_id in paused else "running") if run_state == "running" else "interrupted"
-            result = _standing(trial_id, start, epochs[trial_id], metric, mode, state)
+            result = _standing(trial_id, start, lineage[trial_id], metric, mode, state)
         views.append(TrialView(trial_id, start["params"], tuple(start.get("hyperparameters", {})), result,
                                epochs[trial_id], marks[trial_id]))
     return views
@@ -188,7 +193,8 @@ def _trials(events: list[dict[str, Any]], metric: str, mode: str, run_state: str
 
 def _standing(trial_id: int, begun: dict[str, Any], epochs: list[dict[str, Any]], metric: str, mode: str,
               state: str) -> TrialResult:
-    """A trial that has not ended, as far as it got: its best epoch so far by ``metric``."""
+    """A trial that has not ended, as far as it got: its best epoch by ``metric`` among
+    ``epochs``, those of the model as it stands (a rollback's undone epochs are not its)."""
     best, score = None, None
     for epoch in epochs:
         value = epoch.get(metric)

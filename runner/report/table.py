@@ -1,12 +1,12 @@
 """A run's leaderboard for scripts: ``runner report --csv`` and ``--json``.
 
 Both hold every trial, best first. The CSV has one row per trial with the columns
-``rank, trial, state, score, epochs, seconds``, then each searched parameter by its dotted
-path (lists and strings as JSON), then ``best_<metric>`` for the metrics of the trial's best
-epoch and ``final_<metric>`` for those of its last (``train_loss``, ``val_loss``,
-``val_acc``, the live settings such as ``lr``...), then ``reason``. The JSON is
-``results.json``'s document with the run's ``state`` and ``run_dir``, and running trials
-included.
+``rank, trial, state, score, epochs, seconds``, then each searched parameter by its
+dotted path (numbers and strings as they are, lists and booleans as JSON), then
+``best_<metric>`` for the metrics of the trial's best epoch and ``final_<metric>`` for
+those of its last (``train_loss``, ``val_loss``, ``val_acc``, the live settings such as
+``lr``...), then ``reason``. The JSON is ``results.json``'s document with the run's
+``state`` and ``run_dir``, and running trials included.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def to_json(run: RunView) -> bytes:
 
 
 def _cell(value: Any) -> Any:
-    """A parameter value in a CSV cell: numbers as they are, anything else as JSON."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    """A parameter value in a CSV cell: numbers and strings as they are, anything else
+    (lists, booleans, null) as JSON."""
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         return value
     return orjson.dumps(value).decode()
