@@ -261,7 +261,7 @@ def report(run_dir: Path | None, as_csv: bool, as_json: bool, top: int, curves: 
     RUN_DIR defaults to the latest run in --out.
     """
     with reported_errors():
-        from runner.report import FIGURE_DIR, draw_figures, read_run_view, write_report  # matplotlib loads only here
+        from runner.report import read_run_view
         from runner.report.table import to_csv, to_json
 
         if as_csv and as_json:
@@ -270,6 +270,8 @@ def report(run_dir: Path | None, as_csv: bool, as_json: bool, top: int, curves: 
         if as_csv or as_json:
             click.echo(to_csv(run) if as_csv else to_json(run).decode(), nl=False)
             return
+        from runner.report.build import FIGURE_DIR, draw_figures, write_report  # matplotlib loads only here
+
         console = terminal()
         console.print(leaderboard_table([t.result for t in run.trials], run.metric, rows=top or None,
                                         more="(all: --top 0; every column: --csv)"))

@@ -219,7 +219,8 @@ def hook_names() -> list[str]:
 
 def test_every_hook_is_documented_and_fires_in_a_real_run(write_experiment, tmp_path):
     """One run whose second trial diverges, and its report, call every hook in the contract."""
-    from runner.report import draw_figures, read_run_view
+    from runner.report import read_run_view
+    from runner.report.build import draw_figures
 
     changes = {"model": {"batch_norm": False}, "train": {"optimizer": "gd", "epochs": 2},
                "search": {"strategy": {"name": "grid"}, "space": {"train.lr": {"choices": [0.01, 1e6]}}}}

@@ -33,7 +33,8 @@ def test_the_strategy_example_runs_as_written(write_experiment, tmp_path):
 
 
 def test_the_report_figure_example_draws_its_figure(write_experiment, tmp_path):
-    from runner.report import draw_figures, read_run_view, write_report
+    from runner.report import read_run_view
+    from runner.report.build import draw_figures, write_report
 
     plugin = tmp_path / "seconds_plot.py"
     plugin.write_text(python_block_after("### A figure for the report"))

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from runner.files import run_lock
-from runner.report import draw_figures, read_run_view, write_report
+from runner.report import read_run_view
+from runner.report.build import draw_figures, write_report
 from runner.report.figures import _branches, learning_curves, new_figure, parameter_effects, scale_axis
 from tests.conftest import QUICK, deep_update, run_file
 from tests.test_control_live import LiveRun

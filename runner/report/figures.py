@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
+from runner.report import ReportFigure
 from runner.report.run import RunView, TrialView
 from runner.results import best_of
 from runner.space import Choice, Param
@@ -32,17 +32,6 @@ MARK_STYLES = {"nudge": ("v", "#2ca02c", "nudge"), "rollback": ("<", "#9467bd", 
                "divergence": ("X", "#d62728", "divergence"), "trial_retry": ("s", "#8c564b", "worker died, retried"),
                "pause": ("|", "#7f7f7f", "pause")}
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
-
-
-@dataclass(frozen=True)
-class ReportFigure:
-    """A figure of the report: ``name`` is its PNG's file name (without ``.png``, unique in
-    a report), ``title`` its heading in the HTML, ``caption`` a sentence on how to read it."""
-
-    name: str
-    title: str
-    figure: Figure
-    caption: str = ""
 
 
 def new_figure(panels: int, *, columns: int = 3, size: tuple[float, float] = (4.6, 3.3)) -> tuple[Figure, list[Axes]]:

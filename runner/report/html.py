@@ -10,7 +10,7 @@ from typing import Any
 
 from runner import __version__
 from runner.progress import fmt, short_names
-from runner.report.figures import ReportFigure
+from runner.report import ReportFigure
 from runner.report.run import RunView
 
 STYLE = """

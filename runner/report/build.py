@@ -1,0 +1,120 @@
+"""Drawing and writing a report (this module imports matplotlib; ``runner report`` loads it
+only when it draws, so ``--csv``, ``--json`` and runs never pay for it).
+
+``draw_figures`` draws the built-in figures and asks plugins for theirs
+(``runner_report_figures``); ``write_report`` saves each as ``RUN_DIR/report/NAME.png`` and
+writes ``RUN_DIR/report.html`` with every image embedded.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from runner.errors import RunnerError
+from runner.files import atomic_write
+from runner.report import ReportFigure
+from runner.report.figures import learning_curves, parameter_effects, settings_over_time
+from runner.report.html import render
+from runner.report.run import RunView
+
+HTML_FILE = "report.html"
+FIGURE_DIR = "report"
+DPI = 110
+
+
+@dataclass
+class Report:
+    """What ``write_report`` wrote: the HTML page, the PNG files, and problems met drawing."""
+
+    html: Path
+    images: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def draw_figures(run: RunView, manager: pluggy.PluginManager | None, *, top: int = 6
+                 ) -> tuple[list[ReportFigure], list[str]]:
+    """The built-in figures that apply to ``run`` (learning curves of the ``top`` best
+    trials, parameters against the metric, live settings over time), then those of each
+    plugin of ``manager`` (None: no plugin figures).
+
+    Each figure is drawn on its own: one that fails (a plugin's bug, a ``runner_report_figures``
+    answer that is not figures) is named in the returned problems, and the others are kept."""
+    figures: list[ReportFigure] = []
+    problems: list[str] = []
+    for draw in (lambda: learning_curves(run, top), lambda: parameter_effects(run), lambda: settings_over_time(run)):
+        with _noted(problems, "a built-in figure could not be drawn"):
+            figures += [f for f in [draw()] if f]
+    plugins = manager.list_name_plugin() if manager else []
+    for name, plugin in plugins:
+        if not any(impl.plugin is plugin for impl in manager.hook.runner_report_figures.get_hookimpls()):
+            continue
+        others = [p for _, p in plugins if p is not plugin]
+        with _noted(problems, f"plugin {name!r} could not draw its figures"):
+            for answer in manager.subset_hook_caller("runner_report_figures", remove_plugins=others)(run=run):
+                for item in answer if isinstance(answer, (list, tuple)) else [answer]:
+                    figures += [_checked(item, name, {f.name for f in figures})]
+    return figures, problems
+
+
+def _checked(item: Any, plugin: str, taken: set[str]) -> ReportFigure:
+    if not isinstance(item, ReportFigure):
+        raise TypeError(f"it returned {type(item).__name__}, not a runner.report.ReportFigure")
+    if item.name in taken or not re.fullmatch(r"[A-Za-z0-9_-]+", item.name):
+        raise ValueError(f"its figure is named {item.name!r}: names must be unique, made of letters, digits, - and _")
+    return item
+
+
+@contextmanager
+def _noted(problems: list[str], what: str):
+    """Run the block; an exception in it becomes a line in ``problems`` (a report is still
+    written without that figure)."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001  # one figure's bug must not cost the rest of the report
+        problems.append(f"{what}: {type(err).__name__}: {err}")
+
+
+def write_report(run: RunView, figures: list[ReportFigure], problems: list[str] = ()) -> Report:
+    """Save each figure as ``report/NAME.png`` in the run directory (PNGs of an earlier
+    report that no longer apply are removed) and write ``report.html`` embedding them.
+    A RunnerError (exit 2) if the run directory cannot be written."""
+    folder = run.run_dir / FIGURE_DIR
+    report = Report(run.run_dir / HTML_FILE, problems=list(problems))
+    drawn = []
+    try:
+        folder.mkdir(exist_ok=True)
+        for figure in figures:
+            png = _rendered(figure, report.problems)
+            if png is None:
+                continue
+            path = folder / f"{figure.name}.png"
+            atomic_write(path, png, durable=False)
+            report.images.append(path)
+            drawn.append((figure, png))
+        for stale in set(folder.glob("*.png")) - set(report.images):
+            stale.unlink()
+        atomic_write(report.html, render(run, drawn, report.problems).encode(), durable=False)
+    except OSError as err:
+        raise RunnerError(f"cannot write the report in {run.run_dir}: {err.strerror or err}", exit_code=2) from None
+    return report
+
+
+def _rendered(figure: ReportFigure, problems: list[str]) -> bytes | None:
+    """The figure as PNG bytes; None, with a line in ``problems``, if matplotlib cannot
+    render it (a plugin's bad label, say)."""
+    buffer = io.BytesIO()
+    try:
+        figure.figure.savefig(buffer, format="png", dpi=DPI)
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        problems.append(f"the figure {figure.name!r} could not be rendered: {type(err).__name__}: {err}")
+        return None
+    return buffer.getvalue()
