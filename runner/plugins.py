@@ -13,7 +13,7 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -85,13 +85,21 @@ def collect_registry(pm: pluggy.PluginManager) -> Registry:
     """Call ``runner_register`` plugin by plugin, in load order (installed ones first), so the
     registry knows who added what and a clash names the later plugin as the intruder."""
     registry = Registry()
-    plugins = pm.list_name_plugin()
-    for name, plugin in plugins:
-        others = [p for _, p in plugins if p is not plugin]
+    for name, call in each_plugin(pm, "runner_register"):
         registry.provider = name
-        pm.subset_hook_caller("runner_register", remove_plugins=others)(registry=registry)
+        call(registry=registry)
     registry.provider = "?"
     return registry
+
+
+def each_plugin(pm: pluggy.PluginManager, hook: str) -> Iterator[tuple[str, pluggy.HookCaller]]:
+    """Each plugin that implements ``hook``, in load order, with a caller of ``hook`` for that
+    plugin alone (traced like any hook call): for telling apart what each plugin did or
+    where one failed."""
+    plugins = pm.list_name_plugin()
+    for name, plugin in plugins:
+        if hook in hooks_of(pm, plugin):
+            yield name, pm.subset_hook_caller(hook, remove_plugins=[p for _, p in plugins if p is not plugin])
 
 
 def hooks_of(pm: pluggy.PluginManager, plugin: object) -> list[str]:

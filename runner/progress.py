@@ -36,24 +36,36 @@ def short_params(params: dict[str, Any]) -> str:
     return " ".join(f"{name}={fmt(v)}" for name, v in zip(short_names(list(params)), params.values()))
 
 
+def leaderboard_cells(results: list[TrialResult], metric: str, *, seconds: bool = False
+                      ) -> tuple[list[str], list[list[str]]]:
+    """A leaderboard as text, for any renderer: the headings (``#``, ``trial``, ``state``,
+    the metric, ``val_loss`` too when the metric is another, ``epochs``, ``seconds`` if
+    asked, each parameter by its short name) and one row of cells per trial. The state is
+    the third cell, for a renderer to style."""
+    params = list(dict.fromkeys(p for r in results for p in r.params))
+    extra = [] if metric == "val_loss" else ["val_loss"]
+    headings = ["#", "trial", "state", metric, *extra, "epochs", *(["seconds"] if seconds else []), *short_names(params)]
+    rows = []
+    for rank, r in enumerate(results, 1):
+        best = r.best or {}
+        rows.append([str(rank), f"t{r.trial:03d}", r.state, fmt(r.score) if r.score is not None else "-",
+                     *(fmt(best.get(m, "-")) for m in extra), str(r.epochs), *([f"{r.seconds:.1f}"] if seconds else []),
+                     *(fmt(r.params.get(p, "-")) for p in params)])
+    return headings, rows
+
+
 def leaderboard_table(results: list[TrialResult], metric: str, rows: int | None = 10,
                       more: str = "in results.json") -> Table:
     """The best ``rows`` trials (all of them for None) with their score, state and
     parameters; a caption saying where the ``more`` trials not shown are."""
-    params = list(dict.fromkeys(p for r in results for p in r.params))
-    headings = short_names(params)
-    extra = [] if metric == "val_loss" else ["val_loss"]
-    table = Table(title=f"leaderboard ({metric})", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ["#", "trial", "state", metric, *extra, "epochs", *headings]:
-        table.add_column(column, justify="left" if column == "state" else "right", no_wrap=True)
     shown = results if rows is None else results[:rows]
-    for rank, r in enumerate(shown, 1):
-        best = r.best or {}
-        table.add_row(
-            str(rank), f"t{r.trial:03d}", f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]",
-            fmt(r.score) if r.score is not None else "-", *(fmt(best.get(m, "-")) for m in extra), str(r.epochs),
-            *(fmt(r.params.get(p, "-")) for p in params),
-        )
+    headings, cells = leaderboard_cells(shown, metric)
+    table = Table(title=f"leaderboard ({metric})", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in headings:
+        table.add_column(column, justify="left" if column == "state" else "right", no_wrap=True)
+    for row in cells:
+        state = row[2]
+        table.add_row(*row[:2], f"[{STATE_STYLE.get(state, '')}]{state}[/]", *row[3:])
     if len(results) > len(shown):
         table.caption = f"{len(results) - len(shown)} more trials {more}"
     return table

@@ -121,16 +121,15 @@ def type_schema(tp: Any) -> dict[str, Any]:
 def _plugin_section(registry: Registry, kind: Kind, path: str, what: str) -> dict[str, Any]:
     """The section at ``path`` naming a plugin: its name alone, or an object with ``name`` and that plugin's options."""
     entries = [e for e in registry.entries() if e.kind == kind]
+    options = {e.name: dataclass_schema(e.obj.Options) for e in entries if not e.unavailable}
     name = {"type": "string", "enum": [e.name for e in entries]}
     # The name alone stands for the plugin with its default options: not for one with required options.
-    shorthand = {"type": "string", "enum": [e.name for e in entries
-                                            if e.unavailable or "required" not in dataclass_schema(e.obj.Options)]}
+    shorthand = {"type": "string", "enum": [e.name for e in entries if "required" not in options.get(e.name, {})]}
     rules = []
     for e in entries:
         then: dict[str, Any] = {"description": _about(e)}
-        if not e.unavailable:
-            options = dataclass_schema(e.obj.Options)
-            then.update(options, properties={"name": {"const": e.name}, **options["properties"]})
+        if e.name in options:
+            then.update(options[e.name], properties={"name": {"const": e.name}, **options[e.name]["properties"]})
         rules.append({"if": {"properties": {"name": {"const": e.name}}}, "then": then})
     section = {"description": f'{what}: {{"name": {kind.upper()}, ...its options}}, or just its name',
                "anyOf": [shorthand, {"type": "object", "required": ["name"], "properties": {"name": name}, "allOf": rules}]}

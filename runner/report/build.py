@@ -19,6 +19,7 @@ import pluggy
 
 from runner.errors import RunnerError
 from runner.files import atomic_write
+from runner.plugins import each_plugin
 from runner.report import ReportFigure
 from runner.report.figures import learning_curves, parameter_effects, settings_over_time
 from runner.report.html import render
@@ -51,13 +52,9 @@ def draw_figures(run: RunView, manager: pluggy.PluginManager | None, *, top: int
     for draw in (lambda: learning_curves(run, top), lambda: parameter_effects(run), lambda: settings_over_time(run)):
         with _noted(problems, "a built-in figure could not be drawn"):
             figures += [f for f in [draw()] if f]
-    plugins = manager.list_name_plugin() if manager else []
-    for name, plugin in plugins:
-        if not any(impl.plugin is plugin for impl in manager.hook.runner_report_figures.get_hookimpls()):
-            continue
-        others = [p for _, p in plugins if p is not plugin]
+    for name, call in each_plugin(manager, "runner_report_figures") if manager else []:
         with _noted(problems, f"plugin {name!r} could not draw its figures"):
-            for answer in manager.subset_hook_caller("runner_report_figures", remove_plugins=others)(run=run):
+            for answer in call(run=run):
                 for item in answer if isinstance(answer, (list, tuple)) else [answer]:
                     figures += [_checked(item, name, {f.name for f in figures})]
     return figures, problems

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from runner import __version__
-from runner.progress import fmt, short_names
+from runner.progress import leaderboard_cells
 from runner.report import ReportFigure
 from runner.report.run import RunView
 
@@ -76,26 +76,17 @@ def _summary(run: RunView) -> str:
 def _board(run: RunView, rows: int) -> str:
     if not run.trials:
         return "<p>No trial has started yet.</p>"
-    params = list(dict.fromkeys(p for t in run.trials for p in t.params))
-    extra = [] if run.metric == "val_loss" else ["val_loss"]
-    head = ["#", "trial", "state", run.metric, *extra, "epochs", "seconds", *short_names(params)]
-    lines = ["<table class=\"board\"><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
-    for rank, trial in enumerate(run.trials[:rows], 1):
-        result, best = trial.result, trial.result.best or {}
-        cells = [str(rank), trial.label, None, _num(result.score), *(_num(best.get(m)) for m in extra),
-                 str(result.epochs), f"{result.seconds:.1f}", *(fmt(result.params[p]) if p in result.params else "-"
-                                                                for p in params)]
-        tds = "".join(f'<td class="state {_e(result.state)}">{_e(result.state)}</td>' if c is None else f"<td>{_e(c)}</td>"
-                      for c in cells)
-        lines.append(f'<tr title="{_e(result.reason)}">{tds}</tr>')
+    shown = run.trials[:rows]
+    headings, cells = leaderboard_cells([t.result for t in shown], run.metric, seconds=True)
+    lines = ["<table class=\"board\"><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headings) + "</tr>"]
+    for trial, row in zip(shown, cells):
+        state = _e(trial.state)
+        tds = "".join(f'<td class="state {state}">{state}</td>' if i == 2 else f"<td>{_e(c)}</td>" for i, c in enumerate(row))
+        lines.append(f'<tr title="{_e(trial.result.reason)}">{tds}</tr>')
     lines.append("</table>")
     if len(run.trials) > rows:
         lines.append(f"<p>{len(run.trials) - rows} more trials: runner report --csv</p>")
     return "\n".join(lines)
-
-
-def _num(value: Any) -> str:
-    return "-" if value is None else fmt(value)
 
 
 def _e(text: Any) -> str:

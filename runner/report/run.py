@@ -9,18 +9,17 @@ their epochs so far, with the state ``running``, ``paused`` or ``interrupted``.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from runner.errors import RunnerError, SpecError
 from runner.files import run_is_held
 from runner.resume import read_run
 from runner.results import leaderboard
 from runner.space import Space
-from runner.spec import DEFAULT_PLUGINS
+from runner.spec import DEFAULT_PLUGINS, read_json
 from runner.trial import TrialResult, better
 
 # What an epoch_end carries besides its metrics and live settings.
@@ -102,10 +101,7 @@ class RunView:
         return self.events[-1]["t"]
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for trial in self.trials:
-            counts[trial.state] = counts.get(trial.state, 0) + 1
-        return counts
+        return dict(Counter(trial.state for trial in self.trials))
 
 
 def read_run_view(run_dir: Path) -> RunView:
@@ -136,9 +132,9 @@ def read_run_view(run_dir: Path) -> RunView:
 
 def _experiment(run_dir: Path) -> dict[str, Any]:
     try:
-        raw = orjson.loads((run_dir / "experiment.json").read_bytes())
-    except (OSError, orjson.JSONDecodeError) as err:
-        raise RunnerError(f"cannot read {run_dir / 'experiment.json'}: {err}", exit_code=2) from None
+        raw = read_json(run_dir / "experiment.json")
+    except SpecError as err:
+        raise RunnerError(str(err), exit_code=2) from None
     if not isinstance(raw, dict):
         raise RunnerError(f"{run_dir / 'experiment.json'} does not hold an experiment", exit_code=2)
     return raw
