@@ -129,8 +129,7 @@ class Fixture:
         self.n_arrays = len(arrays)
         self.nbytes = sum(a.nbytes for a in arrays)
         self.raw = b"".join(a.tobytes() for a in arrays)  # the concatenated array bytes
-        self.shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in self.state.arrays.items()
-                                if k.startswith("param/"))
+        self.shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in self.state.arrays.items() if k.startswith("param/"))
 
     def close(self) -> None:
         self.writer.close()
@@ -139,23 +138,29 @@ class Fixture:
 
 def build_fixtures(spec, plugins, dataset, work: Path, wide_rows: int) -> list[Fixture]:
     import numpy as np
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
     from runner.data import Dataset
     from runner.spec import trial_sections
-
-    from plugins.backends.numpy_mlp.backend import NumpyBackend
 
     model, train, options = trial_sections(spec, plugins.registry, {})
     digits = NumpyBackend(model=model, train=train, options=options, data=dataset, seed=1)
     rng = np.random.default_rng(0)
     n_val = max(wide_rows // 4, 10)
-    synthetic = Dataset(name="synthetic", x_train=rng.standard_normal((wide_rows, 784)),
-                        y_train=rng.integers(0, 10, wide_rows), x_val=rng.standard_normal((n_val, 784)),
-                        y_val=rng.integers(0, 10, n_val), classes=tuple(str(c) for c in range(10)))
+    synthetic = Dataset(
+        name="synthetic",
+        x_train=rng.standard_normal((wide_rows, 784)),
+        y_train=rng.integers(0, 10, wide_rows),
+        x_val=rng.standard_normal((n_val, 784)),
+        y_val=rng.integers(0, 10, n_val),
+        classes=tuple(str(c) for c in range(10)),
+    )
     wide_model = dataclasses.replace(model, hidden=(512, 512))
     wide = NumpyBackend(model=wide_model, train=train, options=options, data=synthetic, seed=1)
-    return [Fixture("digits 64-64-10", spec, plugins, dataset, digits, work),
-            Fixture("wide 784-512-512-10", spec, plugins, synthetic, wide, work)]
+    return [
+        Fixture("digits 64-64-10", spec, plugins, dataset, digits, work),
+        Fixture("wide 784-512-512-10", spec, plugins, synthetic, wide, work),
+    ]
 
 
 def rollback_sides(fx: Fixture) -> dict:
@@ -230,14 +235,13 @@ def interleaved_timeit(sides: dict, samples: int, target_s: float) -> dict[str, 
 def load_state_parts(fx: Fixture, samples: int, target_s: float) -> dict[str, list[float]]:
     """The pieces of NumpyBackend.load_state, each timed alone (line numbers in the printout)."""
     import numpy as np
-
-    from plugins.backends.mlp_family import rng_state_from_json as _rng_state_from_json
-    from plugins.backends.numpy_mlp.optimizers import copy_into
+    from runner.plugins.backends.mlp_family import rng_state_from_json as _rng_state_from_json
+    from runner.plugins.backends.numpy_mlp.optimizers import copy_into
 
     backend, arrays, meta = fx.backend, fx.state.arrays, fx.state.meta
     perm = arrays["perm"]
     m = len(perm)
-    opt_arrays = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
+    opt_arrays = {k[len("opt/") :]: v for k, v in arrays.items() if k.startswith("opt/")}
 
     def names():  # the expected-names check, as written
         expected = {f"param/{k}" for k in backend.params} | {f"running/{k}" for k in backend.running} | {"perm"}
@@ -255,14 +259,18 @@ def load_state_parts(fx: Fixture, samples: int, target_s: float) -> dict[str, li
     def rng():
         backend._rng.bit_generator.state = _rng_state_from_json(meta["rng"])
 
-    return interleaved_timeit({
-        "backend.load_state, whole": lambda: backend.load_state(fx.state),
-        "  names check (incl. optimizer.state_arrays())": names,
-        "    of which optimizer.state_arrays() (copies every moment)": backend.optimizer.state_arrays,
-        "  permutation check: np.sort + array_equal": lambda: np.array_equal(np.sort(perm), np.arange(m)),
-        "  generator state from JSON + set": rng,
-        "  the copies (copy_into, load_state_arrays, perm.astype)": copies,
-    }, samples, target_s)
+    return interleaved_timeit(
+        {
+            "backend.load_state, whole": lambda: backend.load_state(fx.state),
+            "  names check (incl. optimizer.state_arrays())": names,
+            "    of which optimizer.state_arrays() (copies every moment)": backend.optimizer.state_arrays,
+            "  permutation check: np.sort + array_equal": lambda: np.array_equal(np.sort(perm), np.arange(m)),
+            "  generator state from JSON + set": rng,
+            "  the copies (copy_into, load_state_arrays, perm.astype)": copies,
+        },
+        samples,
+        target_s,
+    )
 
 
 # -- 2. durable snapshots ----------------------------------------------------------------------
@@ -295,9 +303,11 @@ def write_sides(fx: Fixture, folder: Path) -> dict:
             f.flush()
             os.fsync(f.fileno())
 
-    targets = {"write_snapshot": dirs["npz"] / "snap.npz",
-               "raw + fsync + rename + dir fsync": dirs["raw-rename"] / "snap.bin",
-               "raw + fsync": dirs["raw"] / "snap.bin"}
+    targets = {
+        "write_snapshot": dirs["npz"] / "snap.npz",
+        "raw + fsync + rename + dir fsync": dirs["raw-rename"] / "snap.bin",
+        "raw + fsync": dirs["raw"] / "snap.bin",
+    }
     sides = {"write_snapshot": snapshot, "raw + fsync + rename + dir fsync": raw_rename, "raw + fsync": raw_fsync}
     return sides, targets
 
@@ -375,8 +385,13 @@ def staged_raw(path: Path, raw: bytes, clock=time.perf_counter) -> dict[str, flo
     t4 = clock()
     fsync_dir(path.parent)
     t5 = clock()
-    return {"open": t1 - t0, "write + flush (no fsync)": t2 - t1, "fsync (file)": t3 - t2,
-            "close + os.replace": t4 - t3, "fsync (folder)": t5 - t4}
+    return {
+        "open": t1 - t0,
+        "write + flush (no fsync)": t2 - t1,
+        "fsync (file)": t3 - t2,
+        "close + os.replace": t4 - t3,
+        "fsync (folder)": t5 - t4,
+    }
 
 
 def zip_members(path: Path) -> list[tuple]:
@@ -400,8 +415,10 @@ def write_breakdown(fx: Fixture, folder: Path, samples: int) -> tuple[dict, dict
     staged_write_snapshot(npz, fx.state, fx.meta)
     write_snapshot(folder / "real.npz", fx.state, fx.meta)
     if zip_members(npz) != zip_members(folder / "real.npz"):
-        problems.append(f"{fx.label}: the staged copy of write_snapshot no longer writes the same file; "
-                        "update staged_write_snapshot")
+        problems.append(
+            f"{fx.label}: the staged copy of write_snapshot no longer writes the same file; "
+            "update staged_write_snapshot"
+        )
     read_snapshot(npz)
     stages_npz: dict[str, list[float]] = defaultdict(list)
     stages_raw: dict[str, list[float]] = defaultdict(list)
@@ -409,7 +426,7 @@ def write_breakdown(fx: Fixture, folder: Path, samples: int) -> tuple[dict, dict
     gc.disable()
     try:
         for i in range(samples):
-            for side in (("npz", "raw") if i % 2 == 0 else ("raw", "npz")):
+            for side in ("npz", "raw") if i % 2 == 0 else ("raw", "npz"):
                 if side == "npz":
                     npz.unlink(missing_ok=True)
                     for k, v in staged_write_snapshot(npz, fx.state, fx.meta).items():
@@ -429,12 +446,16 @@ def write_breakdown(fx: Fixture, folder: Path, samples: int) -> tuple[dict, dict
         buf.truncate()
         np.savez(buf, **arrays)
 
-    cpu = interleaved_timeit({
-        "np.savez into memory (BytesIO)": savez_memory,
-        "zlib.crc32 of the bytes (zip's CRC, inside np.savez)": lambda: zlib.crc32(fx.raw),
-        "hashlib.sha256 of the bytes": lambda: hashlib.sha256(fx.raw).digest(),
-        "bytes copy of the bytes (bytearray)": lambda: bytearray(fx.raw),
-    }, max(samples // 2, 5), 0.005)
+    cpu = interleaved_timeit(
+        {
+            "np.savez into memory (BytesIO)": savez_memory,
+            "zlib.crc32 of the bytes (zip's CRC, inside np.savez)": lambda: zlib.crc32(fx.raw),
+            "hashlib.sha256 of the bytes": lambda: hashlib.sha256(fx.raw).digest(),
+            "bytes copy of the bytes (bytearray)": lambda: bytearray(fx.raw),
+        },
+        max(samples // 2, 5),
+        0.005,
+    )
     return stages_npz, stages_raw, cpu, problems
 
 
@@ -445,10 +466,9 @@ def timed_run(spec, plugins, dataset, root: Path) -> tuple[float, float, dict]:
     """One ``run_experiment``: wall seconds, CPU seconds of this process (all threads: the
     loop, the snapshot writer, BLAS) and each trial's final metrics. The run directory is
     made before and removed after (untimed)."""
+    from benchmarks.bench_overhead import COMPARED
     from runner.files import create_run_dir
     from runner.loop import run_experiment
-
-    from benchmarks.bench_overhead import COMPARED
 
     run_dir = create_run_dir(root, spec.name)
     gc.collect()
@@ -475,11 +495,11 @@ def cpu_jiffies() -> tuple[int, int, int] | None:
 def instrumented(spec, plugins, dataset, root: Path, n: int) -> dict[str, float]:
     """One run with the backend's training calls, the snapshot calls and the writer timed;
     per trial (seconds) and counts per run."""
-    import runner.checkpoints as checkpoints
-    from runner.checkpoints import CheckpointStore
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
+    import runner.checkpoints as checkpoints
     from benchmarks.bench_overhead import TRAINING, MethodTimer
-    from plugins.backends.numpy_mlp.backend import NumpyBackend
+    from runner.checkpoints import CheckpointStore
 
     writes = {"wall": 0.0, "cpu": 0.0, "calls": 0}
     original = checkpoints.write_snapshot
@@ -520,10 +540,9 @@ def instrumented(spec, plugins, dataset, root: Path, n: int) -> dict[str, float]
 
 
 def every_epoch(args, plugins, work: Path) -> dict:
+    from benchmarks.bench_overhead import COMPARED, bench_experiment
     from runner.loop import load_dataset
     from runner.spec import load
-
-    from benchmarks.bench_overhead import COMPARED, bench_experiment
 
     specs = {}
     base_dir = args.experiment.resolve().parent
@@ -563,16 +582,28 @@ def every_epoch(args, plugins, work: Path) -> dict:
     if before and after:
         busy, steal, total = (b - a for a, b in zip(before, after))
         hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        machine_use = {"elapsed_s": elapsed, "this_process_cpu_s": own, "all_busy_cpu_s": busy / hz,
-                       "steal_s": steal / hz, "total_cpu_s": total / hz}
+        machine_use = {
+            "elapsed_s": elapsed,
+            "this_process_cpu_s": own,
+            "all_busy_cpu_s": busy / hz,
+            "steal_s": steal / hz,
+            "total_cpu_s": total / hz,
+        }
     detail: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in names}
     for i in range(args.instrumented):
         for name in rotated(names, i):
             for key, value in instrumented(specs[name], plugins, dataset, runs, n).items():
                 detail[name][key].append(value)
-    return {"n": n, "wall": wall, "cpu": cpu, "machine_use": machine_use, "detail": detail, "problems": problems,
-            "sections": {k: dataclasses.asdict(s.checkpoint) for k, s in specs.items()},
-            "compared": COMPARED}
+    return {
+        "n": n,
+        "wall": wall,
+        "cpu": cpu,
+        "machine_use": machine_use,
+        "detail": detail,
+        "problems": problems,
+        "sections": {k: dataclasses.asdict(s.checkpoint) for k, s in specs.items()},
+        "compared": COMPARED,
+    }
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -581,45 +612,58 @@ def every_epoch(args, plugins, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench_overhead import add_blas_threads_option, apply_blas_threads
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
-                        help="experiment file whose data, model and train sections are used (default: "
-                             "experiments/digits_random.json)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--experiment",
+        type=Path,
+        default=DEFAULT_EXPERIMENT,
+        help="experiment file whose data, model and train sections are used (default: experiments/digits_random.json)",
+    )
     parser.add_argument("--samples", type=int, default=51, help="1: timed samples per side (default 51)")
     parser.add_argument("--sample-ms", type=float, default=5.0, help="1: length of one sample, ms (default 5)")
-    parser.add_argument("--wide-rows", type=int, default=2048,
-                        help="1, 2: training rows of the wide network's random data set (default 2048)")
-    parser.add_argument("--write-samples", type=int, default=41,
-                        help="2: calls per side, and staged calls (default 41)")
+    parser.add_argument(
+        "--wide-rows",
+        type=int,
+        default=2048,
+        help="1, 2: training rows of the wide network's random data set (default 2048)",
+    )
+    parser.add_argument(
+        "--write-samples", type=int, default=41, help="2: calls per side, and staged calls (default 41)"
+    )
     parser.add_argument("--rounds", type=int, default=7, help="3: timed rounds of every side (default 7)")
     parser.add_argument("--instrumented", type=int, default=2, help="3: instrumented runs per side (default 2)")
     parser.add_argument("--trials", type=int, default=20, help="3: trials per run (default 20)")
     parser.add_argument("--epochs", type=int, default=15, help="3: epochs per trial (default 15)")
-    parser.add_argument("--only", choices=("1", "2", "3"), action="append",
-                        help="run only these measurements (repeatable; default all)")
+    parser.add_argument(
+        "--only", choices=("1", "2", "3"), action="append", help="run only these measurements (repeatable; default all)"
+    )
     add_blas_threads_option(parser)
     parser.add_argument("--tmp", type=Path, help="folder for the files written (default: the system's temp folder)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
-    if min(args.samples, args.write_samples, args.rounds, args.trials, args.epochs, args.wide_rows) < 1 \
-            or args.instrumented < 0 or args.sample_ms <= 0:
+    if (
+        min(args.samples, args.write_samples, args.rounds, args.trials, args.epochs, args.wide_rows) < 1
+        or args.instrumented < 0
+        or args.sample_ms <= 0
+    ):
         parser.error("counts must be >= 1 (--instrumented >= 0), --sample-ms > 0")
     apply_blas_threads(parser, args)
     only = set(args.only or ("1", "2", "3"))
 
-    from runner.loop import load_dataset
-    from runner.plugins import load_plugins
-    from runner.spec import load
-
     from benchmarks.bench_overhead import bench_experiment, machine
+    from runner.loop import load_dataset
+    from runner.plugin_manager import load_plugins
+    from runner.spec import load
 
     started = time.perf_counter()
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="bench-checkpoints-", dir=args.tmp))
     info["files written to"] = f"{work.parent}: {filesystem(work)}"
     command = "python benchmarks/bench_checkpoints.py" + "".join(
-        f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
     problems: list[str] = []
     results: dict = {"command": command, "machine": info}
     fixtures: list[Fixture] = []
@@ -644,12 +688,17 @@ def main(argv: list[str] | None = None) -> int:
             print("| network | arrays in the state | bytes | parameters |")
             print("|---|---:|---:|---|")
             for fx in fixtures:
-                print(f"| {fx.label} | {fx.n_arrays} | {fx.nbytes:,} | {fx.shapes}, perm ({len(fx.state.arrays['perm'])},) |")
+                print(
+                    f"| {fx.label} | {fx.n_arrays} | {fx.nbytes:,} | {fx.shapes}, perm ({len(fx.state.arrays['perm'])},) |"
+                )
             print()
 
         if "1" in only:
-            print(f"## 1. In-memory rollback against a copy of the same bytes ({args.samples} samples of "
-                  f"~{args.sample_ms:g} ms per side, interleaved; µs per call)", flush=True)
+            print(
+                f"## 1. In-memory rollback against a copy of the same bytes ({args.samples} samples of "
+                f"~{args.sample_ms:g} ms per side, interleaved; µs per call)",
+                flush=True,
+            )
             results["rollback"] = {}
             for fx in fixtures:
                 t = interleaved_timeit(rollback_sides(fx), args.samples, args.sample_ms / 1e3)
@@ -658,8 +707,11 @@ def main(argv: list[str] | None = None) -> int:
                 report_rollback(fx, t, parts)
 
         if "2" in only:
-            print(f"## 2. Durable snapshot against a raw write of the same bytes ({args.write_samples} calls "
-                  "per side, interleaved; ms per call)", flush=True)
+            print(
+                f"## 2. Durable snapshot against a raw write of the same bytes ({args.write_samples} calls "
+                "per side, interleaved; ms per call)",
+                flush=True,
+            )
             results["write"] = {}
             for fx in fixtures:
                 folder = work / f"write-{fx.label.split()[0]}"
@@ -667,13 +719,20 @@ def main(argv: list[str] | None = None) -> int:
                 t = interleaved_once(sides, targets, args.write_samples)
                 stages_npz, stages_raw, cpu, bad = write_breakdown(fx, folder / "staged", args.write_samples)
                 problems += bad
-                results["write"][fx.label] = {"sides": t, "stages write_snapshot": stages_npz,
-                                              "stages raw": stages_raw, "cpu": cpu}
+                results["write"][fx.label] = {
+                    "sides": t,
+                    "stages write_snapshot": stages_npz,
+                    "stages raw": stages_raw,
+                    "cpu": cpu,
+                }
                 report_write(fx, t, stages_npz, stages_raw, cpu)
 
         if "3" in only:
-            print(f"## 3. Snapshots every epoch on the digits demo: {args.trials} trials x {args.epochs} epochs, "
-                  f"{args.rounds} rounds, order rotated each round", flush=True)
+            print(
+                f"## 3. Snapshots every epoch on the digits demo: {args.trials} trials x {args.epochs} epochs, "
+                f"{args.rounds} rounds, order rotated each round",
+                flush=True,
+            )
             (work / "every-epoch").mkdir()
             ev = every_epoch(args, plugins, work / "every-epoch")
             problems += ev["problems"]
@@ -688,19 +747,25 @@ def main(argv: list[str] | None = None) -> int:
     for fx_label, r in results.get("rollback", {}).items():
         t = {k: statistics.median(v) for k, v in r["sides"].items()}
         both = t["backend.load_state"] + t["TrialLoop.restore_loop"]
-        print(f"- rollback, {fx_label}: {both * 1e6:.1f} µs = {both / t['memcpy, one buffer']:.2f}x one memcpy, "
-              f"{both / t['np.copyto, same arrays']:.2f}x np.copyto of the same arrays (aim < {AIMS['rollback']:g}x)")
+        print(
+            f"- rollback, {fx_label}: {both * 1e6:.1f} µs = {both / t['memcpy, one buffer']:.2f}x one memcpy, "
+            f"{both / t['np.copyto, same arrays']:.2f}x np.copyto of the same arrays (aim < {AIMS['rollback']:g}x)"
+        )
     for fx_label, r in results.get("write", {}).items():
         t = {k: statistics.median(v) for k, v in r["sides"].items()}
-        print(f"- durable snapshot, {fx_label}: {t['write_snapshot'] * 1e3:.2f} ms = "
-              f"{t['write_snapshot'] / t['raw + fsync + rename + dir fsync']:.2f}x raw + fsync + rename + dir fsync, "
-              f"{t['write_snapshot'] / t['raw + fsync']:.2f}x raw + fsync (aim < {AIMS['write']:g}x)")
+        print(
+            f"- durable snapshot, {fx_label}: {t['write_snapshot'] * 1e3:.2f} ms = "
+            f"{t['write_snapshot'] / t['raw + fsync + rename + dir fsync']:.2f}x raw + fsync + rename + dir fsync, "
+            f"{t['write_snapshot'] / t['raw + fsync']:.2f}x raw + fsync (aim < {AIMS['write']:g}x)"
+        )
     if "every_epoch" in results:
         wall = results["every_epoch"]["wall"]
         for name in (DURABLE, DEFAULT):
-            print(f"- digits demo, {name}: {(statistics.median(wall[name]) / statistics.median(wall[OFF]) - 1) * 100:+.1f} % "
-                  f"(medians), {(min(wall[name]) / min(wall[OFF]) - 1) * 100:+.1f} % (minima) over no snapshots "
-                  f"(aim < {AIMS['every_epoch'] * 100:g} %)")
+            print(
+                f"- digits demo, {name}: {(statistics.median(wall[name]) / statistics.median(wall[OFF]) - 1) * 100:+.1f} % "
+                f"(medians), {(min(wall[name]) / min(wall[OFF]) - 1) * 100:+.1f} % (minima) over no snapshots "
+                f"(aim < {AIMS['every_epoch'] * 100:g} %)"
+            )
     print()
     print("## Check")
     if problems:
@@ -708,12 +773,21 @@ def main(argv: list[str] | None = None) -> int:
         for p in problems[:20]:
             print("  " + p)
     else:
-        print("ok" + (f": every side of measurement 3 ended all trials with bit-identical "
-                      f"{', '.join(results['every_epoch']['compared'])}" if "every_epoch" in results else ""))
+        print(
+            "ok"
+            + (
+                f": every side of measurement 3 ended all trials with bit-identical "
+                f"{', '.join(results['every_epoch']['compared'])}"
+                if "every_epoch" in results
+                else ""
+            )
+        )
     print(f"\ntotal time {time.perf_counter() - started:.0f} s")
     results["problems"] = problems
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=lambda o: dict(o) if isinstance(o, defaultdict) else str(o)))
+        args.json.write_text(
+            json.dumps(results, indent=2, default=lambda o: dict(o) if isinstance(o, defaultdict) else str(o))
+        )
     return 1 if problems else 0
 
 
@@ -721,28 +795,38 @@ def report_rollback(fx: Fixture, t: dict, parts: dict) -> None:
     us = {k: med_min([x * 1e6 for x in v]) for k, v in t.items()}
     memcpy, copyto = us["memcpy, one buffer"], us["np.copyto, same arrays"]
     print(f"\n### {fx.label}: {fx.n_arrays} arrays, {fx.nbytes:,} bytes")
-    print("| side | median µs | min µs | / memcpy (medians) | / memcpy (minima) | / np.copyto (medians) | / np.copyto (minima) |")
+    print(
+        "| side | median µs | min µs | / memcpy (medians) | / memcpy (minima) | / np.copyto (medians) | / np.copyto (minima) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     rows = dict(us)
     ls, rl = us["backend.load_state"], us["TrialLoop.restore_loop"]
     rows["load_state + restore_loop"] = (ls[0] + rl[0], ls[1] + rl[1])
     for name, (m, lo) in rows.items():
-        print(f"| {name} | {m:.2f} | {lo:.2f} | {m / memcpy[0]:.2f}x | {lo / memcpy[1]:.2f}x "
-              f"| {m / copyto[0]:.2f}x | {lo / copyto[1]:.2f}x |")
+        print(
+            f"| {name} | {m:.2f} | {lo:.2f} | {m / memcpy[0]:.2f}x | {lo / memcpy[1]:.2f}x "
+            f"| {m / copyto[0]:.2f}x | {lo / copyto[1]:.2f}x |"
+        )
     aim = AIMS["rollback"]
     r_mem = (ls[0] + rl[0]) / memcpy[0]
     r_cp = (ls[0] + rl[0]) / copyto[0]
-    print(f"Aim: load_state + restore_loop under {aim:g}x a copy of the same bytes: against one memcpy "
-          f"{r_mem:.2f}x ({'met' if r_mem < aim else 'MISSED'}), against np.copyto of the same arrays "
-          f"{r_cp:.2f}x ({'met' if r_cp < aim else 'MISSED'}); the whole TrialLoop.rollback "
-          f"{us['TrialLoop.rollback, all'][0] / memcpy[0]:.2f}x / {us['TrialLoop.rollback, all'][0] / copyto[0]:.2f}x.")
-    print("\nWhere load_state's time goes (each piece timed alone; lines of "
-          "plugins/backends/numpy_mlp/backend.py):")
+    print(
+        f"Aim: load_state + restore_loop under {aim:g}x a copy of the same bytes: against one memcpy "
+        f"{r_mem:.2f}x ({'met' if r_mem < aim else 'MISSED'}), against np.copyto of the same arrays "
+        f"{r_cp:.2f}x ({'met' if r_cp < aim else 'MISSED'}); the whole TrialLoop.rollback "
+        f"{us['TrialLoop.rollback, all'][0] / memcpy[0]:.2f}x / {us['TrialLoop.rollback, all'][0] / copyto[0]:.2f}x."
+    )
+    print("\nWhere load_state's time goes (each piece timed alone; lines of plugins/backends/numpy_mlp/backend.py):")
     print("| piece | median µs | min µs | share of load_state (medians) |")
     print("|---|---:|---:|---:|")
     whole = statistics.median(parts["backend.load_state, whole"]) * 1e6
-    where = {"names check": " [l. 347-349]", "of which": " [l. 348]", "permutation": " [l. 354]",
-             "generator": " [l. 359, 372]", "the copies": " [l. 361-368]"}
+    where = {
+        "names check": " [l. 347-349]",
+        "of which": " [l. 348]",
+        "permutation": " [l. 354]",
+        "generator": " [l. 359, 372]",
+        "the copies": " [l. 361-368]",
+    }
     for name, values in parts.items():
         m, lo = med_min([x * 1e6 for x in values])
         tag = next((v for k, v in where.items() if k in name), "")
@@ -758,24 +842,35 @@ def report_write(fx: Fixture, t: dict, stages_npz: dict, stages_raw: dict, cpu: 
     snap = ms["write_snapshot"]
     for name, (m, lo) in ms.items():
         print(f"| {name} | {m:.3f} | {lo:.3f} | {snap[0] / m:.2f}x | {snap[1] / lo:.2f}x |")
-    paired = {name: statistics.median([a / b for a, b in zip(t["write_snapshot"], t[name])])
-              for name in t if name != "write_snapshot"}
+    paired = {
+        name: statistics.median([a / b for a, b in zip(t["write_snapshot"], t[name])])
+        for name in t
+        if name != "write_snapshot"
+    }
     aim = AIMS["write"]
     full = snap[0] / ms["raw + fsync + rename + dir fsync"][0]
     bare = snap[0] / ms["raw + fsync"][0]
-    print(f"Aim: under {aim:g}x the raw write: against raw + fsync + rename + dir fsync {full:.2f}x "
-          f"({'met' if full < aim else 'MISSED'}), against raw + fsync {bare:.2f}x "
-          f"({'met' if bare < aim else 'MISSED'}); paired samples (median of ratios): "
-          + ", ".join(f"{k} {v:.2f}x" for k, v in paired.items()))
-    print("\nStage by stage (a line-by-line copy of write_snapshot, checked to write the same zip members; "
-          "interleaved with the raw write; ms, medians):")
+    print(
+        f"Aim: under {aim:g}x the raw write: against raw + fsync + rename + dir fsync {full:.2f}x "
+        f"({'met' if full < aim else 'MISSED'}), against raw + fsync {bare:.2f}x "
+        f"({'met' if bare < aim else 'MISSED'}); paired samples (median of ratios): "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in paired.items())
+    )
+    print(
+        "\nStage by stage (a line-by-line copy of write_snapshot, checked to write the same zip members; "
+        "interleaved with the raw write; ms, medians):"
+    )
     print("| write_snapshot stage | median ms | raw-write stage | median ms |")
     print("|---|---:|---|---:|")
     left = [(k, statistics.median(v) * 1e3) for k, v in stages_npz.items()]
     right = [(k, statistics.median(v) * 1e3) for k, v in stages_raw.items()]
-    order = {"open": "open", "np.savez into the file + flush (no fsync)": "write + flush (no fsync)",
-             "fsync (file)": "fsync (file)", "close + os.replace": "close + os.replace",
-             "fsync (folder)": "fsync (folder)"}
+    order = {
+        "open": "open",
+        "np.savez into the file + flush (no fsync)": "write + flush (no fsync)",
+        "fsync (file)": "fsync (file)",
+        "close + os.replace": "close + os.replace",
+        "fsync (folder)": "fsync (folder)",
+    }
     right_d = dict(right)
     for k, v in left:
         r = order.get(k)
@@ -792,16 +887,22 @@ def report_every_epoch(ev: dict, args) -> None:
     wall, n = ev["wall"], ev["n"]
     off = wall[OFF]
     print("\nCheckpoint sections: " + "; ".join(f"{k}: {CHECKPOINT_SECTIONS[k]}" for k in wall))
-    print("\n| side | median s | min s | max s | / no snapshots (medians) | (minima) | paired rounds: median (min .. max) |")
+    print(
+        "\n| side | median s | min s | max s | / no snapshots (medians) | (minima) | paired rounds: median (min .. max) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     for name, values in wall.items():
         m, lo = med_min(values)
         paired = [a / b for a, b in zip(values, off)]
         pm, plo, phi = statistics.median(paired), min(paired), max(paired)
-        print(f"| {name} | {m:.3f} | {lo:.3f} | {max(values):.3f} | {m / statistics.median(off):.3f} "
-              f"| {lo / min(off):.3f} | {pm:.3f} ({plo:.3f} .. {phi:.3f}) |")
+        print(
+            f"| {name} | {m:.3f} | {lo:.3f} | {max(values):.3f} | {m / statistics.median(off):.3f} "
+            f"| {lo / min(off):.3f} | {pm:.3f} ({plo:.3f} .. {phi:.3f}) |"
+        )
     cpu, cpu_off = ev["cpu"], ev["cpu"][OFF]
-    print("\nCPU seconds of the benchmark process per run (all its threads), less sensitive to neighbours than wall time:")
+    print(
+        "\nCPU seconds of the benchmark process per run (all its threads), less sensitive to neighbours than wall time:"
+    )
     print("| side | median s | min s | / no snapshots (medians) | (minima) |")
     print("|---|---:|---:|---:|---:|")
     for name, values in cpu.items():
@@ -810,17 +911,23 @@ def report_every_epoch(ev: dict, args) -> None:
     use = ev["machine_use"]
     if use:
         others = use["all_busy_cpu_s"] - use["this_process_cpu_s"]
-        print(f"During the timed rounds ({use['elapsed_s']:.0f} s, {use['total_cpu_s']:.0f} CPU-seconds of "
-              f"capacity): this process used {use['this_process_cpu_s']:.1f} CPU-s, everything else on the VM "
-              f"{max(others, 0):.1f} CPU-s, hypervisor steal {use['steal_s']:.1f} CPU-s.")
+        print(
+            f"During the timed rounds ({use['elapsed_s']:.0f} s, {use['total_cpu_s']:.0f} CPU-seconds of "
+            f"capacity): this process used {use['this_process_cpu_s']:.1f} CPU-s, everything else on the VM "
+            f"{max(others, 0):.1f} CPU-s, hypervisor steal {use['steal_s']:.1f} CPU-s."
+        )
     aim = AIMS["every_epoch"]
     for name in (DURABLE, DEFAULT):
         o_med = statistics.median(wall[name]) / statistics.median(off) - 1
         o_min = min(wall[name]) / min(off) - 1
-        print(f"Aim ({name}): overhead under {aim * 100:g} %: {o_med * 100:+.1f} % from medians, "
-              f"{o_min * 100:+.1f} % from minima ({'met' if max(o_med, o_min) < aim else 'MISSED' if min(o_med, o_min) >= aim else 'unclear'})")
-    print(f"no snapshots: {statistics.median(off) / n * 1e3:.1f} ms per trial, "
-          f"{statistics.median(off) / n / args.epochs * 1e3:.2f} ms per epoch")
+        print(
+            f"Aim ({name}): overhead under {aim * 100:g} %: {o_med * 100:+.1f} % from medians, "
+            f"{o_min * 100:+.1f} % from minima ({'met' if max(o_med, o_min) < aim else 'MISSED' if min(o_med, o_min) >= aim else 'unclear'})"
+        )
+    print(
+        f"no snapshots: {statistics.median(off) / n * 1e3:.1f} ms per trial, "
+        f"{statistics.median(off) / n / args.epochs * 1e3:.2f} ms per epoch"
+    )
     detail = ev["detail"]
     if any(detail.values()):
         print(f"\nWhere the time goes: per trial, ms (median of {args.instrumented} instrumented run(s) per side)")
@@ -830,27 +937,43 @@ def report_every_epoch(ev: dict, args) -> None:
         keys = list(dict.fromkeys(k for name in names for k in detail[name]))
         for key in keys:
             counts = key.startswith(("files", "snapshots"))
-            cells = [(f"{statistics.median(detail[name][key]):.1f}" if counts
-                      else f"{statistics.median(detail[name][key]) * 1e3:.2f}") if detail[name].get(key) else "-"
-                     for name in names]
+            cells = [
+                (
+                    f"{statistics.median(detail[name][key]):.1f}"
+                    if counts
+                    else f"{statistics.median(detail[name][key]) * 1e3:.2f}"
+                )
+                if detail[name].get(key)
+                else "-"
+                for name in names
+            ]
             print(f"| {key} | " + " | ".join(cells) + " |")
         per_trial_off = statistics.median(wall[OFF]) / n
-        print("Direct estimate of the overhead, from the instrumented runs, against the no-snapshot trial "
-              f"({per_trial_off * 1e3:.1f} ms, median of the timed rounds):")
+        print(
+            "Direct estimate of the overhead, from the instrumented runs, against the no-snapshot trial "
+            f"({per_trial_off * 1e3:.1f} ms, median of the timed rounds):"
+        )
         for name in names:
             if name == OFF:
                 continue
             d = {k: statistics.median(v) for k, v in detail[name].items()}
-            loop_side = (d["snapshot: backend.state() copies"] + d["snapshot: CheckpointStore.save (ring, queue)"]
-                         + d["snapshot: CheckpointStore.collect (waits for the writer)"])
+            loop_side = (
+                d["snapshot: backend.state() copies"]
+                + d["snapshot: CheckpointStore.save (ring, queue)"]
+                + d["snapshot: CheckpointStore.collect (waits for the writer)"]
+            )
             writer = d["writer thread: write_snapshot, its own CPU"]
-            print(f"- {name}: snapshot calls on the loop's thread {loop_side * 1e3:.2f} ms/trial = "
-                  f"{loop_side / per_trial_off * 100:.1f} %; with the writer's CPU (GIL-bound work that "
-                  f"competes with training) {(loop_side + writer) * 1e3:.2f} ms/trial = "
-                  f"{(loop_side + writer) / per_trial_off * 100:.1f} %; "
-                  f"{writer / max(d['files written per trial'], 1) * 1e3:.2f} ms of writer CPU per file")
-        print("The writer runs on its own thread: its wall time overlaps training except where "
-              "CheckpointStore.collect waits for it; its CPU time competes with training for the 2 cores.")
+            print(
+                f"- {name}: snapshot calls on the loop's thread {loop_side * 1e3:.2f} ms/trial = "
+                f"{loop_side / per_trial_off * 100:.1f} %; with the writer's CPU (GIL-bound work that "
+                f"competes with training) {(loop_side + writer) * 1e3:.2f} ms/trial = "
+                f"{(loop_side + writer) / per_trial_off * 100:.1f} %; "
+                f"{writer / max(d['files written per trial'], 1) * 1e3:.2f} ms of writer CPU per file"
+            )
+        print(
+            "The writer runs on its own thread: its wall time overlaps training except where "
+            "CheckpointStore.collect waits for it; its CPU time competes with training for the 2 cores."
+        )
     print()
 
 

@@ -111,9 +111,11 @@ class MachineUse:
     def line(self) -> str:
         if self.busy is None:
             return f"{self.elapsed:.1f} s; this command used {self.own:.1f} CPU-s (no /proc/stat here)"
-        return (f"{self.elapsed:.1f} s elapsed; the VM's CPUs were busy {self.busy:.1f} CPU-s (of "
-                f"{self.elapsed * (os.cpu_count() or 1):.1f}), this command and its runs {self.own:.1f}, "
-                f"everything else {max(0.0, self.busy - self.own):.1f}; steal {self.steal:.1f} CPU-s")
+        return (
+            f"{self.elapsed:.1f} s elapsed; the VM's CPUs were busy {self.busy:.1f} CPU-s (of "
+            f"{self.elapsed * (os.cpu_count() or 1):.1f}), this command and its runs {self.own:.1f}, "
+            f"everything else {max(0.0, self.busy - self.own):.1f}; steal {self.steal:.1f} CPU-s"
+        )
 
     def as_dict(self) -> dict:
         return {"elapsed_s": self.elapsed, "own_cpu_s": self.own, "busy_cpu_s": self.busy, "steal_cpu_s": self.steal}
@@ -148,8 +150,9 @@ class LiveRun:
         self.stderr = open(logs / "stderr.txt", "wb")
         self.logs = logs
         command = [sys.executable, "-m", "runner", "start", str(experiment), "--out", str(out), "--plain"]
-        self.process = subprocess.Popen(command + (["--poll"] if poll else []), cwd=ROOT,
-                                        stdout=self.stdout, stderr=self.stderr)
+        self.process = subprocess.Popen(
+            command + (["--poll"] if poll else []), cwd=ROOT, stdout=self.stdout, stderr=self.stderr
+        )
         self.run_dir = self.until(lambda: next(out.glob("*/control.json"), None), 120, "its control file").parent
         self.control = self.run_dir / "control.json"
         self.tail = EventTail(self.run_dir / "events.jsonl")
@@ -172,8 +175,10 @@ class LiveRun:
             if value:
                 return value
             if self.process.poll() is not None and not found():
-                raise RuntimeError(f"the run ended (exit {self.process.returncode}) before {what}: "
-                                   f"{(self.logs / 'stderr.txt').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"the run ended (exit {self.process.returncode}) before {what}: "
+                    f"{(self.logs / 'stderr.txt').read_text()[-2000:]}"
+                )
             time.sleep(interval)
         raise RuntimeError(f"timed out waiting for {what}")
 
@@ -216,8 +221,9 @@ def lr_values(n: int) -> list[float]:
     return [float(f"{0.004 + 0.016 * ((i * 0.6180339887) % 1.0):.6g}") for i in range(n)]
 
 
-def nudge_series(run: LiveRun, n: int, gap: tuple[float, float], timeout: float, rng: random.Random
-                 ) -> tuple[list[dict], dict]:
+def nudge_series(
+    run: LiveRun, n: int, gap: tuple[float, float], timeout: float, rng: random.Random
+) -> tuple[list[dict], dict]:
     """``n`` nudges of ``lr``, saves alternating in place / rename; one record per nudge."""
     document = json.loads(run.control.read_text())
     records = []
@@ -231,8 +237,19 @@ def nudge_series(run: LiveRun, n: int, gap: tuple[float, float], timeout: float,
         run.poll_events()  # anything before this save is not this save's
         seen = len(run.events)
         t_save = save(run.control, json.dumps(document, indent=2) + "\n", pattern)
-        record = {"i": i, "pattern": pattern, "lr": value, "t_save": t_save, "t_read": None, "t_force": None,
-                  "read": None, "order": None, "step": None, "problems": [], "order_events": []}
+        record = {
+            "i": i,
+            "pattern": pattern,
+            "lr": value,
+            "t_save": t_save,
+            "t_read": None,
+            "t_force": None,
+            "read": None,
+            "order": None,
+            "step": None,
+            "problems": [],
+            "order_events": [],
+        }
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run.poll_events()
@@ -252,8 +269,10 @@ def nudge_series(run: LiveRun, n: int, gap: tuple[float, float], timeout: float,
             if record["t_force"] is not None or record["problems"]:
                 break
             if run.process.poll() is not None:
-                raise RuntimeError(f"the run ended (exit {run.process.returncode}) during the nudges: "
-                                   f"{(run.logs / 'stderr.txt').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"the run ended (exit {run.process.returncode}) during the nudges: "
+                    f"{(run.logs / 'stderr.txt').read_text()[-2000:]}"
+                )
             time.sleep(0.005)  # how often this process looks; the times come from the run's log
         if record["t_force"] is None and not record["problems"]:
             record["problems"].append(f"not applied within {timeout:g} s (read: {record['read'] is not None})")
@@ -271,10 +290,13 @@ def step_times(events: list[dict], start: float, end: float) -> dict:
     steps = ends[1]["step"] - ends[0]["step"]
     per_epoch = [b["t"] - a["t"] for a, b in zip(ends, ends[1:])]
     training = [e["seconds"] for e in ends]
-    return {"steps per epoch": steps, "epochs": len(ends),
-            "epoch, event to event, ms": statistics.median(per_epoch) * 1e3,
-            "steps of an epoch + evaluate, ms": statistics.median(training) * 1e3,
-            "per step (epoch's seconds / steps), ms": statistics.median(training) / steps * 1e3}
+    return {
+        "steps per epoch": steps,
+        "epochs": len(ends),
+        "epoch, event to event, ms": statistics.median(per_epoch) * 1e3,
+        "steps of an epoch + evaluate, ms": statistics.median(training) * 1e3,
+        "per step (epoch's seconds / steps), ms": statistics.median(training) / steps * 1e3,
+    }
 
 
 def latency(args, work: Path) -> dict:
@@ -297,22 +319,30 @@ def latency(args, work: Path) -> dict:
         finally:
             code = run.stop(document if document is not None else json.loads(run.control.read_text()))
         status = json.loads((run.run_dir / "status.json").read_text())
-        results[mode] = {"records": records, "exit": code, "watching": status["control"]["watching"],
-                         "pace": step_times(run.events, records[0]["t_save"],
-                                            max(x["t_force"] or x["t_save"] for x in records)),
-                         "control_errors": [e["message"] for e in run.events if e["event"] == "control_error"]}
+        results[mode] = {
+            "records": records,
+            "exit": code,
+            "watching": status["control"]["watching"],
+            "pace": step_times(run.events, records[0]["t_save"], max(x["t_force"] or x["t_save"] for x in records)),
+            "control_errors": [e["message"] for e in run.events if e["event"] == "control_error"],
+        }
     return results
 
 
 def report_latency(results: dict) -> list[str]:
     problems = []
-    print("| watcher | save | nudges | save -> in force: p50 | p95 | max | save -> read: p50 | p95 | max "
-          "| read -> in force: p50 | p95 | max |")
+    print(
+        "| watcher | save | nudges | save -> in force: p50 | p95 | max | save -> read: p50 | p95 | max "
+        "| read -> in force: p50 | p95 | max |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, r in results.items():
         done = [x for x in r["records"] if x["t_force"] is not None]
-        for label, rows in ((IN_PLACE, [x for x in done if x["pattern"] == IN_PLACE]),
-                            (RENAME, [x for x in done if x["pattern"] == RENAME]), ("**all**", done)):
+        for label, rows in (
+            (IN_PLACE, [x for x in done if x["pattern"] == IN_PLACE]),
+            (RENAME, [x for x in done if x["pattern"] == RENAME]),
+            ("**all**", done),
+        ):
             cells = []
             for a, b in (("t_save", "t_force"), ("t_save", "t_read"), ("t_read", "t_force")):
                 ms = [(x[b] - x[a]) * 1e3 for x in rows]
@@ -331,16 +361,20 @@ def report_latency(results: dict) -> list[str]:
         early = [x for x in done if x["order_events"]]
         if early:
             kinds = sorted({e["event"] for x in early for e in x["order_events"]})
-            print(f"- {mode}: in {len(early)} of {len(done)} nudges, another event carried the nudge's order before "
-                  f"the `nudge` event ({', '.join(kinds)}): the trial reported an earlier snapshot file while it "
-                  "carried out the order, and status.json settles the order on that event")
+            print(
+                f"- {mode}: in {len(early)} of {len(done)} nudges, another event carried the nudge's order before "
+                f"the `nudge` event ({', '.join(kinds)}): the trial reported an earlier snapshot file while it "
+                "carried out the order, and status.json settles the order on that event"
+            )
         slow = [x for x in done if (x["t_force"] - x["t_read"]) * 1e3 > 5]
         over = [x for x in done if (x["t_force"] - x["t_save"]) * 1e3 > AIMS["p50_ms"]]
         step = pace.get("per step (epoch's seconds / steps), ms", float("nan"))
-        print(f"- {mode}: the run's pace during the nudges: {step:.2f} ms per step, {pace.get('steps per epoch')} "
-              f"steps + evaluate per epoch, {pace.get('epoch, event to event, ms', float('nan')):.1f} ms from one "
-              f"epoch_end to the next; read -> in force over 5 ms: {len(slow)} of {len(done)}; save -> in force "
-              f"over {AIMS['p50_ms']:g} ms: {len(over)} of {len(done)}")
+        print(
+            f"- {mode}: the run's pace during the nudges: {step:.2f} ms per step, {pace.get('steps per epoch')} "
+            f"steps + evaluate per epoch, {pace.get('epoch, event to event, ms', float('nan')):.1f} ms from one "
+            f"epoch_end to the next; read -> in force over 5 ms: {len(slow)} of {len(done)}; save -> in force "
+            f"over {AIMS['p50_ms']:g} ms: {len(over)} of {len(done)}"
+        )
     print()
     return problems
 
@@ -394,8 +428,12 @@ def timed_watcher_class():
 
         def stop(self) -> None:
             at, started = self._started
-            TimedWatcher.last = {"mode": self.mode, "started": started, "stopping": thread_cpu(self._threads),
-                                 "watched_s": time.perf_counter() - at}
+            TimedWatcher.last = {
+                "mode": self.mode,
+                "started": started,
+                "stopping": thread_cpu(self._threads),
+                "watched_s": time.perf_counter() - at,
+            }
             super().stop()
 
     return TimedWatcher
@@ -442,8 +480,10 @@ def configurations(args) -> list[Config]:
     if "inotify" in args.modes:
         configs += [Config("(a) inotify watcher", True), Config(f"(c) inotify watcher + {every}", True, rewrite=True)]
     if "poll" in args.modes:
-        configs += [Config("(a) --poll watcher", True, poll=True),
-                    Config(f"(c) --poll watcher + {every}", True, poll=True, rewrite=True)]
+        configs += [
+            Config("(a) --poll watcher", True, poll=True),
+            Config(f"(c) --poll watcher + {every}", True, poll=True, rewrite=True),
+        ]
     return configs
 
 
@@ -477,12 +517,18 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
         events = list(read_events(run_dir / "events.jsonl"))
         shutil.rmtree(run_dir)
         result = board[0]
-        return {"wall": wall, "trial": result.seconds, "cpu": cpu, "state": result.state,
-                "final": {k: result.final[k] for k in COMPARED} if result.final else None,
-                "watcher": dict(timed.last) if config.watcher else {},
-                "reads": sum(e["event"] == "control" for e in events),
-                "control_errors": sum(e["event"] == "control_error" for e in events),
-                "saves": rewriter.saves if rewriter else 0, "rewriter_cpu": rewriter.cpu if rewriter else 0.0}
+        return {
+            "wall": wall,
+            "trial": result.seconds,
+            "cpu": cpu,
+            "state": result.state,
+            "final": {k: result.final[k] for k in COMPARED} if result.final else None,
+            "watcher": dict(timed.last) if config.watcher else {},
+            "reads": sum(e["event"] == "control" for e in events),
+            "control_errors": sum(e["event"] == "control_error" for e in events),
+            "saves": rewriter.saves if rewriter else 0,
+            "rewriter_cpu": rewriter.cpu if rewriter else 0.0,
+        }
 
     runs: dict[str, list[dict]] = {c.name: [] for c in configs}
     problems = []
@@ -499,18 +545,22 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
             runs[config.name].append(r)
             if r["final"] != reference or r["state"] != "completed":
                 problems.append(f"round {i + 1} {config.name}: {r['state']} {r['final']} != {reference}")
-        print(f"  round {i + 1}: " + ", ".join(f"{k.split(' ')[0]}{' poll' if 'poll' in k else ''} "
-                                                f"{v[-1]['trial']:.3f} s" for k, v in runs.items()), flush=True)
+        print(
+            f"  round {i + 1}: "
+            + ", ".join(
+                f"{k.split(' ')[0]}{' poll' if 'poll' in k else ''} {v[-1]['trial']:.3f} s" for k, v in runs.items()
+            ),
+            flush=True,
+        )
 
     # One more run, with the first watcher configuration and timers: what a snapshot costs (a nudge
     # takes one, "before_nudge", before it applies the new value) and what a step costs. Not part of
     # the figures above.
-    from benchmarks.bench_overhead import MethodTimer
-    from runner.loop import TrialLoop
-
-    from plugins.backends.numpy_mlp.backend import NumpyBackend
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
     import runner.watch
+    from benchmarks.bench_overhead import MethodTimer
+    from runner.loop import TrialLoop
 
     handled: dict[str, int] = {}
     original_handler = runner.watch._Handler.on_any_event
@@ -524,18 +574,32 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
 
     runner.watch._Handler.on_any_event = counting
     try:
-        with MethodTimer(TrialLoop, ("snapshot",)) as loop_timer, \
-                MethodTimer(NumpyBackend, ("train_step", "evaluate")) as backend_timer:
+        with (
+            MethodTimer(TrialLoop, ("snapshot",)) as loop_timer,
+            MethodTimer(NumpyBackend, ("train_step", "evaluate")) as backend_timer,
+        ):
             instrumented = one(configs[1] if len(configs) > 1 else configs[0])
     finally:
         runner.watch._Handler.on_any_event = original_handler
-    per_call = {"TrialLoop.snapshot": loop_timer.seconds["snapshot"] / max(1, loop_timer.calls["snapshot"]),
-                **{f"NumpyBackend.{k}": backend_timer.seconds[k] / max(1, backend_timer.calls[k])
-                   for k in ("train_step", "evaluate")}}
-    return {"runs": runs, "configs": [dataclasses.asdict(c) for c in configs], "problems": problems,
-            "per_call": per_call, "calls": {**dict(loop_timer.calls), **dict(backend_timer.calls)},
-            "instrumented": {"config": (configs[1] if len(configs) > 1 else configs[0]).name,
-                             "wall": instrumented["wall"], "handled": handled}}
+    per_call = {
+        "TrialLoop.snapshot": loop_timer.seconds["snapshot"] / max(1, loop_timer.calls["snapshot"]),
+        **{
+            f"NumpyBackend.{k}": backend_timer.seconds[k] / max(1, backend_timer.calls[k])
+            for k in ("train_step", "evaluate")
+        },
+    }
+    return {
+        "runs": runs,
+        "configs": [dataclasses.asdict(c) for c in configs],
+        "problems": problems,
+        "per_call": per_call,
+        "calls": {**dict(loop_timer.calls), **dict(backend_timer.calls)},
+        "instrumented": {
+            "config": (configs[1] if len(configs) > 1 else configs[0]).name,
+            "wall": instrumented["wall"],
+            "handled": handled,
+        },
+    }
 
 
 def mailbox_check_cost(repeats: int = 7, number: int = 1_000_000) -> dict:
@@ -570,19 +634,27 @@ def watcher_figures(r: dict) -> dict:
     """One run's watcher CPU: to start (ms), while running (ms per s watched), in all (ms)."""
     w = r["watcher"]
     started, stopping = sum(w["started"].values()), sum(w["stopping"].values())
-    return {"start_ms": started * 1e3, "running_ms_per_s": (stopping - started) / w["watched_s"] * 1e3,
-            "total_ms": stopping * 1e3, "share": stopping / r["wall"]}
+    return {
+        "start_ms": started * 1e3,
+        "running_ms_per_s": (stopping - started) / w["watched_s"] * 1e3,
+        "total_ms": stopping * 1e3,
+        "share": stopping / r["wall"],
+    }
 
 
 def report_throughput(t: dict, args, mailbox: dict) -> None:
     runs = t["runs"]
     names = list(runs)
-    print("Time of the trial (`TrialResult.seconds`: the trial's own loop, start to end, where the watcher can "
-          "slow training) and of the whole `run_experiment` call (which adds starting and stopping the watcher), "
-          "seconds:")
+    print(
+        "Time of the trial (`TrialResult.seconds`: the trial's own loop, start to end, where the watcher can "
+        "slow training) and of the whole `run_experiment` call (which adds starting and stopping the watcher), "
+        "seconds:"
+    )
     print()
-    print("| configuration | trial: median | min | max | / (b), medians | / (b), minima "
-          "| paired rounds / (b): median (min .. max) | whole run: median | / (b), medians | process CPU s, median |")
+    print(
+        "| configuration | trial: median | min | max | / (b), medians | / (b), minima "
+        "| paired rounds / (b): median (min .. max) | whole run: median | / (b), medians | process CPU s, median |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     trial = {name: [r["trial"] for r in runs[name]] for name in names}
     wall = {name: [r["wall"] for r in runs[name]] for name in names}
@@ -591,16 +663,22 @@ def report_throughput(t: dict, args, mailbox: dict) -> None:
         med = statistics.median(trial[name])
         paired = [a / b for a, b in zip(trial[name], trial[OFF])]
         cpu = statistics.median(r["cpu"] for r in runs[name])
-        print(f"| {name} | {med:.3f} | {min(trial[name]):.3f} | {max(trial[name]):.3f} | {med / base_med:.4f} "
-              f"| {min(trial[name]) / base_min:.4f} | {statistics.median(paired):.4f} ({min(paired):.4f} .. "
-              f"{max(paired):.4f}) | {statistics.median(wall[name]):.3f} | "
-              f"{statistics.median(wall[name]) / base_wall:.4f} | {cpu:.3f} |")
+        print(
+            f"| {name} | {med:.3f} | {min(trial[name]):.3f} | {max(trial[name]):.3f} | {med / base_med:.4f} "
+            f"| {min(trial[name]) / base_min:.4f} | {statistics.median(paired):.4f} ({min(paired):.4f} .. "
+            f"{max(paired):.4f}) | {statistics.median(wall[name]):.3f} | "
+            f"{statistics.median(wall[name]) / base_wall:.4f} | {cpu:.3f} |"
+        )
     print()
-    print("CPU time of the watcher's own threads (their CPU clocks, read once it has started and just before it "
-          "stops), medians of the rounds:")
+    print(
+        "CPU time of the watcher's own threads (their CPU clocks, read once it has started and just before it "
+        "stops), medians of the rounds:"
+    )
     print()
-    print("| configuration | to start, ms | while running, ms per s (= % of one core x 10) | all, share of the "
-          "run's wall time | reads of the file per run | ms per read | threads (last round, ms in all) |")
+    print(
+        "| configuration | to start, ms | while running, ms per s (= % of one core x 10) | all, share of the "
+        "run's wall time | reads of the file per run | ms per read | threads (last round, ms in all) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     running = {}
     for name in names:
@@ -615,33 +693,45 @@ def report_throughput(t: dict, args, mailbox: dict) -> None:
             seconds = statistics.median(r["watcher"]["watched_s"] for r in runs[name])
             per_read = f"{(running[name] - idle) * seconds / reads:.3f}"
         last = runs[name][-1]["watcher"]["stopping"]
-        print(f"| {name} | {statistics.median(f['start_ms'] for f in figures):.2f} | {running[name]:.2f} "
-              f"| {statistics.median(f['share'] for f in figures) * 100:.3f} % | {reads:g} | {per_read} "
-              f"| {', '.join(f'{k}: {v * 1e3:.1f}' for k, v in last.items())} |")
+        print(
+            f"| {name} | {statistics.median(f['start_ms'] for f in figures):.2f} | {running[name]:.2f} "
+            f"| {statistics.median(f['share'] for f in figures) * 100:.3f} % | {reads:g} | {per_read} "
+            f"| {', '.join(f'{k}: {v * 1e3:.1f}' for k, v in last.items())} |"
+        )
     print()
     for name in names:
         if runs[name] and runs[name][0]["saves"]:
             saves = statistics.median(r["saves"] for r in runs[name])
             rcpu = statistics.median(r["rewriter_cpu"] for r in runs[name]) * 1e3
             errors = sum(r["control_errors"] for r in runs[name])
-            print(f"- {name}: {saves:g} saves per run by the rewriting thread (its own CPU, {rcpu:.1f} ms per run, "
-                  f"is in the process's CPU, not the watcher's); control_error events in these runs: {errors}.")
+            print(
+                f"- {name}: {saves:g} saves per run by the rewriting thread (its own CPU, {rcpu:.1f} ms per run, "
+                f"is in the process's CPU, not the watcher's); control_error events in these runs: {errors}."
+            )
     per_call, calls = t["per_call"], t["calls"]
     step_ms = per_call["NumpyBackend.train_step"] * 1e3
-    print(f"- Mailbox check (`if mail or self.paused:`, runner/loop.py:{mailbox['line']}) timed alone: "
-          f"{mailbox['ns']:.1f} ns per step, against {step_ms:.3f} ms per `train_step`: "
-          f"{mailbox['ns'] * 1e-6 / step_ms * 100:.4f} % of a step.")
-    print(f"- One more instrumented run, ms per call: train_step {step_ms:.3f} ({calls.get('train_step', 0)} calls), "
-          f"evaluate {per_call['NumpyBackend.evaluate'] * 1e3:.3f} ({calls.get('evaluate', 0)}), TrialLoop.snapshot "
-          f"{per_call['TrialLoop.snapshot'] * 1e3:.3f} ({calls.get('snapshot', 0)}; a nudge takes one, "
-          f"'before_nudge', before it applies the value).")
+    print(
+        f"- Mailbox check (`if mail or self.paused:`, runner/loop.py:{mailbox['line']}) timed alone: "
+        f"{mailbox['ns']:.1f} ns per step, against {step_ms:.3f} ms per `train_step`: "
+        f"{mailbox['ns'] * 1e-6 / step_ms * 100:.4f} % of a step."
+    )
+    print(
+        f"- One more instrumented run, ms per call: train_step {step_ms:.3f} ({calls.get('train_step', 0)} calls), "
+        f"evaluate {per_call['NumpyBackend.evaluate'] * 1e3:.3f} ({calls.get('evaluate', 0)}), TrialLoop.snapshot "
+        f"{per_call['TrialLoop.snapshot'] * 1e3:.3f} ({calls.get('snapshot', 0)}; a nudge takes one, "
+        f"'before_nudge', before it applies the value)."
+    )
     ins = t["instrumented"]
     if ins["handled"]:
-        print(f"- In that run ({ins['config']}, {ins['wall']:.2f} s), the watcher's event handler was called "
-              f"{sum(ins['handled'].values())} times: " + ", ".join(
-                  f"{k}: {v}" for k, v in sorted(ins["handled"].items(), key=lambda kv: -kv[1])) + ".")
-    print(f"- (b): {base_med:.3f} s per trial of {args.epochs} epochs, "
-          f"{base_med / args.epochs * 1e3:.1f} ms per epoch.")
+        print(
+            f"- In that run ({ins['config']}, {ins['wall']:.2f} s), the watcher's event handler was called "
+            f"{sum(ins['handled'].values())} times: "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(ins["handled"].items(), key=lambda kv: -kv[1]))
+            + "."
+        )
+    print(
+        f"- (b): {base_med:.3f} s per trial of {args.epochs} epochs, {base_med / args.epochs * 1e3:.1f} ms per epoch."
+    )
     print()
 
 
@@ -651,35 +741,61 @@ def report_throughput(t: dict, args, mailbox: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench_overhead import add_blas_threads_option, apply_blas_threads
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
-                        help="experiment file (default: experiments/digits_babysit.json); 1: its epochs are "
-                             "raised so that it runs until stopped; 2: its epochs are --epochs, its search "
-                             "a single trial, its checkpoint.min_interval 3600")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
-                        help="watchers to measure, in 1 and 2 (default: inotify poll)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--experiment",
+        type=Path,
+        default=DEFAULT_EXPERIMENT,
+        help="experiment file (default: experiments/digits_babysit.json); 1: its epochs are "
+        "raised so that it runs until stopped; 2: its epochs are --epochs, its search "
+        "a single trial, its checkpoint.min_interval 3600",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="watchers to measure, in 1 and 2 (default: inotify poll)",
+    )
     parser.add_argument("--nudges", type=int, default=50, help="1: nudges per watcher (default 50)")
-    parser.add_argument("--gap", type=float, nargs=2, default=[0.15, 0.35], metavar=("MIN", "MAX"),
-                        help="1: seconds between one nudge's application and the next save, drawn uniformly "
-                             "(default 0.15 0.35: a span of whole polling intervals, so that saves fall at "
-                             "uniformly spread moments of the --poll observer's 0.1 s cycle)")
+    parser.add_argument(
+        "--gap",
+        type=float,
+        nargs=2,
+        default=[0.15, 0.35],
+        metavar=("MIN", "MAX"),
+        help="1: seconds between one nudge's application and the next save, drawn uniformly "
+        "(default 0.15 0.35: a span of whole polling intervals, so that saves fall at "
+        "uniformly spread moments of the --poll observer's 0.1 s cycle)",
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="1: seconds to wait for each nudge (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="1: seed of the pauses between nudges (default 0)")
     parser.add_argument("--rounds", type=int, default=7, help="2: timed rounds of every configuration (default 7)")
     parser.add_argument("--epochs", type=int, default=20, help="2: epochs of the single trial (default 20)")
-    parser.add_argument("--rewrite-interval", type=float, default=0.1,
-                        help="2: seconds between saves in configuration (c) (default 0.1)")
-    parser.add_argument("--only", choices=("1", "2"), action="append",
-                        help="run only this measurement (repeatable; default both)")
+    parser.add_argument(
+        "--rewrite-interval",
+        type=float,
+        default=0.1,
+        help="2: seconds between saves in configuration (c) (default 0.1)",
+    )
+    parser.add_argument(
+        "--only", choices=("1", "2"), action="append", help="run only this measurement (repeatable; default both)"
+    )
     add_blas_threads_option(parser)
     parser.add_argument("--tmp", type=Path, help="folder for the runs (default: the system's temp folder)")
     parser.add_argument("--json", type=Path, help="also write every raw figure to this JSON file")
     args = parser.parse_args(argv)
-    if min(args.nudges, args.rounds, args.epochs) < 1 or args.timeout <= 0 or args.rewrite_interval <= 0 \
-            or not 0 <= args.gap[0] <= args.gap[1]:
-        parser.error("--nudges, --rounds, --epochs must be >= 1; --timeout, --rewrite-interval > 0; "
-                     "0 <= gap MIN <= MAX")
+    if (
+        min(args.nudges, args.rounds, args.epochs) < 1
+        or args.timeout <= 0
+        or args.rewrite_interval <= 0
+        or not 0 <= args.gap[0] <= args.gap[1]
+    ):
+        parser.error(
+            "--nudges, --rounds, --epochs must be >= 1; --timeout, --rewrite-interval > 0; 0 <= gap MIN <= MAX"
+        )
     apply_blas_threads(parser, args)  # also reaches the `runner start` subprocesses (environment)
     only = set(args.only or ("1", "2"))
 
@@ -696,10 +812,12 @@ def main(argv: list[str] | None = None) -> int:
     from runner.watch import FileWatcher
 
     defaults = inspect.signature(FileWatcher.__init__).parameters
-    info["FileWatcher defaults"] = ", ".join(f"{k}={defaults[k].default}" for k in
-                                             ("poll_interval", "quiet", "settle", "idle"))
+    info["FileWatcher defaults"] = ", ".join(
+        f"{k}={defaults[k].default}" for k in ("poll_interval", "quiet", "settle", "idle")
+    )
     command = "python benchmarks/bench_control.py" + "".join(
-        f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
     print(f"# Control file: nudge latency and watcher cost\ncommand: {command}\n")
     print("## Machine")
     for key, value in info.items():
@@ -709,9 +827,12 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"command": command, "machine": info}
     try:
         if "1" in only:
-            print(f"## 1. Nudge latency: {args.nudges} nudges of lr per watcher, saves alternating {IN_PLACE} / "
-                  f"{RENAME}, {args.gap[0]:g}-{args.gap[1]:g} s apart; `runner start {args.experiment.name}` "
-                  "(epochs raised) in a subprocess; ms", flush=True)
+            print(
+                f"## 1. Nudge latency: {args.nudges} nudges of lr per watcher, saves alternating {IN_PLACE} / "
+                f"{RENAME}, {args.gap[0]:g}-{args.gap[1]:g} s apart; `runner start {args.experiment.name}` "
+                "(epochs raised) in a subprocess; ms",
+                flush=True,
+            )
             with MachineUse() as use:
                 lat = latency(args, work)
             results["latency"] = lat
@@ -723,14 +844,17 @@ def main(argv: list[str] | None = None) -> int:
 
         if "2" in only:
             from runner.loop import load_dataset
-            from runner.plugins import load_plugins
+            from runner.plugin_manager import load_plugins
             from runner.spec import load
 
             raw = json.loads(args.experiment.read_text())
             raw["name"] = "bench-control"
             raw["train"]["epochs"] = args.epochs
-            raw["search"] = {"strategy": {"name": "grid"}, "metric": raw.get("search", {}).get("metric", "val_acc"),
-                             **({"mode": raw["search"]["mode"]} if "mode" in raw.get("search", {}) else {})}
+            raw["search"] = {
+                "strategy": {"name": "grid"},
+                "metric": raw.get("search", {}).get("metric", "val_acc"),
+                **({"mode": raw["search"]["mode"]} if "mode" in raw.get("search", {}) else {}),
+            }
             raw["checkpoint"] = {**raw.get("checkpoint", {}), "min_interval": 3600}
             raw["executor"] = {"name": "inline"}
             path = work / "throughput-experiment.json"
@@ -739,9 +863,12 @@ def main(argv: list[str] | None = None) -> int:
             spec = dataclasses.replace(load(path, plugins.registry), base_dir=args.experiment.resolve().parent)
             dataset = load_dataset(spec, plugins)
             backend = plugins.registry.get("backend", spec.backend.name)
-            print(f"## 2. The watcher's cost to training: one trial x {args.epochs} epochs of "
-                  f"{args.experiment.name}'s model ({backend.__name__}), in this process, {args.rounds} rounds, "
-                  "order rotated each round", flush=True)
+            print(
+                f"## 2. The watcher's cost to training: one trial x {args.epochs} epochs of "
+                f"{args.experiment.name}'s model ({backend.__name__}), in this process, {args.rounds} rounds, "
+                "order rotated each round",
+                flush=True,
+            )
             with MachineUse() as use:
                 t = throughput_runs(args, work, plugins, dataset, spec)
             mailbox = mailbox_check_cost()
@@ -758,9 +885,11 @@ def main(argv: list[str] | None = None) -> int:
     for mode, r in results.get("latency", {}).items():
         done = [(x["t_force"] - x["t_save"]) * 1e3 for x in r["records"] if x["t_force"] is not None]
         p50 = percentile(done, 50)
-        print(f"- nudge latency, {mode}: p50 {p50:.1f} ms, p95 {percentile(done, 95):.1f} ms, max "
-              f"{max(done, default=float('nan')):.1f} ms "
-              f"(aim p50 < {AIMS['p50_ms']:g} ms: {'met' if p50 < AIMS['p50_ms'] else 'MISSED'})")
+        print(
+            f"- nudge latency, {mode}: p50 {p50:.1f} ms, p95 {percentile(done, 95):.1f} ms, max "
+            f"{max(done, default=float('nan')):.1f} ms "
+            f"(aim p50 < {AIMS['p50_ms']:g} ms: {'met' if p50 < AIMS['p50_ms'] else 'MISSED'})"
+        )
     if "throughput" in results:
         runs = results["throughput"]["runs"]
         base = statistics.median(r["trial"] for r in runs[OFF])
@@ -769,9 +898,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             ratio = statistics.median(r["trial"] for r in rs) / base
             share = statistics.median(watcher_figures(r)["share"] for r in rs)
-            print(f"- watcher cost, {name}: {(ratio - 1) * 100:+.2f} % trial time (medians, vs {OFF}); its threads' "
-                  f"CPU: {share * 100:.3f} % of the run's wall time (aim < {AIMS['cost'] * 100:g} %: "
-                  f"{'met' if share < AIMS['cost'] else 'MISSED'} by this direct measure)")
+            print(
+                f"- watcher cost, {name}: {(ratio - 1) * 100:+.2f} % trial time (medians, vs {OFF}); its threads' "
+                f"CPU: {share * 100:.3f} % of the run's wall time (aim < {AIMS['cost'] * 100:g} %: "
+                f"{'met' if share < AIMS['cost'] else 'MISSED'} by this direct measure)"
+            )
     print(f"- total time of this command: {time.perf_counter() - started:.0f} s")
     if problems:
         print(f"\nFAILED checks: {len(problems)}")

@@ -40,9 +40,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_overhead import (COMPARED, add_blas_threads_option, apply_blas_threads,  # noqa: E402
-                                       bare_configs, bench_experiment, machine, median_min_max, planned_jobs,
-                                       rotated)
+from benchmarks.bench_overhead import (
+    COMPARED,
+    add_blas_threads_option,
+    apply_blas_threads,
+    bare_configs,
+    bench_experiment,
+    machine,
+    median_min_max,
+    planned_jobs,
+    rotated,
+)
 
 SOURCE = ROOT / "experiments" / "digits_random.json"
 NO_SNAPSHOTS = {"every_epochs": 0, "best": False}
@@ -72,10 +80,13 @@ def run(raw: dict, plugins, dataset, work: Path) -> dict:
     assert not bad, f"trials did not complete: {bad}"
     events = list(read_events(run_dir / "events.jsonl"))
     first_trial = next(e["t"] for e in events if "trial" in e)
-    return {"wall": wall, "startup": first_trial - events[0]["t"],
-            "after_startup": events[-1]["t"] - first_trial,
-            "training": sum(e["seconds"] for e in events if e["event"] == "epoch_end"),
-            "finals": {r.trial: {k: r.final[k] for k in COMPARED} for r in board}}
+    return {
+        "wall": wall,
+        "startup": first_trial - events[0]["t"],
+        "after_startup": events[-1]["t"] - first_trial,
+        "training": sum(e["seconds"] for e in events if e["event"] == "epoch_end"),
+        "finals": {r.trial: {k: r.final[k] for k in COMPARED} for r in board},
+    }
 
 
 def part_process(args, plugins, dataset, work: Path) -> dict:
@@ -90,8 +101,13 @@ def part_process(args, plugins, dataset, work: Path) -> dict:
     walls = {name: [r["wall"] for r in rs] for name, rs in runs.items()}
     ratios = [a / b for a, b in zip(walls["inline"], walls["process"])]
     steady = [a["after_startup"] / b["after_startup"] for a, b in zip(runs["inline"], runs["process"])]
-    return {"walls": walls, "ratios": ratios, "steady": steady,
-            "startup": [r["startup"] for r in runs["process"]], "mismatched_rounds": mismatches}
+    return {
+        "walls": walls,
+        "ratios": ratios,
+        "steady": steady,
+        "startup": [r["startup"] for r in runs["process"]],
+        "mismatched_rounds": mismatches,
+    }
 
 
 def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Path) -> dict:
@@ -99,7 +115,7 @@ def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Pa
     from ray import tune
 
     def trainable(config):
-        from plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Train
+        from runner.plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Train
 
         trial, params, seed = config["job"]
         cfg = bare_configs(config["raw"], params)
@@ -116,8 +132,16 @@ def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Pa
             total = sum(backend.train_step() for _ in range(backend.steps_per_epoch))
             val = backend.evaluate("val")
             training += time.perf_counter() - started
-            tune.report({"trial": trial, "epoch": epoch, "train_loss": total / backend.steps_per_epoch,
-                         "val_loss": val["loss"], "val_acc": val["acc"], "training": training})
+            tune.report(
+                {
+                    "trial": trial,
+                    "epoch": epoch,
+                    "train_loss": total / backend.steps_per_epoch,
+                    "val_loss": val["loss"],
+                    "val_acc": val["acc"],
+                    "training": training,
+                }
+            )
 
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
@@ -141,6 +165,7 @@ def part_ray(args, plugins, dataset, work: Path) -> dict:
     import os
 
     import ray
+
     from runner.spec import parse
 
     # Tune at its fastest: without its default JSON, CSV and TensorBoard loggers of every result
@@ -151,8 +176,10 @@ def part_ray(args, plugins, dataset, work: Path) -> dict:
         raw = experiment(args.trials, args.epochs, {"name": "ray", "workers": args.workers})
         jobs = [list(job) for job in planned_jobs(parse(raw, plugins.registry, base_dir=SOURCE.parent), plugins)]
         dataset_ref = ray.put(dataset)
-        sides = {"runner (ray executor)": lambda: run(raw, plugins, dataset, work),
-                 "Ray Tune": lambda: tune_side(ray, jobs, raw, dataset_ref, args.workers, work)}
+        sides = {
+            "runner (ray executor)": lambda: run(raw, plugins, dataset, work),
+            "Ray Tune": lambda: tune_side(ray, jobs, raw, dataset_ref, args.workers, work),
+        }
         runs: dict[str, list[dict]] = {name: [] for name in sides}
         sides["runner (ray executor)"](), sides["Ray Tune"]()  # warm-up: workers' imports, Tune's first actor
         for i in range(args.rounds):
@@ -162,9 +189,15 @@ def part_ray(args, plugins, dataset, work: Path) -> dict:
         same = all(a["finals"] == b["finals"] for a, b in zip(*runs.values()))
     finally:
         ray.shutdown()
-    per_trial = {name: [(args.workers * r["wall"] - r["training"]) / args.trials for r in rs] for name, rs in runs.items()}
-    return {"walls": {n: [r["wall"] for r in rs] for n, rs in runs.items()}, "overhead": per_trial,
-            "training": {n: [r["training"] / args.trials for r in rs] for n, rs in runs.items()}, "same_metrics": same}
+    per_trial = {
+        name: [(args.workers * r["wall"] - r["training"]) / args.trials for r in rs] for name, rs in runs.items()
+    }
+    return {
+        "walls": {n: [r["wall"] for r in rs] for n, rs in runs.items()},
+        "overhead": per_trial,
+        "training": {n: [r["training"] / args.trials for r in rs] for n, rs in runs.items()},
+        "same_metrics": same,
+    }
 
 
 def line(values: list[float], unit: str = "s", digits: int = 2) -> str:
@@ -180,19 +213,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    add_blas_threads_option(parser)  # the inline side's; a worker takes its share of the cores (the executor's ``threads``)
+    add_blas_threads_option(
+        parser
+    )  # the inline side's; a worker takes its share of the cores (the executor's ``threads``)
     args = parser.parse_args(argv)
     apply_blas_threads(parser, args)
 
     from runner.loop import load_dataset
-    from runner.plugins import load_plugins
+    from runner.plugin_manager import load_plugins
     from runner.spec import parse
 
     plugins = load_plugins()
-    dataset = load_dataset(parse(experiment(1, 1, {"name": "inline"}), plugins.registry, base_dir=SOURCE.parent), plugins)
+    dataset = load_dataset(
+        parse(experiment(1, 1, {"name": "inline"}), plugins.registry, base_dir=SOURCE.parent), plugins
+    )
     print(json.dumps(machine(), indent=2))
-    print(f"{args.trials} trials x {args.epochs} epochs (digits, hidden [128], adam), {args.workers} workers, "
-          f"{args.rounds} rounds\n")
+    print(
+        f"{args.trials} trials x {args.epochs} epochs (digits, hidden [128], adam), {args.workers} workers, "
+        f"{args.rounds} rounds\n"
+    )
     figures: dict = {"args": vars(args) | {"json": None}}
     status = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             print("runner's ray executor against Ray Tune, same local cluster:")
             r = figures["ray"] = part_ray(args, plugins, dataset, Path(tmp))
             for name in r["walls"]:
-                print(f"  {name:22} wall {line(r['walls'][name])}; training per trial "
-                      f"{statistics.median(r['training'][name]):.3f} s; overhead per trial {line(r['overhead'][name], 's', 3)}")
+                print(
+                    f"  {name:22} wall {line(r['walls'][name])}; training per trial "
+                    f"{statistics.median(r['training'][name]):.3f} s; overhead per trial {line(r['overhead'][name], 's', 3)}"
+                )
             print(f"  same final metrics on both sides: {r['same_metrics']}")
             status |= not r["same_metrics"]
     if args.json:

@@ -74,6 +74,7 @@ OTHER_BACKEND = ("hyperparameters",)
 #: Final metrics compared between the two sides (exact float equality).
 COMPARED = ("train_loss", "val_loss", "val_acc")
 
+
 def rotated(names: list, i: int) -> list:
     """``names`` started at the ``i``-th (mod its length): each timed round runs the sides in a new order."""
     k = i % len(names)
@@ -88,7 +89,7 @@ t = [time.perf_counter()]
 import runner.cli  # what the `runner` console script imports (click, rich, the core)
 from runner.files import create_run_dir
 from runner.loop import load_dataset
-from runner.plugins import load_plugins
+from runner.plugin_manager import load_plugins
 from runner.spec import load
 t.append(time.perf_counter())
 plugins = load_plugins()
@@ -120,8 +121,11 @@ class MethodTimer:
         # Methods the class defines or inherits (NumpyBackend inherits begin_epoch and
         # hyperparameters from MiniBatchBackend); a method it lacks (the runner changed) is not timed.
         self._own = {name for name in self.methods if name in self.cls.__dict__}
-        self._saved = {name: inspect.getattr_static(self.cls, name) for name in self.methods
-                       if inspect.getattr_static(self.cls, name, None) is not None}
+        self._saved = {
+            name: inspect.getattr_static(self.cls, name)
+            for name in self.methods
+            if inspect.getattr_static(self.cls, name, None) is not None
+        }
         for name, method in self._saved.items():
             setattr(self.cls, name, self._wrap(name, method))
         return self
@@ -149,6 +153,7 @@ class MethodTimer:
                 calls[name] += 1
                 if profiler is not None:
                     profiler.enable()
+
         return timed
 
     def total(self, names: tuple[str, ...]) -> float:
@@ -156,8 +161,11 @@ class MethodTimer:
 
 
 def add_blas_threads_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--blas-threads", type=int,
-                        help="set OPENBLAS/OMP/MKL_NUM_THREADS for this run (default: leave them as they are)")
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        help="set OPENBLAS/OMP/MKL_NUM_THREADS for this run (default: leave them as they are)",
+    )
 
 
 def apply_blas_threads(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -188,11 +196,12 @@ def bare_configs(raw: dict, params: dict) -> dict[str, dict]:
     return sections
 
 
-def bare_run(jobs: list[tuple[int, dict, int]], raw: dict, dataset, backend_cls: type | None = None
-             ) -> dict[int, dict[str, float]]:
+def bare_run(
+    jobs: list[tuple[int, dict, int]], raw: dict, dataset, backend_cls: type | None = None
+) -> dict[int, dict[str, float]]:
     """The hand-written loop: NumpyBackend (or ``backend_cls``, of the same MLP family) built
     directly, epochs of steps, evaluate("val")."""
-    from plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Train
+    from runner.plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Train
 
     backend_cls = backend_cls or NumpyBackend
     Options = backend_cls.Options
@@ -214,8 +223,9 @@ def bare_run(jobs: list[tuple[int, dict, int]], raw: dict, dataset, backend_cls:
     return finals
 
 
-def runner_run(spec, plugins, dataset, root: Path, profiler: cProfile.Profile | None = None
-               ) -> tuple[float, dict[int, dict[str, float]]]:
+def runner_run(
+    spec, plugins, dataset, root: Path, profiler: cProfile.Profile | None = None
+) -> tuple[float, dict[int, dict[str, float]]]:
     """One ``run_experiment``, timed; the run directory is made before and removed after."""
     from runner.files import create_run_dir
     from runner.loop import run_experiment
@@ -258,8 +268,10 @@ def print_metric_check(problems: list[str], trials: int, rounds: int) -> None:
         for problem in problems[:20]:
             print("  " + problem)
     else:
-        print(f"ok: all {trials} trials end with bit-identical {', '.join(COMPARED)} on every side, "
-              f"in all {rounds} rounds (warm-up included)")
+        print(
+            f"ok: all {trials} trials end with bit-identical {', '.join(COMPARED)} on every side, "
+            f"in all {rounds} rounds (warm-up included)"
+        )
     print()
 
 
@@ -315,11 +327,18 @@ def machine() -> dict[str, str]:
     try:
         from threadpoolctl import threadpool_info
 
-        blas = ", ".join(f"{p.get('internal_api')} {p.get('version')} {p.get('num_threads')} threads"
-                         for p in threadpool_info()) or "none found"
+        blas = (
+            ", ".join(
+                f"{p.get('internal_api')} {p.get('version')} {p.get('num_threads')} threads" for p in threadpool_info()
+            )
+            or "none found"
+        )
     except ImportError:
         blas = "threadpoolctl not installed; env " + ", ".join(
-            f"{k}={os.environ[k]}" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ)
+            f"{k}={os.environ[k]}"
+            for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+            if k in os.environ
+        )
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -347,8 +366,13 @@ def cold_fixed_costs(experiment: Path, work: Path, times: int) -> dict[str, list
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], check=True, cwd=ROOT)
         stages["python start (-c pass)"].append(time.perf_counter() - start)
-        out = subprocess.run([sys.executable, "-c", COLD_CHILD, str(experiment), str(work / f"cold{i}")],
-                             check=True, cwd=ROOT, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", COLD_CHILD, str(experiment), str(work / f"cold{i}")],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout
         for name, seconds in json.loads(out.strip().splitlines()[-1]).items():
             stages[name].append(seconds)
     return stages
@@ -358,7 +382,7 @@ def warm_fixed_costs(experiment: Path, work: Path, times: int) -> dict[str, list
     """The same stages repeated in this (warm) process: modules and files already loaded."""
     from runner.files import create_run_dir
     from runner.loop import load_dataset
-    from runner.plugins import load_plugins
+    from runner.plugin_manager import load_plugins
     from runner.spec import load
 
     stages: dict[str, list[float]] = defaultdict(list)
@@ -372,8 +396,12 @@ def warm_fixed_costs(experiment: Path, work: Path, times: int) -> dict[str, list
         t3 = time.perf_counter()
         create_run_dir(work / f"warm{i}", spec.name)
         t4 = time.perf_counter()
-        for name, seconds in (("load_plugins", t1 - t0), ("spec.load", t2 - t1),
-                              ("load_dataset", t3 - t2), ("create_run_dir", t4 - t3)):
+        for name, seconds in (
+            ("load_plugins", t1 - t0),
+            ("spec.load", t2 - t1),
+            ("load_dataset", t3 - t2),
+            ("create_run_dir", t4 - t3),
+        ):
             stages[name].append(seconds)
     return stages
 
@@ -391,22 +419,26 @@ def bench_experiment(source: Path, trials: int, epochs: int, checkpoint: dict | 
     raw = json.loads(source.read_text())
     raw["train"]["epochs"] = epochs
     search = raw.get("search", {})
-    raw["search"] = {"strategy": {"name": "random", "trials": trials},
-                     "metric": search.get("metric", "val_acc"), "mode": search.get("mode", "max"),
-                     "space": SPACE}
+    raw["search"] = {
+        "strategy": {"name": "random", "trials": trials},
+        "metric": search.get("metric", "val_acc"),
+        "mode": search.get("mode", "max"),
+        "space": SPACE,
+    }
     raw["executor"] = {"name": "inline"}
     if checkpoint is not None:
         raw["checkpoint"] = checkpoint
     return raw
 
 
-def instrumented_runner(spec, plugins, dataset, root: Path, n: int, backend_cls: type | None = None
-                        ) -> dict[str, float]:
+def instrumented_runner(
+    spec, plugins, dataset, root: Path, n: int, backend_cls: type | None = None
+) -> dict[str, float]:
     """One runner run with the backend's methods, the trial runner and the checkpoint store
     timed; seconds per trial by place."""
-    from runner.loop import TrialRunner
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
-    from plugins.backends.numpy_mlp.backend import NumpyBackend
+    from runner.loop import TrialRunner
 
     backend_cls = backend_cls or NumpyBackend
     try:
@@ -435,7 +467,7 @@ def instrumented_runner(spec, plugins, dataset, root: Path, n: int, backend_cls:
 
 
 def instrumented_bare(jobs, raw, dataset, n: int, backend_cls: type | None = None) -> dict[str, float]:
-    from plugins.backends.numpy_mlp.backend import NumpyBackend
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
     backend_cls = backend_cls or NumpyBackend
     with MethodTimer(backend_cls, TRAINING) as backend:
@@ -446,7 +478,7 @@ def instrumented_bare(jobs, raw, dataset, n: int, backend_cls: type | None = Non
 
 def profile_runner(spec, plugins, dataset, root: Path) -> pstats.Stats:
     """cProfile of one ``run_experiment``, paused inside the backend's training calls."""
-    from plugins.backends.numpy_mlp.backend import NumpyBackend
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
     profiler = cProfile.Profile()
     with MethodTimer(NumpyBackend, TRAINING, profiler=profiler):
@@ -455,17 +487,23 @@ def profile_runner(spec, plugins, dataset, root: Path) -> pstats.Stats:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
-                        help="experiment file whose data, model, train and checkpoint sections are used "
-                             "(default: experiments/digits_random.json); its search is replaced by a "
-                             "random search over train.lr and train.momentum, its executor by inline")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--experiment",
+        type=Path,
+        default=DEFAULT_EXPERIMENT,
+        help="experiment file whose data, model, train and checkpoint sections are used "
+        "(default: experiments/digits_random.json); its search is replaced by a "
+        "random search over train.lr and train.momentum, its executor by inline",
+    )
     parser.add_argument("--trials", type=int, default=20, help="trials per run (default 20)")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per trial (default 15)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds of every side (default 7)")
-    parser.add_argument("--instrumented", type=int, default=3,
-                        help="rounds with methods timed, for the direct measurement (default 3)")
+    parser.add_argument(
+        "--instrumented", type=int, default=3, help="rounds with methods timed, for the direct measurement (default 3)"
+    )
     parser.add_argument("--cold", type=int, default=3, help="fresh processes for the cold fixed costs (default 3)")
     parser.add_argument("--top", type=int, default=12, help="rows of each profile table (default 12)")
     add_blas_threads_option(parser)
@@ -476,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_blas_threads(parser, args)
 
     from runner.loop import load_dataset
-    from runner.plugins import load_plugins
+    from runner.plugin_manager import load_plugins
     from runner.spec import TOP_LEVEL, load
 
     info = machine()
@@ -491,8 +529,11 @@ def main(argv: list[str] | None = None) -> int:
         experiment_off.write_text(json.dumps(raw_off, indent=2))
         has_checkpoints = "checkpoint" in TOP_LEVEL
 
-        print(f"runner overhead benchmark: {args.trials} trials x {args.epochs} epochs, "
-              f"{args.repeats} rounds; experiment {args.experiment} (search replaced)", flush=True)
+        print(
+            f"runner overhead benchmark: {args.trials} trials x {args.epochs} epochs, "
+            f"{args.repeats} rounds; experiment {args.experiment} (search replaced)",
+            flush=True,
+        )
         print("fixed costs (fresh processes)...", flush=True)
         cold = cold_fixed_costs(experiment, work, args.cold)
 
@@ -536,8 +577,11 @@ def main(argv: list[str] | None = None) -> int:
         direct: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in sides}
         for i in range(args.instrumented):
             for name in names:
-                figures = (instrumented_bare(jobs, raw, dataset, n) if name == BARE
-                           else instrumented_runner(specs[name], plugins, dataset, runs, n))
+                figures = (
+                    instrumented_bare(jobs, raw, dataset, n)
+                    if name == BARE
+                    else instrumented_runner(specs[name], plugins, dataset, runs, n)
+                )
                 for key, value in figures.items():
                     direct[name][key].append(value)
 
@@ -547,7 +591,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     # -- report -------------------------------------------------------------------------------
-    command = "python benchmarks/bench_overhead.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python benchmarks/bench_overhead.py" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
     b_med = statistics.median(wall[BARE])
     print()
     print(f"# Runner overhead: {n} trials x {args.epochs} epochs, {args.repeats} rounds")
@@ -566,8 +612,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {m:.3f} | {lo:.3f} | {hi:.3f} |")
     print()
     print("## Overhead against the bare loop")
-    print("| side | runner / bare (medians) | overhead % (medians) | overhead %, paired rounds: median (min .. max) "
-          "| (runner - bare) / trials, ms: medians; paired (min .. max) |")
+    print(
+        "| side | runner / bare (medians) | overhead % (medians) | overhead %, paired rounds: median (min .. max) "
+        "| (runner - bare) / trials, ms: medians; paired (min .. max) |"
+    )
     print("|---|---:|---:|---|---|")
     summary = {}
     for name in specs:
@@ -578,24 +626,39 @@ def main(argv: list[str] | None = None) -> int:
         _, d_min, d_max = median_min_max(diff_ms)
         overhead, per_trial = (r_med - b_med) / b_med, (r_med - b_med) / n * 1e3
         best = min(wall[name]) / min(wall[BARE]) - 1
-        summary[name] = {"ratio": r_med / b_med, "overhead": overhead, "paired": paired,
-                         "overhead_of_minima": best, "per_trial_ms": per_trial}
-        print(f"| {name} | {r_med / b_med:.4f} | {overhead * 100:+.2f} % | {p_med * 100:+.2f} % "
-              f"({p_min * 100:+.2f} .. {p_max * 100:+.2f}) | {per_trial:+.2f}; ({d_min:+.2f} .. {d_max:+.2f}) |")
-    print("Fastest rounds only (noise on a shared machine only ever adds time): "
-          + "; ".join(f"{name} {v['overhead_of_minima'] * 100:+.2f} %" for name, v in summary.items()))
+        summary[name] = {
+            "ratio": r_med / b_med,
+            "overhead": overhead,
+            "paired": paired,
+            "overhead_of_minima": best,
+            "per_trial_ms": per_trial,
+        }
+        print(
+            f"| {name} | {r_med / b_med:.4f} | {overhead * 100:+.2f} % | {p_med * 100:+.2f} % "
+            f"({p_min * 100:+.2f} .. {p_max * 100:+.2f}) | {per_trial:+.2f}; ({d_min:+.2f} .. {d_max:+.2f}) |"
+        )
+    print(
+        "Fastest rounds only (noise on a shared machine only ever adds time): "
+        + "; ".join(f"{name} {v['overhead_of_minima'] * 100:+.2f} %" for name, v in summary.items())
+    )
     print(f"bare loop: {b_med / n * 1e3:.1f} ms per trial, {b_med / n / args.epochs * 1e3:.2f} ms per epoch")
     print()
     print(f"## Direct measurement: ms per trial (median (min..max) of {args.instrumented} instrumented rounds)")
     print_direct_rows(direct, names)
     floor = statistics.median(direct[BARE]["outside training, all"]) * 1e3
-    print("| outside training minus the bare column (runner's own, timers' cost removed) | - | "
-          + " | ".join(f"{statistics.median(direct[name]['outside training, all']) * 1e3 - floor:.3f}"
-                       for name in names[1:]) + " |")
-    print("Outside training = run_experiment's wall time minus the time inside the backend's __init__, "
-          "begin_epoch, train_step and evaluate. The bare column is the bare loop's own bookkeeping plus "
-          "the timers' cost: a floor. A longer 'training' row on a runner side means training itself "
-          "ran slower there (e.g. the snapshot writer thread competing for the 2 cores).")
+    print(
+        "| outside training minus the bare column (runner's own, timers' cost removed) | - | "
+        + " | ".join(
+            f"{statistics.median(direct[name]['outside training, all']) * 1e3 - floor:.3f}" for name in names[1:]
+        )
+        + " |"
+    )
+    print(
+        "Outside training = run_experiment's wall time minus the time inside the backend's __init__, "
+        "begin_epoch, train_step and evaluate. The bare column is the bare loop's own bookkeeping plus "
+        "the timers' cost: a floor. A longer 'training' row on a runner side means training itself "
+        "ran slower there (e.g. the snapshot writer thread competing for the 2 cores)."
+    )
     print()
     print("## Fixed costs once per run (ms), not included above")
     print("| stage | cold: fresh process, median (min..max) | warm: repeated in process, median (min..max) |")
@@ -617,24 +680,40 @@ def main(argv: list[str] | None = None) -> int:
     print_metric_check(problems, n, args.repeats + 1)
     direct_runner = statistics.median(direct[RUNNER]["outside training, all"]) * 1e3
     overhead = summary[RUNNER]["overhead"]
-    print(f"## Targets ({RUNNER}): overhead <= 3 %: {'met' if overhead <= 0.03 else 'MISSED'} "
-          f"({overhead * 100:+.2f} % from medians, {summary[RUNNER]['overhead_of_minima'] * 100:+.2f} % from the "
-          f"fastest rounds); outside training < 5 ms/trial: {'met' if direct_runner < 5.0 else 'MISSED'} "
-          f"(direct {direct_runner:.2f} ms, by difference {summary[RUNNER]['per_trial_ms']:+.2f} ms)")
+    print(
+        f"## Targets ({RUNNER}): overhead <= 3 %: {'met' if overhead <= 0.03 else 'MISSED'} "
+        f"({overhead * 100:+.2f} % from medians, {summary[RUNNER]['overhead_of_minima'] * 100:+.2f} % from the "
+        f"fastest rounds); outside training < 5 ms/trial: {'met' if direct_runner < 5.0 else 'MISSED'} "
+        f"(direct {direct_runner:.2f} ms, by difference {summary[RUNNER]['per_trial_ms']:+.2f} ms)"
+    )
     if NO_CKPT in summary:
         d = statistics.median(direct[NO_CKPT]["outside training, all"]) * 1e3
-        print(f"   ({NO_CKPT}: overhead {summary[NO_CKPT]['overhead'] * 100:+.2f} % from medians, "
-              f"{summary[NO_CKPT]['overhead_of_minima'] * 100:+.2f} % from the fastest rounds, "
-              f"outside training {d:.2f} ms/trial direct, {summary[NO_CKPT]['per_trial_ms']:+.2f} ms by difference)")
+        print(
+            f"   ({NO_CKPT}: overhead {summary[NO_CKPT]['overhead'] * 100:+.2f} % from medians, "
+            f"{summary[NO_CKPT]['overhead_of_minima'] * 100:+.2f} % from the fastest rounds, "
+            f"outside training {d:.2f} ms/trial direct, {summary[NO_CKPT]['per_trial_ms']:+.2f} ms by difference)"
+        )
 
     if args.json:
-        args.json.write_text(json.dumps({
-            "command": command, "machine": info, "checkpoint": checkpoint_config,
-            "trials": n, "epochs": args.epochs, "repeats": args.repeats,
-            "wall_s": wall, "summary": summary,
-            "direct_s_per_trial": {k: dict(v) for k, v in direct.items()},
-            "cold_fixed_s": cold, "warm_fixed_s": warm, "problems": problems,
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "machine": info,
+                    "checkpoint": checkpoint_config,
+                    "trials": n,
+                    "epochs": args.epochs,
+                    "repeats": args.repeats,
+                    "wall_s": wall,
+                    "summary": summary,
+                    "direct_s_per_trial": {k: dict(v) for k, v in direct.items()},
+                    "cold_fixed_s": cold,
+                    "warm_fixed_s": warm,
+                    "problems": problems,
+                },
+                indent=2,
+            )
+        )
     return 1 if problems else 0
 
 
@@ -642,12 +721,15 @@ def print_profile(name: str, stats: pstats.Stats, n: int, top: int) -> None:
     """Top functions by own time, and own time by file, per trial."""
     entries = stats.stats  # (file, line, func) -> (cc, nc, tt, ct, callers)
     total = sum(v[2] for v in entries.values())
-    print(f"## Profile, {name} (cProfile of run_experiment, paused inside training calls): "
-          f"{total / n * 1e3:.2f} ms per trial under the profiler")
+    print(
+        f"## Profile, {name} (cProfile of run_experiment, paused inside training calls): "
+        f"{total / n * 1e3:.2f} ms per trial under the profiler"
+    )
     print("| own ms/trial | cum ms/trial | calls/trial | function |")
     print("|---:|---:|---:|---|")
-    for (file, line, func), (_cc, nc, tt, ct, _callers) in sorted(entries.items(), key=lambda kv: kv[1][2],
-                                                                  reverse=True)[:top]:
+    for (file, line, func), (_cc, nc, tt, ct, _callers) in sorted(
+        entries.items(), key=lambda kv: kv[1][2], reverse=True
+    )[:top]:
         print(f"| {tt / n * 1e3:.3f} | {ct / n * 1e3:.3f} | {nc / n:.1f} | {short(file)}:{line}({func}) |")
     by_file: dict[str, float] = defaultdict(float)
     for (file, _line, _func), value in entries.items():
@@ -672,7 +754,7 @@ def short(file: str) -> str:
     parts = path.parts
     for anchor in ("site-packages", "lib"):
         if anchor in parts:
-            return "/".join(parts[len(parts) - parts[::-1].index(anchor):])
+            return "/".join(parts[len(parts) - parts[::-1].index(anchor) :])
     return file
 
 

@@ -30,7 +30,7 @@ import orjson
 
 from runner.files import create_run_dir
 from runner.loop import load_dataset, run_experiment
-from runner.plugins import load_plugins
+from runner.plugin_manager import load_plugins
 from runner.spec import load
 
 EXPERIMENT = orjson.loads((Path(__file__).resolve().parent.parent / "experiments" / "digits_panda.json").read_bytes())
@@ -47,17 +47,27 @@ def run_once(experiment: dict, work: Path) -> dict:
     [result] = run_experiment(spec, plugins, load_dataset(spec, plugins), run_dir)
     events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
     epochs = [e for e in events if e["event"] == "epoch_end"]
-    return {"state": result.state, "best_acc": max(e["val_acc"] for e in epochs), "trained": len(epochs),
-            "undone": len(epochs) - result.epochs, "final_lr": epochs[-1]["lr"],
-            "seconds": time.perf_counter() - started}
+    return {
+        "state": result.state,
+        "best_acc": max(e["val_acc"] for e in epochs),
+        "trained": len(epochs),
+        "undone": len(epochs) - result.epochs,
+        "final_lr": epochs[-1]["lr"],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=6, help="seeds 0..N-1 (default 6)")
     parser.add_argument("--epochs", type=int, default=40, help="the budget of epochs trained (default 40)")
-    parser.add_argument("--rates", type=float, nargs="+", default=[30.0, 1e-4, 0.2],
-                        help="starting learning rates (default: far too high, far too low, about right)")
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[30.0, 1e-4, 0.2],
+        help="starting learning rates (default: far too high, far too low, about right)",
+    )
     parser.add_argument("--json", type=Path, help="save every figure here")
     args = parser.parse_args()
 
@@ -75,21 +85,29 @@ def main() -> None:
                     rows.append({"lr": lr, "seed": seed, "strategy": strategy, **run_once(experiment, work)})
 
     print(f"## Panda-nudge against a fixed learning rate, digits, {args.epochs} epochs trained each\n")
-    print("| start lr | seed | fixed: best val_acc | fixed: state | panda: best val_acc | panda: state | panda: final lr | epochs undone by reverts |")
+    print(
+        "| start lr | seed | fixed: best val_acc | fixed: state | panda: best val_acc | panda: state | panda: final lr | epochs undone by reverts |"
+    )
     print("|---:|---:|---:|---|---:|---|---:|---:|")
     for lr in args.rates:
         for seed in range(args.seeds):
-            fixed, panda = (next(r for r in rows if r["lr"] == lr and r["seed"] == seed and r["strategy"] == s)
-                            for s in ("grid", "panda-nudge"))
-            print(f"| {lr:g} | {seed} | {fixed['best_acc']:.4f} | {fixed['state']} | {panda['best_acc']:.4f} | "
-                  f"{panda['state']} | {panda['final_lr']:.4g} | {panda['undone']} |")
+            fixed, panda = (
+                next(r for r in rows if r["lr"] == lr and r["seed"] == seed and r["strategy"] == s)
+                for s in ("grid", "panda-nudge")
+            )
+            print(
+                f"| {lr:g} | {seed} | {fixed['best_acc']:.4f} | {fixed['state']} | {panda['best_acc']:.4f} | "
+                f"{panda['state']} | {panda['final_lr']:.4g} | {panda['undone']} |"
+            )
     print()
     for lr in args.rates:
         for strategy in ("grid", "panda-nudge"):
             accs = [r["best_acc"] for r in rows if r["lr"] == lr and r["strategy"] == strategy]
             reached = sum(a >= 0.95 for a in accs)
-            print(f"- start lr {lr:g}, {'fixed' if strategy == 'grid' else 'panda'}: median best val_acc "
-                  f"{statistics.median(accs):.4f} (min {min(accs):.4f}), {reached} of {len(accs)} runs reach 0.95")
+            print(
+                f"- start lr {lr:g}, {'fixed' if strategy == 'grid' else 'panda'}: median best val_acc "
+                f"{statistics.median(accs):.4f} (min {min(accs):.4f}), {reached} of {len(accs)} runs reach 0.95"
+            )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

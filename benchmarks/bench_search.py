@@ -109,8 +109,8 @@ def grid_points(trials: int) -> tuple[int, int]:
     smaller grid on a tie), and that size."""
     numeric = sum(1 for v in SPACE.values() if "choices" not in v)
     choices = math.prod(len(v["choices"]) for v in SPACE.values() if "choices" in v)
-    best = min(range(1, 50), key=lambda p: (abs(p ** numeric * choices - trials), p))
-    return best, best ** numeric * choices
+    best = min(range(1, 50), key=lambda p: (abs(p**numeric * choices - trials), p))
+    return best, best**numeric * choices
 
 
 def strategy_section(name: str, trials: int, rounds: int) -> tuple[dict, int]:
@@ -122,8 +122,13 @@ def strategy_section(name: str, trials: int, rounds: int) -> tuple[dict, int]:
         return {"name": "random", "trials": trials}, trials
     if name == "coarse-to-fine":
         per_round = max(1, trials // rounds)
-        return {"name": "coarse-to-fine", "rounds": rounds, "trials_per_round": per_round,
-                "keep_top": C2F_DEFAULTS["keep_top"], "margin": C2F_DEFAULTS["margin"]}, rounds * per_round
+        return {
+            "name": "coarse-to-fine",
+            "rounds": rounds,
+            "trials_per_round": per_round,
+            "keep_top": C2F_DEFAULTS["keep_top"],
+            "margin": C2F_DEFAULTS["margin"],
+        }, rounds * per_round
     if name == "tpe":
         return {"name": TPE_NAME, "trials": trials}, trials
     raise ValueError(name)
@@ -172,7 +177,8 @@ def tpe_strategy_class():
             super().__init__(**kwargs)
             self.study = optuna.create_study(
                 direction="minimize" if self.mode == "min" else "maximize",
-                sampler=optuna.samplers.TPESampler(seed=self.seed))
+                sampler=optuna.samplers.TPESampler(seed=self.seed),
+            )
             self.asked: dict[int, optuna.Trial] = {}  # runner trial id -> Optuna trial
 
         def planned_trials(self) -> int:
@@ -190,8 +196,9 @@ def tpe_strategy_class():
                 elif isinstance(p, Int):
                     params[p.path] = trial.suggest_int(p.path, p.low, p.high, log=p.scale == "log")
                 elif isinstance(p, Float) and p.scale == "log1m":
-                    one_minus = trial.suggest_float(f"one_minus_{p.path.rsplit('.', 1)[-1]}",
-                                                    1.0 - p.high, 1.0 - p.low, log=True)
+                    one_minus = trial.suggest_float(
+                        f"one_minus_{p.path.rsplit('.', 1)[-1]}", 1.0 - p.high, 1.0 - p.low, log=True
+                    )
                     params[p.path] = min(max(1.0 - one_minus, p.low), p.high)
                 else:
                     params[p.path] = trial.suggest_float(p.path, p.low, p.high, log=p.scale == "log")
@@ -217,7 +224,7 @@ def run_one(job: dict) -> dict:
 
     from runner.files import create_run_dir
     from runner.loop import load_dataset, run_experiment
-    from runner.plugins import load_plugins
+    from runner.plugin_manager import load_plugins
     from runner.spec import load
 
     work = Path(tempfile.mkdtemp(prefix="bench-search-", dir=job["tmp"]))
@@ -280,25 +287,35 @@ def short_params(params: dict | None) -> str:
 def report(records: list[dict], strategies: list[str], seeds: list[int]) -> dict:
     """Print the tables; return the summary per (dataset, budget, strategy)."""
     summary = {}
-    groups = sorted({(r["dataset"], r["budget"]) for r in records},
-                    key=lambda g: (list(DATASETS).index(g[0]), g[1]))
+    groups = sorted({(r["dataset"], r["budget"]) for r in records}, key=lambda g: (list(DATASETS).index(g[0]), g[1]))
     for dataset, budget in groups:
-        rows = {s: sorted((r for r in records if (r["dataset"], r["budget"], r["strategy"]) == (dataset, budget, s)),
-                          key=lambda r: r["seed"]) for s in strategies}
+        rows = {
+            s: sorted(
+                (r for r in records if (r["dataset"], r["budget"], r["strategy"]) == (dataset, budget, s)),
+                key=lambda r: r["seed"],
+            )
+            for s in strategies
+        }
         epochs = next(r["epochs"] for r in records if (r["dataset"], r["budget"]) == (dataset, budget))
         wins = {s: 0 for s in strategies}
         for seed in seeds:
-            losses = {s: r["best_val_loss"] for s in strategies for r in rows[s] if r["seed"] == seed
-                      and r["best_val_loss"] is not None}
+            losses = {
+                s: r["best_val_loss"]
+                for s in strategies
+                for r in rows[s]
+                if r["seed"] == seed and r["best_val_loss"] is not None
+            }
             if losses:
                 low = min(losses.values())
                 for s, v in losses.items():
                     wins[s] += v == low
         print(f"### {dataset}: budget {budget} trials x {epochs} epochs, {len(seeds)} seeds")
         print()
-        print("| strategy | trials x epochs | best val_loss: median (min..max) | val_acc at that epoch: median "
-              "(min..max) | seeds won | paired with random: median difference (seeds better / worse) "
-              "| trials without a score / not completed | s per run (median) |")
+        print(
+            "| strategy | trials x epochs | best val_loss: median (min..max) | val_acc at that epoch: median "
+            "(min..max) | seeds won | paired with random: median difference (seeds better / worse) "
+            "| trials without a score / not completed | s per run (median) |"
+        )
         print("|---|---|---|---|---:|---|---|---:|")
         for s in strategies:
             rs = rows[s]
@@ -307,17 +324,25 @@ def report(records: list[dict], strategies: list[str], seeds: list[int]) -> dict
             losses = [r["best_val_loss"] for r in rs if r["best_val_loss"] is not None]
             accs = [r["val_acc"] for r in rs if r["val_acc"] is not None]
             trials = sorted({r["trials"] for r in rs})
-            cell = lambda v, d: (f"{statistics.median(v):.{d}f} ({min(v):.{d}f}..{max(v):.{d}f})" if v else "-")
+            cell = lambda v, d: f"{statistics.median(v):.{d}f} ({min(v):.{d}f}..{max(v):.{d}f})" if v else "-"
             diffs = paired(rs, rows.get("random", []))
-            vs_random = ("-" if s == "random" or not diffs else
-                         f"{statistics.median(diffs):+.4f} ({sum(d < 0 for d in diffs)} / {sum(d > 0 for d in diffs)})")
-            print(f"| {s} | {'/'.join(map(str, trials))} x {epochs} | {cell(losses, 4)} | {cell(accs, 3)} | "
-                  f"{wins[s]} | {vs_random} | {sum(r['unscored'] for r in rs)} / {sum(r['not_completed'] for r in rs)} | "
-                  f"{statistics.median(r['seconds'] for r in rs):.1f} |")
+            vs_random = (
+                "-"
+                if s == "random" or not diffs
+                else f"{statistics.median(diffs):+.4f} ({sum(d < 0 for d in diffs)} / {sum(d > 0 for d in diffs)})"
+            )
+            print(
+                f"| {s} | {'/'.join(map(str, trials))} x {epochs} | {cell(losses, 4)} | {cell(accs, 3)} | "
+                f"{wins[s]} | {vs_random} | {sum(r['unscored'] for r in rs)} / {sum(r['not_completed'] for r in rs)} | "
+                f"{statistics.median(r['seconds'] for r in rs):.1f} |"
+            )
             summary[f"{dataset}/{budget}/{s}"] = {
                 "median_best_val_loss": statistics.median(losses) if losses else None,
-                "min": min(losses) if losses else None, "max": max(losses) if losses else None,
-                "median_val_acc": statistics.median(accs) if accs else None, "wins": wins[s], "trials": trials,
+                "min": min(losses) if losses else None,
+                "max": max(losses) if losses else None,
+                "median_val_acc": statistics.median(accs) if accs else None,
+                "wins": wins[s],
+                "trials": trials,
                 "paired_minus_random": diffs,
             }
         print()
@@ -327,8 +352,11 @@ def report(records: list[dict], strategies: list[str], seeds: list[int]) -> dict
         print("|---|" + "---:|" * len(seeds))
         for s in strategies:
             by_seed = {r["seed"]: r for r in rows[s]}
-            print(f"| {s} | " + " | ".join(fmt(by_seed[seed]["best_val_loss"]) if seed in by_seed else "-"
-                                            for seed in seeds) + " |")
+            print(
+                f"| {s} | "
+                + " | ".join(fmt(by_seed[seed]["best_val_loss"]) if seed in by_seed else "-" for seed in seeds)
+                + " |"
+            )
         print()
         print("Best trial's parameters, seed 0:")
         print()
@@ -340,8 +368,10 @@ def report(records: list[dict], strategies: list[str], seeds: list[int]) -> dict
         if c2f and c2f["rounds"]:
             last = c2f["rounds"][-1]
             region = last.get("region") or {}
-            print(f"- coarse-to-fine's last region, seed 0 (round {last['round']}: {last['reason']}): "
-                  + "; ".join(f"{k} {v.get('choices', [v.get('low'), v.get('high')])}" for k, v in region.items()))
+            print(
+                f"- coarse-to-fine's last region, seed 0 (round {last['round']}: {last['reason']}): "
+                + "; ".join(f"{k} {v.get('choices', [v.get('low'), v.get('high')])}" for k, v in region.items())
+            )
         print()
     return summary
 
@@ -352,15 +382,26 @@ def noise_jobs(records: list[dict], trials: int, tmp: Path) -> list[dict]:
     jobs = []
     for dataset in DATASETS:
         for seed in sorted({r["seed"] for r in records if r["dataset"] == dataset}):
-            mine = [r for r in records if r["dataset"] == dataset and r["seed"] == seed
-                    and r["best_val_loss"] is not None]
+            mine = [
+                r for r in records if r["dataset"] == dataset and r["seed"] == seed and r["best_val_loss"] is not None
+            ]
             if not mine:
                 continue
             best = min(mine, key=lambda r: r["best_val_loss"])
-            jobs.append({"dataset": dataset, "seed": seed, "strategy": "noise", "budget": None,
-                         "epochs": best["epochs"], "section": {"name": "random", "trials": trials},
-                         "fixed": best["best_params"], "planned": trials, "tmp": str(tmp),
-                         "found": {k: best[k] for k in ("strategy", "budget", "best_trial", "best_val_loss")}})
+            jobs.append(
+                {
+                    "dataset": dataset,
+                    "seed": seed,
+                    "strategy": "noise",
+                    "budget": None,
+                    "epochs": best["epochs"],
+                    "section": {"name": "random", "trials": trials},
+                    "fixed": best["best_params"],
+                    "planned": trials,
+                    "tmp": str(tmp),
+                    "found": {k: best[k] for k in ("strategy", "budget", "best_trial", "best_val_loss")},
+                }
+            )
     return jobs
 
 
@@ -371,17 +412,21 @@ def noise_table(noise: list[dict]) -> None:
     n = max(r["trials"] for r in noise)
     print(f"### Trial-seed noise: the best parameters found, trained with trial seeds 0..{n - 1}")
     print()
-    print("| dataset | seed | best val_loss found (strategy, trials, trial) | parameters | same parameters, "
-          f"{n} trial seeds: min / median / max | sd |")
+    print(
+        "| dataset | seed | best val_loss found (strategy, trials, trial) | parameters | same parameters, "
+        f"{n} trial seeds: min / median / max | sd |"
+    )
     print("|---|---:|---|---|---|---:|")
     for r in sorted(noise, key=lambda r: (list(DATASETS).index(r["dataset"]), r["seed"])):
         scores = [s for _, s in r["trial_scores"] if s is not None and math.isfinite(s)]
         found = r["found"]
         sd = f"{statistics.stdev(scores):.4f}" if len(scores) > 1 else "-"
-        print(f"| {r['dataset']} | {r['seed']} | {found['best_val_loss']:.4f} ({found['strategy']}, {found['budget']}, "
-              f"t{found['best_trial']}) | {short_params(r['fixed'])} | "
-              + (f"{min(scores):.4f} / {statistics.median(scores):.4f} / {max(scores):.4f}" if scores else "-")
-              + f" | {sd} |")
+        print(
+            f"| {r['dataset']} | {r['seed']} | {found['best_val_loss']:.4f} ({found['strategy']}, {found['budget']}, "
+            f"t{found['best_trial']}) | {short_params(r['fixed'])} | "
+            + (f"{min(scores):.4f} / {statistics.median(scores):.4f} / {max(scores):.4f}" if scores else "-")
+            + f" | {sd} |"
+        )
     print()
 
 
@@ -392,20 +437,33 @@ def summary_tables(records: list[dict], strategies: list[str], seeds: list[int])
         epochs = mine[0]["epochs"]
         print(f"### Summary, {dataset} ({epochs} epochs per trial, {len(seeds)} seeds)")
         print()
-        print("| trials | strategy | best val_loss: median (min..max) | val_acc at that epoch: median | seeds won "
-              "| paired with random: median difference (seeds better / worse) |")
+        print(
+            "| trials | strategy | best val_loss: median (min..max) | val_acc at that epoch: median | seeds won "
+            "| paired with random: median difference (seeds better / worse) |"
+        )
         print("|---:|---|---|---:|---:|---|")
         for budget in sorted({r["budget"] for r in mine}):
             rows = {s: [r for r in mine if r["budget"] == budget and r["strategy"] == s] for s in strategies}
             wins = {s: 0 for s in strategies}
             for seed in seeds:
-                losses = {s: r["best_val_loss"] for s in strategies for r in rows[s]
-                          if r["seed"] == seed and r["best_val_loss"] is not None}
+                losses = {
+                    s: r["best_val_loss"]
+                    for s in strategies
+                    for r in rows[s]
+                    if r["seed"] == seed and r["best_val_loss"] is not None
+                }
                 for s, v in losses.items():
                     wins[s] += v == min(losses.values())
-            best_median = min((statistics.median(v) for v in (
-                [r["best_val_loss"] for r in rows[s] if r["best_val_loss"] is not None] for s in strategies) if v),
-                default=None)
+            best_median = min(
+                (
+                    statistics.median(v)
+                    for v in (
+                        [r["best_val_loss"] for r in rows[s] if r["best_val_loss"] is not None] for s in strategies
+                    )
+                    if v
+                ),
+                default=None,
+            )
             for s in strategies:
                 losses = [r["best_val_loss"] for r in rows[s] if r["best_val_loss"] is not None]
                 accs = [r["val_acc"] for r in rows[s] if r["val_acc"] is not None]
@@ -414,20 +472,28 @@ def summary_tables(records: list[dict], strategies: list[str], seeds: list[int])
                 median = statistics.median(losses)
                 mark = "**" if round(median, 4) == round(best_median, 4) else ""
                 diffs = paired(rows[s], rows.get("random", []))
-                vs_random = ("-" if s == "random" or not diffs else
-                             f"{statistics.median(diffs):+.4f} ({sum(d < 0 for d in diffs)} / {sum(d > 0 for d in diffs)})")
+                vs_random = (
+                    "-"
+                    if s == "random" or not diffs
+                    else f"{statistics.median(diffs):+.4f} ({sum(d < 0 for d in diffs)} / {sum(d > 0 for d in diffs)})"
+                )
                 trials = "/".join(str(t) for t in sorted({r["trials"] for r in rows[s]}))
                 acc = f"{statistics.median(accs):.3f}" if accs else "-"
-                print(f"| {trials} | {s} | {mark}{median:.4f}{mark} ({min(losses):.4f}..{max(losses):.4f}) | "
-                      f"{acc} | {wins[s]} | {vs_random} |")
+                print(
+                    f"| {trials} | {s} | {mark}{median:.4f}{mark} ({min(losses):.4f}..{max(losses):.4f}) | "
+                    f"{acc} | {wins[s]} | {vs_random} |"
+                )
         print()
 
 
 def paired(rows: list[dict], reference: list[dict]) -> list[float]:
     """Best val_loss minus the reference's, seed by seed (seeds where both have one)."""
     ref = {r["seed"]: r["best_val_loss"] for r in reference}
-    return [r["best_val_loss"] - ref[r["seed"]] for r in rows
-            if r["best_val_loss"] is not None and ref.get(r["seed"]) is not None]
+    return [
+        r["best_val_loss"] - ref[r["seed"]]
+        for r in rows
+        if r["best_val_loss"] is not None and ref.get(r["seed"]) is not None
+    ]
 
 
 def grid_axes(points: int) -> str:
@@ -435,8 +501,9 @@ def grid_axes(points: int) -> str:
     from runner.space import Space
 
     space = Space.parse(SPACE)
-    return "; ".join(f"{p.path} " + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in p.grid(points))
-                     for p in space)
+    return "; ".join(
+        f"{p.path} " + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in p.grid(points)) for p in space
+    )
 
 
 def parse_epochs(values: list[str] | None, parser: argparse.ArgumentParser) -> dict[str, int]:
@@ -461,22 +528,39 @@ def parse_epochs(values: list[str] | None, parser: argparse.ArgumentParser) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, nargs="+", default=[27, 48, 75],
-                        help="budgets in trials per run (default: 27 48 75, the grid sizes of 3, 4 and 5 points)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        nargs="+",
+        default=[27, 48, 75],
+        help="budgets in trials per run (default: 27 48 75, the grid sizes of 3, 4 and 5 points)",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="experiment seeds 0..N-1 (default 5)")
-    parser.add_argument("--epochs", nargs="+", metavar="[DATASET=]N",
-                        help="epochs per trial: N for every dataset or DATASET=N (default: digits=10 spirals=50)")
+    parser.add_argument(
+        "--epochs",
+        nargs="+",
+        metavar="[DATASET=]N",
+        help="epochs per trial: N for every dataset or DATASET=N (default: digits=10 spirals=50)",
+    )
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--rounds", type=int, default=C2F_DEFAULTS["rounds"], help="coarse-to-fine rounds (default 3)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--blas-threads", type=int, default=1, help="OPENBLAS/OMP/MKL_NUM_THREADS (default 1)")
-    parser.add_argument("--noise", type=int, default=12,
-                        help="then train each seed's best parameters with this many trial seeds (default 12; 0: skip)")
+    parser.add_argument(
+        "--noise",
+        type=int,
+        default=12,
+        help="then train each seed's best parameters with this many trial seeds (default 12; 0: skip)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 12 trials, 2 epochs, noise 3")
     parser.add_argument("--json", type=Path, help="also write every run's summary to this file")
-    parser.add_argument("--from-json", type=Path, metavar="FILE",
-                        help="run nothing: print the tables again from a file written by --json")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="run nothing: print the tables again from a file written by --json",
+    )
     args = parser.parse_args(argv)
 
     if args.from_json:
@@ -522,17 +606,34 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 for strategy in args.strategies:
                     section, trials = strategy_section(strategy, budget, args.rounds)
-                    jobs.append({"dataset": dataset, "seed": seed, "strategy": strategy, "budget": budget,
-                                 "epochs": epochs[dataset], "section": section, "planned": trials, "tmp": str(tmp)})
+                    jobs.append(
+                        {
+                            "dataset": dataset,
+                            "seed": seed,
+                            "strategy": strategy,
+                            "budget": budget,
+                            "epochs": epochs[dataset],
+                            "section": section,
+                            "planned": trials,
+                            "tmp": str(tmp),
+                        }
+                    )
     jobs.sort(key=lambda j: -j["planned"] * j["epochs"] * (4 if j["dataset"] == "digits" else 1))  # longest first
 
-    command = "python benchmarks/bench_search.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    print(f"search benchmark: {len(jobs)} runs ({', '.join(args.strategies)}) x budgets {args.trials} on "
-          f"{', '.join(f'{d} ({epochs[d]} epochs)' for d in args.datasets)}, seeds {seeds}, {args.jobs} processes",
-          flush=True)
+    command = "python benchmarks/bench_search.py" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
+    print(
+        f"search benchmark: {len(jobs)} runs ({', '.join(args.strategies)}) x budgets {args.trials} on "
+        f"{', '.join(f'{d} ({epochs[d]} epochs)' for d in args.datasets)}, seeds {seeds}, {args.jobs} processes",
+        flush=True,
+    )
     for budget in args.trials:
-        print(f"  budget {budget}: " + ", ".join(f"{s} {strategy_section(s, budget, args.rounds)[1]} trials"
-                                                   for s in args.strategies), flush=True)
+        print(
+            f"  budget {budget}: "
+            + ", ".join(f"{s} {strategy_section(s, budget, args.rounds)[1]} trials" for s in args.strategies),
+            flush=True,
+        )
         if "grid" in args.strategies:
             print(f"    grid, {grid_points(budget)[0]} points: {grid_axes(grid_points(budget)[0])}", flush=True)
     start = time.perf_counter()
@@ -560,13 +661,25 @@ def main(argv: list[str] | None = None) -> int:
     summary_tables(records, args.strategies, seeds)
     noise_table(noise)
     if args.json:
-        args.json.write_text(json.dumps({
-            "command": command, "machine": info, "wall_s": wall, "space": SPACE, "base": BASE,
-            "datasets": {d: DATASETS[d][0] for d in args.datasets}, "epochs": epochs, "seeds": seeds,
-            "budgets": args.trials, "summary": summary,
-            "runs": sorted(records, key=lambda r: (r["dataset"], r["budget"], r["strategy"], r["seed"])),
-            "noise": sorted(noise, key=lambda r: (r["dataset"], r["seed"])),
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "machine": info,
+                    "wall_s": wall,
+                    "space": SPACE,
+                    "base": BASE,
+                    "datasets": {d: DATASETS[d][0] for d in args.datasets},
+                    "epochs": epochs,
+                    "seeds": seeds,
+                    "budgets": args.trials,
+                    "summary": summary,
+                    "runs": sorted(records, key=lambda r: (r["dataset"], r["budget"], r["strategy"], r["seed"])),
+                    "noise": sorted(noise, key=lambda r: (r["dataset"], r["seed"])),
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
@@ -586,9 +699,12 @@ def run_jobs(jobs: list[dict], processes: int, start: float) -> list[dict]:
 
 
 def progress(i: int, n: int, record: dict, start: float) -> None:
-    print(f"  [{i}/{n}] {time.perf_counter() - start:6.0f} s  {record['dataset']} budget {record['budget']} "
-          f"seed {record['seed']} {record['strategy']}: best {METRIC} {fmt(record['best_val_loss'])} "
-          f"({record['trials']} trials, {record['seconds']:.1f} s)", flush=True)
+    print(
+        f"  [{i}/{n}] {time.perf_counter() - start:6.0f} s  {record['dataset']} budget {record['budget']} "
+        f"seed {record['seed']} {record['strategy']}: best {METRIC} {fmt(record['best_val_loss'])} "
+        f"({record['trials']} trials, {record['seconds']:.1f} s)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

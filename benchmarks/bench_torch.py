@@ -68,8 +68,21 @@ if str(ROOT) not in sys.path:  # ``python benchmarks/bench_torch.py`` from anywh
 
 from benchmarks.bench_checkpoints import cpu_jiffies  # noqa: E402
 from benchmarks.bench_overhead import (  # noqa: E402
-    rotated, BARE, CHECKPOINTS_OFF, NO_CKPT, RUNNER, bench_experiment, compare, instrumented_bare,
-    instrumented_runner, machine, median_min_max, planned_jobs, print_direct_rows, print_metric_check, runner_run,
+    BARE,
+    CHECKPOINTS_OFF,
+    NO_CKPT,
+    RUNNER,
+    bench_experiment,
+    compare,
+    instrumented_bare,
+    instrumented_runner,
+    machine,
+    median_min_max,
+    planned_jobs,
+    print_direct_rows,
+    print_metric_check,
+    rotated,
+    runner_run,
     timed_bare,
 )
 
@@ -106,9 +119,8 @@ def nn_loop_class():
     ``loss.backward()``. Same initial weights and batches as the backends. Adam only."""
     import numpy as np
     import torch
-
-    from plugins.backends.mlp_family import MiniBatchBackend
-    from plugins.backends.numpy_mlp.network import MLP
+    from runner.plugins.backends.mlp_family import MiniBatchBackend
+    from runner.plugins.backends.numpy_mlp.network import MLP
 
     class TorchNnLoop(MiniBatchBackend):
         name = NN
@@ -122,15 +134,22 @@ def nn_loop_class():
             self._y = torch.as_tensor(data.y_train, dtype=torch.int64)
             self._x_val = torch.as_tensor(np.ascontiguousarray(data.x_val), dtype=self.dtype)
             self._y_val = torch.as_tensor(data.y_val, dtype=torch.int64)
-            network = MLP(n_inputs=data.n_features, hidden=tuple(model.hidden), n_classes=data.n_classes,
-                          activation=model.activation, batch_norm=model.batch_norm, bn_epsilon=model.bn_epsilon)
+            network = MLP(
+                n_inputs=data.n_features,
+                hidden=tuple(model.hidden),
+                n_classes=data.n_classes,
+                activation=model.activation,
+                batch_norm=model.batch_norm,
+                bn_epsilon=model.bn_epsilon,
+            )
             initial = network.init_params(rng, model.init_scheme, np.dtype(options.dtype))
             act = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid}[model.activation]
             layers, sizes = [], network.sizes
             for l in range(1, network.depth + 1):
                 hidden = l < network.depth
-                linear = torch.nn.Linear(sizes[l - 1], sizes[l], bias=not (hidden and model.batch_norm),
-                                         dtype=self.dtype)
+                linear = torch.nn.Linear(
+                    sizes[l - 1], sizes[l], bias=not (hidden and model.batch_norm), dtype=self.dtype
+                )
                 with torch.no_grad():
                     linear.weight.copy_(torch.from_numpy(initial[f"W{l}"].T.copy()))
                     if linear.bias is not None:
@@ -138,12 +157,16 @@ def nn_loop_class():
                 layers.append(linear)
                 if hidden:
                     if model.batch_norm:  # torch's momentum is the weight of the new batch
-                        layers.append(torch.nn.BatchNorm1d(sizes[l], eps=model.bn_epsilon,
-                                                           momentum=1 - model.bn_momentum, dtype=self.dtype))
+                        layers.append(
+                            torch.nn.BatchNorm1d(
+                                sizes[l], eps=model.bn_epsilon, momentum=1 - model.bn_momentum, dtype=self.dtype
+                            )
+                        )
                     layers.append(act())
             self.net = torch.nn.Sequential(*layers)
-            self.opt = torch.optim.Adam(self.net.parameters(), lr=train.lr, betas=(train.momentum, train.beta2),
-                                        eps=train.epsilon)
+            self.opt = torch.optim.Adam(
+                self.net.parameters(), lr=train.lr, betas=(train.momentum, train.beta2), eps=train.epsilon
+            )
             self._perm_t = torch.empty(0, dtype=torch.int64)
 
         def _order_changed(self):
@@ -165,8 +188,10 @@ def nn_loop_class():
             try:
                 with torch.no_grad():
                     logits = self.net(x)
-                    return {"loss": torch.nn.functional.cross_entropy(logits, y).item(),
-                            "acc": (logits.argmax(1) == y).double().mean().item()}
+                    return {
+                        "loss": torch.nn.functional.cross_entropy(logits, y).item(),
+                        "acc": (logits.argmax(1) == y).double().mean().item(),
+                    }
             finally:
                 self.net.train()
 
@@ -186,7 +211,7 @@ def worker(side: str, threads: int, experiment: Path, wide_rows: int) -> int:
     import numpy as np
 
     from runner.loop import load_dataset
-    from runner.plugins import load_plugins
+    from runner.plugin_manager import load_plugins
     from runner.spec import load, trial_sections
     from runner.testing import Driver
 
@@ -207,16 +232,20 @@ def worker(side: str, threads: int, experiment: Path, wide_rows: int) -> int:
     spec = dataclasses.replace(load(experiment, plugins.registry), base_dir=experiment.resolve().parent)
     model, train, numpy_options = trial_sections(spec, plugins.registry, {})
     if side == NUMPY:
-        from plugins.backends.numpy_mlp.backend import NumpyBackend as cls
+        from runner.plugins.backends.numpy_mlp.backend import NumpyBackend as cls
+
         options = numpy_options
     else:
-        from plugins.backends.torch_mlp.backend import Options, TorchBackend
+        from runner.plugins.backends.torch_mlp.backend import Options, TorchBackend
+
         cls = TorchBackend if side == TORCH else nn_loop_class()
         options = Options(device="cpu", dtype=numpy_options.dtype)
     datasets = {DIGITS: load_dataset(spec, plugins), WIDE: wide_dataset(wide_rows)}
     models = {DIGITS: model, WIDE: dataclasses.replace(model, hidden=(512, 512))}
-    drivers = {net: Driver(cls(model=models[net], train=train, options=options, data=datasets[net], seed=0))
-               for net in datasets}
+    drivers = {
+        net: Driver(cls(model=models[net], train=train, options=options, data=datasets[net], seed=0))
+        for net in datasets
+    }
     info["steps_per_epoch"] = {net: d.backend.steps_per_epoch for net, d in drivers.items()}
     info["rows"] = {net: [len(d.x_train), len(d.x_val), d.n_features] for net, d in datasets.items()}
     proto.write(json.dumps({"ready": info}) + "\n")
@@ -230,8 +259,18 @@ def worker(side: str, threads: int, experiment: Path, wide_rows: int) -> int:
         wall, cpu = time.perf_counter(), time.process_time()
         losses = driver.run(request["steps"])
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        proto.write(json.dumps({"wall": wall, "cpu": cpu, "steps": len(losses), "loss": float(np.mean(losses)),
-                                "cpu_request": time.process_time() - handling}) + "\n")
+        proto.write(
+            json.dumps(
+                {
+                    "wall": wall,
+                    "cpu": cpu,
+                    "steps": len(losses),
+                    "loss": float(np.mean(losses)),
+                    "cpu_request": time.process_time() - handling,
+                }
+            )
+            + "\n"
+        )
     return 0
 
 
@@ -251,9 +290,25 @@ class Worker:
         self.side, self.threads = side, threads
         env = dict(os.environ, **{name: str(threads) for name in THREAD_VARS})
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--worker-threads", str(threads),
-             "--experiment", str(args.experiment), "--wide-rows", str(args.wide_rows)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env, cwd=ROOT)
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                side,
+                "--worker-threads",
+                str(threads),
+                "--experiment",
+                str(args.experiment),
+                "--wide-rows",
+                str(args.wide_rows),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=env,
+            cwd=ROOT,
+        )
         self.info: dict | None = None
 
     def _answer(self) -> dict:
@@ -311,15 +366,25 @@ def step_times(args: argparse.Namespace) -> dict:
         for net, t in groups:
             for side in args.sides:
                 warm[(net, t, side)] = workers[(side, t)].block(net, steps[net])
-        print(f"timed rounds ({args.rounds} x {len(groups)} groups x {len(args.sides)} sides; "
-              f"{steps[DIGITS]} digits / {steps[WIDE]} wide steps a block)...", flush=True)
+        print(
+            f"timed rounds ({args.rounds} x {len(groups)} groups x {len(args.sides)} sides; "
+            f"{steps[DIGITS]} digits / {steps[WIDE]} wide steps a block)...",
+            flush=True,
+        )
         for i in range(args.rounds):
             for net, t in rotated(groups, i):
                 for side in rotated(list(args.sides), i):
                     cells[(net, t, side)].append(workers[(side, t)].block(net, steps[net]))
-            print(f"  round {i + 1}: " + ", ".join(
-                f"{net.split()[0]}/{t}t/{side} {cells[(net, t, side)][-1]['wall'] / steps[net] * 1e3:.3f}"
-                for net, t in groups for side in args.sides) + " ms/step", flush=True)
+            print(
+                f"  round {i + 1}: "
+                + ", ".join(
+                    f"{net.split()[0]}/{t}t/{side} {cells[(net, t, side)][-1]['wall'] / steps[net] * 1e3:.3f}"
+                    for net, t in groups
+                    for side in args.sides
+                )
+                + " ms/step",
+                flush=True,
+            )
     finally:
         for w in workers.values():
             w.close()
@@ -329,8 +394,9 @@ def step_times(args: argparse.Namespace) -> dict:
 # -- 2. runner overhead against a bare PyTorch loop -----------------------------------------
 
 
-def torch_experiment(source: Path, trials: int, epochs: int, checkpoint: dict | None = None,
-                     hidden: list[int] | None = None) -> dict:
+def torch_experiment(
+    source: Path, trials: int, epochs: int, checkpoint: dict | None = None, hidden: list[int] | None = None
+) -> dict:
     """bench_overhead's experiment (fixed random search over lr and momentum, inline
     executor) with the backend section replaced by the Torch backend on CPU (and the hidden
     widths by ``hidden``, if given)."""
@@ -343,12 +409,11 @@ def torch_experiment(source: Path, trials: int, epochs: int, checkpoint: dict | 
 
 def overhead(args: argparse.Namespace) -> dict:
     import torch
+    from runner.plugins.backends.torch_mlp.backend import TorchBackend
 
     from runner.loop import load_dataset
-    from runner.plugins import load_plugins
+    from runner.plugin_manager import load_plugins
     from runner.spec import TOP_LEVEL, load
-
-    from plugins.backends.torch_mlp.backend import TorchBackend
 
     if args.overhead_threads:
         torch.set_num_threads(args.overhead_threads)
@@ -364,8 +429,9 @@ def overhead(args: argparse.Namespace) -> dict:
             if checkpoint is not None and "checkpoint" not in TOP_LEVEL:
                 continue
             path = work / f"{name.replace(' ', '-').replace(',', '')}.json"
-            path.write_text(json.dumps(torch_experiment(args.experiment, args.trials, args.epochs, checkpoint, hidden),
-                                       indent=2))
+            path.write_text(
+                json.dumps(torch_experiment(args.experiment, args.trials, args.epochs, checkpoint, hidden), indent=2)
+            )
             specs[name] = dataclasses.replace(load(path, plugins.registry), base_dir=base_dir)
         spec = specs[RUNNER]
         assert spec.backend.name == "torch", spec.backend
@@ -388,8 +454,11 @@ def overhead(args: argparse.Namespace) -> dict:
         for name in specs:
             problems += [f"warm-up {name}: {p}" for p in compare(reference, sides[name]()[1])]
 
-        print(f"timed rounds ({args.repeats} x {len(sides)} sides, {n} trials x {args.epochs} epochs, "
-              f"torch threads {torch.get_num_threads()})...", flush=True)
+        print(
+            f"timed rounds ({args.repeats} x {len(sides)} sides, {n} trials x {args.epochs} epochs, "
+            f"torch threads {torch.get_num_threads()})...",
+            flush=True,
+        )
         wall: dict[str, list[float]] = {name: [] for name in names}
         others: list[float] = []
         for i in range(args.repeats):
@@ -409,23 +478,40 @@ def overhead(args: argparse.Namespace) -> dict:
         direct: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in names}
         for i in range(args.instrumented):
             for name in rotated(names, i):
-                figures = (instrumented_bare(jobs, raw, dataset, n, TorchBackend) if name == BARE
-                           else instrumented_runner(specs[name], plugins, dataset, runs, n, TorchBackend))
+                figures = (
+                    instrumented_bare(jobs, raw, dataset, n, TorchBackend)
+                    if name == BARE
+                    else instrumented_runner(specs[name], plugins, dataset, runs, n, TorchBackend)
+                )
                 for key, value in figures.items():
                     direct[name][key].append(value)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"wall": wall, "direct": direct, "problems": problems, "n": n, "checkpoint": checkpoint_config,
-            "threads": torch.get_num_threads(), "others": others, "net": WIDE if hidden else DIGITS,
-            "steps_per_epoch": -(-len(dataset.x_train) // spec.trial_config({})["train"]["batch_size"])}
+    return {
+        "wall": wall,
+        "direct": direct,
+        "problems": problems,
+        "n": n,
+        "checkpoint": checkpoint_config,
+        "threads": torch.get_num_threads(),
+        "others": others,
+        "net": WIDE if hidden else DIGITS,
+        "steps_per_epoch": -(-len(dataset.x_train) // spec.trial_config({})["train"]["batch_size"]),
+    }
 
 
 def cold_torch_import(times: int) -> list[float]:
     """``import torch`` in a fresh interpreter: the fixed cost the first torch trial of a
     ``runner start`` pays (the backend imports it lazily)."""
     code = "import time; t = time.perf_counter(); import torch; print(time.perf_counter() - t)"
-    return [float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                                 cwd=ROOT).stdout.split()[-1]) for _ in range(times)]
+    return [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+            ).stdout.split()[-1]
+        )
+        for _ in range(times)
+    ]
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -435,11 +521,20 @@ def report_steps(m: dict, args) -> dict:
     cells, steps, sides = m["cells"], m["steps"], list(args.sides)
     per_step = {k: [b["wall"] / steps[k[0]] * 1e3 for b in v] for k, v in cells.items()}
     cpu_step = {k: [b["cpu"] / steps[k[0]] * 1e3 for b in v] for k, v in cells.items()}
-    print(f"## 1. Time per training step (ms; median (min..max) of {args.rounds} blocks; "
-          f"a block is {steps[DIGITS]} digits or {steps[WIDE]} wide steps)")
+    print(
+        f"## 1. Time per training step (ms; median (min..max) of {args.rounds} blocks; "
+        f"a block is {steps[DIGITS]} digits or {steps[WIDE]} wide steps)"
+    )
     ratios = NUMPY in sides and TORCH in sides
-    print("| network | threads | " + " | ".join(SIDE_LABELS[s] for s in sides) + (
-        " | NumPy / Torch: medians | paired blocks: median (min..max) | fastest blocks | aim <= 1.5x |" if ratios else " |"))
+    print(
+        "| network | threads | "
+        + " | ".join(SIDE_LABELS[s] for s in sides)
+        + (
+            " | NumPy / Torch: medians | paired blocks: median (min..max) | fastest blocks | aim <= 1.5x |"
+            if ratios
+            else " |"
+        )
+    )
     print("|---|---:|" + "---:|" * len(sides) + ("---:|---|---:|---|" if ratios else ""))
     summary = {}
     for net, t in m["groups"]:
@@ -453,16 +548,31 @@ def report_steps(m: dict, args) -> dict:
             ratio, fastest = statistics.median(a) / statistics.median(b), min(a) / min(b)
             p_med, p_lo, p_hi = median_min_max([x / y for x, y in zip(a, b)])
             met = ratio <= AIMS["numpy_over_torch"]
-            summary[key] = {"numpy_ms": statistics.median(a), "torch_ms": statistics.median(b), "ratio": ratio,
-                            "paired": [x / y for x, y in zip(a, b)], "fastest_ratio": fastest, "met": met}
-            row += [f"{ratio:.2f}x", f"{p_med:.2f}x ({p_lo:.2f}..{p_hi:.2f})", f"{fastest:.2f}x",
-                    "met" if met else "MISSED"]
+            summary[key] = {
+                "numpy_ms": statistics.median(a),
+                "torch_ms": statistics.median(b),
+                "ratio": ratio,
+                "paired": [x / y for x, y in zip(a, b)],
+                "fastest_ratio": fastest,
+                "met": met,
+            }
+            row += [
+                f"{ratio:.2f}x",
+                f"{p_med:.2f}x ({p_lo:.2f}..{p_hi:.2f})",
+                f"{fastest:.2f}x",
+                "met" if met else "MISSED",
+            ]
         print(f"| {net} | {t} | " + " | ".join(row) + " |")
     print()
-    print("CPU time per step (ms, all threads of the worker; median), and CPU time the rest of the VM "
-          "used during the cell's blocks, and steal (shares of one core; /proc/stat counts in 10 ms ticks):")
-    print("| network | threads | " + " | ".join(f"{SIDE_LABELS[s]}: CPU ms/step" for s in sides)
-          + " | others' CPU during these blocks | steal |")
+    print(
+        "CPU time per step (ms, all threads of the worker; median), and CPU time the rest of the VM "
+        "used during the cell's blocks, and steal (shares of one core; /proc/stat counts in 10 ms ticks):"
+    )
+    print(
+        "| network | threads | "
+        + " | ".join(f"{SIDE_LABELS[s]}: CPU ms/step" for s in sides)
+        + " | others' CPU during these blocks | steal |"
+    )
     print("|---|---:|" + "---:|" * len(sides) + "---:|---:|")
     for net, t in m["groups"]:
         cpu = [f"{statistics.median(cpu_step[(net, t, s)]):.3f}" for s in sides]
@@ -472,8 +582,10 @@ def report_steps(m: dict, args) -> dict:
         steal = sum(b.get("steal", 0.0) for b in blocks) / seconds
         print(f"| {net} | {t} | " + " | ".join(cpu) + f" | {share * 100:.1f} % | {steal * 100:.1f} % |")
     waits = [b["settle"] for v in cells.values() for b in v]
-    print(f"Pause after each block until the worker's idle threads stopped spinning: median "
-          f"{statistics.median(waits) * 1e3:.0f} ms, max {max(waits) * 1e3:.0f} ms")
+    print(
+        f"Pause after each block until the worker's idle threads stopped spinning: median "
+        f"{statistics.median(waits) * 1e3:.0f} ms, max {max(waits) * 1e3:.0f} ms"
+    )
     print()
     print("Same start, same batches: mean loss of the warm-up block (the first steps) per side:")
     for net, t in m["groups"]:
@@ -484,12 +596,16 @@ def report_steps(m: dict, args) -> dict:
 
 def report_overhead(o: dict, args) -> dict:
     wall, direct, n, names = o["wall"], o["direct"], o["n"], list(o["wall"])
-    print(f"## 2. Runner overhead against a bare PyTorch loop ({o['net']}, {n} trials x {args.epochs} epochs, "
-          f"{o['steps_per_epoch']} steps an epoch, {args.repeats} rounds, torch threads {o['threads']})")
+    print(
+        f"## 2. Runner overhead against a bare PyTorch loop ({o['net']}, {n} trials x {args.epochs} epochs, "
+        f"{o['steps_per_epoch']} steps an epoch, {args.repeats} rounds, torch threads {o['threads']})"
+    )
     print(f"runner side's checkpoint section: {o['checkpoint']}")
     print()
-    print("| side | wall s: median (min..max) | / bare, medians | overhead, medians | paired rounds: median (min..max) "
-          "| fastest rounds | (side - bare) / trial, ms (medians) |")
+    print(
+        "| side | wall s: median (min..max) | / bare, medians | overhead, medians | paired rounds: median (min..max) "
+        "| fastest rounds | (side - bare) / trial, ms (medians) |"
+    )
     print("|---|---|---:|---:|---|---:|---:|")
     b_med = statistics.median(wall[BARE])
     summary = {}
@@ -501,61 +617,100 @@ def report_overhead(o: dict, args) -> dict:
         paired = [(r - b) / b for r, b in zip(wall[name], wall[BARE])]
         p_med, p_lo, p_hi = median_min_max(paired)
         ovh, fastest = med / b_med - 1, min(wall[name]) / min(wall[BARE]) - 1
-        summary[name] = {"overhead": ovh, "overhead_of_minima": fastest, "paired": paired,
-                         "per_trial_ms": (med - b_med) / n * 1e3}
-        print(f"| {name} | {med:.3f} ({lo:.3f}..{hi:.3f}) | {med / b_med:.4f} | {ovh * 100:+.2f} % | "
-              f"{p_med * 100:+.2f} % ({p_lo * 100:+.2f} .. {p_hi * 100:+.2f}) | {fastest * 100:+.2f} % | "
-              f"{(med - b_med) / n * 1e3:+.2f} |")
+        summary[name] = {
+            "overhead": ovh,
+            "overhead_of_minima": fastest,
+            "paired": paired,
+            "per_trial_ms": (med - b_med) / n * 1e3,
+        }
+        print(
+            f"| {name} | {med:.3f} ({lo:.3f}..{hi:.3f}) | {med / b_med:.4f} | {ovh * 100:+.2f} % | "
+            f"{p_med * 100:+.2f} % ({p_lo * 100:+.2f} .. {p_hi * 100:+.2f}) | {fastest * 100:+.2f} % | "
+            f"{(med - b_med) / n * 1e3:+.2f} |"
+        )
     print(f"bare loop: {b_med / n * 1e3:.1f} ms per trial, {b_med / n / args.epochs * 1e3:.2f} ms per epoch")
     if o["others"]:
         rest, steal = [r for r, _ in o["others"]], [st for _, st in o["others"]]
-        print(f"CPU time the rest of the VM used during the timed runs: median {statistics.median(rest) * 100:.1f} %, "
-              f"max {max(rest) * 100:.1f} % of one core; steal: median {statistics.median(steal) * 100:.1f} %, "
-              f"max {max(steal) * 100:.1f} %")
+        print(
+            f"CPU time the rest of the VM used during the timed runs: median {statistics.median(rest) * 100:.1f} %, "
+            f"max {max(rest) * 100:.1f} % of one core; steal: median {statistics.median(steal) * 100:.1f} %, "
+            f"max {max(steal) * 100:.1f} %"
+        )
     print()
     print(f"Direct measurement, ms per trial (median (min..max) of {args.instrumented} instrumented rounds):")
     print_direct_rows(direct, names)
     floor = statistics.median(direct[BARE]["outside training, all"]) * 1e3
     training = statistics.median(direct[BARE]["training (backend calls)"]) * 1e3
     own = {name: statistics.median(direct[name]["outside training, all"]) * 1e3 - floor for name in names[1:]}
-    print("| outside training minus the bare column (runner's own) | - | "
-          + " | ".join(f"{own[name]:.3f}" for name in names[1:]) + " |")
-    print("| ... as a share of the bare loop's training time | - | "
-          + " | ".join(f"{own[name] / training * 100:.2f} %" for name in names[1:]) + " |")
+    print(
+        "| outside training minus the bare column (runner's own) | - | "
+        + " | ".join(f"{own[name]:.3f}" for name in names[1:])
+        + " |"
+    )
+    print(
+        "| ... as a share of the bare loop's training time | - | "
+        + " | ".join(f"{own[name] / training * 100:.2f} %" for name in names[1:])
+        + " |"
+    )
     for name in names[1:]:
         summary[name]["direct_ms"] = own[name]
         summary[name]["direct_share"] = own[name] / training
-    print("Training = time inside the backend's __init__, begin_epoch, train_step and evaluate; the rest of "
-          "run_experiment's wall time is outside training. The bare column is the bare loop's own "
-          "bookkeeping plus the timers' cost: a floor.")
+    print(
+        "Training = time inside the backend's __init__, begin_epoch, train_step and evaluate; the rest of "
+        "run_experiment's wall time is outside training. The bare column is the bare loop's own "
+        "bookkeeping plus the timers' cost: a floor."
+    )
     print()
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     parser.add_argument("--only", choices=("1", "2"), help="run one measurement")
-    parser.add_argument("--experiment", type=Path, default=DEFAULT_EXPERIMENT,
-                        help="experiment whose data, model and train sections are used (default: "
-                             "experiments/digits_random.json)")
-    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, usable}),
-                        help=f"thread counts of measurement 1 (default: 1 and all usable cores, here {usable})")
-    parser.add_argument("--sides", nargs="+", choices=(NUMPY, TORCH, NN), default=[NUMPY, TORCH, NN],
-                        help="sides of measurement 1 (default: all three)")
+    parser.add_argument(
+        "--experiment",
+        type=Path,
+        default=DEFAULT_EXPERIMENT,
+        help="experiment whose data, model and train sections are used (default: experiments/digits_random.json)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=sorted({1, usable}),
+        help=f"thread counts of measurement 1 (default: 1 and all usable cores, here {usable})",
+    )
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=(NUMPY, TORCH, NN),
+        default=[NUMPY, TORCH, NN],
+        help="sides of measurement 1 (default: all three)",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="timed blocks per cell of measurement 1 (default 7)")
     parser.add_argument("--digits-steps", type=int, default=230, help="steps per digits block (default 230: 10 epochs)")
     parser.add_argument("--wide-steps", type=int, default=125, help="steps per wide block (default 125: 1 epoch)")
-    parser.add_argument("--wide-rows", type=int, default=10000, help="rows of the wide network's data set (default 10000)")
+    parser.add_argument(
+        "--wide-rows", type=int, default=10000, help="rows of the wide network's data set (default 10000)"
+    )
     parser.add_argument("--trials", type=int, default=10, help="trials per run in measurement 2 (default 10)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs per trial in measurement 2 (default 10)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds of measurement 2 (default 7)")
     parser.add_argument("--instrumented", type=int, default=2, help="instrumented rounds of measurement 2 (default 2)")
-    parser.add_argument("--overhead-net", choices=("digits", "wide"), default="digits",
-                        help="network of measurement 2 (default digits; wide: 784-512-512-10 on the synthetic data)")
-    parser.add_argument("--overhead-threads", type=int,
-                        help="torch threads in measurement 2 (default: torch's default, all usable cores)")
+    parser.add_argument(
+        "--overhead-net",
+        choices=("digits", "wide"),
+        default="digits",
+        help="network of measurement 2 (default digits; wide: 784-512-512-10 on the synthetic data)",
+    )
+    parser.add_argument(
+        "--overhead-threads",
+        type=int,
+        help="torch threads in measurement 2 (default: torch's default, all usable cores)",
+    )
     parser.add_argument("--cold", type=int, default=3, help="fresh interpreters timing `import torch` (default 3)")
     parser.add_argument("--json", type=Path, help="also write every raw figure to this JSON file")
     parser.add_argument("--worker", choices=(NUMPY, TORCH, NN), help=argparse.SUPPRESS)
@@ -563,14 +718,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.worker, args.worker_threads, args.experiment, args.wide_rows)
-    if min(args.threads + [args.rounds, args.digits_steps, args.wide_steps, args.trials, args.epochs,
-                           args.repeats, args.instrumented]) < 1 or args.cold < 0:
+    if (
+        min(
+            args.threads
+            + [
+                args.rounds,
+                args.digits_steps,
+                args.wide_steps,
+                args.trials,
+                args.epochs,
+                args.repeats,
+                args.instrumented,
+            ]
+        )
+        < 1
+        or args.cold < 0
+    ):
         parser.error("counts must be >= 1 (--cold >= 0)")
     args.sides = list(dict.fromkeys(args.sides))
 
     info = machine()
     command = "python benchmarks/bench_torch.py" + "".join(
-        f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
     started = time.perf_counter()
     steps = over = None
     cold = cold_torch_import(args.cold) if args.cold else []
@@ -584,8 +754,10 @@ def main(argv: list[str] | None = None) -> int:
 
     info["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads by default here)"
     info["torch parallel"] = ", ".join(
-        line.strip() for line in torch.__config__.parallel_info().splitlines()
-        if line.strip().startswith(("ATen parallel backend", "Intel(R) oneAPI", "Intel(R) MKL-DNN", "OpenMP")))
+        line.strip()
+        for line in torch.__config__.parallel_info().splitlines()
+        if line.strip().startswith(("ATen parallel backend", "Intel(R) oneAPI", "Intel(R) MKL-DNN", "OpenMP"))
+    )
     info["cuda"] = f"available: {torch.cuda.is_available()}"
 
     print()
@@ -597,12 +769,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {key}: {value}")
     if cold:
         med, lo, hi = median_min_max([c * 1e3 for c in cold])
-        print(f"- `import torch` in a fresh interpreter (once per `runner start` using torch): "
-              f"{med:.0f} ms ({lo:.0f}..{hi:.0f})")
+        print(
+            f"- `import torch` in a fresh interpreter (once per `runner start` using torch): "
+            f"{med:.0f} ms ({lo:.0f}..{hi:.0f})"
+        )
     if steps:
         for name, w in steps["workers"].items():
-            print(f"- worker {name}: {w.get('torch', '')} pools: {w['pools']}; "
-                  f"rows (train, val, features): {w['rows']}")
+            print(
+                f"- worker {name}: {w.get('torch', '')} pools: {w['pools']}; rows (train, val, features): {w['rows']}"
+            )
     print()
     results: dict = {"command": command, "machine": info, "import_torch_s": cold}
     problems: list[str] = []
@@ -611,19 +786,26 @@ def main(argv: list[str] | None = None) -> int:
         results["steps_raw"] = {"|".join(map(str, k)): v for k, v in steps["cells"].items()}
     if over:
         results["overhead"] = report_overhead(over, args)
-        results["overhead_raw"] = {"wall_s": over["wall"], "direct_s_per_trial": {k: dict(v) for k, v in over["direct"].items()}}
+        results["overhead_raw"] = {
+            "wall_s": over["wall"],
+            "direct_s_per_trial": {k: dict(v) for k, v in over["direct"].items()},
+        }
         problems = over["problems"]
         print("## Check: same final metrics on every side of 2")
         print_metric_check(problems, over["n"], args.repeats + 1)
     print("## Aims")
     for key, s in results.get("steps", {}).items():
-        print(f"- NumPy within 1.5x of Torch, {key}: {'met' if s['met'] else 'MISSED'} "
-              f"(NumPy/Torch {s['ratio']:.2f}x from medians, {s['fastest_ratio']:.2f}x from the fastest blocks)")
+        print(
+            f"- NumPy within 1.5x of Torch, {key}: {'met' if s['met'] else 'MISSED'} "
+            f"(NumPy/Torch {s['ratio']:.2f}x from medians, {s['fastest_ratio']:.2f}x from the fastest blocks)"
+        )
     for name, s in results.get("overhead", {}).items():
-        print(f"- runner overhead <= 3 %, {name}: {'met' if s['overhead'] <= AIMS['overhead'] else 'MISSED'} "
-              f"({s['overhead'] * 100:+.2f} % from medians, {s['overhead_of_minima'] * 100:+.2f} % from the fastest "
-              f"rounds; directly {s['direct_ms']:.2f} ms per trial outside training = "
-              f"{s['direct_share'] * 100:.2f} % of training)")
+        print(
+            f"- runner overhead <= 3 %, {name}: {'met' if s['overhead'] <= AIMS['overhead'] else 'MISSED'} "
+            f"({s['overhead'] * 100:+.2f} % from medians, {s['overhead_of_minima'] * 100:+.2f} % from the fastest "
+            f"rounds; directly {s['direct_ms']:.2f} ms per trial outside training = "
+            f"{s['direct_share'] * 100:.2f} % of training)"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 1 if problems else 0

@@ -5,34 +5,66 @@ Plugin authors import what they need from here::
     from runner import hookimpl, Strategy, Backend, Nudge, Stop
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 import pluggy
+
+__version__ = "0.2.0"
+"""The one place the version is written; pyproject.toml reads it from here."""
 
 hookimpl = pluggy.HookimplMarker("runner")
 """Marks a function or method as an implementation of a ``runner_*`` hook."""
 
-from runner.babysitter import Babysitter  # noqa: E402
-from runner.backend import Backend, BackendState, NoOptions, TrainConfig  # noqa: E402
-from runner.data import DataOptions, Dataset, DatasetPlugin, RawData  # noqa: E402
-from runner.decisions import (  # noqa: E402
-    Checkpoint, Decision, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Unpause,
+from runner.babysitter import Babysitter
+from runner.backend import Backend, BackendState, NoOptions, TrainConfig
+from runner.data import DataOptions, Dataset, DatasetPlugin, RawData
+from runner.decisions import (
+    Checkpoint,
+    Decision,
+    Finish,
+    Note,
+    Nudge,
+    Pause,
+    Prune,
+    Rollback,
+    Stop,
+    Unpause,
 )
-from runner.errors import RunnerError, SpecError  # noqa: E402
-from runner.executor import Executor  # noqa: E402
-from runner.registry import Registry  # noqa: E402
-from runner.space import Space  # noqa: E402
-from runner.strategy import Strategy  # noqa: E402
-from runner.trial import History, Trial, TrialResult  # noqa: E402
-from runner.typed import bounds  # noqa: E402
-
-try:
-    __version__ = version("runner")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from runner.errors import RunnerError, SpecError
+from runner.executor import Executor
+from runner.registry import Registry
+from runner.space import Space
+from runner.strategy import Strategy
+from runner.trial import History, Trial, TrialResult
+from runner.typed import bounds
 
 __all__ = [
-    "Babysitter", "Backend", "BackendState", "Checkpoint", "DataOptions", "Dataset", "DatasetPlugin", "Decision",
-    "Executor", "Finish", "History", "NoOptions", "Note", "Nudge", "Pause", "Prune", "RawData", "Registry", "Rollback", "RunnerError", "Space",
-    "SpecError", "Stop", "Strategy", "TrainConfig", "Trial", "TrialResult", "Unpause", "bounds", "hookimpl",
+    "Babysitter",
+    "Backend",
+    "BackendState",
+    "Checkpoint",
+    "DataOptions",
+    "Dataset",
+    "DatasetPlugin",
+    "Decision",
+    "Executor",
+    "Finish",
+    "History",
+    "NoOptions",
+    "Note",
+    "Nudge",
+    "Pause",
+    "Prune",
+    "RawData",
+    "Registry",
+    "Rollback",
+    "RunnerError",
+    "Space",
+    "SpecError",
+    "Stop",
+    "Strategy",
+    "TrainConfig",
+    "Trial",
+    "TrialResult",
+    "Unpause",
+    "bounds",
+    "hookimpl",
 ]

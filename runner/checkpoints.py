@@ -40,12 +40,36 @@ META_KEY = "__meta__"
 class CheckpointOptions:
     """The ``checkpoint`` section of an experiment file."""
 
-    every_epochs: int = field(default=1, metadata=bounds(ge=0, doc="take a snapshot every N epochs; 0 turns periodic snapshots off"))
-    every_steps: int = field(default=0, metadata=bounds(ge=0, doc="also take a snapshot every N training steps, mid-epoch included; 0 turns this off"))
-    min_interval: float = field(default=30.0, metadata=bounds(ge=0, doc="seconds between two snapshot files of a trial; snapshots due sooner stay in memory only; 0 writes each one"))
-    keep: int = field(default=3, metadata=bounds(ge=1, doc="how many recent snapshot files each trial keeps, besides its best"))
-    best: bool = field(default=True, metadata=bounds(doc="also snapshot whenever the experiment's metric improves; the best is written when the trial ends"))
-    memory: int = field(default=4, metadata=bounds(ge=1, doc="recent snapshots each trial keeps in memory for fast rollback (more than divergence.max_rollbacks, so rollbacks in a row stay in memory)"))
+    every_epochs: int = field(
+        default=1, metadata=bounds(ge=0, doc="take a snapshot every N epochs; 0 turns periodic snapshots off")
+    )
+    every_steps: int = field(
+        default=0,
+        metadata=bounds(ge=0, doc="also take a snapshot every N training steps, mid-epoch included; 0 turns this off"),
+    )
+    min_interval: float = field(
+        default=30.0,
+        metadata=bounds(
+            ge=0,
+            doc="seconds between two snapshot files of a trial; snapshots due sooner stay in memory only; 0 writes each one",
+        ),
+    )
+    keep: int = field(
+        default=3, metadata=bounds(ge=1, doc="how many recent snapshot files each trial keeps, besides its best")
+    )
+    best: bool = field(
+        default=True,
+        metadata=bounds(
+            doc="also snapshot whenever the experiment's metric improves; the best is written when the trial ends"
+        ),
+    )
+    memory: int = field(
+        default=4,
+        metadata=bounds(
+            ge=1,
+            doc="recent snapshots each trial keeps in memory for fast rollback (more than divergence.max_rollbacks, so rollbacks in a row stay in memory)",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -186,8 +210,9 @@ class CheckpointStore:
     happen on the writer thread.
     """
 
-    def __init__(self, folder: Path, trial: int, options: CheckpointOptions, writer: SnapshotWriter,
-                 clock=time.monotonic):
+    def __init__(
+        self, folder: Path, trial: int, options: CheckpointOptions, writer: SnapshotWriter, clock=time.monotonic
+    ):
         self.folder, self.trial, self.options, self.writer, self.clock = folder, trial, options, writer, clock
         self.ring: deque[tuple[Snapshot, BackendState, dict]] = deque(maxlen=options.memory)
         self.best: Snapshot | None = None  # the best durable snapshot
@@ -202,9 +227,20 @@ class CheckpointStore:
         self._changed = threading.Condition()
         self._folder_made = False
 
-    def save(self, state: BackendState, *, epoch: int, step: int, reason: str, best: bool,
-             hyperparameters: dict[str, float], metrics: dict[str, float], loop: dict[str, Any],
-             durable: bool | None = None, in_ring: bool = True) -> Snapshot:
+    def save(
+        self,
+        state: BackendState,
+        *,
+        epoch: int,
+        step: int,
+        reason: str,
+        best: bool,
+        hyperparameters: dict[str, float],
+        metrics: dict[str, float],
+        loop: dict[str, Any],
+        durable: bool | None = None,
+        in_ring: bool = True,
+    ) -> Snapshot:
         """Keep ``state`` in memory; write it too if ``min_interval`` has passed since the last
         file (``durable`` True or False forces the choice). ``loop`` is the trial loop's own
         state (best metrics, divergence detector, event count...), restored with the backend's.
@@ -214,8 +250,16 @@ class CheckpointStore:
         # The trial's event count makes the name unique even when a rollback retrains an epoch.
         name = f"e{epoch:05d}-s{step:09d}-n{loop.get('events', 0):06d}.npz"
         snapshot = Snapshot(self.folder / name, self.trial, epoch, step, reason, best)
-        meta = {"trial": self.trial, "epoch": epoch, "step": step, "reason": reason, "best": best,
-                "hyperparameters": hyperparameters, "metrics": metrics, "loop": loop}
+        meta = {
+            "trial": self.trial,
+            "epoch": epoch,
+            "step": step,
+            "reason": reason,
+            "best": best,
+            "hyperparameters": hyperparameters,
+            "metrics": metrics,
+            "loop": loop,
+        }
         if in_ring:
             self.ring.append((snapshot, state, meta))
         if reason == "before_nudge":
@@ -242,8 +286,10 @@ class CheckpointStore:
                 path.unlink(missing_ok=True)
             else:
                 scanned.append((path, meta))
-        found = [Snapshot(path, self.trial, meta["epoch"], meta["step"], meta["reason"], meta["best"])
-                 for path, meta in scanned]
+        found = [
+            Snapshot(path, self.trial, meta["epoch"], meta["step"], meta["reason"], meta["best"])
+            for path, meta in scanned
+        ]
         for snapshot, (path, meta) in zip(found, scanned):
             if meta["reason"] == "before_nudge" and meta["loop"]["events"] == before_nudge_events:
                 self._before_nudge = (snapshot, *read_snapshot(path))
@@ -282,10 +328,15 @@ class CheckpointStore:
         the one after epoch ``to``, skipping ``older`` newer matches (or the oldest match, if
         there are fewer). Memory first, then files (newest first, damaged ones skipped);
         never one of a path an earlier rollback left behind. None if none matches."""
+
         def wanted(meta: dict) -> bool:
             at_boundary = not meta["loop"].get("partial")
-            return (to == "last" or (to == "best" and meta["best"]) or (to == meta["reason"] == "before_nudge")
-                    or (meta["epoch"] == to and not isinstance(to, str) and at_boundary))
+            return (
+                to == "last"
+                or (to == "best" and meta["best"])
+                or (to == meta["reason"] == "before_nudge")
+                or (meta["epoch"] == to and not isinstance(to, str) and at_boundary)
+            )
 
         def candidates():
             if to == "before_nudge":  # only ever the latest, in memory (it may not be in the ring)
@@ -354,7 +405,7 @@ class CheckpointStore:
     def _prune(self) -> None:
         """Delete durable snapshots beyond the last ``keep``, sparing the best and the latest
         before-nudge one (a try of a strategy may be reverted to it after a resume)."""
-        recent = self._durable[-self.options.keep:]
+        recent = self._durable[-self.options.keep :]
         spared = (self.best, self._before_nudge_file)
         for old in self._durable[: -self.options.keep]:
             if not any(old is s for s in spared):

@@ -23,30 +23,39 @@ from rich.markup import escape
 from rich.table import Table
 
 from runner import __version__
+from runner.control import FILE_NAME as CONTROL_FILE
+from runner.control import ControlSchema, trial_id
 from runner.errors import PluginError, RunnerError, SpecError
-from runner.control import FILE_NAME as CONTROL_FILE, ControlSchema, trial_id
 from runner.files import atomic_write, create_run_dir, run_is_held, run_lock
 from runner.interrupt import Interrupted, graceful_interrupts
-from runner.loop import build_strategy, load_dataset, run_experiment
-from runner.resume import clean_temporary_files, plan_resume, read_run
-from runner.plugins import TRACE_ENV, Plugins, hooks_of, load_plugins
-from runner.nudge import Change, latest_run, read_status, send
 from runner.live import LiveView
+from runner.loop import build_strategy, load_dataset, run_experiment
+from runner.nudge import Change, latest_run, read_status, send
+from runner.plugin_manager import TRACE_ENV, Plugins, hooks_of, load_plugins
 from runner.progress import leaderboard_table, status_view
 from runner.results import best_of_run
+from runner.resume import clean_temporary_files, plan_resume, read_run
 from runner.schema import experiment_schema
 from runner.spec import load
 
 plugin_option = click.option(
-    "--plugin", "-p", "plugin_refs", multiple=True, metavar="FILE.py|MODULE",
+    "--plugin",
+    "-p",
+    "plugin_refs",
+    multiple=True,
+    metavar="FILE.py|MODULE",
     help="Load a one-off plugin module (repeatable), besides the installed ones.",
 )
 latest_run_option = click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("checkpoints"), show_default=True,
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("checkpoints"),
+    show_default=True,
     help="Where to look for the latest run when RUN_DIR is not given.",
 )
 poll_option = click.option(
-    "--poll", is_flag=True,
+    "--poll",
+    is_flag=True,
     help="Watch the control file by polling, for file systems without inotify (network mounts, some containers).",
 )
 
@@ -59,45 +68,87 @@ def main() -> None:
 
 @main.command()
 @click.argument("experiment", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("checkpoints"),
-              show_default=True, help="Folder in which the run directory is created.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("checkpoints"),
+    show_default=True,
+    help="Folder in which the run directory is created.",
+)
 @plugin_option
 @click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), help="Override the experiment file's seed.")
-@click.option("--from", "from_run", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR",
-              help="Start from the best trial of an earlier run: its model and train config (all but "
-                   "train.epochs) replaces this file's (panda-nudge then babysits it).")
+@click.option(
+    "--from",
+    "from_run",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="RUN_DIR",
+    help="Start from the best trial of an earlier run: its model and train config (all but "
+    "train.epochs) replaces this file's (panda-nudge then babysits it).",
+)
 @click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
 @poll_option
-def start(experiment: Path, out: Path, plugin_refs: tuple[str, ...], seed: int | None, from_run: Path | None,
-          plain: bool, poll: bool) -> None:
+def start(
+    experiment: Path,
+    out: Path,
+    plugin_refs: tuple[str, ...],
+    seed: int | None,
+    from_run: Path | None,
+    plain: bool,
+    poll: bool,
+) -> None:
     """Run the experiment described by EXPERIMENT (a JSON file)."""
     console = terminal()
     with reported_errors() as where:
         origin, start_from = None, None
         if from_run is not None:
             best = best_of_run(from_run)
-            origin = {"run_dir": str(from_run.resolve()), "trial": best["trial"], "params": best["params"],
-                      "score": best["score"]}
-            start_from = {f"{section}.{key}": value for section in ("model", "train")
-                          for key, value in best["config"].get(section, {}).items() if (section, key) != ("train", "epochs")}
+            origin = {
+                "run_dir": str(from_run.resolve()),
+                "trial": best["trial"],
+                "params": best["params"],
+                "score": best["score"],
+            }
+            start_from = {
+                f"{section}.{key}": value
+                for section in ("model", "train")
+                for key, value in best["config"].get(section, {}).items()
+                if (section, key) != ("train", "epochs")
+            }
             shown = "".join(f", {k}={v}" for k, v in best["params"].items())
-            console.print(f"starting from t{best['trial']:03d} of {from_run}: its model and train config{shown}",
-                          soft_wrap=True, markup=False)
+            console.print(
+                f"starting from t{best['trial']:03d} of {from_run}: its model and train config{shown}",
+                soft_wrap=True,
+                markup=False,
+            )
         try:
             plugins, spec, dataset = _prepare(experiment, plugin_refs, seed, start_from)
         except SpecError as err:
             if origin is None:
                 raise
-            raise SpecError(err.path, f"{err.message} (with the config of t{origin['trial']:03d} from --from "
-                                      f"{from_run} set in it)", source=err.source) from None
+            raise SpecError(
+                err.path,
+                f"{err.message} (with the config of t{origin['trial']:03d} from --from {from_run} set in it)",
+                source=err.source,
+            ) from None
         run_dir = where.run_dir = create_run_dir(out, spec.name)
         console.print(f"run directory: {run_dir}", soft_wrap=True, markup=False)
-        console.print(f"control file:  {run_dir / CONTROL_FILE}  (edit it, or: runner nudge {run_dir} lr=...)",
-                      soft_wrap=True, markup=False)
+        console.print(
+            f"control file:  {run_dir / CONTROL_FILE}  (edit it, or: runner nudge {run_dir} lr=...)",
+            soft_wrap=True,
+            markup=False,
+        )
         view = LiveView(console, live=False if plain else None)
         with run_lock(run_dir), graceful_interrupts(), view:
-            board = run_experiment(spec, plugins, dataset, run_dir, poll=poll, notify=_notifier(console),
-                                   origin=origin, watchers=[view.observe])
+            board = run_experiment(
+                spec,
+                plugins,
+                dataset,
+                run_dir,
+                poll=poll,
+                notify=_notifier(console),
+                origin=origin,
+                watchers=[view.observe],
+            )
         _finished(console, board, spec.search.metric, run_dir)
 
 
@@ -127,37 +178,67 @@ def resume(run_dir: Path, plain: bool, poll: bool) -> None:
         for trial, snapshot in plan.continue_from.items():
             where_from = f"from {snapshot.relative_to(run_dir)}" if snapshot else "from the start (no snapshot)"
             console.print(f"t{trial:03d} continues {where_from}", soft_wrap=True)
-        console.print(f"control file: {run_dir / CONTROL_FILE} (its current contents are the starting point)",
-                      soft_wrap=True, markup=False)
+        console.print(
+            f"control file: {run_dir / CONTROL_FILE} (its current contents are the starting point)",
+            soft_wrap=True,
+            markup=False,
+        )
         view = LiveView(console, live=False if plain else None)
         view.replay(plan.events)
         with graceful_interrupts(), view:
-            board = run_experiment(spec, plugins, dataset, run_dir, resume=plan, poll=poll, notify=_notifier(console),
-                                   watchers=[view.observe])
+            board = run_experiment(
+                spec,
+                plugins,
+                dataset,
+                run_dir,
+                resume=plan,
+                poll=poll,
+                notify=_notifier(console),
+                watchers=[view.observe],
+            )
         _finished(console, board, spec.search.metric, run_dir)
 
 
 def _notifier(console: Console):
     """How the run tells a person what the control file did: a line above the progress bars."""
+
     def notify(message: str) -> None:
         console.print(message, soft_wrap=True, highlight=False)
+
     return notify
 
 
 @main.command()
 @click.argument("args", nargs=-1, metavar="[RUN_DIR] [NAME=VALUE]...")
 @click.option("--trial", "trial_ref", metavar="ID", help="Only this trial (3 or t003); default: every running trial.")
-@click.option("--rollback", "rollback_to", metavar="TO", help="Roll back to last, best, before_nudge or an epoch number.")
+@click.option(
+    "--rollback", "rollback_to", metavar="TO", help="Roll back to last, best, before_nudge or an epoch number."
+)
 @click.option("--pause", is_flag=True, help="Pause at the next step.")
 @click.option("--resume", "unpause", is_flag=True, help="Let a paused trial go on.")
 @click.option("--stop", is_flag=True, help="Stop the trial (with --trial) or the whole run.")
 @click.option("--checkpoint", is_flag=True, help="Write a snapshot now.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds to wait for the run to acknowledge the change.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the run to acknowledge the change.",
+)
 @click.option("--no-wait", is_flag=True, help="Write the change and return without waiting.")
 @latest_run_option
-def nudge(args: tuple[str, ...], trial_ref: str | None, rollback_to: str | None, pause: bool, unpause: bool,
-          stop: bool, checkpoint: bool, timeout: float, no_wait: bool, out: Path) -> None:
+def nudge(
+    args: tuple[str, ...],
+    trial_ref: str | None,
+    rollback_to: str | None,
+    pause: bool,
+    unpause: bool,
+    stop: bool,
+    checkpoint: bool,
+    timeout: float,
+    no_wait: bool,
+    out: Path,
+) -> None:
     """Change a running run: set live hyperparameters (lr=0.003 momentum=0.95), roll back,
     pause, resume, stop or checkpoint, through its control file; then wait until the run
     has applied it.
@@ -205,11 +286,17 @@ def _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint,
     actions: list[dict] = []
     if rollback_to is not None:
         actions.append({"do": "rollback", "to": int(rollback_to) if rollback_to.isdigit() else rollback_to})
-    actions += [{"do": do} for do, asked in (("pause", pause), ("resume", unpause), ("checkpoint", checkpoint),
-                                             ("stop", stop)) if asked]
+    actions += [
+        {"do": do}
+        for do, asked in (("pause", pause), ("resume", unpause), ("checkpoint", checkpoint), ("stop", stop))
+        if asked
+    ]
     if not settings and not actions:
-        raise RunnerError("nothing to change: give NAME=VALUE settings or an action (--rollback, --pause, "
-                          "--resume, --stop, --checkpoint)", exit_code=2)
+        raise RunnerError(
+            "nothing to change: give NAME=VALUE settings or an action (--rollback, --pause, "
+            "--resume, --stop, --checkpoint)",
+            exit_code=2,
+        )
     try:
         trial = None if trial_ref is None else trial_id(trial_ref, "--trial")
     except SpecError as err:
@@ -227,7 +314,7 @@ def _control_schema(run_dir: Path) -> ControlSchema:
 
 @main.command()
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="The whole status.json, plus \"alive\".")
+@click.option("--json", "as_json", is_flag=True, help='The whole status.json, plus "alive".')
 @latest_run_option
 def status(run_dir: Path | None, as_json: bool, out: Path) -> None:
     """Show a run as it is now: its trials, their epoch, losses, lr and momentum, and what
@@ -246,15 +333,33 @@ def status(run_dir: Path | None, as_json: bool, out: Path) -> None:
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--csv", "as_csv", is_flag=True, help="Print every trial as CSV, for scripts (no plots).")
 @click.option("--json", "as_json", is_flag=True, help="Print every trial as JSON, for scripts (no plots).")
-@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Trials in the terminal's leaderboard (0: all).")
-@click.option("--curves", type=click.IntRange(min=1), default=6, show_default=True,
-              help="How many of the best trials get learning curves.")
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Trials in the terminal's leaderboard (0: all).",
+)
+@click.option(
+    "--curves",
+    type=click.IntRange(min=1),
+    default=6,
+    show_default=True,
+    help="How many of the best trials get learning curves.",
+)
 @click.option("--open", "open_page", is_flag=True, help="Open the HTML report in a browser, where there is one.")
 @plugin_option
 @latest_run_option
-def report(run_dir: Path | None, as_csv: bool, as_json: bool, top: int, curves: int, open_page: bool,
-           plugin_refs: tuple[str, ...], out: Path) -> None:
+def report(
+    run_dir: Path | None,
+    as_csv: bool,
+    as_json: bool,
+    top: int,
+    curves: int,
+    open_page: bool,
+    plugin_refs: tuple[str, ...],
+    out: Path,
+) -> None:
     """Report on a run, finished, interrupted or still running: its leaderboard, plots in
     RUN_DIR/report/ and one self-contained page, RUN_DIR/report.html (images embedded).
 
@@ -273,8 +378,11 @@ def report(run_dir: Path | None, as_csv: bool, as_json: bool, top: int, curves: 
         from runner.report.build import FIGURE_DIR, draw_figures, write_report  # matplotlib loads only here
 
         console = terminal()
-        console.print(leaderboard_table([t.result for t in run.trials], run.metric, rows=top or None,
-                                        more="(all: --top 0; every column: --csv)"))
+        console.print(
+            leaderboard_table(
+                [t.result for t in run.trials], run.metric, rows=top or None, more="(all: --top 0; every column: --csv)"
+            )
+        )
         manager, problems = _report_plugins(run.events[0].get("plugin_files", []), plugin_refs)
         figures, drawing_problems = draw_figures(run, manager, top=curves)
         written = write_report(run, figures, problems + drawing_problems)
@@ -282,14 +390,19 @@ def report(run_dir: Path | None, as_csv: bool, as_json: bool, top: int, curves: 
             console.print(f"[yellow]{escape(problem)}[/]", soft_wrap=True)
         console.print(f"{run.name}: {run.state}; {len(run.trials)} trials", soft_wrap=True, markup=False)
         names = ", ".join(p.name for p in written.images)
-        console.print(f"plots:  {run.run_dir / FIGURE_DIR}/ ({names})" if names else "plots:  none yet (no epoch has ended)",
-                      soft_wrap=True, markup=False)
+        console.print(
+            f"plots:  {run.run_dir / FIGURE_DIR}/ ({names})" if names else "plots:  none yet (no epoch has ended)",
+            soft_wrap=True,
+            markup=False,
+        )
         console.print(f"report: {written.html}", soft_wrap=True, markup=False)
         if open_page:
             _open_in_browser(written.html)
 
 
-def _report_plugins(run_files: list[str], plugin_refs: tuple[str, ...]) -> tuple[pluggy.PluginManager | None, list[str]]:
+def _report_plugins(
+    run_files: list[str], plugin_refs: tuple[str, ...]
+) -> tuple[pluggy.PluginManager | None, list[str]]:
     """The plugins a report asks for figures: installed ones, the run's one-off plugins and
     ``--plugin`` ones. Plugins that no longer load cost only their figures (a ``--plugin``
     asked for now that fails is an error)."""
@@ -299,7 +412,9 @@ def _report_plugins(run_files: list[str], plugin_refs: tuple[str, ...]) -> tuple
         failed = err
     if run_files:
         try:
-            return load_plugins(plugin_refs).manager, [f"the run's plugins did not load, so their figures are missing: {failed}"]
+            return load_plugins(plugin_refs).manager, [
+                f"the run's plugins did not load, so their figures are missing: {failed}"
+            ]
         except PluginError as err:
             failed = err
     if plugin_refs:
@@ -337,12 +452,16 @@ def validate(experiment: Path, plugin_refs: tuple[str, ...]) -> None:
         planned = build_strategy(spec, plugins.registry).planned_trials()
         params = ", ".join(f"{p.path} ({getattr(p, 'scale', 'choice')})" for p in spec.search.space) or "none"
         click.echo(f"ok: {experiment}")
-        click.echo(f"  search:  {spec.search.strategy.name}, {planned if planned is not None else 'open-ended'} trials, "
-                   f"{spec.search.mode} {spec.search.metric}")
+        click.echo(
+            f"  search:  {spec.search.strategy.name}, {planned if planned is not None else 'open-ended'} trials, "
+            f"{spec.search.mode} {spec.search.metric}"
+        )
         click.echo(f"  space:   {params}")
         click.echo(f"  backend: {spec.backend.name}, {spec.train.epochs} epochs; executor: {spec.executor.name}")
-        click.echo(f"  data:    {spec.data.name}: {len(dataset.x_train)} train / {len(dataset.x_val)} val examples, "
-                   f"{dataset.n_features} features, {dataset.n_classes} classes")
+        click.echo(
+            f"  data:    {spec.data.name}: {len(dataset.x_train)} train / {len(dataset.x_val)} val examples, "
+            f"{dataset.n_features} features, {dataset.n_classes} classes"
+        )
 
 
 @main.command("plugins")
@@ -368,8 +487,12 @@ def list_plugins(plugin_refs: tuple[str, ...], as_json: bool) -> None:
 
 @main.command("schema")
 @plugin_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
-              help="Write it to FILE (atomically) instead of printing it.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write it to FILE (atomically) instead of printing it.",
+)
 def print_schema(plugin_refs: tuple[str, ...], out: Path | None) -> None:
     """Print the JSON Schema of experiment files, with the options of every plugin loaded,
     for editors to complete and check them: name it in an experiment's "$schema"."""
@@ -401,17 +524,18 @@ def _plugin_rows(plugins: Plugins) -> list[dict]:
         by_plugin.setdefault(entry.plugin, []).append(f"{entry.kind} {entry.name}{note}")
     rows = []
     for name, plugin in sorted(pm.list_name_plugin()):
-        rows.append({
-            "plugin": name,
-            "from": plugins.origins.get(name, "runner"),
-            "registers": by_plugin.get(name, []),
-            "hooks": hooks_of(pm, plugin),
-        })
+        rows.append(
+            {
+                "plugin": name,
+                "from": plugins.origins.get(name, "runner"),
+                "registers": by_plugin.get(name, []),
+                "hooks": hooks_of(pm, plugin),
+            }
+        )
     return rows
 
 
-def _prepare(experiment: Path, plugin_refs: tuple[str, ...], seed: int | None,
-             start_from: dict | None = None):
+def _prepare(experiment: Path, plugin_refs: tuple[str, ...], seed: int | None, start_from: dict | None = None):
     plugins = load_plugins(plugin_refs)
     spec = load(experiment, plugins.registry, seed=seed, start_from=start_from)
     try:
@@ -454,6 +578,9 @@ def reported_errors():
             os.write(fd, traceback.format_exc().encode())
             os.close(fd)
             log = Path(name)
-        click.echo(f"error: unexpected {type(err).__name__} (a bug in a plugin or in runner): {err}\n"
-                   f"the traceback is in {log}", err=True)
+        click.echo(
+            f"error: unexpected {type(err).__name__} (a bug in a plugin or in runner): {err}\n"
+            f"the traceback is in {log}",
+            err=True,
+        )
         sys.exit(1)

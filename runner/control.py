@@ -40,11 +40,11 @@ ACTIONS = ("set", "rollback", "pause", "resume", "stop", "checkpoint")
 ROLLBACK_TARGETS = ("last", "best", "before_nudge")
 HELP = [
     "Edit and save while the run trains; `runner status` shows what is in force.",
-    "Top-level settings apply to every running trial, 'trials' to one: {\"3\": {\"lr\": 0.01}}.",
+    'Top-level settings apply to every running trial, \'trials\' to one: {"3": {"lr": 0.01}}.',
     "A setting is applied when its value changes; null leaves each trial's own value.",
-    "Each action runs once per new id: {\"id\": 1, \"do\": \"rollback\", \"to\": \"best\"}.",
+    'Each action runs once per new id: {"id": 1, "do": "rollback", "to": "best"}.',
     "do: set, rollback (to last, best, before_nudge or an epoch), pause, resume, stop, checkpoint.",
-    "Add \"trial\": 3 to aim an action at one trial; a stop without a trial ends the run.",
+    'Add "trial": 3 to aim an action at one trial; a stop without a trial ends the run.',
 ]
 _TRIAL_KEY = re.compile(r"t?([0-9]{1,9})")
 
@@ -164,8 +164,9 @@ def parse(data: bytes, schema: ControlSchema) -> ControlDocument:
         elif key in schema.live:
             settings[key] = schema.check(key, value, key)
         else:
-            raise ControlError(key, f"unknown key; the keys are help, trials, actions and the settings "
-                                    f"{', '.join(schema.live)}")
+            raise ControlError(
+                key, f"unknown key; the keys are help, trials, actions and the settings {', '.join(schema.live)}"
+            )
     return ControlDocument(settings, trials, actions)
 
 
@@ -208,21 +209,30 @@ def _actions(value: Any, schema: ControlSchema) -> dict[int | str, Action]:
 
 def _action(item: Any, path: str, schema: ControlSchema) -> Action:
     if not isinstance(item, dict):
-        raise ControlError(path, f"must be an object such as {{\"id\": 1, \"do\": \"pause\"}}, got {describe(item)}")
+        raise ControlError(path, f'must be an object such as {{"id": 1, "do": "pause"}}, got {describe(item)}')
     if "id" not in item:
-        raise ControlError(path, "needs an \"id\" (a number or a text not used before): each id is applied once")
+        raise ControlError(path, 'needs an "id" (a number or a text not used before): each id is applied once')
     action_id = item["id"]
-    if isinstance(action_id, bool) or not isinstance(action_id, (int, str)) or action_id == "" or (
-            isinstance(action_id, str) and len(action_id) > 64):
+    if (
+        isinstance(action_id, bool)
+        or not isinstance(action_id, (int, str))
+        or action_id == ""
+        or (isinstance(action_id, str) and len(action_id) > 64)
+    ):
         raise ControlError(join_path(path, "id"), f"must be a number or a short text, got {describe(action_id)}")
     do = item.get("do")
     if do not in ACTIONS:
         raise ControlError(join_path(path, "do"), f"must be one of {', '.join(ACTIONS)}, got {describe(do)}")
-    allowed = {"id", "do", "trial", "reason"} | ({"to"} if do == "rollback" else set()) | (
-        set(schema.live) if do == "set" else set())
+    allowed = (
+        {"id", "do", "trial", "reason"}
+        | ({"to"} if do == "rollback" else set())
+        | (set(schema.live) if do == "set" else set())
+    )
     for key in item:
         if key not in allowed:
-            raise ControlError(join_path(path, key), f'unknown key for "do": "{do}"; allowed: {", ".join(sorted(allowed))}')
+            raise ControlError(
+                join_path(path, key), f'unknown key for "do": "{do}"; allowed: {", ".join(sorted(allowed))}'
+            )
     trial = item.get("trial")
     if trial is not None:
         trial = trial_id(trial, join_path(path, "trial"))
@@ -238,13 +248,17 @@ def _action(item: Any, path: str, schema: ControlSchema) -> Action:
     if do == "rollback":
         to = item.get("to", "last")
         if not (to in ROLLBACK_TARGETS or (isinstance(to, int) and not isinstance(to, bool) and to >= 0)):
-            raise ControlError(join_path(path, "to"), f"must be {', '.join(ROLLBACK_TARGETS)} or an epoch "
-                                                      f"number (0 = the start, 1 = after the first epoch), got {describe(to)}")
+            raise ControlError(
+                join_path(path, "to"),
+                f"must be {', '.join(ROLLBACK_TARGETS)} or an epoch "
+                f"number (0 = the start, 1 = after the first epoch), got {describe(to)}",
+            )
     return Action(action_id, do, trial, values, to, reason)
 
 
-def orders(previous: ControlDocument, current: ControlDocument,
-           used: dict[int | str, Action | None] | None = None) -> list[Order]:
+def orders(
+    previous: ControlDocument, current: ControlDocument, used: dict[int | str, Action | None] | None = None
+) -> list[Order]:
     """What changed from ``previous`` to ``current``: a nudge for every running trial if
     top-level settings changed, one per trial whose own settings changed, then the actions
     whose ids are new, in file order. ``used`` holds every action id the run has applied
@@ -265,7 +279,7 @@ def orders(previous: ControlDocument, current: ControlDocument,
             found.append(Order(action.trial, action.decision(), action_id, action.describe()))
         elif used[action_id] != action and previous.actions.get(action_id) != action:
             before = used[action_id]
-            applied = f"was already applied as \"{before.describe()}\"" if before else "was already used in this run"
+            applied = f'was already applied as "{before.describe()}"' if before else "was already used in this run"
             raise ControlError(f"actions (id {action_id!r})", f"id {action_id!r} {applied}; give a new action a new id")
     return found
 

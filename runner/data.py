@@ -53,8 +53,15 @@ class Dataset:
 class DataOptions:
     """Options every dataset accepts; a dataset's own ``Options`` subclass this."""
 
-    val_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1, doc="share of examples held out for validation when the data has no validation split of its own"))
-    standardize: bool = field(default=True, metadata=bounds(doc="scale inputs to mean 0, variance 1 using training statistics only"))
+    val_fraction: float = field(
+        default=0.2,
+        metadata=bounds(
+            gt=0, lt=1, doc="share of examples held out for validation when the data has no validation split of its own"
+        ),
+    )
+    standardize: bool = field(
+        default=True, metadata=bounds(doc="scale inputs to mean 0, variance 1 using training statistics only")
+    )
 
 
 class DatasetPlugin(ABC):
@@ -86,7 +93,7 @@ def prepare(name: str, raw: RawData, options: DataOptions, *, seed: int, path: s
         if x_val.shape[1] != x.shape[1]:
             raise SpecError(path, f"validation data has {x_val.shape[1]} features, training data {x.shape[1]}")
         classes, codes = np.unique(np.concatenate([y, y_val]), return_inverse=True)
-        y, y_val = codes[: len(x)], codes[len(x):]
+        y, y_val = codes[: len(x)], codes[len(x) :]
         x_train, y_train = x, y
     else:
         classes, y = np.unique(y, return_inverse=True)

@@ -23,13 +23,32 @@ Kind = Literal["non_finite_loss", "loss_spike", "non_finite_val_loss", "val_loss
 class DivergenceOptions:
     """The ``divergence`` section of an experiment file."""
 
-    spike_factor: float = field(default=4.0, metadata=bounds(gt=1, doc="a loss above this many times its running average is a spike"))
-    spike_floor: float = field(default=0.1, metadata=bounds(ge=0, doc="running averages below this count as this much: near zero, ratios of losses are noise"))
-    patience: int = field(default=5, metadata=bounds(ge=1, doc="consecutive spiking steps before a spike counts as divergence"))
+    spike_factor: float = field(
+        default=4.0, metadata=bounds(gt=1, doc="a loss above this many times its running average is a spike")
+    )
+    spike_floor: float = field(
+        default=0.1,
+        metadata=bounds(
+            ge=0, doc="running averages below this count as this much: near zero, ratios of losses are noise"
+        ),
+    )
+    patience: int = field(
+        default=5, metadata=bounds(ge=1, doc="consecutive spiking steps before a spike counts as divergence")
+    )
     warmup_steps: int = field(default=20, metadata=bounds(ge=0, doc="steps of each trial before spikes are looked for"))
-    smoothing: float = field(default=0.9, metadata=bounds(ge=0, lt=1, doc="weight of the past in the running average of the loss"))
-    val_spike_factor: float = field(default=10.0, metadata=bounds(gt=1, doc="a validation loss above this many times its lowest so far is exploding (overfitting alone rarely gets there)"))
-    lr_cut: float = field(default=0.5, metadata=bounds(gt=0, le=1, doc="the rollback policy multiplies the learning rate by this"))
+    smoothing: float = field(
+        default=0.9, metadata=bounds(ge=0, lt=1, doc="weight of the past in the running average of the loss")
+    )
+    val_spike_factor: float = field(
+        default=10.0,
+        metadata=bounds(
+            gt=1,
+            doc="a validation loss above this many times its lowest so far is exploding (overfitting alone rarely gets there)",
+        ),
+    )
+    lr_cut: float = field(
+        default=0.5, metadata=bounds(gt=0, le=1, doc="the rollback policy multiplies the learning rate by this")
+    )
     max_rollbacks: int = field(default=3, metadata=bounds(ge=0, doc="rollbacks per trial before it ends as diverged"))
 
 
@@ -78,7 +97,9 @@ class SpikeDetector:
         self.average, self.seen, self.strikes = state["average"], state["seen"], state["strikes"]
 
 
-def val_divergence(val_loss: float, lowest_val_loss: float | None, options: DivergenceOptions) -> tuple[Kind, float | None] | None:
+def val_divergence(
+    val_loss: float, lowest_val_loss: float | None, options: DivergenceOptions
+) -> tuple[Kind, float | None] | None:
     """The per-epoch check: a non-finite validation loss, or one exploding past the lowest so far."""
     if not math.isfinite(val_loss):
         return "non_finite_val_loss", None

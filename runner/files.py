@@ -5,8 +5,8 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-from contextlib import contextmanager
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def run_lock(run_dir: Path):
 def run_is_held(run_dir: Path) -> bool:
     """True while a ``runner start`` or ``runner resume`` process holds ``run_dir``."""
     try:
-        handle = open(run_dir / ".lock", "r")
+        handle = open(run_dir / ".lock")
     except FileNotFoundError:
         return False
     with handle:

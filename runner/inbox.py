@@ -67,8 +67,16 @@ class ControlInbox:
     for every save, by the watcher thread (``check``).
     """
 
-    def __init__(self, path: Path, schema: ControlSchema, log: EventLog, *, poll: bool = False,
-                 notify: Callable[[str], None] = lambda message: None, on_idle: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        path: Path,
+        schema: ControlSchema,
+        log: EventLog,
+        *,
+        poll: bool = False,
+        notify: Callable[[str], None] = lambda message: None,
+        on_idle: Callable[[], None] = lambda: None,
+    ):
         self.path, self.schema, self.log, self.notify = path, schema, log, notify
         self.watcher = FileWatcher(path, self.check, poll=poll, on_idle=on_idle)
         self.baseline: ControlDocument | None = None  # the last valid version
@@ -187,8 +195,12 @@ class ControlInbox:
             if data is not None or problem != self._last_problem:  # new contents, or a new reason it has none
                 self._last_problem, self._last_read = problem, data
                 self.reads += 1
-                self.log.emit("control_error", read=self.reads, message=problem[0],
-                              sha256=hashlib.sha256(data).hexdigest() if data is not None else None)
+                self.log.emit(
+                    "control_error",
+                    read=self.reads,
+                    message=problem[0],
+                    sha256=hashlib.sha256(data).hexdigest() if data is not None else None,
+                )
                 self.notify(f"[red]{escape(problem[0])}[/] (nothing in this version was applied)")
         return False
 
@@ -230,10 +242,24 @@ class ControlInbox:
         for order in found:
             targets = [order.trial] if order.trial is not None else sorted(self._mailboxes) or [None]
             for trial in targets:
-                deliveries.append((Delivery(f"{self.reads}.{len(deliveries)}", order.decision, order.what), trial, order))
-        self.log.emit("control", read=self.reads, sha256=sha, orders=[
-            {"order": d.order, "trial": trial, "what": d.what, "action": order.action,
-             "decision": decision_to_json(order.decision)} for d, trial, order in deliveries])
+                deliveries.append(
+                    (Delivery(f"{self.reads}.{len(deliveries)}", order.decision, order.what), trial, order)
+                )
+        self.log.emit(
+            "control",
+            read=self.reads,
+            sha256=sha,
+            orders=[
+                {
+                    "order": d.order,
+                    "trial": trial,
+                    "what": d.what,
+                    "action": order.action,
+                    "decision": decision_to_json(order.decision),
+                }
+                for d, trial, order in deliveries
+            ],
+        )
         for delivery, trial, order in deliveries:
             if trial in self._mailboxes:
                 self._mailboxes[trial].put(delivery)  # the trial says when it is applied

@@ -35,8 +35,12 @@ def graceful_interrupts():
         if FLAG.requested:
             raise KeyboardInterrupt
         FLAG.requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a snapshot "
-              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this step and saving a snapshot "
+            "(Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

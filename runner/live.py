@@ -55,14 +55,25 @@ class LiveView:
         self.rows: dict[int, TrialRow] = {}
         self._lock = threading.Lock()
         self._display: Live | None = None
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
-                                 TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[done]}"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+        )
         self.task = self.progress.add_task("epochs", total=None, done="")
 
     def __enter__(self) -> LiveView:
         if self.live:
-            self._display = Live(console=self.console, get_renderable=self.render, refresh_per_second=4,
-                                 transient=False, redirect_stderr=False)
+            self._display = Live(
+                console=self.console,
+                get_renderable=self.render,
+                refresh_per_second=4,
+                transient=False,
+                redirect_stderr=False,
+            )
             self._display.start()
         return self
 
@@ -116,7 +127,12 @@ class LiveView:
         elif kind == "interrupted":
             row.state = "interrupted"
         elif kind == "trial_complete":
-            row.state, row.epoch, row.seconds, row.reason = event["state"], event["epochs"], event["seconds"], event["reason"]
+            row.state, row.epoch, row.seconds, row.reason = (
+                event["state"],
+                event["epochs"],
+                event["seconds"],
+                event["reason"],
+            )
             row.score = event["score"]
 
     def update_progress(self) -> None:
@@ -142,22 +158,46 @@ class LiveView:
         running = sorted((r for r in self.rows.values() if r.seconds is None), key=lambda r: r.id)
         finished = sorted((r for r in self.rows.values() if r.seconds is not None), key=self.rank)
         room = max(3, self.console.size.height - 8)
-        shown = running[:room] + finished[:max(0, room - len(running))]
+        shown = running[:room] + finished[: max(0, room - len(running))]
         hidden = len(self.rows) - len(shown)
-        table = Table(box=box.SIMPLE_HEAD, title=f"trials (best: {self.metric})", title_justify="left",
-                      caption=f"{hidden} more finished trials in the log" if hidden else None)
-        for column, width in (("trial", 4), ("state", 9), ("epoch", 5), ("train_loss", 6), ("val_loss", 6),
-                              ("val_acc", 6), ("lr", 6), ("momentum", 6), ("best", 6), ("params", None)):
-            table.add_column(column, justify="left" if column in ("state", "params") else "right", no_wrap=True,
-                             min_width=width, overflow="ellipsis")
+        table = Table(
+            box=box.SIMPLE_HEAD,
+            title=f"trials (best: {self.metric})",
+            title_justify="left",
+            caption=f"{hidden} more finished trials in the log" if hidden else None,
+        )
+        for column, width in (
+            ("trial", 4),
+            ("state", 9),
+            ("epoch", 5),
+            ("train_loss", 6),
+            ("val_loss", 6),
+            ("val_acc", 6),
+            ("lr", 6),
+            ("momentum", 6),
+            ("best", 6),
+            ("params", None),
+        ):
+            table.add_column(
+                column,
+                justify="left" if column in ("state", "params") else "right",
+                no_wrap=True,
+                min_width=width,
+                overflow="ellipsis",
+            )
         for row in shown:
             style = STATE_STYLE.get(row.state, "")
             table.add_row(
-                f"t{row.id:03d}", f"[{style}]{row.state}[/]" if style else row.state,
+                f"t{row.id:03d}",
+                f"[{style}]{row.state}[/]" if style else row.state,
                 f"{row.epoch}/{row.epochs}" if row.epochs else str(row.epoch),
-                *(fmt(row.metrics[k]) if row.metrics.get(k) is not None else "-" for k in ("train_loss", "val_loss", "val_acc")),
+                *(
+                    fmt(row.metrics[k]) if row.metrics.get(k) is not None else "-"
+                    for k in ("train_loss", "val_loss", "val_acc")
+                ),
                 *(fmt(row.hyperparameters[k]) if k in row.hyperparameters else "-" for k in ("lr", "momentum")),
-                fmt(row.score) if row.score is not None else "-", escape(short_params(row.params)),
+                fmt(row.score) if row.score is not None else "-",
+                escape(short_params(row.params)),
             )
         return table
 
@@ -173,5 +213,7 @@ def finished_line(row: TrialRow, metric: str) -> str:
     style = STATE_STYLE.get(row.state, "")
     score = f"{metric}={fmt(row.score)}" if row.score is not None else "no score"
     reason = f" ({escape(row.reason)})" if row.reason else ""
-    return (f"t{row.id:03d} [{style}]{row.state}[/] {score} epochs={row.epoch} {row.seconds:.1f}s  "
-            f"{escape(short_params(row.params))}{reason}")
+    return (
+        f"t{row.id:03d} [{style}]{row.state}[/] {score} epochs={row.epoch} {row.seconds:.1f}s  "
+        f"{escape(short_params(row.params))}{reason}"
+    )

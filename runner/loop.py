@@ -24,22 +24,24 @@ from rich.markup import escape
 from runner import __version__
 from runner.babysitter import Babysitter
 from runner.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot
-from runner.control import FILE_NAME as CONTROL_FILE, ControlSchema, initial_document
+from runner.control import FILE_NAME as CONTROL_FILE
+from runner.control import ControlSchema, initial_document
 from runner.data import Dataset, prepare
 from runner.decisions import Checkpoint, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Unpause, flatten
 from runner.divergence import DivergenceEvent, SpikeDetector, val_divergence
 from runner.errors import RunnerError, SpecError
 from runner.events import EventLog
 from runner.executor import Session
+from runner.files import write_json
 from runner.inbox import ControlInbox, Delivery
 from runner.interrupt import FLAG, Interrupted
-from runner.files import write_json
-from runner.plugins import Plugins
+from runner.plugin_manager import Plugins
 from runner.results import leaderboard, results_document
 from runner.resume import ResumePlan, rewrite_events
-from runner.strategy import TRIAL_STREAM, Strategy
 from runner.spec import ExperimentSpec, trial_sections
-from runner.status import FILE_NAME as STATUS_FILE, StatusBoard
+from runner.status import FILE_NAME as STATUS_FILE
+from runner.status import StatusBoard
+from runner.strategy import TRIAL_STREAM, Strategy
 from runner.trial import History, Trial, TrialResult, better
 from runner.typed import check_field
 from runner.worker import WorkerLink, WorkerSetup
@@ -91,15 +93,26 @@ def build_strategy(spec: ExperimentSpec, registry) -> Strategy:
     """The experiment's strategy, fresh (the driver's asks and tells; a worker's babysits)."""
     search = spec.search
     return registry.get("strategy", search.strategy.name)(
-        space=search.space, options=search.strategy.options, seed=spec.seed, metric=search.metric, mode=search.mode,
+        space=search.space,
+        options=search.strategy.options,
+        seed=spec.seed,
+        metric=search.metric,
+        mode=search.mode,
     )
 
 
-def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run_dir: Path,
-                   resume: ResumePlan | None = None, *, poll: bool = False,
-                   notify: Callable[[str], None] = lambda message: None,
-                   origin: dict[str, Any] | None = None,
-                   watchers: list[Callable[[dict[str, Any]], None]] = ()) -> list[TrialResult]:
+def run_experiment(
+    spec: ExperimentSpec,
+    plugins: Plugins,
+    dataset: Dataset,
+    run_dir: Path,
+    resume: ResumePlan | None = None,
+    *,
+    poll: bool = False,
+    notify: Callable[[str], None] = lambda message: None,
+    origin: dict[str, Any] | None = None,
+    watchers: list[Callable[[dict[str, Any]], None]] = (),
+) -> list[TrialResult]:
     """Run every trial the strategy asks for; write the event log, ``status.json`` and
     ``results.json``, and take orders from the control file while trials train.
 
@@ -125,17 +138,23 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         history = History.from_events(resume.events)
         for record in history.finished:
             strategy.tell(history, record.result)
-        waiting = [TrialJob(r.id, r.params, trial_seed(spec.seed, r.id), resume=_str(resume.continue_from[r.id]),
-                            announced=True) for r in history.running]
+        waiting = [
+            TrialJob(
+                r.id, r.params, trial_seed(spec.seed, r.id), resume=_str(resume.continue_from[r.id]), announced=True
+            )
+            for r in history.running
+        ]
 
     backend_cls = registry.get("backend", spec.backend.name)
     control_path = run_dir / CONTROL_FILE
     with EventLog(run_dir / "events.jsonl") as log:
         strategy.write_note = note_writer(log, past)
-        status = StatusBoard(run_dir / STATUS_FILE, control={"path": str(control_path.resolve()),
-                                                             "settings": list(backend_cls.live)})
-        inbox = ControlInbox(control_path, ControlSchema.for_backend(backend_cls), log, poll=poll, notify=notify,
-                             on_idle=status.flush)
+        status = StatusBoard(
+            run_dir / STATUS_FILE, control={"path": str(control_path.resolve()), "settings": list(backend_cls.live)}
+        )
+        inbox = ControlInbox(
+            control_path, ControlSchema.for_backend(backend_cls), log, poll=poll, notify=notify, on_idle=status.flush
+        )
         if resume is not None:
             status.replay(resume.events)  # what the run had done before
             inbox.resume(resume.events, continuing=set(resume.continue_from))
@@ -146,15 +165,30 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         def count(event: dict[str, Any]) -> None:
             if "trial" in event:
                 logged[event["trial"]] += 1
+
         log.observers.append(count)
         if resume is None:
-            log.emit("experiment_start", name=spec.name, seed=spec.seed, run_dir=str(run_dir.resolve()),
-                     base_dir=str(spec.base_dir), plugins=plugins.origins, plugin_files=plugins.extra,
-                     runner_version=__version__, metric=search.metric, mode=search.mode,
-                     planned_trials=experiment.planned_trials, started_from=origin)
+            log.emit(
+                "experiment_start",
+                name=spec.name,
+                seed=spec.seed,
+                run_dir=str(run_dir.resolve()),
+                base_dir=str(spec.base_dir),
+                plugins=plugins.origins,
+                plugin_files=plugins.extra,
+                runner_version=__version__,
+                metric=search.metric,
+                mode=search.mode,
+                planned_trials=experiment.planned_trials,
+                started_from=origin,
+            )
         else:
-            log.emit("resume", trials={str(j.trial): j.resume for j in waiting}, notes=resume.notes,
-                     runner_version=__version__)
+            log.emit(
+                "resume",
+                trials={str(j.trial): j.resume for j in waiting},
+                notes=resume.notes,
+                runner_version=__version__,
+            )
 
         writer, executor, aborting = SnapshotWriter(), None, True
         stopping = any(r.result.ends_experiment for r in history.finished)  # a resumed run that was stopping
@@ -163,11 +197,13 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
             status.set_control(watching=inbox.mode)  # polling if inotify could not be had
             hook.runner_experiment_start(experiment=experiment)
             run_trial = TrialRunner(experiment, plugins, dataset, log, writer, inbox, strategy)
-            setup = WorkerSetup(as_run, str(spec.base_dir), tuple(plugins.extra), str(run_dir),
-                                experiment.planned_trials, dataset)
+            setup = WorkerSetup(
+                as_run, str(spec.base_dir), tuple(plugins.extra), str(run_dir), experiment.planned_trials, dataset
+            )
             session = Session(setup, log, inbox, hook, run_dir, search.metric, logged)
-            executor = registry.get("executor", spec.executor.name)(spec.executor.options, run_trial=run_trial,
-                                                                     session=session)
+            executor = registry.get("executor", spec.executor.name)(
+                spec.executor.options, run_trial=run_trial, session=session
+            )
             while True:
                 while not stopping and executor.has_room():
                     if FLAG.requested:
@@ -176,7 +212,9 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
                         log.emit("interrupted", between_trials=True)
                         raise Interrupted(f"interrupted between trials; continue with: runner resume {run_dir}")
                     if (stop := inbox.take_run_stop()) is not None:
-                        log.emit("stop", reason=stop.decision.reason, source="control", experiment=True, order=stop.order)
+                        log.emit(
+                            "stop", reason=stop.decision.reason, source="control", experiment=True, order=stop.order
+                        )
                         stopping = True
                         break
                     if waiting:
@@ -208,8 +246,9 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
         document = results_document(spec.name, search.metric, search.mode, board)
         write_json(run_dir / "results.json", document)
         best = document["best"]
-        log.emit("experiment_complete", trials=len(board), best_trial=best["trial"] if best else None,
-                 stopped_early=stopping)
+        log.emit(
+            "experiment_complete", trials=len(board), best_trial=best["trial"] if best else None, stopped_early=stopping
+        )
         hook.runner_experiment_complete(experiment=experiment, results=board)
     return board
 
@@ -217,8 +256,11 @@ def run_experiment(spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run
 def note_writer(log: EventLog, past: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
     """How a strategy's notes reach the log: as ``note`` events, except those a resumed
     run writes again exactly as the run wrote them before it stopped."""
-    written = [{k: v for k, v in e.items() if k not in ("t", "event", "source")}
-               for e in past if e["event"] == "note" and e.get("source") == "strategy" and "trial" not in e]
+    written = [
+        {k: v for k, v in e.items() if k not in ("t", "event", "source")}
+        for e in past
+        if e["event"] == "note" and e.get("source") == "strategy" and "trial" not in e
+    ]
 
     def write(note: dict[str, Any]) -> None:
         note = orjson.loads(orjson.dumps(note))  # as it reads back: tuples become lists
@@ -239,7 +281,9 @@ def initial_control(spec: ExperimentSpec, registry, live: tuple[str, ...]) -> by
     with, or null where the search chooses it per trial."""
     train = trial_sections(spec, registry, {})[1]
     searched = {p.path for p in spec.search.space}
-    return initial_document(live, {name: getattr(train, name, None) for name in live if f"train.{name}" not in searched})
+    return initial_document(
+        live, {name: getattr(train, name, None) for name in live if f"train.{name}" not in searched}
+    )
 
 
 class TrialRunner:
@@ -248,8 +292,16 @@ class TrialRunner:
     ``log`` and ``inbox`` are the driver's event log and control inbox, or, in a worker
     process, a ``runner.worker.WorkerLink`` standing in for both."""
 
-    def __init__(self, experiment: Experiment, plugins: Plugins, dataset: Dataset, log: EventLog | WorkerLink,
-                 writer: SnapshotWriter, inbox: ControlInbox | WorkerLink, strategy: Strategy | None = None):
+    def __init__(
+        self,
+        experiment: Experiment,
+        plugins: Plugins,
+        dataset: Dataset,
+        log: EventLog | WorkerLink,
+        writer: SnapshotWriter,
+        inbox: ControlInbox | WorkerLink,
+        strategy: Strategy | None = None,
+    ):
         self.experiment, self.plugins, self.dataset, self.log, self.writer = experiment, plugins, dataset, log, writer
         self.inbox, self.strategy = inbox, strategy
 
@@ -284,8 +336,9 @@ class TrialLoop:
         self.backend_cls = runner.plugins.registry.get("backend", spec.backend.name)
         self.metric, self.mode = spec.search.metric, spec.search.mode
         run_dir = runner.experiment.run_dir
-        self.trial = Trial(id=job.trial, params=job.params, config={}, seed=job.seed,
-                           run_dir=run_dir / "trials" / f"t{job.trial:03d}")
+        self.trial = Trial(
+            id=job.trial, params=job.params, config={}, seed=job.seed, run_dir=run_dir / "trials" / f"t{job.trial:03d}"
+        )
         self.store = CheckpointStore(self.trial.run_dir, job.trial, spec.checkpoint, runner.writer)
         self.detector = SpikeDetector(spec.divergence)
         self.events = 0  # this trial's events in the log, so a resume can cut the log where a snapshot was taken
@@ -313,10 +366,14 @@ class TrialLoop:
         end, error, announced = EndTrial("completed"), None, False
         try:
             model, train, options = trial_sections(self.spec, self.runner.plugins.registry, trial.params)
-            trial.config = {"model": asdict(model), "train": asdict(train),
-                            "backend": {"name": self.spec.backend.name, **asdict(options)}}
-            self.backend = self.backend_cls(model=model, train=train, options=options,
-                                            data=self.runner.dataset, seed=trial.seed)
+            trial.config = {
+                "model": asdict(model),
+                "train": asdict(train),
+                "backend": {"name": self.spec.backend.name, **asdict(options)},
+            }
+            self.backend = self.backend_cls(
+                model=model, train=train, options=options, data=self.runner.dataset, seed=trial.seed
+            )
             trial.hyperparameters = self.backend.hyperparameters()
             if self.runner.strategy is not None:
                 self.babysitter = self.runner.strategy.babysitter(trial) or self.babysitter
@@ -344,9 +401,16 @@ class TrialLoop:
 
         best = trial.best
         result = TrialResult(
-            trial=trial.id, state=end.state, params=trial.params, best=best,
-            final=trial.metrics or None, epochs=trial.epoch, seconds=time.perf_counter() - started,
-            score=best[self.metric] if best else None, reason=end.reason, ends_experiment=end.experiment,
+            trial=trial.id,
+            state=end.state,
+            params=trial.params,
+            best=best,
+            final=trial.metrics or None,
+            epochs=trial.epoch,
+            seconds=time.perf_counter() - started,
+            score=best[self.metric] if best else None,
+            reason=end.reason,
+            ends_experiment=end.experiment,
         )
         self.emit("trial_complete", **result.to_json(), **({"traceback": error} if error else {}))
         self.hook.runner_trial_complete(trial=trial, result=result)
@@ -361,12 +425,27 @@ class TrialLoop:
             self.events = self.job.logged
         trial = self.trial
         trial.hyperparameters = self.backend.hyperparameters()
-        self.store.adopt(path.parent, upto=meta["loop"]["events"], before_nudge_events=meta["loop"].get("before_nudge_events"))
-        self.store.save(state, epoch=trial.epoch, step=trial.step, reason="resume", best=False,
-                        hyperparameters=trial.hyperparameters, metrics=trial.metrics,
-                        loop=self.loop_state(self.partial), durable=False)
-        self.emit("trial_resume", epoch=trial.epoch, step=trial.step, hyperparameters=trial.hyperparameters,
-                  snapshot=str(path.relative_to(self.runner.experiment.run_dir)))
+        self.store.adopt(
+            path.parent, upto=meta["loop"]["events"], before_nudge_events=meta["loop"].get("before_nudge_events")
+        )
+        self.store.save(
+            state,
+            epoch=trial.epoch,
+            step=trial.step,
+            reason="resume",
+            best=False,
+            hyperparameters=trial.hyperparameters,
+            metrics=trial.metrics,
+            loop=self.loop_state(self.partial),
+            durable=False,
+        )
+        self.emit(
+            "trial_resume",
+            epoch=trial.epoch,
+            step=trial.step,
+            hyperparameters=trial.hyperparameters,
+            snapshot=str(path.relative_to(self.runner.experiment.run_dir)),
+        )
         self.hook.runner_trial_start(trial=trial)
 
     def announce(self) -> None:
@@ -376,8 +455,13 @@ class TrialLoop:
             self.emit("trial_resume", epoch=0, step=0, hyperparameters=trial.hyperparameters, snapshot=None)
             self.hook.runner_trial_start(trial=trial)
             return
-        self.emit("trial_start", params=trial.params, seed=trial.seed, config=trial.config,
-                  hyperparameters=trial.hyperparameters)
+        self.emit(
+            "trial_start",
+            params=trial.params,
+            seed=trial.seed,
+            config=trial.config,
+            hyperparameters=trial.hyperparameters,
+        )
         self.hook.runner_trial_start(trial=trial)
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -489,8 +573,10 @@ class TrialLoop:
         self.emit("interrupted", epoch=trial.epoch, step=trial.step)  # before the snapshot: a resume keeps it
         self.snapshot("interrupt", improved=False, durable=True, partial=(done, total))
         self.report_snapshots()
-        raise Interrupted(f"interrupted at trial {trial.id}, epoch {trial.epoch}, step {trial.step}; "
-                          f"continue with: runner resume {self.runner.experiment.run_dir}")
+        raise Interrupted(
+            f"interrupted at trial {trial.id}, epoch {trial.epoch}, step {trial.step}; "
+            f"continue with: runner resume {self.runner.experiment.run_dir}"
+        )
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -517,13 +603,20 @@ class TrialLoop:
                         ending = self.apply(rolled.after, "strategy", partial=self.partial)
                     finally:
                         self.order = order
-                    ending = ending or self.apply(decisions[index + 1:], source, partial=self.partial)
+                    ending = ending or self.apply(decisions[index + 1 :], source, partial=self.partial)
                     if ending is not None:
                         raise ending from None
                     raise
             elif isinstance(decision, Note):
-                self.emit("note", epoch=trial.epoch, step=trial.step, kind=decision.kind, reason=decision.reason,
-                          source=source, **decision.fields)
+                self.emit(
+                    "note",
+                    epoch=trial.epoch,
+                    step=trial.step,
+                    kind=decision.kind,
+                    reason=decision.reason,
+                    source=source,
+                    **decision.fields,
+                )
             elif isinstance(decision, Finish):
                 self.emit("finish", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
                 return EndTrial("completed", decision.reason)
@@ -531,8 +624,14 @@ class TrialLoop:
                 self.emit("prune", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
                 return EndTrial("pruned", decision.reason)
             elif isinstance(decision, Stop):
-                self.emit("stop", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source,
-                          experiment=decision.experiment)
+                self.emit(
+                    "stop",
+                    epoch=trial.epoch,
+                    step=trial.step,
+                    reason=decision.reason,
+                    source=source,
+                    experiment=decision.experiment,
+                )
                 return EndTrial("stopped", decision.reason, experiment=decision.experiment)
             elif isinstance(decision, Pause):
                 self.paused = True
@@ -563,7 +662,10 @@ class TrialLoop:
         """Called by ``take_mail`` on the training thread: one order from the control file.
         One that cannot be carried out (no snapshot to roll back to, a value the backend
         refuses) is reported and training goes on."""
-        notify, label = self.runner.inbox.notify, escape(f"t{self.trial.id:03d} step {self.trial.step}: {delivery.what}")
+        notify, label = (
+            self.runner.inbox.notify,
+            escape(f"t{self.trial.id:03d} step {self.trial.step}: {delivery.what}"),
+        )
         self.order = delivery.order
         try:
             ending = self.apply([delivery.decision], source="control", partial=partial)
@@ -586,20 +688,28 @@ class TrialLoop:
         live, backend = self.backend_cls.live, self.backend
         for name, value in nudge.changes.items():
             if name not in live:
-                raise SpecError(f"nudge.{name}", f"not a live hyperparameter of backend {self.spec.backend.name!r}; "
-                                                 f"live: {', '.join(live)}")
+                raise SpecError(
+                    f"nudge.{name}",
+                    f"not a live hyperparameter of backend {self.spec.backend.name!r}; live: {', '.join(live)}",
+                )
             if name in self.backend_cls.Train.__dataclass_fields__:
                 check_field(self.backend_cls.Train, name, value, f"nudge.{name}")
         # A strategy's try is written to disk, so that a resumed run can still revert it.
-        self.snapshot("before_nudge", improved=False, durable=source == "strategy", partial=partial,
-                      in_ring=self.trial.step != self.restored_step)
+        self.snapshot(
+            "before_nudge",
+            improved=False,
+            durable=source == "strategy",
+            partial=partial,
+            in_ring=self.trial.step != self.restored_step,
+        )
         self.before_nudge_events = self.events  # as the snapshot recorded it
         before = backend.hyperparameters()
         backend.set_hyperparameters(**nudge.changes)
         self.trial.hyperparameters = backend.hyperparameters()
         change = {k: {"old": before[k], "new": self.trial.hyperparameters[k]} for k in nudge.changes}
-        self.emit("nudge", epoch=self.trial.epoch, step=self.trial.step, changes=change, source=source,
-                  reason=nudge.reason)
+        self.emit(
+            "nudge", epoch=self.trial.epoch, step=self.trial.step, changes=change, source=source, reason=nudge.reason
+        )
         self.hook.runner_nudge_applied(trial=self.trial, change=change, source=source)
         self.babysitter.nudge_applied(self.trial, change, source)
 
@@ -609,8 +719,7 @@ class TrialLoop:
         if self.order is not None:  # found while carrying out an order, which never took effect
             self.emit("control_error", message=f"not applied: the trial diverged first ({event.kind})")
             self.order = None
-        self.emit("divergence", **asdict(event), lr=self.backend.hyperparameters().get("lr"),
-                  rollbacks=trial.rollbacks)
+        self.emit("divergence", **asdict(event), lr=self.backend.hyperparameters().get("lr"), rollbacks=trial.rollbacks)
         decision = self.hook.runner_divergence(trial=trial, event=event, experiment=self.runner.experiment)
         if decision is None:
             n = trial.divergence_rollbacks
@@ -624,13 +733,18 @@ class TrialLoop:
         """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
         trial, backend = self.trial, self.backend
         if self.stuck_rollbacks >= MAX_ROLLBACKS:
-            raise EndTrial("failed", f"{self.stuck_rollbacks} rollbacks without reaching a new epoch: "
-                                     "something keeps rolling this trial back")
+            raise EndTrial(
+                "failed",
+                f"{self.stuck_rollbacks} rollbacks without reaching a new epoch: "
+                "something keeps rolling this trial back",
+            )
         found = self.store.find(rollback.to, rollback.older)
         if found is None:
             which = {"last": "snapshot", "best": "best snapshot", "before_nudge": "snapshot from before a nudge"}
-            raise NoSnapshot(f"no {which.get(rollback.to, f'snapshot of epoch {rollback.to}')} to roll back to "
-                             "(in memory or on disk)")
+            raise NoSnapshot(
+                f"no {which.get(rollback.to, f'snapshot of epoch {rollback.to}')} to roll back to "
+                "(in memory or on disk)"
+            )
         state, meta = found
         lr_before, step_before, epoch_before = backend.hyperparameters().get("lr"), trial.step, trial.epoch
         backend.load_state(state)
@@ -648,9 +762,19 @@ class TrialLoop:
             lower = min(backend.hyperparameters()["lr"], lr_before)
             backend.set_hyperparameters(lr=lower * rollback.lr_factor)
         trial.hyperparameters = backend.hyperparameters()
-        done = dict(to_epoch=trial.epoch, to_step=trial.step, from_epoch=epoch_before, from_step=step_before,
-                    snapshot=meta["reason"], reason=rollback.reason, source=source, lr_before=lr_before,
-                    lr_after=trial.hyperparameters.get("lr"), reshuffled=rollback.reshuffle, rollbacks=trial.rollbacks)
+        done = dict(
+            to_epoch=trial.epoch,
+            to_step=trial.step,
+            from_epoch=epoch_before,
+            from_step=step_before,
+            snapshot=meta["reason"],
+            reason=rollback.reason,
+            source=source,
+            lr_before=lr_before,
+            lr_after=trial.hyperparameters.get("lr"),
+            reshuffled=rollback.reshuffle,
+            rollbacks=trial.rollbacks,
+        )
         self.emit("rollback", **done)
         raise RolledBack(flatten([self.babysitter.rolled_back(trial, done)]))
 
@@ -660,13 +784,22 @@ class TrialLoop:
         """The loop's own state that a snapshot carries besides the backend's."""
         trial = self.trial
         ending = self.ending
-        return {"best": trial.best, "metrics": trial.metrics, "rollbacks": trial.rollbacks,
-                "recent_rollbacks": trial.recent_rollbacks, "divergence_rollbacks": trial.divergence_rollbacks,
-                "furthest": self.furthest, "stuck_rollbacks": self.stuck_rollbacks,
-                "before_nudge_events": self.before_nudge_events,
-                "babysitter": self.babysitter.state(), "detector": self.detector.state(),
-                "lowest_val_loss": self.lowest_val_loss, "events": self.events, "partial": partial,
-                "ending": None if ending is None else [ending.state, ending.reason, ending.experiment]}
+        return {
+            "best": trial.best,
+            "metrics": trial.metrics,
+            "rollbacks": trial.rollbacks,
+            "recent_rollbacks": trial.recent_rollbacks,
+            "divergence_rollbacks": trial.divergence_rollbacks,
+            "furthest": self.furthest,
+            "stuck_rollbacks": self.stuck_rollbacks,
+            "before_nudge_events": self.before_nudge_events,
+            "babysitter": self.babysitter.state(),
+            "detector": self.detector.state(),
+            "lowest_val_loss": self.lowest_val_loss,
+            "events": self.events,
+            "partial": partial,
+            "ending": None if ending is None else [ending.state, ending.reason, ending.experiment],
+        }
 
     def restore_loop(self, meta: dict[str, Any], *, counters: bool = False) -> None:
         """Put the loop back where a snapshot was taken. A rollback keeps counting rollbacks
@@ -689,8 +822,15 @@ class TrialLoop:
             state, reason, experiment = loop["ending"]
             self.ending = EndTrial(state, reason, experiment=experiment)
 
-    def snapshot(self, reason: str, *, improved: bool, durable: bool | None = None,
-                 partial: tuple[int, float] | None = None, in_ring: bool = True) -> None:
+    def snapshot(
+        self,
+        reason: str,
+        *,
+        improved: bool,
+        durable: bool | None = None,
+        partial: tuple[int, float] | None = None,
+        in_ring: bool = True,
+    ) -> None:
         """Take a snapshot; files written earlier are reported first (they had at least an
         epoch to be written, so this rarely waits), which keeps event order deterministic."""
         self.report_snapshots()
@@ -701,9 +841,18 @@ class TrialLoop:
             self.log.sync()  # the log is never behind a snapshot file, even after a power cut
             durable = True
         self.snapshot_step = trial.step
-        self.store.save(state, epoch=trial.epoch, step=trial.step, reason=reason, best=improved,
-                        hyperparameters=trial.hyperparameters, metrics=trial.metrics,
-                        loop=self.loop_state(partial), durable=durable, in_ring=in_ring)
+        self.store.save(
+            state,
+            epoch=trial.epoch,
+            step=trial.step,
+            reason=reason,
+            best=improved,
+            hyperparameters=trial.hyperparameters,
+            metrics=trial.metrics,
+            loop=self.loop_state(partial),
+            durable=durable,
+            in_ring=in_ring,
+        )
 
     def report_snapshots(self) -> None:
         """Wait for the trial's queued snapshot writes; log and announce each durable one."""

@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from runner.control import FILE_NAME as CONTROL_FILE, ControlError, ControlSchema, parse, render, trial_id
+from runner.control import FILE_NAME as CONTROL_FILE
+from runner.control import ControlError, ControlSchema, parse, render, trial_id
 from runner.errors import RunnerError
 from runner.events import read_events
 from runner.files import atomic_write, run_is_held
@@ -51,8 +52,10 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     try:
         return orjson.loads(path.read_bytes())
     except FileNotFoundError:
-        raise RunnerError(f"{run_dir} has no {STATUS_FILE}: not a run directory, or one from before "
-                          f"runner tracked status", exit_code=2) from None
+        raise RunnerError(
+            f"{run_dir} has no {STATUS_FILE}: not a run directory, or one from before runner tracked status",
+            exit_code=2,
+        ) from None
     except (OSError, orjson.JSONDecodeError) as err:
         raise RunnerError(f"cannot read {path}: {err}", exit_code=2) from None
 
@@ -68,8 +71,13 @@ def control_lock(run_dir: Path):
 def used_action_ids(run_dir: Path) -> set[int | str]:
     """Every action id the run has read, from its ``control`` events (the file may have
     lost some: a person can tidy the list)."""
-    return {order["action"] for event in read_events(run_dir / "events.jsonl") if event["event"] == "control"
-            for order in event["orders"] if order["action"] is not None}
+    return {
+        order["action"]
+        for event in read_events(run_dir / "events.jsonl")
+        if event["event"] == "control"
+        for order in event["orders"]
+        if order["action"] is not None
+    }
 
 
 def edit(raw: dict[str, Any], change: Change, used: set[int | str] = frozenset()) -> dict[str, Any]:
@@ -115,8 +123,10 @@ def send(run_dir: Path, change: Change, schema: ControlSchema, timeout: float | 
     held until the run has answered, so two ``runner nudge`` never race."""
     status = read_status(run_dir)
     if not run_is_held(run_dir):
-        raise RunnerError(f"no runner process is running {run_dir} (last state: {status['run']['state']}); "
-                          f"an interrupted run goes on with: runner resume {run_dir}")
+        raise RunnerError(
+            f"no runner process is running {run_dir} (last state: {status['run']['state']}); "
+            f"an interrupted run goes on with: runner resume {run_dir}"
+        )
     if change.trial is not None and str(change.trial) not in status["trials"]:
         names = ", ".join(f"t{int(t):03d}" for t in sorted(status["trials"], key=int)) or "none"
         raise RunnerError(f"trial {change.trial} is not running (running: {names}); nothing was written", exit_code=2)
@@ -128,8 +138,11 @@ def send(run_dir: Path, change: Change, schema: ControlSchema, timeout: float | 
         except OSError as err:
             raise RunnerError(f"cannot read {path}: {err.strerror}", exit_code=2) from None
         except ControlError as err:
-            raise RunnerError(f"{path} is not valid now, so it was left alone: {err}. Fix it first; "
-                              "the run keeps its last valid settings", exit_code=2) from None
+            raise RunnerError(
+                f"{path} is not valid now, so it was left alone: {err}. Fix it first; "
+                "the run keeps its last valid settings",
+                exit_code=2,
+            ) from None
         data = render(edit(orjson.loads(current), change, used_action_ids(run_dir)))
         try:
             parse(data, schema)
@@ -160,14 +173,22 @@ def wait(run_dir: Path, sha: str, reads_before: int, timeout: float, interval: f
             raise RunnerError(f"the run refused it: {read['message']}", exit_code=2)
         if read is not None and read["outcome"] != "pending":
             return read
-        if read is None and any(r["sha256"] != sha for r in recent) and (run_dir / CONTROL_FILE).exists() and \
-                hashlib.sha256((run_dir / CONTROL_FILE).read_bytes()).hexdigest() != sha:
-            raise RunnerError("the control file was changed again before the run read this change; "
-                              "see runner status")
+        if (
+            read is None
+            and any(r["sha256"] != sha for r in recent)
+            and (run_dir / CONTROL_FILE).exists()
+            and hashlib.sha256((run_dir / CONTROL_FILE).read_bytes()).hexdigest() != sha
+        ):
+            raise RunnerError("the control file was changed again before the run read this change; see runner status")
         if status["run"]["state"] in ("finished", "interrupted") or not run_is_held(run_dir):
             raise RunnerError(f"the run ended before it applied the change (state: {status['run']['state']})")
         time.sleep(interval)
     pending = [o["what"] for o in read["orders"] if o["state"] == "pending"] if read else []
-    raise RunnerError(f"no acknowledgement within {timeout:g} s" + (
-        f" ({', '.join(pending)} still pending: a trial in a long step, or paused?)" if pending else
-        " (the run has not read the file yet)"))
+    raise RunnerError(
+        f"no acknowledgement within {timeout:g} s"
+        + (
+            f" ({', '.join(pending)} still pending: a trial in a long step, or paused?)"
+            if pending
+            else " (the run has not read the file yet)"
+        )
+    )

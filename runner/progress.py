@@ -17,8 +17,17 @@ from rich.table import Table
 
 from runner.trial import TrialResult
 
-STATE_STYLE = {"completed": "green", "diverged": "red", "failed": "bold red", "pruned": "yellow", "stopped": "yellow",
-               "running": "cyan", "paused": "yellow", "retrying": "magenta", "interrupted": "magenta"}
+STATE_STYLE = {
+    "completed": "green",
+    "diverged": "red",
+    "failed": "bold red",
+    "pruned": "yellow",
+    "stopped": "yellow",
+    "running": "cyan",
+    "paused": "yellow",
+    "retrying": "magenta",
+    "interrupted": "magenta",
+}
 
 
 def fmt(value: Any) -> str:
@@ -36,26 +45,46 @@ def short_params(params: dict[str, Any]) -> str:
     return " ".join(f"{name}={fmt(v)}" for name, v in zip(short_names(list(params)), params.values()))
 
 
-def leaderboard_cells(results: list[TrialResult], metric: str, *, seconds: bool = False
-                      ) -> tuple[list[str], list[list[str]]]:
+def leaderboard_cells(
+    results: list[TrialResult], metric: str, *, seconds: bool = False
+) -> tuple[list[str], list[list[str]]]:
     """A leaderboard as text, for any renderer: the headings (``#``, ``trial``, ``state``,
     the metric, ``val_loss`` too when the metric is another, ``epochs``, ``seconds`` if
     asked, each parameter by its short name) and one row of cells per trial. The state is
     the third cell, for a renderer to style."""
     params = list(dict.fromkeys(p for r in results for p in r.params))
     extra = [] if metric == "val_loss" else ["val_loss"]
-    headings = ["#", "trial", "state", metric, *extra, "epochs", *(["seconds"] if seconds else []), *short_names(params)]
+    headings = [
+        "#",
+        "trial",
+        "state",
+        metric,
+        *extra,
+        "epochs",
+        *(["seconds"] if seconds else []),
+        *short_names(params),
+    ]
     rows = []
     for rank, r in enumerate(results, 1):
         best = r.best or {}
-        rows.append([str(rank), f"t{r.trial:03d}", r.state, fmt(r.score) if r.score is not None else "-",
-                     *(fmt(best.get(m, "-")) for m in extra), str(r.epochs), *([f"{r.seconds:.1f}"] if seconds else []),
-                     *(fmt(r.params.get(p, "-")) for p in params)])
+        rows.append(
+            [
+                str(rank),
+                f"t{r.trial:03d}",
+                r.state,
+                fmt(r.score) if r.score is not None else "-",
+                *(fmt(best.get(m, "-")) for m in extra),
+                str(r.epochs),
+                *([f"{r.seconds:.1f}"] if seconds else []),
+                *(fmt(r.params.get(p, "-")) for p in params),
+            ]
+        )
     return headings, rows
 
 
-def leaderboard_table(results: list[TrialResult], metric: str, rows: int | None = 10,
-                      more: str = "in results.json") -> Table:
+def leaderboard_table(
+    results: list[TrialResult], metric: str, rows: int | None = 10, more: str = "in results.json"
+) -> Table:
     """The best ``rows`` trials (all of them for None) with their score, state and
     parameters; a caption saying where the ``more`` trials not shown are."""
     shown = results if rows is None else results[:rows]
@@ -85,8 +114,11 @@ def status_view(doc: dict[str, Any]) -> Group:
         state = f"[red]not running[/] (its process is gone; continue it with: runner resume {run['run_dir']})"
     elif state == "running":
         state = f"[green]running[/] (pid {run['pid']})"
-    lines = [f"[bold]{escape(run['name'])}[/] {state}", f"run directory: {escape(run['run_dir'])}",
-             f"control file:  {escape(control['path'])} ({control['watching']}; {control['reads']} versions read)"]
+    lines = [
+        f"[bold]{escape(run['name'])}[/] {state}",
+        f"run directory: {escape(run['run_dir'])}",
+        f"control file:  {escape(control['path'])} ({control['watching']}; {control['reads']} versions read)",
+    ]
     if control["last_change"]:
         lines.append(f"last change:   {escape(_change(control['last_change']))}")
     if control["last_error"]:
@@ -102,7 +134,8 @@ def status_view(doc: dict[str, Any]) -> Group:
         best = trial.get("best") or {}
         best_text = " ".join(f"{k}={fmt(v)}" for k, v in best.items() if k != "epoch")
         table.add_row(
-            f"t{int(trial_id):03d}", f"[{style}]{trial['state']}[/]" if style else trial["state"],
+            f"t{int(trial_id):03d}",
+            f"[{style}]{trial['state']}[/]" if style else trial["state"],
             *(fmt(trial.get(k, "-")) for k in ("epoch", "step", "train_loss", "val_loss", "val_acc")),
             *(fmt(trial["hyperparameters"].get(k, "-")) for k in settings),
             f"{best_text} (epoch {best['epoch']})" if best else "-",

@@ -122,9 +122,11 @@ class RemoteExecutor(Executor):
                 self.interrupt()
             if self.interrupting and not self.running:
                 lost = ", ".join(f"t{t:03d}" for t in self.lost_stopping)
-                raise Interrupted(f"interrupted: {len(self.interrupted)} running trials saved a snapshot"
-                                  + (f" ({lost} lost their worker first and go on from their newest snapshot file)"
-                                     if lost else "") + f"; continue with: runner resume {self.session.run_dir}")
+                raise Interrupted(
+                    f"interrupted: {len(self.interrupted)} running trials saved a snapshot"
+                    + (f" ({lost} lost their worker first and go on from their newest snapshot file)" if lost else "")
+                    + f"; continue with: runner resume {self.session.run_dir}"
+                )
             self.pump()
         return self.finished.popleft()
 
@@ -195,7 +197,11 @@ class RemoteExecutor(Executor):
             self.interrupted.append(message[2])
         elif kind == "crashed":
             _, trial, details = message
-            where = f"trial {trial} stopped its worker" if trial is not None else f"the worker in slot {slot} could not start"
+            where = (
+                f"trial {trial} stopped its worker"
+                if trial is not None
+                else f"the worker in slot {slot} could not start"
+            )
             raise RunnerError(f"{where}: an error in the runner or a plugin:\n{details}")
         else:
             raise RunnerError(f"unknown message from the worker in slot {slot}: {message!r}")
@@ -230,8 +236,10 @@ class RemoteExecutor(Executor):
             return
         if not running.job.announced and session.logged[trial_id] == 0:  # it died before the trial began
             if attempt > self.options.retries:
-                raise RunnerError(f"workers keep dying before trial {trial_id} can start (last: {why}); "
-                                  f"its worker's output above may say why")
+                raise RunnerError(
+                    f"workers keep dying before trial {trial_id} can start (last: {why}); "
+                    f"its worker's output above may say why"
+                )
             self.begin(slot, Running(running.job, started=running.started, attempt=attempt), running.delivered)
             return
         notes: list[str] = []
@@ -241,14 +249,27 @@ class RemoteExecutor(Executor):
             self.finished.append(self.give_up(running, meta, why))
             return
         kept = meta["loop"]["events"] if meta else 1
-        session.log.emit("trial_retry", trial=trial_id, attempt=attempt, retries=self.options.retries, reason=why,
-                         snapshot=str(snapshot.relative_to(session.run_dir)) if snapshot else None,
-                         epoch=meta["epoch"] if meta else 0, step=meta["step"] if meta else 0, notes=notes)
-        session.inbox.notify(f"[yellow]t{trial_id:03d}: its worker died ({escape(why)}); retry {attempt} of "
-                             f"{self.options.retries} from {'epoch ' + str(meta['epoch']) if meta else 'the start'}[/]")
-        job = replace(running.job, resume=str(snapshot) if snapshot else None, announced=True,
-                      logged=session.logged[trial_id])
-        undone = [d for d in running.delivered if running.named.get(d.order, math.inf) > kept]  # after the snapshot, or never
+        session.log.emit(
+            "trial_retry",
+            trial=trial_id,
+            attempt=attempt,
+            retries=self.options.retries,
+            reason=why,
+            snapshot=str(snapshot.relative_to(session.run_dir)) if snapshot else None,
+            epoch=meta["epoch"] if meta else 0,
+            step=meta["step"] if meta else 0,
+            notes=notes,
+        )
+        session.inbox.notify(
+            f"[yellow]t{trial_id:03d}: its worker died ({escape(why)}); retry {attempt} of "
+            f"{self.options.retries} from {'epoch ' + str(meta['epoch']) if meta else 'the start'}[/]"
+        )
+        job = replace(
+            running.job, resume=str(snapshot) if snapshot else None, announced=True, logged=session.logged[trial_id]
+        )
+        undone = [
+            d for d in running.delivered if running.named.get(d.order, math.inf) > kept
+        ]  # after the snapshot, or never
         self.begin(slot, Running(job, started=running.started, attempt=attempt), undone)
 
     def give_up(self, running: Running, meta: dict[str, Any] | None, why: str) -> TrialResult:
@@ -257,13 +278,24 @@ class RemoteExecutor(Executor):
         loop = meta["loop"] if meta else {}
         best = loop.get("best")
         result = TrialResult(
-            trial=job.trial, state="failed", params=job.params, best=best, final=(meta or {}).get("metrics") or None,
-            epochs=meta["epoch"] if meta else 0, seconds=time.perf_counter() - running.started,
+            trial=job.trial,
+            state="failed",
+            params=job.params,
+            best=best,
+            final=(meta or {}).get("metrics") or None,
+            epochs=meta["epoch"] if meta else 0,
+            seconds=time.perf_counter() - running.started,
             score=best.get(session.metric) if best else None,
             reason=f"its worker died {running.attempt + 1} times (last: {why})",
         )
         session.log.emit("trial_complete", **result.to_json())
-        trial = Trial(id=job.trial, params=job.params, config={}, seed=job.seed,
-                      run_dir=Path(session.run_dir) / "trials" / f"t{job.trial:03d}", epoch=result.epochs)
+        trial = Trial(
+            id=job.trial,
+            params=job.params,
+            config={},
+            seed=job.seed,
+            run_dir=Path(session.run_dir) / "trials" / f"t{job.trial:03d}",
+            epoch=result.epochs,
+        )
         session.hook.runner_trial_complete(trial=trial, result=result)
         return result

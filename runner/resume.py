@@ -75,6 +75,7 @@ def plan_resume(run_dir: Path) -> ResumePlan:
 def newest_intact_snapshot(folder: Path, notes: list[str]) -> tuple[Path | None, dict | None]:
     """The trial's snapshot file taken last that reads back intact (checksum verified);
     damaged files are set aside as ``*.damaged``, each with a note."""
+
     def skipped(path: Path, error: CorruptSnapshot | None) -> None:
         if error is None:
             notes.append(f"{path}: not a snapshot this version of runner can continue from; ignored")
@@ -98,4 +99,6 @@ def clean_temporary_files(run_dir: Path) -> list[Path]:
 
 def rewrite_events(run_dir: Path, events: list[dict[str, Any]]) -> None:
     """Replace the event log with ``events``, atomically."""
-    atomic_write(run_dir / "events.jsonl", b"".join(orjson.dumps(e, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for e in events))
+    atomic_write(
+        run_dir / "events.jsonl", b"".join(orjson.dumps(e, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for e in events)
+    )

@@ -251,7 +251,7 @@ def parse_param(key: str, value: Any, path: str) -> Param:
 
     extra = sorted(set(value) - {"low", "high", "scale", "type"})
     if extra:
-        raise SpecError(join_path(path, extra[0]), 'unknown key; known keys: choices, high, low, scale, type')
+        raise SpecError(join_path(path, extra[0]), "unknown key; known keys: choices, high, low, scale, type")
     kind = value.get("type", "float")
     if kind not in ("float", "int"):
         raise SpecError(join_path(path, "type"), f'must be "float" or "int", got {_json(kind)}')
@@ -266,7 +266,10 @@ def parse_param(key: str, value: Any, path: str) -> Param:
         v = value[bound]
         ok = isinstance(v, int) if kind == "int" else isinstance(v, (int, float)) and math.isfinite(v)
         if isinstance(v, bool) or not ok:
-            raise SpecError(join_path(path, bound), f"must be {'an integer' if kind == 'int' else 'a finite number'}, got {_json(v)}")
+            raise SpecError(
+                join_path(path, bound),
+                f"must be {'an integer' if kind == 'int' else 'a finite number'}, got {_json(v)}",
+            )
     low, high = value["low"], value["high"]
     if scale == "log" and low <= 0:
         raise SpecError(join_path(path, "low"), f'must be > 0 for scale "log", got {low}')

@@ -23,7 +23,20 @@ from runner.registry import Kind, Registry
 from runner.space import Choice, Space
 from runner.typed import build, convert
 
-TOP_LEVEL = ("$schema", "name", "description", "seed", "data", "backend", "model", "train", "search", "checkpoint", "divergence", "executor")
+TOP_LEVEL = (
+    "$schema",
+    "name",
+    "description",
+    "seed",
+    "data",
+    "backend",
+    "model",
+    "train",
+    "search",
+    "checkpoint",
+    "divergence",
+    "executor",
+)
 SEARCHABLE_SECTIONS = ("model", "train", "backend")
 DEFAULT_PLUGINS = {"backend": "numpy", "search.strategy": "random", "executor": "inline"}  # for a section left out
 DEFAULT_METRIC = "val_loss"
@@ -70,8 +83,11 @@ class ExperimentSpec:
 
         Raises SpecError for a path that does not name a searchable key.
         """
-        config = {"model": copy.deepcopy(self.raw.get("model", {})), "train": copy.deepcopy(self.raw["train"]),
-                  "backend": copy.deepcopy(self.backend.raw)}
+        config = {
+            "model": copy.deepcopy(self.raw.get("model", {})),
+            "train": copy.deepcopy(self.raw["train"]),
+            "backend": copy.deepcopy(self.backend.raw),
+        }
         set_paths(config, params, "search.space")
         return config
 
@@ -107,11 +123,19 @@ def read_json(path: Path) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as err:
-        raise SpecError("", f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})", source=str(path)) from None
+        raise SpecError(
+            "", f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})", source=str(path)
+        ) from None
 
 
-def load(path: str | Path, registry: Registry, *, seed: int | None = None,
-         base_dir: Path | None = None, start_from: dict[str, Any] | None = None) -> ExperimentSpec:
+def load(
+    path: str | Path,
+    registry: Registry,
+    *,
+    seed: int | None = None,
+    base_dir: Path | None = None,
+    start_from: dict[str, Any] | None = None,
+) -> ExperimentSpec:
     """Read and validate an experiment file. ``seed`` overrides the file's seed; relative
     paths in it resolve against ``base_dir`` (default: the file's folder). ``start_from``
     (dotted path -> value: an earlier run's best config) is set in the file's model, train
@@ -133,7 +157,9 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
         raise SpecError("", "an experiment file must hold a JSON object")
     for key in raw:
         if key not in TOP_LEVEL:
-            raise SpecError(key, "unknown section; known sections: " + ", ".join(k for k in TOP_LEVEL if k != "$schema"))
+            raise SpecError(
+                key, "unknown section; known sections: " + ", ".join(k for k in TOP_LEVEL if k != "$schema")
+            )
     for required in ("data", "train"):
         if required not in raw:
             raise SpecError(required, "is required")
@@ -155,16 +181,29 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
     search = _search(raw.get("search", {}), registry)
     reported = ["train_loss", *(f"val_{m}" for m in backend_cls.metrics)]
     if search.metric not in reported:
-        raise SpecError("search.metric", f'backend "{backend.name}" does not report "{search.metric}"; '
-                                         f"it reports {', '.join(reported)}")
+        raise SpecError(
+            "search.metric",
+            f'backend "{backend.name}" does not report "{search.metric}"; it reports {", ".join(reported)}',
+        )
     registry.get("strategy", search.strategy.name).check(search.space, search.strategy.options, tuple(reported))
     checkpoint = build(CheckpointOptions, raw.get("checkpoint", {}), "checkpoint")
     divergence = build(DivergenceOptions, raw.get("divergence", {}), "divergence")
     executor = _plugin_ref(raw.get("executor", {"name": DEFAULT_PLUGINS["executor"]}), "executor", "executor", registry)
 
     spec = ExperimentSpec(
-        name=name, description=description, seed=seed, data=data, backend=backend, model=model,
-        train=train, search=search, checkpoint=checkpoint, divergence=divergence, executor=executor, raw=raw, base_dir=base_dir,
+        name=name,
+        description=description,
+        seed=seed,
+        data=data,
+        backend=backend,
+        model=model,
+        train=train,
+        search=search,
+        checkpoint=checkpoint,
+        divergence=divergence,
+        executor=executor,
+        raw=raw,
+        base_dir=base_dir,
     )
     for param in search.space:
         for value in _extremes(param):
@@ -172,7 +211,9 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
                 trial_sections(spec, registry, {param.path: value})
             except SpecError as err:
                 shown = orjson.dumps(value).decode()
-                raise SpecError(join_path("search.space", param.path), f"the value {shown} is not accepted: {err}") from None
+                raise SpecError(
+                    join_path("search.space", param.path), f"the value {shown} is not accepted: {err}"
+                ) from None
     return spec
 
 
@@ -194,7 +235,9 @@ def _search(raw: Any, registry: Registry) -> Search:
     for key in raw:
         if key not in ("strategy", "metric", "mode", "space"):
             raise SpecError(join_path("search", key), "unknown key; known keys: metric, mode, space, strategy")
-    strategy = _plugin_ref(raw.get("strategy", {"name": DEFAULT_PLUGINS["search.strategy"]}), "strategy", "search.strategy", registry)
+    strategy = _plugin_ref(
+        raw.get("strategy", {"name": DEFAULT_PLUGINS["search.strategy"]}), "strategy", "search.strategy", registry
+    )
     metric = convert(str, raw.get("metric", DEFAULT_METRIC), "search.metric")
     mode = convert(str, raw.get("mode", default_mode(metric)), "search.mode")
     if mode not in ("min", "max"):
@@ -214,8 +257,9 @@ def check_searchable(path: str, where: str = "search.space") -> None:
     """A searched path must name a key of the model, train or backend section (not the backend's name)."""
     section = path.split(".")[0]
     if section not in SEARCHABLE_SECTIONS or "." not in path:
-        raise SpecError(join_path(where, path),
-                        "must be a dotted path into the model, train or backend section, such as train.lr")
+        raise SpecError(
+            join_path(where, path), "must be a dotted path into the model, train or backend section, such as train.lr"
+        )
     if path == "backend.name":
         raise SpecError(join_path(where, path), "the backend cannot be searched: run one experiment per backend")
 
@@ -226,7 +270,9 @@ def _plugin_ref(raw: Any, kind: Kind, path: str, registry: Registry) -> PluginRe
     if not isinstance(raw, dict):
         raise SpecError(path, f'must be an object such as {{"name": "..."}}, got {orjson.dumps(raw).decode()}')
     if "name" not in raw:
-        raise SpecError(join_path(path, "name"), f"is required: which {kind} to use ({', '.join(registry.names(kind))})")
+        raise SpecError(
+            join_path(path, "name"), f"is required: which {kind} to use ({', '.join(registry.names(kind))})"
+        )
     name = convert(str, raw["name"], join_path(path, "name"))
     cls = registry.get(kind, name, join_path(path, "name"))
     options = build(cls.Options, {k: v for k, v in raw.items() if k != "name"}, path)
@@ -237,4 +283,3 @@ def _extremes(param) -> list[Any]:
     if isinstance(param, Choice):
         return list(param.choices)
     return [param.low, param.high]
-

@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import traceback
 import time
+import traceback
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,19 @@ FILE_NAME = "status.json"
 RECENT_READS = 20  # control-file reads kept in status.json
 # Written at once: what a person or ``runner nudge`` waits for, and the run's start and end.
 FLUSH_EVERY = 0.25
-AT_ONCE = {"control", "control_error", "nudge", "rollback", "pause", "unpause", "stop",
-           "experiment_start", "experiment_complete", "resume", "interrupted"}
+AT_ONCE = {
+    "control",
+    "control_error",
+    "nudge",
+    "rollback",
+    "pause",
+    "unpause",
+    "stop",
+    "experiment_start",
+    "experiment_complete",
+    "resume",
+    "interrupted",
+}
 TRIAL_FIELDS = ("epoch", "step", "train_loss", "val_loss", "val_acc")
 
 
@@ -45,8 +56,16 @@ class StatusBoard:
     def __init__(self, path: Path, *, control: dict[str, Any]):
         self.path = path
         self.doc: dict[str, Any] = {
-            "run": {"state": "starting", "pid": os.getpid(), "name": None, "run_dir": str(path.parent.resolve()),
-                    "metric": None, "mode": None, "planned_trials": None, "updated": None},
+            "run": {
+                "state": "starting",
+                "pid": os.getpid(),
+                "name": None,
+                "run_dir": str(path.parent.resolve()),
+                "metric": None,
+                "mode": None,
+                "planned_trials": None,
+                "updated": None,
+            },
             "control": {"watching": None, **control, "reads": 0, "last_change": None, "last_error": None, "recent": []},
             "trials": {},
             "finished": {"count": 0, "states": {}, "best": None},
@@ -101,8 +120,14 @@ class StatusBoard:
 
     def _on_experiment_start(self, e: dict) -> None:
         run = self.doc["run"]
-        run.update(state="running", name=e["name"], metric=e["metric"], mode=e["mode"],
-                   planned_trials=e["planned_trials"], started=e["t"])
+        run.update(
+            state="running",
+            name=e["name"],
+            metric=e["metric"],
+            mode=e["mode"],
+            planned_trials=e["planned_trials"],
+            started=e["t"],
+        )
 
     def _on_resume(self, e: dict) -> None:
         self.doc["run"]["state"] = "running"
@@ -110,16 +135,23 @@ class StatusBoard:
 
     def _on_trial_start(self, e: dict) -> None:
         self.doc["trials"][str(e["trial"])] = {
-            "state": "running", "epoch": 0, "step": 0, "params": e.get("params"),
-            "hyperparameters": dict(e.get("hyperparameters") or {}), "best": None, "rollbacks": 0, "last_change": None,
+            "state": "running",
+            "epoch": 0,
+            "step": 0,
+            "params": e.get("params"),
+            "hyperparameters": dict(e.get("hyperparameters") or {}),
+            "best": None,
+            "rollbacks": 0,
+            "last_change": None,
         }
 
     def _on_trial_resume(self, e: dict) -> None:
         """A trial goes on after a resume: its ``trial_start`` was folded by ``replay``."""
         if str(e["trial"]) not in self.doc["trials"]:
             self._on_trial_start(e)
-        self.doc["trials"][str(e["trial"])].update(state="running", epoch=e["epoch"], step=e["step"],
-                                                   hyperparameters=dict(e.get("hyperparameters") or {}))
+        self.doc["trials"][str(e["trial"])].update(
+            state="running", epoch=e["epoch"], step=e["step"], hyperparameters=dict(e.get("hyperparameters") or {})
+        )
 
     def _on_epoch_end(self, e: dict) -> None:
         trial = self._trial(e)
@@ -137,8 +169,17 @@ class StatusBoard:
         if trial is not None:
             trial["step"] = e["step"]
             trial["hyperparameters"].update({k: v["new"] for k, v in e["changes"].items()})
-            self._record_change(trial, {"t": e["t"], "trial": e["trial"], "what": "nudge", "changes": e["changes"],
-                                        "source": e["source"], "step": e["step"]})
+            self._record_change(
+                trial,
+                {
+                    "t": e["t"],
+                    "trial": e["trial"],
+                    "what": "nudge",
+                    "changes": e["changes"],
+                    "source": e["source"],
+                    "step": e["step"],
+                },
+            )
 
     def _on_rollback(self, e: dict) -> None:
         trial = self._trial(e)
@@ -146,8 +187,16 @@ class StatusBoard:
             trial.update(epoch=e["to_epoch"], step=e["to_step"], rollbacks=e["rollbacks"])
             if e.get("lr_after") is not None:
                 trial["hyperparameters"]["lr"] = e["lr_after"]
-            self._record_change(trial, {"t": e["t"], "trial": e["trial"], "what": f"rollback to {e['snapshot']}",
-                                        "source": e["source"], "step": e["to_step"]})
+            self._record_change(
+                trial,
+                {
+                    "t": e["t"],
+                    "trial": e["trial"],
+                    "what": f"rollback to {e['snapshot']}",
+                    "source": e["source"],
+                    "step": e["to_step"],
+                },
+            )
 
     def _on_pause(self, e: dict) -> None:
         self._set_state(e, "paused")
@@ -159,8 +208,9 @@ class StatusBoard:
         trial = self._trial(e)
         if trial is not None:
             trial.update(state=state, step=e["step"])
-            self._record_change(trial, {"t": e["t"], "trial": e["trial"], "what": e["event"], "source": e["source"],
-                                        "step": e["step"]})
+            self._record_change(
+                trial, {"t": e["t"], "trial": e["trial"], "what": e["event"], "source": e["source"], "step": e["step"]}
+            )
 
     def _record_change(self, trial: dict[str, Any], change: dict[str, Any]) -> None:
         """A trial's latest change; the control file's too, if it asked for it."""
@@ -196,8 +246,13 @@ class StatusBoard:
 
     def _on_control(self, e: dict) -> None:
         """A valid version of the control file was read; its orders are now pending."""
-        read = {"read": e["read"], "t": e["t"], "sha256": e["sha256"], "message": None,
-                "orders": [dict(o, read=e["read"], state="pending", detail=None) for o in e["orders"]]}
+        read = {
+            "read": e["read"],
+            "t": e["t"],
+            "sha256": e["sha256"],
+            "message": None,
+            "orders": [dict(o, read=e["read"], state="pending", detail=None) for o in e["orders"]],
+        }
         read["outcome"] = "pending" if read["orders"] else "no change"
         self._add_read(read)
         for entry in read["orders"]:
@@ -208,16 +263,29 @@ class StatusBoard:
         self.doc["control"]["last_error"] = error
         if "order" in e:  # a valid order that could not be carried out (no snapshot to roll back to)
             return
-        self._add_read({"read": e.get("read"), "t": e["t"], "sha256": e.get("sha256"), "outcome": "rejected",
-                        "message": e["message"], "orders": []})
+        self._add_read(
+            {
+                "read": e.get("read"),
+                "t": e["t"],
+                "sha256": e.get("sha256"),
+                "outcome": "rejected",
+                "message": e["message"],
+                "orders": [],
+            }
+        )
 
     def _order_done(self, e: dict) -> None:
         entry = self._orders.get(e["order"])
         if entry is None or entry["state"] != "pending":
             return
         failed = e["event"] in ("control_error", "checkpoint_error")
-        entry.update(trial=e.get("trial", entry["trial"]), state="failed" if failed else "applied", detail=e.get("message"), t=e["t"],
-                     step=e.get("step", e.get("to_step")))
+        entry.update(
+            trial=e.get("trial", entry["trial"]),
+            state="failed" if failed else "applied",
+            detail=e.get("message"),
+            t=e["t"],
+            step=e.get("step", e.get("to_step")),
+        )
         self._settle(entry["read"])
 
     def _settle(self, read_id: int) -> None:
@@ -227,7 +295,9 @@ class StatusBoard:
         for read in self._reads:
             if read["read"] == read_id and not any(o["state"] == "pending" for o in read["orders"]):
                 states = {o["state"] for o in read["orders"]}
-                read["outcome"] = "applied" if states == {"applied"} else "partly applied" if "applied" in states else "not applied"
+                read["outcome"] = (
+                    "applied" if states == {"applied"} else "partly applied" if "applied" in states else "not applied"
+                )
 
     def _add_read(self, read: dict[str, Any]) -> None:
         if len(self._reads) == self._reads.maxlen:
@@ -250,8 +320,11 @@ class StatusBoard:
             atomic_write(self.path, data + b"\n", durable=False)
         except OSError as err:  # a full disk or a removed folder must not stop training: the log has it all
             if self.write_error is None:
-                print(f"runner: cannot write {self.path} ({err.strerror}); training goes on, the event log "
-                      "has everything", file=sys.stderr)
+                print(
+                    f"runner: cannot write {self.path} ({err.strerror}); training goes on, the event log "
+                    "has everything",
+                    file=sys.stderr,
+                )
             self.write_error = str(err)
             return
         self.write_error = None

@@ -68,8 +68,11 @@ class Driver:
 
 
 def same_state(a: BackendState, b: BackendState) -> bool:
-    return (set(a.arrays) == set(b.arrays) and a.meta == b.meta
-            and all(np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays))
+    return (
+        set(a.arrays) == set(b.arrays)
+        and a.meta == b.meta
+        and all(np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays)
+    )
 
 
 class BackendConformance:
@@ -83,8 +86,13 @@ class BackendConformance:
     def make(self, seed: int = 7) -> Backend:
         """A backend built as the loop builds one, on ``small_dataset()``."""
         cls = self.backend_cls
-        return cls(model=build(cls.Model, self.model, "model"), train=build(cls.Train, self.train, "train"),
-                   options=build(cls.Options, self.options, "backend"), data=small_dataset(), seed=seed)
+        return cls(
+            model=build(cls.Model, self.model, "model"),
+            train=build(cls.Train, self.train, "train"),
+            options=build(cls.Options, self.options, "backend"),
+            data=small_dataset(),
+            seed=seed,
+        )
 
     def test_an_epoch_is_steps_per_epoch_steps_and_the_next_one_must_be_begun(self):
         backend = self.make()

@@ -61,9 +61,15 @@ class TrialResult:
     def to_json(self) -> dict[str, Any]:
         """The result as written in ``trial_complete`` events and ``results.json``."""
         return {
-            "trial": self.trial, "state": self.state, "params": self.params,
-            "score": self.score, "best": self.best, "final": self.final,
-            "epochs": self.epochs, "seconds": round(self.seconds, 4), "reason": self.reason,
+            "trial": self.trial,
+            "state": self.state,
+            "params": self.params,
+            "score": self.score,
+            "best": self.best,
+            "final": self.final,
+            "epochs": self.epochs,
+            "seconds": round(self.seconds, 4),
+            "reason": self.reason,
             "ends_experiment": self.ends_experiment,
         }
 

@@ -13,8 +13,8 @@ Plugin authors declare their options the same way::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import difflib
+import functools
 import math
 import types
 import typing
@@ -138,8 +138,12 @@ def type_hints(cls: type) -> dict[str, Any]:
 def _check_bounds(rule: dict | None, value: Any, path: str) -> None:
     if not rule or not isinstance(value, (int, float)) or isinstance(value, bool):
         return
-    tests = (("gt", ">", lambda v, b: v > b), ("ge", ">=", lambda v, b: v >= b),
-             ("lt", "<", lambda v, b: v < b), ("le", "<=", lambda v, b: v <= b))
+    tests = (
+        ("gt", ">", lambda v, b: v > b),
+        ("ge", ">=", lambda v, b: v >= b),
+        ("lt", "<", lambda v, b: v < b),
+        ("le", "<=", lambda v, b: v <= b),
+    )
     for key, symbol, ok in tests:
         limit = rule.get(key)
         if limit is not None and not ok(value, limit):

@@ -38,8 +38,15 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-SAVE_EVENTS = [FileClosedEvent, FileMovedEvent, FileCreatedEvent, FileDeletedEvent,
-               DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
+SAVE_EVENTS = [
+    FileClosedEvent,
+    FileMovedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
 POLL_EVENTS = SAVE_EVENTS + [FileModifiedEvent]  # polling sees changes, not closes
 
 
@@ -61,9 +68,18 @@ class FileWatcher:
     poll late already, so they are read at once (a half-written file still gets ``settle``).
     """
 
-    def __init__(self, path: Path, check: Callable[[bool], bool], *, on_idle: Callable[[], None] = lambda: None,
-                 poll: bool = False, poll_interval: float = 0.1, quiet: float = 0.02, settle: float = 0.25,
-                 idle: float = 0.1):
+    def __init__(
+        self,
+        path: Path,
+        check: Callable[[bool], bool],
+        *,
+        on_idle: Callable[[], None] = lambda: None,
+        poll: bool = False,
+        poll_interval: float = 0.1,
+        quiet: float = 0.02,
+        settle: float = 0.25,
+        idle: float = 0.1,
+    ):
         self.path, self.check, self.on_idle = path, check, on_idle
         self.poll_interval, self.settle, self.idle = poll_interval, settle, idle
         self.quiet = 0.0 if poll else quiet

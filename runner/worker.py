@@ -39,7 +39,7 @@ from runner.checkpoints import SnapshotWriter
 from runner.data import Dataset
 from runner.inbox import Delivery, Mailbox
 from runner.interrupt import FLAG, Interrupted
-from runner.plugins import load_plugins
+from runner.plugin_manager import load_plugins
 from runner.spec import parse
 
 Message = tuple
@@ -63,7 +63,9 @@ class WorkerSetup:
         plugins = load_plugins(self.plugin_files)
         spec = parse(self.raw, plugins.registry, base_dir=Path(self.base_dir))
         experiment = Experiment(spec, Path(self.run_dir), self.planned_trials)
-        return TrialRunner(experiment, plugins, self.dataset, link, writer, link, build_strategy(spec, plugins.registry))
+        return TrialRunner(
+            experiment, plugins, self.dataset, link, writer, link, build_strategy(spec, plugins.registry)
+        )
 
 
 class WorkerLink:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
 
-from types import SimpleNamespace
-
 from runner.files import create_run_dir
 from runner.loop import load_dataset, run_experiment
-from runner.plugins import load_plugins
+from runner.plugin_manager import load_plugins
 from runner.spec import load
 
 ROOT = Path(__file__).resolve().parent.parent

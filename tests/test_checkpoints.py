@@ -5,16 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import run_file
 from runner.backend import BackendState
 from runner.checkpoints import CheckpointOptions, CheckpointStore, CorruptSnapshot, SnapshotWriter, read_snapshot
 from runner.loop import load_dataset, trial_seed
 from runner.spec import trial_sections
+from tests.conftest import run_file
 
 
 def state(value: float) -> BackendState:
-    return BackendState(arrays={"w": np.full((3, 2), value, np.float32), "perm": np.arange(5)},
-                        meta={"epoch": int(value), "rng": str(2**100 + int(value))})
+    return BackendState(
+        arrays={"w": np.full((3, 2), value, np.float32), "perm": np.arange(5)},
+        meta={"epoch": int(value), "rng": str(2**100 + int(value))},
+    )
 
 
 @pytest.fixture
@@ -26,23 +28,47 @@ def writer():
 
 def test_a_snapshot_round_trips_exactly_and_leaves_no_temporary_file(tmp_path, writer):
     store = CheckpointStore(tmp_path / "t000", 0, CheckpointOptions(min_interval=0), writer)
-    saved = store.save(state(1.5), epoch=1, step=10, reason="epoch", best=False,
-                       hyperparameters={"lr": 0.1}, metrics={"val_loss": 0.5}, loop={})
+    saved = store.save(
+        state(1.5),
+        epoch=1,
+        step=10,
+        reason="epoch",
+        best=False,
+        hyperparameters={"lr": 0.1},
+        metrics={"val_loss": 0.5},
+        loop={},
+    )
     [durable] = store.collect(wait=True)
     assert durable == saved and saved.path.exists()
     loaded, meta = read_snapshot(saved.path)
     assert np.array_equal(loaded.arrays["w"], state(1.5).arrays["w"]) and loaded.arrays["w"].dtype == np.float32
     assert loaded.meta == {"epoch": 1, "rng": str(2**100 + 1)}
-    assert meta == {"trial": 0, "epoch": 1, "step": 10, "reason": "epoch", "best": False,
-                    "hyperparameters": {"lr": 0.1}, "metrics": {"val_loss": 0.5}, "loop": {}}
+    assert meta == {
+        "trial": 0,
+        "epoch": 1,
+        "step": 10,
+        "reason": "epoch",
+        "best": False,
+        "hyperparameters": {"lr": 0.1},
+        "metrics": {"val_loss": 0.5},
+        "loop": {},
+    }
     assert [p.name for p in (tmp_path / "t000").iterdir()] == [saved.path.name]
 
 
 def test_keeps_the_last_k_and_the_best(tmp_path, writer):
     store = CheckpointStore(tmp_path, 0, CheckpointOptions(keep=2, min_interval=0), writer)
     for epoch in range(1, 7):
-        store.save(state(epoch), epoch=epoch, step=epoch * 10, reason="epoch", best=epoch == 2,
-                   hyperparameters={}, metrics={}, loop={})
+        store.save(
+            state(epoch),
+            epoch=epoch,
+            step=epoch * 10,
+            reason="epoch",
+            best=epoch == 2,
+            hyperparameters={},
+            metrics={},
+            loop={},
+        )
         store.collect(wait=True)
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert kept == ["e00002-s000000020-n000000.npz", "e00005-s000000050-n000000.npz", "e00006-s000000060-n000000.npz"]
@@ -53,7 +79,9 @@ def test_keeps_the_last_k_and_the_best(tmp_path, writer):
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
 def test_a_damaged_snapshot_is_detected_with_a_clear_message(tmp_path, writer, damage):
     store = CheckpointStore(tmp_path, 0, CheckpointOptions(min_interval=0), writer)
-    path = store.save(state(3.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={}, loop={}).path
+    path = store.save(
+        state(3.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={}, loop={}
+    ).path
     store.collect(wait=True)
     data = bytearray(path.read_bytes())
     if damage == "truncate":
@@ -76,7 +104,9 @@ def test_files_are_throttled_by_min_interval_and_the_best_is_written_at_the_end(
     written = []
     for epoch, (t, best) in enumerate([(4, True), (11, False), (15, True), (19, False), (22, False)], 1):
         now[0] = t
-        store.save(state(epoch), epoch=epoch, step=epoch, reason="epoch", best=best, hyperparameters={}, metrics={}, loop={})
+        store.save(
+            state(epoch), epoch=epoch, step=epoch, reason="epoch", best=best, hyperparameters={}, metrics={}, loop={}
+        )
         written += [s.epoch for s in store.collect(wait=True)]
     assert written == [2, 5], "a file 10 s after the start, then 10 s after that one"
     assert [s.epoch for s, _, _ in store.ring] == [2, 3, 4, 5], "every due snapshot is in memory"
@@ -84,7 +114,10 @@ def test_files_are_throttled_by_min_interval_and_the_best_is_written_at_the_end(
     [best] = store.collect(wait=True)
     assert (best.epoch, best.best) == (3, True) and store.best == best
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "e00002-s000000002-n000000.npz", "e00003-s000000003-n000000.npz", "e00005-s000000005-n000000.npz"]
+        "e00002-s000000002-n000000.npz",
+        "e00003-s000000003-n000000.npz",
+        "e00005-s000000005-n000000.npz",
+    ]
 
 
 def test_a_write_error_is_reported_not_raised(tmp_path, writer):
@@ -112,8 +145,9 @@ def test_a_run_snapshots_each_epoch_and_a_snapshot_continues_bit_for_bit(write_e
     # Continue from the epoch-2 snapshot with a fresh backend: epochs 3 and 4 come out identical.
     model, train, options = trial_sections(spec, plugins.registry, {})
     dataset = load_dataset(spec, plugins)
-    backend = plugins.registry.get("backend", "numpy")(model=model, train=train, options=options,
-                                                         data=dataset, seed=trial_seed(spec.seed, 0))
+    backend = plugins.registry.get("backend", "numpy")(
+        model=model, train=train, options=options, data=dataset, seed=trial_seed(spec.seed, 0)
+    )
     state_2, meta_2 = read_snapshot(snapshots[1])
     assert meta_2["epoch"] == 2
     backend.load_state(state_2)
@@ -138,8 +172,11 @@ def test_snapshot_schedule_follows_the_checkpoint_section(write_experiment, tmp_
 
 def test_every_steps_takes_snapshots_mid_epoch_that_continue_exactly(write_experiment, tmp_path):
     """Spirals quick: 3 steps an epoch; a snapshot every 2 steps lands mid-epoch at step 2, 4..."""
-    changes = {"train": {"epochs": 2}, "checkpoint": {"every_steps": 2, "every_epochs": 0, "best": False, "keep": 10},
-               "search": {"space": None}}
+    changes = {
+        "train": {"epochs": 2},
+        "checkpoint": {"every_steps": 2, "every_epochs": 0, "best": False, "keep": 10},
+        "search": {"space": None},
+    }
     _, _, run_dir, events = run(write_experiment(changes), tmp_path)
     steps = [e["step"] for e in events if e["event"] == "checkpoint"]
     assert steps == [2, 4], "step 6 ends the trial's last epoch: no step snapshot there"

@@ -15,8 +15,12 @@ from tests.conftest import ROOT
 
 def runner(*args, cwd=None, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "runner", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, **(env or {})}, timeout=300,
+        [sys.executable, "-m", "runner", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=300,
     )
 
 
@@ -28,8 +32,14 @@ def run_dir_of(stdout: str):
 
 
 def test_start_runs_a_search_to_the_end(write_experiment, tmp_path):
-    exp = write_experiment({"search": {"strategy": {"name": "random", "trials": 3},
-                                       "space": {"train.lr": {"low": 1e-3, "high": 0.1, "scale": "log"}}}})
+    exp = write_experiment(
+        {
+            "search": {
+                "strategy": {"name": "random", "trials": 3},
+                "space": {"train.lr": {"low": 1e-3, "high": 0.1, "scale": "log"}},
+            }
+        }
+    )
     proc = runner("start", exp, "--out", tmp_path / "runs", "--plain")
     assert proc.returncode == 0, proc.stderr
     run_dir = run_dir_of(proc.stdout)
@@ -58,13 +68,21 @@ def test_start_never_overwrites_a_run_and_keeps_names_inside_the_output_folder(w
 
 
 def test_seed_override_changes_the_sampled_trials(write_experiment, tmp_path):
-    exp = write_experiment({"search": {"strategy": {"name": "random", "trials": 1},
-                                       "space": {"train.lr": {"low": 1e-3, "high": 0.1, "scale": "log"}}}})
+    exp = write_experiment(
+        {
+            "search": {
+                "strategy": {"name": "random", "trials": 1},
+                "space": {"train.lr": {"low": 1e-3, "high": 0.1, "scale": "log"}},
+            }
+        }
+    )
     lrs = []
     for seed in (1, 1, 2):
         proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--seed", seed)
         assert proc.returncode == 0, proc.stderr
-        lrs.append(orjson.loads((run_dir_of(proc.stdout) / "results.json").read_bytes())["trials"][0]["params"]["train.lr"])
+        lrs.append(
+            orjson.loads((run_dir_of(proc.stdout) / "results.json").read_bytes())["trials"][0]["params"]["train.lr"]
+        )
     assert lrs[0] == lrs[1] != lrs[2]
 
 
@@ -116,31 +134,33 @@ def test_validate_summarises_the_experiment():
 
 def test_plugins_lists_built_ins_and_a_one_off_plugin(tmp_path):
     plugin = tmp_path / "shout.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent("""
         from runner import hookimpl
 
         @hookimpl
         def runner_trial_complete(trial, result):
             print("done", trial.id)
-    '''))
+    """)
+    )
     proc = runner("plugins", "--json", "--plugin", plugin)
     assert proc.returncode == 0, proc.stderr
     rows = {row["plugin"]: row for row in orjson.loads(proc.stdout)}
-    assert rows["numpy"]["registers"] == ["backend numpy"] and rows["numpy"]["from"].startswith("runner ")
+    assert rows["numpy"]["registers"] == ["backend numpy"] and rows["numpy"]["from"].startswith("panda-caviar ")
     assert rows["random"]["registers"] == ["strategy random"]
     assert rows["shout"]["hooks"] == ["runner_trial_complete"] and rows["shout"]["from"] == str(plugin)
 
 
 def test_trace_env_prints_hook_calls(write_experiment, tmp_path):
-    proc = runner("start", write_experiment(), "--out", tmp_path / "runs", "--plain",
-                  env={"RUNNER_TRACE_PLUGINS": "1"})
+    proc = runner("start", write_experiment(), "--out", tmp_path / "runs", "--plain", env={"RUNNER_TRACE_PLUGINS": "1"})
     assert proc.returncode == 0
     assert "runner_trial_start" in proc.stderr and "runner_epoch_end" in proc.stderr
 
 
 def test_a_strategy_from_a_plugin_file_drives_a_cli_run(write_experiment, tmp_path):
     plugin = tmp_path / "two_rates.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent("""
         from runner import Strategy, hookimpl
 
         class TwoRates(Strategy):
@@ -152,7 +172,8 @@ def test_a_strategy_from_a_plugin_file_drives_a_cli_run(write_experiment, tmp_pa
         @hookimpl
         def runner_register(registry):
             registry.add_strategy(TwoRates)
-    '''))
+    """)
+    )
     exp = write_experiment({"search": {"strategy": {"name": "two-rates"}, "space": None}})
     proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
     assert proc.returncode == 0, proc.stderr
@@ -164,13 +185,15 @@ def test_a_strategy_from_a_plugin_file_drives_a_cli_run(write_experiment, tmp_pa
 
 def test_a_bug_in_a_plugin_is_one_line_and_a_traceback_file(write_experiment, tmp_path):
     plugin = tmp_path / "buggy.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent("""
         from runner import hookimpl
 
         @hookimpl
         def runner_trial_complete(trial, result):
             raise ZeroDivisionError("oops in a plugin")
-    '''))
+    """)
+    )
     proc = runner("start", write_experiment(), "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "unexpected ZeroDivisionError (a bug in a plugin or in runner): oops in a plugin" in proc.stderr
@@ -194,28 +217,48 @@ def test_version_and_help():
 
 
 def test_start_from_an_earlier_run_trains_its_best_config(write_experiment, tmp_path):
-    search = write_experiment({"search": {"strategy": {"name": "grid", "points": 3},
-                                          "space": {"train.lr": {"low": 1e-3, "high": 0.1, "scale": "log"},
-                                                    "model.hidden": {"choices": [[4], [16]]}}}}, name="search.json")
+    search = write_experiment(
+        {
+            "search": {
+                "strategy": {"name": "grid", "points": 3},
+                "space": {
+                    "train.lr": {"low": 1e-3, "high": 0.1, "scale": "log"},
+                    "model.hidden": {"choices": [[4], [16]]},
+                },
+            }
+        },
+        name="search.json",
+    )
     first = runner("start", search, "--out", tmp_path / "runs", "--plain")
     assert first.returncode == 0, first.stderr
     earlier = run_dir_of(first.stdout)
     best = orjson.loads((earlier / "results.json").read_bytes())["best"]
-    babysit = write_experiment({"train": {"epochs": 3}, "search": {"strategy": {"name": "panda-nudge"}, "space": None}},
-                               name="panda.json")
+    babysit = write_experiment(
+        {"train": {"epochs": 3}, "search": {"strategy": {"name": "panda-nudge"}, "space": None}}, name="panda.json"
+    )
     proc = runner("start", babysit, "--out", tmp_path / "runs", "--plain", "--from", earlier)
     assert proc.returncode == 0, proc.stderr
     assert f"starting from t{best['trial']:03d}" in proc.stdout
     run_dir = run_dir_of(proc.stdout)
     written = orjson.loads((run_dir / "experiment.json").read_bytes())
-    assert written["train"]["lr"] == best["params"]["train.lr"] and written["model"]["hidden"] == best["params"]["model.hidden"]
-    config = next(e for e in (orjson.loads(x) for x in (earlier / "events.jsonl").read_bytes().splitlines())
-                  if e["event"] == "trial_start" and e["trial"] == best["trial"])["config"]
+    assert (
+        written["train"]["lr"] == best["params"]["train.lr"]
+        and written["model"]["hidden"] == best["params"]["model.hidden"]
+    )
+    config = next(
+        e
+        for e in (orjson.loads(x) for x in (earlier / "events.jsonl").read_bytes().splitlines())
+        if e["event"] == "trial_start" and e["trial"] == best["trial"]
+    )["config"]
     assert written["model"] == config["model"], "the whole model config, not only what was searched"
     assert written["train"] == {**config["train"], "epochs": 3}, "the whole train config but the budget"
     events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
-    assert events[0]["started_from"] == {"run_dir": str(earlier.resolve()), "trial": best["trial"],
-                                         "params": best["params"], "score": best["score"]}
+    assert events[0]["started_from"] == {
+        "run_dir": str(earlier.resolve()),
+        "trial": best["trial"],
+        "params": best["params"],
+        "score": best["score"],
+    }
     trial = next(e for e in events if e["event"] == "trial_start")
     assert trial["config"]["train"]["lr"] == best["params"]["train.lr"] and trial["params"] == {}
 

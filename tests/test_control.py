@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from runner.plugins.backends.numpy_mlp.backend import Train
 
-from plugins.backends.numpy_mlp.backend import Train
 from runner.control import ControlDocument, ControlError, ControlSchema, initial_document, orders, parse
 from runner.decisions import Checkpoint, Nudge, Pause, Rollback, Stop, Unpause
 from runner.nudge import Change, edit
@@ -17,33 +17,54 @@ def doc(**raw) -> ControlDocument:
     return parse(orjson.dumps(raw), SCHEMA)
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b"", "control.json: the file is empty"),
-    (b'{"lr": 0.1', "control.json: not valid JSON"),
-    (b"[1, 2]", "control.json: must be a JSON object, got a list"),
-    (b'{"lr": 0}', "control.json: lr: must be > 0, got 0"),
-    (b'{"lr": "fast"}', 'control.json: lr: must be a number, got string "fast"'),
-    (b'{"lr": true}', "control.json: lr: must be a number, got boolean true"),
-    (b'{"momentum": 1.0}', "control.json: momentum: must be < 1, got 1.0"),
-    (b'{"momentum": -0.1}', "control.json: momentum: must be >= 0"),
-    (b'{"lr": 1e999}', "control.json: not valid JSON: number is infinity"),
-    (b'{"lr": NaN}', "control.json: not valid JSON"),
-    (b'{"rl": 0.1}', "control.json: rl: unknown key; the keys are help, trials, actions and the settings lr, momentum, beta2"),
-    (b'{"trials": {"x3": {}}}', 'control.json: trials.x3: a trial is named by its number, such as 3 or "t003"'),
-    ('{"trials": {"t\u0663": {}}}'.encode(), "control.json: trials.t\u0663: a trial is named by its number"),  # ASCII digits only
-    (b'{"trials": {"3": {"lr": -1}}}', "control.json: trials.3.lr: must be > 0"),
-    (b'{"trials": {"3": {}, "t003": {}}}', "control.json: trials.t003: trial 3 is named twice"),
-    (b'{"actions": {"id": 1}}', "control.json: actions: must be a list"),
-    (b'{"actions": [{"do": "pause"}]}', 'control.json: actions[0]: needs an "id"'),
-    (b'{"actions": [{"id": 1, "do": "jump"}]}', "control.json: actions[0].do: must be one of set, rollback, pause"),
-    (b'{"actions": [{"id": 1, "do": "rollback", "to": "yesterday"}]}', "control.json: actions[0].to: must be last, best"),
-    (b'{"actions": [{"id": 1, "do": "pause", "to": "best"}]}', 'control.json: actions[0].to: unknown key for "do": "pause"'),
-    (b'{"actions": [{"id": 1, "do": "set"}]}', 'control.json: actions[0]: "do": "set" needs at least one number'),
-    (b'{"actions": [{"id": 1, "do": "set", "lr": -2}]}', "control.json: actions[0].lr: must be > 0"),
-    (b'{"actions": [{"id": 1, "do": "pause"}, {"id": 1, "do": "stop"}]}', "control.json: actions[1].id: id 1 is used twice"),
-    (b'{"actions": [{"id": true, "do": "pause"}]}', "control.json: actions[0].id: must be a number or a short text"),
-    (b" " * (1 << 20) + b"{}", "control.json: the file is 1,048,578 bytes; a control file is at most 1,048,576"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"", "control.json: the file is empty"),
+        (b'{"lr": 0.1', "control.json: not valid JSON"),
+        (b"[1, 2]", "control.json: must be a JSON object, got a list"),
+        (b'{"lr": 0}', "control.json: lr: must be > 0, got 0"),
+        (b'{"lr": "fast"}', 'control.json: lr: must be a number, got string "fast"'),
+        (b'{"lr": true}', "control.json: lr: must be a number, got boolean true"),
+        (b'{"momentum": 1.0}', "control.json: momentum: must be < 1, got 1.0"),
+        (b'{"momentum": -0.1}', "control.json: momentum: must be >= 0"),
+        (b'{"lr": 1e999}', "control.json: not valid JSON: number is infinity"),
+        (b'{"lr": NaN}', "control.json: not valid JSON"),
+        (
+            b'{"rl": 0.1}',
+            "control.json: rl: unknown key; the keys are help, trials, actions and the settings lr, momentum, beta2",
+        ),
+        (b'{"trials": {"x3": {}}}', 'control.json: trials.x3: a trial is named by its number, such as 3 or "t003"'),
+        (
+            '{"trials": {"t\u0663": {}}}'.encode(),
+            "control.json: trials.t\u0663: a trial is named by its number",
+        ),  # ASCII digits only
+        (b'{"trials": {"3": {"lr": -1}}}', "control.json: trials.3.lr: must be > 0"),
+        (b'{"trials": {"3": {}, "t003": {}}}', "control.json: trials.t003: trial 3 is named twice"),
+        (b'{"actions": {"id": 1}}', "control.json: actions: must be a list"),
+        (b'{"actions": [{"do": "pause"}]}', 'control.json: actions[0]: needs an "id"'),
+        (b'{"actions": [{"id": 1, "do": "jump"}]}', "control.json: actions[0].do: must be one of set, rollback, pause"),
+        (
+            b'{"actions": [{"id": 1, "do": "rollback", "to": "yesterday"}]}',
+            "control.json: actions[0].to: must be last, best",
+        ),
+        (
+            b'{"actions": [{"id": 1, "do": "pause", "to": "best"}]}',
+            'control.json: actions[0].to: unknown key for "do": "pause"',
+        ),
+        (b'{"actions": [{"id": 1, "do": "set"}]}', 'control.json: actions[0]: "do": "set" needs at least one number'),
+        (b'{"actions": [{"id": 1, "do": "set", "lr": -2}]}', "control.json: actions[0].lr: must be > 0"),
+        (
+            b'{"actions": [{"id": 1, "do": "pause"}, {"id": 1, "do": "stop"}]}',
+            "control.json: actions[1].id: id 1 is used twice",
+        ),
+        (
+            b'{"actions": [{"id": true, "do": "pause"}]}',
+            "control.json: actions[0].id: must be a number or a short text",
+        ),
+        (b" " * (1 << 20) + b"{}", "control.json: the file is 1,048,578 bytes; a control file is at most 1,048,576"),
+    ],
+)
 def test_bad_versions_are_refused_with_the_path_and_the_rule(raw, message):
     with pytest.raises(ControlError) as caught:
         parse(raw, SCHEMA)
@@ -73,7 +94,9 @@ def test_a_setting_is_ordered_when_its_value_changes_and_only_then():
     start = doc(lr=0.01, momentum=0.9)
     changed = doc(lr=0.02, momentum=0.9)
     (order,) = orders(start, changed)
-    assert order.trial is None and order.decision == Nudge({"lr": 0.02}, reason="control.json") and order.what == "lr=0.02"
+    assert (
+        order.trial is None and order.decision == Nudge({"lr": 0.02}, reason="control.json") and order.what == "lr=0.02"
+    )
     assert orders(changed, changed) == []  # the same version read again orders nothing
     assert orders(changed, doc(lr=None, momentum=0.9)) == []  # null: no value, nothing to apply
     assert orders(doc(lr=None), doc(lr=0.02))[0].decision.changes == {"lr": 0.02}
@@ -84,16 +107,24 @@ def test_per_trial_settings_go_to_their_trial_after_the_top_level_ones():
     after = doc(lr=0.02, trials={"t003": {"lr": 0.05, "momentum": 0.5}, "4": {"lr": 0.1}})
     found = orders(before, after)
     assert [(o.trial, o.decision.changes) for o in found] == [
-        (None, {"lr": 0.02}), (3, {"momentum": 0.5}), (4, {"lr": 0.1})]
+        (None, {"lr": 0.02}),
+        (3, {"momentum": 0.5}),
+        (4, {"lr": 0.1}),
+    ]
 
 
 def test_each_action_id_is_applied_once_and_cannot_be_reused_for_another_action():
     empty = doc()
-    actions = [{"id": 1, "do": "pause"}, {"id": "b", "do": "resume", "trial": "t002"},
-               {"id": 3, "do": "rollback", "to": "before_nudge", "reason": "lr too high"},
-               {"id": 4, "do": "rollback", "to": 5}, {"id": 5, "do": "checkpoint"},
-               {"id": 6, "do": "set", "lr": 0.3, "beta2": 0.99}, {"id": 7, "do": "stop", "trial": 2},
-               {"id": 8, "do": "stop"}]
+    actions = [
+        {"id": 1, "do": "pause"},
+        {"id": "b", "do": "resume", "trial": "t002"},
+        {"id": 3, "do": "rollback", "to": "before_nudge", "reason": "lr too high"},
+        {"id": 4, "do": "rollback", "to": 5},
+        {"id": 5, "do": "checkpoint"},
+        {"id": 6, "do": "set", "lr": 0.3, "beta2": 0.99},
+        {"id": 7, "do": "stop", "trial": 2},
+        {"id": 8, "do": "stop"},
+    ]
     version = doc(actions=actions)
     found = orders(empty, version)
     assert [(o.action, o.trial, o.decision) for o in found] == [
@@ -109,7 +140,7 @@ def test_each_action_id_is_applied_once_and_cannot_be_reused_for_another_action(
     assert orders(version, version) == []
     assert [o.action for o in orders(version, doc(actions=actions + [{"id": 9, "do": "pause"}]))] == [9]
     assert orders(version, doc(actions=actions[1:])) == []  # removing an applied action undoes nothing
-    with pytest.raises(ControlError, match="id 1 was already applied as \"pause\"; give a new action a new id"):
+    with pytest.raises(ControlError, match='id 1 was already applied as "pause"; give a new action a new id'):
         orders(version, doc(actions=[{"id": 1, "do": "stop"}]))
 
 
@@ -118,8 +149,10 @@ def test_runner_nudge_edits_the_file_as_a_person_would():
     raw["actions"] = [{"id": 4, "do": "pause"}, {"id": "x", "do": "resume"}]
     edited = edit(raw, Change({"lr": 0.02, "momentum": 0.9}, [{"do": "checkpoint"}]))
     assert edited["lr"] == 0.02  # changed where a person would change it
-    assert edited["actions"][2:] == [{"id": 5, "do": "set", "momentum": 0.9},  # already 0.9 in the file: applied anyway
-                                     {"id": 6, "do": "checkpoint"}]
+    assert edited["actions"][2:] == [
+        {"id": 5, "do": "set", "momentum": 0.9},  # already 0.9 in the file: applied anyway
+        {"id": 6, "do": "checkpoint"},
+    ]
     assert raw["lr"] == 0.01 and len(raw["actions"]) == 2  # the input is left alone
     raw["trials"] = {"t003": {"lr": 0.5}}
     edited = edit(raw, Change({"lr": 0.25}, [{"do": "rollback", "to": "best"}], trial=3))
@@ -127,7 +160,9 @@ def test_runner_nudge_edits_the_file_as_a_person_would():
     assert edited["actions"][-1] == {"id": 5, "do": "rollback", "to": "best", "trial": 3}
     found = orders(parse(orjson.dumps(raw), SCHEMA), parse(orjson.dumps(edited), SCHEMA))
     assert [(o.trial, o.decision) for o in found] == [
-        (3, Nudge({"lr": 0.25}, reason="control.json")), (3, Rollback(to="best", reason="control action 5"))]
+        (3, Nudge({"lr": 0.25}, reason="control.json")),
+        (3, Rollback(to="best", reason="control action 5")),
+    ]
 
 
 def test_an_applied_action_stays_applied_when_taken_out_and_put_back():

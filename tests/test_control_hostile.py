@@ -31,8 +31,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, Phase, assume, event, example, given, note, settings
 from hypothesis import strategies as st
+from runner.plugins.backends.numpy_mlp.backend import Train
 
-from plugins.backends.numpy_mlp.backend import Train
 from runner.control import (
     ACTIONS,
     FILE_NAME,
@@ -73,11 +73,30 @@ def _is_bad(data: bytes) -> bool:
 # -- hostile contents -------------------------------------------------------------------------
 
 FINITE = dict(allow_nan=False, allow_infinity=False)
-ints = st.integers(min_value=-2**63, max_value=2**64 - 1)  # what orjson can write
+ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what orjson can write
 #: Number literals JSON does not have, or that orjson refuses (1e400 parses to infinity).
-RAW_LITERALS = [b"NaN", b"-NaN", b"nan", b"Infinity", b"-Infinity", b"inf", b"1e400", b"-1e400",
-                b"1" + b"0" * 400, b"01", b"+1", b".5", b"1.", b"1e", b"0x10", b"1_000", b"undefined",
-                b"'0.01'", b"True", b"None"]
+RAW_LITERALS = [
+    b"NaN",
+    b"-NaN",
+    b"nan",
+    b"Infinity",
+    b"-Infinity",
+    b"inf",
+    b"1e400",
+    b"-1e400",
+    b"1" + b"0" * 400,
+    b"01",
+    b"+1",
+    b".5",
+    b"1.",
+    b"1e",
+    b"0x10",
+    b"1_000",
+    b"undefined",
+    b"'0.01'",
+    b"True",
+    b"None",
+]
 PLACEHOLDER = "__hostile_raw_literal__"
 
 wrong_type = st.one_of(
@@ -86,13 +105,13 @@ wrong_type = st.one_of(
     st.lists(st.floats(**FINITE), max_size=3),
     st.dictionaries(st.text(max_size=4), ints, max_size=2),
 )
-bad_lr = st.one_of(wrong_type, st.floats(max_value=0, **FINITE), st.integers(max_value=0, min_value=-2**63))
+bad_lr = st.one_of(wrong_type, st.floats(max_value=0, **FINITE), st.integers(max_value=0, min_value=-(2**63)))
 bad_beta = st.one_of(  # momentum and beta2 live in [0, 1)
     wrong_type,
     st.floats(min_value=1, **FINITE),
     st.floats(max_value=0, exclude_max=True, **FINITE),
     st.integers(min_value=1, max_value=2**64 - 1),
-    st.integers(min_value=-2**63, max_value=-1),
+    st.integers(min_value=-(2**63), max_value=-1),
 )
 
 
@@ -107,25 +126,53 @@ def bad_setting(draw) -> tuple[str, Any]:
 
 def valid_extras() -> st.SearchStrategy[dict]:
     """Valid changes that ride along with the bad part: none of them may be applied."""
-    return st.fixed_dictionaries({}, optional={
-        "lr": st.sampled_from([0.02, 0.5, 1e-6, None]),
-        "momentum": st.sampled_from([0.0, 0.5, 0.99]),
-        "trials": st.just({"0": {"lr": 0.03}, "t001": {"beta2": 0.9}}),
-        "actions": st.just([{"id": 1, "do": "pause"}, {"id": "cut", "do": "set", "lr": 0.001, "trial": 0},
-                            {"id": 2, "do": "rollback", "to": "best"}]),
-    })
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "lr": st.sampled_from([0.02, 0.5, 1e-6, None]),
+            "momentum": st.sampled_from([0.0, 0.5, 0.99]),
+            "trials": st.just({"0": {"lr": 0.03}, "t001": {"beta2": 0.9}}),
+            "actions": st.just(
+                [
+                    {"id": 1, "do": "pause"},
+                    {"id": "cut", "do": "set", "lr": 0.001, "trial": 0},
+                    {"id": 2, "do": "rollback", "to": "best"},
+                ]
+            ),
+        },
+    )
 
 
 @st.composite
 def bad_document(draw) -> tuple[str, dict | list | Any]:
     """A JSON value that is well-formed but not a valid control document."""
     doc = {**GOOD, **draw(valid_extras())}
-    kind = draw(st.sampled_from([
-        "setting", "trial_setting", "set_action", "unknown_key", "trial_key", "trials_shape",
-        "trial_settings_shape", "trial_twice", "actions_shape", "action_shape", "action_no_id",
-        "action_bad_id", "action_do", "action_to", "action_duplicate", "action_unknown_key",
-        "action_set_empty", "action_trial", "action_reason", "unknown_trial_setting",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "setting",
+                "trial_setting",
+                "set_action",
+                "unknown_key",
+                "trial_key",
+                "trials_shape",
+                "trial_settings_shape",
+                "trial_twice",
+                "actions_shape",
+                "action_shape",
+                "action_no_id",
+                "action_bad_id",
+                "action_do",
+                "action_to",
+                "action_duplicate",
+                "action_unknown_key",
+                "action_set_empty",
+                "action_trial",
+                "action_reason",
+                "unknown_trial_setting",
+            ]
+        )
+    )
     actions = list(doc.get("actions", []))
     if kind == "setting":
         name, value = draw(bad_setting())
@@ -137,69 +184,160 @@ def bad_document(draw) -> tuple[str, dict | list | Any]:
         name, value = draw(bad_setting())
         actions.append({"id": "bad-set", "do": "set", name: value})
     elif kind == "unknown_key":
-        key = draw(st.one_of(st.sampled_from(["LR", "Lr", "lr ", "learning_rate", "epsilon", "batch_size", "trial",
-                                              "action", "Help", ""]),
-                             st.text(max_size=10)).filter(lambda k: k not in KNOWN_KEYS))
+        key = draw(
+            st.one_of(
+                st.sampled_from(
+                    ["LR", "Lr", "lr ", "learning_rate", "epsilon", "batch_size", "trial", "action", "Help", ""]
+                ),
+                st.text(max_size=10),
+            ).filter(lambda k: k not in KNOWN_KEYS)
+        )
         doc[key] = draw(st.one_of(st.none(), st.floats(**FINITE), st.text(max_size=5)))
     elif kind == "trial_key":
-        key = draw(st.one_of(st.sampled_from(["x3", "t", "T3", "-1", "3.0", " 3", "3 ", "t-3", "1e3", "0x3",
-                                              "t0000000001", "1234567890", "trial3", ""]),
-                             st.text(max_size=6)).filter(lambda k: not re.fullmatch(r"t?\d{1,9}", k)))
+        key = draw(
+            st.one_of(
+                st.sampled_from(
+                    [
+                        "x3",
+                        "t",
+                        "T3",
+                        "-1",
+                        "3.0",
+                        " 3",
+                        "3 ",
+                        "t-3",
+                        "1e3",
+                        "0x3",
+                        "t0000000001",
+                        "1234567890",
+                        "trial3",
+                        "",
+                    ]
+                ),
+                st.text(max_size=6),
+            ).filter(lambda k: not re.fullmatch(r"t?\d{1,9}", k))
+        )
         doc["trials"] = {key: {"lr": 0.02}}
     elif kind == "trials_shape":
-        doc["trials"] = draw(st.one_of(st.lists(ints, max_size=2), ints, st.text(max_size=4),
-                                       st.booleans(), st.none()))
+        doc["trials"] = draw(st.one_of(st.lists(ints, max_size=2), ints, st.text(max_size=4), st.booleans(), st.none()))
     elif kind == "trial_settings_shape":
-        doc["trials"] = {"2": draw(st.one_of(st.lists(st.floats(**FINITE), max_size=2), st.floats(**FINITE),
-                                             st.text(max_size=4), st.booleans(), st.none()))}
+        doc["trials"] = {
+            "2": draw(
+                st.one_of(
+                    st.lists(st.floats(**FINITE), max_size=2),
+                    st.floats(**FINITE),
+                    st.text(max_size=4),
+                    st.booleans(),
+                    st.none(),
+                )
+            )
+        }
     elif kind == "trial_twice":
         doc["trials"] = {"3": {"lr": 0.02}, draw(st.sampled_from(["t003", "03", "t3", "000000003"])): {"lr": 0.03}}
     elif kind == "actions_shape":
-        doc["actions"] = draw(st.one_of(st.dictionaries(st.text(max_size=3), ints, max_size=2),
-                                        ints, st.text(max_size=4), st.booleans(), st.none()))
+        doc["actions"] = draw(
+            st.one_of(
+                st.dictionaries(st.text(max_size=3), ints, max_size=2),
+                ints,
+                st.text(max_size=4),
+                st.booleans(),
+                st.none(),
+            )
+        )
         actions = None
     elif kind == "action_shape":
-        actions.append(draw(st.one_of(st.lists(ints, max_size=2), ints, st.text(max_size=4),
-                                      st.booleans(), st.none())))
+        actions.append(draw(st.one_of(st.lists(ints, max_size=2), ints, st.text(max_size=4), st.booleans(), st.none())))
     elif kind == "action_no_id":
         actions.append({"do": draw(st.sampled_from(ACTIONS))})
     elif kind == "action_bad_id":
-        actions.append({"id": draw(st.one_of(st.booleans(), st.none(), st.floats(**FINITE), st.just(""),
-                                             st.text(min_size=65, max_size=80), st.lists(ints, max_size=1),
-                                             st.just({}))), "do": "pause"})
+        actions.append(
+            {
+                "id": draw(
+                    st.one_of(
+                        st.booleans(),
+                        st.none(),
+                        st.floats(**FINITE),
+                        st.just(""),
+                        st.text(min_size=65, max_size=80),
+                        st.lists(ints, max_size=1),
+                        st.just({}),
+                    )
+                ),
+                "do": "pause",
+            }
+        )
     elif kind == "action_do":
         item = {"id": "d"}
         if draw(st.booleans()):
-            item["do"] = draw(st.one_of(st.sampled_from(["Pause", "PAUSE", "halt", "restart", "", "set lr"]),
-                                        st.text(max_size=8), st.none(), ints,
-                                        st.lists(st.sampled_from(ACTIONS), max_size=1)).filter(lambda d: d not in ACTIONS))
+            item["do"] = draw(
+                st.one_of(
+                    st.sampled_from(["Pause", "PAUSE", "halt", "restart", "", "set lr"]),
+                    st.text(max_size=8),
+                    st.none(),
+                    ints,
+                    st.lists(st.sampled_from(ACTIONS), max_size=1),
+                ).filter(lambda d: d not in ACTIONS)
+            )
         actions.append(item)
     elif kind == "action_to":
-        to = draw(st.one_of(st.sampled_from(["worst", "first", "Best", "", "-1", "3"]), st.integers(min_value=-2**63, max_value=-1),
-                            st.floats(**FINITE), st.booleans(), st.none(), st.lists(ints, max_size=1))
-                  .filter(lambda t: t not in ROLLBACK_TARGETS))
+        to = draw(
+            st.one_of(
+                st.sampled_from(["worst", "first", "Best", "", "-1", "3"]),
+                st.integers(min_value=-(2**63), max_value=-1),
+                st.floats(**FINITE),
+                st.booleans(),
+                st.none(),
+                st.lists(ints, max_size=1),
+            ).filter(lambda t: t not in ROLLBACK_TARGETS)
+        )
         actions.append({"id": "r", "do": "rollback", "to": to})
     elif kind == "action_duplicate":
-        item = {"id": draw(st.sampled_from([7, "seven", -1])), "do": draw(st.sampled_from(["pause", "stop", "checkpoint"]))}
+        item = {
+            "id": draw(st.sampled_from([7, "seven", -1])),
+            "do": draw(st.sampled_from(["pause", "stop", "checkpoint"])),
+        }
         second = dict(item) if draw(st.booleans()) else {**item, "do": "resume"}
         actions += [item, second]
     elif kind == "action_unknown_key":
         do = draw(st.sampled_from(ACTIONS))
-        key = draw(st.sampled_from(["foo", "lr" if do != "set" else "epsilon", "to" if do != "rollback" else "lr",
-                                    "ID", "values"]))
+        key = draw(
+            st.sampled_from(
+                ["foo", "lr" if do != "set" else "epsilon", "to" if do != "rollback" else "lr", "ID", "values"]
+            )
+        )
         item = {"id": "u", "do": do, key: 1}
         if do == "set" and key != "lr":
             item["lr"] = 0.02
         actions.append(item)
     elif kind == "action_set_empty":
-        actions.append({"id": "s", "do": "set", **draw(st.sampled_from([{}, {"lr": None}, {"lr": 0.02, "momentum": None}]))})
+        actions.append(
+            {"id": "s", "do": "set", **draw(st.sampled_from([{}, {"lr": None}, {"lr": 0.02, "momentum": None}]))}
+        )
     elif kind == "action_trial":
-        actions.append({"id": "t", "do": "pause", "trial": draw(st.one_of(
-            st.sampled_from(["x3", "T3", "", "t", "3.5"]), st.integers(min_value=-2**63, max_value=-1), st.integers(min_value=10**9, max_value=2**64 - 1),
-            st.floats(**FINITE), st.booleans(), st.lists(ints, max_size=1)))})
+        actions.append(
+            {
+                "id": "t",
+                "do": "pause",
+                "trial": draw(
+                    st.one_of(
+                        st.sampled_from(["x3", "T3", "", "t", "3.5"]),
+                        st.integers(min_value=-(2**63), max_value=-1),
+                        st.integers(min_value=10**9, max_value=2**64 - 1),
+                        st.floats(**FINITE),
+                        st.booleans(),
+                        st.lists(ints, max_size=1),
+                    )
+                ),
+            }
+        )
     elif kind == "action_reason":
-        actions.append({"id": "why", "do": "checkpoint", "reason": draw(st.one_of(
-            ints, st.booleans(), st.lists(st.text(max_size=2), max_size=1)))})
+        actions.append(
+            {
+                "id": "why",
+                "do": "checkpoint",
+                "reason": draw(st.one_of(ints, st.booleans(), st.lists(st.text(max_size=2), max_size=1))),
+            }
+        )
     elif kind == "unknown_trial_setting":
         doc["trials"] = {"1": {draw(st.sampled_from(["epsilon", "LR", "batch_size", "", "lr "])): 0.1}}
     if actions is not None and (actions or "actions" in doc):
@@ -215,35 +353,89 @@ def render_hostile(value: Any, indent: bool, literal: bytes) -> bytes:
 @st.composite
 def hostile_contents(draw) -> tuple[str, bytes]:
     """(what it is, the bytes): every one of them a version that must be refused."""
-    kind = draw(st.sampled_from(["document", "document", "document", "shape", "truncated", "binary",
-                                 "not_utf8", "raw_literal", "trailing", "empty", "too_big"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "document",
+                "document",
+                "document",
+                "shape",
+                "truncated",
+                "binary",
+                "not_utf8",
+                "raw_literal",
+                "trailing",
+                "empty",
+                "too_big",
+            ]
+        )
+    )
     if kind == "document":
         what, doc = draw(bad_document())
         data = render_hostile(doc, draw(st.booleans()), draw(st.sampled_from(RAW_LITERALS)))
         kind = f"document:{what}"
     elif kind == "shape":
-        data = orjson.dumps(draw(st.one_of(st.lists(ints, max_size=3), ints, st.floats(**FINITE),
-                                           st.text(max_size=10), st.none(), st.booleans(), st.just([GOOD]))))
+        data = orjson.dumps(
+            draw(
+                st.one_of(
+                    st.lists(ints, max_size=3),
+                    ints,
+                    st.floats(**FINITE),
+                    st.text(max_size=10),
+                    st.none(),
+                    st.booleans(),
+                    st.just([GOOD]),
+                )
+            )
+        )
     elif kind == "truncated":
         _, doc = draw(bad_document()) if draw(st.booleans()) else ("", {**GOOD, **draw(valid_extras())})
         whole = render_hostile(doc, draw(st.booleans()), b"0.5")
-        data = whole[:draw(st.integers(0, whole.rindex(b"}") - 1))]  # the object never closes
+        data = whole[: draw(st.integers(0, whole.rindex(b"}") - 1))]  # the object never closes
     elif kind == "binary":
-        data = draw(st.one_of(st.binary(min_size=1, max_size=300),
-                              st.sampled_from([b"\x00", b"\x00" * 64, b"\xff\xfe{\x00}\x00", b"\x1f\x8b\x08\x00",
-                                               b"PK\x03\x04", b"\x7fELF\x02\x01\x01"])))
+        data = draw(
+            st.one_of(
+                st.binary(min_size=1, max_size=300),
+                st.sampled_from(
+                    [
+                        b"\x00",
+                        b"\x00" * 64,
+                        b"\xff\xfe{\x00}\x00",
+                        b"\x1f\x8b\x08\x00",
+                        b"PK\x03\x04",
+                        b"\x7fELF\x02\x01\x01",
+                    ]
+                ),
+            )
+        )
     elif kind == "not_utf8":
         how = draw(st.sampled_from(["bytes", "utf16", "utf16-bom", "utf8-bom", "latin1"]))
         if how == "bytes":
-            bad = draw(st.sampled_from([b"\xff", b"\xfe", b"\xc3\x28", b"\xa0\xa1", b"\xe2\x28\xa1", b"\xf0\x28\x8c\xbc",
-                                        b"\xc0\xaf", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"]))
+            bad = draw(
+                st.sampled_from(
+                    [
+                        b"\xff",
+                        b"\xfe",
+                        b"\xc3\x28",
+                        b"\xa0\xa1",
+                        b"\xe2\x28\xa1",
+                        b"\xf0\x28\x8c\xbc",
+                        b"\xc0\xaf",
+                        b"\xed\xa0\x80",
+                        b"\xf8\x88\x80\x80\x80",
+                    ]
+                )
+            )
             data = INITIAL.replace(b'"Edit', b'"' + bad + b"Edit", 1)
         elif how == "latin1":
             data = orjson.dumps({**GOOD, "help": "réglages"}).replace("é".encode(), "é".encode("latin-1"))
         else:
             text = INITIAL.decode()
-            data = {"utf16": text.encode("utf-16-le"), "utf16-bom": text.encode("utf-16"),
-                    "utf8-bom": b"\xef\xbb\xbf" + INITIAL}[how]
+            data = {
+                "utf16": text.encode("utf-16-le"),
+                "utf16-bom": text.encode("utf-16"),
+                "utf8-bom": b"\xef\xbb\xbf" + INITIAL,
+            }[how]
         kind = f"not_utf8:{how}"
     elif kind == "raw_literal":
         data = draw(st.sampled_from(RAW_LITERALS))
@@ -291,7 +483,7 @@ def content_attacks(draw) -> Attack:
     if pattern == "two_chunks":
         attack.split = draw(st.integers(0, max(0, len(data) - 1)))
         attack.pause = draw(st.sampled_from([0.0, 0.01, 0.05, 0.3]))  # 0.3: longer than the watcher's settle
-        if not _is_bad(data[:attack.split]):  # the half must not be a valid version itself
+        if not _is_bad(data[: attack.split]):  # the half must not be a valid version itself
             attack.pattern = "in_place"
     return attack
 
@@ -309,10 +501,10 @@ def carry_out(attack: Attack, path: Path) -> None:
         os.replace(tmp, path)
     elif attack.pattern == "two_chunks":  # saved half written, then completed
         with open(path, "wb") as f:
-            f.write(attack.data[:attack.split])
+            f.write(attack.data[: attack.split])
         time.sleep(attack.pause)
         with open(path, "ab") as f:
-            f.write(attack.data[attack.split:])
+            f.write(attack.data[attack.split :])
     elif attack.pattern == "delete":
         path.unlink()
     elif attack.pattern == "folder":
@@ -354,8 +546,11 @@ def clear(path: Path) -> None:
 def thread_stacks() -> str:
     """Where every thread of this process is now: what a watcher that stopped answering is doing."""
     frames = sys._current_frames()
-    return "\n".join(f"--- thread {t.name}:\n{''.join(traceback.format_stack(frames[t.ident]))}"
-                     for t in threading.enumerate() if t.ident in frames)
+    return "\n".join(
+        f"--- thread {t.name}:\n{''.join(traceback.format_stack(frames[t.ident]))}"
+        for t in threading.enumerate()
+        if t.ident in frames
+    )
 
 
 class Run(SimpleNamespace):
@@ -373,8 +568,9 @@ class Run(SimpleNamespace):
                 if predicate(record):
                     return record
             if time.monotonic() > deadline:
-                raise AssertionError(f"no {what} within {WAIT}s; the last events: {self.events()[-5:]}\n"
-                                     f"{thread_stacks()}")
+                raise AssertionError(
+                    f"no {what} within {WAIT}s; the last events: {self.events()[-5:]}\n{thread_stacks()}"
+                )
             time.sleep(0.01)
 
     def wait_until(self, condition, what: str) -> None:
@@ -406,30 +602,41 @@ def control_run(request, tmp_path):
     log = EventLog(run_dir / "events.jsonl")
     notes: list[str] = []
     inbox = ControlInbox(path, SCHEMA, log, notify=notes.append, poll=request.param == "polling")
-    board = StatusBoard(run_dir / "status.json", control={"path": str(path), "watching": inbox.mode,
-                                                           "settings": list(LIVE)})
+    board = StatusBoard(
+        run_dir / "status.json", control={"path": str(path), "watching": inbox.mode, "settings": list(LIVE)}
+    )
     log.observers.append(board.observe)
     inbox.watcher.on_idle = board.flush
     inbox.start(INITIAL, fresh=True)
     mailbox = inbox.open(0)
     assert inbox.baseline == BASELINE and inbox.mode == request.param
     try:
-        yield Run(path=path, run_dir=run_dir, log_path=run_dir / "events.jsonl", inbox=inbox, mailbox=mailbox,
-                  board=board, notes=notes)
+        yield Run(
+            path=path,
+            run_dir=run_dir,
+            log_path=run_dir / "events.jsonl",
+            inbox=inbox,
+            mailbox=mailbox,
+            board=board,
+            notes=notes,
+        )
     finally:
         inbox.close()
         log.close()
 
 
 #: Run every time besides the drawn ones: each write pattern at least once.
-FIXED_ATTACKS = [Attack(pattern) for pattern in STATE_PATTERNS] + [
-    Attack("two_chunks", INITIAL[:40], "truncated", split=20, pause=0.3),  # each half reported on its own
-    Attack("two_chunks", b'{"lr": -1}', "document:setting", split=5, pause=0.01),
-    Attack("rename", INITIAL.rstrip()[:-1] + b" " * MAX_BYTES + b"}\n", "too_big"),
-    Attack("in_place", b"", "empty"),
-    Attack("in_place", INITIAL.replace(b"\"lr\": 0.01", b"\"lr\": 1e400", 1), "raw_literal"),
-    Attack("rename", INITIAL.replace(b'"momentum": 0.9', b'"momentum": 1.0', 1), "document:setting"),
-]
+FIXED_ATTACKS = (
+    [Attack(pattern) for pattern in STATE_PATTERNS]
+    + [
+        Attack("two_chunks", INITIAL[:40], "truncated", split=20, pause=0.3),  # each half reported on its own
+        Attack("two_chunks", b'{"lr": -1}', "document:setting", split=5, pause=0.01),
+        Attack("rename", INITIAL.rstrip()[:-1] + b" " * MAX_BYTES + b"}\n", "too_big"),
+        Attack("in_place", b"", "empty"),
+        Attack("in_place", INITIAL.replace(b'"lr": 0.01', b'"lr": 1e400', 1), "raw_literal"),
+        Attack("rename", INITIAL.replace(b'"momentum": 0.9', b'"momentum": 1.0', 1), "document:setting"),
+    ]
+)
 
 
 def test_hostile_saves_are_reported_and_change_nothing_and_the_watcher_survives(control_run):
@@ -438,10 +645,17 @@ def test_hostile_saves_are_reported_and_change_nothing_and_the_watcher_survives(
 
     # No shrinking: each example leaves the live watcher in a new state, so a failing one
     # is reported as drawn (its note says what it was) rather than replayed for minutes.
-    @settings(max_examples=40 if run.inbox.mode == "inotify" else 15, deadline=None,
-              phases=[Phase.explicit, Phase.reuse, Phase.generate],
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                     HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    @settings(
+        max_examples=40 if run.inbox.mode == "inotify" else 15,
+        deadline=None,
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+            HealthCheck.data_too_large,
+        ],
+    )
     @given(attack=attacks)
     def attack_once(attack: Attack) -> None:
         note(f"{attack.pattern} {attack.what} {attack.data[:200] if attack.data is not None else None!r}")
@@ -459,9 +673,14 @@ def test_hostile_saves_are_reported_and_change_nothing_and_the_watcher_survives(
         try:
             carry_out(attack, run.path)
             error = run.wait_for(
-                lambda e: (e["event"] == "control_error" and e["read"] > before and e.get("sha256") == expected_sha
-                           and fragment in e["message"]),
-                f"control_error for {attack.pattern} {attack.what}")
+                lambda e: (
+                    e["event"] == "control_error"
+                    and e["read"] > before
+                    and e.get("sha256") == expected_sha
+                    and fragment in e["message"]
+                ),
+                f"control_error for {attack.pattern} {attack.what}",
+            )
             assert error["message"].startswith(f"{FILE_NAME}: ") and len(error["message"]) > len(FILE_NAME) + 2
             assert "order" not in error  # a refused version, not a valid order that failed
             since = [e for e in run.events() if e.get("read") is not None and e["read"] > before]
@@ -517,8 +736,10 @@ def test_two_different_bad_versions_in_a_row_are_both_reported_even_with_the_sam
         before = run.last_read()
         atomic_write(run.path, data)
         sha = hashlib.sha256(data).hexdigest()
-        run.wait_for(lambda e: e["event"] == "control_error" and e["read"] > before and e["sha256"] == sha,
-                     "control_error for a new bad version")
+        run.wait_for(
+            lambda e: e["event"] == "control_error" and e["read"] > before and e["sha256"] == sha,
+            "control_error for a new bad version",
+        )
     messages = [e["message"] for e in run.events() if e["event"] == "control_error"]
     assert messages == [f"{FILE_NAME}: lr: must be > 0, got -1.0"] * 2
     run.restore()
@@ -528,32 +749,79 @@ def test_two_different_bad_versions_in_a_row_are_both_reported_even_with_the_sam
 # -- parse alone, no files ----------------------------------------------------------------------
 
 BOUNDS = {"lr": lambda v: v > 0, "momentum": lambda v: 0 <= v < 1, "beta2": lambda v: 0 <= v < 1}
-VOCABULARY = st.sampled_from(["help", "lr", "momentum", "beta2", "trials", "actions", "id", "do", "to", "trial",
-                              "reason", "0", "3", "t003", "x3", "epsilon", *ACTIONS, *ROLLBACK_TARGETS])
-scalars = st.one_of(st.none(), st.booleans(), ints,
-                    st.floats(**FINITE), st.sampled_from([0.01, 0.5, 0.9, 0.999, 1.0, 0.0, -0.0, 1e-300, 1e308]),
-                    VOCABULARY, st.text(max_size=8))
-json_values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.one_of(VOCABULARY, st.text(max_size=4)), inner, max_size=5)),
-    max_leaves=25)
-setting_values = st.one_of(st.none(), st.floats(**FINITE), st.integers(min_value=-5, max_value=5),
-                           st.sampled_from([0.01, 0.5, 0.9, 0.999, 1.0, -0.0]), st.text(max_size=3), st.booleans())
+VOCABULARY = st.sampled_from(
+    [
+        "help",
+        "lr",
+        "momentum",
+        "beta2",
+        "trials",
+        "actions",
+        "id",
+        "do",
+        "to",
+        "trial",
+        "reason",
+        "0",
+        "3",
+        "t003",
+        "x3",
+        "epsilon",
+        *ACTIONS,
+        *ROLLBACK_TARGETS,
+    ]
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    ints,
+    st.floats(**FINITE),
+    st.sampled_from([0.01, 0.5, 0.9, 0.999, 1.0, 0.0, -0.0, 1e-300, 1e308]),
+    VOCABULARY,
+    st.text(max_size=8),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.one_of(VOCABULARY, st.text(max_size=4)), inner, max_size=5)
+    ),
+    max_leaves=25,
+)
+setting_values = st.one_of(
+    st.none(),
+    st.floats(**FINITE),
+    st.integers(min_value=-5, max_value=5),
+    st.sampled_from([0.01, 0.5, 0.9, 0.999, 1.0, -0.0]),
+    st.text(max_size=3),
+    st.booleans(),
+)
 action_items = st.fixed_dictionaries(
     {"id": st.one_of(st.integers(-3, 3), st.sampled_from(["a", "b", "", True]))},
-    optional={"do": st.one_of(st.sampled_from(ACTIONS), st.text(max_size=3)),
-              "to": st.one_of(st.sampled_from(ROLLBACK_TARGETS), st.integers(-2, 5), st.none()),
-              "trial": st.one_of(st.integers(-1, 5), st.sampled_from(["3", "t003", "x"])),
-              "reason": st.one_of(st.text(max_size=5), ints),
-              "lr": setting_values, "momentum": setting_values})
+    optional={
+        "do": st.one_of(st.sampled_from(ACTIONS), st.text(max_size=3)),
+        "to": st.one_of(st.sampled_from(ROLLBACK_TARGETS), st.integers(-2, 5), st.none()),
+        "trial": st.one_of(st.integers(-1, 5), st.sampled_from(["3", "t003", "x"])),
+        "reason": st.one_of(st.text(max_size=5), ints),
+        "lr": setting_values,
+        "momentum": setting_values,
+    },
+)
 # Documents shaped like the real thing, so many of them are valid and the checks below bite.
-documents = st.fixed_dictionaries({}, optional={
-    "help": json_values,
-    "lr": setting_values, "momentum": setting_values, "beta2": setting_values,
-    "trials": st.dictionaries(st.sampled_from(["0", "3", "t003", "t3", "12", "x3", "t"]),
-                              st.dictionaries(st.sampled_from([*LIVE, "epsilon"]), setting_values, max_size=3),
-                              max_size=3),
-    "actions": st.lists(action_items, max_size=4),
-})
+documents = st.fixed_dictionaries(
+    {},
+    optional={
+        "help": json_values,
+        "lr": setting_values,
+        "momentum": setting_values,
+        "beta2": setting_values,
+        "trials": st.dictionaries(
+            st.sampled_from(["0", "3", "t003", "t3", "12", "x3", "t"]),
+            st.dictionaries(st.sampled_from([*LIVE, "epsilon"]), setting_values, max_size=3),
+            max_size=3,
+        ),
+        "actions": st.lists(action_items, max_size=4),
+    },
+)
 
 
 def check_document(doc: ControlDocument) -> None:
@@ -604,19 +872,25 @@ def test_parse_of_any_json_value_gives_a_document_in_bounds_or_a_control_error(v
 
 
 @PARSE_SETTINGS
-@given(data=st.one_of(
-    st.binary(max_size=200),
-    st.builds(lambda d, cut: orjson.dumps(d)[:cut], documents, st.integers(0, 400)),
-    st.builds(lambda d, i, b: (lambda raw: raw[:i] + b + raw[i:])(orjson.dumps(d)), documents, st.integers(0, 200),
-              st.sampled_from(RAW_LITERALS + [b"\xff", b",", b"}", b"]", b"\"", b"\\", b"\x00", b":"])),
-))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.builds(lambda d, cut: orjson.dumps(d)[:cut], documents, st.integers(0, 400)),
+        st.builds(
+            lambda d, i, b: (lambda raw: raw[:i] + b + raw[i:])(orjson.dumps(d)),
+            documents,
+            st.integers(0, 200),
+            st.sampled_from(RAW_LITERALS + [b"\xff", b",", b"}", b"]", b'"', b"\\", b"\x00", b":"]),
+        ),
+    )
+)
 def test_parse_of_any_bytes_gives_a_document_in_bounds_or_a_control_error(data):
     parse_checked(data)
 
 
 #: One of each kind of bad version, with the JSON path (or words) its error must name.
 NAMED_HOSTILE = {
-    "truncated": (INITIAL[:len(INITIAL) // 2], "not valid JSON"),
+    "truncated": (INITIAL[: len(INITIAL) // 2], "not valid JSON"),
     "empty": (b"", "the file is empty"),
     "blank": (b" \n\t", "the file is empty"),
     "binary": (b"\x00\x01\xfe\xff", "not valid JSON"),
@@ -662,8 +936,10 @@ NAMED_HOSTILE = {
     "duplicate ids": (b'{"actions": [{"id": 1, "do": "pause"}, {"id": 1, "do": "pause"}]}', "id 1 is used twice"),
     "action trial x3": (b'{"actions": [{"id": 1, "do": "stop", "trial": "x3"}]}', "actions[0].trial: "),
     "reason a number": (b'{"actions": [{"id": 1, "do": "stop", "reason": 3}]}', "actions[0].reason: "),
-    "valid parts and one bad": (render({**GOOD, "lr": 0.02, "actions": [{"id": 1, "do": "stop"}], "momentum": 2}),
-                                "momentum: must be < 1"),
+    "valid parts and one bad": (
+        render({**GOOD, "lr": 0.02, "actions": [{"id": 1, "do": "stop"}], "momentum": 2}),
+        "momentum: must be < 1",
+    ),
     "trailing content": (INITIAL + b"x", "not valid JSON"),
     "too big": (INITIAL.rstrip()[:-1] + b" " * MAX_BYTES + b"}", "a control file is at most"),
 }

@@ -16,17 +16,21 @@ import pytest
 from runner.events import read_events
 from tests.conftest import QUICK, deep_update
 
-LONG = deep_update(QUICK, {
-    "name": "babysit",
-    "train": {"epochs": 100_000, "optimizer": "momentum", "lr": 0.01, "momentum": 0.9},  # runs until stopped
-    "checkpoint": {"min_interval": 3600},  # snapshots in memory; a file only when asked
-    "search": {"space": None},
-})
+LONG = deep_update(
+    QUICK,
+    {
+        "name": "babysit",
+        "train": {"epochs": 100_000, "optimizer": "momentum", "lr": 0.01, "momentum": 0.9},  # runs until stopped
+        "checkpoint": {"min_interval": 3600},  # snapshots in memory; a file only when asked
+        "search": {"space": None},
+    },
+)
 
 
 def runner(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "runner", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 class LiveRun:
@@ -35,8 +39,12 @@ class LiveRun:
     def __init__(self, tmp_path: Path, changes: dict | None = None, *args: str):
         exp = tmp_path / "exp.json"
         exp.write_bytes(orjson.dumps(deep_update(LONG, changes or {})))
-        self.process = subprocess.Popen([sys.executable, "-m", "runner", "start", exp, "--out", tmp_path / "runs",
-                                         "--plain", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runner", "start", exp, "--out", tmp_path / "runs", "--plain", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.run_dir = self.until(lambda: next((tmp_path / "runs").glob("*/control.json"), None)).parent
         self.control = self.run_dir / "control.json"
         self.until(lambda: self.find("epoch_end"))
@@ -73,7 +81,9 @@ class LiveRun:
         tmp = self.control.with_name("control.json.swp")
         tmp.write_text(json.dumps(document))
         os.replace(tmp, self.control)
-        read = self.until(lambda: [e for e in self.find("control") if any(o["action"] == action_id for o in e["orders"])])
+        read = self.until(
+            lambda: [e for e in self.find("control") if any(o["action"] == action_id for o in e["orders"])]
+        )
         order = next(o["order"] for o in read[0]["orders"] if o["action"] == action_id)
         return self.until(lambda: [e for e in self.events() if e.get("order") == order])[0]
 
@@ -106,7 +116,9 @@ def test_nudges_by_in_place_write_rename_and_sed_are_in_force_from_the_next_step
     assert run.document()["lr"] == 0.01 and run.document()["momentum"] == 0.9  # pre-filled with the values in force
 
     def nudged_to(lr: float) -> dict:
-        nudge = run.until(lambda: [e for e in run.find("nudge", source="control") if e["changes"]["lr"]["new"] == lr])[0]
+        nudge = run.until(lambda: [e for e in run.find("nudge", source="control") if e["changes"]["lr"]["new"] == lr])[
+            0
+        ]
         later = run.until(lambda: [e for e in run.find("epoch_end") if e["step"] > nudge["step"]])
         assert later[0]["lr"] == lr  # in force for every step after the nudge
         return nudge
@@ -230,8 +242,12 @@ def test_an_action_is_not_applied_again_after_resume(live, tmp_path):
     run.act(1, "pause")
     run.process.send_signal(signal.SIGTERM)  # interrupted while paused: snapshot, exit 130
     assert run.process.wait(timeout=60) == 130
-    resumed = subprocess.Popen([sys.executable, "-m", "runner", "resume", run.run_dir, "--plain"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    resumed = subprocess.Popen(
+        [sys.executable, "-m", "runner", "resume", run.run_dir, "--plain"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run.process = resumed
     resumed_at = run.until(lambda: run.find("trial_resume"))[0]
     run.until(lambda: [e for e in run.find("epoch_end") if e["step"] > resumed_at["step"]])  # trains: not paused again
@@ -271,12 +287,17 @@ def test_an_order_lost_with_a_crash_is_carried_out_again_on_resume(live):
     nudge = run.until(lambda: run.find("nudge", source="control"))[0]
     run.process.kill()
     run.process.wait()
-    run.process = subprocess.Popen([sys.executable, "-m", "runner", "resume", run.run_dir, "--plain"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "resume", run.run_dir, "--plain"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
     def after_resume() -> list[dict]:
         events = run.events()
         starts = [i for i, e in enumerate(events) if e["event"] == "trial_resume"]
-        return events[starts[0]:] if starts else []
+        return events[starts[0] :] if starts else []
 
     again = run.until(lambda: [e for e in after_resume() if e["event"] == "nudge"])[0]
     assert again["order"] == nudge["order"] and again["changes"]["lr"]["new"] == 0.02
@@ -284,6 +305,7 @@ def test_an_order_lost_with_a_crash_is_carried_out_again_on_resume(live):
     assert not [e for e in run.events() if e["event"] == "nudge" and e["step"] == nudge["step"] > 0]  # cut
     run.until(lambda: [e for e in run.find("epoch_end") if e["lr"] == 0.02])
     assert run.stop() == 0
-    read = next(r for r in orjson.loads((run.run_dir / "status.json").read_bytes())["control"]["recent"]
-                if r["read"] == 1)
+    read = next(
+        r for r in orjson.loads((run.run_dir / "status.json").read_bytes())["control"]["recent"] if r["read"] == 1
+    )
     assert read["outcome"] == "applied"

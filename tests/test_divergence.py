@@ -8,12 +8,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import run_file
 from runner.divergence import DivergenceOptions, SpikeDetector, val_divergence
 from runner.files import create_run_dir
 from runner.loop import load_dataset
-from runner.plugins import load_plugins
+from runner.plugin_manager import load_plugins
 from runner.spec import load
+from tests.conftest import run_file
 
 
 def test_spike_detector_waits_for_warmup_and_patience_and_keeps_spikes_out_of_the_average():
@@ -48,24 +48,28 @@ def run(path, tmp_path, extra=()):
     return r.board, r.events
 
 
-ABSURD = textwrap.dedent('''
+ABSURD = textwrap.dedent("""
     from runner import Nudge, hookimpl
 
     @hookimpl
     def runner_epoch_end(trial, epoch):
         if trial.id == 0 and epoch == 2 and trial.rollbacks == 0:
             return Nudge(lr=1e4, reason="a person's typo")
-''')
+""")
 
 
-@pytest.mark.parametrize("backend", [{"name": "numpy"},
-                                     pytest.param({"name": "torch", "device": "cpu"}, marks=pytest.mark.torch)])
+@pytest.mark.parametrize(
+    "backend", [{"name": "numpy"}, pytest.param({"name": "torch", "device": "cpu"}, marks=pytest.mark.torch)]
+)
 def test_an_absurd_nudge_is_rolled_back_the_lr_cut_and_training_recovers(write_experiment, tmp_path, backend):
     plugin = tmp_path / "absurd.py"
     plugin.write_text(ABSURD)
-    changes = {"model": {"hidden": [16], "batch_norm": False}, "backend": backend,
-               "train": {"epochs": 8, "optimizer": "momentum", "lr": 0.1},
-               "search": {"strategy": {"name": "grid"}, "space": None}}
+    changes = {
+        "model": {"hidden": [16], "batch_norm": False},
+        "backend": backend,
+        "train": {"epochs": 8, "optimizer": "momentum", "lr": 0.1},
+        "search": {"strategy": {"name": "grid"}, "space": None},
+    }
     board, events = run(write_experiment(changes), tmp_path, [str(plugin)])
     result = board[0]
     assert result.state == "completed" and result.epochs == 8
@@ -85,7 +89,7 @@ def test_an_absurd_nudge_is_rolled_back_the_lr_cut_and_training_recovers(write_e
 
 NAN_BACKEND = textwrap.dedent('''
     from runner import hookimpl
-    from plugins.backends.numpy_mlp import NumpyBackend
+    from runner.plugins.backends.numpy_mlp import NumpyBackend
 
     class NanData(NumpyBackend):
         """The NumPy backend with one poisoned training example."""
@@ -105,9 +109,12 @@ NAN_BACKEND = textwrap.dedent('''
 def test_a_nan_in_the_data_exhausts_the_rollbacks_and_the_search_goes_on(write_experiment, tmp_path):
     plugin = tmp_path / "nan_backend.py"
     plugin.write_text(NAN_BACKEND.replace("self._seed_trial == 0", "True"))
-    changes = {"backend": {"name": "numpy-nan"}, "train": {"epochs": 3},
-               "divergence": {"max_rollbacks": 2},
-               "search": {"strategy": {"name": "random", "trials": 2}, "space": None}}
+    changes = {
+        "backend": {"name": "numpy-nan"},
+        "train": {"epochs": 3},
+        "divergence": {"max_rollbacks": 2},
+        "search": {"strategy": {"name": "random", "trials": 2}, "space": None},
+    }
     board, events = run(write_experiment(changes), tmp_path, [str(plugin)])
     assert [r.state for r in sorted(board, key=lambda r: r.trial)] == ["diverged", "diverged"], "both trials ran"
     for trial in (0, 1):
@@ -120,13 +127,16 @@ def test_a_nan_in_the_data_exhausts_the_rollbacks_and_the_search_goes_on(write_e
 
 def test_a_plugin_can_replace_the_rollback_policy(write_experiment, tmp_path):
     plugin = tmp_path / "policy.py"
-    plugin.write_text(NAN_BACKEND.replace("self._seed_trial == 0", "True") + textwrap.dedent('''
+    plugin.write_text(
+        NAN_BACKEND.replace("self._seed_trial == 0", "True")
+        + textwrap.dedent("""
         from runner import Stop
 
         @hookimpl
         def runner_divergence(trial, event):
             return Stop(f"my policy: {event.kind}")
-    '''))
+    """)
+    )
     changes = {"backend": {"name": "numpy-nan"}, "search": {"space": None, "strategy": {"name": "grid"}}}
     board, events = run(write_experiment(changes), tmp_path, [str(plugin)])
     assert board[0].state == "stopped" and board[0].reason == "my policy: non_finite_loss"
@@ -137,11 +147,11 @@ def test_a_rollback_restores_the_backend_exactly(write_experiment, tmp_path):
     """Rolling back to a snapshot and training on gives what training from it gives."""
     plugins = load_plugins()
     spec = load(write_experiment({"train": {"epochs": 2}, "search": {"space": None}}), plugins.registry)
-    from runner.loop import TrialJob, TrialLoop, TrialRunner, Experiment
     from runner.checkpoints import SnapshotWriter
-    from runner.events import EventLog
     from runner.control import ControlSchema
+    from runner.events import EventLog
     from runner.inbox import ControlInbox
+    from runner.loop import Experiment, TrialJob, TrialLoop, TrialRunner
 
     run_dir = create_run_dir(tmp_path, "x")
     writer = SnapshotWriter()
@@ -161,7 +171,7 @@ def test_a_rollback_restores_the_backend_exactly(write_experiment, tmp_path):
     assert meta["epoch"] == 2 and meta["loop"]["best"] is not None
 
 
-REWINDER = textwrap.dedent('''
+REWINDER = textwrap.dedent("""
     from runner import Nudge, Rollback, hookimpl
 
     @hookimpl
@@ -170,15 +180,18 @@ REWINDER = textwrap.dedent('''
             return Rollback("last", reason="look again")
         if epoch == 2 and trial.divergence_rollbacks == 0:
             return Nudge(lr=1e4, reason="a typo")
-''')
+""")
 
 
 def test_only_rollbacks_answering_a_divergence_count_against_max_rollbacks(write_experiment, tmp_path):
     plugin = tmp_path / "rewinder.py"
     plugin.write_text(REWINDER)
-    changes = {"model": {"hidden": [16], "batch_norm": False}, "divergence": {"max_rollbacks": 2},
-               "train": {"epochs": 5, "optimizer": "momentum", "lr": 0.1},
-               "search": {"strategy": {"name": "grid"}, "space": None}}
+    changes = {
+        "model": {"hidden": [16], "batch_norm": False},
+        "divergence": {"max_rollbacks": 2},
+        "train": {"epochs": 5, "optimizer": "momentum", "lr": 0.1},
+        "search": {"strategy": {"name": "grid"}, "space": None},
+    }
     board, events = run(write_experiment(changes), tmp_path, [str(plugin)])
     sources = [e["source"] for e in events if e["event"] == "rollback"]
     assert sources == ["plugin"] * 3 + ["divergence"] * 2, "three rollbacks by a plugin, then two answering the blow-up"

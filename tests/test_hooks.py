@@ -8,7 +8,7 @@ import textwrap
 import orjson
 
 from runner import hookspecs
-from tests.conftest import run_file, ROOT
+from tests.conftest import ROOT, run_file
 
 RECORDER = textwrap.dedent(
     '''
@@ -100,10 +100,21 @@ def test_exact_hook_order_for_two_trials_of_two_epochs(write_experiment, tmp_pat
     # The event log says the same, and the nudge is in force from the next epoch on.
     kinds = [(e["event"], e.get("trial")) for e in events]
     assert kinds == [
-        ("experiment_start", None), ("trial_start", 0), ("epoch_end", 0), ("epoch_end", 0),
-        ("checkpoint", 0), ("checkpoint", 0), ("trial_complete", 0),
-        ("trial_start", 1), ("epoch_end", 1), ("nudge", 1), ("epoch_end", 1),
-        ("checkpoint", 1), ("checkpoint", 1), ("trial_complete", 1), ("experiment_complete", None),
+        ("experiment_start", None),
+        ("trial_start", 0),
+        ("epoch_end", 0),
+        ("epoch_end", 0),
+        ("checkpoint", 0),
+        ("checkpoint", 0),
+        ("trial_complete", 0),
+        ("trial_start", 1),
+        ("epoch_end", 1),
+        ("nudge", 1),
+        ("epoch_end", 1),
+        ("checkpoint", 1),
+        ("checkpoint", 1),
+        ("trial_complete", 1),
+        ("experiment_complete", None),
     ]
     epochs_of_1 = [e for e in events if e["event"] == "epoch_end" and e["trial"] == 1]
     assert epochs_of_1[0]["lr"] == 0.01 and epochs_of_1[1]["lr"] == 0.005
@@ -111,9 +122,11 @@ def test_exact_hook_order_for_two_trials_of_two_epochs(write_experiment, tmp_pat
     assert nudge["changes"] == {"lr": {"old": 0.01, "new": 0.005}} and nudge["reason"] == "test"
 
 
-DIVERGING = {"model": {"hidden": [16], "batch_norm": False},
-             "train": {"optimizer": "gd", "lr": 1e6, "epochs": 3},
-             "search": {"strategy": {"name": "grid"}, "space": None}}
+DIVERGING = {
+    "model": {"hidden": [16], "batch_norm": False},
+    "train": {"optimizer": "gd", "lr": 1e6, "epochs": 3},
+    "search": {"strategy": {"name": "grid"}, "space": None},
+}
 
 
 def test_a_non_finite_loss_calls_runner_divergence_and_ends_the_trial_as_diverged(write_experiment, tmp_path):
@@ -130,20 +143,23 @@ def test_a_non_finite_loss_calls_runner_divergence_and_ends_the_trial_as_diverge
 
 def test_a_divergence_policy_plugin_decides_the_outcome(write_experiment, tmp_path):
     policy = tmp_path / "policy.py"
-    policy.write_text(textwrap.dedent('''
+    policy.write_text(
+        textwrap.dedent("""
         from runner import Prune, hookimpl
 
         @hookimpl
         def runner_divergence(trial, event):
             return Prune(f"pruned at step {event.step}")
-    '''))
+    """)
+    )
     board, _, _ = run(write_experiment(DIVERGING), tmp_path, [str(policy)])
     assert board[0].state == "pruned" and board[0].reason.startswith("pruned at step ")
 
 
 def test_stop_and_prune_decisions_end_trials_in_their_state(write_experiment, tmp_path):
     plugin = tmp_path / "deciders.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent("""
         from runner import Prune, Stop, hookimpl
 
         @hookimpl
@@ -152,7 +168,8 @@ def test_stop_and_prune_decisions_end_trials_in_their_state(write_experiment, tm
                 return Prune("not promising")
             if trial.id == 1 and epoch == 0:
                 return [Stop("enough", experiment=True)]
-    '''))
+    """)
+    )
     changes = {"train": {"epochs": 3}, "search": {"strategy": {"name": "random", "trials": 5}, "space": None}}
     board, events, run_dir = run(write_experiment(changes), tmp_path, [str(plugin)])
     states = {r.trial: (r.state, r.epochs, r.reason) for r in board}
@@ -164,13 +181,15 @@ def test_stop_and_prune_decisions_end_trials_in_their_state(write_experiment, tm
 
 def test_a_bad_nudge_from_a_plugin_fails_the_trial_with_a_clear_reason(write_experiment, tmp_path):
     plugin = tmp_path / "badnudge.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent("""
         from runner import Nudge, hookimpl
 
         @hookimpl
         def runner_epoch_end(trial):
             return Nudge(lr=-1.0)
-    '''))
+    """)
+    )
     board, events, _ = run(write_experiment({"search": {"space": None}}), tmp_path, [str(plugin)])
     assert board[0].state == "failed"
     assert board[0].reason == "SpecError: nudge.lr: must be > 0, got -1.0"
@@ -180,7 +199,8 @@ def test_a_bad_nudge_from_a_plugin_fails_the_trial_with_a_clear_reason(write_exp
 def test_third_party_plugin_adds_a_strategy_and_a_hook_that_changes_the_run(write_experiment, tmp_path):
     """A plugin from a user's file: a new strategy, and a hook that halves lr after epoch 0."""
     plugin = tmp_path / "my_plugin.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent('''
         from dataclasses import dataclass, field
         from runner import Nudge, Strategy, bounds, hookimpl
 
@@ -205,7 +225,8 @@ def test_third_party_plugin_adds_a_strategy_and_a_hook_that_changes_the_run(writ
         def runner_epoch_end(trial, epoch, metrics):
             if epoch == 0:
                 return Nudge(lr=metrics["lr"] / 2, reason="halve after warm-up")
-    '''))
+    ''')
+    )
     changes = {"search": {"strategy": {"name": "lr-list", "lrs": [0.2, 0.02, 0.002]}, "space": None}}
     board, events, _ = run(write_experiment(changes), tmp_path, [str(plugin)])
     assert sorted(r.params["train.lr"] for r in board) == [0.002, 0.02, 0.2]
@@ -222,8 +243,11 @@ def test_every_hook_is_documented_and_fires_in_a_real_run(write_experiment, tmp_
     from runner.report import read_run_view
     from runner.report.build import draw_figures
 
-    changes = {"model": {"batch_norm": False}, "train": {"optimizer": "gd", "epochs": 2},
-               "search": {"strategy": {"name": "grid"}, "space": {"train.lr": {"choices": [0.01, 1e6]}}}}
+    changes = {
+        "model": {"batch_norm": False},
+        "train": {"optimizer": "gd", "epochs": 2},
+        "search": {"strategy": {"name": "grid"}, "space": {"train.lr": {"choices": [0.01, 1e6]}}},
+    }
     outcome = run_file(write_experiment(changes), tmp_path, [recorder(tmp_path)])
     draw_figures(read_run_view(outcome.run_dir), outcome.plugins.manager)
     import sys
@@ -239,14 +263,16 @@ def test_every_hook_is_documented_and_fires_in_a_real_run(write_experiment, tmp_
 
 def test_an_exception_in_a_trial_hook_fails_that_trial_and_the_search_goes_on(write_experiment, tmp_path):
     plugin = tmp_path / "flaky.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent("""
         from runner import hookimpl
 
         @hookimpl
         def runner_trial_start(trial):
             if trial.id == 0:
                 raise ValueError("plugin bug")
-    '''))
+    """)
+    )
     board, events, _ = run(write_experiment(), tmp_path, [str(plugin)])
     states = {r.trial: (r.state, r.reason) for r in board}
     assert states[0] == ("failed", "ValueError: plugin bug") and states[1][0] == "completed"
@@ -255,9 +281,16 @@ def test_an_exception_in_a_trial_hook_fails_that_trial_and_the_search_goes_on(wr
 
 def test_a_trial_whose_params_the_backend_refuses_fails_alone_and_is_still_announced(write_experiment, tmp_path):
     """Each parameter is valid alone; the combination (step schedule, decay 2) is not."""
-    changes = {"search": {"strategy": {"name": "grid"},
-                          "space": {"model.hidden": None, "train.lr_schedule": {"choices": ["inverse_time", "step"]},
-                                    "train.lr_decay": {"choices": [0.5, 2.0]}}}}
+    changes = {
+        "search": {
+            "strategy": {"name": "grid"},
+            "space": {
+                "model.hidden": None,
+                "train.lr_schedule": {"choices": ["inverse_time", "step"]},
+                "train.lr_decay": {"choices": [0.5, 2.0]},
+            },
+        }
+    }
     board, events, _ = run(write_experiment(changes), tmp_path)
     failed = [r for r in board if r.state == "failed"]
     assert [r.params for r in failed] == [{"train.lr_schedule": "step", "train.lr_decay": 2.0}]
@@ -270,7 +303,7 @@ def test_a_trial_whose_params_the_backend_refuses_fails_alone_and_is_still_annou
 
 LAGGING = '''
 from runner import hookimpl
-from plugins.backends.numpy_mlp import NumpyBackend
+from runner.plugins.backends.numpy_mlp import NumpyBackend
 
 class Lagging(NumpyBackend):
     """The NumPy backend answering as a GPU backend does: each step returns the previous
@@ -300,11 +333,17 @@ def test_a_backend_that_returns_losses_late_gets_the_same_epochs_as_one_that_doe
     plugin.write_text(LAGGING)
     changes = {"train": {"epochs": 3}, "checkpoint": {"every_steps": 2}}
     plain = run_file(write_experiment(changes), tmp_path / "plain")
-    late = run_file(write_experiment({**changes, "backend": {"name": "numpy-lagging"}}, name="late.json"),
-                    tmp_path / "late", [str(plugin)])
+    late = run_file(
+        write_experiment({**changes, "backend": {"name": "numpy-lagging"}}, name="late.json"),
+        tmp_path / "late",
+        [str(plugin)],
+    )
 
     def epochs(run):
-        return [(e["trial"], e["epoch"], e["step"], e["train_loss"], e["val_loss"])
-                for e in run.events if e["event"] == "epoch_end"]
+        return [
+            (e["trial"], e["epoch"], e["step"], e["train_loss"], e["val_loss"])
+            for e in run.events
+            if e["event"] == "epoch_end"
+        ]
 
     assert epochs(late) == epochs(plain)  # every loss counted, in its own epoch

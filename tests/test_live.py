@@ -13,14 +13,33 @@ from tests.conftest import run_file
 def start_events(planned: int = 3) -> list[dict]:
     events = [{"t": 0, "event": "experiment_start", "metric": "val_acc", "mode": "max", "planned_trials": planned}]
     for trial, lr in enumerate([0.1, 0.01]):
-        events.append({"t": 1, "event": "trial_start", "trial": trial, "params": {"train.lr": lr},
-                       "config": {"train": {"epochs": 10}}, "hyperparameters": {"lr": lr, "momentum": 0.9}})
+        events.append(
+            {
+                "t": 1,
+                "event": "trial_start",
+                "trial": trial,
+                "params": {"train.lr": lr},
+                "config": {"train": {"epochs": 10}},
+                "hyperparameters": {"lr": lr, "momentum": 0.9},
+            }
+        )
     return events
 
 
 def epoch(trial: int, index: int, acc: float, lr: float) -> dict:
-    return {"t": 2, "event": "epoch_end", "trial": trial, "epoch": index, "step": 10 * (index + 1),
-            "train_loss": 1.5, "val_loss": 1.25, "val_acc": acc, "lr": lr, "momentum": 0.9, "seconds": 0.1}
+    return {
+        "t": 2,
+        "event": "epoch_end",
+        "trial": trial,
+        "epoch": index,
+        "step": 10 * (index + 1),
+        "train_loss": 1.5,
+        "val_loss": 1.25,
+        "val_acc": acc,
+        "lr": lr,
+        "momentum": 0.9,
+        "seconds": 0.1,
+    }
 
 
 def rendered(view: LiveView, width: int = 160) -> str:
@@ -35,9 +54,14 @@ def rows(text: str) -> dict[str, list[str]]:
 
 def test_running_trials_show_their_epoch_metrics_and_live_settings():
     view = LiveView(Console(file=io.StringIO()), live=True)
-    for event in [*start_events(), epoch(0, 0, 0.5, 0.1), epoch(0, 1, 0.75, 0.1), epoch(1, 0, 0.25, 0.01),
-                  {"t": 3, "event": "nudge", "trial": 1, "changes": {"lr": {"old": 0.01, "new": 0.003}}},
-                  {"t": 3, "event": "pause", "trial": 1}]:
+    for event in [
+        *start_events(),
+        epoch(0, 0, 0.5, 0.1),
+        epoch(0, 1, 0.75, 0.1),
+        epoch(1, 0, 0.25, 0.01),
+        {"t": 3, "event": "nudge", "trial": 1, "changes": {"lr": {"old": 0.01, "new": 0.003}}},
+        {"t": 3, "event": "pause", "trial": 1},
+    ]:
         view.observe(event)
     table = rows(rendered(view))
     assert table["t000"][:10] == ["t000", "running", "2/10", "1.5", "1.25", "0.75", "0.1", "0.9", "0.75", "lr=0.1"]
@@ -49,14 +73,35 @@ def test_finished_trials_follow_the_running_ones_best_first_and_count_their_whol
     view = LiveView(Console(file=io.StringIO()), live=True)
     for event in [*start_events(), epoch(0, 0, 0.5, 0.1), epoch(1, 0, 0.9, 0.01)]:
         view.observe(event)
-    view.observe({"t": 4, "event": "trial_complete", "trial": 0, "state": "diverged", "epochs": 1, "seconds": 1.0,
-                  "score": 0.5, "reason": "non_finite_loss"})
-    view.observe({"t": 5, "event": "trial_start", "trial": 2, "params": {"train.lr": 1.0},
-                  "config": {"train": {"epochs": 10}}, "hyperparameters": {"lr": 1.0, "momentum": 0.9}})
+    view.observe(
+        {
+            "t": 4,
+            "event": "trial_complete",
+            "trial": 0,
+            "state": "diverged",
+            "epochs": 1,
+            "seconds": 1.0,
+            "score": 0.5,
+            "reason": "non_finite_loss",
+        }
+    )
+    view.observe(
+        {
+            "t": 5,
+            "event": "trial_start",
+            "trial": 2,
+            "params": {"train.lr": 1.0},
+            "config": {"train": {"epochs": 10}},
+            "hyperparameters": {"lr": 1.0, "momentum": 0.9},
+        }
+    )
     view.observe({"t": 6, "event": "trial_retry", "trial": 1})
     text = rendered(view)
     assert [line.split()[:2] for line in text.splitlines() if line.strip().startswith("t0")] == [
-        ["t001", "retrying"], ["t002", "running"], ["t000", "diverged"]]
+        ["t001", "retrying"],
+        ["t002", "running"],
+        ["t000", "diverged"],
+    ]
     assert "11/30 · trials 1/3" in text  # the diverged trial counts its 10 planned epochs as done
 
 
@@ -67,8 +112,18 @@ def test_on_a_terminal_it_draws_live_and_otherwise_prints_a_line_per_finished_tr
         for event in [*start_events(), epoch(0, 0, 0.5, 0.1)]:
             view.observe(event)
         assert out.getvalue() == ""
-        view.observe({"t": 4, "event": "trial_complete", "trial": 0, "state": "completed", "epochs": 10,
-                      "seconds": 2.5, "score": 0.875, "reason": ""})
+        view.observe(
+            {
+                "t": 4,
+                "event": "trial_complete",
+                "trial": 0,
+                "state": "completed",
+                "epochs": 10,
+                "seconds": 2.5,
+                "score": 0.875,
+                "reason": "",
+            }
+        )
     assert out.getvalue() == "t000 completed val_acc=0.875 epochs=10 2.5s  lr=0.1\n"
 
     terminal = io.StringIO()

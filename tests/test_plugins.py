@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import PluginError
-from runner.plugins import load_plugins
+from runner.plugin_manager import load_plugins
 
 
 def plugin_file(tmp_path: Path, name: str, body: str) -> str:
@@ -20,26 +20,47 @@ def plugin_file(tmp_path: Path, name: str, body: str) -> str:
 
 def test_every_built_in_comes_through_the_entry_point_group():
     plugins = load_plugins()
-    assert {e.plugin for e in plugins.registry.entries()} == {"numpy", "torch", "grid", "random", "coarse-to-fine", "panda-nudge", "digits", "spirals", "files", "inline", "process", "ray"}
-    assert all(origin.startswith("runner ") for origin in plugins.origins.values())
+    assert {e.plugin for e in plugins.registry.entries()} == {
+        "numpy",
+        "torch",
+        "grid",
+        "random",
+        "coarse-to-fine",
+        "panda-nudge",
+        "digits",
+        "spirals",
+        "files",
+        "inline",
+        "process",
+        "ray",
+    }
+    assert all(origin.startswith("panda-caviar ") for origin in plugins.origins.values())
     assert load_plugins(entry_points=False).registry.entries() == []
 
 
 @pytest.mark.parametrize(
     "body, message",
     [
-        ("from runner import hookimpl\n@hookimpl\ndef runner_epoch_ended(trial):\n    pass\n",
-         "unknown hook 'runner_epoch_ended'"),
+        (
+            "from runner import hookimpl\n@hookimpl\ndef runner_epoch_ended(trial):\n    pass\n",
+            "unknown hook 'runner_epoch_ended'",
+        ),
         ("raise RuntimeError('boom at import')\n", "failed to load: RuntimeError: boom at import"),
-        ("from runner import hookimpl\nclass NotAStrategy:\n    name = 'x'\n"
-         "@hookimpl\ndef runner_register(registry):\n    registry.add_strategy(NotAStrategy)\n",
-         "registered strategy 'x': it must subclass runner.Strategy"),
-        ("from runner import hookimpl, Backend\nclass B(Backend):\n    name = 'b'\n"
-         "@hookimpl\ndef runner_register(registry):\n    registry.add_backend(B)\n",
-         "registered backend 'b': its Model must be a dataclass"),
-        ("from runner import hookimpl\nfrom plugins.strategies.random_search import RandomSearch\n"
-         "@hookimpl\ndef runner_register(registry):\n    registry.add_strategy(RandomSearch)\n",
-         "strategy \"random\" is registered twice: by plugin 'random' and by plugin 'clash'"),
+        (
+            "from runner import hookimpl\nclass NotAStrategy:\n    name = 'x'\n"
+            "@hookimpl\ndef runner_register(registry):\n    registry.add_strategy(NotAStrategy)\n",
+            "registered strategy 'x': it must subclass runner.Strategy",
+        ),
+        (
+            "from runner import hookimpl, Backend\nclass B(Backend):\n    name = 'b'\n"
+            "@hookimpl\ndef runner_register(registry):\n    registry.add_backend(B)\n",
+            "registered backend 'b': its Model must be a dataclass",
+        ),
+        (
+            "from runner import hookimpl\nfrom runner.plugins.strategies.random_search import RandomSearch\n"
+            "@hookimpl\ndef runner_register(registry):\n    registry.add_strategy(RandomSearch)\n",
+            "strategy \"random\" is registered twice: by plugin 'random' and by plugin 'clash'",
+        ),
     ],
 )
 def test_a_broken_plugin_is_refused_with_its_name(tmp_path, body, message):

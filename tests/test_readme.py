@@ -8,7 +8,7 @@ import re
 from runner.backend import NoOptions
 from runner.files import create_run_dir
 from runner.loop import load_dataset, run_experiment
-from runner.plugins import load_plugins
+from runner.plugin_manager import load_plugins
 from runner.spec import load
 from tests.conftest import ROOT
 
@@ -56,7 +56,9 @@ def test_every_option_of_every_built_in_is_documented():
             classes += [entry.obj.Model, entry.obj.Train]
         for cls in classes:
             for field in dataclasses.fields(cls):
-                assert f"`{field.name}`" in README, f"{entry.kind} {entry.name}: option {field.name} is not in README.md"
+                assert f"`{field.name}`" in README, (
+                    f"{entry.kind} {entry.name}: option {field.name} is not in README.md"
+                )
                 assert field.metadata.get("doc"), f"{entry.kind} {entry.name}: option {field.name} has no doc"
 
 

@@ -25,29 +25,41 @@ from runner.report.figures import _branches, learning_curves, new_figure, parame
 from tests.conftest import QUICK, deep_update, run_file
 from tests.test_control_live import LiveRun
 
-SEARCH = deep_update(QUICK, {
-    "name": "search",
-    "train": {"epochs": 3, "optimizer": "momentum"},
-    "search": {"strategy": {"name": "random", "trials": 6}, "metric": "val_loss", "space": {
-        "train.lr": {"low": 1e-3, "high": 3.0, "scale": "log"},
-        "train.momentum": {"low": 0.5, "high": 0.999, "scale": "log1m"},
-        "model.hidden": {"choices": [[8], [16, 8]]},
-    }},
-})
+SEARCH = deep_update(
+    QUICK,
+    {
+        "name": "search",
+        "train": {"epochs": 3, "optimizer": "momentum"},
+        "search": {
+            "strategy": {"name": "random", "trials": 6},
+            "metric": "val_loss",
+            "space": {
+                "train.lr": {"low": 1e-3, "high": 3.0, "scale": "log"},
+                "train.momentum": {"low": 0.5, "high": 0.999, "scale": "log1m"},
+                "model.hidden": {"choices": [[8], [16, 8]]},
+            },
+        },
+    },
+)
 
-NUDGE_THEN_BLOW_UP = textwrap.dedent('''
+NUDGE_THEN_BLOW_UP = textwrap.dedent("""
     from runner import Nudge, hookimpl
 
     @hookimpl
     def runner_epoch_end(trial, epoch):
         if epoch == 1 and trial.rollbacks == 0:
             return Nudge(lr=1e4, reason="a typo")
-''')
+""")
 
 
 def runner(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "runner", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def write(tmp_path: Path, spec: dict, name: str = "exp.json") -> Path:
@@ -106,9 +118,20 @@ def test_csv_has_one_row_per_trial_with_the_right_columns(search_run):
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
     results = orjson.loads((run_dir / "results.json").read_bytes())
     metrics = ["train_loss", "val_loss", "val_acc", "lr", "momentum", "beta2", "seconds"]
-    assert list(rows[0]) == ["rank", "trial", "state", "score", "epochs", "seconds",
-                             "model.hidden", "train.lr", "train.momentum",  # the space's order
-                             *(f"best_{m}" for m in metrics), *(f"final_{m}" for m in metrics), "reason"]
+    assert list(rows[0]) == [
+        "rank",
+        "trial",
+        "state",
+        "score",
+        "epochs",
+        "seconds",
+        "model.hidden",
+        "train.lr",
+        "train.momentum",  # the space's order
+        *(f"best_{m}" for m in metrics),
+        *(f"final_{m}" for m in metrics),
+        "reason",
+    ]
     assert len(rows) == len(results["trials"]) == 6
     for rank, (row, trial) in enumerate(zip(rows, results["trials"]), 1):  # both best first
         assert (int(row["rank"]), int(row["trial"]), row["state"]) == (rank, trial["trial"], trial["state"])
@@ -172,8 +195,11 @@ def test_rollbacks_split_a_curve_into_the_kept_line_and_undone_branches():
 def test_nudges_rollbacks_and_divergences_are_marked_on_the_curves_and_settings(write_experiment, tmp_path):
     plugin = tmp_path / "typo.py"
     plugin.write_text(NUDGE_THEN_BLOW_UP)
-    changes = {"model": {"hidden": [16], "batch_norm": False}, "train": {"epochs": 5, "optimizer": "momentum", "lr": 0.1},
-               "search": {"strategy": {"name": "grid"}, "space": None}}
+    changes = {
+        "model": {"hidden": [16], "batch_norm": False},
+        "train": {"epochs": 5, "optimizer": "momentum", "lr": 0.1},
+        "search": {"strategy": {"name": "grid"}, "space": None},
+    }
     outcome = run_file(write_experiment(changes), tmp_path, [str(plugin)])
     run = read_run_view(outcome.run_dir)
     (trial,) = run.trials
@@ -192,9 +218,13 @@ def test_nudges_rollbacks_and_divergences_are_marked_on_the_curves_and_settings(
 
 
 def test_coarse_to_fine_adds_its_regions_through_the_plugin_hook(write_experiment, tmp_path):
-    changes = {"train": {"epochs": 2}, "search": {
-        "strategy": {"name": "coarse-to-fine", "rounds": 2, "trials_per_round": 3, "keep_top": 1},
-        "space": {"train.lr": {"low": 1e-3, "high": 1.0, "scale": "log"}, "model.hidden": {"choices": [[8], [16]]}}}}
+    changes = {
+        "train": {"epochs": 2},
+        "search": {
+            "strategy": {"name": "coarse-to-fine", "rounds": 2, "trials_per_round": 3, "keep_top": 1},
+            "space": {"train.lr": {"low": 1e-3, "high": 1.0, "scale": "log"}, "model.hidden": {"choices": [[8], [16]]}},
+        },
+    }
     outcome = run_file(write_experiment(changes), tmp_path)
     run = read_run_view(outcome.run_dir)
     figures, problems = draw_figures(run, outcome.plugins.manager)
@@ -208,7 +238,7 @@ def test_coarse_to_fine_adds_its_regions_through_the_plugin_hook(write_experimen
         assert_drawn(path)
 
 
-FIGURE_PLUGIN = textwrap.dedent('''
+FIGURE_PLUGIN = textwrap.dedent("""
     from matplotlib.figure import Figure
     from runner import hookimpl
     from runner.report import ReportFigure
@@ -219,17 +249,17 @@ FIGURE_PLUGIN = textwrap.dedent('''
         ax = figure.add_subplot()
         ax.bar([t.label for t in run.trials], [t.result.epochs for t in run.trials])
         return ReportFigure("epochs", "Epochs per trial", figure, "a third party's figure")
-''')
+""")
 
-BROKEN_PLUGIN = textwrap.dedent('''
+BROKEN_PLUGIN = textwrap.dedent("""
     from runner import hookimpl
 
     @hookimpl
     def runner_report_figures(run):
         raise ValueError("no such column")
-''')
+""")
 
-UNRENDERABLE_PLUGIN = textwrap.dedent('''
+UNRENDERABLE_PLUGIN = textwrap.dedent("""
     from matplotlib.figure import Figure
     from runner import hookimpl
     from runner.report import ReportFigure
@@ -239,7 +269,7 @@ UNRENDERABLE_PLUGIN = textwrap.dedent('''
         figure = Figure()
         figure.add_subplot().set_title(r"$\\notacommand{x}$")
         return ReportFigure("bad", "Bad", figure)
-''')
+""")
 
 
 def write_log(run_dir: Path, trial_events: list[dict]) -> Path:
@@ -249,22 +279,35 @@ def write_log(run_dir: Path, trial_events: list[dict]) -> Path:
     start = {"event": "experiment_start", "name": "hand", "metric": "val_acc", "mode": "max", "planned_trials": 1}
     begun = {"event": "trial_start", "params": {}, "hyperparameters": {"lr": 0.1}}
     lines = [start, begun, *trial_events]
-    (run_dir / "events.jsonl").write_bytes(b"".join(orjson.dumps({"t": float(i), "trial": 0, **e}) + b"\n"
-                                                    for i, e in enumerate(lines)))
+    (run_dir / "events.jsonl").write_bytes(
+        b"".join(orjson.dumps({"t": float(i), "trial": 0, **e}) + b"\n" for i, e in enumerate(lines))
+    )
     return run_dir
 
 
 def epoch(index: int, acc: float) -> dict:
-    return {"event": "epoch_end", "epoch": index, "step": 10 * (index + 1), "val_acc": acc, "val_loss": 1 - acc,
-            "train_loss": 1 - acc, "lr": 0.1}
+    return {
+        "event": "epoch_end",
+        "epoch": index,
+        "step": 10 * (index + 1),
+        "val_acc": acc,
+        "val_loss": 1 - acc,
+        "train_loss": 1 - acc,
+        "lr": 0.1,
+    }
 
 
 def test_a_trial_still_going_stands_on_the_epochs_a_rollback_kept(tmp_path):
-    run_dir = write_log(tmp_path / "run", [
-        epoch(0, 0.5), epoch(1, 0.4), epoch(2, 0.99),  # the 0.99 is undone below
-        {"event": "rollback", "to_epoch": 1, "from_epoch": 3, "lr_before": 0.1, "lr_after": 0.05},
-        epoch(1, 0.6),
-    ])
+    run_dir = write_log(
+        tmp_path / "run",
+        [
+            epoch(0, 0.5),
+            epoch(1, 0.4),
+            epoch(2, 0.99),  # the 0.99 is undone below
+            {"event": "rollback", "to_epoch": 1, "from_epoch": 3, "lr_before": 0.1, "lr_after": 0.05},
+            epoch(1, 0.6),
+        ],
+    )
     (trial,) = read_run_view(run_dir).trials
     result = trial.result
     assert (result.state, result.score, result.epochs, result.final["val_acc"]) == ("interrupted", 0.6, 2, 0.6)
@@ -272,10 +315,16 @@ def test_a_trial_still_going_stands_on_the_epochs_a_rollback_kept(tmp_path):
 
 
 def test_a_paused_trial_that_was_resumed_runs_again(tmp_path):
-    run_dir = write_log(tmp_path / "run", [
-        epoch(0, 0.5), {"event": "pause", "epoch": 1, "step": 10}, {"event": "interrupted", "epoch": 1, "step": 10},
-        {"event": "trial_resume", "epoch": 1, "step": 10}, epoch(1, 0.6),
-    ])
+    run_dir = write_log(
+        tmp_path / "run",
+        [
+            epoch(0, 0.5),
+            {"event": "pause", "epoch": 1, "step": 10},
+            {"event": "interrupted", "epoch": 1, "step": 10},
+            {"event": "trial_resume", "epoch": 1, "step": 10},
+            epoch(1, 0.6),
+        ],
+    )
     assert read_run_view(run_dir).state == "interrupted"
     with run_lock(run_dir):  # as the resumed run's process holds it
         run = read_run_view(run_dir)
@@ -324,8 +373,10 @@ def test_an_interrupted_run_and_a_running_one_are_reported_as_they_stand(tmp_pat
 def test_a_report_does_not_import_torch(search_run):
     """Matplotlib looks in sys.modules for torch with every array it plots; the Torch
     backend's lazy import must not be set off by that (it costs seconds)."""
-    code = ("import sys; from runner.cli import main; "
-            f"main(['report', {str(search_run[0])!r}], standalone_mode=False); print('torch' in sys.modules)")
+    code = (
+        "import sys; from runner.cli import main; "
+        f"main(['report', {str(search_run[0])!r}], standalone_mode=False); print('torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "False"

@@ -32,7 +32,7 @@ KILLER = textwrap.dedent('''
         os.kill(os.getpid(), signal.SIGKILL)
 
     if where == "step":  # inside a training step: after the gradients, before the update
-        from plugins.backends.numpy_mlp.network import MLP
+        from runner.plugins.backends.numpy_mlp.network import MLP
         real = MLP.loss_and_grads
 
         def loss_and_grads(self, *args, **kwargs):
@@ -65,40 +65,63 @@ KILLER = textwrap.dedent('''
             die()
 ''')
 
-EXPERIMENT = deep_update(QUICK, {
-    "name": "resumable",
-    "train": {"epochs": 4},
-    "checkpoint": {"min_interval": 0, "keep": 10},
-    "search": {"strategy": {"name": "random", "trials": 3},
-               "space": {"train.lr": {"low": 0.003, "high": 0.03, "scale": "log"}, "model.hidden": None}},
-})
+EXPERIMENT = deep_update(
+    QUICK,
+    {
+        "name": "resumable",
+        "train": {"epochs": 4},
+        "checkpoint": {"min_interval": 0, "keep": 10},
+        "search": {
+            "strategy": {"name": "random", "trials": 3},
+            "space": {"train.lr": {"low": 0.003, "high": 0.03, "scale": "log"}, "model.hidden": None},
+        },
+    },
+)
 
 
 def runner(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "runner", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
-def start(tmp_path: Path, name: str, experiment: dict, kill: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+def start(
+    tmp_path: Path, name: str, experiment: dict, kill: str | None = None
+) -> tuple[subprocess.CompletedProcess, Path]:
     exp = tmp_path / f"{name}.json"
     exp.write_bytes(orjson.dumps(experiment))
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
     out = tmp_path / name
-    proc = runner("start", exp, "--out", out, "--plain", "--plugin", killer,
-                  env={"RUNNER_TEST_KILL": kill} if kill else {"RUNNER_TEST_KILL": ""})
+    proc = runner(
+        "start",
+        exp,
+        "--out",
+        out,
+        "--plain",
+        "--plugin",
+        killer,
+        env={"RUNNER_TEST_KILL": kill} if kill else {"RUNNER_TEST_KILL": ""},
+    )
     [run_dir] = out.iterdir()
     return proc, run_dir
 
 
 def outcome(run_dir: Path) -> dict:
     """What must match bit for bit: every trial's result (timings aside) and final parameters."""
+
     def timeless(metrics):
         return {k: v for k, v in (metrics or {}).items() if k != "seconds"}
 
     results = orjson.loads((run_dir / "results.json").read_bytes())
-    trials = {t["trial"]: (t["state"], t["params"], t["score"], timeless(t["best"]), timeless(t["final"]), t["epochs"])
-              for t in results["trials"]}
+    trials = {
+        t["trial"]: (t["state"], t["params"], t["score"], timeless(t["best"]), timeless(t["final"]), t["epochs"])
+        for t in results["trials"]
+    }
     finals = {}
     for folder in sorted((run_dir / "trials").iterdir()):
         last = max(folder.glob("*.npz"), key=lambda p: read_snapshot(p)[1]["loop"]["events"])
@@ -123,7 +146,9 @@ def assert_clean_log(run_dir: Path, trials: int = 3, epochs: int = 4) -> list[di
     for trial in range(trials):
         mine = [e["event"] for e in events if e.get("trial") == trial]
         assert mine.count("trial_start") == 1 and mine.count("trial_complete") == 1, (trial, mine)
-        assert [e["epoch"] for e in events if e.get("trial") == trial and e["event"] == "epoch_end"] == list(range(epochs))
+        assert [e["epoch"] for e in events if e.get("trial") == trial and e["event"] == "epoch_end"] == list(
+            range(epochs)
+        )
     assert [e["event"] for e in events].count("experiment_complete") == 1
     assert not list(run_dir.glob("trials/*/*.tmp"))
     return events
@@ -163,9 +188,15 @@ def test_a_damaged_snapshot_is_skipped_with_a_message_and_the_result_is_the_same
     assert_clean_log(run_dir)
 
 
-HEAVY = deep_update(EXPERIMENT, {"name": "heavy", "data": {"points_per_class": 1500},
-                                 "train": {"epochs": 3, "batch_size": 8},
-                                 "search": {"strategy": {"trials": 2}}})
+HEAVY = deep_update(
+    EXPERIMENT,
+    {
+        "name": "heavy",
+        "data": {"points_per_class": 1500},
+        "train": {"epochs": 3, "batch_size": 8},
+        "search": {"strategy": {"trials": 2}},
+    },
+)
 
 
 def test_ctrl_c_saves_a_snapshot_mid_epoch_and_resume_finishes_the_run(tmp_path):
@@ -175,8 +206,12 @@ def test_ctrl_c_saves_a_snapshot_mid_epoch_and_resume_finishes_the_run(tmp_path)
 
     exp = tmp_path / "heavy.json"
     exp.write_bytes(orjson.dumps(HEAVY))
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "start", exp, "--out", tmp_path / "runs", "--plain"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "start", exp, "--out", tmp_path / "runs", "--plain"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until trial 1 has trained an epoch, then press Ctrl-C
         logs = list((tmp_path / "runs").glob("*/events.jsonl"))
@@ -188,7 +223,9 @@ def test_ctrl_c_saves_a_snapshot_mid_epoch_and_resume_finishes_the_run(tmp_path)
     assert proc.returncode == 130, err
     assert "continue with: runner resume" in err and "Traceback" not in err
     [run_dir] = (tmp_path / "runs").iterdir()
-    [interrupted] = [orjson.loads(x) for x in (run_dir / "events.jsonl").read_bytes().splitlines() if b'"interrupted"' in x]
+    [interrupted] = [
+        orjson.loads(x) for x in (run_dir / "events.jsonl").read_bytes().splitlines() if b'"interrupted"' in x
+    ]
     assert interrupted["trial"] == 1
     snapshot = [p for p in (run_dir / "trials" / "t001").glob("*.npz") if read_snapshot(p)[1]["reason"] == "interrupt"]
     assert len(snapshot) == 1 and read_snapshot(snapshot[0])[1]["step"] == interrupted["step"]
@@ -213,6 +250,7 @@ def test_a_pickle_in_place_of_a_snapshot_is_refused_and_never_run(tmp_path):
         read_snapshot(path)
     np.save(tmp_path / "obj.npy", np.array([Payload()], dtype=object), allow_pickle=True)
     import zipfile
+
     with zipfile.ZipFile(path, "w") as z:  # an .npz whose array is an object array of pickles
         z.write(tmp_path / "obj.npy", "w.npy")
     with pytest.raises(CorruptSnapshot):
@@ -275,8 +313,9 @@ def test_a_stop_decided_before_a_kill_still_holds_after_resume(tmp_path, stop_al
     assert resumed.returncode == 0, resumed.stderr
     baseline = orjson.loads((baseline_dir / "results.json").read_bytes())["trials"]
     after = orjson.loads((run_dir / "results.json").read_bytes())["trials"]
-    assert [(t["trial"], t["state"], t["epochs"], t["score"]) for t in after] == \
-           [(t["trial"], t["state"], t["epochs"], t["score"]) for t in baseline]
+    assert [(t["trial"], t["state"], t["epochs"], t["score"]) for t in after] == [
+        (t["trial"], t["state"], t["epochs"], t["score"]) for t in baseline
+    ]
     assert next(t for t in after if t["trial"] == 0)["state"] == "stopped"
     assert len(after) == (1 if stop_all else 3)
 

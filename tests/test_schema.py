@@ -11,7 +11,7 @@ from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
 
 from runner import SpecError
-from runner.plugins import load_plugins
+from runner.plugin_manager import load_plugins
 from runner.schema import experiment_schema
 from runner.spec import TOP_LEVEL, parse
 from tests.conftest import QUICK, ROOT, deep_update
@@ -70,11 +70,14 @@ def validator(schema):
 def test_the_committed_schema_is_what_runner_schema_generates(schema):
     missing = [name for name in ("torch", "ray") if importlib.util.find_spec(name) is None]
     if missing:
-        pytest.skip(f"{COMMITTED.name} is generated with torch and ray installed; without {' and '.join(missing)} "
-                    "their plugins are unavailable, which changes the schema")
+        pytest.skip(
+            f"{COMMITTED.name} is generated with torch and ray installed; without {' and '.join(missing)} "
+            "their plugins are unavailable, which changes the schema"
+        )
     assert orjson.loads(COMMITTED.read_bytes()) == as_json(schema), (
         f"{COMMITTED.relative_to(ROOT)} is out of date: regenerate it with "
-        f"`runner schema --out {COMMITTED.relative_to(ROOT)}` (with torch and ray installed)")
+        f"`runner schema --out {COMMITTED.relative_to(ROOT)}` (with torch and ray installed)"
+    )
 
 
 def test_it_is_a_draft_07_schema_of_every_section(schema):
@@ -99,19 +102,38 @@ def test_it_rejects_every_broken_spec_of_the_validation_tests(validator, changes
     error = best_match(validator.iter_errors(deep_update(QUICK, changes)))
     assert error is not None, "the schema accepts it"
     where, path = ".".join(map(str, error.absolute_path)), expected.split(":")[0]
-    assert path.startswith(where) or where.startswith(path), f"the spec says {path}, the schema {where}: {error.message}"
+    assert path.startswith(where) or where.startswith(path), (
+        f"the spec says {path}, the schema {where}: {error.message}"
+    )
     assert where or repr(path) in error.message, error.message
 
 
 @pytest.mark.parametrize(
     "changes, valid",
     [
-        ({"backend": "numpy", "data": "digits", "executor": "inline",
-          "search": {"strategy": "grid", "space": {"backend.dtype": {"choices": ["float64"]}}}}, True),
-        pytest.param({"backend": {"name": "torch", "device": "cpu"}, "model": {"activation": "tanh"},
-                      "search": {"space": {"backend.device": {"choices": ["cpu"]}}}}, True, marks=pytest.mark.torch),
-        pytest.param({"backend": "torch", "search": {"space": {"backend.device": {"choices": ["cpu"]}}}}, True,
-                     marks=pytest.mark.torch),
+        (
+            {
+                "backend": "numpy",
+                "data": "digits",
+                "executor": "inline",
+                "search": {"strategy": "grid", "space": {"backend.dtype": {"choices": ["float64"]}}},
+            },
+            True,
+        ),
+        pytest.param(
+            {
+                "backend": {"name": "torch", "device": "cpu"},
+                "model": {"activation": "tanh"},
+                "search": {"space": {"backend.device": {"choices": ["cpu"]}}},
+            },
+            True,
+            marks=pytest.mark.torch,
+        ),
+        pytest.param(
+            {"backend": "torch", "search": {"space": {"backend.device": {"choices": ["cpu"]}}}},
+            True,
+            marks=pytest.mark.torch,
+        ),
         pytest.param({"backend": "torch", "model": {"activation": "swish"}}, False, marks=pytest.mark.torch),
         ({"backend": {"name": "numpy", "device": "cpu"}}, False),  # a Torch option
         ({"search": {"space": {"backend.device": {"choices": ["cpu"]}}}}, False),  # numpy by default

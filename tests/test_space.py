@@ -89,12 +89,14 @@ def test_choice_samples_every_choice_equally():
 
 
 def test_same_seed_same_samples():
-    space = Space.parse({
-        "train.lr": {"low": 1e-4, "high": 1.0, "scale": "log"},
-        "train.momentum": {"low": 0.9, "high": 0.999, "scale": "log1m"},
-        "model.layers": {"low": 1, "high": 3, "type": "int"},
-        "model.hidden": {"choices": [[32], [64], [128, 64]]},
-    })
+    space = Space.parse(
+        {
+            "train.lr": {"low": 1e-4, "high": 1.0, "scale": "log"},
+            "train.momentum": {"low": 0.9, "high": 0.999, "scale": "log1m"},
+            "model.layers": {"low": 1, "high": 3, "type": "int"},
+            "model.hidden": {"choices": [[32], [64], [128, 64]]},
+        }
+    )
     draw = lambda seed: [space.sample(rng) for rng in [np.random.default_rng(seed)] for _ in range(20)]  # noqa: E731
     assert draw(5) == draw(5)
     assert draw(5) != draw(6)
@@ -118,7 +120,12 @@ def test_float_grids():
 
 @pytest.mark.parametrize(
     "param",
-    [Float("lr", 1e-4, 1.0, "log"), Float("lr", 1e-3, 0.1, "log"), Float("m", 0.9, 0.999, "log1m"), Float("x", 0.1, 0.7)],
+    [
+        Float("lr", 1e-4, 1.0, "log"),
+        Float("lr", 1e-3, 0.1, "log"),
+        Float("m", 0.9, 0.999, "log1m"),
+        Float("x", 0.1, 0.7),
+    ],
     ids=["log-1e-4", "log-1e-3", "log1m", "linear"],
 )
 def test_grid_ends_are_the_range_ends_exactly(param):
@@ -145,16 +152,24 @@ def test_choice_grid_is_every_choice():
 
 
 def test_space_grid_order_and_count():
-    space = Space.parse({
-        "a": {"choices": ["x", "y"]},
-        "b": {"low": 1, "high": 3, "type": "int"},
-        "c": {"low": 0.0, "high": 1.0},
-    })
+    space = Space.parse(
+        {
+            "a": {"choices": ["x", "y"]},
+            "b": {"low": 1, "high": 3, "type": "int"},
+            "c": {"low": 0.0, "high": 1.0},
+        }
+    )
     grid = space.grid(2)
     assert len(grid) == 2 * 2 * 2
     assert [tuple(p.values()) for p in grid] == [
-        ("x", 1, 0.0), ("x", 1, 1.0), ("x", 3, 0.0), ("x", 3, 1.0),
-        ("y", 1, 0.0), ("y", 1, 1.0), ("y", 3, 0.0), ("y", 3, 1.0),
+        ("x", 1, 0.0),
+        ("x", 1, 1.0),
+        ("x", 3, 0.0),
+        ("x", 3, 1.0),
+        ("y", 1, 0.0),
+        ("y", 1, 1.0),
+        ("y", 3, 0.0),
+        ("y", 3, 1.0),
     ]
     per_param = space.grid({"b": 3, "c": 4})
     assert len(per_param) == 2 * 3 * 4
@@ -219,13 +234,15 @@ def test_int_unit_round_trip(param):
 
 
 def test_parse_builds_each_kind():
-    space = Space.parse({
-        "train.lr": {"low": 1e-4, "high": 1, "scale": "log"},
-        "train.momentum": {"low": 0.9, "high": 0.999, "scale": "log1m"},
-        "model.layers": {"low": 1, "high": 3, "type": "int"},
-        "model.width": {"low": 16, "high": 256, "type": "int", "scale": "log"},
-        "model.hidden": {"choices": [[32], [64]]},
-    })
+    space = Space.parse(
+        {
+            "train.lr": {"low": 1e-4, "high": 1, "scale": "log"},
+            "train.momentum": {"low": 0.9, "high": 0.999, "scale": "log1m"},
+            "model.layers": {"low": 1, "high": 3, "type": "int"},
+            "model.width": {"low": 16, "high": 256, "type": "int", "scale": "log"},
+            "model.hidden": {"choices": [[32], [64]]},
+        }
+    )
     assert space["train.lr"] == Float("train.lr", 1e-4, 1.0, "log")
     assert isinstance(space["train.lr"].high, float)
     assert space["train.momentum"] == Float("train.momentum", 0.9, 0.999, "log1m")
@@ -262,13 +279,19 @@ def test_log_low_must_be_positive_exact_message():
         ({"choices": [1, 2], "low": 0}, 'p.low: unknown key; a choice parameter takes only "choices"'),
         ({"choices": []}, "p.choices: must be a non-empty list"),
         ({"choices": "abc"}, "p.choices: must be a non-empty list"),
-        ({"low": "a", "high": 1}, "p.low: must be a finite number, got \"a\""),
+        ({"low": "a", "high": 1}, 'p.low: must be a finite number, got "a"'),
         ({"low": 0, "high": True}, "p.high: must be a finite number, got true"),
         ({"low": 0, "high": float("inf")}, "p.high: must be a finite number, got inf"),
         ({"low": 0.5, "high": 3, "type": "int"}, "p.low: must be an integer, got 0.5"),
-        ({"low": 0, "high": 1, "type": "str"}, "p.type: must be \"float\" or \"int\", got \"str\""),
-        ({"low": 1, "high": 9, "type": "int", "scale": "log1m"}, 'p.scale: must be one of "linear", "log" for type "int", got "log1m"'),
-        ({"low": 1, "high": 9, "scale": "exp"}, 'p.scale: must be one of "linear", "log", "log1m" for type "float", got "exp"'),
+        ({"low": 0, "high": 1, "type": "str"}, 'p.type: must be "float" or "int", got "str"'),
+        (
+            {"low": 1, "high": 9, "type": "int", "scale": "log1m"},
+            'p.scale: must be one of "linear", "log" for type "int", got "log1m"',
+        ),
+        (
+            {"low": 1, "high": 9, "scale": "exp"},
+            'p.scale: must be one of "linear", "log", "log1m" for type "float", got "exp"',
+        ),
         ({"high": 9}, "p.low: is required"),
         ({"low": 1}, "p.high: is required"),
         ([1, 2], "p: must be an object"),

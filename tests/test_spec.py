@@ -8,9 +8,11 @@ from runner import SpecError
 from runner.spec import load
 from tests.conftest import ROOT
 
-
-EXAMPLES = [pytest.param(p, marks=pytest.mark.torch) if "torch" in p.name else p
-            for p in sorted((ROOT / "experiments").glob("*.json")) if not p.name.endswith(".schema.json")]
+EXAMPLES = [
+    pytest.param(p, marks=pytest.mark.torch) if "torch" in p.name else p
+    for p in sorted((ROOT / "experiments").glob("*.json"))
+    if not p.name.endswith(".schema.json")
+]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -63,24 +65,43 @@ BAD_SPECS = [
     ({"data": None}, "data: is required"),
     ({"data": {"name": "digitz"}}, 'data.name: unknown dataset "digitz" (did you mean "digits"?)'),
     ({"backend": {"name": "jax"}}, 'backend.name: unknown backend "jax"'),
-    ({"search": {"strategy": {"name": "randm"}}}, 'search.strategy.name: unknown strategy "randm" (did you mean "random"?)'),
+    (
+        {"search": {"strategy": {"name": "randm"}}},
+        'search.strategy.name: unknown strategy "randm" (did you mean "random"?)',
+    ),
     ({"search": {"strategy": {"name": "random", "trials": 0}}}, "search.strategy.trials: must be >= 1, got 0"),
-    ({"search": {"space": {"train.lr": {"low": 0, "high": 1, "scale": "log"}}}},
-     'search.space.train.lr.low: must be > 0 for scale "log", got 0'),
-    ({"search": {"space": {"train.lr": {"low": -1, "high": 1, "scale": "log"}}}},
-     'search.space.train.lr.low: must be > 0 for scale "log", got -1'),
-    ({"search": {"space": {"train.momentum": {"low": 0.9, "high": 1.0, "scale": "log1m"}}}},
-     'search.space.train.momentum.high: must be < 1 for scale "log1m", got 1.0'),
-    ({"search": {"space": {"train.learning_rate": {"low": 0.1, "high": 1}}}},
-     "search.space.train.learning_rate: the value 0.1 is not accepted: train.learning_rate: unknown key"),
-    ({"search": {"space": {"data.val_fraction": {"low": 0.1, "high": 0.3}}}},
-     "search.space.data.val_fraction: must be a dotted path into the model, train or backend section"),
-    ({"search": {"space": {"model.activation": {"choices": ["relu", "swish"]}}}},
-     'search.space.model.activation: the value "swish" is not accepted: model.activation: must be one of'),
-    ({"search": {"metric": "val_accuracy"}},
-     'search.metric: backend "numpy" does not report "val_accuracy"; it reports train_loss, val_loss, val_acc'),
-    ({"search": {"space": {"backend.name": {"choices": ["numpy", "torch"]}}}},
-     "search.space.backend.name: the backend cannot be searched"),
+    (
+        {"search": {"space": {"train.lr": {"low": 0, "high": 1, "scale": "log"}}}},
+        'search.space.train.lr.low: must be > 0 for scale "log", got 0',
+    ),
+    (
+        {"search": {"space": {"train.lr": {"low": -1, "high": 1, "scale": "log"}}}},
+        'search.space.train.lr.low: must be > 0 for scale "log", got -1',
+    ),
+    (
+        {"search": {"space": {"train.momentum": {"low": 0.9, "high": 1.0, "scale": "log1m"}}}},
+        'search.space.train.momentum.high: must be < 1 for scale "log1m", got 1.0',
+    ),
+    (
+        {"search": {"space": {"train.learning_rate": {"low": 0.1, "high": 1}}}},
+        "search.space.train.learning_rate: the value 0.1 is not accepted: train.learning_rate: unknown key",
+    ),
+    (
+        {"search": {"space": {"data.val_fraction": {"low": 0.1, "high": 0.3}}}},
+        "search.space.data.val_fraction: must be a dotted path into the model, train or backend section",
+    ),
+    (
+        {"search": {"space": {"model.activation": {"choices": ["relu", "swish"]}}}},
+        'search.space.model.activation: the value "swish" is not accepted: model.activation: must be one of',
+    ),
+    (
+        {"search": {"metric": "val_accuracy"}},
+        'search.metric: backend "numpy" does not report "val_accuracy"; it reports train_loss, val_loss, val_acc',
+    ),
+    (
+        {"search": {"space": {"backend.name": {"choices": ["numpy", "torch"]}}}},
+        "search.space.backend.name: the backend cannot be searched",
+    ),
     ({"seed": 2**63}, "seed: must be >= 0 and < 2**63"),
     ({"search": {"mode": "maximize"}}, 'search.mode: must be "min" or "max", got "maximize"'),
     ({"executor": {"name": "inline", "workers": 2}}, "executor.workers: unknown key"),
@@ -98,9 +119,17 @@ def test_bad_specs_name_the_path_and_the_rule(write_experiment, plugins, changes
 
 
 def test_plugin_sections_may_be_written_as_a_name(write_experiment, plugins):
-    spec = load(write_experiment({"backend": "numpy", "data": "digits", "executor": "inline",
-                                  "search": {"strategy": "grid", "space": {"backend.dtype": {"choices": ["float64"]}}}}),
-                plugins.registry)
+    spec = load(
+        write_experiment(
+            {
+                "backend": "numpy",
+                "data": "digits",
+                "executor": "inline",
+                "search": {"strategy": "grid", "space": {"backend.dtype": {"choices": ["float64"]}}},
+            }
+        ),
+        plugins.registry,
+    )
     assert (spec.backend.name, spec.data.name, spec.search.strategy.name) == ("numpy", "digits", "grid")
     assert spec.trial_config({"backend.dtype": "float64"})["backend"] == {"name": "numpy", "dtype": "float64"}
 

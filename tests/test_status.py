@@ -9,8 +9,9 @@ from runner.status import StatusBoard
 
 
 def board(tmp_path) -> StatusBoard:
-    return StatusBoard(tmp_path / "status.json", control={"path": "control.json", "watching": "inotify",
-                                                          "settings": ["lr"]})
+    return StatusBoard(
+        tmp_path / "status.json", control={"path": "control.json", "watching": "inotify", "settings": ["lr"]}
+    )
 
 
 def on_disk(tmp_path) -> dict:
@@ -28,23 +29,53 @@ def test_orders_are_acknowledged_by_the_events_that_carry_them_out(tmp_path):
     status = board(tmp_path)
     for e in START:
         status.observe(e)
-    status.observe({"t": 2.0, "event": "control", "read": 1, "sha256": "a", "orders": [
-        {"order": "1.0", "trial": 0, "what": "lr=0.05", "action": None},
-        {"order": "1.1", "trial": 1, "what": "lr=0.05", "action": None}]})
+    status.observe(
+        {
+            "t": 2.0,
+            "event": "control",
+            "read": 1,
+            "sha256": "a",
+            "orders": [
+                {"order": "1.0", "trial": 0, "what": "lr=0.05", "action": None},
+                {"order": "1.1", "trial": 1, "what": "lr=0.05", "action": None},
+            ],
+        }
+    )
     read = on_disk(tmp_path)["control"]["recent"][0]
     assert read["outcome"] == "pending" and [o["state"] for o in read["orders"]] == ["pending", "pending"]
-    status.observe({"t": 2.1, "event": "nudge", "trial": 0, "epoch": 3, "step": 40, "source": "control",
-                    "changes": {"lr": {"old": 0.1, "new": 0.05}}, "order": "1.0"})
-    status.observe({"t": 2.2, "event": "trial_complete", "trial": 1, "state": "completed", "score": 0.9,
-                    "params": {"train.lr": 0.2}})  # trial 1 ended before it took its order
+    status.observe(
+        {
+            "t": 2.1,
+            "event": "nudge",
+            "trial": 0,
+            "epoch": 3,
+            "step": 40,
+            "source": "control",
+            "changes": {"lr": {"old": 0.1, "new": 0.05}},
+            "order": "1.0",
+        }
+    )
+    status.observe(
+        {
+            "t": 2.2,
+            "event": "trial_complete",
+            "trial": 1,
+            "state": "completed",
+            "score": 0.9,
+            "params": {"train.lr": 0.2},
+        }
+    )  # trial 1 ended before it took its order
     doc = on_disk(tmp_path)
     read = doc["control"]["recent"][0]
     assert [(o["state"], o.get("step")) for o in read["orders"]] == [("applied", 40), ("dropped", None)]
     assert read["outcome"] == "partly applied"
     assert doc["trials"]["0"]["hyperparameters"] == {"lr": 0.05} and list(doc["trials"]) == ["0"]
     assert doc["control"]["last_change"]["changes"] == {"lr": {"old": 0.1, "new": 0.05}}
-    assert doc["finished"] == {"count": 1, "states": {"completed": 1}, "best": {"trial": 1, "score": 0.9,
-                                                                               "params": {"train.lr": 0.2}}}
+    assert doc["finished"] == {
+        "count": 1,
+        "states": {"completed": 1},
+        "best": {"trial": 1, "score": 0.9, "params": {"train.lr": 0.2}},
+    }
     status.observe({"t": 3.0, "event": "control_error", "read": 2, "sha256": "b", "message": "control.json: lr: bad"})
     doc = on_disk(tmp_path)
     assert doc["control"]["recent"][-1]["outcome"] == "rejected" and doc["control"]["reads"] == 2
@@ -60,8 +91,17 @@ def test_epoch_ends_wait_for_flush_and_what_a_person_asked_for_is_written_at_onc
     monkeypatch.setattr(status_module, "FLUSH_EVERY", 0.0)
     status.flush()
     assert list(on_disk(tmp_path)["trials"]) == ["0", "1"]
-    epoch = {"t": 2.0, "event": "epoch_end", "trial": 0, "epoch": 0, "step": 10, "train_loss": 1.0, "val_loss": 1.0,
-             "val_acc": 0.5, "lr": 0.1}
+    epoch = {
+        "t": 2.0,
+        "event": "epoch_end",
+        "trial": 0,
+        "epoch": 0,
+        "step": 10,
+        "train_loss": 1.0,
+        "val_loss": 1.0,
+        "val_acc": 0.5,
+        "lr": 0.1,
+    }
     status.observe(epoch)
     status.observe({**epoch, "epoch": 1, "step": 20, "val_acc": 0.7})
     assert on_disk(tmp_path)["trials"]["0"]["epoch"] == 0  # left to the watcher thread's flush

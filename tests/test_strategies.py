@@ -8,13 +8,15 @@ import pytest
 from runner import History, Space, Stop, hookimpl
 from runner.files import create_run_dir
 from runner.loop import load_dataset, run_experiment
-from runner.plugins import load_plugins
+from runner.plugin_manager import load_plugins
 from runner.spec import load
 
-SPACE = Space.parse({
-    "train.lr": {"low": 1e-4, "high": 1.0, "scale": "log"},
-    "model.hidden": {"choices": [[8], [16]]},
-})
+SPACE = Space.parse(
+    {
+        "train.lr": {"low": 1e-4, "high": 1.0, "scale": "log"},
+        "model.hidden": {"choices": [[8], [16]]},
+    }
+)
 
 
 def make(plugins, name, **options):
@@ -61,9 +63,14 @@ class StopAfter:
 @pytest.mark.parametrize("name, options", [("random", {"trials": 5}), ("grid", {"points": 2})])
 def test_progress_rebuilds_from_the_event_log(write_experiment, tmp_path, name, options):
     """A history rebuilt from a partial run's events asks for what an uninterrupted run asked next."""
-    changes = {"train": {"epochs": 1}, "checkpoint": {"every_epochs": 0, "best": False},
-               "search": {"strategy": {"name": name, **options},
-                          "space": {"train.lr": {"low": 1e-3, "high": 0.1, "scale": "log"}, "model.hidden": {"choices": [[8], [16]]}}}}
+    changes = {
+        "train": {"epochs": 1},
+        "checkpoint": {"every_epochs": 0, "best": False},
+        "search": {
+            "strategy": {"name": name, **options},
+            "space": {"train.lr": {"low": 1e-3, "high": 0.1, "scale": "log"}, "model.hidden": {"choices": [[8], [16]]}},
+        },
+    }
     path = write_experiment(changes)
 
     def events_of(extra_plugin=None):
@@ -81,7 +88,11 @@ def test_progress_rebuilds_from_the_event_log(write_experiment, tmp_path, name, 
     assert len(history) == 2 and all(r.result is not None for r in history)
     assert history[1].result.state == "stopped" and history[0].result.state == "completed"
     strategy = plugins.registry.get("strategy", name)(
-        space=spec.search.space, options=spec.search.strategy.options, seed=spec.seed,
-        metric=spec.search.metric, mode=spec.search.mode)
+        space=spec.search.space,
+        options=spec.search.strategy.options,
+        seed=spec.seed,
+        metric=spec.search.metric,
+        mode=spec.search.mode,
+    )
     third = next(e for e in full if e["event"] == "trial_start" and e["trial"] == 2)
     assert strategy.ask(history) == third["params"]

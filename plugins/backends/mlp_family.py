@@ -16,23 +16,42 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from runner.plugins.backends.schedules import scheduled_lr
 
 from runner import Backend, TrainConfig, bounds
 from runner.errors import SpecError, join_path
-
-from plugins.backends.schedules import scheduled_lr
 
 
 @dataclass(frozen=True)
 class Model:
     """The ``model`` section: the network's architecture."""
 
-    hidden: tuple[int, ...] = field(default=(64,), metadata=bounds(doc="widths of the hidden layers, input side first; empty for softmax regression"))
-    activation: Literal["relu", "tanh", "sigmoid"] = field(default="relu", metadata=bounds(doc="activation of every hidden layer"))
-    batch_norm: bool = field(default=False, metadata=bounds(doc="batch-normalise every hidden layer's linear output (learned gamma, beta; no bias)"))
-    init: Literal["auto", "he", "xavier"] = field(default="auto", metadata=bounds(doc='weight initialisation: "he" N(0, 2/fan_in), "xavier" N(0, 1/fan_in), "auto" He for relu, Xavier otherwise'))
-    bn_momentum: float = field(default=0.9, metadata=bounds(ge=0, lt=1, doc="decay of the batch-norm running mean and variance: running = m * running + (1 - m) * batch"))
-    bn_epsilon: float = field(default=1e-5, metadata=bounds(gt=0, doc="added to the variance before the square root in batch norm"))
+    hidden: tuple[int, ...] = field(
+        default=(64,),
+        metadata=bounds(doc="widths of the hidden layers, input side first; empty for softmax regression"),
+    )
+    activation: Literal["relu", "tanh", "sigmoid"] = field(
+        default="relu", metadata=bounds(doc="activation of every hidden layer")
+    )
+    batch_norm: bool = field(
+        default=False,
+        metadata=bounds(doc="batch-normalise every hidden layer's linear output (learned gamma, beta; no bias)"),
+    )
+    init: Literal["auto", "he", "xavier"] = field(
+        default="auto",
+        metadata=bounds(
+            doc='weight initialisation: "he" N(0, 2/fan_in), "xavier" N(0, 1/fan_in), "auto" He for relu, Xavier otherwise'
+        ),
+    )
+    bn_momentum: float = field(
+        default=0.9,
+        metadata=bounds(
+            ge=0, lt=1, doc="decay of the batch-norm running mean and variance: running = m * running + (1 - m) * batch"
+        ),
+    )
+    bn_epsilon: float = field(
+        default=1e-5, metadata=bounds(gt=0, doc="added to the variance before the square root in batch norm")
+    )
 
     def check(self, path: str) -> None:
         """Every hidden width must be at least 1."""
@@ -52,15 +71,34 @@ class Model:
 class Train(TrainConfig):
     """The ``train`` section: mini-batches, the optimizer and the learning-rate schedule."""
 
-    batch_size: int = field(default=64, metadata=bounds(ge=1, doc="examples per training step (the last batch of an epoch may be smaller)"))
+    batch_size: int = field(
+        default=64, metadata=bounds(ge=1, doc="examples per training step (the last batch of an epoch may be smaller)")
+    )
     optimizer: Literal["gd", "momentum", "rmsprop", "adam"] = field(default="adam", metadata=bounds(doc="update rule"))
     lr: float = field(default=1e-3, metadata=bounds(gt=0, doc="base learning rate, before the schedule's decay"))
-    momentum: float = field(default=0.9, metadata=bounds(ge=0, lt=1, doc='EWMA coefficient of the gradient: beta1 of "adam", the momentum of "momentum"'))
-    beta2: float = field(default=0.999, metadata=bounds(ge=0, lt=1, doc='EWMA coefficient of the squared gradient, for "rmsprop" and "adam"'))
-    epsilon: float = field(default=1e-8, metadata=bounds(gt=0, doc='added to the denominator of "rmsprop" and "adam" updates'))
-    lr_decay: float = field(default=0.0, metadata=bounds(ge=0, doc="decay rate of the learning-rate schedule; 0 keeps the rate constant"))
-    lr_schedule: Literal["inverse_time", "exponential", "step"] = field(default="inverse_time", metadata=bounds(doc="lr0/(1+decay*epoch), lr0*exp(-decay*epoch) or lr0*(1-decay)**(epoch//lr_step_epochs)"))
-    lr_step_epochs: int = field(default=10, metadata=bounds(ge=1, doc='epochs between two decays of the "step" schedule'))
+    momentum: float = field(
+        default=0.9,
+        metadata=bounds(
+            ge=0, lt=1, doc='EWMA coefficient of the gradient: beta1 of "adam", the momentum of "momentum"'
+        ),
+    )
+    beta2: float = field(
+        default=0.999,
+        metadata=bounds(ge=0, lt=1, doc='EWMA coefficient of the squared gradient, for "rmsprop" and "adam"'),
+    )
+    epsilon: float = field(
+        default=1e-8, metadata=bounds(gt=0, doc='added to the denominator of "rmsprop" and "adam" updates')
+    )
+    lr_decay: float = field(
+        default=0.0, metadata=bounds(ge=0, doc="decay rate of the learning-rate schedule; 0 keeps the rate constant")
+    )
+    lr_schedule: Literal["inverse_time", "exponential", "step"] = field(
+        default="inverse_time",
+        metadata=bounds(doc="lr0/(1+decay*epoch), lr0*exp(-decay*epoch) or lr0*(1-decay)**(epoch//lr_step_epochs)"),
+    )
+    lr_step_epochs: int = field(
+        default=10, metadata=bounds(ge=1, doc='epochs between two decays of the "step" schedule')
+    )
 
     def check(self, path: str) -> None:
         """The ``step`` schedule multiplies by ``1 - lr_decay``, which must stay positive."""
@@ -147,7 +185,7 @@ class MiniBatchBackend(Backend):
         entropy = int(self._rng.integers(2**63))
         self._rng = np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(int(salt),)))
         if self._pos < len(self._perm):
-            self._perm[self._pos:] = self._rng.permutation(self._perm[self._pos:])
+            self._perm[self._pos :] = self._rng.permutation(self._perm[self._pos :])
         self._order_changed()
 
     # -- live hyperparameters ---------------------------------------------------------------
@@ -194,8 +232,9 @@ class MiniBatchBackend(Backend):
             self._lr = self._lr0
             return
         t = self.train
-        self._lr = scheduled_lr(self._lr0, self._epoch, schedule=t.lr_schedule, decay=t.lr_decay,
-                                step_epochs=t.lr_step_epochs)
+        self._lr = scheduled_lr(
+            self._lr0, self._epoch, schedule=t.lr_schedule, decay=t.lr_decay, step_epochs=t.lr_step_epochs
+        )
 
     def _decay_factor(self) -> float:
         """The schedule's multiplier for the current epoch (1 before the first epoch)."""
@@ -208,8 +247,13 @@ class MiniBatchBackend(Backend):
 
     def _order_meta(self) -> dict[str, Any]:
         """The ``meta`` entries for the data order and the schedule, for ``state()``."""
-        return {"epoch": self._epoch, "position": self._pos, "hyperparameters": self.hyperparameters(),
-                "lr_base": self._lr0, "rng": rng_state_to_json(self._rng.bit_generator.state)}
+        return {
+            "epoch": self._epoch,
+            "position": self._pos,
+            "hyperparameters": self.hyperparameters(),
+            "lr_base": self._lr0,
+            "rng": rng_state_to_json(self._rng.bit_generator.state),
+        }
 
     def _check_order(self, meta: dict[str, Any], perm: np.ndarray) -> tuple[int, int, dict]:
         """Validate a saved order before anything is restored: ``(epoch, position, rng state)``."""

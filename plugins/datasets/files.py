@@ -39,11 +39,25 @@ DATA = "data"  # where the data section sits in an experiment file
 class NpzOptions(DataOptions):
     """Where the archive is and which arrays in it hold what."""
 
-    path: str = field(metadata=bounds(doc="the .npz file; a relative path is resolved against the experiment file's folder"))
+    path: str = field(
+        metadata=bounds(doc="the .npz file; a relative path is resolved against the experiment file's folder")
+    )
     x: str = field(default="x", metadata=bounds(doc="name of the array of features, one row per example"))
-    y: str = field(default="y", metadata=bounds(doc="name of the array of labels (numbers or strings), one per example"))
-    x_val: str = field(default="x_val", metadata=bounds(doc='name of the validation features, used with y_val when both are in the file; "" ignores them'))
-    y_val: str = field(default="y_val", metadata=bounds(doc='name of the validation labels, used with x_val when both are in the file; "" ignores them'))
+    y: str = field(
+        default="y", metadata=bounds(doc="name of the array of labels (numbers or strings), one per example")
+    )
+    x_val: str = field(
+        default="x_val",
+        metadata=bounds(
+            doc='name of the validation features, used with y_val when both are in the file; "" ignores them'
+        ),
+    )
+    y_val: str = field(
+        default="y_val",
+        metadata=bounds(
+            doc='name of the validation labels, used with x_val when both are in the file; "" ignores them'
+        ),
+    )
 
     def check(self, path: str) -> None:
         """Called by ``build`` after the fields are checked: reject empty names."""
@@ -57,11 +71,22 @@ class NpzOptions(DataOptions):
 class CsvOptions(DataOptions):
     """Where the file is and how to read it."""
 
-    path: str = field(metadata=bounds(doc="the CSV file; a relative path is resolved against the experiment file's folder"))
-    target: str = field(default="", metadata=bounds(doc='name of the label column (needs a header); "" means the last column'))
+    path: str = field(
+        metadata=bounds(doc="the CSV file; a relative path is resolved against the experiment file's folder")
+    )
+    target: str = field(
+        default="", metadata=bounds(doc='name of the label column (needs a header); "" means the last column')
+    )
     header: bool = field(default=True, metadata=bounds(doc="whether the first line holds column names"))
-    delimiter: str = field(default=",", metadata=bounds(doc='the single character between fields, such as "," or ";" or "\\t"'))
-    val_path: str = field(default="", metadata=bounds(doc='a CSV file with the same columns holding the validation split; "" splits the data by val_fraction'))
+    delimiter: str = field(
+        default=",", metadata=bounds(doc='the single character between fields, such as "," or ";" or "\\t"')
+    )
+    val_path: str = field(
+        default="",
+        metadata=bounds(
+            doc='a CSV file with the same columns holding the validation split; "" splits the data by val_fraction'
+        ),
+    )
 
     def check(self, path: str) -> None:
         """Called by ``build`` after the fields are checked: reject options that cannot work together."""
@@ -88,7 +113,11 @@ def _resolve(value: str, base_dir: Path | str, where: str) -> Path:
     given = Path(value).expanduser()
     file = given if given.is_absolute() else Path(base_dir) / given
     if not file.exists():
-        hint = "" if given.is_absolute() else f" (relative paths are resolved against the experiment file's folder, {base_dir})"
+        hint = (
+            ""
+            if given.is_absolute()
+            else f" (relative paths are resolved against the experiment file's folder, {base_dir})"
+        )
         raise SpecError(where, f"no such file: {file}{hint}")
     if not file.is_file():
         raise SpecError(where, f"not a file: {file}")
@@ -164,7 +193,10 @@ def _open_npz(file: Path, where: str):
     with open(file, "rb") as handle:
         magic = handle.read(6)
     if magic.startswith(b"\x93NUMPY"):
-        raise SpecError(where, f"{file} holds a single array (.npy), not a .npz archive; write one with np.savez(path, x=..., y=...)")
+        raise SpecError(
+            where,
+            f"{file} holds a single array (.npy), not a .npz archive; write one with np.savez(path, x=..., y=...)",
+        )
     if not magic.startswith(b"PK"):
         raise SpecError(where, f"{file} is not a .npz archive; write one with np.savez(path, x=..., y=...)")
     try:
@@ -203,7 +235,9 @@ def _npz_features(archive, options: NpzOptions, key: str, file: Path) -> np.ndar
     a = a.astype(np.float64)
     bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
     if bad.any():
-        raise SpecError(where, f'array "{name}" in {file} contains NaN or infinite values (first in row {int(np.argmax(bad))})')
+        raise SpecError(
+            where, f'array "{name}" in {file} contains NaN or infinite values (first in row {int(np.argmax(bad))})'
+        )
     return a
 
 
@@ -215,7 +249,9 @@ def _npz_labels(archive, options: NpzOptions, key: str, file: Path) -> np.ndarra
         a = a[:, 0]
     if a.ndim != 1:
         hint = " (one-hot labels? save np.argmax(y, axis=1))" if a.ndim == 2 else ""
-        raise SpecError(where, f'array "{name}" in {file} must hold one label per example (1-D), got shape {a.shape}{hint}')
+        raise SpecError(
+            where, f'array "{name}" in {file} must hold one label per example (1-D), got shape {a.shape}{hint}'
+        )
     if a.dtype.kind == "S":
         try:
             a = np.char.decode(a, "utf-8")
@@ -224,7 +260,10 @@ def _npz_labels(archive, options: NpzOptions, key: str, file: Path) -> np.ndarra
     if a.dtype.kind not in "biufU":
         raise SpecError(where, f'array "{name}" in {file} must hold numbers or strings, got dtype {a.dtype}')
     if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise SpecError(where, f'array "{name}" in {file} contains NaN or infinite labels (first at {int(np.argmax(~np.isfinite(a)))})')
+        raise SpecError(
+            where,
+            f'array "{name}" in {file} contains NaN or infinite labels (first at {int(np.argmax(~np.isfinite(a)))})',
+        )
     return a
 
 
@@ -287,7 +326,7 @@ class CsvDataset(DatasetPlugin):
             raise SpecError(where, f"{val.file} has {val.width} columns but {table.file} has {table.width}")
         x_val, val_labels = _split_columns(val, target)
         y_all = _labels(labels + val_labels)
-        return RawData(x=x, y=y_all[: len(labels)], x_val=x_val, y_val=y_all[len(labels):])
+        return RawData(x=x, y=y_all[: len(labels)], x_val=x_val, y_val=y_all[len(labels) :])
 
 
 def _read_csv(file: Path, options: CsvOptions, where: str) -> _Table:
@@ -340,7 +379,10 @@ def _target_index(table: _Table, options: CsvOptions) -> int:
         columns = ", ".join(f'"{name}"' for name in table.header)
         raise SpecError(join_path(DATA, "target"), f'no column "{options.target}" in {table.file}; columns: {columns}')
     if len(found) > 1:
-        raise SpecError(join_path(DATA, "target"), f'column "{options.target}" appears {len(found)} times in the header of {table.file}')
+        raise SpecError(
+            join_path(DATA, "target"),
+            f'column "{options.target}" appears {len(found)} times in the header of {table.file}',
+        )
     return found[0]
 
 
@@ -372,7 +414,9 @@ def _split_columns(table: _Table, target: int) -> tuple[np.ndarray, list[str]]:
                     "every column except the target must be numeric",
                 ) from None
             if not math.isfinite(value):
-                raise SpecError(table.where, f'{table.file}, line {n}, {table.column(c)}: "{cells[c]}" is not a finite number')
+                raise SpecError(
+                    table.where, f'{table.file}, line {n}, {table.column(c)}: "{cells[c]}" is not a finite number'
+                )
             x[i, j] = value
     return x, labels
 

@@ -29,7 +29,10 @@ class SpiralsOptions(DataOptions):
 
     classes: int = field(default=3, metadata=bounds(ge=2, doc="number of spiral arms, one class each"))
     points_per_class: int = field(default=100, metadata=bounds(ge=2, doc="points generated along each arm"))
-    noise: float = field(default=0.2, metadata=bounds(ge=0, doc="standard deviation of the Gaussian noise added to each point's angle, in radians"))
+    noise: float = field(
+        default=0.2,
+        metadata=bounds(ge=0, doc="standard deviation of the Gaussian noise added to each point's angle, in radians"),
+    )
 
 
 def make_spirals(classes: int, points_per_class: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -38,9 +38,19 @@ EXIT_SECONDS = 30  # a worker asked to exit (its trials done) that is still ther
 @dataclass(frozen=True)
 class ProcessOptions:
     workers: int = field(default=0, metadata=bounds(ge=0, doc="worker processes, trials at once; 0: one per CPU core"))
-    retries: int = field(default=2, metadata=bounds(ge=0, doc="times a trial is retried from its newest snapshot after its worker dies"))
-    threads: int = field(default=0, metadata=bounds(ge=0, doc="math threads per worker (OpenMP, BLAS); 0: the cores shared out among the workers"))
-    gpus: tuple[int, ...] | None = field(default=None, metadata=bounds(doc="GPU ids to spread the workers over; null: every visible CUDA device if the backend uses Torch, else none"))
+    retries: int = field(
+        default=2, metadata=bounds(ge=0, doc="times a trial is retried from its newest snapshot after its worker dies")
+    )
+    threads: int = field(
+        default=0,
+        metadata=bounds(ge=0, doc="math threads per worker (OpenMP, BLAS); 0: the cores shared out among the workers"),
+    )
+    gpus: tuple[int, ...] | None = field(
+        default=None,
+        metadata=bounds(
+            doc="GPU ids to spread the workers over; null: every visible CUDA device if the backend uses Torch, else none"
+        ),
+    )
 
     def check(self, path: str) -> None:
         if self.gpus is not None and any(g < 0 for g in self.gpus):
@@ -73,8 +83,11 @@ def device_ids(gpus: list[int]) -> list[str]:
     ids = [v.strip() for v in visible.split(",")]
     for g in gpus:
         if g >= len(ids):
-            raise RunnerError(f"executor.gpus: GPU {g} is not one of the {len(ids)} this process sees "
-                              f"(CUDA_VISIBLE_DEVICES={visible})", exit_code=2)
+            raise RunnerError(
+                f"executor.gpus: GPU {g} is not one of the {len(ids)} this process sees "
+                f"(CUDA_VISIBLE_DEVICES={visible})",
+                exit_code=2,
+            )
     return [ids[g] for g in gpus]
 
 
@@ -172,8 +185,12 @@ class ProcessExecutor(RemoteExecutor):
                 self._forget(slot)
         inbound_reader, inbound_writer = self._context.Pipe(duplex=False)
         outbound_reader, outbound_writer = self._context.Pipe(duplex=False)
-        process = self._context.Process(target=worker_main, name=f"runner-worker-{slot}", daemon=True,
-                                        args=(self.session.setup, inbound_reader, outbound_writer))
+        process = self._context.Process(
+            target=worker_main,
+            name=f"runner-worker-{slot}",
+            daemon=True,
+            args=(self.session.setup, inbound_reader, outbound_writer),
+        )
         with inherited(worker_environment(slot, self.threads, self.devices)):
             process.start()
         inbound_reader.close()  # the worker's ends: closed here, so a dead worker reads as EOF

@@ -44,11 +44,23 @@ COLLECT_SECONDS = 1.0  # how long a ``collect`` call waits for a message before 
 
 @dataclass(frozen=True)
 class RayOptions:
-    address: str | None = field(default=None, metadata=bounds(doc='the cluster to run on: "auto", "HOST:PORT" or "ray://HOST:PORT"; null: RAY_ADDRESS if set, else one `ray start` started on this machine, else a local cluster started for the run'))
+    address: str | None = field(
+        default=None,
+        metadata=bounds(
+            doc='the cluster to run on: "auto", "HOST:PORT" or "ray://HOST:PORT"; null: RAY_ADDRESS if set, else one `ray start` started on this machine, else a local cluster started for the run'
+        ),
+    )
     cpus: float = field(default=1.0, metadata=bounds(gt=0, doc="CPUs each trial reserves"))
-    gpus: float = field(default=0.0, metadata=bounds(ge=0, doc="GPUs each trial reserves; a fraction (0.5) shares one GPU between trials"))
-    workers: int = field(default=0, metadata=bounds(ge=0, doc="trials at once; 0: as many as the cluster's CPUs and GPUs fit"))
-    retries: int = field(default=2, metadata=bounds(ge=0, doc="times a trial is retried from its newest snapshot after its actor dies"))
+    gpus: float = field(
+        default=0.0,
+        metadata=bounds(ge=0, doc="GPUs each trial reserves; a fraction (0.5) shares one GPU between trials"),
+    )
+    workers: int = field(
+        default=0, metadata=bounds(ge=0, doc="trials at once; 0: as many as the cluster's CPUs and GPUs fit")
+    )
+    retries: int = field(
+        default=2, metadata=bounds(ge=0, doc="times a trial is retried from its newest snapshot after its actor dies")
+    )
 
 
 class TrialWorker:
@@ -103,15 +115,22 @@ class RayExecutor(RemoteExecutor):
         if self.owns_cluster:
             address = options.address or os.environ.get("RAY_ADDRESS")
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING, configure_logging=True)
+                ray.init(
+                    address=address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    configure_logging=True,
+                )
             except ConnectionError as err:
-                raise RunnerError(f"executor.address: cannot reach the Ray cluster at {address!r}: {err}",
-                                  exit_code=2) from None
+                raise RunnerError(
+                    f"executor.address: cannot reach the Ray cluster at {address!r}: {err}", exit_code=2
+                ) from None
         self.check_resources()
         self.slots = options.workers or self.fitting()
         self.actor_class = ray.remote(concurrency_groups={MAIL: 1, OUT: 1})(TrialWorker).options(
-            num_cpus=options.cpus, num_gpus=options.gpus, max_concurrency=1)
+            num_cpus=options.cpus, num_gpus=options.gpus, max_concurrency=1
+        )
         self.setup = ray.put(session.setup)  # the data set goes to the object store once
         self.actors: dict[int, Any] = {}
         self.runs: dict[Any, int] = {}  # each actor's ``run`` call in flight -> its slot
@@ -126,8 +145,10 @@ class RayExecutor(RemoteExecutor):
             if asked > has:
                 if self.owns_cluster:
                     self.ray.shutdown()
-                raise RunnerError(f"executor.{option}: each trial asks for {asked:g} {kind}s, but the Ray cluster "
-                                  f"has {has:g} in all", exit_code=2)
+                raise RunnerError(
+                    f"executor.{option}: each trial asks for {asked:g} {kind}s, but the Ray cluster has {has:g} in all",
+                    exit_code=2,
+                )
 
     def fitting(self) -> int:
         """How many trials the cluster's resources hold at once (at least one)."""
@@ -193,8 +214,9 @@ class RayExecutor(RemoteExecutor):
         ray = self.ray
         try:
             if not now:
-                ray.wait([actor.close.remote() for actor in self.actors.values()],
-                         num_returns=len(self.actors), timeout=30)
+                ray.wait(
+                    [actor.close.remote() for actor in self.actors.values()], num_returns=len(self.actors), timeout=30
+                )
             for actor in self.actors.values():
                 ray.kill(actor)
         finally:

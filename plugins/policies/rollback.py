@@ -21,5 +21,10 @@ def runner_divergence(trial, event, experiment):
         return None  # the trial ends as diverged
     # Each rollback in a row goes one snapshot further back: if the last snapshot did not
     # help (a bad nudge was already in force there), an older one may.
-    return Rollback("last", older=trial.recent_rollbacks, lr_factor=options.lr_cut, reshuffle=True,
-                    reason=f"{event.kind} at step {event.step}")
+    return Rollback(
+        "last",
+        older=trial.recent_rollbacks,
+        lr_factor=options.lr_cut,
+        reshuffle=True,
+        reason=f"{event.kind} at step {event.step}",
+    )

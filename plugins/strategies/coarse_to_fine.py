@@ -28,12 +28,25 @@ from runner.trial import TrialRecord
 class CoarseToFineOptions:
     rounds: int = field(default=3, metadata=bounds(ge=1, doc="rounds of random trials, each in a smaller region"))
     trials_per_round: int = field(default=10, metadata=bounds(ge=1, doc="trials sampled in each round's region"))
-    keep_top: float = field(default=0.3, metadata=bounds(gt=0, doc="the best trials the next region is fitted to: a count (3) or a fraction of a round's trials (0.3)"))
-    margin: float = field(default=0.1, metadata=bounds(ge=0, doc="widening on each side, as a fraction of the current region's width in the parameter's scale"))
+    keep_top: float = field(
+        default=0.3,
+        metadata=bounds(
+            gt=0,
+            doc="the best trials the next region is fitted to: a count (3) or a fraction of a round's trials (0.3)",
+        ),
+    )
+    margin: float = field(
+        default=0.1,
+        metadata=bounds(
+            ge=0, doc="widening on each side, as a fraction of the current region's width in the parameter's scale"
+        ),
+    )
 
     def check(self, path: str) -> None:
         if self.keep_top >= 1 and self.keep_top != int(self.keep_top):
-            raise SpecError(f"{path}.keep_top", f"must be a whole count (3) or a fraction below 1 (0.3), got {self.keep_top}")
+            raise SpecError(
+                f"{path}.keep_top", f"must be a whole count (3) or a fraction below 1 (0.3), got {self.keep_top}"
+            )
 
     def top_count(self) -> int:
         """How many of the best trials a region is fitted to (at least one)."""
@@ -53,7 +66,9 @@ class CoarseToFine(Strategy):
     @classmethod
     def check(cls, space: Space, options: CoarseToFineOptions, metrics: tuple[str, ...]) -> None:
         if not len(space):
-            raise SpecError("search.space", "coarse-to-fine needs parameters to search: it zooms in on their best values")
+            raise SpecError(
+                "search.space", "coarse-to-fine needs parameters to search: it zooms in on their best values"
+            )
 
     def planned_trials(self) -> int:
         return self.options.rounds * self.options.trials_per_round
@@ -81,14 +96,23 @@ class CoarseToFine(Strategy):
         top = sorted(scored, key=lambda result: (sign * result.score, result.trial))[: self.options.top_count()]
         current = self.regions[-1]
         if top:
-            region = Space([self.narrow(param, current[param.path], [t.params[param.path] for t in top])
-                            for param in self.space])
-            reason = (f"fitted to the best {len(top)} of {len(scored)} scored trials "
-                      f"(best: t{top[0].trial:03d}, {self.metric} {top[0].score:.4g})")
+            region = Space(
+                [self.narrow(param, current[param.path], [t.params[param.path] for t in top]) for param in self.space]
+            )
+            reason = (
+                f"fitted to the best {len(top)} of {len(scored)} scored trials "
+                f"(best: t{top[0].trial:03d}, {self.metric} {top[0].score:.4g})"
+            )
         else:
             region, reason = current, "no trial so far has a score: the region stays"
-        self.note("round", reason, round=round_, first_trial=round_ * self.options.trials_per_round,
-                  top=[t.trial for t in top], region=region.to_json())
+        self.note(
+            "round",
+            reason,
+            round=round_,
+            first_trial=round_ * self.options.trials_per_round,
+            top=[t.trial for t in top],
+            region=region.to_json(),
+        )
         return region
 
     def narrow(self, param: Param, current: Param, values: list[Any]) -> Param:
@@ -125,6 +149,6 @@ def runner_report_figures(run):
     rounds = [n for n in run.notes if n.get("kind") == "round" and isinstance(n.get("region"), dict)]
     if run.strategy != CoarseToFine.name or not rounds or not len(run.space):
         return None
-    from plugins.strategies.coarse_to_fine_report import regions_figure  # matplotlib loads only for reports
+    from runner.plugins.strategies.coarse_to_fine_report import regions_figure  # matplotlib loads only for reports
 
     return regions_figure(run, rounds)

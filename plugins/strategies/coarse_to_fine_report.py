@@ -1,7 +1,7 @@
 """Coarse-to-fine's figure in ``runner report``: the region of each round.
 
 Imported only when a report is drawn (it needs matplotlib), by the ``runner_report_figures``
-hook of ``plugins.strategies.coarse_to_fine``.
+hook of ``runner.plugins.strategies.coarse_to_fine``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ def regions_figure(run: RunView, rounds: list[dict[str, Any]]) -> ReportFigure:
             if param.path not in [p.path for p in region]:
                 continue
             part = region[param.path]
-            spans = ([(place(c, None) - 0.4, place(c, None) + 0.4) for c in part.choices] if isinstance(part, Choice)
-                     else [(part.low, part.high)])
+            spans = (
+                [(place(c, None) - 0.4, place(c, None) + 0.4) for c in part.choices]
+                if isinstance(part, Choice)
+                else [(part.low, part.high)]
+            )
             for low, high in spans:
                 ax.fill_betweenx([row - 0.38, row + 0.38], low, high, color="#1f77b4", alpha=0.15, linewidth=0)
         for trial in run.trials:
@@ -50,8 +53,16 @@ def regions_figure(run: RunView, rounds: list[dict[str, Any]]) -> ReportFigure:
             if score is None or not math.isfinite(score):
                 ax.plot([x], [y], marker="x", color="#d62728", linestyle="none")
             else:
-                ax.plot([x], [y], marker="o", color=colors(norm(score)), markeredgecolor="#333333",
-                        markeredgewidth=0.4, markersize=6, linestyle="none")
+                ax.plot(
+                    [x],
+                    [y],
+                    marker="o",
+                    color=colors(norm(score)),
+                    markeredgecolor="#333333",
+                    markeredgewidth=0.4,
+                    markersize=6,
+                    linestyle="none",
+                )
         ax.set_yticks(range(len(regions)), [f"round {i}" for i in range(len(regions))])
         ax.set_ylim(len(regions) - 0.5, -0.5)  # round 0 on top: the search narrows downwards
         ax.set_xlabel(f"{param.path} ({getattr(param, 'scale', 'choice')})", fontsize=8)
@@ -62,8 +73,9 @@ def regions_figure(run: RunView, rounds: list[dict[str, Any]]) -> ReportFigure:
     if len(scores) < len(run.trials):
         handles.append(Line2D([], [], marker="x", color="#d62728", linestyle="none", label="no score"))
     figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    caption = ("Where each round of coarse-to-fine searched: the band is the round's region (fitted to the best trials "
-               "of the rounds before it), the dots its trials, brighter for a better "
-               f"{run.metric}.")
+    caption = (
+        "Where each round of coarse-to-fine searched: the band is the round's region (fitted to the best trials "
+        "of the rounds before it), the dots its trials, brighter for a better "
+        f"{run.metric}."
+    )
     return ReportFigure("regions", "Coarse-to-fine: the region of each round", figure, caption)
-

@@ -14,7 +14,9 @@ from runner import History, Strategy, bounds, hookimpl
 
 @dataclass(frozen=True)
 class GridOptions:
-    points: int = field(default=3, metadata=bounds(ge=1, doc="values per numeric parameter, evenly spaced in its scale"))
+    points: int = field(
+        default=3, metadata=bounds(ge=1, doc="values per numeric parameter, evenly spaced in its scale")
+    )
 
 
 class GridSearch(Strategy):

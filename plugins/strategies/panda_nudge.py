@@ -41,16 +41,45 @@ from runner.spec import default_mode
 
 @dataclass(frozen=True)
 class PandaOptions:
-    every: int = field(default=3, metadata=bounds(ge=1, doc="epochs of watching before a try (and after one that neither kept nor reverted)"))
+    every: int = field(
+        default=3,
+        metadata=bounds(ge=1, doc="epochs of watching before a try (and after one that neither kept nor reverted)"),
+    )
     probe_epochs: int = field(default=2, metadata=bounds(ge=1, doc="epochs a tried nudge trains before it is judged"))
-    lr_factor: float = field(default=2.0, metadata=bounds(gt=1, doc="a try multiplies or divides the learning rate by this"))
-    momentum_factor: float = field(default=2.0, metadata=bounds(gt=1, doc="a try divides (up) or multiplies (down) 1 - momentum by this: 0.9 becomes 0.95 or 0.8"))
-    moves: tuple[str, ...] = field(default=("lr", "momentum"), metadata={"doc": "live settings to try, in turn; lr is scaled, any other (a momentum, beta2) moves in 1 - value"})
-    patience: int = field(default=6, metadata=bounds(ge=1, doc="epochs without a new best metric before the learning rate is cut"))
-    plateau_factor: float = field(default=0.5, metadata=bounds(gt=0, lt=1, doc="a plateau multiplies the learning rate by this"))
-    cooldown: int = field(default=5, metadata=bounds(ge=0, doc="epochs without automatic nudges after a person's nudge or rollback"))
-    judge: str = field(default="val_loss", metadata={"doc": "the metric tries are judged by; the validation loss moves smoothly, where accuracy moves in steps and stalls at first"})
-    min_delta: float = field(default=0.0, metadata=bounds(ge=0, doc="by how much (in the metric's units) a try must beat the trend to be kept"))
+    lr_factor: float = field(
+        default=2.0, metadata=bounds(gt=1, doc="a try multiplies or divides the learning rate by this")
+    )
+    momentum_factor: float = field(
+        default=2.0,
+        metadata=bounds(
+            gt=1, doc="a try divides (up) or multiplies (down) 1 - momentum by this: 0.9 becomes 0.95 or 0.8"
+        ),
+    )
+    moves: tuple[str, ...] = field(
+        default=("lr", "momentum"),
+        metadata={
+            "doc": "live settings to try, in turn; lr is scaled, any other (a momentum, beta2) moves in 1 - value"
+        },
+    )
+    patience: int = field(
+        default=6, metadata=bounds(ge=1, doc="epochs without a new best metric before the learning rate is cut")
+    )
+    plateau_factor: float = field(
+        default=0.5, metadata=bounds(gt=0, lt=1, doc="a plateau multiplies the learning rate by this")
+    )
+    cooldown: int = field(
+        default=5, metadata=bounds(ge=0, doc="epochs without automatic nudges after a person's nudge or rollback")
+    )
+    judge: str = field(
+        default="val_loss",
+        metadata={
+            "doc": "the metric tries are judged by; the validation loss moves smoothly, where accuracy moves in steps and stalls at first"
+        },
+    )
+    min_delta: float = field(
+        default=0.0,
+        metadata=bounds(ge=0, doc="by how much (in the metric's units) a try must beat the trend to be kept"),
+    )
 
     def check(self, path: str) -> None:
         if not self.moves:
@@ -67,12 +96,17 @@ class PandaNudge(Strategy):
     @classmethod
     def check(cls, space, options, metrics) -> None:
         if options.judge not in metrics:
-            raise SpecError("search.strategy.judge", f"the backend does not report {options.judge!r}; "
-                                                     f"it reports {', '.join(metrics)}")
+            raise SpecError(
+                "search.strategy.judge",
+                f"the backend does not report {options.judge!r}; it reports {', '.join(metrics)}",
+            )
         if len(space):
-            raise SpecError("search.space", "panda-nudge trains one model, so it searches no space: set the values "
-                                            "in the model and train sections, or start from an earlier search's "
-                                            "best with: runner start EXPERIMENT --from RUN_DIR")
+            raise SpecError(
+                "search.space",
+                "panda-nudge trains one model, so it searches no space: set the values "
+                "in the model and train sections, or start from an earlier search's "
+                "best with: runner start EXPERIMENT --from RUN_DIR",
+            )
 
     def ask(self, history):
         return {} if len(history) == 0 else None
@@ -83,8 +117,9 @@ class PandaNudge(Strategy):
     def babysitter(self, trial: Trial) -> PandaBabysitter:
         judge = self.options.judge
         mode = self.mode if judge == self.metric else default_mode(judge)
-        return PandaBabysitter(self.options, judge, mode, budget=trial.config["train"]["epochs"],
-                               live=tuple(trial.hyperparameters))
+        return PandaBabysitter(
+            self.options, judge, mode, budget=trial.config["train"]["epochs"], live=tuple(trial.hyperparameters)
+        )
 
 
 @dataclass
@@ -140,11 +175,11 @@ class Notebook:
             self.scores.clear()
             self.first = epochs
         else:
-            del self.scores[epochs - self.first:]
+            del self.scores[epochs - self.first :]
 
     def since(self, epochs: int) -> list:
         """The kept scores of epoch ``epochs`` on."""
-        return self.scores[max(0, epochs - self.first):]
+        return self.scores[max(0, epochs - self.first) :]
 
     @property
     def epochs(self) -> int:
@@ -199,13 +234,22 @@ class PandaBabysitter(Babysitter):
         book.prefer["lr"] = "down"
         book.wait = self.options.every
         what = f"{tried.setting} {tried.direction} to {tried.new:.4g}" if tried else "training"
-        decisions: list[Decision] = [Note("diverged", f"{what} diverged at lr {fmt(lr)}; the divergence policy "
-                                                      f"rolled it back. The learning rate stays below {fmt(book.ceiling)}")]
+        decisions: list[Decision] = [
+            Note(
+                "diverged",
+                f"{what} diverged at lr {fmt(lr)}; the divergence policy "
+                f"rolled it back. The learning rate stays below {fmt(book.ceiling)}",
+            )
+        ]
         probing_up = tried is not None and tried.setting == "lr" and tried.direction == "up"
         if not probing_up and not book.cooling and "lr" in trial.hyperparameters:
             now = trial.hyperparameters["lr"]
-            decisions.append(Nudge(lr=now / self.options.lr_factor,
-                                   reason=f"diverged: lr {now:.4g} / {self.options.lr_factor:g} on top of the policy's cut"))
+            decisions.append(
+                Nudge(
+                    lr=now / self.options.lr_factor,
+                    reason=f"diverged: lr {now:.4g} / {self.options.lr_factor:g} on top of the policy's cut",
+                )
+            )
         return decisions
 
     def epoch_end(self, trial: Trial, epoch: int, metrics: dict[str, float]) -> list[Decision]:
@@ -243,8 +287,16 @@ class PandaBabysitter(Babysitter):
         what = f"{tried.setting} {tried.direction} to {tried.new:.4g}"
         promised = self.ahead(tried.score, tried.gain)
         verdict = f"{self.metric} {fmt(now)} after {options.probe_epochs} epochs; the trend promised {fmt(promised)}"
-        record = {"setting": tried.setting, "direction": tried.direction, "old": tried.old, "new": tried.new,
-                  "metric": self.metric, "before": tried.score, "after": now, "promised": promised}
+        record = {
+            "setting": tried.setting,
+            "direction": tried.direction,
+            "old": tried.old,
+            "new": tried.new,
+            "metric": self.metric,
+            "before": tried.score,
+            "after": now,
+            "promised": promised,
+        }
         if got is not None and got > tried.gain + options.min_delta:
             book.prefer[tried.setting], book.failed, book.backoff = tried.direction, [], 1
             book.streak = min(book.streak + 1, MAX_STREAK)
@@ -252,21 +304,27 @@ class PandaBabysitter(Babysitter):
             return [keep] + self.start(trial, tried.setting, tried.direction, chained=True)
         book.failed.append(tried.direction)
         book.streak = 0
-        decisions: list[Decision] = [Note("revert", f"revert {what}: {verdict}", record),
-                                     Rollback("before_nudge", reason=f"revert {what}")]
+        decisions: list[Decision] = [
+            Note("revert", f"revert {what}: {verdict}", record),
+            Rollback("before_nudge", reason=f"revert {what}"),
+        ]
         if flip(tried.direction) not in book.failed and book.trained + options.probe_epochs < self.budget:
             retry = self.nudge_for(tried.setting, flip(tried.direction), tried.old)
             if retry is not None:
-                book.trying = asdict(Try(tried.setting, flip(tried.direction), tried.old, retry, tried.epoch,
-                                         tried.score, tried.gain))
+                book.trying = asdict(
+                    Try(tried.setting, flip(tried.direction), tried.old, retry, tried.epoch, tried.score, tried.gain)
+                )
                 return decisions + [Nudge({tried.setting: retry}, reason=self.why(book.trying))]
         return decisions + self.give_up(tried.setting)
 
     def give_up(self, setting: str) -> list[Decision]:
         """No direction beat the trend: leave the setting, and wait longer before the next try."""
         book = self.book
-        verdict = (f"neither {' nor '.join(book.failed)} beat the trend" if len(book.failed) > 1
-                   else f"{book.failed[0]} did not beat the trend")
+        verdict = (
+            f"neither {' nor '.join(book.failed)} beat the trend"
+            if len(book.failed) > 1
+            else f"{book.failed[0]} did not beat the trend"
+        )
         book.failed, book.backoff = [], min(book.backoff * 2, 8)
         book.wait = self.options.every * book.backoff
         book.move += 1
@@ -288,7 +346,7 @@ class PandaBabysitter(Babysitter):
         if book.trained + k >= self.budget or now is None:
             book.wait = options.every
             return []
-        trend = k * self.pace(book.scores[-1 - k:])
+        trend = k * self.pace(book.scores[-1 - k :])
         old = trial.hyperparameters[setting]
         new = self.nudge_for(setting, direction, old)
         if new is None and not chained:
@@ -313,9 +371,11 @@ class PandaBabysitter(Babysitter):
             return None
         book.plateau_from = book.epochs
         lr = trial.hyperparameters["lr"]
-        return Nudge(lr=lr * self.options.plateau_factor,
-                     reason=f"plateau: no better {self.metric} for {self.options.patience} epochs; "
-                            f"lr {lr:.4g} x {self.options.plateau_factor:g}")
+        return Nudge(
+            lr=lr * self.options.plateau_factor,
+            reason=f"plateau: no better {self.metric} for {self.options.patience} epochs; "
+            f"lr {lr:.4g} x {self.options.plateau_factor:g}",
+        )
 
     def interrupted_by(self, source: str, what: str) -> None:
         """Someone else changed the trial: drop the try in progress (it is no longer what is
@@ -336,13 +396,13 @@ class PandaBabysitter(Babysitter):
         """The value a try sets, or None where that direction cannot move (momentum 0 down)."""
         reach = 1 + self.book.streak  # a streak of kept tries takes longer strides
         if setting == "lr":
-            factor = self.options.lr_factor ** reach
+            factor = self.options.lr_factor**reach
             if direction == "down":
                 return value / factor
             ceiling = self.book.ceiling
             new = value * factor if ceiling is None else min(value * factor, ceiling / self.options.lr_factor)
             return new if new > value else None
-        factor = self.options.momentum_factor ** reach
+        factor = self.options.momentum_factor**reach
         rest = (1.0 - value) / factor if direction == "up" else min(1.0, (1.0 - value) * factor)
         new = 1.0 - rest
         return None if new == value else new
@@ -363,8 +423,10 @@ class PandaBabysitter(Babysitter):
 
     def why(self, trying: dict) -> str:
         t = Try(**trying)
-        return (f"try {t.setting} {t.direction}: {t.old:.4g} -> {t.new:.4g} for {self.options.probe_epochs} epochs "
-                f"({self.metric} {fmt(t.score)}; the trend promises {fmt(self.ahead(t.score, t.gain))})")
+        return (
+            f"try {t.setting} {t.direction}: {t.old:.4g} -> {t.new:.4g} for {self.options.probe_epochs} epochs "
+            f"({self.metric} {fmt(t.score)}; the trend promises {fmt(self.ahead(t.score, t.gain))})"
+        )
 
 
 MAX_STREAK = 3  # the longest stride is factor ** 4

@@ -19,7 +19,7 @@ import pluggy
 
 from runner.errors import RunnerError
 from runner.files import atomic_write
-from runner.plugins import each_plugin
+from runner.plugin_manager import each_plugin
 from runner.report import ReportFigure
 from runner.report.figures import learning_curves, parameter_effects, settings_over_time
 from runner.report.html import render
@@ -39,8 +39,9 @@ class Report:
     problems: list[str] = field(default_factory=list)
 
 
-def draw_figures(run: RunView, manager: pluggy.PluginManager | None, *, top: int = 6
-                 ) -> tuple[list[ReportFigure], list[str]]:
+def draw_figures(
+    run: RunView, manager: pluggy.PluginManager | None, *, top: int = 6
+) -> tuple[list[ReportFigure], list[str]]:
     """The built-in figures that apply to ``run`` (learning curves of the ``top`` best
     trials, parameters against the metric, live settings over time), then those of each
     plugin of ``manager`` (None: no plugin figures).
@@ -74,7 +75,7 @@ def _noted(problems: list[str], what: str):
     written without that figure)."""
     try:
         yield
-    except Exception as err:  # noqa: BLE001  # one figure's bug must not cost the rest of the report
+    except Exception as err:  # one figure's bug must not cost the rest of the report
         problems.append(f"{what}: {type(err).__name__}: {err}")
 
 
@@ -111,7 +112,7 @@ def _rendered(figure: ReportFigure, problems: list[str]) -> bytes | None:
         figure.figure.savefig(buffer, format="png", dpi=DPI)
     except OSError:
         raise
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         problems.append(f"the figure {figure.name!r} could not be rendered: {type(err).__name__}: {err}")
         return None
     return buffer.getvalue()

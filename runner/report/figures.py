@@ -25,12 +25,24 @@ from runner.report.run import RunView, TrialView
 from runner.results import best_of
 from runner.space import Choice, Param
 
-STATE_COLORS = {"completed": "#1f77b4", "diverged": "#d62728", "pruned": "#ff7f0e", "stopped": "#7f7f7f",
-                "failed": "#000000", "running": "#2ca02c", "paused": "#bcbd22", "interrupted": "#9467bd"}
+STATE_COLORS = {
+    "completed": "#1f77b4",
+    "diverged": "#d62728",
+    "pruned": "#ff7f0e",
+    "stopped": "#7f7f7f",
+    "failed": "#000000",
+    "running": "#2ca02c",
+    "paused": "#bcbd22",
+    "interrupted": "#9467bd",
+}
 # How a trial's marks (events between epochs) are drawn: marker, color, legend label.
-MARK_STYLES = {"nudge": ("v", "#2ca02c", "nudge"), "rollback": ("<", "#9467bd", "rollback"),
-               "divergence": ("X", "#d62728", "divergence"), "trial_retry": ("s", "#8c564b", "worker died, retried"),
-               "pause": ("|", "#7f7f7f", "pause")}
+MARK_STYLES = {
+    "nudge": ("v", "#2ca02c", "nudge"),
+    "rollback": ("<", "#9467bd", "rollback"),
+    "divergence": ("X", "#d62728", "divergence"),
+    "trial_retry": ("s", "#8c564b", "worker died, retried"),
+    "pause": ("|", "#7f7f7f", "pause"),
+}
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
 
 
@@ -46,8 +58,9 @@ def new_figure(panels: int, *, columns: int = 3, size: tuple[float, float] = (4.
     return figure, axes[:panels]
 
 
-def scale_axis(ax: Axes, scale: str, axis: str = "x", values: Sequence[float] = (),
-               limits: tuple[float, float] | None = None) -> None:
+def scale_axis(
+    ax: Axes, scale: str, axis: str = "x", values: Sequence[float] = (), limits: tuple[float, float] | None = None
+) -> None:
     """Give ``ax``'s ``axis`` a search scale: ``linear``, ``log``, or ``log1m`` (log of
     1 - x, for momentum: 0.9, 0.99, 0.999 evenly spaced). ``values`` are the data drawn
     (they place log1m's ticks); ``limits`` (a searched range) are shown whole, padded."""
@@ -57,15 +70,16 @@ def scale_axis(ax: Axes, scale: str, axis: str = "x", values: Sequence[float] = 
         shown = [v for v in [*values, *(limits or ())] if v is not None and math.isfinite(v) and v < 1]
         low, high = (float(_nines(min(shown))), float(_nines(max(shown)))) if shown else (1.0, 3.0)
         steps = (1, 2, 5) if high - low <= 2.5 else (1,)
-        ticks = [1 - m * 10.0 ** -k for k in range(math.floor(low) - 1, math.ceil(high) + 2) for m in steps]
+        ticks = [1 - m * 10.0**-k for k in range(math.floor(low) - 1, math.ceil(high) + 2) for m in steps]
         target.set_major_locator(FixedLocator(sorted(t for t in ticks if 0 <= t < 1)))
         target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.10g}"))
         target.set_minor_locator(NullLocator())
     else:
         set_scale("log" if scale == "log" else "linear")
     if limits is not None:
-        forward, inverse = {"log": (np.log10, lambda y: 10.0 ** y), "log1m": (_nines, _from_nines)}.get(
-            scale, (np.asarray, np.asarray))
+        forward, inverse = {"log": (np.log10, lambda y: 10.0**y), "log1m": (_nines, _from_nines)}.get(
+            scale, (np.asarray, np.asarray)
+        )
         a, b = float(forward(limits[0])), float(forward(limits[1]))
         pad = 0.04 * (b - a)
         (ax.set_xlim if axis == "x" else ax.set_ylim)(float(inverse(a - pad)), float(inverse(b + pad)))
@@ -95,16 +109,30 @@ def mark_strip(ax: Axes, marks: Sequence[tuple[float, str]]) -> set[str]:
         level = stacked[x] = stacked.get(x, -1) + 1
         if level == 0:
             ax.axvline(x, color=color, alpha=0.25, linewidth=0.8, zorder=0)
-        ax.plot([x], [0.97 - 0.045 * min(level, 8)], marker=marker, color=color, markersize=6, transform=transform,
-                clip_on=False, linestyle="none", zorder=5, scalex=False, scaley=False)
+        ax.plot(
+            [x],
+            [0.97 - 0.045 * min(level, 8)],
+            marker=marker,
+            color=color,
+            markersize=6,
+            transform=transform,
+            clip_on=False,
+            linestyle="none",
+            zorder=5,
+            scalex=False,
+            scaley=False,
+        )
         drawn.add(kind)
     return drawn
 
 
 def mark_handles(kinds: set[str]) -> list[Line2D]:
     """Legend entries for the mark kinds drawn, in a fixed order."""
-    return [Line2D([], [], marker=MARK_STYLES[k][0], color=MARK_STYLES[k][1], linestyle="none", label=MARK_STYLES[k][2])
-            for k in MARK_STYLES if k in kinds]
+    return [
+        Line2D([], [], marker=MARK_STYLES[k][0], color=MARK_STYLES[k][1], linestyle="none", label=MARK_STYLES[k][2])
+        for k in MARK_STYLES
+        if k in kinds
+    ]
 
 
 def trial_title(run: RunView, trial: TrialView) -> str:
@@ -123,8 +151,9 @@ def learning_curves(run: RunView, top: int = 6) -> ReportFigure | None:
     trials = [t for t in run.trials if t.epochs][:top]
     if not trials:
         return None
-    figure, axes = new_figure(len(trials), columns=1 if len(trials) == 1 else 3,
-                              size=(10.0, 4.2) if len(trials) == 1 else (4.6, 3.3))
+    figure, axes = new_figure(
+        len(trials), columns=1 if len(trials) == 1 else 3, size=(10.0, 4.2) if len(trials) == 1 else (4.6, 3.3)
+    )
     kinds: set[str] = set()
     undone = False
     for ax, trial in zip(axes, trials):
@@ -132,9 +161,16 @@ def learning_curves(run: RunView, top: int = 6) -> ReportFigure | None:
         for metric, color in (("train_loss", TRAIN_COLOR), ("val_loss", VAL_COLOR)):
             for xs, ys, kept in _branches(trial.epochs, metric):
                 shown[kept] += ys
-                ax.plot(xs, ys, color=color, linewidth=1.4 if kept else 1.0, alpha=1.0 if kept else 0.45,
-                        linestyle="-" if kept else "--", marker="." if len(xs) == 1 or len(trial.epochs) <= 40 else None,
-                        markersize=3)
+                ax.plot(
+                    xs,
+                    ys,
+                    color=color,
+                    linewidth=1.4 if kept else 1.0,
+                    alpha=1.0 if kept else 0.45,
+                    linestyle="-" if kept else "--",
+                    marker="." if len(xs) == 1 or len(trial.epochs) <= 40 else None,
+                    markersize=3,
+                )
         undone |= bool(shown[False])
         kinds |= mark_strip(ax, [(_mark_x(m.event), m.kind) for m in trial.marks])
         if _positive(trial.epochs, ("train_loss", "val_loss")):
@@ -148,13 +184,23 @@ def learning_curves(run: RunView, top: int = 6) -> ReportFigure | None:
         ax.set_ylabel("loss", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=TRAIN_COLOR, label="train loss"), Line2D([], [], color=VAL_COLOR, label="validation loss")]
+    handles = [
+        Line2D([], [], color=TRAIN_COLOR, label="train loss"),
+        Line2D([], [], color=VAL_COLOR, label="validation loss"),
+    ]
     if undone:
         handles.append(Line2D([], [], color="#555555", linestyle="--", alpha=0.6, label="undone by a rollback"))
-    figure.legend(handles=handles + mark_handles(kinds), loc="outside lower center", ncols=min(7, len(handles) + len(kinds)),
-                  fontsize=8, frameon=False)
-    caption = (f"The {len(trials)} best trials by {run.metric}. Marks along the top: when a nudge, rollback or "
-               f"divergence happened. Dashed: epochs a rollback undid (the solid line is the model as it stands).")
+    figure.legend(
+        handles=handles + mark_handles(kinds),
+        loc="outside lower center",
+        ncols=min(7, len(handles) + len(kinds)),
+        fontsize=8,
+        frameon=False,
+    )
+    caption = (
+        f"The {len(trials)} best trials by {run.metric}. Marks along the top: when a nudge, rollback or "
+        f"divergence happened. Dashed: epochs a rollback undid (the solid line is the model as it stands)."
+    )
     return ReportFigure("curves", "Learning curves", figure, caption)
 
 
@@ -173,7 +219,7 @@ def _branches(epochs: list[dict[str, Any]], metric: str) -> list[tuple[list[int]
     starts = [r[0]["epoch"] for r in runs]
     pieces = []
     for i, branch in enumerate(runs):
-        cut = min(starts[i + 1:], default=math.inf)  # epochs from here on were redone later
+        cut = min(starts[i + 1 :], default=math.inf)  # epochs from here on were redone later
         joined = _joint(runs[:i], branch[0]["epoch"]) + branch
         points = [(e["epoch"] + 1, e.get(metric)) for e in joined]
         kept = [p for p in points if p[0] - 1 < cut]
@@ -234,28 +280,60 @@ def parameter_effects(run: RunView) -> ReportFigure | None:
             color = STATE_COLORS.get(trial.state, "#333333")
             states.add(trial.state)
             if score is None or not math.isfinite(score):
-                ax.plot([x], [0.03], marker="x", color=color, transform=edge, clip_on=False, linestyle="none",
-                        scalex=False, scaley=False)
+                ax.plot(
+                    [x],
+                    [0.03],
+                    marker="x",
+                    color=color,
+                    transform=edge,
+                    clip_on=False,
+                    linestyle="none",
+                    scalex=False,
+                    scaley=False,
+                )
             else:
                 ax.plot([x], [score], marker="o", color=color, alpha=0.75, markersize=5, linestyle="none")
         if best is not None and param.path in best.params:
-            ax.plot([place(best.params[param.path], best.id)], [best.result.score], marker="*", color="gold", markeredgecolor="black",
-                    markersize=14, linestyle="none", zorder=6)
+            ax.plot(
+                [place(best.params[param.path], best.id)],
+                [best.result.score],
+                marker="*",
+                color="gold",
+                markeredgecolor="black",
+                markersize=14,
+                linestyle="none",
+                zorder=6,
+            )
         if finite and min(finite) > 0 and max(finite) / min(finite) > 20:
             ax.set_yscale("log")
         ax.set_xlabel(f"{param.path} ({getattr(param, 'scale', 'choice')})", fontsize=8)
         ax.set_ylabel(f"best {run.metric} ({'higher' if run.mode == 'max' else 'lower'} is better)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], marker="o", color=STATE_COLORS.get(s, "#333333"), linestyle="none", label=s)
-               for s in STATE_COLORS if s in states]
-    handles.append(Line2D([], [], marker="*", color="gold", markeredgecolor="black", markersize=12, linestyle="none",
-                          label="best trial"))
+    handles = [
+        Line2D([], [], marker="o", color=STATE_COLORS.get(s, "#333333"), linestyle="none", label=s)
+        for s in STATE_COLORS
+        if s in states
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="*",
+            color="gold",
+            markeredgecolor="black",
+            markersize=12,
+            linestyle="none",
+            label="best trial",
+        )
+    )
     if len(finite) < len(scores):
         handles.append(Line2D([], [], marker="x", color="#555555", linestyle="none", label="no score"))
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
-    caption = (f"Each trial's best {run.metric} against the value it tried, one panel per searched parameter, on the "
-               f"axis scale it was searched in (log for log, log of 1 - x for log1m: 0.9, 0.99, 0.999 evenly apart).")
+    caption = (
+        f"Each trial's best {run.metric} against the value it tried, one panel per searched parameter, on the "
+        f"axis scale it was searched in (log for log, log of 1 - x for log1m: 0.9, 0.99, 0.999 evenly apart)."
+    )
     return ReportFigure("parameters", "Hyperparameters against the metric", figure, caption)
 
 
@@ -273,6 +351,7 @@ def param_axis(ax: Axes, param: Param, values: Sequence[Any] = ()) -> Callable[[
         def place(value: Any, trial_id: int | None) -> float:
             jitter = 0.0 if trial_id is None else ((trial_id * 0.7548776662) % 1 - 0.5) * 0.3
             return index.get(_short(value), -1) + jitter
+
         return place
     scale_axis(ax, param.scale, "x", [v for v in values if isinstance(v, (int, float))], (param.low, param.high))
     return lambda value, trial_id: value
@@ -296,8 +375,11 @@ def settings_over_time(run: RunView, top: int = 3) -> ReportFigure | None:
     if not trials:
         return None
     rows = [(trial, name) for trial in trials for name in trial.changed_settings()]
-    figure, axes = new_figure(len(rows), columns=1 if len(trials) == 1 and len(rows) <= 3 else 2, size=(10.0, 2.6)
-                              if len(trials) == 1 and len(rows) <= 3 else (5.6, 2.8))
+    figure, axes = new_figure(
+        len(rows),
+        columns=1 if len(trials) == 1 and len(rows) <= 3 else 2,
+        size=(10.0, 2.6) if len(trials) == 1 and len(rows) <= 3 else (5.6, 2.8),
+    )
     kinds: set[str] = set()
     for ax, (trial, name) in zip(axes, rows):
         xs = [i + 1 for i, e in enumerate(trial.epochs) if e.get(name) is not None]
@@ -311,10 +393,13 @@ def settings_over_time(run: RunView, top: int = 3) -> ReportFigure | None:
         ax.set_xlabel("epochs trained (undone ones included)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    figure.legend(handles=mark_handles(kinds), loc="outside lower center", ncols=max(1, len(kinds)), fontsize=8,
-                  frameon=False)
-    caption = ("Live settings in force at each epoch, in the order the epochs were trained. Scales: log for values "
-               "below 0.5 or above 1 (learning rates), log of 1 - x for values from 0.5 to 1 (momentum, betas).")
+    figure.legend(
+        handles=mark_handles(kinds), loc="outside lower center", ncols=max(1, len(kinds)), fontsize=8, frameon=False
+    )
+    caption = (
+        "Live settings in force at each epoch, in the order the epochs were trained. Scales: log for values "
+        "below 0.5 or above 1 (learning rates), log of 1 - x for values from 0.5 to 1 (momentum, betas)."
+    )
     return ReportFigure("settings", "Live settings over time", figure, caption)
 
 

@@ -35,26 +35,36 @@ def render(run: RunView, figures: list[tuple[ReportFigure, bytes]], problems: li
     """The report page: the run's summary, the leaderboard (``rows`` best trials), each
     figure with its PNG bytes embedded, the notes, and any problem drawing."""
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(run.name)}: runner report</title>",
-        '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<style>{STYLE}</style></head><body>",
-        f"<h1>{_e(run.name)}</h1>", _summary(run), "<h2>Leaderboard</h2>", _board(run, rows),
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{_e(run.name)}</h1>",
+        _summary(run),
+        "<h2>Leaderboard</h2>",
+        _board(run, rows),
     ]
     for problem in problems:
         parts.append(f'<p class="problem">{_e(problem)}</p>')
     for figure, png in figures:
         data = base64.b64encode(png).decode("ascii")
-        parts += [f'<h2 id="{_e(figure.name)}">{_e(figure.title)}</h2>', "<figure>",
-                  f'<img src="data:image/png;base64,{data}" alt="{_e(figure.title)}">',
-                  f"<figcaption>{_e(figure.caption)}</figcaption></figure>"]
+        parts += [
+            f'<h2 id="{_e(figure.name)}">{_e(figure.title)}</h2>',
+            "<figure>",
+            f'<img src="data:image/png;base64,{data}" alt="{_e(figure.title)}">',
+            f"<figcaption>{_e(figure.caption)}</figcaption></figure>",
+        ]
     if run.notes:
         parts += ["<h2>Notes</h2>", "<p>Why the strategy and plugins did what they did, in order.</p>", "<ul>"]
         parts += [_note(n) for n in run.notes[:NOTES]]
         parts.append("</ul>")
         if len(run.notes) > NOTES:
             parts.append(f"<p>{len(run.notes) - NOTES} more notes in events.jsonl.</p>")
-    parts.append(f'<p class="meta">Written by runner {_e(__version__)} on {_when(time.time())} from '
-                 f"{_e(str(run.run_dir / 'events.jsonl'))}.</p></body></html>")
+    parts.append(
+        f'<p class="meta">Written by runner {_e(__version__)} on {_when(time.time())} from '
+        f"{_e(str(run.run_dir / 'events.jsonl'))}.</p></body></html>"
+    )
     return "\n".join(parts) + "\n"
 
 
@@ -66,10 +76,15 @@ def _note(note: dict[str, Any]) -> str:
 def _summary(run: RunView) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(run.counts().items())) or "none yet"
     planned = f" of {run.planned_trials} planned" if run.planned_trials is not None else ""
-    rows = [("state", run.state), ("run directory", str(run.run_dir)), ("strategy", run.strategy),
-            ("metric", f"{run.metric} ({run.mode})"), ("trials", f"{len(run.trials)}{planned}: {counts}"),
-            ("started", _when(run.started)), ("last event", f"{_when(run.updated)} "
-                                                            f"({_duration(run.updated - run.started)} after the start)")]
+    rows = [
+        ("state", run.state),
+        ("run directory", str(run.run_dir)),
+        ("strategy", run.strategy),
+        ("metric", f"{run.metric} ({run.mode})"),
+        ("trials", f"{len(run.trials)}{planned}: {counts}"),
+        ("started", _when(run.started)),
+        ("last event", f"{_when(run.updated)} ({_duration(run.updated - run.started)} after the start)"),
+    ]
     return '<table class="meta">' + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
@@ -78,10 +93,12 @@ def _board(run: RunView, rows: int) -> str:
         return "<p>No trial has started yet.</p>"
     shown = run.trials[:rows]
     headings, cells = leaderboard_cells([t.result for t in shown], run.metric, seconds=True)
-    lines = ["<table class=\"board\"><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headings) + "</tr>"]
+    lines = ['<table class="board"><tr>' + "".join(f"<th>{_e(h)}</th>" for h in headings) + "</tr>"]
     for trial, row in zip(shown, cells):
         state = _e(trial.state)
-        tds = "".join(f'<td class="state {state}">{state}</td>' if i == 2 else f"<td>{_e(c)}</td>" for i, c in enumerate(row))
+        tds = "".join(
+            f'<td class="state {state}">{state}</td>' if i == 2 else f"<td>{_e(c)}</td>" for i, c in enumerate(row)
+        )
         lines.append(f'<tr title="{_e(trial.result.reason)}">{tds}</tr>')
     lines.append("</table>")
     if len(run.trials) > rows:

@@ -16,8 +16,8 @@ from typing import Any
 
 from runner.errors import RunnerError, SpecError
 from runner.files import run_is_held
-from runner.resume import read_run
 from runner.results import leaderboard
+from runner.resume import read_run
 from runner.space import Space
 from runner.spec import DEFAULT_PLUGINS, read_json
 from runner.trial import TrialResult, better
@@ -64,13 +64,16 @@ class TrialView:
     def was_moved(self) -> bool:
         """Whether a nudge, or a rollback that cut the learning rate, changed its live settings
         (a schedule's decay alone does not count)."""
-        return any(m.kind == "nudge" or (m.kind == "rollback" and m.event.get("lr_after") != m.event.get("lr_before"))
-                   for m in self.marks)
+        return any(
+            m.kind == "nudge" or (m.kind == "rollback" and m.event.get("lr_after") != m.event.get("lr_before"))
+            for m in self.marks
+        )
 
     def changed_settings(self) -> list[str]:
         """The live settings that took more than one value over the trial's epochs."""
-        return [name for name in self.settings
-                if len({e.get(name) for e in self.epochs if e.get(name) is not None}) > 1]
+        return [
+            name for name in self.settings if len({e.get(name) for e in self.epochs if e.get(name) is not None}) > 1
+        ]
 
 
 @dataclass
@@ -121,9 +124,14 @@ def read_run_view(run_dir: Path) -> RunView:
     trials = _trials(events, start["metric"], start["mode"], state)
     ranked = {r.trial: i for i, r in enumerate(leaderboard([t.result for t in trials], start["mode"]))}
     return RunView(
-        run_dir=run_dir, name=start["name"], metric=start["metric"], mode=start["mode"], state=state,
+        run_dir=run_dir,
+        name=start["name"],
+        metric=start["metric"],
+        mode=start["mode"],
+        state=state,
         strategy=strategy.get("name", "?") if isinstance(strategy, dict) else str(strategy),
-        space=space, planned_trials=start.get("planned_trials"),
+        space=space,
+        planned_trials=start.get("planned_trials"),
         trials=sorted(trials, key=lambda t: ranked[t.id]),
         notes=[e for e in events if e["event"] == "note"],
         events=events,
@@ -165,13 +173,13 @@ def _trials(events: list[dict[str, Any]], metric: str, mode: str, run_state: str
             continue
         elif kind == "epoch_end":
             epochs[trial_id].append(event)
-            lineage[trial_id] = lineage[trial_id][:event["epoch"]] + [event]
+            lineage[trial_id] = lineage[trial_id][: event["epoch"]] + [event]
         elif kind == "trial_complete":
             ended[trial_id] = TrialResult.from_json(event)
         elif kind not in UNMARKED:
             marks[trial_id].append(Mark(event, len(epochs[trial_id])))
             if kind in ("rollback", "trial_retry", "trial_resume"):  # back to a snapshot of that many epochs
-                lineage[trial_id] = lineage[trial_id][:event.get("to_epoch", event.get("epoch", 0))]
+                lineage[trial_id] = lineage[trial_id][: event.get("to_epoch", event.get("epoch", 0))]
             if kind == "pause":
                 paused.add(trial_id)
             elif kind in ("unpause", "trial_resume", "trial_retry"):  # a resumed or retried trial starts unpaused
@@ -182,13 +190,22 @@ def _trials(events: list[dict[str, Any]], metric: str, mode: str, run_state: str
         if result is None:
             state = ("paused" if trial_id in paused else "running") if run_state == "running" else "interrupted"
             result = _standing(trial_id, start, lineage[trial_id], metric, mode, state)
-        views.append(TrialView(trial_id, start["params"], tuple(start.get("hyperparameters", {})), result,
-                               epochs[trial_id], marks[trial_id]))
+        views.append(
+            TrialView(
+                trial_id,
+                start["params"],
+                tuple(start.get("hyperparameters", {})),
+                result,
+                epochs[trial_id],
+                marks[trial_id],
+            )
+        )
     return views
 
 
-def _standing(trial_id: int, begun: dict[str, Any], epochs: list[dict[str, Any]], metric: str, mode: str,
-              state: str) -> TrialResult:
+def _standing(
+    trial_id: int, begun: dict[str, Any], epochs: list[dict[str, Any]], metric: str, mode: str, state: str
+) -> TrialResult:
     """A trial that has not ended, as far as it got: its best epoch by ``metric`` among
     ``epochs``, those of the model as it stands (a rollback's undone epochs are not its)."""
     best, score = None, None
@@ -198,9 +215,14 @@ def _standing(trial_id: int, begun: dict[str, Any], epochs: list[dict[str, Any]]
             best, score = epoch, value
     last = epochs[-1] if epochs else None
     return TrialResult(
-        trial=trial_id, state=state, params=begun["params"],  # type: ignore[arg-type]  # running, paused, interrupted
-        best=metrics_of(best) if best else None, final=metrics_of(last) if last else None,
-        epochs=last["epoch"] + 1 if last else 0, seconds=(last or begun)["t"] - begun["t"], score=score,
+        trial=trial_id,
+        state=state,
+        params=begun["params"],  # type: ignore[arg-type]  # running, paused, interrupted
+        best=metrics_of(best) if best else None,
+        final=metrics_of(last) if last else None,
+        epochs=last["epoch"] + 1 if last else 0,
+        seconds=(last or begun)["t"] - begun["t"],
+        score=score,
     )
 
 

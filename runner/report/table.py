@@ -24,10 +24,21 @@ from runner.results import results_document
 def csv_columns(run: RunView) -> list[str]:
     """The CSV's header: fixed columns, parameters, best and final metrics, reason."""
     params = list(dict.fromkeys([*(p.path for p in run.space), *(k for t in run.trials for k in t.params)]))
-    metrics = list(dict.fromkeys(k for t in run.trials for part in (t.result.best, t.result.final) if part
-                                 for k in part))
-    return ["rank", "trial", "state", "score", "epochs", "seconds", *params,
-            *(f"best_{m}" for m in metrics), *(f"final_{m}" for m in metrics), "reason"]
+    metrics = list(
+        dict.fromkeys(k for t in run.trials for part in (t.result.best, t.result.final) if part for k in part)
+    )
+    return [
+        "rank",
+        "trial",
+        "state",
+        "score",
+        "epochs",
+        "seconds",
+        *params,
+        *(f"best_{m}" for m in metrics),
+        *(f"final_{m}" for m in metrics),
+        "reason",
+    ]
 
 
 def to_csv(run: RunView) -> str:
@@ -38,8 +49,15 @@ def to_csv(run: RunView) -> str:
     writer.writeheader()
     for rank, trial in enumerate(run.trials, 1):
         result = trial.result
-        row: dict[str, Any] = {"rank": rank, "trial": trial.id, "state": result.state, "score": result.score,
-                               "epochs": result.epochs, "seconds": round(result.seconds, 4), "reason": result.reason}
+        row: dict[str, Any] = {
+            "rank": rank,
+            "trial": trial.id,
+            "state": result.state,
+            "score": result.score,
+            "epochs": result.epochs,
+            "seconds": round(result.seconds, 4),
+            "reason": result.reason,
+        }
         row.update({path: _cell(value) for path, value in result.params.items()})
         for prefix, part in (("best_", result.best), ("final_", result.final)):
             row.update({prefix + k: v for k, v in (part or {}).items()})
@@ -50,8 +68,13 @@ def to_csv(run: RunView) -> str:
 def to_json(run: RunView) -> bytes:
     """The leaderboard as JSON: ``results.json``'s fields plus ``state`` and ``run_dir``."""
     document = results_document(run.name, run.metric, run.mode, [t.result for t in run.trials])
-    document = {"experiment": document.pop("experiment"), "run_dir": str(run.run_dir), "state": run.state,
-                "planned_trials": run.planned_trials, **document}
+    document = {
+        "experiment": document.pop("experiment"),
+        "run_dir": str(run.run_dir),
+        "state": run.state,
+        "planned_trials": run.planned_trials,
+        **document,
+    }
     return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 

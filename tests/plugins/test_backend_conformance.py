@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from runner.plugins.backends.numpy_mlp import NumpyBackend
 
-from plugins.backends.numpy_mlp import NumpyBackend
 from runner.testing import BackendConformance
 
 CONFIG = {
@@ -26,7 +26,7 @@ class TestNumpyBackendMomentumFloat64(BackendConformance):
 
 
 torch = pytest.importorskip("torch")
-from plugins.backends.torch_mlp.backend import TorchBackend  # noqa: E402
+from runner.plugins.backends.torch_mlp.backend import TorchBackend  # noqa: E402
 
 
 class TestTorchBackendCPU(BackendConformance):

@@ -17,7 +17,7 @@ from tests.test_resume import KILLER, runner
 
 # A backend whose "loss" is a known function of its hyperparameters: the optimum is planted
 # at lr 3e-3 (log scale), momentum 0.99 (log1m scale), width 20 and kind "b".
-SYNTHETIC = textwrap.dedent('''
+SYNTHETIC = textwrap.dedent("""
     import math
     from dataclasses import dataclass, field
     import numpy as np
@@ -80,18 +80,25 @@ SYNTHETIC = textwrap.dedent('''
     @hookimpl
     def runner_register(registry):
         registry.add_backend(Synthetic)
-''')
+""")
 
 SEARCH = {
-    "name": "zoom", "seed": 0, "data": {"name": "spirals", "points_per_class": 10},
-    "backend": {"name": "synthetic"}, "train": {"epochs": 1},
+    "name": "zoom",
+    "seed": 0,
+    "data": {"name": "spirals", "points_per_class": 10},
+    "backend": {"name": "synthetic"},
+    "train": {"epochs": 1},
     "checkpoint": {"every_epochs": 0, "best": False},
-    "search": {"strategy": {"name": "coarse-to-fine", "rounds": 4, "trials_per_round": 12, "keep_top": 3, "margin": 0.1},
-               "metric": "val_loss",
-               "space": {"train.lr": {"low": 1e-4, "high": 1.0, "scale": "log"},
-                         "train.momentum": {"low": 0.9, "high": 0.9999, "scale": "log1m"},
-                         "model.width": {"low": 1, "high": 64, "type": "int"},
-                         "model.kind": {"choices": ["a", "b", "c"]}}},
+    "search": {
+        "strategy": {"name": "coarse-to-fine", "rounds": 4, "trials_per_round": 12, "keep_top": 3, "margin": 0.1},
+        "metric": "val_loss",
+        "space": {
+            "train.lr": {"low": 1e-4, "high": 1.0, "scale": "log"},
+            "train.momentum": {"low": 0.9, "high": 0.9999, "scale": "log1m"},
+            "model.width": {"low": 1, "high": 64, "type": "int"},
+            "model.kind": {"choices": ["a", "b", "c"]},
+        },
+    },
 }
 
 
@@ -101,18 +108,27 @@ def make(plugins, space: Space, **options):
 
 
 def finished(trial: int, params: dict, score: float | None) -> TrialResult:
-    return TrialResult(trial=trial, state="completed", params=params, best=None, final=None, epochs=1,
-                       seconds=0.0, score=score)
+    return TrialResult(
+        trial=trial, state="completed", params=params, best=None, final=None, epochs=1, seconds=0.0, score=score
+    )
 
 
 def test_a_region_is_the_top_trials_span_in_each_parameters_own_scale_plus_the_margin(plugins):
-    space = Space([Float("train.lr", 1e-4, 1.0, "log"), Float("train.momentum", 0.9, 0.9999, "log1m"),
-                   Int("model.width", 1, 64), Choice("model.kind", ("a", "b", "c"))])
+    space = Space(
+        [
+            Float("train.lr", 1e-4, 1.0, "log"),
+            Float("train.momentum", 0.9, 0.9999, "log1m"),
+            Int("model.width", 1, 64),
+            Choice("model.kind", ("a", "b", "c")),
+        ]
+    )
     strategy = make(plugins, space, rounds=2, trials_per_round=3, keep_top=2, margin=0.1)
     history = History()
-    tried = [({"train.lr": 1e-3, "train.momentum": 0.99, "model.width": 20, "model.kind": "b"}, 1.0),
-             ({"train.lr": 1e-2, "train.momentum": 0.999, "model.width": 24, "model.kind": "a"}, 2.0),
-             ({"train.lr": 0.5, "train.momentum": 0.9, "model.width": 60, "model.kind": "c"}, 9.0)]
+    tried = [
+        ({"train.lr": 1e-3, "train.momentum": 0.99, "model.width": 20, "model.kind": "b"}, 1.0),
+        ({"train.lr": 1e-2, "train.momentum": 0.999, "model.width": 24, "model.kind": "a"}, 2.0),
+        ({"train.lr": 0.5, "train.momentum": 0.9, "model.width": 60, "model.kind": "c"}, 9.0),
+    ]
     for k, (params, score) in enumerate(tried):
         assert strategy.ask(history) is not None
         history.add(k, params)
@@ -120,16 +136,20 @@ def test_a_region_is_the_top_trials_span_in_each_parameters_own_scale_plus_the_m
     strategy.ask(history)
     region = strategy.regions[1]
     # lr: log10 positions 0.25 and 0.5 of [-4, 0], widened by 0.1 of the width: [0.15, 0.6]
-    assert region["train.lr"].low == pytest.approx(10 ** -3.4) and region["train.lr"].high == pytest.approx(10 ** -1.6)
+    assert region["train.lr"].low == pytest.approx(10**-3.4) and region["train.lr"].high == pytest.approx(10**-1.6)
     # momentum: 1 - m at log10 positions 1/3 and 2/3 of [-1, -4], widened: [0.2333, 0.7667]
-    assert region["train.momentum"].low == pytest.approx(1 - 10 ** -1.7)
-    assert region["train.momentum"].high == pytest.approx(1 - 10 ** -3.3)
+    assert region["train.momentum"].low == pytest.approx(1 - 10**-1.7)
+    assert region["train.momentum"].high == pytest.approx(1 - 10**-3.3)
     # width: the cells of 20 and 24 in [1, 65) span [0.296875, 0.375]; widened by 0.1: 13 to 31
     assert (region["model.width"].low, region["model.width"].high) == (13, 31)
     assert region["model.kind"].choices == ("a", "b")  # the choices the top two used, in the space's order
     note = strategy.notes[-1]
     assert note["kind"] == "round" and note["round"] == 1 and note["top"] == [0, 1]
-    assert note["region"]["train.lr"] == {"low": region["train.lr"].low, "high": region["train.lr"].high, "scale": "log"}
+    assert note["region"]["train.lr"] == {
+        "low": region["train.lr"].low,
+        "high": region["train.lr"].high,
+        "scale": "log",
+    }
 
 
 def test_a_round_waits_for_the_round_before_and_unscored_trials_leave_the_region(plugins):
@@ -149,13 +169,20 @@ def test_a_round_waits_for_the_round_before_and_unscored_trials_leave_the_region
     assert strategy.ask(history) is None and strategy.planned_trials() == 4
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"keep_top": 2.5}, "keep_top: must be a whole count (3) or a fraction below 1 (0.3), got 2.5"),
-    ({"keep_top": 0}, "keep_top: must be > 0"),
-    ({"rounds": 0}, "rounds: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"keep_top": 2.5}, "keep_top: must be a whole count (3) or a fraction below 1 (0.3), got 2.5"),
+        ({"keep_top": 0}, "keep_top: must be > 0"),
+        ({"rounds": 0}, "rounds: must be >= 1"),
+    ],
+)
 def test_bad_options_are_refused_by_name(plugins, options, message):
-    raw = {**SEARCH, "backend": {"name": "numpy"}, "search": {**SEARCH["search"], "space": {"train.lr": {"low": 1e-3, "high": 1.0, "scale": "log"}}}}
+    raw = {
+        **SEARCH,
+        "backend": {"name": "numpy"},
+        "search": {**SEARCH["search"], "space": {"train.lr": {"low": 1e-3, "high": 1.0, "scale": "log"}}},
+    }
     raw["search"]["strategy"] = {"name": "coarse-to-fine", **options}
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse(raw, plugins.registry)
@@ -173,8 +200,18 @@ def run_search(tmp_path, name: str, kill: str | None = None):
     (tmp_path / "synthetic.py").write_text(SYNTHETIC)
     (tmp_path / "killer.py").write_text(KILLER)
     out = tmp_path / name
-    proc = runner("start", exp, "--out", out, "--plain", "--plugin", tmp_path / "synthetic.py",
-                  "--plugin", tmp_path / "killer.py", env={"RUNNER_TEST_KILL": kill or ""})
+    proc = runner(
+        "start",
+        exp,
+        "--out",
+        out,
+        "--plain",
+        "--plugin",
+        tmp_path / "synthetic.py",
+        "--plugin",
+        tmp_path / "killer.py",
+        env={"RUNNER_TEST_KILL": kill or ""},
+    )
     [run_dir] = out.iterdir()
     return proc, run_dir
 
@@ -212,7 +249,7 @@ def test_regions_shrink_around_the_planted_optimum_in_log_space(zoomed):
     assert abs(math.log10(math.sqrt(last["train.lr"]["low"] * last["train.lr"]["high"])) - math.log10(3e-3)) < 0.3
     assert last["model.kind"] == {"choices": ["b"]}
     scores = [e["score"] for e in zoomed if e["event"] == "trial_complete"]
-    per_round = [sorted(scores[k * 12:(k + 1) * 12])[0] for k in range(4)]
+    per_round = [sorted(scores[k * 12 : (k + 1) * 12])[0] for k in range(4)]
     assert per_round[-1] < per_round[0] / 10, f"the last round's best is far better than the first's: {per_round}"
 
 
@@ -225,11 +262,13 @@ def test_a_run_killed_mid_round_resumes_to_the_same_search(tmp_path, zoomed, kil
     resumed = runner("resume", run_dir, "--plain")
     assert resumed.returncode == 0, resumed.stderr
     events = log_of(run_dir)
-    assert [(r["round"], r["region"], r["top"]) for r in rounds_of(events)] == \
-        [(r["round"], r["region"], r["top"]) for r in rounds_of(zoomed)]
+    assert [(r["round"], r["region"], r["top"]) for r in rounds_of(events)] == [
+        (r["round"], r["region"], r["top"]) for r in rounds_of(zoomed)
+    ]
 
     def trials(log):
         return [(e["trial"], e["params"], e["score"]) for e in log if e["event"] == "trial_complete"]
+
     assert trials(events) == trials(zoomed)
 
 

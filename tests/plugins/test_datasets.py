@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runner.plugins.datasets import digits, files, spirals
 
-from plugins.datasets import digits, files, spirals
 from runner.data import DataOptions, RawData, prepare
 from runner.errors import SpecError
 from runner.registry import Registry
@@ -363,8 +363,11 @@ def test_npz_mismatched_lengths(tmp_path):
         ({"x": np.ones((4, 2)), "y": np.ones((4, 3))}, "data.y", "one-hot"),
         ({"x": np.ones((4, 2)), "y": np.array([0, 1, np.inf, 0])}, "data.y", "NaN or infinite labels"),
         ({"x": np.float64(1.0), "y": np.arange(4)}, "data.x", "one row per example"),
-        ({"x": np.ones((4, 2)), "y": np.arange(4), "x_val": np.ones((2, 2)), "y_val": np.array(["a", "b"])},
-         "data.y_val", "strings but labels in \"y\" are numbers"),
+        (
+            {"x": np.ones((4, 2)), "y": np.arange(4), "x_val": np.ones((2, 2)), "y_val": np.array(["a", "b"])},
+            "data.y_val",
+            'strings but labels in "y" are numbers',
+        ),
     ],
 )
 def test_npz_bad_arrays(tmp_path, arrays, where, problem):

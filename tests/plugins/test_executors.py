@@ -18,7 +18,8 @@ import pytest
 from runner.errors import RunnerError
 from runner.events import read_events
 from tests.conftest import deep_update
-from tests.test_control_live import LiveRun, runner as cli
+from tests.test_control_live import LiveRun
+from tests.test_control_live import runner as cli
 from tests.test_resume import EXPERIMENT, assert_same, outcome, runner
 
 FOUR = deep_update(EXPERIMENT, {"name": "four", "search": {"strategy": {"trials": 4}}})
@@ -29,7 +30,7 @@ PROCESS = {"name": "process", "workers": 2}
 # point is known), once (the marker file is created first) or, with ``always``, every time.
 # ``driver`` then also kills the driver (once) at the epoch after, in the retried worker. Settings
 # come from the .json file of the same name beside it: a Ray worker does not inherit the runner's environment.
-DIE = textwrap.dedent('''
+DIE = textwrap.dedent("""
     import json, os, signal, time
     from pathlib import Path
     from runner import hookimpl
@@ -61,7 +62,7 @@ DIE = textwrap.dedent('''
                 die(trial, epoch)
         if epoch == EPOCH + 1 and SETTINGS.get("driver") and MARKER.exists() and once(MARKER.with_name("driver-died")):
             os.kill(os.getppid(), signal.SIGKILL)
-''')
+""")
 
 
 def free_port() -> int:
@@ -81,9 +82,23 @@ def ray_cluster(tmp_path_factory):
     os.environ.update(settings)  # for the runner processes that join it, too
     env = dict(os.environ)
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    started = subprocess.run([*ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                              "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-                             capture_output=True, text=True, env=env, timeout=180)
+    started = subprocess.run(
+        [
+            *ray,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert started.returncode == 0, started.stderr
     yield f"127.0.0.1:{port}"
     subprocess.run([*ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
@@ -116,8 +131,9 @@ def events_of(run_dir: Path) -> list[dict]:
     return list(read_events(run_dir / "events.jsonl"))
 
 
-def start_with_plugin(tmp_path: Path, source: str, experiment: dict | None = None
-                      ) -> tuple[subprocess.CompletedProcess, Path]:
+def start_with_plugin(
+    tmp_path: Path, source: str, experiment: dict | None = None
+) -> tuple[subprocess.CompletedProcess, Path]:
     """``runner start`` with a one-off plugin of this ``source`` (``plugin.py``); by default
     the four trials on 2 worker processes."""
     exp = tmp_path / "exp.json"
@@ -140,7 +156,12 @@ def test_four_trials_give_exactly_the_inline_results(tmp_path, inline, executor)
         epochs = [e["epoch"] for e in events if e.get("trial") == trial and e["event"] == "epoch_end"]
         assert epochs == [0, 1, 2, 3]
     # the finished lines are printed by the driver, from the events the workers sent
-    assert sorted(line[:4] for line in proc.stdout.splitlines() if line[4:15] == " completed ") == ["t000", "t001", "t002", "t003"]
+    assert sorted(line[:4] for line in proc.stdout.splitlines() if line[4:15] == " completed ") == [
+        "t000",
+        "t001",
+        "t002",
+        "t003",
+    ]
 
 
 def test_a_nudge_through_the_control_file_reaches_the_trial_in_its_worker(tmp_path, executor):
@@ -161,8 +182,7 @@ def test_a_nudge_through_the_control_file_reaches_the_trial_in_its_worker(tmp_pa
 
 
 def test_a_worker_killed_mid_trial_is_retried_from_its_snapshot(tmp_path, inline, executor):
-    proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": executor}),
-                          trial=1, epoch=2)
+    proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": executor}), trial=1, epoch=2)
     assert proc.returncode == 0, proc.stderr
     assert_same(outcome(run_dir), inline)  # bit for bit, though trial 1 lost its worker
     events = events_of(run_dir)
@@ -173,13 +193,16 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_snapshot(tmp_path, inline
     assert [e["event"] for e in mine].count("trial_complete") == 1
     resumed = mine[mine.index(retry) + 1]
     assert resumed["event"] == "trial_resume" and resumed["epoch"] == retry["epoch"]
-    assert [e["epoch"] for e in mine[mine.index(resumed):] if e["event"] == "epoch_end"] == list(range(retry["epoch"], 4))
+    assert [e["epoch"] for e in mine[mine.index(resumed) :] if e["event"] == "epoch_end"] == list(
+        range(retry["epoch"], 4)
+    )
     assert "t001: its worker died" in proc.stdout
 
 
 def test_a_trial_whose_worker_keeps_dying_fails_and_the_others_finish(tmp_path, inline):
-    proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": {**PROCESS, "retries": 1}}),
-                          trial=2, epoch=1, always=True)
+    proc, run_dir = start(
+        tmp_path, deep_update(FOUR, {"executor": {**PROCESS, "retries": 1}}), trial=2, epoch=1, always=True
+    )
     assert proc.returncode == 0, proc.stderr
     results = orjson.loads((run_dir / "results.json").read_bytes())
     states = {t["trial"]: t["state"] for t in results["trials"]}
@@ -196,8 +219,7 @@ def test_a_trial_whose_worker_keeps_dying_fails_and_the_others_finish(tmp_path, 
 
 def test_a_run_killed_after_a_retry_resumes_to_the_same_result(tmp_path, inline):
     """The retried trial's event count goes on from the log's, so a resume cuts the log right."""
-    proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": PROCESS}),
-                          trial=1, epoch=1, driver=True)
+    proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": PROCESS}), trial=1, epoch=1, driver=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert any(e["event"] == "trial_retry" for e in events_of(run_dir))
     resumed = runner("resume", run_dir, "--plain")
@@ -209,8 +231,10 @@ def test_a_run_killed_after_a_retry_resumes_to_the_same_result(tmp_path, inline)
         assert mine.count("trial_start") == 1 and mine.count("trial_complete") == 1, (trial, mine)
 
 
-HEAVY = deep_update(FOUR, {"name": "heavy", "data": {"points_per_class": 1500}, "train": {"epochs": 8, "batch_size": 8},
-                           "executor": PROCESS})
+HEAVY = deep_update(
+    FOUR,
+    {"name": "heavy", "data": {"points_per_class": 1500}, "train": {"epochs": 8, "batch_size": 8}, "executor": PROCESS},
+)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -223,8 +247,13 @@ def test_ctrl_c_or_sigterm_to_the_process_group_stops_every_worker_with_a_snapsh
 
     exp = tmp_path / "heavy.json"
     exp.write_bytes(orjson.dumps(HEAVY))
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "start", exp, "--out", tmp_path / "runs", "--plain"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "start", exp, "--out", tmp_path / "runs", "--plain"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # both workers have trained an epoch: press Ctrl-C (the whole process group)
         logs = list((tmp_path / "runs").glob("*/events.jsonl"))
@@ -240,12 +269,14 @@ def test_ctrl_c_or_sigterm_to_the_process_group_stops_every_worker_with_a_snapsh
     events = events_of(run_dir)
     # a trial about to end may still complete; the run then also notes it stopped between trials
     stopped = {e["trial"] for e in events if e["event"] == "interrupted" and "trial" in e}
-    assert stopped and stopped == {e["trial"] for e in events if e["event"] == "trial_start"} - \
-        {e["trial"] for e in events if e["event"] == "trial_complete"}
+    assert stopped and stopped == {e["trial"] for e in events if e["event"] == "trial_start"} - {
+        e["trial"] for e in events if e["event"] == "trial_complete"
+    }
     for trial in stopped:  # each saved a snapshot of the very step it stopped at
         [at] = [e for e in events if e["event"] == "interrupted" and e.get("trial") == trial]
-        [checkpoint] = [e for e in events if e["event"] == "checkpoint" and e.get("trial") == trial
-                        and e["reason"] == "interrupt"]
+        [checkpoint] = [
+            e for e in events if e["event"] == "checkpoint" and e.get("trial") == trial and e["reason"] == "interrupt"
+        ]
         assert checkpoint["step"] == at["step"]
 
     resumed = runner("resume", run_dir, "--plain")
@@ -254,7 +285,7 @@ def test_ctrl_c_or_sigterm_to_the_process_group_stops_every_worker_with_a_snapsh
 
 
 def test_workers_share_out_the_cores_and_spread_over_the_gpus(monkeypatch):
-    from plugins.executors.process import device_ids, worker_environment
+    from runner.plugins.executors.process import device_ids, worker_environment
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     devices = device_ids([0, 1])
@@ -269,19 +300,26 @@ def test_workers_share_out_the_cores_and_spread_over_the_gpus(monkeypatch):
 
 
 def test_a_worker_that_cannot_load_a_plugin_ends_the_run_with_the_reason(tmp_path):
-    proc, run_dir = start_with_plugin(tmp_path, """
+    proc, run_dir = start_with_plugin(
+        tmp_path,
+        """
         import multiprocessing
         if multiprocessing.parent_process() is not None:
             raise RuntimeError('this plugin needs a licence server only the driver reaches')
-    """)
+    """,
+    )
     assert proc.returncode == 1
-    assert "the worker in slot 0 could not start" in proc.stderr or "the worker in slot 1 could not start" in proc.stderr
+    assert (
+        "the worker in slot 0 could not start" in proc.stderr or "the worker in slot 1 could not start" in proc.stderr
+    )
     assert "licence server only the driver reaches" in proc.stderr
     assert not any(e["event"] in ("trial_retry", "trial_complete") for e in events_of(run_dir))
 
 
 def test_a_worker_that_dies_starting_up_is_replaced_and_its_trial_starts_once(tmp_path, inline):
-    proc, run_dir = start_with_plugin(tmp_path, '''
+    proc, run_dir = start_with_plugin(
+        tmp_path,
+        """
         import multiprocessing, os, signal
         from pathlib import Path
         if multiprocessing.parent_process() is not None:  # in a worker, the first one only
@@ -290,7 +328,8 @@ def test_a_worker_that_dies_starting_up_is_replaced_and_its_trial_starts_once(tm
                 os.kill(os.getpid(), signal.SIGKILL)
             except FileExistsError:
                 pass
-    ''')
+    """,
+    )
     assert proc.returncode == 0, proc.stderr
     events = events_of(run_dir)
     for trial in range(4):  # no retry was logged: the trial had not begun
@@ -301,7 +340,9 @@ def test_a_worker_that_dies_starting_up_is_replaced_and_its_trial_starts_once(tm
 
 
 def test_a_worker_that_dies_after_its_trial_completed_does_not_run_it_again(tmp_path, inline):
-    proc, run_dir = start_with_plugin(tmp_path, '''
+    proc, run_dir = start_with_plugin(
+        tmp_path,
+        """
         import os, signal
         from runner import hookimpl
 
@@ -309,7 +350,8 @@ def test_a_worker_that_dies_after_its_trial_completed_does_not_run_it_again(tmp_
         def runner_trial_complete(trial):  # trial_complete is in the log; the worker's "done" is not sent
             if trial.id == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
-    ''')
+    """,
+    )
     assert proc.returncode == 0, proc.stderr
     events = events_of(run_dir)
     assert [e["event"] for e in events if e.get("trial") == 1].count("trial_complete") == 1

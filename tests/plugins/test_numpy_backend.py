@@ -8,18 +8,16 @@ import math
 import numpy as np
 import orjson
 import pytest
+from runner.plugins.backends.numpy_mlp import Model, NumpyBackend, Options, Train, runner_register
+from runner.plugins.backends.numpy_mlp.network import MLP, log_softmax, softmax_cross_entropy
+from runner.plugins.backends.numpy_mlp.optimizers import make_optimizer
+from runner.plugins.backends.schedules import scheduled_lr
 
 from runner import Backend, BackendState
 from runner.data import Dataset
 from runner.errors import SpecError
 from runner.registry import Registry
 from runner.typed import build
-
-from plugins.backends.numpy_mlp import Model, NumpyBackend, Options, Train, runner_register
-from plugins.backends.numpy_mlp.network import MLP, log_softmax, softmax_cross_entropy
-from plugins.backends.numpy_mlp.optimizers import make_optimizer
-from plugins.backends.schedules import scheduled_lr
-
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -28,10 +26,12 @@ def blobs(m_train=60, m_val=30, n=4, classes=3, spread=1.0, seed=0) -> Dataset:
     """Gaussian blobs around random centres: separable when ``spread`` is small."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((classes, n)) * 3
+
     def draw(m):
         y = np.arange(m) % classes
         x = centres[y] + spread * rng.standard_normal((m, n))
         return x, y.astype(np.int64)
+
     x, y = draw(m_train)
     xv, yv = draw(m_val)
     return Dataset("blobs", x, y, xv, yv, tuple(str(c) for c in range(classes)))
@@ -97,7 +97,13 @@ def test_softmax_regression_has_one_layer():
 
 
 def bn_backend(**kw) -> NumpyBackend:
-    return backend(model=Model(hidden=(6, 5), batch_norm=True, bn_momentum=0.9, bn_epsilon=1e-5), optimizer="gd", lr=0.1, batch_size=16, **kw)
+    return backend(
+        model=Model(hidden=(6, 5), batch_norm=True, bn_momentum=0.9, bn_epsilon=1e-5),
+        optimizer="gd",
+        lr=0.1,
+        batch_size=16,
+        **kw,
+    )
 
 
 def test_batch_norm_parameters_start_at_gamma_one_beta_zero_without_bias():
@@ -297,7 +303,9 @@ def test_schedules_set_the_rate_of_each_epoch(schedule, formula):
     for epoch in range(4):
         b.begin_epoch(epoch)
         assert b.lr_in_force == pytest.approx(formula(epoch), rel=1e-15)
-        assert scheduled_lr(0.1, epoch, schedule=schedule, decay=0.5, step_epochs=2) == pytest.approx(formula(epoch), rel=1e-15)
+        assert scheduled_lr(0.1, epoch, schedule=schedule, decay=0.5, step_epochs=2) == pytest.approx(
+            formula(epoch), rel=1e-15
+        )
         assert b.hyperparameters()["lr"] == b.lr_in_force, "lr reported is the rate in force"
     b.set_hyperparameters(lr=0.2)  # a nudge sets the rate in force now ...
     assert b.lr_in_force == b.hyperparameters()["lr"] == 0.2
@@ -381,8 +389,14 @@ def test_state_contents_and_json_safety():
     b.train_step()
     s = b.state()
     assert set(s.arrays) == {
-        "param/W1", "param/gamma1", "param/beta1", "param/W2", "param/b2",
-        "running/running_mean1", "running/running_var1", "perm",
+        "param/W1",
+        "param/gamma1",
+        "param/beta1",
+        "param/W2",
+        "param/b2",
+        "running/running_mean1",
+        "running/running_var1",
+        "perm",
         *(f"opt/{slot}/{k}" for slot in ("v", "s") for k in ("W1", "gamma1", "beta1", "W2", "b2")),
     }
     assert all(isinstance(v, np.ndarray) for v in s.arrays.values())
@@ -424,7 +438,10 @@ class Recorder:
 def test_float32_stays_float32(batch_norm):
     b = NumpyBackend(  # float32 is the default dtype
         model=Model(hidden=(8, 6), batch_norm=batch_norm, activation="sigmoid"),
-        train=Train(epochs=2, batch_size=16), options=Options(), data=blobs(), seed=0,
+        train=Train(epochs=2, batch_size=16),
+        options=Options(),
+        data=blobs(),
+        seed=0,
     )
     b.network = Recorder(b.network)
     for epoch in range(2):

@@ -71,7 +71,8 @@ def test_every_try_is_judged_against_the_trend_and_a_worse_one_is_reverted(babys
                 back = events[i + 1]
                 assert back["event"] == "rollback" and back["source"] == "strategy"
                 assert back["snapshot"] == "before_nudge" and back["lr_after"] == pytest.approx(
-                    e["old"] if e["setting"] == "lr" else back["lr_before"])
+                    e["old"] if e["setting"] == "lr" else back["lr_before"]
+                )
     tries = [e for e in events if e["event"] == "nudge" and e["source"] == "strategy" and e["reason"].startswith("try")]
     assert len(tries) >= len(kept) + len(reverted) - 1  # every judged try was made (the last may be unjudged)
 
@@ -83,7 +84,8 @@ def test_a_space_is_refused_it_trains_one_model(plugins):
 
 
 BABYSIT = {
-    "name": "panda-live", "data": {"name": "spirals", "points_per_class": 100},
+    "name": "panda-live",
+    "data": {"name": "spirals", "points_per_class": 100},
     "train": {"epochs": 100_000, "optimizer": "momentum", "lr": 0.01},
     "search": {"strategy": {"name": "panda-nudge", "every": 1, "probe_epochs": 1, "cooldown": 5}, "metric": "val_loss"},
 }
@@ -100,22 +102,28 @@ def test_a_persons_nudge_wins_and_pauses_the_automatic_ones(live):  # noqa: F811
     assert run.stop() == 0
     events = run.events()
     at = events.index(next(e for e in events if e["event"] == "nudge" and e["source"] == "control"))
-    after = events[at + 1:]
+    after = events[at + 1 :]
     epochs = [e for e in after if e["event"] == "epoch_end"]
     assert epochs[0]["lr"] == 0.0123, "in force from the next step"
     yielded = notes(after, "yield")
     assert yielded and "a person nudged lr to 0.0123" in yielded[0]["reason"]
-    quiet = after[:after.index(epochs[5])]
-    assert not [e for e in quiet if e["event"] in ("nudge", "rollback") and e.get("source") == "strategy"], \
+    quiet = after[: after.index(epochs[5])]
+    assert not [e for e in quiet if e["event"] in ("nudge", "rollback") and e.get("source") == "strategy"], (
         "no automatic nudge or revert during the cooldown: the try in progress was dropped, not reverted"
+    )
     assert all(e["lr"] == 0.0123 for e in epochs[:5])
 
 
-RESUMABLE = deep_update(BABYSIT, {
-    "name": "panda-resume", "seed": 3, "train": {"epochs": 30, "lr": 0.5},
-    "search": {"strategy": {"name": "panda-nudge", "every": 2, "probe_epochs": 2}},
-    "checkpoint": {"min_interval": 0, "keep": 10},
-})
+RESUMABLE = deep_update(
+    BABYSIT,
+    {
+        "name": "panda-resume",
+        "seed": 3,
+        "train": {"epochs": 30, "lr": 0.5},
+        "search": {"strategy": {"name": "panda-nudge", "every": 2, "probe_epochs": 2}},
+        "checkpoint": {"min_interval": 0, "keep": 10},
+    },
+)
 
 
 @pytest.fixture(scope="module")
@@ -129,16 +137,21 @@ def uninterrupted_panda(tmp_path_factory):
 def test_killed_and_resumed_it_babysits_exactly_as_if_never_stopped(tmp_path, uninterrupted_panda, kill):
     import subprocess
     import sys
+
     events = [orjson.loads(x) for x in (uninterrupted_panda / "events.jsonl").read_bytes().splitlines()]
     assert notes(events, "keep") or notes(events, "revert"), "the run babysits: there is something to restore"
     proc, run_dir = start(tmp_path, "killed", RESUMABLE, kill=kill)
     assert proc.returncode == -9
-    resumed = subprocess.run([sys.executable, "-m", "runner", "resume", run_dir, "--plain"], capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "runner", "resume", run_dir, "--plain"], capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     resumed_log = [orjson.loads(x) for x in (run_dir / "events.jsonl").read_bytes().splitlines()]
     at = next(i for i, e in enumerate(resumed_log) if e["event"] == "resume")
     reverts = [e for e in resumed_log[at:] if e["event"] == "rollback" and e["source"] == "strategy"]
-    assert all(e["snapshot"] == "before_nudge" for e in reverts), "a try is reverted to its own snapshot, from disk if need be"
+    assert all(e["snapshot"] == "before_nudge" for e in reverts), (
+        "a try is reverted to its own snapshot, from disk if need be"
+    )
     a, b = outcome(uninterrupted_panda), outcome(run_dir)
     assert a["trials"] == b["trials"]
     for name, (epoch, arrays) in a["finals"].items():
@@ -148,7 +161,7 @@ def test_killed_and_resumed_it_babysits_exactly_as_if_never_stopped(tmp_path, un
 
 POISON = """
 import os
-from plugins.backends.numpy_mlp.backend import NumpyBackend
+from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 real, count = NumpyBackend.train_step, [0]
 
 def train_step(self):  # the 26th step trained returns NaN: right after the first revert
@@ -173,18 +186,22 @@ def test_a_divergence_after_a_revert_never_rolls_forward_onto_the_path_left_behi
 
 def test_a_judge_the_backend_does_not_report_is_refused_when_the_file_is_read(plugins):
     raw = deep_update(DIGITS, {"search": {"strategy": {"name": "panda-nudge", "judge": "val_accuracy"}}})
-    with pytest.raises(SpecError, match="search.strategy.judge: the backend does not report 'val_accuracy'; "
-                                        "it reports train_loss, val_loss, val_acc"):
+    with pytest.raises(
+        SpecError,
+        match="search.strategy.judge: the backend does not report 'val_accuracy'; "
+        "it reports train_loss, val_loss, val_acc",
+    ):
         parse(raw, plugins.registry)
 
 
 def test_the_notebook_stays_small_on_a_long_run_and_a_plateau_is_still_seen():
     from types import SimpleNamespace
 
-    from plugins.strategies.panda_nudge import KEPT_SCORES, PandaBabysitter, PandaOptions
+    from runner.plugins.strategies.panda_nudge import KEPT_SCORES, PandaBabysitter, PandaOptions
 
-    sitter = PandaBabysitter(PandaOptions(moves=("momentum",), patience=6), "val_loss", "min",
-                             budget=10**6, live=("lr", "momentum"))
+    sitter = PandaBabysitter(
+        PandaOptions(moves=("momentum",), patience=6), "val_loss", "min", budget=10**6, live=("lr", "momentum")
+    )
     trial = SimpleNamespace(epoch=0, hyperparameters={"lr": 0.1, "momentum": 0.0})
     cuts = []
     for epoch in range(5000):

@@ -8,14 +8,15 @@ import sys
 import numpy as np
 import orjson
 import pytest
+from runner.plugins.backends.mlp_family import Model, Train
+from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
+from runner.plugins.backends.numpy_mlp.backend import Options as NumpyOptions
 
-from plugins.backends.mlp_family import Model, Train
-from plugins.backends.numpy_mlp.backend import NumpyBackend, Options as NumpyOptions
 from runner.testing import Driver
 from tests.conftest import QUICK, deep_update
 
 torch = pytest.importorskip("torch")
-from plugins.backends.torch_mlp.backend import Options, TorchBackend  # noqa: E402
+from runner.plugins.backends.torch_mlp.backend import Options, TorchBackend  # noqa: E402
 
 OPTIMIZERS = {"gd": 0.05, "momentum": 0.05, "rmsprop": 1e-3, "adam": 1e-3}
 
@@ -30,7 +31,7 @@ def digits(plugins_module):
 
 @pytest.fixture(scope="module")
 def plugins_module():
-    from runner.plugins import load_plugins
+    from runner.plugin_manager import load_plugins
 
     return load_plugins()
 
@@ -46,8 +47,9 @@ def both(data, optimizer: str, batch_norm: bool, dtype: str):
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batch_norm"])
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 @pytest.mark.parametrize("dtype, epochs, rtol", [("float32", 2, 1e-3), ("float64", 3, 1e-10)])
-def test_the_same_weights_and_batches_give_the_numpy_reference_losses(digits, optimizer, batch_norm, dtype, epochs,
-                                                                       rtol):
+def test_the_same_weights_and_batches_give_the_numpy_reference_losses(
+    digits, optimizer, batch_norm, dtype, epochs, rtol
+):
     """Same seed: the same initial weights and batches. In float32 the adaptive optimizers
     with batch norm amplify rounding (gradients near zero divided by their own RMS), so the
     tolerance is 1e-3 over 2 epochs; in float64 the two agree to 1e-10 over 3 epochs."""
@@ -62,8 +64,9 @@ def test_the_same_weights_and_batches_give_the_numpy_reference_losses(digits, op
         assert abs(a["acc"] - b["acc"]) <= (0 if dtype == "float64" else 2 / len(digits.y_val))
     for name, value in reference.running.items():  # batch-norm running statistics
         loose = dtype == "float32"  # statistics of the drifted activations: looser than the losses
-        np.testing.assert_allclose(torched.running[name].numpy(), value, rtol=1e-2 if loose else rtol,
-                                   atol=1e-3 if loose else 1e-9)
+        np.testing.assert_allclose(
+            torched.running[name].numpy(), value, rtol=1e-2 if loose else rtol, atol=1e-3 if loose else 1e-9
+        )
 
 
 def test_a_nudge_is_in_force_at_the_next_step_as_with_numpy(digits):
@@ -94,13 +97,22 @@ def test_the_state_moves_between_processes_without_pickle(digits, tmp_path):
 
 def test_the_device_option_is_checked_before_anything_runs(write_experiment, tmp_path):
     changes = {"backend": {"name": "torch", "device": "tpu"}}
-    proc = subprocess.run([sys.executable, "-m", "runner", "validate", write_experiment(changes)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "validate", write_experiment(changes)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and 'backend.device: must be "auto", "cpu", "cuda", "cuda:N" or "mps"' in proc.stderr
     if not torch.cuda.is_available():
-        proc = subprocess.run([sys.executable, "-m", "runner", "validate",
-                               write_experiment({"backend": {"name": "torch", "device": "cuda"}})],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "runner",
+                "validate",
+                write_experiment({"backend": {"name": "torch", "device": "cuda"}}),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2 and "this machine has no CUDA device" in proc.stderr
 
 
@@ -111,12 +123,16 @@ def test_without_torch_the_backend_is_listed_unavailable_and_asking_for_it_stops
     listed = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "plugins", "--json"], capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr
     [row] = [r for r in orjson.loads(listed.stdout) if r["plugin"] == "torch"]
-    assert row["registers"] == ["backend torch (unavailable: needs PyTorch: pip install 'runner[torch]' "
-                                "(or pip install torch))"]
+    assert row["registers"] == [
+        "backend torch (unavailable: needs PyTorch: pip install 'runner[torch]' (or pip install torch))"
+    ]
     exp = tmp_path / "exp.json"
     exp.write_bytes(orjson.dumps(deep_update(QUICK, {"backend": {"name": "torch"}})))
-    started = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "start", str(exp), "--out", str(tmp_path / "runs")],
-                             capture_output=True, text=True)
+    started = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, "start", str(exp), "--out", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+    )
     assert started.returncode == 2
     assert "backend \"torch\" is not available here: needs PyTorch: pip install 'runner[torch]'" in started.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing ran

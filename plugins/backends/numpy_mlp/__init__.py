@@ -1,14 +1,14 @@
 """The ``numpy`` backend: a from-scratch NumPy multilayer perceptron.
 
-Registered through the ``runner`` entry-point group (``numpy = "plugins.backends.numpy_mlp"``).
+Registered through the ``runner`` entry-point group (``numpy = "runner.plugins.backends.numpy_mlp"``).
 Modules: ``network`` (forward, backward, loss), ``optimizers`` (gd, momentum, rmsprop, adam),
 and ``backend`` (``NumpyBackend``); the config sections, the data order and the
-learning-rate schedule are the MLP family's (``plugins.backends.mlp_family``, ``plugins.backends.schedules``).
+learning-rate schedule are the MLP family's (``runner.plugins.backends.mlp_family``, ``runner.plugins.backends.schedules``).
 """
 
-from runner import hookimpl
+from runner.plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Options, Train
 
-from plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Options, Train
+from runner import hookimpl
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """``NumpyBackend``: a from-scratch NumPy MLP trained with mini-batches.
 
 The runner validates the ``model``, ``train`` and ``backend`` sections of an experiment
-against ``Model``, ``Train`` (the MLP family's, in ``plugins.backends.mlp_family``) and
+against ``Model``, ``Train`` (the MLP family's, in ``runner.plugins.backends.mlp_family``) and
 ``Options`` below, then builds one ``NumpyBackend`` per trial and drives it as described
 in ``runner.backend``.
 """
@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
+from runner.plugins.backends.numpy_mlp.network import MLP, log_softmax
+from runner.plugins.backends.numpy_mlp.optimizers import copy_into, make_optimizer
 
 from runner import BackendState, bounds
 from runner.data import Dataset
-
-from plugins.backends.mlp_family import MiniBatchBackend, Model, Train
-from plugins.backends.numpy_mlp.network import MLP, log_softmax
-from plugins.backends.numpy_mlp.optimizers import copy_into, make_optimizer
 
 #: Rows evaluated at once by ``evaluate``, to bound memory on large splits.
 EVAL_CHUNK = 4096
@@ -30,7 +29,9 @@ STATE_FORMAT = 1
 class Options:
     """The ``backend`` section's options besides ``name``."""
 
-    dtype: Literal["float32", "float64"] = field(default="float32", metadata=bounds(doc="floating-point type of parameters, data and all computation"))
+    dtype: Literal["float32", "float64"] = field(
+        default="float32", metadata=bounds(doc="floating-point type of parameters, data and all computation")
+    )
 
 
 class NumpyBackend(MiniBatchBackend):
@@ -135,7 +136,7 @@ class NumpyBackend(MiniBatchBackend):
         loss_sum = 0.0
         correct = 0
         for lo in range(0, n, EVAL_CHUNK):
-            xc, yc = x[lo:lo + EVAL_CHUNK], y[lo:lo + EVAL_CHUNK]
+            xc, yc = x[lo : lo + EVAL_CHUNK], y[lo : lo + EVAL_CHUNK]
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverged model
                 logits = self.network.forward_eval(self.params, self.running, xc)
                 logp = np.take_along_axis(log_softmax(logits), yc[:, None], axis=1)
@@ -198,6 +199,6 @@ class NumpyBackend(MiniBatchBackend):
         for k, v in self.running.items():
             copy_into(v, arrays[f"running/{k}"], f"running/{k}")
         self.optimizer.load_state_arrays(
-            {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}, int(meta["t"])
+            {k[len("opt/") :]: v for k, v in arrays.items() if k.startswith("opt/")}, int(meta["t"])
         )
         self._restore_order(meta, perm, order)

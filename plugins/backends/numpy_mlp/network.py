@@ -87,7 +87,7 @@ class LayerCache:
     variance; batch norm only), ``h`` the activation's input, ``a`` its output.
     """
 
-    __slots__ = ("a_prev", "z", "zn", "inv_std", "mean", "var", "h", "a")
+    __slots__ = ("a", "a_prev", "h", "inv_std", "mean", "var", "z", "zn")
 
     def __init__(self, a_prev, z, zn, inv_std, mean, var, h, a):
         self.a_prev, self.z, self.zn, self.inv_std = a_prev, z, zn, inv_std

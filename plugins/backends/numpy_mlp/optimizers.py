@@ -16,9 +16,8 @@ between two steps takes effect at the next one; ``epsilon`` is fixed at construc
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -41,7 +40,9 @@ class Optimizer(ABC):
         }
         self._scratch = {k: np.empty_like(p) for k, p in params.items()}
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float, b1: float, b2: float) -> None:
+    def step(
+        self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float, b1: float, b2: float
+    ) -> None:
         """Apply one update to every parameter in place, counting it in ``t``."""
         self.t += 1
         for key, w in params.items():
@@ -133,9 +134,7 @@ class Adam(Optimizer):
         w -= tmp
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.name: cls for cls in (GradientDescent, Momentum, RMSprop, Adam)
-}
+OPTIMIZERS: dict[str, type[Optimizer]] = {cls.name: cls for cls in (GradientDescent, Momentum, RMSprop, Adam)}
 
 
 def make_optimizer(name: OptimizerName, params: dict[str, np.ndarray], epsilon: float) -> Optimizer:

@@ -1,14 +1,14 @@
 """The ``torch`` backend: the MLP family of the NumPy backend, trained with PyTorch on CPU or GPU.
 
-Registered through the ``runner`` entry-point group (``torch = "plugins.backends.torch_mlp"``).
+Registered through the ``runner`` entry-point group (``torch = "runner.plugins.backends.torch_mlp"``).
 PyTorch is an optional extra (``pip install 'runner[torch]'``): without it the backend is
 registered as unavailable, so ``runner plugins`` says how to install it and an experiment
 asking for it stops with that message before anything runs.
 """
 
-from runner import hookimpl
+from runner.plugins.backends.torch_mlp.lazy import available
 
-from plugins.backends.torch_mlp.lazy import available
+from runner import hookimpl
 
 INSTALL = "needs PyTorch: pip install 'runner[torch]' (or pip install torch)"
 
@@ -20,6 +20,6 @@ def runner_register(registry) -> None:
     if not available("torch"):
         registry.add_unavailable("backend", "torch", INSTALL)
         return
-    from plugins.backends.torch_mlp.backend import TorchBackend  # torch itself loads when a trial uses it
+    from runner.plugins.backends.torch_mlp.backend import TorchBackend  # torch itself loads when a trial uses it
 
     registry.add_backend(TorchBackend)

@@ -31,14 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
+from runner.plugins.backends.numpy_mlp.network import MLP
+from runner.plugins.backends.torch_mlp.lazy import lazy_import
 
 from runner import BackendState, bounds
 from runner.data import Dataset
 from runner.errors import SpecError, join_path
-
-from plugins.backends.mlp_family import MiniBatchBackend, Model, Train
-from plugins.backends.numpy_mlp.network import MLP
-from plugins.backends.torch_mlp.lazy import lazy_import
 
 torch = lazy_import("torch")  # loaded (about a second) when a trial first uses it, not when plugins load
 
@@ -51,8 +50,13 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 class Options:
     """The ``backend`` section's options besides ``name``."""
 
-    device: str = field(default="auto", metadata=bounds(doc='where to train: "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:N" or "mps"'))
-    dtype: Literal["float32", "float64"] = field(default="float32", metadata=bounds(doc="floating-point type of parameters, data and all computation"))
+    device: str = field(
+        default="auto",
+        metadata=bounds(doc='where to train: "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:N" or "mps"'),
+    )
+    dtype: Literal["float32", "float64"] = field(
+        default="float32", metadata=bounds(doc="floating-point type of parameters, data and all computation")
+    )
 
     def check(self, path: str) -> None:
         """The device must be named correctly and present on this machine (checked when the
@@ -62,8 +66,11 @@ class Options:
             raise SpecError(where, f'must be "auto", "cpu", "cuda", "cuda:N" or "mps", got "{self.device}"')
         if self.device.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise SpecError(where, f'"{self.device}" asked for, but this machine has no CUDA device '
-                                       f'(torch {torch.__version__}); use "auto" or "cpu"')
+                raise SpecError(
+                    where,
+                    f'"{self.device}" asked for, but this machine has no CUDA device '
+                    f'(torch {torch.__version__}); use "auto" or "cpu"',
+                )
             count = torch.cuda.device_count()
             if int(self.device.partition(":")[2] or 0) >= count:
                 raise SpecError(where, f'"{self.device}" asked for, but there are {count} CUDA devices')
@@ -101,8 +108,14 @@ class TorchBackend(MiniBatchBackend):
 
         self._x_train, self._y_train = to_device(data.x_train, self.dtype), to_device(data.y_train, torch.int64)
         self._x_val, self._y_val = to_device(data.x_val, self.dtype), to_device(data.y_val, torch.int64)
-        network = MLP(n_inputs=data.n_features, hidden=tuple(model.hidden), n_classes=data.n_classes,
-                      activation=model.activation, batch_norm=model.batch_norm, bn_epsilon=model.bn_epsilon)
+        network = MLP(
+            n_inputs=data.n_features,
+            hidden=tuple(model.hidden),
+            n_classes=data.n_classes,
+            activation=model.activation,
+            batch_norm=model.batch_norm,
+            bn_epsilon=model.bn_epsilon,
+        )
         self.depth = network.depth
         initial = network.init_params(rng, model.init_scheme, self.np_dtype)
         self.params = {k: to_device(v, self.dtype).requires_grad_(True) for k, v in initial.items()}
@@ -142,8 +155,13 @@ class TorchBackend(MiniBatchBackend):
                     h = (z - self.running[f"running_mean{l}"]) * scale + p[f"beta{l}"]
             else:
                 h = z + p[f"b{l}"]
-            a = torch.relu(h) if model.activation == "relu" else torch.tanh(h) if model.activation == "tanh" \
+            a = (
+                torch.relu(h)
+                if model.activation == "relu"
+                else torch.tanh(h)
+                if model.activation == "tanh"
                 else torch.sigmoid(h)
+            )
         return a @ p[f"W{self.depth}"] + p[f"b{self.depth}"], stats
 
     def train_step(self) -> float | None:
@@ -173,7 +191,7 @@ class TorchBackend(MiniBatchBackend):
             self.running[f"running_var{l}"].mul_(mom).add_(var, alpha=(1 - mom) * k / (k - 1))
 
     def _update(self, grads: dict[str, torch.Tensor]) -> None:
-        """One update of every parameter, as ``plugins.backends.numpy_mlp.optimizers`` writes it."""
+        """One update of every parameter, as ``runner.plugins.backends.numpy_mlp.optimizers`` writes it."""
         self.t += 1
         lr, b1, b2, eps, name = self._lr, self._beta1, self._beta2, self.train.epsilon, self.train.optimizer
         items = [(key, w, grads[key]) for key, w in self.params.items()]
@@ -229,8 +247,8 @@ class TorchBackend(MiniBatchBackend):
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         with torch.no_grad():
             for lo in range(0, n, EVAL_CHUNK):
-                logits, _ = self._forward(x[lo:lo + EVAL_CHUNK], training=False)
-                yc = y[lo:lo + EVAL_CHUNK]
+                logits, _ = self._forward(x[lo : lo + EVAL_CHUNK], training=False)
+                yc = y[lo : lo + EVAL_CHUNK]
                 loss_sum += torch.nn.functional.cross_entropy(logits, yc, reduction="sum").double()
                 correct += (logits.argmax(dim=1) == yc).sum()
         return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
@@ -252,8 +270,14 @@ class TorchBackend(MiniBatchBackend):
         arrays.update({f"opt/{slot}/{k}": host(v) for slot, buf in self.moments.items() for k, v in buf.items()})
         arrays["perm"] = self._perm.copy()
         arrays["rng/torch"] = self.generator.get_state().numpy().copy()
-        meta = {"format": STATE_FORMAT, "backend": self.name, "dtype": self.np_dtype.name,
-                "optimizer": self.train.optimizer, "t": self.t, **self._order_meta()}
+        meta = {
+            "format": STATE_FORMAT,
+            "backend": self.name,
+            "dtype": self.np_dtype.name,
+            "optimizer": self.train.optimizer,
+            "t": self.t,
+            **self._order_meta(),
+        }
         return BackendState(arrays=arrays, meta=meta)
 
     def load_state(self, state: BackendState) -> None:
@@ -264,8 +288,10 @@ class TorchBackend(MiniBatchBackend):
         if meta.get("format") != STATE_FORMAT or meta.get("backend") != self.name:
             raise ValueError(f"not a {self.name!r} backend state of format {STATE_FORMAT}")
         if meta.get("dtype") != self.np_dtype.name or meta.get("optimizer") != self.train.optimizer:
-            raise ValueError(f"state is for dtype {meta.get('dtype')!r} with optimizer {meta.get('optimizer')!r}; "
-                             f"this backend uses {self.np_dtype.name!r} with {self.train.optimizer!r}")
+            raise ValueError(
+                f"state is for dtype {meta.get('dtype')!r} with optimizer {meta.get('optimizer')!r}; "
+                f"this backend uses {self.np_dtype.name!r} with {self.train.optimizer!r}"
+            )
         targets = {f"param/{k}": v for k, v in self.params.items()}
         targets.update({f"running/{k}": v for k, v in self.running.items()})
         targets.update({f"opt/{slot}/{k}": v for slot, buf in self.moments.items() for k, v in buf.items()})
@@ -276,8 +302,10 @@ class TorchBackend(MiniBatchBackend):
         for key, tensor in targets.items():
             saved = np.asarray(arrays[key])
             if saved.shape != tuple(tensor.shape) or saved.dtype != self.np_dtype:
-                raise ValueError(f"state array {key}: expected {self.np_dtype} {tuple(tensor.shape)}, "
-                                 f"got {saved.dtype} {saved.shape}")
+                raise ValueError(
+                    f"state array {key}: expected {self.np_dtype} {tuple(tensor.shape)}, "
+                    f"got {saved.dtype} {saved.shape}"
+                )
         perm = np.asarray(arrays["perm"])
         order = self._check_order(meta, perm)
         generator_state = torch.from_numpy(np.array(arrays["rng/torch"], dtype=np.uint8))

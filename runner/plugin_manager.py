@@ -59,8 +59,9 @@ def load_plugins(extra: Iterable[str] = (), *, entry_points: bool = True) -> Plu
             if ep.name in origins:
                 if origins[ep.name] == origin:
                     continue  # the same distribution seen twice on sys.path
-                raise PluginError(f"two installed packages name a plugin {ep.name!r}: "
-                                  f"{origins[ep.name]} and {origin}; uninstall one")
+                raise PluginError(
+                    f"two installed packages name a plugin {ep.name!r}: {origins[ep.name]} and {origin}; uninstall one"
+                )
             module = _import(ep.name, lambda: ep.load())
             origins[ep.name] = origin
             _register(pm, module, ep.name)
