@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
 import tempfile
 import traceback
@@ -21,22 +22,31 @@ import pluggy
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from runner import __version__
 from runner.control import FILE_NAME as CONTROL_FILE
-from runner.control import ControlSchema, trial_id
+from runner.control import ControlError, ControlSchema, trial_id
 from runner.errors import PluginError, RunnerError, SpecError
 from runner.files import atomic_write, create_run_dir, run_is_held, run_lock
 from runner.interrupt import Interrupted, graceful_interrupts
 from runner.live import LiveView
 from runner.loop import build_strategy, load_dataset, run_experiment
 from runner.nudge import Change, latest_run, read_status, send
-from runner.plugin_manager import TRACE_ENV, Plugins, hooks_of, load_plugins
+from runner.plugin_manager import (
+    TRACE_ENV,
+    Plugins,
+    hooks_of,
+    load_plugins,
+    missing_one_offs,
+    plugin_args,
+    recorded_one_offs,
+)
 from runner.progress import leaderboard_table, status_view
 from runner.results import best_of_run
 from runner.resume import clean_temporary_files, plan_resume, read_run
 from runner.schema import experiment_schema
-from runner.spec import load
+from runner.spec import DEFAULT_PLUGINS, load, read_json
 
 plugin_option = click.option(
     "--plugin",
@@ -154,30 +164,40 @@ def start(
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@plugin_option
 @click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
 @poll_option
-def resume(run_dir: Path, plain: bool, poll: bool) -> None:
+def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool) -> None:
     """Continue the run in RUN_DIR after a crash, a kill or Ctrl-C.
 
     Finished trials stay finished; an interrupted trial continues from its last intact
-    snapshot (or starts again if it has none); the trials not yet run follow.
+    snapshot (or starts again if it has none); the trials not yet run follow. A run started
+    with one-off plugins needs the same --plugin arguments again: runner never loads code
+    that a run directory names.
     """
     console = terminal()
     with reported_errors() as where, ExitStack() as held:
         start = read_run(run_dir)[0]
+        missing = missing_one_offs(recorded_one_offs(start, str(run_dir / "events.jsonl")), plugin_refs)
+        if missing:
+            raise RunnerError(
+                f"{run_dir} was started with one-off plugins that runner does not load from a run directory; "
+                f"give them again: runner resume {shlex.quote(str(run_dir))} {plugin_args(missing)}",
+                exit_code=2,
+            )
         held.enter_context(run_lock(run_dir))
-        plugins = load_plugins(start.get("plugin_files", []))
+        plugins = load_plugins(plugin_refs)
         spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
         dataset = load_dataset(spec, plugins)
         where.run_dir = run_dir
         for path in clean_temporary_files(run_dir):
-            console.print(f"removed a half-written file: {path}", soft_wrap=True)
+            console.print(f"removed a half-written file: {path}", soft_wrap=True, markup=False)
         plan = plan_resume(run_dir)
         for note in plan.notes:
-            console.print(f"[yellow]{note}[/]", soft_wrap=True)
+            console.print(Text(note, style="yellow"), soft_wrap=True)
         for trial, snapshot in plan.continue_from.items():
             where_from = f"from {snapshot.relative_to(run_dir)}" if snapshot else "from the start (no snapshot)"
-            console.print(f"t{trial:03d} continues {where_from}", soft_wrap=True)
+            console.print(f"t{trial:03d} continues {where_from}", soft_wrap=True, markup=False)
         console.print(
             f"control file: {run_dir / CONTROL_FILE} (its current contents are the starting point)",
             soft_wrap=True,
@@ -226,6 +246,7 @@ def _notifier(console: Console):
     help="Seconds to wait for the run to acknowledge the change.",
 )
 @click.option("--no-wait", is_flag=True, help="Write the change and return without waiting.")
+@plugin_option
 @latest_run_option
 def nudge(
     args: tuple[str, ...],
@@ -237,6 +258,7 @@ def nudge(
     checkpoint: bool,
     timeout: float,
     no_wait: bool,
+    plugin_refs: tuple[str, ...],
     out: Path,
 ) -> None:
     """Change a running run: set live hyperparameters (lr=0.003 momentum=0.95), roll back,
@@ -247,7 +269,12 @@ def nudge(
     """
     with reported_errors():
         run_dir, change = _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint, out)
-        schema = _control_schema(run_dir)
+        schema = _control_schema(run_dir, plugin_refs)
+        for name, value in change.settings.items():
+            try:
+                schema.check(name, value, name)
+            except ControlError as err:
+                raise RunnerError(f"not sent: {err}", exit_code=2) from None
         read = send(run_dir, change, schema, None if no_wait else timeout)
         if read is None:
             click.echo(f"written to {run_dir / CONTROL_FILE}")
@@ -304,12 +331,24 @@ def _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint,
     return run_dir, Change(settings, actions, trial)
 
 
-def _control_schema(run_dir: Path) -> ControlSchema:
-    """What the run's backend lets a person change, from its plugins (as the run sees them)."""
-    start = read_run(run_dir)[0]
-    plugins = load_plugins(start.get("plugin_files", []))
-    spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
-    return ControlSchema.for_backend(plugins.registry.get("backend", spec.backend.name))
+def _control_schema(run_dir: Path, plugin_refs: tuple[str, ...]) -> ControlSchema:
+    """What the run's backend lets a person change, checked before anything is written.
+
+    The backend's class comes from the installed plugins and ``--plugin`` alone, never from
+    code the run directory names. A backend they lack (a one-off the run was started with)
+    is checked by the settings the run recorded, as finite numbers; the run checks the rest
+    when it reads the file, and ``runner nudge`` reports its refusal."""
+    experiment = read_json(run_dir / "experiment.json")
+    backend = experiment.get("backend", DEFAULT_PLUGINS["backend"]) if isinstance(experiment, dict) else None
+    name = backend.get("name") if isinstance(backend, dict) else backend
+    try:
+        return ControlSchema.for_backend(load_plugins(plugin_refs).registry.get("backend", str(name)))
+    except SpecError:
+        pass  # not installed here, or unavailable
+    control = read_status(run_dir).get("control")
+    live = control.get("settings") if isinstance(control, dict) else None
+    known = isinstance(live, list) and all(isinstance(name, str) for name in live)
+    return ControlSchema(tuple(live) if known else None)
 
 
 @main.command()
@@ -383,7 +422,8 @@ def report(
                 [t.result for t in run.trials], run.metric, rows=top or None, more="(all: --top 0; every column: --csv)"
             )
         )
-        manager, problems = _report_plugins(run.events[0].get("plugin_files", []), plugin_refs)
+        run_files = recorded_one_offs(run.events[0], str(run.run_dir / "events.jsonl"))
+        manager, problems = _report_plugins(run_files, plugin_refs)
         figures, drawing_problems = draw_figures(run, manager, top=curves)
         written = write_report(run, figures, problems + drawing_problems)
         for problem in written.problems:
@@ -403,23 +443,22 @@ def report(
 def _report_plugins(
     run_files: list[str], plugin_refs: tuple[str, ...]
 ) -> tuple[pluggy.PluginManager | None, list[str]]:
-    """The plugins a report asks for figures: installed ones, the run's one-off plugins and
-    ``--plugin`` ones. Plugins that no longer load cost only their figures (a ``--plugin``
-    asked for now that fails is an error)."""
+    """The plugins a report asks for figures: the installed ones and ``--plugin`` ones, never
+    the one-off plugins the run names (a run directory is data). An installed plugin that no
+    longer loads costs only the figures (a ``--plugin`` asked for now that fails is an error)."""
+    problems = []
+    missing = missing_one_offs(run_files, plugin_refs)
+    if missing:
+        problems.append(
+            "the run was started with one-off plugins, which a report never loads on its own; "
+            f"for their figures, add {plugin_args(missing)}"
+        )
     try:
-        return load_plugins([*run_files, *plugin_refs]).manager, []
+        return load_plugins(plugin_refs).manager, problems
     except PluginError as err:
-        failed = err
-    if run_files:
-        try:
-            return load_plugins(plugin_refs).manager, [
-                f"the run's plugins did not load, so their figures are missing: {failed}"
-            ]
-        except PluginError as err:
-            failed = err
-    if plugin_refs:
-        raise failed
-    return None, [f"plugins did not load, so the report has no plugin figures: {failed}"]
+        if plugin_refs:
+            raise
+        return None, [*problems, f"plugins did not load, so the report has no plugin figures: {err}"]
 
 
 def _open_in_browser(page: Path) -> None:
@@ -437,7 +476,7 @@ def _finished(console: Console, board, metric: str, run_dir: Path) -> None:
     """The end of ``start`` and ``resume``: the leaderboard, where the results are, and exit
     code 1 if every trial failed."""
     console.print(leaderboard_table(board, metric))
-    console.print(f"results: {run_dir / 'results.json'}", highlight=False, soft_wrap=True)
+    console.print(f"results: {run_dir / 'results.json'}", highlight=False, soft_wrap=True, markup=False)
     if board and all(r.state == "failed" for r in board):
         raise RunnerError(f"every trial failed; the reasons are in {run_dir / 'events.jsonl'} (trial_complete)")
 
@@ -479,7 +518,8 @@ def list_plugins(plugin_refs: tuple[str, ...], as_json: bool) -> None:
     for column in ("plugin", "from", "registers", "hooks"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["plugin"], row["from"], ", ".join(row["registers"]) or "-", ", ".join(row["hooks"]))
+        cells = (row["plugin"], row["from"], ", ".join(row["registers"]) or "-", ", ".join(row["hooks"]))
+        table.add_row(*map(Text, cells))  # plugins' own words, never read as markup
     console = terminal()
     console.print(table)
     console.print(f"Trace every hook call with {TRACE_ENV}=1.")

@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import shlex
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -122,12 +123,19 @@ def _is_file_ref(ref: str) -> bool:
     return ref.endswith(".py") or os.sep in ref
 
 
+def plugin_name(ref: str) -> str:
+    """The name a one-off plugin registers under: a file's stem, or the module's dotted name."""
+    return Path(ref).stem if _is_file_ref(ref) else ref
+
+
 def _load_extra(ref: str) -> tuple[str, ModuleType]:
     path = Path(ref)
     if _is_file_ref(ref):
+        if path.suffix != ".py":
+            raise PluginError(f"--plugin {ref}: a plugin file is a Python file whose name ends in .py")
         if not path.is_file():
             raise PluginError(f"--plugin {ref}: no such file")
-        name = path.stem
+        name = plugin_name(ref)
         spec = importlib.util.spec_from_file_location(f"runner_plugin_{name}", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # dataclass type hints resolve through sys.modules
@@ -141,3 +149,24 @@ def _import(name: str, load):
         return load()
     except Exception as err:  # a broken plugin must name itself, not crash the CLI
         raise PluginError(f"plugin {name!r} failed to load: {type(err).__name__}: {err}") from err
+
+
+def recorded_one_offs(start: dict, where: str) -> list[str]:
+    """The ``--plugin`` arguments a run was started with, as its ``experiment_start`` event
+    records them. Read as data: a run directory names code, it never loads it."""
+    refs = start.get("plugin_files", [])
+    if not isinstance(refs, list) or not all(isinstance(ref, str) for ref in refs):
+        raise PluginError(f"{where}: experiment_start.plugin_files must be a list of strings")
+    return refs
+
+
+def missing_one_offs(recorded: Iterable[str], given: Iterable[str]) -> list[str]:
+    """Those of the ``recorded`` one-off plugins that no ``given`` one stands for (by name:
+    the same module, or a file with the same stem, from wherever it is now)."""
+    names = {plugin_name(ref) for ref in given}
+    return [ref for ref in recorded if plugin_name(ref) not in names]
+
+
+def plugin_args(refs: Iterable[str]) -> str:
+    """``refs`` as the ``--plugin`` arguments a person would type, quoted for a shell."""
+    return " ".join(f"--plugin {shlex.quote(ref)}" for ref in refs)

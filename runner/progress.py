@@ -13,6 +13,7 @@ from typing import Any
 from rich import box
 from rich.console import Group
 from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from runner.trial import TrialResult
@@ -94,7 +95,7 @@ def leaderboard_table(
         table.add_column(column, justify="left" if column == "state" else "right", no_wrap=True)
     for row in cells:
         state = row[2]
-        table.add_row(*row[:2], f"[{STATE_STYLE.get(state, '')}]{state}[/]", *row[3:])
+        table.add_row(*row[:2], Text(state, style=STATE_STYLE.get(state, "")), *map(Text, row[3:]))
     if len(results) > len(shown):
         table.caption = f"{len(results) - len(shown)} more trials {more}"
     return table
@@ -135,7 +136,7 @@ def status_view(doc: dict[str, Any]) -> Group:
         best_text = " ".join(f"{k}={fmt(v)}" for k, v in best.items() if k != "epoch")
         table.add_row(
             f"t{int(trial_id):03d}",
-            f"[{style}]{trial['state']}[/]" if style else trial["state"],
+            Text(str(trial["state"]), style=style),
             *(fmt(trial.get(k, "-")) for k in ("epoch", "step", "train_loss", "val_loss", "val_acc")),
             *(fmt(trial["hyperparameters"].get(k, "-")) for k in settings),
             f"{best_text} (epoch {best['epoch']})" if best else "-",

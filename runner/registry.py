@@ -65,7 +65,7 @@ class Registry:
 
     def add_unavailable(self, kind: Kind, name: str, reason: str) -> None:
         """Name something this plugin provides but cannot here, and say why and how to get it
-        (``backend "torch": needs PyTorch: pip install 'runner[torch]'``): ``runner plugins``
+        (``backend "torch": needs PyTorch: pip install 'panda-caviar[torch]'``): ``runner plugins``
         lists it, and an experiment asking for it stops with ``reason`` before anything runs."""
         self._add(kind, _Named(name), unavailable=reason)
 

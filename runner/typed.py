@@ -54,10 +54,13 @@ def build(cls: type, data: Any, path: str = "") -> Any:
         value = convert(hints[name], data[name], where)
         _check_bounds(f.metadata.get("bounds"), value, where)
         values[name] = value
-    instance = cls(**values)
-    check = getattr(instance, "check", None)
-    if callable(check):
-        check(path)
+    try:
+        instance = cls(**values)
+        check = getattr(instance, "check", None)
+        if callable(check):
+            check(path)
+    except ValueError as err:  # a plugin's own check in __post_init__ or check(): bad input, not a bug
+        raise SpecError(path, str(err) or f"{cls.__qualname__} refused these options") from None
     return instance
 
 

@@ -76,7 +76,7 @@ def pytest_collection_modifyitems(config, items):
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
-        skip = pytest.mark.skip(reason="needs PyTorch: pip install 'runner[torch]'")
+        skip = pytest.mark.skip(reason="needs PyTorch: pip install 'panda-caviar[torch]'")
         for item in items:
             if "torch" in item.keywords:
                 item.add_marker(skip)

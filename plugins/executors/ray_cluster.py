@@ -36,7 +36,7 @@ from runner.errors import RunnerError
 from runner.remote import RemoteExecutor
 from runner.worker import WorkerLink, build_runner, run_job
 
-INSTALL = "needs Ray: pip install 'runner[ray]' (or pip install ray)"
+INSTALL = "needs Ray: pip install 'panda-caviar[ray]' (or pip install ray)"
 MAIL = "mail"  # the actor's concurrency group for messages from the driver: one thread, in order
 OUT = "out"  # and for the driver's ``collect`` calls
 COLLECT_SECONDS = 1.0  # how long a ``collect`` call waits for a message before it returns empty

@@ -124,7 +124,7 @@ def test_without_torch_the_backend_is_listed_unavailable_and_asking_for_it_stops
     assert listed.returncode == 0, listed.stderr
     [row] = [r for r in orjson.loads(listed.stdout) if r["plugin"] == "torch"]
     assert row["registers"] == [
-        "backend torch (unavailable: needs PyTorch: pip install 'runner[torch]' (or pip install torch))"
+        "backend torch (unavailable: needs PyTorch: pip install 'panda-caviar[torch]' (or pip install torch))"
     ]
     exp = tmp_path / "exp.json"
     exp.write_bytes(orjson.dumps(deep_update(QUICK, {"backend": {"name": "torch"}})))
@@ -134,7 +134,7 @@ def test_without_torch_the_backend_is_listed_unavailable_and_asking_for_it_stops
         text=True,
     )
     assert started.returncode == 2
-    assert "backend \"torch\" is not available here: needs PyTorch: pip install 'runner[torch]'" in started.stderr
+    assert "backend \"torch\" is not available here: needs PyTorch: pip install 'panda-caviar[torch]'" in started.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing ran
 
 

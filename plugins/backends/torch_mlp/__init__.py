@@ -1,7 +1,7 @@
 """The ``torch`` backend: the MLP family of the NumPy backend, trained with PyTorch on CPU or GPU.
 
 Registered through the ``runner`` entry-point group (``torch = "runner.plugins.backends.torch_mlp"``).
-PyTorch is an optional extra (``pip install 'runner[torch]'``): without it the backend is
+PyTorch is an optional extra (``pip install 'panda-caviar[torch]'``): without it the backend is
 registered as unavailable, so ``runner plugins`` says how to install it and an experiment
 asking for it stops with that message before anything runs.
 """
@@ -10,7 +10,7 @@ from runner.plugins.backends.torch_mlp.lazy import available
 
 from runner import hookimpl
 
-INSTALL = "needs PyTorch: pip install 'runner[torch]' (or pip install torch)"
+INSTALL = "needs PyTorch: pip install 'panda-caviar[torch]' (or pip install torch)"
 
 
 @hookimpl

@@ -1,0 +1,184 @@
+"""Trust rules: runner loads code only from installed entry points and ``--plugin`` on the
+command line, never from a run directory or a project's own ``plugins`` package; bad input
+of every kind is exit 2 with one line."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+from pathlib import Path
+
+import orjson
+
+from tests.conftest import QUICK, deep_update
+from tests.test_cli import run_dir_of, runner
+
+BUILT_INS = {"numpy", "torch", "grid", "random", "coarse-to-fine", "panda-nudge", "digits", "spirals", "files"}
+BUILT_INS |= {"inline", "process", "ray", "rollback"}
+
+
+def marker_plugin(path: Path, marker: Path, body: str = "") -> Path:
+    """A one-off plugin module that leaves ``marker`` behind whenever it is imported."""
+    path.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n" + textwrap.dedent(body))
+    return path
+
+
+TWO_RATES = """
+    import os, signal
+    from runner import Strategy, hookimpl
+
+    class TwoRates(Strategy):
+        name = "two-rates"
+
+        def ask(self, history):
+            return [{"train.lr": 0.3}, {"train.lr": 0.003}, None][min(len(history), 2)]
+
+    @hookimpl
+    def runner_trial_start(trial):
+        if trial.id == 1 and os.environ.get("KILL_AT_SECOND_TRIAL"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @hookimpl
+    def runner_register(registry):
+        registry.add_strategy(TwoRates)
+"""
+
+
+def two_rates_experiment(tmp_path: Path) -> Path:
+    exp = tmp_path / "exp.json"
+    exp.write_bytes(orjson.dumps(deep_update(QUICK, {"search": {"strategy": {"name": "two-rates"}, "space": None}})))
+    return exp
+
+
+def test_a_projects_own_plugins_package_is_never_imported_nor_shadows_the_built_ins(tmp_path):
+    project = tmp_path / "project"
+    marker = tmp_path / "their-plugins-ran"
+    for package in ("plugins", "plugins/strategies", "plugins/backends"):
+        (project / package).mkdir(parents=True)
+        marker_plugin(project / package / "__init__.py", marker)
+    exp = project / "exp.json"
+    exp.write_bytes(orjson.dumps(QUICK))
+
+    listed = runner("plugins", "--json", cwd=project)  # python -m runner: the project folder is on sys.path
+    assert listed.returncode == 0, listed.stderr
+    assert {row["plugin"] for row in orjson.loads(listed.stdout)} == BUILT_INS
+    validated = runner("validate", "exp.json", cwd=project)
+    assert validated.returncode == 0, validated.stderr
+    started = runner("start", "exp.json", "--plain", "--out", "runs", cwd=project)
+    assert started.returncode == 0, started.stderr
+    assert orjson.loads((project / run_dir_of(started.stdout) / "results.json").read_bytes())["trials"]
+    assert not marker.exists()
+
+
+def test_commands_that_read_a_run_never_import_the_code_it_names(tmp_path):
+    marker = tmp_path / "run-dir-code-ran"
+    plugin = marker_plugin(tmp_path / "two_rates.py", tmp_path / "legit.marker", TWO_RATES)
+    started = runner("start", two_rates_experiment(tmp_path), "--plain", "--out", tmp_path / "runs", "--plugin", plugin)
+    assert started.returncode == 0, started.stderr
+    run_dir = run_dir_of(started.stdout)
+    # Someone edits the run before sending it: its log now names a module of theirs.
+    evil = marker_plugin(tmp_path / "evil.py", marker)
+    log = run_dir / "events.jsonl"
+    lines = log.read_bytes().splitlines()
+    first = orjson.loads(lines[0])
+    assert first["event"] == "experiment_start" and first["plugin_files"] == [str(plugin)]
+    first["plugin_files"] = [str(evil), "evil"]
+    log.write_bytes(b"\n".join([orjson.dumps(first), *lines[1:]]) + b"\n")
+
+    reported = runner("report", run_dir, cwd=tmp_path)
+    assert reported.returncode == 0, reported.stderr
+    assert f"for their figures, add --plugin {evil} --plugin evil" in reported.stdout
+    for args in (("report", run_dir, "--csv"), ("report", run_dir, "--json"), ("status", run_dir)):
+        proc = runner(*args, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    nudged = runner("nudge", run_dir, "lr=0.1", cwd=tmp_path)
+    assert nudged.returncode == 1 and "no runner process is running" in nudged.stderr
+    refused = runner("nudge", run_dir, "lr=-1", cwd=tmp_path)
+    assert (
+        refused.returncode == 2 and refused.stderr.strip() == "error: not sent: control.json: lr: must be > 0, got -1.0"
+    )
+    resumed = runner("resume", run_dir, cwd=tmp_path)
+    assert resumed.returncode == 2 and f"--plugin {evil} --plugin evil" in resumed.stderr
+    assert not marker.exists()
+
+
+def test_resume_asks_again_for_the_one_off_plugins_the_run_started_with_and_goes_on_with_them(tmp_path):
+    marker = tmp_path / "imported.marker"
+    plugin = marker_plugin(tmp_path / "two_rates.py", marker, TWO_RATES)
+    killed = runner(
+        "start", two_rates_experiment(tmp_path), "--plain", "--out", tmp_path / "runs", "--plugin", plugin,
+        env={"KILL_AT_SECOND_TRIAL": "1"},
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    run_dir = run_dir_of(killed.stdout)
+    marker.unlink()
+
+    refused = runner("resume", run_dir)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == (
+        f"error: {run_dir} was started with one-off plugins that runner does not load from a run directory; "
+        f"give them again: runner resume {run_dir} --plugin {plugin}"
+    )
+    assert not marker.exists()
+
+    moved = Path(plugin.parent / "moved")  # the same plugin from wherever it is now
+    moved.mkdir()
+    resumed = runner("resume", run_dir, "--plain", "--plugin", plugin.rename(moved / plugin.name))
+    assert resumed.returncode == 0, resumed.stderr
+    results = orjson.loads((run_dir / "results.json").read_bytes())
+    assert sorted(t["params"]["train.lr"] for t in results["trials"]) == [0.003, 0.3]
+
+
+def test_a_plugin_file_that_is_not_python_is_bad_input(tmp_path):
+    proc = runner("plugins", "--plugin", "/etc/passwd")
+    assert proc.returncode == 2
+    assert proc.stderr == "error: --plugin /etc/passwd: a plugin file is a Python file whose name ends in .py\n"
+
+
+def test_a_plugins_own_value_error_in_its_options_is_bad_input_at_that_section(tmp_path):
+    plugin = tmp_path / "even.py"
+    plugin.write_text(
+        textwrap.dedent("""
+        from dataclasses import dataclass
+        from runner import Strategy, hookimpl
+
+        class Even(Strategy):
+            name = "even"
+
+            @dataclass
+            class Options:
+                width: int = 2
+
+                def __post_init__(self):
+                    if self.width % 2:
+                        raise ValueError(f"width must be even, got {self.width}")
+
+            def ask(self, history):
+                return None
+
+        @hookimpl
+        def runner_register(registry):
+            registry.add_strategy(Even)
+    """)
+    )
+    exp = tmp_path / "exp.json"
+    exp.write_bytes(orjson.dumps(deep_update(QUICK, {"search": {"strategy": {"name": "even", "width": 3}}})))
+    proc = runner("validate", exp, "--plugin", plugin)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {exp}: search.strategy: width must be even, got 3\n"
+
+
+def test_a_plugins_words_are_printed_as_they_are_never_read_as_markup(tmp_path):
+    plugin = tmp_path / "needs_extra.py"
+    plugin.write_text(
+        textwrap.dedent("""
+        from runner import hookimpl
+
+        @hookimpl
+        def runner_register(registry):
+            registry.add_unavailable("backend", "fancy", "needs Fancy: pip install 'fancy[gpu]' [bold]now[/bold]")
+    """)
+    )
+    proc = runner("plugins", "--plugin", plugin.name, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'fancy[gpu]' [bold]now[/bold]" in proc.stdout
