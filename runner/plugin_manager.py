@@ -63,7 +63,7 @@ def load_plugins(extra: Iterable[str] = (), *, entry_points: bool = True) -> Plu
                 raise PluginError(
                     f"two installed packages name a plugin {ep.name!r}: {origins[ep.name]} and {origin}; uninstall one"
                 )
-            module = _import(ep.name, lambda: ep.load())
+            module = _import(ep.name, ep.load)
             origins[ep.name] = origin
             _register(pm, module, ep.name)
     refs = []

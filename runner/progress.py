@@ -13,8 +13,8 @@ from typing import Any
 from rich import box
 from rich.console import Group
 from rich.markup import escape
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 
 from runner.trial import TrialResult
 

@@ -7,7 +7,6 @@ import importlib.metadata
 import shutil
 import subprocess
 import sys
-
 import zipfile
 
 import pytest
