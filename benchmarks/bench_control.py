@@ -55,6 +55,7 @@ import argparse
 import dataclasses
 import gc
 import inspect
+import itertools
 import json
 import os
 import random
@@ -288,7 +289,7 @@ def step_times(events: list[dict], start: float, end: float) -> dict:
     if len(ends) < 2:
         return {}
     steps = ends[1]["step"] - ends[0]["step"]
-    per_epoch = [b["t"] - a["t"] for a, b in zip(ends, ends[1:])]
+    per_epoch = [b["t"] - a["t"] for a, b in itertools.pairwise(ends)]
     training = [e["seconds"] for e in ends]
     return {
         "steps per epoch": steps,

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_overhead import (
+from benchmarks.bench_overhead import (  # noqa: E402 (after the path set-up above)
     COMPARED,
     add_blas_threads_option,
     apply_blas_threads,

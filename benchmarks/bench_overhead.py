@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"instrumented rounds ({args.instrumented})...", flush=True)
         direct: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in sides}
-        for i in range(args.instrumented):
+        for _ in range(args.instrumented):
             for name in names:
                 figures = (
                     instrumented_bare(jobs, raw, dataset, n)

@@ -324,7 +324,10 @@ def report(records: list[dict], strategies: list[str], seeds: list[int]) -> dict
             losses = [r["best_val_loss"] for r in rs if r["best_val_loss"] is not None]
             accs = [r["val_acc"] for r in rs if r["val_acc"] is not None]
             trials = sorted({r["trials"] for r in rs})
-            cell = lambda v, d: f"{statistics.median(v):.{d}f} ({min(v):.{d}f}..{max(v):.{d}f})" if v else "-"
+
+            def cell(v, d):
+                return f"{statistics.median(v):.{d}f} ({min(v):.{d}f}..{max(v):.{d}f})" if v else "-"
+
             diffs = paired(rs, rows.get("random", []))
             vs_random = (
                 "-"

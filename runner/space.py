@@ -122,7 +122,7 @@ class Int(Param):
     def grid(self, points: int) -> list[int]:
         """Evenly spaced in the scale from low to high, both ends included, rounded, unique."""
         a, b = self._warp(self.low), self._warp(self.high)
-        values = [int(round(self._unwarp(a + u * (b - a)))) for u in _unit_grid(points)]
+        values = [int(round(self._unwarp(a + u * (b - a)))) for u in _unit_grid(points)]  # noqa: RUF046 (NumPy 1.x rounds to a float)
         return list(dict.fromkeys(min(max(v, self.low), self.high) for v in values))
 
     def to_json(self) -> dict[str, Any]:
