@@ -38,6 +38,7 @@ from runner.control import (
     FILE_NAME,
     MAX_BYTES,
     ROLLBACK_TARGETS,
+    Action,
     ControlDocument,
     ControlError,
     ControlSchema,
@@ -737,7 +738,9 @@ def test_two_different_bad_versions_in_a_row_are_both_reported_even_with_the_sam
         atomic_write(run.path, data)
         sha = hashlib.sha256(data).hexdigest()
         run.wait_for(
-            lambda e: e["event"] == "control_error" and e["read"] > before and e["sha256"] == sha,
+            lambda e, before=before, sha=sha: (
+                e["event"] == "control_error" and e["read"] > before and e["sha256"] == sha
+            ),
             "control_error for a new bad version",
         )
     messages = [e["message"] for e in run.events() if e["event"] == "control_error"]
@@ -852,33 +855,216 @@ def check_document(doc: ControlDocument) -> None:
     assert orders(doc, doc) == []  # re-reading the same version applies nothing
 
 
-def parse_checked(data: bytes) -> None:
+class Refused(Exception):
+    """What ``expected_parse`` says where ``parse`` must raise a ControlError."""
+
+
+def expected_number(name: Any, value: Any) -> float | None:
+    if name not in LIVE:
+        raise Refused(f"{name!r} is no live setting")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Refused(f"{name}: {value!r} is not a finite number")
+    if not BOUNDS[name](value):
+        raise Refused(f"{name}: {value!r} is out of bounds")
+    return float(value)
+
+
+def expected_trial(key: Any) -> int:
+    if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < 10**9:
+        return key
+    if isinstance(key, str) and re.fullmatch(r"t?[0-9]{1,9}", key):
+        return int(key.removeprefix("t"))
+    raise Refused(f"{key!r} names no trial")
+
+
+def expected_action(item: Any) -> Action:
+    if not isinstance(item, dict) or "id" not in item:
+        raise Refused(f"{item!r} is no action")
+    action_id, do = item["id"], item.get("do")
+    if isinstance(action_id, bool) or not (isinstance(action_id, int) or (isinstance(action_id, str) and action_id)):
+        raise Refused(f"{action_id!r} is no id")
+    if isinstance(action_id, str) and len(action_id) > 64:
+        raise Refused("a long id")
+    if do not in ACTIONS:
+        raise Refused(f"{do!r} is no action")
+    allowed = {"id", "do", "trial", "reason", *(["to"] if do == "rollback" else []), *(LIVE if do == "set" else [])}
+    if set(item) - allowed:
+        raise Refused(f"{set(item) - allowed} not for {do}")
+    trial = None if item.get("trial") is None else expected_trial(item["trial"])
+    reason = item.get("reason", "")
+    if not isinstance(reason, str):
+        raise Refused(f"reason {reason!r}")
+    values = {name: expected_number(name, v) for name, v in item.items() if name in LIVE} if do == "set" else {}
+    if do == "set" and (not values or None in values.values()):
+        raise Refused("a set of no number")
+    to = item.get("to", "last") if do == "rollback" else "last"
+    if not (to in ROLLBACK_TARGETS or (isinstance(to, int) and not isinstance(to, bool) and to >= 0)):
+        raise Refused(f"rollback to {to!r}")
+    return Action(action_id, do, trial, values, to, reason)
+
+
+def expected_parse(data: bytes) -> ControlDocument:
+    """What ``parse`` must make of ``data``, worked out afresh from the rules the README and the
+    module's docstring state (not by calling runner.control): the document, or Refused."""
+    if len(data) > MAX_BYTES:
+        raise Refused("too big")
     try:
-        doc = parse(data, SCHEMA)
-    except ControlError as err:  # anything else escaping parse would be a bug
-        assert str(err).startswith(f"{FILE_NAME}: ") and err.message
-        return
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise Refused("not JSON") from None
+    if not isinstance(raw, dict):
+        raise Refused("not an object")
+    settings, trials, actions = {}, {}, {}
+    for key, value in raw.items():
+        if key == "trials":
+            if not isinstance(value, dict):
+                raise Refused("trials is no object")
+            trials = {}
+            for name, values in value.items():
+                trial = expected_trial(name)
+                if trial in trials or not isinstance(values, dict):
+                    raise Refused(f"trials.{name}")
+                trials[trial] = {k: expected_number(k, v) for k, v in values.items()}
+        elif key == "actions":
+            if not isinstance(value, list):
+                raise Refused("actions is no list")
+            actions = {}
+            for item in value:
+                action = expected_action(item)
+                if action.id in actions:
+                    raise Refused(f"id {action.id!r} twice")
+                actions[action.id] = action
+        elif key != "help":
+            settings[key] = expected_number(key, value)
+    return ControlDocument(settings, trials, actions)
+
+
+def parse_checked(data: bytes) -> ControlDocument | None:
+    """Parse ``data`` and check the outcome both ways against ``expected_parse``: a valid
+    document gives exactly the expected one; an invalid one is refused, by a ControlError."""
+    try:
+        expected = expected_parse(data)
+    except Refused as why:
+        event("refused")
+        with pytest.raises(ControlError) as refused:  # anything else escaping parse would be a bug
+            parse(data, SCHEMA)
+        assert str(refused.value).startswith(f"{FILE_NAME}: ") and refused.value.message, why
+        return None
+    event("valid" + (" with trials" if expected.trials else "") + (" with actions" if expected.actions else ""))
+    doc = parse(data, SCHEMA)
     assert isinstance(doc, ControlDocument)
     check_document(doc)
+    assert doc == expected
+    assert list(doc.actions) == list(expected.actions), "actions in file order"
+    return doc
 
 
 PARSE_SETTINGS = settings(max_examples=300, deadline=None)
 
 
+#: Documents with trials and actions that are valid, drawn among the rest (defined below).
+valid_ones = st.deferred(lambda: valid_documents().map(lambda drawn: drawn[0]))
+
+
 @PARSE_SETTINGS
-@given(value=st.one_of(json_values, documents), indent=st.booleans())
+@given(value=st.one_of(json_values, documents, valid_ones), indent=st.booleans())
 def test_parse_of_any_json_value_gives_a_document_in_bounds_or_a_control_error(value, indent):
     parse_checked(orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0))
+
+
+lr_values = st.one_of(
+    st.floats(min_value=0, exclude_min=True, **FINITE), st.integers(1, 2**63), st.sampled_from([1e-300, 0.01, 1e308])
+)
+beta_values = st.one_of(
+    st.floats(min_value=0, max_value=1, exclude_max=True), st.just(0), st.sampled_from([0.0, -0.0, 0.5, 0.999])
+)
+numbers = {"lr": lr_values, "momentum": beta_values, "beta2": beta_values}
+
+
+@st.composite
+def live_values(draw, allow_none: bool = True, min_size: int = 0) -> dict[str, float | int | None]:
+    names = draw(st.lists(st.sampled_from(LIVE), min_size=min_size, unique=True))
+    return {n: None if allow_none and draw(st.integers(0, 4)) == 0 else draw(numbers[n]) for n in names}
+
+
+@st.composite
+def trial_name(draw, trial: int, as_int: bool = False) -> str | int:
+    forms = [str(trial), f"t{trial}", f"t{trial:03d}", f"{trial:09d}", f"t{trial:09d}", *([trial] if as_int else [])]
+    return draw(st.sampled_from(forms))
+
+
+@st.composite
+def valid_documents(draw) -> tuple[dict, ControlDocument]:
+    """A valid document with settings, trials and actions, and what it must parse to."""
+    settings = draw(live_values())
+    trials = draw(st.dictionaries(st.integers(0, 10**9 - 1), live_values(), min_size=1, max_size=4))
+    ids = draw(
+        st.lists(
+            st.one_of(ints, st.text(min_size=1, max_size=64)), min_size=1, max_size=6, unique_by=lambda i: (type(i), i)
+        )
+    )
+    raw_actions, actions = [], {}
+    for action_id in ids:
+        do = draw(st.sampled_from(ACTIONS))
+        item: dict[str, Any] = {"id": action_id, "do": do}
+        trial, reason, values, to = None, "", {}, "last"
+        if draw(st.booleans()):
+            trial = draw(st.integers(0, 10**9 - 1))
+            item["trial"] = draw(trial_name(trial, as_int=True))
+        if draw(st.booleans()):
+            item["reason"] = reason = draw(st.text(max_size=20))
+        if do == "set":
+            values = draw(live_values(allow_none=False, min_size=1))
+            item.update(values)
+        if do == "rollback" and draw(st.booleans()):
+            item["to"] = to = draw(st.one_of(st.sampled_from(ROLLBACK_TARGETS), st.integers(0, 2**63)))
+        raw_actions.append(item)
+        actions[action_id] = Action(action_id, do, trial, {k: float(v) for k, v in values.items()}, to, reason)
+    doc = {
+        "help": draw(st.one_of(st.just(GOOD["help"]), json_values)),
+        **settings,
+        "trials": {draw(trial_name(t)): values for t, values in trials.items()},
+        "actions": raw_actions,
+    }
+    expected = ControlDocument(
+        {k: None if v is None else float(v) for k, v in settings.items()},
+        {t: {k: None if v is None else float(v) for k, v in values.items()} for t, values in trials.items()},
+        actions,
+    )
+    return doc, expected
+
+
+@PARSE_SETTINGS
+@given(drawn=valid_documents(), indent=st.booleans())
+def test_a_valid_document_with_trials_and_actions_parses_to_what_it_says(drawn, indent):
+    doc, expected = drawn
+    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 if indent else 0)
+    assert parse_checked(data) == expected  # the oracle agrees it is valid, and so does parse
+    assert orders(expected, parse(data, SCHEMA)) == []
+
+
+@PARSE_SETTINGS
+@given(drawn=bad_document(), literal=st.sampled_from(RAW_LITERALS), indent=st.booleans())
+def test_a_document_with_one_thing_wrong_is_refused_even_with_valid_trials_and_actions(drawn, literal, indent):
+    kind, doc = drawn
+    event(kind)
+    data = render_hostile(doc, indent, literal)
+    with pytest.raises(Refused):
+        expected_parse(data)
+    assert parse_checked(data) is None
 
 
 @PARSE_SETTINGS
 @given(
     data=st.one_of(
         st.binary(max_size=200),
-        st.builds(lambda d, cut: orjson.dumps(d)[:cut], documents, st.integers(0, 400)),
+        valid_ones.map(orjson.dumps),
+        st.builds(lambda d, cut: orjson.dumps(d)[:cut], st.one_of(documents, valid_ones), st.integers(0, 400)),
         st.builds(
             lambda d, i, b: (lambda raw: raw[:i] + b + raw[i:])(orjson.dumps(d)),
-            documents,
+            st.one_of(documents, valid_ones),
             st.integers(0, 200),
             st.sampled_from(RAW_LITERALS + [b"\xff", b",", b"}", b"]", b'"', b"\\", b"\x00", b":"]),
         ),

@@ -162,13 +162,23 @@ def test_a_rollback_restores_the_backend_exactly(write_experiment, tmp_path):
         loop.run()
         state, meta = loop.store.find("last")
         before = {k: v.copy() for k, v in state.arrays.items()}
-        loop.backend.begin_epoch(2)
-        loop.backend.train_step()
-        loop.backend.load_state(state)
+
+        def train_on() -> tuple[list[float], dict[str, np.ndarray]]:
+            """A whole epoch from where the backend stands: each step's loss, then the state."""
+            loop.backend.begin_epoch(2)
+            losses = [float(loop.backend.train_step()) for _ in range(loop.backend.steps_per_epoch)]
+            return losses, loop.backend.state().arrays
+
+        first_losses, first = train_on()  # from the snapshot, the first time
+        loop.backend.load_state(state)  # the rollback
         after = loop.backend.state().arrays
+        again_losses, again = train_on()  # and on from it
     writer.close()
     assert all(np.array_equal(before[k], after[k]) for k in before), "load_state copies: the ring stays intact"
     assert meta["epoch"] == 2 and meta["loop"]["best"] is not None
+    assert not all(np.array_equal(before[k], first[k]) for k in before), "the epoch trained changed the model"
+    assert again_losses == first_losses, "trained on after the rollback: the same steps, bit for bit"
+    assert first.keys() == again.keys() and all(np.array_equal(first[k], again[k]) for k in first)
 
 
 REWINDER = textwrap.dedent("""

@@ -107,7 +107,10 @@ def test_a_finished_search_gets_valid_plots_embedded_in_one_html_page(search_run
     assert sorted(base64.b64decode(data) for data in embedded) == sorted(p.read_bytes() for p in images)
     assert not re.search(r'(src|href)="(?!data:)', page), "self-contained: no file or link it depends on"
     results = orjson.loads((run_dir / "results.json").read_bytes())
-    assert f"<td>t{results['best']['trial']:03d}</td>" in page
+    board = page[page.index('<table class="board">') :]
+    rows = re.findall(r"<tr title=\"[^\"]*\"><td>(\d+)</td><td>(t\d{3})</td>", board[: board.index("</table>")])
+    assert rows[0] == ("1", f"t{results['best']['trial']:03d}"), "the first row is the best trial"
+    assert rows == [(str(rank), f"t{t['trial']:03d}") for rank, t in enumerate(results["trials"], 1)], "best first"
     assert "report.html" in proc.stdout and "leaderboard (val_loss)" in proc.stdout
 
 
@@ -172,7 +175,7 @@ def test_each_parameter_is_plotted_on_the_scale_it_was_searched_in(search_run):
 
 
 def test_scale_axis_spaces_log1m_by_nines():
-    figure, (ax,) = new_figure(1)
+    _, (ax,) = new_figure(1)
     scale_axis(ax, "log1m", "y", [0.9, 0.999])
     ys = ax.transData.transform([(0, v) for v in (0.9, 0.99, 0.999)])[:, 1]
     assert ys[1] - ys[0] == pytest.approx(ys[2] - ys[1])
@@ -210,7 +213,7 @@ def test_nudges_rollbacks_and_divergences_are_marked_on_the_curves_and_settings(
     figures, problems = draw_figures(run, outcome.plugins.manager)
     assert [f.name for f in figures] == ["curves", "settings"] and problems == []
     settings = figures[1].figure.axes[0]
-    drawn_lr = [line for line in settings.get_lines() if len(line.get_xdata()) == len(trial.epochs)][0].get_ydata()
+    drawn_lr = next(line for line in settings.get_lines() if len(line.get_xdata()) == len(trial.epochs)).get_ydata()
     assert list(drawn_lr) == [e["lr"] for e in trial.epochs], "lr per epoch trained, in log order"
     report = write_report(run, figures, problems)
     for path in report.images:

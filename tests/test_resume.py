@@ -19,7 +19,8 @@ from runner.checkpoints import CorruptSnapshot, read_snapshot
 from tests.conftest import QUICK, deep_update
 
 KILLER = textwrap.dedent('''
-    """Test plugin: SIGKILLs this process at the moment RUNNER_TEST_KILL names ("where:n")."""
+    """Test plugin: SIGKILLs this process at the moment RUNNER_TEST_KILL names ("where:n"),
+    and counts the training steps taken where RUNNER_TEST_STEPS names a file."""
     import io, os, signal
     import numpy as np
     from runner import hookimpl
@@ -63,6 +64,37 @@ KILLER = textwrap.dedent('''
     def runner_trial_complete(trial):
         if where == "trial_end" and trial.id == n:
             die()
+
+    # With RUNNER_TEST_STEPS set, count the training steps this process takes: a line
+    # {"trial", "epoch", "trained"} at each epoch's end, "trained" counting that trial's steps so far.
+    steps_file = os.environ.get("RUNNER_TEST_STEPS")
+    trained, current = {}, [None]
+    if steps_file:
+        from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
+        backends = [NumpyBackend]
+        try:
+            from runner.plugins.backends.torch_mlp.backend import TorchBackend  # torch loads when a trial uses it
+            backends.append(TorchBackend)
+        except ImportError:  # no PyTorch here
+            pass
+
+        def counting(real):
+            def train_step(self):
+                trained[current[0]] = trained.get(current[0], 0) + 1
+                return real(self)
+            return train_step
+        for backend in backends:
+            backend.train_step = counting(backend.train_step)
+
+    @hookimpl
+    def runner_trial_start(trial):  # also for a resumed trial, before its first step
+        current[0] = trial.id
+
+    @hookimpl
+    def runner_epoch_end(trial, epoch):
+        if steps_file:
+            with open(steps_file, "a") as f:
+                f.write(f'{{"trial": {trial.id}, "epoch": {epoch}, "trained": {trained.get(trial.id, 0)}}}\\n')
 ''')
 
 EXPERIMENT = deep_update(
@@ -154,6 +186,80 @@ def assert_clean_log(run_dir: Path, trials: int = 3, epochs: int = 4) -> list[di
     return events
 
 
+def log_of(run_dir: Path) -> list[dict]:
+    return [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
+
+
+def resume(run_dir: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """``runner resume``, given again the one-off plugins the run was started with, and a KILLER
+    (killing nothing) that counts the steps trained; the process, and that count at each epoch's end."""
+    plugins = [Path(p) for p in log_of(run_dir)[0]["plugin_files"]]
+    if not any(p.name == "killer.py" for p in plugins):
+        plugins.append(run_dir.parent.parent / "steps.py")
+        plugins[-1].write_text(KILLER)
+    steps = run_dir.parent.parent / "trained.jsonl"
+    steps.unlink(missing_ok=True)
+    proc = runner(
+        "resume",
+        run_dir,
+        "--plain",
+        *[arg for p in plugins for arg in ("--plugin", p)],
+        env={"RUNNER_TEST_KILL": "", "RUNNER_TEST_STEPS": str(steps)},
+    )
+    trained = [orjson.loads(line) for line in steps.read_bytes().splitlines()] if steps.exists() else []
+    return proc, trained
+
+
+def snapshots_to_resume(run_dir: Path) -> dict[int, tuple[str, dict] | None]:
+    """Before a resume: each interrupted trial's newest snapshot file (by the events it follows)
+    that reads back intact, before-nudge ones aside, as (path in the run directory, meta); None
+    for a trial that has none."""
+    events = log_of(run_dir)
+    finished = {e["trial"] for e in events if e["event"] == "trial_complete"}
+    newest: dict[int, tuple[str, dict] | None] = {}
+    for trial in [e["trial"] for e in events if e["event"] == "trial_start" and e["trial"] not in finished]:
+        found = []
+        for path in (run_dir / "trials" / f"t{trial:03d}").glob("*.npz"):
+            try:
+                meta = read_snapshot(path)[1]
+            except CorruptSnapshot:
+                continue
+            if meta["reason"] != "before_nudge":
+                found.append((meta["loop"]["events"], str(path.relative_to(run_dir)), meta))
+        newest[trial] = max(found, key=lambda f: f[0])[1:] if found else None
+    return newest
+
+
+def assert_resumed_from(run_dir: Path, expected: dict[int, tuple[str, dict] | None], trained: list[dict]) -> None:
+    """After a resume: each interrupted trial went on from the snapshot ``expected`` names (see
+    ``snapshots_to_resume``), and the work before it was not done again; finished trials were left alone.
+    ``trained``: the steps the resuming process trained (see ``resume``)."""
+    events = log_of(run_dir)
+    [at] = [i for i, e in enumerate(events) if e["event"] == "resume"]
+    named = {int(t): path and Path(path).resolve() for t, path in events[at]["trials"].items()}
+    assert named == {t: found and (run_dir / found[0]).resolve() for t, found in expected.items()}
+    finished = {e["trial"] for e in events[:at] if e["event"] == "trial_complete"}
+    assert not [e for e in events[at:] if e.get("trial") in finished], "a finished trial is left alone"
+    for trial, found in expected.items():
+        path, meta = found or (None, {"epoch": 0, "step": 0})
+        mine = [e for e in events[at:] if e.get("trial") == trial]
+        assert (mine[0]["event"], mine[0]["snapshot"], mine[0]["epoch"], mine[0]["step"]) == (
+            "trial_resume",
+            path,
+            meta["epoch"],
+            meta["step"],
+        )
+        first = next((e for e in mine if e["event"] == "epoch_end"), None)
+        if first is None:  # the snapshot closed the epoch that ended the trial
+            assert not [c for c in trained if c["trial"] == trial]
+            continue
+        assert first["epoch"] == meta["epoch"], "no epoch before the snapshot is trained again"
+        count = next(c for c in trained if c["trial"] == trial)
+        assert (count["epoch"], count["trained"]) == (first["epoch"], first["step"] - meta["step"]), (
+            "the steps before the snapshot are not trained again"
+        )
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("baseline")
@@ -162,15 +268,19 @@ def uninterrupted(tmp_path_factory):
     return outcome(run_dir)
 
 
-@pytest.mark.parametrize("kill", ["step:3", "step:30", "write:5", "trial_end:1"])
+@pytest.mark.parametrize("kill", ["step:3", "step:20", "step:30", "write:5", "trial_end:1"])
 def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(tmp_path, uninterrupted, kill):
     proc, run_dir = start(tmp_path, "killed", EXPERIMENT, kill=kill)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    resumed = runner("resume", run_dir, "--plain")
+    expected = snapshots_to_resume(run_dir)
+    if kill == "step:20":  # trial 1's 8th step: its first epoch's snapshot was written when its second was taken
+        assert expected.keys() == {1} and expected[1] is not None
+    resumed, trained = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert_same(outcome(run_dir), uninterrupted)
     events = assert_clean_log(run_dir)
     assert [e["event"] for e in events].count("resume") == 1
+    assert_resumed_from(run_dir, expected, trained)
 
 
 def test_a_damaged_snapshot_is_skipped_with_a_message_and_the_result_is_the_same(tmp_path, uninterrupted):
@@ -181,11 +291,14 @@ def test_a_damaged_snapshot_is_skipped_with_a_message_and_the_result_is_the_same
     newest = max(snapshots, key=lambda p: read_snapshot(p)[1]["loop"]["events"])
     data = bytearray(newest.read_bytes())
     newest.write_bytes(bytes(data[: len(data) - 100]))  # truncated
-    resumed = runner("resume", run_dir, "--plain")
+    expected = snapshots_to_resume(run_dir)
+    assert expected[1] is not None and expected[1][0] != str(newest.relative_to(run_dir))
+    resumed, trained = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{newest}: cannot be read" in resumed.stdout and "using an earlier snapshot" in resumed.stdout
     assert_same(outcome(run_dir), uninterrupted)
     assert_clean_log(run_dir)
+    assert_resumed_from(run_dir, expected, trained)
 
 
 HEAVY = deep_update(
@@ -219,7 +332,7 @@ def test_ctrl_c_saves_a_snapshot_mid_epoch_and_resume_finishes_the_run(tmp_path)
             break
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "continue with: runner resume" in err and "Traceback" not in err
     [run_dir] = (tmp_path / "runs").iterdir()
@@ -229,12 +342,15 @@ def test_ctrl_c_saves_a_snapshot_mid_epoch_and_resume_finishes_the_run(tmp_path)
     assert interrupted["trial"] == 1
     snapshot = [p for p in (run_dir / "trials" / "t001").glob("*.npz") if read_snapshot(p)[1]["reason"] == "interrupt"]
     assert len(snapshot) == 1 and read_snapshot(snapshot[0])[1]["step"] == interrupted["step"]
+    expected = snapshots_to_resume(run_dir)
+    assert expected == {1: (str(snapshot[0].relative_to(run_dir)), read_snapshot(snapshot[0])[1])}
 
-    resumed = runner("resume", run_dir, "--plain")
+    resumed, trained = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert_same(outcome(run_dir), baseline, epochs=3)
     events = assert_clean_log(run_dir, trials=2, epochs=3)
     assert [e["event"] for e in events if e.get("trial") == 1].count("interrupted") == 1
+    assert_resumed_from(run_dir, expected, trained)  # mid-epoch: the steps of that epoch before it too
 
 
 def test_a_pickle_in_place_of_a_snapshot_is_refused_and_never_run(tmp_path):
@@ -261,7 +377,7 @@ def test_a_pickle_in_place_of_a_snapshot_is_refused_and_never_run(tmp_path):
 def test_resume_refuses_a_finished_run_and_a_folder_that_is_no_run(tmp_path, uninterrupted):
     proc, run_dir = start(tmp_path, "done", EXPERIMENT)
     assert proc.returncode == 0
-    again = runner("resume", run_dir)
+    again = runner("resume", run_dir, "--plugin", tmp_path / "killer.py")
     assert again.returncode == 2 and "has finished; there is nothing to resume" in again.stderr
     nothing = runner("resume", tmp_path)
     assert nothing.returncode == 2 and "is not a run directory" in nothing.stderr
@@ -309,8 +425,10 @@ def test_a_stop_decided_before_a_kill_still_holds_after_resume(tmp_path, stop_al
     assert proc.returncode == 0, proc.stderr
     proc, run_dir = start_run("killed", {"RUNNER_TEST_KILL": kill})
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    resumed = runner("resume", run_dir, "--plain", env={"RUNNER_TEST_KILL": ""})
+    expected = snapshots_to_resume(run_dir)
+    resumed, trained = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
+    assert_resumed_from(run_dir, expected, trained)
     baseline = orjson.loads((baseline_dir / "results.json").read_bytes())["trials"]
     after = orjson.loads((run_dir / "results.json").read_bytes())["trials"]
     assert [(t["trial"], t["state"], t["epochs"], t["score"]) for t in after] == [
@@ -326,9 +444,9 @@ def test_two_processes_cannot_share_a_run_directory(tmp_path):
     from runner.files import run_lock
 
     with run_lock(run_dir):
-        other = runner("resume", run_dir)
+        other = runner("resume", run_dir, "--plugin", tmp_path / "killer.py")
     assert other.returncode == 2 and f"another runner process is using {run_dir}" in other.stderr
-    assert runner("resume", run_dir, "--plain").returncode == 0
+    assert resume(run_dir)[0].returncode == 0
 
 
 TORCH = deep_update(EXPERIMENT, {"name": "resumable-torch", "backend": {"name": "torch", "device": "cpu"}})
@@ -342,7 +460,9 @@ def test_a_torch_run_killed_and_resumed_gives_the_uninterrupted_result(tmp_path,
     baseline = outcome(run_dir)
     proc, run_dir = start(tmp_path, "torch-killed", TORCH, kill=kill)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    resumed = runner("resume", run_dir, "--plain")
+    expected = snapshots_to_resume(run_dir)
+    resumed, trained = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert_same(outcome(run_dir), baseline)
     assert_clean_log(run_dir)
+    assert_resumed_from(run_dir, expected, trained)

@@ -7,10 +7,23 @@ from runner.plugins.backends.numpy_mlp import NumpyBackend
 
 from runner.testing import BackendConformance
 
+try:
+    from runner.plugins.backends.torch_mlp.backend import TorchBackend
+except ImportError:  # no PyTorch: the Torch classes skip (marked torch, see conftest); the NumPy ones still run
+    TorchBackend = None
+
 CONFIG = {
     "model": {"hidden": [8], "batch_norm": True},
     "train": {"epochs": 2, "batch_size": 16, "lr": 0.02, "optimizer": "adam"},
 }
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 class TestNumpyBackend(BackendConformance):
@@ -25,17 +38,16 @@ class TestNumpyBackendMomentumFloat64(BackendConformance):
     options = {"dtype": "float64"}
 
 
-torch = pytest.importorskip("torch")
-from runner.plugins.backends.torch_mlp.backend import TorchBackend  # noqa: E402
-
-
+@pytest.mark.torch
 class TestTorchBackendCPU(BackendConformance):
     backend_cls = TorchBackend
     model, train = CONFIG["model"], CONFIG["train"]
     options = {"device": "cpu"}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.torch
+@pytest.mark.cuda
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")
 class TestTorchBackendCUDA(BackendConformance):
     backend_cls = TorchBackend
     model, train = CONFIG["model"], CONFIG["train"]

@@ -3,6 +3,7 @@ and a run killed mid-round resumes to exactly the uninterrupted search."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import textwrap
 
@@ -13,7 +14,7 @@ from runner import History, SpecError, TrialResult
 from runner.space import Choice, Float, Int, Space
 from runner.spec import parse
 from runner.typed import build
-from tests.test_resume import KILLER, runner
+from tests.test_resume import KILLER, assert_resumed_from, resume, runner, snapshots_to_resume
 
 # A backend whose "loss" is a known function of its hyperparameters: the optimum is planted
 # at lr 3e-3 (log scale), momentum 0.99 (log1m scale), width 20 and kind "b".
@@ -190,7 +191,7 @@ def test_bad_options_are_refused_by_name(plugins, options, message):
 
 def test_an_empty_space_is_refused(plugins):
     raw = {**SEARCH, "backend": {"name": "numpy"}, "search": {"strategy": {"name": "coarse-to-fine"}}}
-    with pytest.raises(SpecError, match="search.space: coarse-to-fine needs parameters to search"):
+    with pytest.raises(SpecError, match=r"search.space: coarse-to-fine needs parameters to search"):
         parse(raw, plugins.registry)
 
 
@@ -240,7 +241,7 @@ def test_regions_shrink_around_the_planted_optimum_in_log_space(zoomed):
         assert lr["low"] <= 3e-3 <= lr["high"] and momentum["low"] <= 0.99 <= momentum["high"]
         assert width["low"] <= 20 <= width["high"]
         decades.append(math.log10(lr["high"] / lr["low"]))
-    assert decades[0] == pytest.approx(4) and all(b < a for a, b in zip(decades, decades[1:]))
+    assert decades[0] == pytest.approx(4) and all(b < a for a, b in itertools.pairwise(decades))
     assert decades[-1] < 1.0, "the last round searches less than a decade of lr"
     last = rounds[-1]["region"]
     # Narrowed on a linear scale, a margin of the width would keep lr's bottom decade (1e-4 .. 1e-3)
@@ -259,9 +260,15 @@ def test_a_run_killed_mid_round_resumes_to_the_same_search(tmp_path, zoomed, kil
     same regions, each region noted once."""
     proc, run_dir = run_search(tmp_path, "killed", kill)
     assert proc.returncode == -9
-    resumed = runner("resume", run_dir, "--plain")
+    assert snapshots_to_resume(run_dir) == {}, "killed between trials: none to continue"
+    resumed, trained = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
+    assert_resumed_from(run_dir, {}, trained)  # the finished trials are not run again
     events = log_of(run_dir)
+    k = int(kill.partition(":")[2])
+    assert [e["trial"] for e in events if e["event"] == "trial_start"] == list(range(48))
+    resumed_at = next(i for i, e in enumerate(events) if e["event"] == "resume")
+    assert {e["trial"] for e in events[resumed_at:] if "trial" in e} == set(range(k + 1, 48))
     assert [(r["round"], r["region"], r["top"]) for r in rounds_of(events)] == [
         (r["round"], r["region"], r["top"]) for r in rounds_of(zoomed)
     ]

@@ -222,7 +222,7 @@ def test_a_run_killed_after_a_retry_resumes_to_the_same_result(tmp_path, inline)
     proc, run_dir = start(tmp_path, deep_update(FOUR, {"executor": PROCESS}), trial=1, epoch=1, driver=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert any(e["event"] == "trial_retry" for e in events_of(run_dir))
-    resumed = runner("resume", run_dir, "--plain")
+    resumed = runner("resume", run_dir, "--plain", "--plugin", tmp_path / "plugin.py")
     assert resumed.returncode == 0, resumed.stderr
     assert_same(outcome(run_dir), inline)
     events = events_of(run_dir)

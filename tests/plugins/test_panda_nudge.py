@@ -10,7 +10,7 @@ from runner import SpecError
 from runner.spec import parse
 from tests.conftest import ROOT, deep_update, run_file
 from tests.test_control_live import live  # noqa: F401  (a fixture)
-from tests.test_resume import outcome, start
+from tests.test_resume import assert_resumed_from, outcome, resume, snapshots_to_resume, start
 
 # The shipped example (lr 30, far too high), with the budget the fixed runs below get.
 DIGITS = deep_update(orjson.loads((ROOT / "experiments" / "digits_panda.json").read_bytes()), {"train": {"epochs": 40}})
@@ -79,7 +79,7 @@ def test_every_try_is_judged_against_the_trend_and_a_worse_one_is_reverted(babys
 
 def test_a_space_is_refused_it_trains_one_model(plugins):
     raw = deep_update(DIGITS, {"search": {"space": {"train.lr": {"low": 1e-3, "high": 1.0, "scale": "log"}}}})
-    with pytest.raises(SpecError, match="search.space: panda-nudge trains one model.*--from RUN_DIR"):
+    with pytest.raises(SpecError, match=r"search.space: panda-nudge trains one model.*--from RUN_DIR"):
         parse(raw, plugins.registry)
 
 
@@ -135,20 +135,19 @@ def uninterrupted_panda(tmp_path_factory):
 
 @pytest.mark.parametrize("kill", ["step:23", "step:45", "step:90"])
 def test_killed_and_resumed_it_babysits_exactly_as_if_never_stopped(tmp_path, uninterrupted_panda, kill):
-    import subprocess
-    import sys
-
     events = [orjson.loads(x) for x in (uninterrupted_panda / "events.jsonl").read_bytes().splitlines()]
     assert notes(events, "keep") or notes(events, "revert"), "the run babysits: there is something to restore"
     proc, run_dir = start(tmp_path, "killed", RESUMABLE, kill=kill)
     assert proc.returncode == -9
-    resumed = subprocess.run(
-        [sys.executable, "-m", "runner", "resume", run_dir, "--plain"], capture_output=True, text=True
-    )
+    expected = snapshots_to_resume(run_dir)
+    assert expected.keys() == {0} and expected[0] is not None, "killed after snapshots were written"
+    resumed, trained = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
+    assert_resumed_from(run_dir, expected, trained)  # from the snapshot, not from scratch
     resumed_log = [orjson.loads(x) for x in (run_dir / "events.jsonl").read_bytes().splitlines()]
     at = next(i for i, e in enumerate(resumed_log) if e["event"] == "resume")
     reverts = [e for e in resumed_log[at:] if e["event"] == "rollback" and e["source"] == "strategy"]
+    assert reverts, "each kill lands before a revert: the resumed run has a try to revert"
     assert all(e["snapshot"] == "before_nudge" for e in reverts), (
         "a try is reverted to its own snapshot, from disk if need be"
     )
@@ -188,8 +187,8 @@ def test_a_judge_the_backend_does_not_report_is_refused_when_the_file_is_read(pl
     raw = deep_update(DIGITS, {"search": {"strategy": {"name": "panda-nudge", "judge": "val_accuracy"}}})
     with pytest.raises(
         SpecError,
-        match="search.strategy.judge: the backend does not report 'val_accuracy'; "
-        "it reports train_loss, val_loss, val_acc",
+        match=r"search.strategy.judge: the backend does not report 'val_accuracy'; "
+        r"it reports train_loss, val_loss, val_acc",
     ):
         parse(raw, plugins.registry)
 

@@ -13,7 +13,7 @@ from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 from runner.plugins.backends.numpy_mlp.backend import Options as NumpyOptions
 
 from runner.testing import Driver
-from tests.conftest import QUICK, deep_update
+from tests.conftest import QUICK, ROOT, deep_update
 
 torch = pytest.importorskip("torch")
 from runner.plugins.backends.torch_mlp.backend import Options, TorchBackend  # noqa: E402
@@ -79,20 +79,50 @@ def test_a_nudge_is_in_force_at_the_next_step_as_with_numpy(digits):
     assert torched.hyperparameters() == reference.hyperparameters()
 
 
+# Run in a fresh interpreter: the digits and a new Torch backend built there, the snapshot
+# read with pickle refused, 20 steps trained from it; their losses written out as JSON.
+CONTINUE_ELSEWHERE = """
+import pickle, sys
+import orjson
+from runner.checkpoints import read_snapshot
+from runner.data import prepare
+from runner.plugin_manager import load_plugins
+from runner.testing import Driver
+from tests.plugins.test_torch_backend import both
+
+plugin = load_plugins().registry.get("dataset", "digits")
+digits = prepare("digits", plugin.load(plugin.Options(), seed=0, base_dir="."), plugin.Options(), seed=0)
+_, fresh = both(digits, "adam", True, "float32")
+
+def refuse(*args, **kwargs):
+    raise AssertionError("the snapshot was unpickled")
+
+pickle.load = pickle.loads = refuse
+state, _ = read_snapshot(sys.argv[1])
+fresh.load_state(state)
+sys.stdout.buffer.write(orjson.dumps([float(x) for x in Driver(fresh, epoch=0, step=7).run(20)]))
+"""
+
+
 def test_the_state_moves_between_processes_without_pickle(digits, tmp_path):
-    """A snapshot of a Torch trial is the runner's .npz: arrays and JSON, nothing unpickled."""
-    from runner.checkpoints import read_snapshot, write_snapshot
+    """A snapshot of a Torch trial is the runner's .npz: arrays and JSON, nothing unpickled;
+    another process continues from it exactly."""
+    from runner.checkpoints import write_snapshot
 
     _, torched = both(digits, "adam", True, "float32")
     driver = Driver(torched)
     driver.run(7)
-    assert torched.steps_per_epoch > 7
+    assert 7 < torched.steps_per_epoch < 7 + 20, "the 20 steps after the snapshot begin a new epoch"
     write_snapshot(tmp_path / "s.npz", torched.state(), {"reason": "test"})
-    state, _ = read_snapshot(tmp_path / "s.npz")
-    expected = driver.run(20)
-    _, fresh = both(digits, "adam", True, "float32")
-    fresh.load_state(state)
-    assert Driver(fresh, epoch=0, step=7).run(20) == expected  # 7 steps into epoch 0, as saved
+    expected = [float(x) for x in driver.run(20)]
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", CONTINUE_ELSEWHERE, str(tmp_path / "s.npz")],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr.decode()
+    assert orjson.loads(elsewhere.stdout) == expected  # 7 steps into epoch 0, as saved
 
 
 def test_the_device_option_is_checked_before_anything_runs(write_experiment, tmp_path):
