@@ -89,7 +89,7 @@ def test_it_is_a_draft_07_schema_of_every_section(schema):
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_names_it_and_meets_it(path, validator):
     doc = orjson.loads(path.read_bytes())
-    assert list(doc)[0] == "$schema" and doc["$schema"] == "./experiment.schema.json"
+    assert next(iter(doc)) == "$schema" and doc["$schema"] == "./experiment.schema.json"
     assert [e.message for e in validator.iter_errors(doc)] == []
 
 

@@ -249,7 +249,7 @@ def test_parse_builds_each_kind():
     assert space["model.layers"] == Int("model.layers", 1, 3)
     assert space["model.width"] == Int("model.width", 16, 256, "log")
     assert space["model.hidden"] == Choice("model.hidden", ([32], [64]))
-    assert len(space) == 5 and [p.path for p in space][0] == "train.lr"
+    assert len(space) == 5 and next(p.path for p in space) == "train.lr"
     assert Space.parse(space.to_json()).to_json() == space.to_json()
     with pytest.raises(KeyError):
         space["train.nope"]

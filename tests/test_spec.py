@@ -136,7 +136,7 @@ def test_plugin_sections_may_be_written_as_a_name(write_experiment, plugins):
 
 def test_a_strategy_path_outside_the_searchable_sections_is_a_spec_error(write_experiment, plugins):
     spec = load(write_experiment(), plugins.registry)
-    with pytest.raises(SpecError, match="search.space.data.val_fraction: must be a dotted path"):
+    with pytest.raises(SpecError, match=r"search\.space\.data\.val_fraction: must be a dotted path"):
         spec.trial_config({"data.val_fraction": 0.5})
 
 

@@ -262,7 +262,7 @@ def test_ctrl_c_or_sigterm_to_the_process_group_stops_every_worker_with_a_snapsh
             break
         time.sleep(0.01)
     os.killpg(proc.pid, stop)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "continue with: runner resume" in err and "Traceback" not in err
     [run_dir] = (tmp_path / "runs").iterdir()
