@@ -30,6 +30,7 @@ from runner.decisions import (
 )
 from runner.errors import RunnerError, SpecError
 from runner.executor import Executor
+from runner.limits import DataSize, ModelSize
 from runner.registry import Registry
 from runner.space import Space
 from runner.strategy import Strategy
@@ -42,12 +43,14 @@ __all__ = [
     "BackendState",
     "Checkpoint",
     "DataOptions",
+    "DataSize",
     "Dataset",
     "DatasetPlugin",
     "Decision",
     "Executor",
     "Finish",
     "History",
+    "ModelSize",
     "NoOptions",
     "Note",
     "Nudge",

@@ -40,9 +40,10 @@ class Babysitter:
     def rolled_back(self, trial: Trial, rollback: dict[str, Any]) -> Decision | list[Decision] | None:
         """Called after any rollback, with ``trial`` as restored (``trial.epoch``, ``trial.step``,
         ``trial.hyperparameters``) and ``rollback`` the fields of its ``rollback`` event:
-        ``source`` says who asked ("strategy", "control" for a person, "divergence",
-        "plugin"), ``lr_before`` the learning rate in force when it was asked for. Decisions
-        it returns (a ``Nudge``, a ``Note``) apply at once to the restored state."""
+        ``source`` says who asked ("strategy", "control" for a person, also when training
+        refused a person's nudge, "divergence", "plugin"), ``lr_before`` the learning rate in
+        force when it was asked for. Decisions it returns (a ``Nudge``, a ``Note``) apply at
+        once to the restored state."""
         return None
 
     def state(self) -> dict[str, Any]:

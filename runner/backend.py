@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from runner.data import Dataset
+from runner.limits import ModelSize
 from runner.typed import bounds
 
 
@@ -68,6 +69,19 @@ class Backend(ABC):
     @abstractmethod
     def __init__(self, *, model: Any, train: Any, options: Any, data: Dataset, seed: int) -> None:
         """Build the model with seeded initial weights; move ``data`` where it trains."""
+
+    @classmethod
+    def estimate(
+        cls, *, model: Any, train: Any, options: Any, examples: int, features: int, classes: int
+    ) -> ModelSize | None:
+        """Called when an experiment file is read, for the largest trials its search space
+        can make, and again once the data are loaded, before any model is built: the size
+        of one trial with these ``model``/``train``/``options`` sections, on data of
+        ``examples`` rows of ``features`` inputs in ``classes`` classes (lower bounds while
+        the data's shape is not known). Must be quick and allocate nothing: the runner
+        refuses the experiment when it is over the file's ``limits``. None (the default):
+        no estimate, nothing is checked."""
+        return None
 
     @property
     @abstractmethod

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import re
 import threading
 import time
 from collections import deque
@@ -31,9 +32,12 @@ import numpy as np
 import orjson
 
 from runner.backend import BackendState
+from runner.files import remove_file, replacing, temporary_of
+from runner.inputs import InputError, open_binary
 from runner.typed import bounds
 
 META_KEY = "__meta__"
+SNAPSHOT_NAME = re.compile(r"e\d{5,}-s\d{9,}-n\d{6,}\.npz")  # as ``CheckpointStore.save`` names its files
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,8 @@ class CheckpointOptions:
         default=30.0,
         metadata=bounds(
             ge=0,
-            doc="seconds between two snapshot files of a trial; snapshots due sooner stay in memory only; 0 writes each one",
+            doc="seconds between two snapshot files of a trial; snapshots due sooner stay in memory only; "
+            "0 writes each one",
         ),
     )
     keep: int = field(
@@ -67,7 +72,8 @@ class CheckpointOptions:
         default=4,
         metadata=bounds(
             ge=1,
-            doc="recent snapshots each trial keeps in memory for fast rollback (more than divergence.max_rollbacks, so rollbacks in a row stay in memory)",
+            doc="recent snapshots each trial keeps in memory for fast rollback "
+            "(more than divergence.max_rollbacks, so rollbacks in a row stay in memory)",
         ),
     )
 
@@ -112,25 +118,25 @@ def checksum(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def write_snapshot(path: Path, state: BackendState, meta: dict[str, Any]) -> None:
-    """Write atomically and durably: temporary name, fsync, rename, fsync the folder."""
+def write_snapshot(path: Path, state: BackendState, meta: dict[str, Any], *, within: Path | None = None) -> None:
+    """Write atomically and durably: temporary name, fsync, rename, fsync the folder. The
+    folders from ``within`` (the run directory; by default the file's own folder) down must
+    be real ones, never links (``runner.files.replacing``); missing ones are made."""
     meta = {**meta, "backend": state.meta}
     document = {**meta, "checksum": checksum(state.arrays, meta)}
     payload = {**state.arrays, META_KEY: np.frombuffer(orjson.dumps(document), dtype=np.uint8)}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with replacing(path, within=within) as f:
         np.savez(f, **payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def read_snapshot(path: Path) -> tuple[BackendState, dict[str, Any]]:
-    """Load and verify a snapshot; CorruptSnapshot says what is wrong with it."""
+    """Load and verify a snapshot; CorruptSnapshot says what is wrong with it (a link, a
+    FIFO or a device where the file belongs included: it is refused before it is read)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open_binary(path, None, follow_symlinks=False) as handle, np.load(handle, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
+    except InputError as err:
+        raise CorruptSnapshot(str(err)) from None
     except Exception as err:  # zipfile, OSError, ValueError: all mean the file is unusable
         raise CorruptSnapshot(f"{path}: cannot be read ({type(err).__name__}: {err})") from None
     raw = arrays.pop(META_KEY, None)
@@ -146,12 +152,32 @@ def read_snapshot(path: Path) -> tuple[BackendState, dict[str, Any]]:
     return BackendState(arrays=arrays, meta=document.pop("backend")), document
 
 
+def is_snapshot_temporary(name: str) -> bool:
+    """True for the name of a snapshot file half written: what ``write_snapshot`` names its
+    temporary file (or what earlier versions did, ``NAME.tmp``)."""
+    written = temporary_of(name) or name.removesuffix(".tmp")
+    return name.endswith(".tmp") and SNAPSHOT_NAME.fullmatch(written) is not None
+
+
+def snapshot_files(folder: Path) -> list[Path]:
+    """The files in ``folder`` named as runner names its snapshots: regular files only (a
+    link of that name is not one runner made); none if the folder is missing."""
+    try:
+        with os.scandir(folder) as entries:
+            return [
+                folder / e.name for e in entries if SNAPSHOT_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+            ]
+    except FileNotFoundError:
+        return []
+
+
 def scan_snapshots(folder: Path, skipped=None) -> list[tuple[Path, dict[str, Any]]]:
     """The snapshot files in ``folder`` that read back intact, in the order they were taken
     (by the trial's event count, then step). ``skipped(path, error_or_None)`` hears about a
-    damaged file (with its CorruptSnapshot) or one without loop state (with None)."""
+    damaged file (with its CorruptSnapshot) or one without loop state (with None). Only
+    runner's own snapshot names are looked at (``snapshot_files``)."""
     found = []
-    for path in folder.glob("*.npz"):
+    for path in snapshot_files(folder):
         try:
             _, meta = read_snapshot(path)
         except CorruptSnapshot as err:
@@ -182,9 +208,12 @@ class SnapshotWriter:
         self._thread = threading.Thread(target=self._work, name="runner-snapshot-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, path: Path, state: BackendState, meta: dict[str, Any], done) -> None:
-        """Queue a write; ``done(error)`` is called on the writer thread once it is durable (error None)."""
-        self._jobs.put((path, state, meta, done))
+    def submit(
+        self, path: Path, state: BackendState, meta: dict[str, Any], done, *, within: Path | None = None
+    ) -> None:
+        """Queue a write (``within``: see ``write_snapshot``); ``done(error)`` is called on the
+        writer thread once it is durable (error None)."""
+        self._jobs.put((path, state, meta, done, within))
 
     def close(self) -> None:
         """Finish every queued write, then stop the thread. Called once, at the end of a run."""
@@ -193,9 +222,9 @@ class SnapshotWriter:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            path, state, meta, done = job
+            path, state, meta, done, within = job
             try:
-                write_snapshot(path, state, meta)
+                write_snapshot(path, state, meta, within=within)
             except Exception as err:  # reported to the loop, which logs it; training goes on
                 done(err)
             else:
@@ -207,13 +236,22 @@ class CheckpointStore:
 
     Called on the training thread: ``save`` when a snapshot is due, ``finish`` when the
     trial ends, ``collect`` to learn which files have become durable. Writing and pruning
-    happen on the writer thread.
+    happen on the writer thread. ``within`` is the run directory (by default the folder's
+    parent): every folder from it down to ``folder`` must be a real one, never a link.
     """
 
     def __init__(
-        self, folder: Path, trial: int, options: CheckpointOptions, writer: SnapshotWriter, clock=time.monotonic
+        self,
+        folder: Path,
+        trial: int,
+        options: CheckpointOptions,
+        writer: SnapshotWriter,
+        clock=time.monotonic,
+        *,
+        within: Path | None = None,
     ):
         self.folder, self.trial, self.options, self.writer, self.clock = folder, trial, options, writer, clock
+        self.within = within or folder.parent
         self.ring: deque[tuple[Snapshot, BackendState, dict]] = deque(maxlen=options.memory)
         self.best: Snapshot | None = None  # the best durable snapshot
         self._unwritten_best: tuple[Snapshot, BackendState, dict] | None = None
@@ -225,7 +263,6 @@ class CheckpointStore:
         self._new: list[Snapshot | Exception] = []
         self._pending = 0  # writes submitted and not finished
         self._changed = threading.Condition()
-        self._folder_made = False
 
     def save(
         self,
@@ -283,7 +320,7 @@ class CheckpointStore:
         scanned = []
         for path, meta in scan_snapshots(folder):
             if meta["loop"]["events"] > upto:
-                path.unlink(missing_ok=True)
+                remove_file(path, within=self.within)
             else:
                 scanned.append((path, meta))
         found = [
@@ -297,7 +334,6 @@ class CheckpointStore:
         with self._changed:
             self._durable = found
             self.best = next((s for s in reversed(found) if s.best), None)
-        self._folder_made = True
         self._last_write = self.clock()
 
     def finish(self) -> None:
@@ -380,13 +416,13 @@ class CheckpointStore:
         return done
 
     def _write(self, snapshot: Snapshot, state: BackendState, meta: dict) -> None:
-        if not self._folder_made:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._folder_made = True
+        """Queue the file (the writer makes the trial's folder if it is missing)."""
         self._last_write = self.clock()
         with self._changed:
             self._pending += 1
-        self.writer.submit(snapshot.path, state, meta, lambda error: self._finished(snapshot, error))
+        self.writer.submit(
+            snapshot.path, state, meta, lambda error: self._finished(snapshot, error), within=self.within
+        )
 
     def _finished(self, snapshot: Snapshot, error: Exception | None) -> None:
         """On the writer thread, once the file is durable (or failed): record it, prune old files."""
@@ -404,10 +440,15 @@ class CheckpointStore:
 
     def _prune(self) -> None:
         """Delete durable snapshots beyond the last ``keep``, sparing the best and the latest
-        before-nudge one (a try of a strategy may be reverted to it after a resume)."""
+        before-nudge one (a try of a strategy may be reverted to it after a resume). A file
+        that cannot be deleted (its folder was replaced by a link, say) stays, and the error
+        is reported with the snapshots, as a write error is."""
         recent = self._durable[-self.options.keep :]
         spared = (self.best, self._before_nudge_file)
         for old in self._durable[: -self.options.keep]:
             if not any(old is s for s in spared):
-                old.path.unlink(missing_ok=True)
+                try:
+                    remove_file(old.path, within=self.within)
+                except OSError as err:
+                    self._new.append(err)
         self._durable = [s for s in self._durable if s in recent or any(s is k for k in spared)]

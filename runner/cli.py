@@ -28,7 +28,7 @@ from runner import __version__
 from runner.control import FILE_NAME as CONTROL_FILE
 from runner.control import ControlError, ControlSchema, trial_id
 from runner.errors import PluginError, RunnerError, SpecError
-from runner.files import atomic_write, create_run_dir, run_is_held, run_lock
+from runner.files import UnsafePath, atomic_write, create_run_dir, run_is_held, run_lock, write_own_file
 from runner.interrupt import Interrupted, graceful_interrupts
 from runner.live import LiveView
 from runner.loop import build_strategy, load_dataset, run_experiment
@@ -44,7 +44,7 @@ from runner.plugin_manager import (
 )
 from runner.progress import leaderboard_table, status_view
 from runner.results import best_of_run
-from runner.resume import clean_temporary_files, plan_resume, read_run
+from runner.resume import check_run_dir, clean_temporary_files, plan_resume, read_run
 from runner.schema import experiment_schema
 from runner.spec import DEFAULT_PLUGINS, load, read_json
 
@@ -186,6 +186,7 @@ def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool)
                 exit_code=2,
             )
         held.enter_context(run_lock(run_dir))
+        check_run_dir(run_dir)  # no link in it is written through: refused before anything changes
         plugins = load_plugins(plugin_refs)
         spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
         dataset = load_dataset(spec, plugins)
@@ -542,7 +543,7 @@ def print_schema(plugin_refs: tuple[str, ...], out: Path | None) -> None:
             click.echo(text.decode(), nl=False)
             return
         try:
-            atomic_write(out, text)
+            write_own_file(out, text)
         except OSError as err:
             raise RunnerError(f"--out {out}: cannot write it: {err.strerror}", exit_code=2) from None
         click.echo(f"wrote {out}")
@@ -610,17 +611,29 @@ def reported_errors():
         click.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as err:
-        if where.run_dir is not None:
-            log = where.run_dir / "error.log"
-            log.write_text(traceback.format_exc())
-        else:
-            fd, name = tempfile.mkstemp(prefix="runner-error-", suffix=".log")
-            os.write(fd, traceback.format_exc().encode())
-            os.close(fd)
-            log = Path(name)
-        click.echo(
-            f"error: unexpected {type(err).__name__} (a bug in a plugin or in runner): {err}\n"
-            f"the traceback is in {log}",
-            err=True,
-        )
+        log, refused = _saved_traceback(where.run_dir)
+        bug = f"unexpected {type(err).__name__} (a bug in a plugin or in runner): {err}"
+        if isinstance(refused, UnsafePath):
+            click.echo(f"error: {refused}; the traceback is in {log} ({bug})", err=True)
+            sys.exit(refused.exit_code)
+        click.echo(f"error: {bug}\nthe traceback is in {log}", err=True)
         sys.exit(1)
+
+
+def _saved_traceback(run_dir: Path | None) -> tuple[Path, OSError | None]:
+    """Called by ``reported_errors`` for an unexpected error: save its traceback in the run
+    directory's ``error.log``, or in a temporary file where there is no run directory yet or
+    ``error.log`` cannot be written (it is never written through a link). Returns where it
+    went, and why ``error.log`` was not written (None if it was, or there is none)."""
+    text = traceback.format_exc().encode()
+    refused = None
+    if run_dir is not None:
+        try:
+            atomic_write(run_dir / "error.log", text)
+            return run_dir / "error.log", None
+        except OSError as problem:  # a link planted there, a full disk
+            refused = problem
+    fd, name = tempfile.mkstemp(prefix="runner-error-", suffix=".log")
+    os.write(fd, text)
+    os.close(fd)
+    return Path(name), refused

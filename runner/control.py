@@ -32,10 +32,11 @@ import orjson
 
 from runner.decisions import Checkpoint, Decision, Nudge, Pause, Rollback, Stop, Unpause
 from runner.errors import SpecError, join_path
+from runner.inputs import CONTROL_FILE, duplicate_key
 from runner.typed import check_field, describe
 
 FILE_NAME = "control.json"
-MAX_BYTES = 1 << 20  # a control file is a few hundred bytes; anything past 1 MiB is a mistake
+MAX_BYTES = CONTROL_FILE.default  # a control file is a few hundred bytes; anything past 1 MiB is a mistake
 ACTIONS = ("set", "rollback", "pause", "resume", "stop", "checkpoint")
 ROLLBACK_TARGETS = ("last", "best", "before_nudge")
 HELP = [
@@ -142,7 +143,8 @@ class ControlSchema:
 
 
 def parse(data: bytes, schema: ControlSchema) -> ControlDocument:
-    """Read one version of the file; raise ControlError naming the first thing wrong."""
+    """Read one version of the file; raise ControlError naming the first thing wrong (a key
+    written twice in one object included: the last one silently winning would surprise)."""
     if len(data) > MAX_BYTES:
         raise ControlError("", f"the file is {len(data):,} bytes; a control file is at most {MAX_BYTES:,}")
     if not data.strip():
@@ -153,6 +155,9 @@ def parse(data: bytes, schema: ControlSchema) -> ControlDocument:
         raise ControlError("", f"not valid JSON: {err}", incomplete=True) from None
     if not isinstance(raw, dict):
         raise ControlError("", f"must be a JSON object, got {describe(raw)}")
+    duplicate = duplicate_key(data)
+    if duplicate is not None:
+        raise ControlError(_path_of(duplicate), "duplicate key")
     settings, trials, actions = {}, {}, {}
     for key, value in raw.items():
         if key == "help":
@@ -168,6 +173,14 @@ def parse(data: bytes, schema: ControlSchema) -> ControlDocument:
                 key, f"unknown key; the keys are help, trials, actions and the settings {', '.join(schema.live)}"
             )
     return ControlDocument(settings, trials, actions)
+
+
+def _path_of(parts: list[str | int]) -> str:
+    """A JSON path as this file's messages write it: ``trials.3.lr``, ``actions[1].do``."""
+    path = ""
+    for part in parts:
+        path = f"{path}[{part}]" if isinstance(part, int) else join_path(path, part)
+    return path
 
 
 def _trials(value: Any, schema: ControlSchema) -> dict[int, dict[str, float | None]]:

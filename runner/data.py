@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from runner.errors import SpecError
+from runner.limits import DataSize
 from runner.typed import bounds
 
 
@@ -78,6 +79,14 @@ class DatasetPlugin(ABC):
     def load(self, options: Any, *, seed: int, base_dir: Path) -> RawData:
         """Read or generate the examples; raise SpecError (path ``data...``) on bad input."""
 
+    def estimate(self, options: Any, *, base_dir: Path) -> DataSize | None:
+        """Called when an experiment file is read, before ``load``: how big the data will be,
+        from ``options`` alone (a file's size or headers at most: nothing is loaded or
+        generated). The runner refuses the experiment when loading it, or a trial's model
+        for it, is over the file's ``limits``; raise SpecError (path ``data...``) for bad
+        input found on the way. None (the default): no estimate, nothing is checked."""
+        return None
+
 
 def prepare(name: str, raw: RawData, options: DataOptions, *, seed: int, path: str = "data") -> Dataset:
     """Encode labels, split (seeded, stratified) and standardize: the same for every dataset."""
@@ -125,7 +134,7 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.
     train, val = [], []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
-        n_val = int(round(len(idx) * val_fraction))
+        n_val = round(len(idx) * val_fraction)
         if len(idx) >= 2:
             n_val = min(max(n_val, 1), len(idx) - 1)
         val.append(idx[:n_val])

@@ -5,7 +5,9 @@ above ``spike_factor`` times its running average (an exponentially weighted aver
 ``warmup_steps``) for ``patience`` steps in a row is a spike. Per epoch it checks the
 validation loss the same way against the best one so far. Each check is a few float
 operations. Parameters are scanned only when a snapshot is taken: a state with a
-non-finite value is never saved, and counts as divergence.
+non-finite value is never saved, and counts as divergence. A divergence within
+``nudge_grace_steps`` steps of a person's nudge refuses that nudge (``runner.refusal``);
+any other goes to the ``runner_divergence`` policy.
 """
 
 from __future__ import annotations
@@ -43,13 +45,22 @@ class DivergenceOptions:
         default=10.0,
         metadata=bounds(
             gt=1,
-            doc="a validation loss above this many times its lowest so far is exploding (overfitting alone rarely gets there)",
+            doc="a validation loss above this many times its lowest so far is exploding "
+            "(overfitting alone rarely gets there)",
         ),
     )
     lr_cut: float = field(
         default=0.5, metadata=bounds(gt=0, le=1, doc="the rollback policy multiplies the learning rate by this")
     )
     max_rollbacks: int = field(default=3, metadata=bounds(ge=0, doc="rollbacks per trial before it ends as diverged"))
+    nudge_grace_steps: int = field(
+        default=20,
+        metadata=bounds(
+            ge=0,
+            doc="a divergence within this many training steps of a person's nudge refuses the nudge: "
+            "back to before it, no lr cut, not counted; 0 turns this off",
+        ),
+    )
 
 
 @dataclass(frozen=True)

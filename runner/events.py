@@ -16,17 +16,21 @@ from typing import Any
 
 import orjson
 
+from runner.files import open_for_append
+from runner.inputs import EVENT_LOG, open_binary
+
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 class EventLog:
     """Appends events to a file. Only the driver process holds one; its threads (the trial
-    loop, the control-file watcher, an executor writing what its workers send) take turns. ``observers`` are called with each event
-    after it is written, in log order (``status.json`` is kept this way)."""
+    loop, the control-file watcher, an executor writing what its workers send) take turns.
+    ``observers`` are called with each event after it is written, in log order
+    (``status.json`` is kept this way)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._file = open(path, "ab")
+        self._file = open_for_append(path)  # a regular file in the real run directory, never through a link
         self._lock = threading.Lock()
         self.observers: list[Callable[[dict[str, Any]], None]] = []
 
@@ -59,8 +63,10 @@ class EventLog:
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """Events in order. A last line cut short by a crash is skipped, not an error."""
-    with open(path, "rb") as f:
+    """Events in order. A last line cut short by a crash is skipped, not an error. The log
+    is read as a regular file, not through a link, of at most ``inputs.EVENT_LOG`` bytes
+    (an InputError, exit 2, otherwise)."""
+    with open_binary(path, EVENT_LOG, follow_symlinks=False) as f:
         for line in f:
             if not line.endswith(b"\n"):
                 return

@@ -95,7 +95,13 @@ def runner_epoch_end(trial: Trial, epoch: int, metrics: dict[str, float]) -> Dec
 @hookspec(firstresult=True)
 def runner_divergence(trial: Trial, event: DivergenceEvent, experiment: Experiment) -> Decision | None:
     """Called when training diverges: a non-finite or spiking training loss (checked each
-    step), or a non-finite or exploding validation loss (checked each epoch).
+    step), or a non-finite or exploding validation loss (checked each epoch); a non-finite
+    parameter found when a snapshot is taken. Not called for a divergence within
+    ``divergence.nudge_grace_steps`` steps of a person's nudge (the control file, ``runner
+    nudge``): the loop refuses that nudge itself, whatever plugins are installed (a
+    ``nudge_refused`` event, then a ``rollback`` with source ``control`` to the snapshot from
+    just before it; no lr cut, not counted in ``trial.divergence_rollbacks``), unless that
+    snapshot is gone (its file damaged or pruned before a resume).
 
     ``event`` says what was seen (``kind``, ``epoch``, ``step``, ``loss``, ``threshold``);
     ``trial.divergence_rollbacks`` counts the rollbacks that answered a divergence so far

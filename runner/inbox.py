@@ -13,8 +13,6 @@ how ``status.json`` acknowledges it.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -23,10 +21,11 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from runner.control import MAX_BYTES, Action, ControlDocument, ControlError, ControlSchema, Order, orders, parse
+from runner.control import Action, ControlDocument, ControlError, ControlSchema, Order, orders, parse
 from runner.decisions import Decision, Stop, decision_from_json, decision_to_json
 from runner.events import EventLog
 from runner.files import atomic_write
+from runner.inputs import CONTROL_FILE, InputError, read_bytes
 from runner.watch import FileWatcher, signature
 
 
@@ -205,34 +204,19 @@ class ControlInbox:
         return False
 
     def _read(self) -> bytes:
-        """The file's bytes; a ControlError says what keeps it from being read. Never
-        blocks (a FIFO), never reads more than ``MAX_BYTES`` + 1 bytes."""
-        folder = "is a folder, not a file; remove the folder and write the file again"
+        """The file's bytes, read by ``inputs.read_bytes`` (regular files only, never more
+        than a control file's 1 MiB + 1 bytes, never blocks on a FIFO); a ControlError says what keeps
+        it from being read, in words for the person editing it."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise ControlError("", "the file is missing; write it again to change settings", incomplete=True) from None
-        except IsADirectoryError:
-            raise ControlError("", folder) from None
-        except OSError as err:
-            raise ControlError("", f"cannot be read: {err.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise ControlError("", folder)
-            if not stat.S_ISREG(info.st_mode):
-                raise ControlError("", "is not a regular file")
-            if info.st_size > MAX_BYTES:
-                raise ControlError("", f"the file is {info.st_size:,} bytes; a control file is at most {MAX_BYTES:,}")
-            chunks, size = [], 0
-            while size <= MAX_BYTES and (chunk := os.read(fd, MAX_BYTES + 1 - size)):
-                chunks.append(chunk)
-                size += len(chunk)
-            return b"".join(chunks)
-        except OSError as err:
-            raise ControlError("", f"cannot be read: {err.strerror}") from None
-        finally:
-            os.close(fd)
+            return read_bytes(self.path, CONTROL_FILE)
+        except InputError as err:
+            if err.kind == "missing":
+                raise ControlError(
+                    "", "the file is missing; write it again to change settings", incomplete=True
+                ) from None
+            if err.kind == "folder":
+                raise ControlError("", "is a folder, not a file; remove the folder and write the file again") from None
+            raise ControlError("", err.problem) from None
 
     def _deliver(self, found: list[Order], sha: str) -> None:
         """Record the read (a ``control`` event), then put each order in the mailbox of its
@@ -260,7 +244,7 @@ class ControlInbox:
                 for d, trial, order in deliveries
             ],
         )
-        for delivery, trial, order in deliveries:
+        for delivery, trial, _order in deliveries:
             if trial in self._mailboxes:
                 self._mailboxes[trial].put(delivery)  # the trial says when it is applied
             elif trial is not None:

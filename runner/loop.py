@@ -35,7 +35,9 @@ from runner.executor import Session
 from runner.files import write_json
 from runner.inbox import ControlInbox, Delivery
 from runner.interrupt import FLAG, Interrupted
+from runner.limits import check_loaded
 from runner.plugin_manager import Plugins
+from runner.refusal import NudgeOnTrial, settings
 from runner.results import leaderboard, results_document
 from runner.resume import ResumePlan, rewrite_events
 from runner.spec import ExperimentSpec, trial_sections
@@ -77,10 +79,14 @@ class EndTrial(Exception):
 
 
 def load_dataset(spec: ExperimentSpec, plugins: Plugins) -> Dataset:
-    """Load and prepare the experiment's data once, before the run directory exists."""
+    """Load and prepare the experiment's data once, before the run directory exists; then
+    check every trial's model for data of this shape against the file's ``limits`` (a
+    SpecError before any model is built)."""
     plugin = plugins.registry.get("dataset", spec.data.name, "data.name")
     raw = plugin.load(spec.data.options, seed=spec.seed, base_dir=spec.base_dir)
-    return prepare(spec.data.name, raw, spec.data.options, seed=spec.seed)
+    dataset = prepare(spec.data.name, raw, spec.data.options, seed=spec.seed)
+    check_loaded(spec, plugins.registry, dataset)
+    return dataset
 
 
 def trial_seed(experiment_seed: int, trial_id: int) -> int:
@@ -339,7 +345,7 @@ class TrialLoop:
         self.trial = Trial(
             id=job.trial, params=job.params, config={}, seed=job.seed, run_dir=run_dir / "trials" / f"t{job.trial:03d}"
         )
-        self.store = CheckpointStore(self.trial.run_dir, job.trial, spec.checkpoint, runner.writer)
+        self.store = CheckpointStore(self.trial.run_dir, job.trial, spec.checkpoint, runner.writer, within=run_dir)
         self.detector = SpikeDetector(spec.divergence)
         self.events = 0  # this trial's events in the log, so a resume can cut the log where a snapshot was taken
         self.partial: tuple[int, float] | None = None  # (steps done, loss sum) when an epoch resumes midway
@@ -355,6 +361,7 @@ class TrialLoop:
         self.mailbox = runner.inbox.open(job.trial)  # orders from the control file
         self.paused = False
         self.order: str | None = None  # the control-file order being carried out: events name it
+        self.on_trial: NudgeOnTrial | None = None  # a person's nudge that a divergence would refuse (runner.refusal)
 
     # -- the trial, start to end ----------------------------------------------------------
 
@@ -496,6 +503,9 @@ class TrialLoop:
         every_steps = self.spec.checkpoint.every_steps
         mail = self.mailbox.items
         for _ in range(steps - done):  # a snapshot below records the loss sum: first settle what a GPU owes
+            if self.on_trial is not None and self.on_trial.served(trial.step):
+                total += self.settle(epoch)  # a divergence in its last step still refuses it
+                self.keep_nudge()
             if FLAG.requested:
                 total += self.settle(epoch)
                 self.interrupt(done, total)
@@ -694,11 +704,13 @@ class TrialLoop:
                 )
             if name in self.backend_cls.Train.__dataclass_fields__:
                 check_field(self.backend_cls.Train, name, value, f"nudge.{name}")
-        # A strategy's try is written to disk, so that a resumed run can still revert it.
+        grace = self.spec.divergence.nudge_grace_steps if source == "control" else 0
+        # A strategy's try, and a person's nudge on trial, are written to disk, so that a
+        # resumed run can still revert or refuse them.
         self.snapshot(
             "before_nudge",
             improved=False,
-            durable=source == "strategy",
+            durable=source == "strategy" or grace > 0,
             partial=partial,
             in_ring=self.trial.step != self.restored_step,
         )
@@ -707,19 +719,35 @@ class TrialLoop:
         backend.set_hyperparameters(**nudge.changes)
         self.trial.hyperparameters = backend.hyperparameters()
         change = {k: {"old": before[k], "new": self.trial.hyperparameters[k]} for k in nudge.changes}
+        self.on_trial = None  # only the latest nudge can be undone by going back to the snapshot from before it
+        if grace > 0:
+            self.on_trial = NudgeOnTrial.of(self.order, self.trial.step, grace, change, self.before_nudge_events)
+        on_trial = {"refusable_until": self.on_trial.until} if self.on_trial else {}
         self.emit(
-            "nudge", epoch=self.trial.epoch, step=self.trial.step, changes=change, source=source, reason=nudge.reason
+            "nudge",
+            epoch=self.trial.epoch,
+            step=self.trial.step,
+            changes=change,
+            source=source,
+            reason=nudge.reason,
+            **on_trial,
         )
         self.hook.runner_nudge_applied(trial=self.trial, change=change, source=source)
         self.babysitter.nudge_applied(self.trial, change, source)
 
     def diverged(self, event: DivergenceEvent) -> None:
-        """Report a divergence and carry out the policy's answer; never returns normally."""
+        """Report a divergence and undo the person's nudge that caused it (see ``refuse``),
+        or else carry out the policy's answer; never returns normally."""
         trial = self.trial
         if self.order is not None:  # found while carrying out an order, which never took effect
             self.emit("control_error", message=f"not applied: the trial diverged first ({event.kind})")
             self.order = None
         self.emit("divergence", **asdict(event), lr=self.backend.hyperparameters().get("lr"), rollbacks=trial.rollbacks)
+        if self.refusable(event):
+            try:
+                raise self.apply([self.refuse(event)], source="control", partial=None)
+            finally:
+                self.order = None
         decision = self.hook.runner_divergence(trial=trial, event=event, experiment=self.runner.experiment)
         if decision is None:
             n = trial.divergence_rollbacks
@@ -728,6 +756,38 @@ class TrialLoop:
         if not isinstance(decision, (Rollback, Stop, Prune)):
             raise TypeError(f"runner_divergence answered {decision!r}; it may answer Rollback, Stop, Prune or None")
         raise self.apply([decision], source="divergence", partial=None)
+
+    def refusable(self, event: DivergenceEvent) -> bool:
+        """True if ``event`` came within the grace steps of a person's nudge whose snapshot
+        from just before it is still at hand (after a resume, only if a file held it)."""
+        nudge = self.on_trial
+        if nudge is None or not nudge.covers(event):
+            return False
+        found = self.store.find("before_nudge")
+        return found is not None and found[1]["loop"]["events"] == nudge.snapshot_events
+
+    def refuse(self, event: DivergenceEvent) -> Rollback:
+        """Called by ``diverged`` for a divergence ``refusable`` says a person's nudge caused:
+        write its ``nudge_refused`` event and return the rollback that undoes it, to be carried
+        out for its order (source ``control``: no lr cut, not counted against
+        ``divergence.max_rollbacks``). Leaves ``self.order`` set to the nudge's order."""
+        nudge, self.on_trial = self.on_trial, None
+        refused = nudge.refused(event)
+        self.order = nudge.order
+        self.emit("nudge_refused", **refused)
+        label = escape(f"t{self.trial.id:03d} step {event.step}: {settings(nudge.asked)} refused: {refused['reason']}")
+        self.runner.inbox.notify(f"[red]{label}[/] (control.json)")
+        return Rollback("before_nudge", reason=f"nudge refused: {event.kind} at step {event.step}")
+
+    def keep_nudge(self) -> None:
+        """Called at the step boundary where a person's nudge has trained through its grace
+        steps without diverging: it is kept, and can no longer be refused."""
+        nudge, self.on_trial = self.on_trial, None
+        self.order = nudge.order
+        try:
+            self.emit("nudge_kept", **nudge.kept(self.trial.epoch, self.trial.step))
+        finally:
+            self.order = None
 
     def rollback(self, rollback: Rollback, source: str) -> None:
         """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
@@ -751,6 +811,7 @@ class TrialLoop:
         self.restore_loop(meta)
         self.store.abandon(after=meta["loop"]["events"], until=self.events)
         self.restored_step = trial.step
+        self.on_trial = None  # a rollback undid the person's nudge on trial, or moved on from it: it is over
         trial.rollbacks += 1
         self.stuck_rollbacks += 1
         if source == "divergence":
@@ -793,6 +854,7 @@ class TrialLoop:
             "furthest": self.furthest,
             "stuck_rollbacks": self.stuck_rollbacks,
             "before_nudge_events": self.before_nudge_events,
+            "nudge_on_trial": None if self.on_trial is None else self.on_trial.to_json(),
             "babysitter": self.babysitter.state(),
             "detector": self.detector.state(),
             "lowest_val_loss": self.lowest_val_loss,
@@ -810,6 +872,7 @@ class TrialLoop:
             trial.divergence_rollbacks = loop.get("divergence_rollbacks", trial.rollbacks)  # older snapshots count all
             self.furthest, self.stuck_rollbacks = loop.get("furthest", meta["epoch"]), loop.get("stuck_rollbacks", 0)
             self.before_nudge_events = loop.get("before_nudge_events")
+            self.on_trial = NudgeOnTrial.from_json(loop.get("nudge_on_trial"))
             self.babysitter.load_state(loop.get("babysitter") or {})
             self.events = loop["events"]
         trial.epoch, trial.step = meta["epoch"], meta["step"]

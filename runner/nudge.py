@@ -24,7 +24,10 @@ from runner.control import FILE_NAME as CONTROL_FILE
 from runner.control import ControlError, ControlSchema, parse, render, trial_id
 from runner.errors import RunnerError
 from runner.events import read_events
-from runner.files import atomic_write, run_is_held
+from runner.files import atomic_write, lock_file, run_is_held
+from runner.inputs import CONTROL_FILE as CONTROL_LIMIT
+from runner.inputs import STATUS_FILE as STATUS_LIMIT
+from runner.inputs import InputError, read_bytes
 from runner.status import FILE_NAME as STATUS_FILE
 
 
@@ -47,24 +50,28 @@ def latest_run(root: Path) -> Path:
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
-    """``status.json`` of a run; a RunnerError if there is none or it cannot be read."""
+    """``status.json`` of a run, read as a regular file (not through a link) of at most
+    ``inputs.STATUS_FILE`` bytes; a RunnerError (exit 2) if there is none or it cannot be read."""
     path = run_dir / STATUS_FILE
     try:
-        return orjson.loads(path.read_bytes())
-    except FileNotFoundError:
+        return orjson.loads(read_bytes(path, STATUS_LIMIT, follow_symlinks=False))
+    except InputError as err:
+        if err.kind != "missing":
+            raise
         raise RunnerError(
             f"{run_dir} has no {STATUS_FILE}: not a run directory, or one from before runner tracked status",
             exit_code=2,
         ) from None
-    except (OSError, orjson.JSONDecodeError) as err:
+    except orjson.JSONDecodeError as err:
         raise RunnerError(f"cannot read {path}: {err}", exit_code=2) from None
 
 
 @contextmanager
 def control_lock(run_dir: Path):
-    """One ``runner nudge`` at a time edits a run's control file."""
-    with open(run_dir / ".control.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """One ``runner nudge`` at a time edits a run's control file. The lock file is never
+    opened through a link (UnsafePath, exit 2)."""
+    with lock_file(run_dir, ".control.lock") as fd:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
 
 
@@ -133,10 +140,8 @@ def send(run_dir: Path, change: Change, schema: ControlSchema, timeout: float | 
     path = run_dir / CONTROL_FILE
     with control_lock(run_dir):
         try:
-            current = path.read_bytes()
+            current = read_bytes(path, CONTROL_LIMIT)
             parse(current, schema)
-        except OSError as err:
-            raise RunnerError(f"cannot read {path}: {err.strerror}", exit_code=2) from None
         except ControlError as err:
             raise RunnerError(
                 f"{path} is not valid now, so it was left alone: {err}. Fix it first; "
@@ -155,10 +160,32 @@ def send(run_dir: Path, change: Change, schema: ControlSchema, timeout: float | 
         return wait(run_dir, hashlib.sha256(data).hexdigest(), reads, timeout)
 
 
+def awaiting_verdict(read: dict[str, Any], status: dict[str, Any]) -> bool:
+    """True while a nudge of ``read`` is on trial in a trial that trains: a divergence in its
+    next few steps would still refuse it (``runner.refusal``). A paused trial gives no verdict
+    until it goes on, so its nudges are not waited for."""
+    trials = status["trials"]
+    return any(
+        order.get("refusable_until") is not None and trials.get(str(order["trial"]), {}).get("state") == "running"
+        for order in read["orders"]
+    )
+
+
+def _control_changed(path: Path, sha: str) -> bool:
+    """Whether the control file holds other contents than the version ``sha`` (a file that
+    is gone, or cannot be read as one, counts as unchanged: the run reports that itself)."""
+    try:
+        return hashlib.sha256(read_bytes(path, CONTROL_LIMIT)).hexdigest() != sha
+    except InputError:
+        return False
+
+
 def wait(run_dir: Path, sha: str, reads_before: int, timeout: float, interval: float = 0.02) -> dict[str, Any]:
     """The run's record of reading the version ``sha``, once every order in it is settled
-    (applied, failed or dropped). A RunnerError if it is rejected, superseded, or not
-    settled within ``timeout`` seconds."""
+    (applied, refused, failed or dropped) and training has had its say on the nudges in it
+    (see ``awaiting_verdict``; at ``timeout`` an applied nudge still on trial is returned
+    as applied). A RunnerError if it is rejected, superseded, or not settled within
+    ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     read = None
     while time.monotonic() < deadline:
@@ -171,18 +198,17 @@ def wait(run_dir: Path, sha: str, reads_before: int, timeout: float, interval: f
         read = next((r for r in recent if r["sha256"] == sha), None)
         if read is not None and read["outcome"] == "rejected":
             raise RunnerError(f"the run refused it: {read['message']}", exit_code=2)
-        if read is not None and read["outcome"] != "pending":
+        settled = read is not None and read["outcome"] != "pending"
+        ended = status["run"]["state"] in ("finished", "interrupted") or not run_is_held(run_dir)
+        if settled and (ended or not awaiting_verdict(read, status)):
             return read
-        if (
-            read is None
-            and any(r["sha256"] != sha for r in recent)
-            and (run_dir / CONTROL_FILE).exists()
-            and hashlib.sha256((run_dir / CONTROL_FILE).read_bytes()).hexdigest() != sha
-        ):
+        if read is None and any(r["sha256"] != sha for r in recent) and _control_changed(run_dir / CONTROL_FILE, sha):
             raise RunnerError("the control file was changed again before the run read this change; see runner status")
-        if status["run"]["state"] in ("finished", "interrupted") or not run_is_held(run_dir):
+        if ended:
             raise RunnerError(f"the run ended before it applied the change (state: {status['run']['state']})")
         time.sleep(interval)
+    if read is not None and read["outcome"] != "pending":
+        return read  # applied; a nudge still on trial (slow steps) may yet be refused, as runner status will say
     pending = [o["what"] for o in read["orders"] if o["state"] == "pending"] if read else []
     raise RunnerError(
         f"no acknowledgement within {timeout:g} s"

@@ -33,7 +33,7 @@ from runner.errors import RunnerError
 from runner.executor import Executor
 from runner.inbox import Delivery
 from runner.interrupt import FLAG, Interrupted
-from runner.resume import newest_intact_snapshot
+from runner.resume import newest_intact_snapshot, remove_trial_temporaries
 from runner.trial import Trial, TrialResult
 
 DEATH_CHECK_SECONDS = 0.5  # how often busy workers are checked for death while messages keep coming
@@ -219,13 +219,15 @@ class RemoteExecutor(Executor):
 
     def lost(self, slot: int, why: str) -> None:
         """The worker in ``slot`` died: retry its trial from its newest snapshot file, or,
-        past ``options.retries``, end it ``failed``. Either way the other trials go on."""
+        past ``options.retries``, end it ``failed``. Either way the other trials go on, and
+        what the dead worker left half written in the trial's folder is removed."""
         self.drain()
         self.started.discard(slot)
         running = self.running.pop(slot, None)
         if running is None:  # it had finished after all
             return
         trial_id, session = running.job.trial, self.session
+        remove_trial_temporaries(session.run_dir, trial_id)  # it may have died writing a snapshot
         attempt = running.attempt + 1
         if running.completed is not None or self.interrupting:
             session.inbox.close_mailbox(trial_id)
@@ -243,7 +245,7 @@ class RemoteExecutor(Executor):
             self.begin(slot, Running(running.job, started=running.started, attempt=attempt), running.delivered)
             return
         notes: list[str] = []
-        snapshot, meta = newest_intact_snapshot(session.run_dir / "trials" / f"t{trial_id:03d}", notes)
+        snapshot, meta = newest_intact_snapshot(session.run_dir, trial_id, notes)
         if attempt > self.options.retries:
             session.inbox.close_mailbox(trial_id)
             self.finished.append(self.give_up(running, meta, why))

@@ -11,16 +11,43 @@ rewritten atomically; strategies rebuild their progress from it.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from runner.checkpoints import CorruptSnapshot, scan_snapshots
+from runner.checkpoints import CorruptSnapshot, is_snapshot_temporary, scan_snapshots
 from runner.errors import RunnerError
 from runner.events import read_events
-from runner.files import atomic_write
+from runner.files import (
+    atomic_write,
+    check_real,
+    folder_exists,
+    real_folder,
+    remove_temporary_files,
+    rename_file,
+    temporary_of,
+)
+from runner.inputs import check_regular
+
+# What runner writes in a run directory (the README's table), besides the trials' snapshots
+# and the report's figures: each must be a regular file, never a link.
+RUN_FILES = (
+    "experiment.json",
+    "events.jsonl",
+    "status.json",
+    "control.json",
+    "results.json",
+    "error.log",
+    "report.html",
+    ".lock",
+    ".control.lock",
+)
+RUN_FOLDERS = ("trials", "report")
+TRIAL_FOLDER = re.compile(r"t\d{3,}")
 
 
 @dataclass
@@ -34,10 +61,13 @@ class ResumePlan:
 
 
 def read_run(run_dir: Path) -> list[dict[str, Any]]:
-    """The events of a run directory; a RunnerError (exit 2) if it is not one."""
+    """The events of a run directory; a RunnerError (exit 2) if it is not one, and an
+    InputError (exit 2) if its ``events.jsonl`` or ``experiment.json`` is not a regular
+    file (a link, a FIFO, a device) or its log is over ``inputs.EVENT_LOG``."""
     path = run_dir / "events.jsonl"
-    if not path.is_file() or not (run_dir / "experiment.json").is_file():
+    if not os.path.lexists(path) or not os.path.lexists(run_dir / "experiment.json"):
         raise RunnerError(f"{run_dir} is not a run directory (no events.jsonl and experiment.json)", exit_code=2)
+    check_regular(run_dir / "experiment.json", follow_symlinks=False)  # read later by whoever needs it
     try:
         events = list(read_events(path))
     except orjson.JSONDecodeError as err:
@@ -58,7 +88,7 @@ def plan_resume(run_dir: Path) -> ResumePlan:
     plan = ResumePlan(events=[], continue_from={}, start=events[0])
     keep: dict[int, int] = {}  # interrupted trial -> how many of its events to keep
     for trial in sorted(set(started) - finished):
-        snapshot, meta = newest_intact_snapshot(run_dir / "trials" / f"t{trial:03d}", plan.notes)
+        snapshot, meta = newest_intact_snapshot(run_dir, trial, plan.notes)
         plan.continue_from[trial] = snapshot
         keep[trial] = meta["loop"]["events"] if meta else 1  # from scratch: only its trial_start
     seen: dict[int, int] = {}
@@ -72,16 +102,26 @@ def plan_resume(run_dir: Path) -> ResumePlan:
     return plan
 
 
-def newest_intact_snapshot(folder: Path, notes: list[str]) -> tuple[Path | None, dict | None]:
+def trial_folder(run_dir: Path, trial: int) -> Path:
+    """Where a trial's snapshot files go: ``RUN_DIR/trials/tNNN``."""
+    return run_dir / "trials" / f"t{trial:03d}"
+
+
+def newest_intact_snapshot(run_dir: Path, trial: int, notes: list[str]) -> tuple[Path | None, dict | None]:
     """The trial's snapshot file taken last that reads back intact (checksum verified);
-    damaged files are set aside as ``*.damaged``, each with a note."""
+    damaged files are set aside as ``*.damaged``, each with a note. Called by a resume and
+    when a trial's worker died; UnsafePath (exit 2) if the trial's folder, or a folder
+    above it in the run directory, is a link: nothing is read or renamed through one."""
+    folder = trial_folder(run_dir, trial)
+    if not folder_exists(folder, within=run_dir):
+        return None, None
 
     def skipped(path: Path, error: CorruptSnapshot | None) -> None:
         if error is None:
             notes.append(f"{path}: not a snapshot this version of runner can continue from; ignored")
         else:
             notes.append(f"{error}; using an earlier snapshot")
-            path.rename(path.with_name(path.name + ".damaged"))
+            rename_file(path, path.name + ".damaged", within=run_dir)
 
     # A before-nudge snapshot is taken in the middle of applying an epoch's decisions: a
     # resume starts from the one taken after them (it stays, for reverting the nudge).
@@ -89,12 +129,43 @@ def newest_intact_snapshot(folder: Path, notes: list[str]) -> tuple[Path | None,
     return found[-1] if found else (None, None)
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Called by ``runner resume`` before it changes anything: the run directory, each file
+    runner writes in it (``RUN_FILES``) and its ``trials`` and ``report`` folders must be
+    real, not links, and of the right kind, where they exist. UnsafePath (exit 2) names the
+    first that is not. (Each trial's folder is checked as ``clean_temporary_files`` opens it.)"""
+    check_real(run_dir, folder=True)
+    for name in RUN_FILES:
+        check_real(run_dir / name, folder=False)
+    for name in RUN_FOLDERS:
+        check_real(run_dir / name, folder=True)
+
+
 def clean_temporary_files(run_dir: Path) -> list[Path]:
-    """Remove what a crash can leave half written: temporary snapshot and JSON files."""
-    removed = [p for p in [*run_dir.glob("trials/*/*.tmp"), *run_dir.glob(".*.tmp")] if p.is_file()]
-    for p in removed:
-        p.unlink()
+    """Remove what a crash can leave half written: the temporary files of runner's own
+    files in the run directory and of snapshots in each trial's folder; nothing else, and
+    nothing through a link (UnsafePath, exit 2). Called by ``runner resume`` before it
+    plans; returns what it removed."""
+    removed = remove_temporary_files(run_dir, lambda name: temporary_of(name) in RUN_FILES)
+    for folder in trial_folders(run_dir):
+        removed += remove_temporary_files(folder, is_snapshot_temporary, within=run_dir)
     return removed
+
+
+def remove_trial_temporaries(run_dir: Path, trial: int) -> list[Path]:
+    """Remove the half-written snapshot files in a trial's folder. Called when the worker
+    that ran the trial died (a retry writes files of its own); returns what it removed."""
+    return remove_temporary_files(trial_folder(run_dir, trial), is_snapshot_temporary, within=run_dir)
+
+
+def trial_folders(run_dir: Path) -> list[Path]:
+    """The folders in ``RUN_DIR/trials`` named as trials' folders are (``tNNN``)."""
+    try:
+        with real_folder(run_dir / "trials", within=run_dir) as fd, os.scandir(fd) as entries:
+            names = sorted(e.name for e in entries if TRIAL_FOLDER.fullmatch(e.name))
+    except FileNotFoundError:
+        return []
+    return [run_dir / "trials" / name for name in names]
 
 
 def rewrite_events(run_dir: Path, events: list[dict[str, Any]]) -> None:

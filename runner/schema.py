@@ -23,6 +23,7 @@ import orjson
 
 from runner.checkpoints import CheckpointOptions
 from runner.divergence import DivergenceOptions
+from runner.limits import Limits
 from runner.registry import Entry, Kind, Registry
 from runner.space import Float, Int
 from runner.spec import DEFAULT_METRIC, DEFAULT_PLUGINS, SEARCHABLE_SECTIONS, SEED_LIMIT, TOP_LEVEL, Search
@@ -70,6 +71,10 @@ def experiment_schema(registry: Registry) -> dict[str, Any]:
             **dataclass_schema(DivergenceOptions),
         },
         "executor": _plugin_section(registry, "executor", "executor", "where trials run"),
+        "limits": {
+            "description": "how big the data and one trial's model may be estimated to get before the file is refused",
+            **dataclass_schema(Limits),
+        },
     }
     return {
         "$schema": DRAFT,

@@ -19,6 +19,8 @@ import orjson
 from runner.checkpoints import CheckpointOptions
 from runner.divergence import DivergenceOptions
 from runner.errors import SpecError, join_path
+from runner.inputs import EXPERIMENT_FILE, InputError, duplicate_key, read_bytes
+from runner.limits import Limits, check_experiment
 from runner.registry import Kind, Registry
 from runner.space import Choice, Space
 from runner.typed import build, convert
@@ -36,6 +38,7 @@ TOP_LEVEL = (
     "checkpoint",
     "divergence",
     "executor",
+    "limits",
 )
 SEARCHABLE_SECTIONS = ("model", "train", "backend")
 DEFAULT_PLUGINS = {"backend": "numpy", "search.strategy": "random", "executor": "inline"}  # for a section left out
@@ -75,6 +78,7 @@ class ExperimentSpec:
     checkpoint: CheckpointOptions
     divergence: DivergenceOptions
     executor: PluginRef
+    limits: Limits
     raw: dict[str, Any]  # the file as read, for the run directory and for resume
     base_dir: Path  # the experiment file's folder; relative data paths resolve against it
 
@@ -111,21 +115,27 @@ def set_paths(config: dict[str, Any], params: dict[str, Any], where: str) -> Non
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; a SpecError saying where the syntax breaks if it does not parse."""
+    """Parse an experiment file (or a run's ``experiment.json``): a regular file of at most
+    ``inputs.EXPERIMENT_FILE`` bytes, valid JSON, no key written twice in one object. A
+    SpecError says what is wrong (where the syntax breaks; the dotted path of a duplicate key)."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError("", f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise SpecError("", f"is a directory, not an experiment file: {path}") from None
-    except OSError as err:
-        raise SpecError("", f"cannot read {path}: {err.strerror}") from None
+        data = read_bytes(path, EXPERIMENT_FILE)
+    except InputError as err:
+        if err.kind == "missing":
+            raise SpecError("", f"no such file: {path}") from None
+        if err.kind == "folder":
+            raise SpecError("", f"is a directory, not an experiment file: {path}") from None
+        raise SpecError("", err.problem, source=str(err.path)) from None
     try:
-        return orjson.loads(data)
+        raw = orjson.loads(data)
     except orjson.JSONDecodeError as err:
         raise SpecError(
             "", f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})", source=str(path)
         ) from None
+    duplicate = duplicate_key(data)
+    if duplicate is not None:
+        raise SpecError(join_path(*duplicate), "duplicate key", source=str(path))
+    return raw
 
 
 def load(
@@ -139,14 +149,18 @@ def load(
     """Read and validate an experiment file. ``seed`` overrides the file's seed; relative
     paths in it resolve against ``base_dir`` (default: the file's folder). ``start_from``
     (dotted path -> value: an earlier run's best config) is set in the file's model, train
-    and backend sections first, so the run's ``experiment.json`` holds it."""
+    and backend sections first, so the run's ``experiment.json`` holds it. Then the size
+    of the data and of every trial's model are checked against the file's ``limits``
+    (``runner.limits``), before any data are loaded."""
     path = Path(path)
     raw = read_json(path)
     try:
         if start_from and isinstance(raw, dict):
             raw = copy.deepcopy(raw)
             set_paths(raw, start_from, "--from")
-        return parse(raw, registry, base_dir=base_dir or path.resolve().parent, seed=seed)
+        spec = parse(raw, registry, base_dir=base_dir or path.resolve().parent, seed=seed)
+        check_experiment(spec, registry)
+        return spec
     except SpecError as err:
         raise err.in_file(str(path)) from None
 
@@ -189,6 +203,7 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
     checkpoint = build(CheckpointOptions, raw.get("checkpoint", {}), "checkpoint")
     divergence = build(DivergenceOptions, raw.get("divergence", {}), "divergence")
     executor = _plugin_ref(raw.get("executor", {"name": DEFAULT_PLUGINS["executor"]}), "executor", "executor", registry)
+    limits = build(Limits, raw.get("limits", {}), "limits")
 
     spec = ExperimentSpec(
         name=name,
@@ -202,6 +217,7 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
         checkpoint=checkpoint,
         divergence=divergence,
         executor=executor,
+        limits=limits,
         raw=raw,
         base_dir=base_dir,
     )

@@ -3,8 +3,11 @@
 ``StatusBoard`` folds the event stream into one small document: the run's state, each
 running trial (epoch, step, losses, the hyperparameters in force, paused or not), a
 summary of finished trials, and the control file's recent reads with the fate of every
-order each one gave (pending, applied, dropped). The event log calls ``observe`` after
-writing each event, so the file never says anything the log does not.
+order each one gave (pending, applied, refused, failed, dropped). A person's nudge keeps
+``refusable_until`` (the last step at which a divergence refuses it, ``runner.refusal``)
+until training has kept it, refused it, or moved on from it (the trial's next nudge or
+rollback, or its end). The event log calls ``observe`` after writing each event, so the
+file never says anything the log does not.
 
 The file is replaced atomically (a reader sees the old version or the new one). What a
 person asked for, every control-file error and the run's start and end rewrite it at once,
@@ -38,6 +41,8 @@ AT_ONCE = {
     "control",
     "control_error",
     "nudge",
+    "nudge_kept",
+    "nudge_refused",
     "rollback",
     "pause",
     "unpause",
@@ -165,6 +170,9 @@ class StatusBoard:
             trial["best"] = {"epoch": e["epoch"] + 1, metric: e[metric]}
 
     def _on_nudge(self, e: dict) -> None:
+        self._end_nudge_trials(e["trial"])  # only the latest nudge can be refused
+        if e.get("refusable_until") is not None and (entry := self._orders.get(e.get("order"))) is not None:
+            entry["refusable_until"] = e["refusable_until"]
         trial = self._trial(e)
         if trial is not None:
             trial["step"] = e["step"]
@@ -181,18 +189,50 @@ class StatusBoard:
                 },
             )
 
+    def _on_nudge_kept(self, e: dict) -> None:
+        """A person's nudge trained through its grace steps: it stays applied, for good."""
+        entry = self._orders.get(e["order"])
+        if entry is not None:
+            entry["refusable_until"] = None
+            self._settle(entry["read"])
+
+    def _on_nudge_refused(self, e: dict) -> None:
+        """Training diverged within a person's nudge's grace steps: the order is refused
+        (however it stood), and the settings from before it are in force again."""
+        entry = self._orders.get(e["order"])
+        if entry is not None:
+            entry.update(state="refused", detail=e["reason"], refusable_until=None, t=e["t"], step=e["nudge_step"])
+            self._settle(entry["read"])
+        trial = self._trial(e)
+        if trial is not None:
+            trial["hyperparameters"].update(e["restored"])
+
+    def _end_nudge_trials(self, trial_id: int) -> None:
+        """The trial's nudge on trial, if any, can no longer be refused (a later nudge or a
+        rollback moved on from it, or the trial ended): it stays as it stands."""
+        for entry in self._orders.values():
+            if entry["trial"] == trial_id and entry.get("refusable_until") is not None:
+                entry["refusable_until"] = None
+                self._settle(entry["read"])
+
     def _on_rollback(self, e: dict) -> None:
+        self._end_nudge_trials(e["trial"])
         trial = self._trial(e)
         if trial is not None:
             trial.update(epoch=e["to_epoch"], step=e["to_step"], rollbacks=e["rollbacks"])
             if e.get("lr_after") is not None:
                 trial["hyperparameters"]["lr"] = e["lr_after"]
+            refused = self._orders.get(e.get("order"))
+            if refused is None or refused["state"] != "refused":
+                what = f"rollback to {e['snapshot']}"
+            else:  # the undoing of a person's nudge that training refused
+                what = f"{refused['what']} refused: back to before it"
             self._record_change(
                 trial,
                 {
                     "t": e["t"],
                     "trial": e["trial"],
-                    "what": f"rollback to {e['snapshot']}",
+                    "what": what,
                     "source": e["source"],
                     "step": e["to_step"],
                 },
@@ -219,6 +259,7 @@ class StatusBoard:
             self.doc["control"]["last_change"] = change
 
     def _on_trial_complete(self, e: dict) -> None:
+        self._end_nudge_trials(e["trial"])
         self.doc["trials"].pop(str(e["trial"]), None)
         finished = self.doc["finished"]
         finished["count"] += 1
@@ -321,7 +362,7 @@ class StatusBoard:
         except OSError as err:  # a full disk or a removed folder must not stop training: the log has it all
             if self.write_error is None:
                 print(
-                    f"runner: cannot write {self.path} ({err.strerror}); training goes on, the event log "
+                    f"runner: cannot write {self.path} ({err.strerror or err}); training goes on, the event log "
                     "has everything",
                     file=sys.stderr,
                 )

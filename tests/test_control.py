@@ -63,6 +63,12 @@ def doc(**raw) -> ControlDocument:
             "control.json: actions[0].id: must be a number or a short text",
         ),
         (b" " * (1 << 20) + b"{}", "control.json: the file is 1,048,578 bytes; a control file is at most 1,048,576"),
+        (b'{"lr": 0.1, "momentum": 0.9, "lr": 0.2}', "control.json: lr: duplicate key"),
+        (b'{"trials": {"3": {"lr": 0.1, "lr": 0.2}}}', "control.json: trials.3.lr: duplicate key"),
+        (
+            b'{"actions": [{"id": 1, "do": "pause"}, {"id": 2, "do": "set", "lr": 0.1, "lr": 0.2}]}',
+            "control.json: actions[1].lr: duplicate key",
+        ),
     ],
 )
 def test_bad_versions_are_refused_with_the_path_and_the_rule(raw, message):

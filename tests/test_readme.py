@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import pytest
+
 from runner.backend import NoOptions
+from runner.errors import SpecError
 from runner.files import create_run_dir
 from runner.loop import load_dataset, run_experiment
 from runner.plugin_manager import load_plugins
@@ -77,3 +80,18 @@ def test_every_event_the_code_writes_is_in_the_events_table():
     documented = set(re.findall(r"^\| `([a-z_]+)`(?:, `([a-z_]+)`)?", table, re.M))
     documented = {name for pair in documented for name in pair if name}
     assert written and written <= documented, f"undocumented events: {sorted(written - documented)}"
+
+
+def test_the_bad_options_example_refuses_with_its_path(write_experiment, tmp_path):
+    plugin = tmp_path / "pairs.py"
+    plugin.write_text(python_block_after("### Refusing bad options"))
+    plugins = load_plugins([str(plugin)])
+    exp = write_experiment({"search": {"strategy": {"name": "pairs", "trials": 3}, "space": None}})
+    with pytest.raises(SpecError) as refused:
+        load(exp, plugins.registry)
+    assert refused.value.path == "search.strategy.trials" and refused.value.message == "must be even, got 3"
+    spec = load(
+        write_experiment({"search": {"strategy": {"name": "pairs", "trials": 2}, "space": None}}), plugins.registry
+    )
+    board = run_experiment(spec, plugins, load_dataset(spec, plugins), create_run_dir(tmp_path, "x"))
+    assert len(board) == 2

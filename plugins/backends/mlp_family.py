@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Literal
 
 import numpy as np
 from runner.plugins.backends.schedules import scheduled_lr
 
-from runner import Backend, TrainConfig, bounds
+from runner import Backend, ModelSize, TrainConfig, bounds
 from runner.errors import SpecError, join_path
+
+#: Moment arrays each optimizer keeps per parameter (momentum: velocity; RMSprop: the mean
+#: square; Adam: both), for ``estimate``.
+OPTIMIZER_MOMENTS = {"gd": 0, "momentum": 1, "rmsprop": 1, "adam": 2}
+#: Arrays of a batch's width per layer a training step holds: the linear output, the
+#: normalised one, the activation and its gradient.
+ACTIVATION_COPIES = 4
+#: Rows evaluated at once (both backends' ``EVAL_CHUNK``).
+EVAL_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -40,7 +50,8 @@ class Model:
     init: Literal["auto", "he", "xavier"] = field(
         default="auto",
         metadata=bounds(
-            doc='weight initialisation: "he" N(0, 2/fan_in), "xavier" N(0, 1/fan_in), "auto" He for relu, Xavier otherwise'
+            doc='weight initialisation: "he" N(0, 2/fan_in), "xavier" N(0, 1/fan_in), '
+            '"auto" He for relu, Xavier otherwise'
         ),
     )
     bn_momentum: float = field(
@@ -118,6 +129,33 @@ class MiniBatchBackend(Backend):
     Model = Model
     Train = Train
     live = ("lr", "momentum", "beta2")
+
+    @classmethod
+    def estimate(
+        cls, *, model: Model, train: Train, options: Any, examples: int, features: int, classes: int
+    ) -> ModelSize:
+        """Called when an experiment file is read and once its data are loaded, before any
+        trial builds its network: the exact parameter count of the MLP and an estimate of
+        the bytes one trial holds. Allocates nothing."""
+        widths = (features, *model.hidden, classes)
+        parameters = running = largest = 0
+        for layer, (fan_in, fan_out) in enumerate(pairwise(widths)):
+            normalised = model.batch_norm and layer < len(model.hidden)  # gamma and beta instead of a bias
+            parameters += fan_in * fan_out + (2 * fan_out if normalised else fan_out)
+            running += 2 * fan_out if normalised else 0
+            largest = max(largest, fan_in * fan_out)
+        itemsize = 8 if getattr(options, "dtype", "float32") == "float64" else 4
+        state = (parameters * (1 + OPTIMIZER_MOMENTS[train.optimizer]) + running) * itemsize + examples * 8
+        batch = min(train.batch_size, examples)
+        working = (
+            parameters * itemsize  # gradients
+            + largest * 8  # a layer's weights drawn in float64 before the cast
+            + batch * sum(widths) * itemsize * ACTIVATION_COPIES
+            + min(EVAL_ROWS, examples) * max(widths) * itemsize * 2
+            + examples * (features * itemsize + 8)  # the backend's own copy of the data and labels
+        )
+        layers = " -> ".join(str(w) for w in widths)
+        return ModelSize(parameters, state + working, state, f"layers {layers}")
 
     def _start(self, model: Model, train: Train, n_train: int, seed: int) -> np.random.Generator:
         """Called first by a subclass's ``__init__``: the generator that draws the initial

@@ -14,20 +14,28 @@ splits (when no validation split is given) and standardizes.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 import numpy as np
 
-from runner import hookimpl
+from runner import DataSize, hookimpl
 from runner.data import DataOptions, DatasetPlugin, RawData
 from runner.errors import SpecError, join_path
+from runner.inputs import DATA_FILE, InputError, check_regular, open_binary
 from runner.typed import bounds
 
 DATA = "data"  # where the data section sits in an experiment file
+#: Bytes of memory per byte of CSV text while it is read: each cell is a Python string (about
+#: 60 bytes) until the columns become float64 arrays. Measured at about 10 for numbers
+#: written with six decimals; short cells cost more, so CSV suits small data (npz big data).
+CSV_MEMORY_FACTOR = 12
 
 
 # --------------------------------------------------------------------------------------
@@ -94,7 +102,8 @@ class CsvOptions(DataOptions):
         if len(self.delimiter) != 1 or self.delimiter in '"\r\n':
             raise SpecError(
                 join_path(path, "delimiter"),
-                f'must be a single character other than a quote or a line break, such as "," or ";" or "\\t", got {self.delimiter!r}',
+                'must be a single character other than a quote or a line break, such as "," or ";" or "\\t", '
+                f"got {self.delimiter!r}",
             )
         if self.target and not self.header:
             raise SpecError(
@@ -109,19 +118,46 @@ def _check_path(value: str, where: str) -> None:
 
 
 def _resolve(value: str, base_dir: Path | str, where: str) -> Path:
-    """The file ``value`` names, relative to ``base_dir``; a SpecError at ``where`` if it is not a file."""
+    """The file ``value`` names, relative to ``base_dir``; a SpecError at ``where`` if it is
+    not a regular file (missing, a folder, a FIFO, a device). Opens nothing."""
     given = Path(value).expanduser()
     file = given if given.is_absolute() else Path(base_dir) / given
-    if not file.exists():
-        hint = (
-            ""
-            if given.is_absolute()
-            else f" (relative paths are resolved against the experiment file's folder, {base_dir})"
-        )
-        raise SpecError(where, f"no such file: {file}{hint}")
-    if not file.is_file():
-        raise SpecError(where, f"not a file: {file}")
+    try:
+        check_regular(file)
+    except InputError as err:
+        if err.kind == "missing":
+            hint = (
+                ""
+                if given.is_absolute()
+                else f" (relative paths are resolved against the experiment file's folder, {base_dir})"
+            )
+            raise SpecError(where, f"no such file: {file}{hint}") from None
+        if err.kind == "folder":
+            raise SpecError(where, f"not a file: {file}") from None
+        raise SpecError(where, str(err)) from None
     return file
+
+
+def _file_bytes(file: Path, where: str) -> int:
+    """The size of the regular file ``file``; a SpecError at ``where`` if it is over the
+    data-file limit (``RUNNER_MAX_DATA_FILE_BYTES``)."""
+    size = file.stat().st_size
+    limit = DATA_FILE.bytes()
+    if size > limit:
+        raise SpecError(where, str(DATA_FILE.exceeded(file, size, limit)))
+    return size
+
+
+@contextmanager
+def _data_file(file: Path, where: str) -> Iterator[BinaryIO]:
+    """``file`` open for reading as a regular file of at most ``inputs.DATA_FILE`` bytes
+    (``RUNNER_MAX_DATA_FILE_BYTES``); a SpecError at ``where`` if it is not one, or grows
+    past the limit while it is read."""
+    try:
+        with open_binary(file, DATA_FILE) as handle:
+            yield handle
+    except InputError as err:
+        raise SpecError(where, str(err)) from None
 
 
 # --------------------------------------------------------------------------------------
@@ -134,6 +170,28 @@ class NpzDataset(DatasetPlugin):
 
     name: ClassVar[str] = "npz"
     Options: ClassVar[type] = NpzOptions
+
+    def estimate(self, options: NpzOptions, *, base_dir: Path) -> DataSize:
+        """Called when the experiment file is read, before ``load``: the arrays' shapes from
+        their headers (nothing is read or decompressed) and the bytes ``load`` holds, each
+        array as stored plus the features as float64. A file that is no regular file, or is
+        over the data-file limit, is refused here (SpecError at ``data.path``)."""
+        where = join_path(DATA, "path")
+        file = _resolve(options.path, base_dir, where)
+        size = _file_bytes(file, where)
+        names = [options.x, options.y] + ([options.x_val, options.y_val] if options.x_val and options.y_val else [])
+        layout = _npz_layout(file, where, names)
+        if options.x not in layout:
+            return DataSize(size, detail=f"{file}: {size:,} bytes")
+        stored = sum(math.prod(shape) * dtype.itemsize for shape, dtype in layout.values())
+        features_shapes = [layout[options.x][0]]
+        if options.x_val in layout and options.y_val in layout:
+            features_shapes.append(layout[options.x_val][0])
+        as_float = sum(math.prod(shape) * 8 for shape in features_shapes)  # load's float64 copies
+        examples = sum(shape[0] if shape else 1 for shape in features_shapes)
+        features = math.prod(features_shapes[0][1:])  # 1 for a single column given as a 1-D array
+        detail = f"{examples:,} examples of {features:,} features"
+        return DataSize(stored + as_float, examples, features, None, detail)
 
     def load(self, options: NpzOptions, *, seed: int, base_dir: Path) -> RawData:
         """Read the features and labels (and the validation arrays when both are present).
@@ -176,7 +234,8 @@ class NpzDataset(DatasetPlugin):
         if x_val.shape[1:] != x.shape[1:]:
             raise SpecError(
                 join_path(DATA, "x_val"),
-                f'array "{options.x_val}" has rows of shape {x_val.shape[1:]} but "{options.x}" has {x.shape[1:]} in {file}',
+                f'array "{options.x_val}" has rows of shape {x_val.shape[1:]} '
+                f'but "{options.x}" has {x.shape[1:]} in {file}',
             )
         if (y.dtype.kind == "U") != (y_val.dtype.kind == "U"):
             kinds = {True: "strings", False: "numbers"}
@@ -188,21 +247,52 @@ class NpzDataset(DatasetPlugin):
         return RawData(x=x, y=y, x_val=x_val, y_val=y_val)
 
 
+def _npz_layout(file: Path, where: str, names: list[str]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The shape and dtype of each array of ``names`` in the archive, from its ``.npy``
+    header alone (no array is read or decompressed); {} when the file cannot be read this
+    way (``load`` then says what is wrong with it)."""
+    layout = {}
+    with _data_file(file, where) as handle:
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                present = set(archive.namelist())
+                for name in names:
+                    if f"{name}.npy" not in present:
+                        continue
+                    with archive.open(f"{name}.npy") as member:
+                        version = np.lib.format.read_magic(member)
+                        read = (
+                            np.lib.format.read_array_header_1_0
+                            if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0
+                        )
+                        shape, _, dtype = read(member)
+                    layout[name] = (tuple(shape), np.dtype(dtype))
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            return {}
+    return layout
+
+
+@contextmanager
 def _open_npz(file: Path, where: str):
-    """The open archive (a context manager), after checking that the file is a zip archive."""
-    with open(file, "rb") as handle:
+    """The open archive, after checking that the file is a zip archive; read through
+    ``_data_file`` (a regular file within the data-file limit), never unpickled."""
+    with _data_file(file, where) as handle:
         magic = handle.read(6)
-    if magic.startswith(b"\x93NUMPY"):
-        raise SpecError(
-            where,
-            f"{file} holds a single array (.npy), not a .npz archive; write one with np.savez(path, x=..., y=...)",
-        )
-    if not magic.startswith(b"PK"):
-        raise SpecError(where, f"{file} is not a .npz archive; write one with np.savez(path, x=..., y=...)")
-    try:
-        return np.load(file, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise SpecError(where, f"cannot read {file} as a .npz archive: {err}") from None
+        if magic.startswith(b"\x93NUMPY"):
+            raise SpecError(
+                where,
+                f"{file} holds a single array (.npy), not a .npz archive; write one with np.savez(path, x=..., y=...)",
+            )
+        if not magic.startswith(b"PK"):
+            raise SpecError(where, f"{file} is not a .npz archive; write one with np.savez(path, x=..., y=...)")
+        handle.seek(0)
+        try:
+            archive = np.load(handle, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise SpecError(where, f"cannot read {file} as a .npz archive: {err}") from None
+        with archive:
+            yield archive
 
 
 def _npz_array(archive, options: NpzOptions, key: str, file: Path) -> np.ndarray:
@@ -271,7 +361,8 @@ def _same_length(x: np.ndarray, y: np.ndarray, options: NpzOptions, kx: str, ky:
     if len(x) != len(y):
         raise SpecError(
             join_path(DATA, ky),
-            f'array "{getattr(options, ky)}" has {len(y)} labels but "{getattr(options, kx)}" has {len(x)} rows in {file}; '
+            f'array "{getattr(options, ky)}" has {len(y)} labels '
+            f'but "{getattr(options, kx)}" has {len(x)} rows in {file}; '
             "they must have one label per example",
         )
 
@@ -302,6 +393,18 @@ class CsvDataset(DatasetPlugin):
 
     name: ClassVar[str] = "csv"
     Options: ClassVar[type] = CsvOptions
+
+    def estimate(self, options: CsvOptions, *, base_dir: Path) -> DataSize:
+        """Called when the experiment file is read, before ``load``: the memory reading the
+        files takes, ``CSV_MEMORY_FACTOR`` times their size (every cell is a Python string
+        until the columns are converted); the shape is known once they are read. A file
+        that is no regular file, or is over the data-file limit, is refused here."""
+        files = [(options.path, join_path(DATA, "path"))]
+        if options.val_path:
+            files.append((options.val_path, join_path(DATA, "val_path")))
+        size = sum(_file_bytes(_resolve(value, base_dir, where), where) for value, where in files)
+        detail = f"{CSV_MEMORY_FACTOR} times the {size:,} bytes of CSV text"
+        return DataSize(CSV_MEMORY_FACTOR * size, detail=detail)
 
     def load(self, options: CsvOptions, *, seed: int, base_dir: Path) -> RawData:
         """Read the file (and the validation file, when ``val_path`` is set).
@@ -337,7 +440,7 @@ def _read_csv(file: Path, options: CsvOptions, where: str) -> _Table:
     rows: list[list[str]] = []
     reader = None
     try:
-        with open(file, newline="", encoding="utf-8-sig") as handle:
+        with _data_file(file, where) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle, delimiter=options.delimiter, skipinitialspace=True, strict=True)
             for row in reader:
                 line = reader.line_num

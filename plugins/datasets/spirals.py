@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from runner import hookimpl
+from runner import DataSize, hookimpl
 from runner.data import DataOptions, DatasetPlugin, RawData
 from runner.typed import bounds
 
@@ -63,6 +63,16 @@ class SpiralsDataset(DatasetPlugin):
         """
         x, y = make_spirals(options.classes, options.points_per_class, options.noise, seed)
         return RawData(x=x, y=y)
+
+    def estimate(self, options: SpiralsOptions, *, base_dir: Path) -> DataSize:
+        """Called when the experiment file is read, before ``load``: the shape the options
+        ask for and the bytes ``make_spirals`` allocates for it (each arm's points and
+        labels, then their concatenation). Generates nothing."""
+        examples = options.classes * options.points_per_class
+        per_example = 2 * (2 * 8 + 8)  # two float64 coordinates and an int64 label, per arm and concatenated
+        per_arm = 4 * options.points_per_class * 8  # radius, angles, noise, one arm's coordinates
+        detail = f"{options.classes:,} arms of {options.points_per_class:,} points"
+        return DataSize(examples * per_example + per_arm, examples, 2, options.classes, detail)
 
 
 @hookimpl

@@ -48,7 +48,8 @@ class ProcessOptions:
     gpus: tuple[int, ...] | None = field(
         default=None,
         metadata=bounds(
-            doc="GPU ids to spread the workers over; null: every visible CUDA device if the backend uses Torch, else none"
+            doc="GPU ids to spread the workers over; "
+            "null: every visible CUDA device if the backend uses Torch, else none"
         ),
     )
 

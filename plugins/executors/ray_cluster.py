@@ -47,7 +47,8 @@ class RayOptions:
     address: str | None = field(
         default=None,
         metadata=bounds(
-            doc='the cluster to run on: "auto", "HOST:PORT" or "ray://HOST:PORT"; null: RAY_ADDRESS if set, else one `ray start` started on this machine, else a local cluster started for the run'
+            doc='the cluster to run on: "auto", "HOST:PORT" or "ray://HOST:PORT"; null: RAY_ADDRESS if set, '
+            "else one `ray start` started on this machine, else a local cluster started for the run"
         ),
     )
     cpus: float = field(default=1.0, metadata=bounds(gt=0, doc="CPUs each trial reserves"))

@@ -6,7 +6,9 @@ drawing a new data order. When that does not help, the next rollback goes one sn
 further back (before a bad nudge, say). After ``divergence.max_rollbacks`` rollbacks answering a
 divergence (a person's or a strategy's rollbacks do not count) the trial ends as ``diverged``
 and the search goes on. It answers last, so any plugin that answers
-``runner_divergence`` replaces it.
+``runner_divergence`` replaces it. A divergence right after a person's nudge never reaches
+it: the loop refuses that nudge itself (``runner.refusal``); a strategy's or a plugin's
+nudge is answered here like any other divergence.
 """
 
 from __future__ import annotations

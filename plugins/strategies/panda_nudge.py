@@ -30,6 +30,7 @@ finishes as completed. Every try, keep, revert and cut is an event with its reas
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -73,7 +74,8 @@ class PandaOptions:
     judge: str = field(
         default="val_loss",
         metadata={
-            "doc": "the metric tries are judged by; the validation loss moves smoothly, where accuracy moves in steps and stalls at first"
+            "doc": "the metric tries are judged by; the validation loss moves smoothly, "
+            "where accuracy moves in steps and stalls at first"
         },
     )
     min_delta: float = field(
@@ -411,7 +413,7 @@ class PandaBabysitter(Babysitter):
         """The slowest gain per epoch over ``scores`` (at least 0): what the metric may be
         counted on to gain per epoch if nothing changes. The slowest, because curves flatten
         and a noisy epoch must not promise what the next will not keep."""
-        gains = [self.gain(a, b) for a, b in zip(scores, scores[1:]) if a is not None and b is not None]
+        gains = [self.gain(a, b) for a, b in itertools.pairwise(scores) if a is not None and b is not None]
         return max(0.0, min(gains)) if gains else 0.0
 
     def gain(self, before: float, after: float) -> float:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pluggy
 
 from runner.errors import RunnerError
-from runner.files import atomic_write
+from runner.files import atomic_write, check_real, read_own_file, remove_file
 from runner.plugin_manager import each_plugin
 from runner.report import ReportFigure
 from runner.report.figures import learning_curves, parameter_effects, settings_over_time
@@ -27,6 +28,8 @@ from runner.report.run import RunView
 
 HTML_FILE = "report.html"
 FIGURE_DIR = "report"
+FIGURES_FILE = ".figures.json"  # in FIGURE_DIR: the PNGs runner's reports wrote there, the only ones ever removed
+FIGURE_FILE = re.compile(r"[A-Za-z0-9_-]+\.png")  # a figure's file: its name (see ``_checked``) and .png
 DPI = 110
 
 
@@ -80,28 +83,47 @@ def _noted(problems: list[str], what: str):
 
 
 def write_report(run: RunView, figures: list[ReportFigure], problems: list[str] = ()) -> Report:
-    """Save each figure as ``report/NAME.png`` in the run directory (PNGs of an earlier
-    report that no longer apply are removed) and write ``report.html`` embedding them.
-    A RunnerError (exit 2) if the run directory cannot be written."""
-    folder = run.run_dir / FIGURE_DIR
-    report = Report(run.run_dir / HTML_FILE, problems=list(problems))
-    drawn = []
+    """Save each figure as ``report/NAME.png`` in the run directory and write ``report.html``
+    embedding them. The PNGs an earlier report wrote that no longer apply are removed: only
+    those, as ``report/.figures.json`` lists them, never a file a person put there. Nothing
+    is written through a link: ``report/`` and ``report.html`` must be a real folder and a
+    regular file. A RunnerError (exit 2) if the run directory cannot be written."""
+    run_dir = run.run_dir
+    folder = run_dir / FIGURE_DIR
+    report = Report(run_dir / HTML_FILE, problems=list(problems))
     try:
-        folder.mkdir(exist_ok=True)
-        for figure in figures:
-            png = _rendered(figure, report.problems)
-            if png is None:
-                continue
+        check_real(report.html, folder=False)  # refused before anything is written
+        rendered = [(figure, png) for figure in figures if (png := _rendered(figure, report.problems)) is not None]
+        names = {f"{figure.name}.png" for figure, _ in rendered}
+        earlier = _figures_written(folder, run_dir)
+        _record_figures(folder, run_dir, earlier | names)  # first, so that a crash leaves none of them unlisted
+        for figure, png in rendered:
             path = folder / f"{figure.name}.png"
-            atomic_write(path, png, durable=False)
+            atomic_write(path, png, durable=False, within=run_dir)
             report.images.append(path)
-            drawn.append((figure, png))
-        for stale in set(folder.glob("*.png")) - set(report.images):
-            stale.unlink()
-        atomic_write(report.html, render(run, drawn, report.problems).encode(), durable=False)
+        for stale in sorted(earlier - names):
+            remove_file(folder / stale, within=run_dir)
+        _record_figures(folder, run_dir, names)
+        atomic_write(report.html, render(run, rendered, report.problems).encode(), durable=False)
     except OSError as err:
-        raise RunnerError(f"cannot write the report in {run.run_dir}: {err.strerror or err}", exit_code=2) from None
+        raise RunnerError(f"cannot write the report in {run_dir}: {err.strerror or err}", exit_code=2) from None
     return report
+
+
+def _figures_written(folder: Path, run_dir: Path) -> set[str]:
+    """The PNG files runner's earlier reports wrote in ``folder`` (``FIGURES_FILE``); none
+    if it lists none or is damaged (then nothing is removed). UnsafePath if it is a link."""
+    try:
+        data = read_own_file(folder / FIGURES_FILE, limit=1 << 16, within=run_dir)
+        listed = orjson.loads(data)["written"] if data is not None else []
+        return {name for name in listed if isinstance(name, str) and FIGURE_FILE.fullmatch(name)}
+    except (ValueError, KeyError, TypeError):
+        return set()
+
+
+def _record_figures(folder: Path, run_dir: Path, names: set[str]) -> None:
+    """Write ``FIGURES_FILE``: the PNG files that runner's reports may have left in ``folder``."""
+    atomic_write(folder / FIGURES_FILE, orjson.dumps({"written": sorted(names)}) + b"\n", durable=False, within=run_dir)
 
 
 def _rendered(figure: ReportFigure, problems: list[str]) -> bytes | None:

@@ -3,7 +3,8 @@
 Registered through the ``runner`` entry-point group (``numpy = "runner.plugins.backends.numpy_mlp"``).
 Modules: ``network`` (forward, backward, loss), ``optimizers`` (gd, momentum, rmsprop, adam),
 and ``backend`` (``NumpyBackend``); the config sections, the data order and the
-learning-rate schedule are the MLP family's (``runner.plugins.backends.mlp_family``, ``runner.plugins.backends.schedules``).
+learning-rate schedule are the MLP family's (``runner.plugins.backends.mlp_family``,
+``runner.plugins.backends.schedules``).
 """
 
 from runner.plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Options, Train
