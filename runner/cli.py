@@ -26,7 +26,7 @@ from rich.text import Text
 
 from runner import __version__
 from runner.control import FILE_NAME as CONTROL_FILE
-from runner.control import ControlError, ControlSchema, trial_id
+from runner.control import ROLLBACK_TARGETS, ControlError, ControlSchema, trial_id
 from runner.errors import PluginError, RunnerError, SpecError
 from runner.files import UnsafePath, atomic_write, create_run_dir, run_is_held, run_lock, write_own_file
 from runner.interrupt import Interrupted, graceful_interrupts
@@ -177,6 +177,7 @@ def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool)
     """
     console = terminal()
     with reported_errors() as where, ExitStack() as held:
+        run_dir = named_run_dir(run_dir)
         start = read_run(run_dir)[0]
         missing = missing_one_offs(recorded_one_offs(start, str(run_dir / "events.jsonl")), plugin_refs)
         if missing:
@@ -218,6 +219,13 @@ def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool)
                 watchers=[view.observe],
             )
         _finished(console, board, spec.search.metric, run_dir)
+
+
+def named_run_dir(run_dir: Path | None) -> Path | None:
+    """The run directory a person named on the command line; named through a symbolic link
+    (a ``latest`` alias), the folder the link points to. The folder named is the person's
+    choice; nothing inside it is followed (``runner.files``)."""
+    return run_dir.resolve() if run_dir is not None and run_dir.is_symlink() else run_dir
 
 
 def _notifier(console: Console):
@@ -299,7 +307,7 @@ def _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint,
     run_dirs = [a for a in args if "=" not in a]
     if len(run_dirs) > 1:
         raise RunnerError(f"one run directory at most, got {', '.join(run_dirs)}; settings are NAME=VALUE", exit_code=2)
-    run_dir = Path(run_dirs[0]) if run_dirs else latest_run(out)
+    run_dir = named_run_dir(Path(run_dirs[0])) if run_dirs else latest_run(out)
     settings = {}
     for arg in args:
         if "=" in arg:
@@ -313,6 +321,10 @@ def _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint,
             settings[name.strip()] = value
     actions: list[dict] = []
     if rollback_to is not None:
+        if not rollback_to.isdigit() and rollback_to not in ROLLBACK_TARGETS:
+            raise RunnerError(
+                f"--rollback {rollback_to}: roll back to {', '.join(ROLLBACK_TARGETS)} or an epoch number", exit_code=2
+            )
         actions.append({"do": "rollback", "to": int(rollback_to) if rollback_to.isdigit() else rollback_to})
     actions += [
         {"do": do}
@@ -337,8 +349,8 @@ def _control_schema(run_dir: Path, plugin_refs: tuple[str, ...]) -> ControlSchem
 
     The backend's class comes from the installed plugins and ``--plugin`` alone, never from
     code the run directory names. A backend they lack (a one-off the run was started with)
-    is checked by the settings the run recorded, as finite numbers; the run checks the rest
-    when it reads the file, and ``runner nudge`` reports its refusal."""
+    is checked by the settings the run recorded in ``status.json``, as finite numbers; the
+    run checks the rest when it reads the file, and ``runner nudge`` reports its refusal."""
     experiment = read_json(run_dir / "experiment.json")
     backend = experiment.get("backend", DEFAULT_PLUGINS["backend"]) if isinstance(experiment, dict) else None
     name = backend.get("name") if isinstance(backend, dict) else backend
@@ -346,10 +358,14 @@ def _control_schema(run_dir: Path, plugin_refs: tuple[str, ...]) -> ControlSchem
         return ControlSchema.for_backend(load_plugins(plugin_refs).registry.get("backend", str(name)))
     except SpecError:
         pass  # not installed here, or unavailable
-    control = read_status(run_dir).get("control")
-    live = control.get("settings") if isinstance(control, dict) else None
-    known = isinstance(live, list) and all(isinstance(name, str) for name in live)
-    return ControlSchema(tuple(live) if known else None)
+    live = read_status(run_dir)["control"].get("settings")
+    if not (isinstance(live, list) and all(isinstance(setting, str) for setting in live)):
+        raise RunnerError(
+            f"cannot tell which settings the run's backend {name!r} takes: it is not installed here and "
+            f"{run_dir / 'status.json'} does not list them; give the backend's --plugin",
+            exit_code=2,
+        )
+    return ControlSchema(tuple(live))
 
 
 @main.command()
@@ -360,13 +376,20 @@ def status(run_dir: Path | None, as_json: bool, out: Path) -> None:
     """Show a run as it is now: its trials, their epoch, losses, lr and momentum, and what
     the control file did last. RUN_DIR defaults to the latest run in --out."""
     with reported_errors():
-        run_dir = run_dir or latest_run(out)
+        run_dir = named_run_dir(run_dir) or latest_run(out)
         doc = read_status(run_dir)
         doc["alive"] = run_is_held(run_dir)
-    if as_json:
-        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
-        return
-    terminal().print(status_view(doc))
+        if as_json:
+            click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+            return
+        try:
+            view = status_view(doc)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # a field missing or of the wrong kind
+            raise RunnerError(
+                f"{run_dir / 'status.json'} is damaged: {type(err).__name__} {err}; runner status --json shows it all",
+                exit_code=2,
+            ) from None
+        terminal().print(view)
 
 
 @main.command()
@@ -411,7 +434,18 @@ def report(
 
         if as_csv and as_json:
             raise RunnerError("--csv and --json print different formats: choose one", exit_code=2)
-        run = read_run_view(run_dir or latest_run(out))
+        run_dir = named_run_dir(run_dir) or latest_run(out)
+        try:
+            run = read_run_view(run_dir)
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+        ) as err:  # an event missing a field, or of the wrong kind
+            raise RunnerError(
+                f"{run_dir / 'events.jsonl'} is damaged: {type(err).__name__} {err}", exit_code=2
+            ) from None
         if as_csv or as_json:
             click.echo(to_csv(run) if as_csv else to_json(run).decode(), nl=False)
             return

@@ -113,7 +113,7 @@ class ControlSchema:
     """What the running backend lets a person change: its ``live`` hyperparameters, checked
     against the bounds of its ``Train`` section where it declares them."""
 
-    live: tuple[str, ...] | None  # None: names unknown here (the run checks them when it reads the file)
+    live: tuple[str, ...]
     train_cls: type | None = None
 
     @classmethod
@@ -123,7 +123,7 @@ class ControlSchema:
     def check(self, name: str, value: Any, path: str) -> float | None:
         """Called for each setting in a version of the file: its value as a float (None: no
         value), or a ControlError naming ``path`` and the rule it breaks."""
-        if self.live is not None and name not in self.live:
+        if name not in self.live:
             raise ControlError(path, f"not a setting this run's backend can change; settings: {', '.join(self.live)}")
         if value is None:
             return None  # no value: leave every trial's own

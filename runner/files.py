@@ -204,21 +204,6 @@ def open_for_append(path: Path, *, within: Path | None = None) -> BinaryIO:
     return os.fdopen(fd, "ab")
 
 
-def read_own_file(path: Path, *, limit: int, within: Path | None = None) -> bytes | None:
-    """The bytes of a small file runner wrote in a run directory; None if it is missing.
-    UnsafePath if it is a link or not a regular file, ValueError if it is over ``limit`` bytes."""
-    try:
-        with real_folder(path.parent, within=within or path.parent) as folder:
-            fd = _open_file(folder, path.name, path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"{path} is over {limit} bytes")
-    return data
-
-
 def remove_file(path: Path, *, within: Path | None = None) -> None:
     """Delete ``path`` (a file runner made: callers name only those) if it is there; the
     folders from ``within`` (by default its own) down must be real."""

@@ -31,8 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from runner.errors import SpecError, join_path
-from runner.space import Choice
 from runner.typed import bounds
 
 if TYPE_CHECKING:
@@ -138,15 +139,24 @@ def _check_models(
     """Every trial the search space can make, at its largest, against both limits, for data
     of this shape (``known`` False: a lower bound of it)."""
     shape = {"examples": examples, "features": features, "classes": classes}
-    if _model_size(spec, registry, {}, shape) is None:
+    estimates: dict[bytes, ModelSize | None] = {}
+
+    def model_size(params: dict[str, Any]) -> ModelSize | None:
+        """The backend's estimate, once per trial (building a trial's sections costs)."""
+        key = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+        if key not in estimates:
+            estimates[key] = _model_size(spec, registry, params, shape)
+        return estimates[key]
+
+    if model_size({}) is None:
         return  # the backend makes no estimate
     kept = examples * (features + 1) * 8  # the prepared Dataset every trial trains on
 
     def parameters(params: dict[str, Any]) -> int:
-        return _model_size(spec, registry, params, shape).parameters
+        return model_size(params).parameters
 
     def trial_bytes(params: dict[str, Any]) -> int:
-        model = _model_size(spec, registry, params, shape)
+        model = model_size(params)
         return kept + model.bytes + model.state_bytes * (spec.checkpoint.memory + 1)
 
     limits = spec.limits
@@ -156,7 +166,7 @@ def _check_models(
     ):
         params = _largest(spec, measure)
         if measure(params) > limit:
-            model = _model_size(spec, registry, params, shape)
+            model = model_size(params)
             message = _too_big(model, measure(params), limit, name, shape, known)
             raise SpecError(_blame(spec, params, measure), message)
 
@@ -172,18 +182,13 @@ def _model_size(
     return backend_cls.estimate(model=model, train=train, options=options, **shape)
 
 
-def _candidates(param) -> list[Any]:
-    """The values of a searched parameter that can make a model biggest: every choice, or the ends of a range."""
-    return list(param.choices) if isinstance(param, Choice) else [param.low, param.high]
-
-
 def _largest(spec: ExperimentSpec, measure) -> dict[str, Any]:
     """The searched values that make ``measure`` largest, one parameter after another (each
     at the candidate that gives the most with those chosen before it)."""
     chosen: dict[str, Any] = {}
     for param in spec.search.space:
         best = None
-        for value in _candidates(param):
+        for value in param.extremes():
             try:
                 amount = measure({**chosen, param.path: value})
             except SpecError:  # a combination the backend refuses: no trial has it
@@ -204,7 +209,7 @@ def _blame(spec: ExperimentSpec, params: dict[str, Any], measure) -> str:
         if param.path not in params:
             continue
         smallest = worst
-        for value in _candidates(param):
+        for value in param.extremes():
             try:
                 smallest = min(smallest, measure({**params, param.path: value}))
             except SpecError:

@@ -54,7 +54,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     ``inputs.STATUS_FILE`` bytes; a RunnerError (exit 2) if there is none or it cannot be read."""
     path = run_dir / STATUS_FILE
     try:
-        return orjson.loads(read_bytes(path, STATUS_LIMIT, follow_symlinks=False))
+        doc = orjson.loads(read_bytes(path, STATUS_LIMIT, follow_symlinks=False))
     except InputError as err:
         if err.kind != "missing":
             raise
@@ -64,6 +64,9 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         ) from None
     except orjson.JSONDecodeError as err:
         raise RunnerError(f"cannot read {path}: {err}", exit_code=2) from None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(key), dict) for key in ("run", "control", "trials")):
+        raise RunnerError(f"{path} is damaged: not the status of a run (run, control and trials)", exit_code=2)
+    return doc
 
 
 @contextmanager

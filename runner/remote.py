@@ -227,7 +227,10 @@ class RemoteExecutor(Executor):
         if running is None:  # it had finished after all
             return
         trial_id, session = running.job.trial, self.session
-        remove_trial_temporaries(session.run_dir, trial_id)  # it may have died writing a snapshot
+        try:
+            remove_trial_temporaries(session.run_dir, trial_id)  # it may have died writing a snapshot
+        except OSError as err:  # a link planted in its folder: nothing is removed through it, the run goes on
+            session.log.emit("checkpoint_error", trial=trial_id, message=f"{type(err).__name__}: {err}")
         attempt = running.attempt + 1
         if running.completed is not None or self.interrupting:
             session.inbox.close_mailbox(trial_id)

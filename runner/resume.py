@@ -60,6 +60,9 @@ class ResumePlan:
     notes: list[str] = field(default_factory=list)
 
 
+START_FIELDS = ("name", "metric", "mode", "base_dir")  # what every reader of a run takes from experiment_start
+
+
 def read_run(run_dir: Path) -> list[dict[str, Any]]:
     """The events of a run directory; a RunnerError (exit 2) if it is not one, and an
     InputError (exit 2) if its ``events.jsonl`` or ``experiment.json`` is not a regular
@@ -72,8 +75,14 @@ def read_run(run_dir: Path) -> list[dict[str, Any]]:
         events = list(read_events(path))
     except orjson.JSONDecodeError as err:
         raise RunnerError(f"{path} is damaged: {err}", exit_code=2) from None
+    for number, event in enumerate(events, 1):
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            raise RunnerError(f"{path} is damaged: line {number} is not an event", exit_code=2)
     if not events or events[0]["event"] != "experiment_start":
         raise RunnerError(f"{path} does not begin with experiment_start", exit_code=2)
+    missing = [name for name in START_FIELDS if not isinstance(events[0].get(name), str)]
+    if missing:
+        raise RunnerError(f"{path} is damaged: experiment_start has no {', '.join(missing)}", exit_code=2)
     return events
 
 

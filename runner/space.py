@@ -48,6 +48,12 @@ class Param(ABC):
     def to_json(self) -> dict[str, Any]:
         """The parameter as written in an experiment file."""
 
+    def extremes(self) -> list[Any]:
+        """The values that take a trial furthest in each direction: both ends of a range
+        (every choice, for a choice). Checked when the file is read, so that no trial the
+        search can make breaks a plugin's rule or a size limit."""
+        return [self.low, self.high]
+
 
 @dataclass(frozen=True)
 class Float(Param):
@@ -148,6 +154,9 @@ class Choice(Param):
         return self.choices[int(rng.integers(len(self.choices)))]
 
     def grid(self, points: int) -> list[Any]:
+        return list(self.choices)
+
+    def extremes(self) -> list[Any]:
         return list(self.choices)
 
     def to_json(self) -> dict[str, Any]:

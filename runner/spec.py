@@ -22,7 +22,7 @@ from runner.errors import SpecError, join_path
 from runner.inputs import EXPERIMENT_FILE, InputError, duplicate_key, read_bytes
 from runner.limits import Limits, check_experiment
 from runner.registry import Kind, Registry
-from runner.space import Choice, Space
+from runner.space import Space
 from runner.typed import build, convert
 
 TOP_LEVEL = (
@@ -222,7 +222,7 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
         base_dir=base_dir,
     )
     for param in search.space:
-        for value in _extremes(param):
+        for value in param.extremes():
             try:
                 trial_sections(spec, registry, {param.path: value})
             except SpecError as err:
@@ -293,9 +293,3 @@ def _plugin_ref(raw: Any, kind: Kind, path: str, registry: Registry) -> PluginRe
     cls = registry.get(kind, name, join_path(path, "name"))
     options = build(cls.Options, {k: v for k, v in raw.items() if k != "name"}, path)
     return PluginRef(name=name, options=options, raw=dict(raw))  # "name" included, even for the shorthand
-
-
-def _extremes(param) -> list[Any]:
-    if isinstance(param, Choice):
-        return list(param.choices)
-    return [param.low, param.high]

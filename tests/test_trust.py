@@ -4,6 +4,7 @@ of every kind is exit 2 with one line."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import textwrap
 from pathlib import Path
@@ -182,3 +183,66 @@ def test_a_plugins_words_are_printed_as_they_are_never_read_as_markup(tmp_path):
     proc = runner("plugins", "--plugin", plugin.name, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'fancy[gpu]' [bold]now[/bold]" in proc.stdout
+
+
+def hand_made_run(tmp_path: Path, *, events: list, status: object, experiment: object) -> Path:
+    """A run directory as someone could send it: whatever its files hold."""
+    run_dir = tmp_path / "sent-run"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    (run_dir / "status.json").write_bytes(orjson.dumps(status))
+    (run_dir / "experiment.json").write_bytes(orjson.dumps(experiment))
+    return run_dir
+
+
+START = {"event": "experiment_start", "name": "sent", "metric": "val_acc", "mode": "max", "base_dir": "/tmp"}
+STATUS = {"run": {"state": "finished"}, "control": {"settings": ["lr"]}, "trials": {}}
+
+
+def assert_bad_input(proc, message: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_damaged_status_file_is_bad_input(tmp_path):
+    for status in ({}, {"run": 5}, [], "x"):
+        run_dir = hand_made_run(tmp_path, events=[START], status=status, experiment={})
+        for args in (("status", run_dir), ("status", run_dir, "--json")):
+            assert_bad_input(runner(*args), f"{run_dir / 'status.json'} is damaged: not the status of a run")
+        shutil.rmtree(run_dir)
+    run_dir = hand_made_run(tmp_path, events=[START], status={"run": {}, "control": {}, "trials": {}}, experiment={})
+    assert_bad_input(runner("status", run_dir), f"{run_dir / 'status.json'} is damaged: KeyError")
+    assert runner("status", run_dir, "--json").returncode == 0  # shown as it is
+
+
+def test_a_damaged_event_log_is_bad_input(tmp_path):
+    cases = {
+        "line 1 is not an event": [[]],
+        "line 2 is not an event": [START, {"trial": 0}],
+        "experiment_start has no metric, mode, base_dir": [{"event": "experiment_start", "name": "x"}],
+    }
+    for message, events in cases.items():
+        run_dir = hand_made_run(tmp_path, events=events, status=STATUS, experiment={})
+        for command in ("report", "resume"):
+            assert_bad_input(runner(command, run_dir), f"is damaged: {message}")
+        shutil.rmtree(run_dir)
+    run_dir = hand_made_run(tmp_path, events=[START, {"event": "trial_start"}], status=STATUS, experiment={})
+    assert_bad_input(runner("report", run_dir), f"{run_dir / 'events.jsonl'} is damaged: KeyError")
+
+
+def test_nudge_for_a_backend_not_installed_here_needs_the_settings_the_run_recorded(tmp_path):
+    experiment = {"backend": {"name": "their-own"}}
+    run_dir = hand_made_run(tmp_path, events=[START], status={**STATUS, "control": {}}, experiment=experiment)
+    assert_bad_input(
+        runner("nudge", run_dir, "lr=0.1"),
+        "cannot tell which settings the run's backend 'their-own' takes: it is not installed here",
+    )
+    (run_dir / "status.json").write_bytes(orjson.dumps(STATUS))
+    refused = runner("nudge", run_dir, "momentum=0.5")
+    assert_bad_input(refused, "momentum: not a setting this run's backend can change; settings: lr")
+
+
+def test_a_rollback_target_that_does_not_exist_is_bad_input_before_anything_is_looked_at(tmp_path):
+    proc = runner("nudge", tmp_path, "--rollback", "yesterday")
+    assert proc.returncode == 2
+    assert proc.stderr == "error: --rollback yesterday: roll back to last, best, before_nudge or an epoch number\n"

@@ -19,7 +19,8 @@ import orjson
 import pluggy
 
 from runner.errors import RunnerError
-from runner.files import atomic_write, check_real, read_own_file, remove_file
+from runner.files import atomic_write, check_real, remove_file
+from runner.inputs import InputError, Limit, read_bytes
 from runner.plugin_manager import each_plugin
 from runner.report import ReportFigure
 from runner.report.figures import learning_curves, parameter_effects, settings_over_time
@@ -30,6 +31,7 @@ HTML_FILE = "report.html"
 FIGURE_DIR = "report"
 FIGURES_FILE = ".figures.json"  # in FIGURE_DIR: the PNGs runner's reports wrote there, the only ones ever removed
 FIGURE_FILE = re.compile(r"[A-Za-z0-9_-]+\.png")  # a figure's file: its name (see ``_checked``) and .png
+FIGURE_LIST = Limit("a list of report figures", 1 << 16)
 DPI = 110
 
 
@@ -112,11 +114,16 @@ def write_report(run: RunView, figures: list[ReportFigure], problems: list[str] 
 
 def _figures_written(folder: Path, run_dir: Path) -> set[str]:
     """The PNG files runner's earlier reports wrote in ``folder`` (``FIGURES_FILE``); none
-    if it lists none or is damaged (then nothing is removed). UnsafePath if it is a link."""
+    if it lists none or is damaged (then nothing is removed). An InputError (exit 2) if it
+    is a link or not a regular file."""
     try:
-        data = read_own_file(folder / FIGURES_FILE, limit=1 << 16, within=run_dir)
-        listed = orjson.loads(data)["written"] if data is not None else []
+        data = read_bytes(folder / FIGURES_FILE, FIGURE_LIST, follow_symlinks=False)
+        listed = orjson.loads(data)["written"]
         return {name for name in listed if isinstance(name, str) and FIGURE_FILE.fullmatch(name)}
+    except InputError as err:
+        if err.kind in ("missing", "too_big"):
+            return set()
+        raise
     except (ValueError, KeyError, TypeError):
         return set()
 
