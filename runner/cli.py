@@ -189,6 +189,8 @@ def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool)
         held.enter_context(run_lock(run_dir))
         check_run_dir(run_dir)  # no link in it is written through: refused before anything changes
         plugins = load_plugins(plugin_refs)
+        if not isinstance(start.get("base_dir"), str):
+            raise RunnerError(f"{run_dir / 'events.jsonl'} is damaged: experiment_start has no base_dir", exit_code=2)
         spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
         dataset = load_dataset(spec, plugins)
         where.run_dir = run_dir

@@ -60,7 +60,7 @@ class ResumePlan:
     notes: list[str] = field(default_factory=list)
 
 
-START_FIELDS = ("name", "metric", "mode", "base_dir")  # what every reader of a run takes from experiment_start
+START_FIELDS = ("name", "metric", "mode")  # what every reader of a run takes from experiment_start
 
 
 def read_run(run_dir: Path) -> list[dict[str, Any]]:

@@ -219,7 +219,7 @@ def test_a_damaged_event_log_is_bad_input(tmp_path):
     cases = {
         "line 1 is not an event": [[]],
         "line 2 is not an event": [START, {"trial": 0}],
-        "experiment_start has no metric, mode, base_dir": [{"event": "experiment_start", "name": "x"}],
+        "experiment_start has no metric, mode": [{"event": "experiment_start", "name": "x"}],
     }
     for message, events in cases.items():
         run_dir = hand_made_run(tmp_path, events=events, status=STATUS, experiment={})
@@ -228,6 +228,10 @@ def test_a_damaged_event_log_is_bad_input(tmp_path):
         shutil.rmtree(run_dir)
     run_dir = hand_made_run(tmp_path, events=[START, {"event": "trial_start"}], status=STATUS, experiment={})
     assert_bad_input(runner("report", run_dir), f"{run_dir / 'events.jsonl'} is damaged: KeyError")
+    shutil.rmtree(run_dir)
+    no_base = {key: value for key, value in START.items() if key != "base_dir"}
+    run_dir = hand_made_run(tmp_path, events=[no_base], status=STATUS, experiment={})
+    assert_bad_input(runner("resume", run_dir), "is damaged: experiment_start has no base_dir")
 
 
 def test_nudge_for_a_backend_not_installed_here_needs_the_settings_the_run_recorded(tmp_path):
