@@ -138,9 +138,9 @@ class Fixture:
 
 def build_fixtures(spec, plugins, dataset, work: Path, wide_rows: int) -> list[Fixture]:
     import numpy as np
-    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
     from runner.data import Dataset
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
     from runner.spec import trial_sections
 
     model, train, options = trial_sections(spec, plugins.registry, {})
@@ -235,6 +235,7 @@ def interleaved_timeit(sides: dict, samples: int, target_s: float) -> dict[str, 
 def load_state_parts(fx: Fixture, samples: int, target_s: float) -> dict[str, list[float]]:
     """The pieces of NumpyBackend.load_state, each timed alone (line numbers in the printout)."""
     import numpy as np
+
     from runner.plugins.backends.mlp_family import rng_state_from_json as _rng_state_from_json
     from runner.plugins.backends.numpy_mlp.optimizers import copy_into
 
@@ -495,11 +496,10 @@ def cpu_jiffies() -> tuple[int, int, int] | None:
 def instrumented(spec, plugins, dataset, root: Path, n: int) -> dict[str, float]:
     """One run with the backend's training calls, the snapshot calls and the writer timed;
     per trial (seconds) and counts per run."""
-    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
-
     import runner.checkpoints as checkpoints
     from benchmarks.bench_overhead import TRAINING, MethodTimer
     from runner.checkpoints import CheckpointStore
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
     writes = {"wall": 0.0, "cpu": 0.0, "calls": 0}
     original = checkpoints.write_snapshot

@@ -557,11 +557,10 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
     # One more run, with the first watcher configuration and timers: what a snapshot costs (a nudge
     # takes one, "before_nudge", before it applies the new value) and what a step costs. Not part of
     # the figures above.
-    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
-
     import runner.watch
     from benchmarks.bench_overhead import MethodTimer
     from runner.loop import TrialLoop
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
     handled: dict[str, int] = {}
     original_handler = runner.watch._Handler.on_any_event

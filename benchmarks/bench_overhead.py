@@ -436,9 +436,8 @@ def instrumented_runner(
 ) -> dict[str, float]:
     """One runner run with the backend's methods, the trial runner and the checkpoint store
     timed; seconds per trial by place."""
-    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
-
     from runner.loop import TrialRunner
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
     backend_cls = backend_cls or NumpyBackend
     try:

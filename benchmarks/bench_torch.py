@@ -119,6 +119,7 @@ def nn_loop_class():
     ``loss.backward()``. Same initial weights and batches as the backends. Adam only."""
     import numpy as np
     import torch
+
     from runner.plugins.backends.mlp_family import MiniBatchBackend
     from runner.plugins.backends.numpy_mlp.network import MLP
 
@@ -409,10 +410,10 @@ def torch_experiment(
 
 def overhead(args: argparse.Namespace) -> dict:
     import torch
-    from runner.plugins.backends.torch_mlp.backend import TorchBackend
 
     from runner.loop import load_dataset
     from runner.plugin_manager import load_plugins
+    from runner.plugins.backends.torch_mlp.backend import TorchBackend
     from runner.spec import TOP_LEVEL, load
 
     if args.overhead_threads:

@@ -96,7 +96,9 @@ class Backend(ABC):
     def train_step(self) -> float | None:
         """Train on the next mini-batch; return its loss (before the update). A backend on a
         GPU may return an earlier step's loss, or None, so as not to wait for the device
-        every step; it then hands the rest over in ``pending_losses``."""
+        every step; it then hands the rest over in ``pending_losses``. Raise RuntimeError
+        when no epoch is begun or the epoch's ``steps_per_epoch`` steps are used up: the
+        loop calls ``begin_epoch`` first, and a silent extra step would break resume."""
 
     def pending_losses(self) -> list[float]:
         """Called at the end of an epoch and before a mid-epoch snapshot: the losses of steps
@@ -115,9 +117,11 @@ class Backend(ABC):
     @abstractmethod
     def set_hyperparameters(self, **values: float) -> None:
         """Change live hyperparameters from the next ``train_step`` on: ``lr`` is the rate in
-        force from now (a schedule decays on from it). The loop has already checked names
-        and values against ``live`` and the ``Train`` bounds; raise ValueError for anything
-        else the backend refuses, and apply nothing in that case."""
+        force from now (a schedule decays on from it). Raise ValueError, and apply nothing,
+        for a name not in ``live``, a value that is not a finite number, and anything else
+        the backend refuses. The loop checks names and the ``Train`` bounds before it calls,
+        but scripts and tests call a backend directly, so the backend checks too (the
+        conformance suite holds it to this)."""
 
     @abstractmethod
     def reshuffle(self, salt: int) -> None:

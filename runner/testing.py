@@ -21,6 +21,8 @@ bit (what resume and rollback need), and a deterministic ``reshuffle``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -67,6 +69,17 @@ class Driver:
         return Driver(backend, self.epoch, self.step)
 
 
+@contextmanager
+def must_raise(error: type[Exception], rule: str) -> Iterator[None]:
+    """The block must raise ``error``; if it does not, the test fails naming the method and
+    the rule of the contract it broke (``rule``), not just the exception that was missing."""
+    try:
+        yield
+    except error:
+        return
+    pytest.fail(f"{rule}; it raised nothing (expected {error.__name__})", pytrace=False)
+
+
 def same_state(a: BackendState, b: BackendState) -> bool:
     return (
         set(a.arrays) == set(b.arrays)
@@ -96,28 +109,33 @@ class BackendConformance:
 
     def test_an_epoch_is_steps_per_epoch_steps_and_the_next_one_must_be_begun(self):
         backend = self.make()
-        with pytest.raises(RuntimeError):
-            backend.train_step()  # no epoch begun
+        with must_raise(RuntimeError, "train_step() before any begin_epoch() must raise RuntimeError"):
+            backend.train_step()
         backend.begin_epoch(0)
         for _ in range(backend.steps_per_epoch):
             backend.train_step()
-        with pytest.raises(RuntimeError):
+        with must_raise(RuntimeError, "train_step() after steps_per_epoch steps of an epoch must raise RuntimeError"):
             backend.train_step()
 
     def test_the_same_seed_trains_the_same_way_and_the_loss_falls(self):
         first = Driver(self.make()).run(30)
-        assert first == Driver(self.make()).run(30) and len(first) == 30
-        assert all(math.isfinite(x) for x in first) and np.mean(first[-5:]) < np.mean(first[:5])
-        assert Driver(self.make(seed=8)).run(30) != first
+        assert len(first) == 30, f"30 steps must give 30 losses (train_step, then pending_losses); got {len(first)}"
+        assert first == Driver(self.make()).run(30), "two backends built with the same seed must train identically"
+        assert all(math.isfinite(x) for x in first), "train_step's losses must be finite on easy data"
+        assert np.mean(first[-5:]) < np.mean(first[:5]), "30 steps of train_step must lower the loss on easy data"
+        assert Driver(self.make(seed=8)).run(30) != first, "another seed must give other initial weights or order"
 
     def test_evaluate_reports_loss_and_accuracy_and_changes_nothing(self):
         backend = self.make()
         Driver(backend).run(5)
         before = backend.state()
         metrics = backend.evaluate("val")
-        assert set(self.backend_cls.metrics) <= set(metrics)
-        assert math.isfinite(metrics["loss"]) and 0 <= metrics["acc"] <= 1
-        assert backend.evaluate("val") == metrics and same_state(before, backend.state())
+        missing = set(self.backend_cls.metrics) - set(metrics)
+        assert not missing, f"evaluate() must report every name in metrics; missing {sorted(missing)}"
+        assert math.isfinite(metrics["loss"]), f"evaluate()'s loss must be finite, got {metrics['loss']}"
+        assert 0 <= metrics["acc"] <= 1, f"evaluate()'s acc must be in [0, 1], got {metrics['acc']}"
+        assert backend.evaluate("val") == metrics, "evaluate() twice must give the same metrics"
+        assert same_state(before, backend.state()), "evaluate() must change nothing that state() holds"
 
     def test_live_hyperparameters_are_in_force_from_the_next_step(self):
         backend, twin = self.make(), self.make()
@@ -125,19 +143,21 @@ class BackendConformance:
         driver.run(3), twin_driver.run(3)
         values = {name: 0.5 * value for name, value in backend.hyperparameters().items()}
         backend.set_hyperparameters(**values)
-        assert backend.hyperparameters() == pytest.approx(values)
+        assert backend.hyperparameters() == pytest.approx(values), (
+            "hyperparameters() must report what set_hyperparameters() set"
+        )
         changed, unchanged = driver.run(3), twin_driver.run(3)
-        assert changed[0] == unchanged[0]  # the first step's loss is computed before its update
-        assert changed[1:] != unchanged[1:]
+        assert changed[0] == unchanged[0], "train_step's loss must be computed before its own update"
+        assert changed[1:] != unchanged[1:], "set_hyperparameters() must be in force from the next train_step"
 
     def test_an_invalid_value_is_refused_and_nothing_is_applied(self):
         backend = self.make()
         before = backend.hyperparameters()
-        with pytest.raises(ValueError):
+        with must_raise(ValueError, "set_hyperparameters() with a name not in live must raise ValueError"):
             backend.set_hyperparameters(lr=0.01, no_such_setting=1.0)
-        with pytest.raises(ValueError):
+        with must_raise(ValueError, "set_hyperparameters() with a value that is not finite must raise ValueError"):
             backend.set_hyperparameters(lr=float("nan"))
-        assert backend.hyperparameters() == before
+        assert backend.hyperparameters() == before, "set_hyperparameters() that raises must apply nothing"
 
     def test_state_is_a_copy_and_load_state_continues_bit_for_bit(self):
         backend = self.make()
@@ -146,17 +166,17 @@ class BackendConformance:
         saved = backend.state()
         place = driver.continued_by(None)
         expected = driver.run(9)  # across an epoch's end
-        assert not same_state(saved, backend.state())  # training on did not change the saved state
+        assert not same_state(saved, backend.state()), "state() must return a copy that training on leaves alone"
         fresh = self.make(seed=123)  # other weights: load_state must replace everything
         fresh.load_state(saved)
         place.backend = fresh
-        assert place.run(9) == expected
-        assert same_state(fresh.state(), backend.state())
+        assert place.run(9) == expected, "after load_state(), training must continue bit for bit (same losses)"
+        assert same_state(fresh.state(), backend.state()), "after load_state(), training must reach the same state"
 
     def test_a_state_that_does_not_fit_is_refused(self):
         saved = self.make().state()
         saved.arrays[next(iter(saved.arrays))] = np.zeros(3)
-        with pytest.raises(ValueError):
+        with must_raise(ValueError, "load_state() of a state whose arrays do not fit must raise ValueError"):
             self.make().load_state(saved)
 
     def test_reshuffle_is_deterministic_and_changes_the_order(self):
@@ -166,5 +186,5 @@ class BackendConformance:
             driver.backend.reshuffle(salt)
             return driver.run(8)
 
-        assert reshuffled(1) == reshuffled(1)
-        assert reshuffled(1) != reshuffled(2)
+        assert reshuffled(1) == reshuffled(1), "reshuffle() with the same salt must give the same order"
+        assert reshuffled(1) != reshuffled(2), "reshuffle() with another salt must give another order"

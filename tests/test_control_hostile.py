@@ -31,7 +31,6 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, Phase, assume, event, example, given, note, settings
 from hypothesis import strategies as st
-from runner.plugins.backends.numpy_mlp.backend import Train
 
 from runner.control import (
     ACTIONS,
@@ -51,6 +50,7 @@ from runner.decisions import Nudge
 from runner.events import EventLog, read_events
 from runner.files import atomic_write
 from runner.inbox import ControlInbox
+from runner.plugins.backends.numpy_mlp.backend import Train
 from runner.status import StatusBoard
 
 LIVE = ("lr", "momentum", "beta2")

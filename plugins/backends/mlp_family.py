@@ -17,10 +17,10 @@ from itertools import pairwise
 from typing import Any, Literal
 
 import numpy as np
-from runner.plugins.backends.schedules import scheduled_lr
 
 from runner import Backend, ModelSize, TrainConfig, bounds
 from runner.errors import SpecError, join_path
+from runner.plugins.backends.schedules import scheduled_lr
 
 #: Moment arrays each optimizer keeps per parameter (momentum: velocity; RMSprop: the mean
 #: square; Adam: both), for ``estimate``.

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from runner.plugins.backends.numpy_mlp import NumpyBackend
 
+from runner.plugins.backends.numpy_mlp import NumpyBackend
 from runner.testing import BackendConformance
 
 try:
@@ -52,3 +52,42 @@ class TestTorchBackendCUDA(BackendConformance):
     backend_cls = TorchBackend
     model, train = CONFIG["model"], CONFIG["train"]
     options = {"device": "cuda"}
+
+
+class Lenient(NumpyBackend):
+    """A backend that breaks two rules: it trains on outside an epoch, and it ignores
+    settings it does not know instead of refusing them."""
+
+    def train_step(self):
+        try:
+            return super().train_step()
+        except RuntimeError:
+            return 0.0
+
+    def set_hyperparameters(self, **values):
+        super().set_hyperparameters(**{k: v for k, v in values.items() if k in self.live})
+
+
+class LenientSuite(BackendConformance):  # not collected: no Test prefix
+    backend_cls = Lenient
+    model, train = CONFIG["model"], CONFIG["train"]
+
+
+@pytest.mark.parametrize(
+    ("test", "message"),
+    [
+        (
+            "test_an_epoch_is_steps_per_epoch_steps_and_the_next_one_must_be_begun",
+            "train_step() before any begin_epoch() must raise RuntimeError; it raised nothing (expected RuntimeError)",
+        ),
+        (
+            "test_an_invalid_value_is_refused_and_nothing_is_applied",
+            "set_hyperparameters() with a name not in live must raise ValueError; "
+            "it raised nothing (expected ValueError)",
+        ),
+    ],
+)
+def test_a_broken_backend_is_told_the_method_and_the_rule_it_broke(test, message):
+    with pytest.raises(pytest.fail.Exception) as failed:
+        getattr(LenientSuite(), test)()
+    assert str(failed.value) == message

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runner.plugins.datasets import digits, files, spirals
 
 from runner.data import DataOptions, RawData, prepare
 from runner.errors import SpecError
+from runner.plugins.datasets import digits, files, spirals
 from runner.registry import Registry
 from runner.typed import build
 

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import orjson
 import pytest
+
 from runner.plugins.backends.mlp_family import Model, Train
 from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 from runner.plugins.backends.numpy_mlp.backend import Options as NumpyOptions
-
 from runner.testing import Driver
 from tests.conftest import QUICK, ROOT, deep_update
 

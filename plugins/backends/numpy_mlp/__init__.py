@@ -7,9 +7,8 @@ learning-rate schedule are the MLP family's (``runner.plugins.backends.mlp_famil
 ``runner.plugins.backends.schedules``).
 """
 
-from runner.plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Options, Train
-
 from runner import hookimpl
+from runner.plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Options, Train
 
 
 @hookimpl

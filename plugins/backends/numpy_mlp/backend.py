@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
-from runner.plugins.backends.numpy_mlp.network import MLP, log_softmax
-from runner.plugins.backends.numpy_mlp.optimizers import copy_into, make_optimizer
 
 from runner import BackendState, bounds
 from runner.data import Dataset
+from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
+from runner.plugins.backends.numpy_mlp.network import MLP, log_softmax
+from runner.plugins.backends.numpy_mlp.optimizers import copy_into, make_optimizer
 
 #: Rows evaluated at once by ``evaluate``, to bound memory on large splits.
 EVAL_CHUNK = 4096

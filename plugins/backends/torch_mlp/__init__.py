@@ -6,9 +6,8 @@ registered as unavailable, so ``runner plugins`` says how to install it and an e
 asking for it stops with that message before anything runs.
 """
 
-from runner.plugins.backends.torch_mlp.lazy import available
-
 from runner import hookimpl
+from runner.plugins.backends.torch_mlp.lazy import available
 
 INSTALL = "needs PyTorch: pip install 'panda-caviar[torch]' (or pip install torch)"
 

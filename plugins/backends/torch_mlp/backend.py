@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
-from runner.plugins.backends.numpy_mlp.network import MLP
-from runner.plugins.backends.torch_mlp.lazy import lazy_import
 
 from runner import BackendState, bounds
 from runner.data import Dataset
 from runner.errors import SpecError, join_path
+from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
+from runner.plugins.backends.numpy_mlp.network import MLP
+from runner.plugins.backends.torch_mlp.lazy import lazy_import
 
 torch = lazy_import("torch")  # loaded (about a second) when a trial first uses it, not when plugins load
 
