@@ -343,9 +343,14 @@ class TrialLoop:
         self.metric, self.mode = spec.search.metric, spec.search.mode
         run_dir = runner.experiment.run_dir
         self.trial = Trial(
-            id=job.trial, params=job.params, config={}, seed=job.seed, run_dir=run_dir / "trials" / f"t{job.trial:03d}"
+            id=job.trial,
+            params=job.params,
+            config={},
+            seed=job.seed,
+            folder=run_dir / "trials" / f"t{job.trial:03d}",
+            run_folder=run_dir,
         )
-        self.store = CheckpointStore(self.trial.run_dir, job.trial, spec.checkpoint, runner.writer, within=run_dir)
+        self.store = CheckpointStore(self.trial.folder, job.trial, spec.checkpoint, runner.writer, within=run_dir)
         self.detector = SpikeDetector(spec.divergence)
         self.events = 0  # this trial's events in the log, so a resume can cut the log where a snapshot was taken
         self.partial: tuple[int, float] | None = None  # (steps done, loss sum) when an epoch resumes midway

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,16 @@ class Trial:
 
     ``params`` are the values the strategy chose (keys are dotted paths such as
     ``train.lr``); ``config`` is the experiment's base config with those applied.
+    ``folder`` is the trial's own folder (``RUN_DIR/trials/t003``: its snapshots);
+    ``run_folder`` is the run directory it belongs to.
     """
 
     id: int
     params: dict[str, Any]
     config: dict[str, Any]
     seed: int
-    run_dir: Path
+    folder: Path
+    run_folder: Path
     epoch: int = 0  # epochs completed
     step: int = 0  # training steps taken, over all epochs
     hyperparameters: dict[str, float] = field(default_factory=dict)  # live values in force
@@ -40,6 +44,17 @@ class Trial:
     @property
     def label(self) -> str:
         return f"t{self.id:03d}"
+
+    @property
+    def run_dir(self) -> Path:
+        """Deprecated since 0.2: the trial's own folder, whatever the name says. Use
+        ``folder`` for it, or ``run_folder`` for the run directory."""
+        warnings.warn(
+            "Trial.run_dir is the trial's own folder; use trial.folder (or trial.run_folder for the run directory)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.folder
 
 
 @dataclass(frozen=True)

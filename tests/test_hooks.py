@@ -347,3 +347,35 @@ def test_a_backend_that_returns_losses_late_gets_the_same_epochs_as_one_that_doe
         ]
 
     assert epochs(late) == epochs(plain)  # every loss counted, in its own epoch
+
+
+def test_a_trial_names_its_own_folder_and_the_run_directory(write_experiment, tmp_path):
+    seen = tmp_path / "seen.json"
+    plugin = tmp_path / "where.py"
+    plugin.write_text(
+        textwrap.dedent(f"""
+        import pathlib, warnings
+        import orjson
+        from runner import hookimpl
+
+        @hookimpl
+        def runner_trial_start(trial):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                old = trial.run_dir
+            record = {{"folder": str(trial.folder), "run_folder": str(trial.run_folder), "old": str(old),
+                      "warned": [str(w.message) for w in caught if w.category is DeprecationWarning]}}
+            path = pathlib.Path({str(seen)!r})
+            found = orjson.loads(path.read_bytes()) if path.exists() else []
+            path.write_bytes(orjson.dumps([*found, record]))
+    """)
+    )
+    run = run_file(write_experiment(), tmp_path, [str(plugin)])
+    records = orjson.loads(seen.read_bytes())
+    assert [r["folder"] for r in records] == [str(run.run_dir / "trials" / f"t{i:03d}") for i in range(2)]
+    assert all(r["run_folder"] == str(run.run_dir) and r["old"] == r["folder"] for r in records)
+    assert all(
+        r["warned"]
+        == ["Trial.run_dir is the trial's own folder; use trial.folder (or trial.run_folder for the run directory)"]
+        for r in records
+    )

@@ -29,7 +29,7 @@ FINISH_WHEN_TOLD = textwrap.dedent("""
 
     @hookimpl
     def runner_epoch_end(trial):
-        if (Path(trial.run_dir).parent.parent / "finish").exists():
+        if (trial.run_folder / "finish").exists():
             return Finish("the test is done")
 """)
 

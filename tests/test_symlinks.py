@@ -37,7 +37,7 @@ KILL_IN_TRIAL_0 = textwrap.dedent("""
     def runner_epoch_end(trial, epoch):
         if os.environ.get("SYMLINK_TEST_KILL") and trial.id == 0 and epoch == 1:
             deadline = time.monotonic() + 60
-            while not list(trial.run_dir.glob("e00001-*.npz")) and time.monotonic() < deadline:
+            while not list(trial.folder.glob("e00001-*.npz")) and time.monotonic() < deadline:
                 time.sleep(0.001)
             os.kill(os.getpid(), signal.SIGKILL)
 """)
