@@ -299,7 +299,8 @@ class RemoteExecutor(Executor):
             params=job.params,
             config={},
             seed=job.seed,
-            run_dir=Path(session.run_dir) / "trials" / f"t{job.trial:03d}",
+            folder=Path(session.run_dir) / "trials" / f"t{job.trial:03d}",
+            run_folder=Path(session.run_dir),
             epoch=result.epochs,
         )
         session.hook.runner_trial_complete(trial=trial, result=result)
