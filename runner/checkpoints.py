@@ -152,6 +152,11 @@ def read_snapshot(path: Path) -> tuple[BackendState, dict[str, Any]]:
     return BackendState(arrays=arrays, meta=document.pop("backend")), document
 
 
+def trial_folder(run_dir: Path, trial: int) -> Path:
+    """Where a trial's snapshot files go: ``RUN_DIR/trials/tNNN``."""
+    return run_dir / "trials" / f"t{trial:03d}"
+
+
 def is_snapshot_temporary(name: str) -> bool:
     """True for the name of a snapshot file half written: what ``write_snapshot`` names its
     temporary file (or what earlier versions did, ``NAME.tmp``)."""

@@ -223,6 +223,16 @@ def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool)
         _finished(console, board, spec.search.metric, run_dir)
 
 
+@contextmanager
+def damaged_if_misread(path: Path, hint: str = ""):
+    """Around code that reads a run's file as data: a field it lacks, or holds of the wrong
+    kind, is bad input naming ``path`` (exit 2, one line), not a bug in runner."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise RunnerError(f"{path} is damaged: {type(err).__name__} {err}{hint}", exit_code=2) from None
+
+
 def named_run_dir(run_dir: Path | None) -> Path | None:
     """The run directory a person named on the command line; named through a symbolic link
     (a ``latest`` alias), the folder the link points to. The folder named is the person's
@@ -384,13 +394,8 @@ def status(run_dir: Path | None, as_json: bool, out: Path) -> None:
         if as_json:
             click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
             return
-        try:
+        with damaged_if_misread(run_dir / "status.json", "; runner status --json shows it all"):
             view = status_view(doc)
-        except (KeyError, TypeError, ValueError, AttributeError) as err:  # a field missing or of the wrong kind
-            raise RunnerError(
-                f"{run_dir / 'status.json'} is damaged: {type(err).__name__} {err}; runner status --json shows it all",
-                exit_code=2,
-            ) from None
         terminal().print(view)
 
 
@@ -437,17 +442,8 @@ def report(
         if as_csv and as_json:
             raise RunnerError("--csv and --json print different formats: choose one", exit_code=2)
         run_dir = named_run_dir(run_dir) or latest_run(out)
-        try:
+        with damaged_if_misread(run_dir / "events.jsonl"):
             run = read_run_view(run_dir)
-        except (
-            KeyError,
-            TypeError,
-            ValueError,
-            AttributeError,
-        ) as err:  # an event missing a field, or of the wrong kind
-            raise RunnerError(
-                f"{run_dir / 'events.jsonl'} is damaged: {type(err).__name__} {err}", exit_code=2
-            ) from None
         if as_csv or as_json:
             click.echo(to_csv(run) if as_csv else to_json(run).decode(), nl=False)
             return

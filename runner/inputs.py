@@ -100,10 +100,10 @@ STATUS_FILE = Limit("a status file", 16 << 20, "RUNNER_MAX_STATUS_BYTES")
 CONTROL_FILE = Limit("a control file", 1 << 20)
 
 
-def check_regular(path: Path | str, *, follow_symlinks: bool = True) -> os.stat_result:
+def check_regular(path: Path | str, limit: Limit | None = None, *, follow_symlinks: bool = True) -> os.stat_result:
     """Called before a file is opened (and by whoever only needs to know that a file could
-    be read): its ``stat``, or an InputError if it is missing or is not a regular file.
-    Opens nothing, so a device is never opened."""
+    be read): its ``stat``, or an InputError if it is missing, is not a regular file, or is
+    over ``limit`` (None: no limit). Opens nothing, so a device is never opened."""
     try:
         info = os.stat(path, follow_symlinks=follow_symlinks)
     except FileNotFoundError:
@@ -111,6 +111,9 @@ def check_regular(path: Path | str, *, follow_symlinks: bool = True) -> os.stat_
     except OSError as err:
         raise InputError(path, "unreadable", f"cannot be read: {err.strerror}") from None
     _refuse_irregular(path, info)
+    bound = limit.bytes() if limit else None
+    if bound is not None and info.st_size > bound:
+        raise limit.exceeded(path, info.st_size, bound)
     return info
 
 

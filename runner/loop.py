@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from runner import __version__
 from runner.babysitter import Babysitter
-from runner.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot
+from runner.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot, trial_folder
 from runner.control import FILE_NAME as CONTROL_FILE
 from runner.control import ControlSchema, initial_document
 from runner.data import Dataset, prepare
@@ -347,7 +347,7 @@ class TrialLoop:
             params=job.params,
             config={},
             seed=job.seed,
-            folder=run_dir / "trials" / f"t{job.trial:03d}",
+            folder=trial_folder(run_dir, job.trial),
             run_folder=run_dir,
         )
         self.store = CheckpointStore(self.trial.folder, job.trial, spec.checkpoint, runner.writer, within=run_dir)

@@ -29,6 +29,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from runner.checkpoints import trial_folder
 from runner.errors import RunnerError
 from runner.executor import Executor
 from runner.inbox import Delivery
@@ -299,7 +300,7 @@ class RemoteExecutor(Executor):
             params=job.params,
             config={},
             seed=job.seed,
-            folder=Path(session.run_dir) / "trials" / f"t{job.trial:03d}",
+            folder=trial_folder(Path(session.run_dir), job.trial),
             run_folder=Path(session.run_dir),
             epoch=result.epochs,
         )

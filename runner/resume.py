@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from runner.checkpoints import CorruptSnapshot, is_snapshot_temporary, scan_snapshots
+from runner.checkpoints import CorruptSnapshot, is_snapshot_temporary, scan_snapshots, trial_folder
 from runner.errors import RunnerError
 from runner.events import read_events
 from runner.files import (
@@ -109,11 +109,6 @@ def plan_resume(run_dir: Path) -> ResumePlan:
                 continue
         plan.events.append(event)
     return plan
-
-
-def trial_folder(run_dir: Path, trial: int) -> Path:
-    """Where a trial's snapshot files go: ``RUN_DIR/trials/tNNN``."""
-    return run_dir / "trials" / f"t{trial:03d}"
 
 
 def newest_intact_snapshot(run_dir: Path, trial: int, notes: list[str]) -> tuple[Path | None, dict | None]:

@@ -141,11 +141,10 @@ def _resolve(value: str, base_dir: Path | str, where: str) -> Path:
 def _file_bytes(file: Path, where: str) -> int:
     """The size of the regular file ``file``; a SpecError at ``where`` if it is over the
     data-file limit (``RUNNER_MAX_DATA_FILE_BYTES``)."""
-    size = file.stat().st_size
-    limit = DATA_FILE.bytes()
-    if size > limit:
-        raise SpecError(where, str(DATA_FILE.exceeded(file, size, limit)))
-    return size
+    try:
+        return check_regular(file, DATA_FILE).st_size
+    except InputError as err:
+        raise SpecError(where, str(err)) from None
 
 
 @contextmanager
