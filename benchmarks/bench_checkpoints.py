@@ -143,7 +143,7 @@ def build_fixtures(spec, plugins, dataset, work: Path, wide_rows: int) -> list[F
     from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
     from runner.spec import trial_sections
 
-    model, train, options = trial_sections(spec, plugins.registry, {})
+    model, train, options = trial_sections(spec, {})
     digits = NumpyBackend(model=model, train=train, options=options, data=dataset, seed=1)
     rng = np.random.default_rng(0)
     n_val = max(wide_rows // 4, 10)

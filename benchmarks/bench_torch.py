@@ -231,7 +231,7 @@ def worker(side: str, threads: int, experiment: Path, wide_rows: int) -> int:
 
     plugins = load_plugins()
     spec = dataclasses.replace(load(experiment, plugins.registry), base_dir=experiment.resolve().parent)
-    model, train, numpy_options = trial_sections(spec, plugins.registry, {})
+    model, train, numpy_options = trial_sections(spec, {})
     if side == NUMPY:
         from runner.plugins.backends.numpy_mlp.backend import NumpyBackend as cls
 

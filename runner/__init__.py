@@ -3,6 +3,9 @@
 Plugin authors import what they need from here::
 
     from runner import hookimpl, Strategy, Backend, Nudge, Stop
+
+Scripts and notebooks run experiments with ``runner.run`` (``runner.api``), which returns a
+``runner.RunResult``; both load on first use, so ``import runner`` stays light.
 """
 
 import pluggy
@@ -30,12 +33,28 @@ from runner.decisions import (
 )
 from runner.errors import RunnerError, SpecError
 from runner.executor import Executor
+from runner.imports import import_object
 from runner.limits import DataSize, ModelSize
 from runner.registry import Registry
 from runner.space import Space
 from runner.strategy import Strategy
 from runner.trial import History, Trial, TrialResult
 from runner.typed import bounds
+
+_LAZY = {"run": "runner.api", "RunResult": "runner.api"}  # name -> module, imported on first use
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'runner' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Babysitter",
@@ -59,6 +78,7 @@ __all__ = [
     "RawData",
     "Registry",
     "Rollback",
+    "RunResult",
     "RunnerError",
     "Space",
     "SpecError",
@@ -70,4 +90,6 @@ __all__ = [
     "Unpause",
     "bounds",
     "hookimpl",
+    "import_object",
+    "run",
 ]

@@ -18,6 +18,7 @@ anything runs, with errors that name the JSON path.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -65,10 +66,29 @@ class Backend(ABC):
     live: ClassVar[tuple[str, ...]] = ("lr", "momentum")
     #: What ``evaluate`` reports; the loop logs them as ``val_<name>``.
     metrics: ClassVar[tuple[str, ...]] = ("loss", "acc")
+    #: The data tasks this backend trains (the ``data`` section's ``task``: "classification",
+    #: "regression"); an experiment whose data has another task is refused at ``data.task``.
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     @abstractmethod
     def __init__(self, *, model: Any, train: Any, options: Any, data: Dataset, seed: int) -> None:
         """Build the model with seeded initial weights; move ``data`` where it trains."""
+
+    @classmethod
+    def for_model(cls, model: Mapping[str, Any]) -> type[Backend]:
+        """Called when an experiment file is read, with its ``model`` section as written: the
+        backend class that trains it. A backend that trains more than one kind of model
+        returns the class for each (the built-in ``torch`` backend: its own MLP, or a
+        person's ``torch.nn.Module`` when the section has a ``class_path``); that class
+        declares the ``Model``/``Train`` sections, ``live`` and ``metrics`` the run uses.
+        Default: this class."""
+        return cls
+
+    @classmethod
+    def metrics_for(cls, task: str) -> tuple[str, ...]:
+        """What ``evaluate`` reports when the data's task is ``task`` (``"classification"`` or
+        ``"regression"``, from the ``data`` section). Default: ``metrics``."""
+        return cls.metrics
 
     @classmethod
     def estimate(
@@ -108,7 +128,8 @@ class Backend(ABC):
 
     @abstractmethod
     def evaluate(self, split: Literal["train", "val"]) -> dict[str, float]:
-        """Metrics over a whole split in evaluation mode: at least ``loss`` and ``acc``."""
+        """Metrics over a whole split in evaluation mode: every name of
+        ``metrics_for(data.task)`` (``loss`` and ``acc`` for classification), ``loss`` first."""
 
     @abstractmethod
     def hyperparameters(self) -> dict[str, float]:

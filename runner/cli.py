@@ -13,22 +13,23 @@ import shlex
 import sys
 import tempfile
 import traceback
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import click
 import orjson
 import pluggy
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from runner import __version__
+from runner.api import notifier, prepare, show_results, start_run, terminal
 from runner.control import FILE_NAME as CONTROL_FILE
 from runner.control import ROLLBACK_TARGETS, ControlError, ControlSchema, trial_id
 from runner.errors import PluginError, RunnerError, SpecError
-from runner.files import UnsafePath, atomic_write, create_run_dir, run_is_held, run_lock, write_own_file
+from runner.files import UnsafePath, atomic_write, run_is_held, run_lock, write_own_file
+from runner.imports import refusing_code
 from runner.interrupt import Interrupted, graceful_interrupts
 from runner.live import LiveView
 from runner.loop import build_strategy, load_dataset, run_experiment
@@ -43,7 +44,6 @@ from runner.plugin_manager import (
     recorded_one_offs,
 )
 from runner.progress import leaderboard_table, status_view
-from runner.results import best_of_run
 from runner.resume import check_run_dir, clean_temporary_files, plan_resume, read_run
 from runner.schema import experiment_schema
 from runner.spec import DEFAULT_PLUGINS, load, read_json
@@ -109,57 +109,18 @@ def start(
     """Run the experiment described by EXPERIMENT (a JSON file)."""
     console = terminal()
     with reported_errors() as where:
-        origin, start_from = None, None
-        if from_run is not None:
-            best = best_of_run(from_run)
-            origin = {
-                "run_dir": str(from_run.resolve()),
-                "trial": best["trial"],
-                "params": best["params"],
-                "score": best["score"],
-            }
-            start_from = {
-                f"{section}.{key}": value
-                for section in ("model", "train")
-                for key, value in best["config"].get(section, {}).items()
-                if (section, key) != ("train", "epochs")
-            }
-            shown = "".join(f", {k}={v}" for k, v in best["params"].items())
-            console.print(
-                f"starting from t{best['trial']:03d} of {from_run}: its model and train config{shown}",
-                soft_wrap=True,
-                markup=False,
-            )
-        try:
-            plugins, spec, dataset = _prepare(experiment, plugin_refs, seed, start_from)
-        except SpecError as err:
-            if origin is None:
-                raise
-            raise SpecError(
-                err.path,
-                f"{err.message} (with the config of t{origin['trial']:03d} from --from {from_run} set in it)",
-                source=err.source,
-            ) from None
-        run_dir = where.run_dir = create_run_dir(out, spec.name)
-        console.print(f"run directory: {run_dir}", soft_wrap=True, markup=False)
-        console.print(
-            f"control file:  {run_dir / CONTROL_FILE}  (edit it, or: runner nudge {run_dir} lr=...)",
-            soft_wrap=True,
-            markup=False,
+        result = start_run(
+            experiment,
+            out=out,
+            plugin_refs=plugin_refs,
+            seed=seed,
+            from_run=from_run,
+            console=console,
+            plain=plain,
+            poll=poll,
+            on_run_dir=lambda run_dir: setattr(where, "run_dir", run_dir),
         )
-        view = LiveView(console, live=False if plain else None)
-        with run_lock(run_dir), graceful_interrupts(), view:
-            board = run_experiment(
-                spec,
-                plugins,
-                dataset,
-                run_dir,
-                poll=poll,
-                notify=_notifier(console),
-                origin=origin,
-                watchers=[view.observe],
-            )
-        _finished(console, board, spec.search.metric, run_dir)
+        _finished(result.leaderboard, result.run_dir)
 
 
 @main.command()
@@ -167,13 +128,20 @@ def start(
 @plugin_option
 @click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
 @poll_option
-def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool) -> None:
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Import the code the run's experiment names by import path (a model's class_path, a python "
+    "data source): only for a run directory you trust.",
+)
+def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool, trust_code: bool) -> None:
     """Continue the run in RUN_DIR after a crash, a kill or Ctrl-C.
 
     Finished trials stay finished; an interrupted trial continues from its last intact
     snapshot (or starts again if it has none); the trials not yet run follow. A run started
-    with one-off plugins needs the same --plugin arguments again: runner never loads code
-    that a run directory names.
+    with one-off plugins needs the same --plugin arguments again, and a run whose experiment
+    names code by import path (a model's class_path, a python data source) needs
+    --trust-code: runner never loads code that a run directory names unless told to.
     """
     console = terminal()
     with reported_errors() as where, ExitStack() as held:
@@ -191,8 +159,11 @@ def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool)
         plugins = load_plugins(plugin_refs)
         if not isinstance(start.get("base_dir"), str):
             raise RunnerError(f"{run_dir / 'events.jsonl'} is damaged: experiment_start has no base_dir", exit_code=2)
-        spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
-        dataset = load_dataset(spec, plugins)
+        again = " ".join(filter(None, ("runner resume", shlex.quote(str(run_dir)), plugin_args(plugin_refs))))
+        advice = f"a run directory is data, and resuming would run that code; if it is yours, run: {again} --trust-code"
+        with nullcontext() if trust_code else refusing_code(advice):
+            spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
+            dataset = load_dataset(spec, plugins)
         where.run_dir = run_dir
         for path in clean_temporary_files(run_dir):
             console.print(f"removed a half-written file: {path}", soft_wrap=True, markup=False)
@@ -217,10 +188,11 @@ def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool)
                 run_dir,
                 resume=plan,
                 poll=poll,
-                notify=_notifier(console),
+                notify=notifier(console),
                 watchers=[view.observe],
             )
-        _finished(console, board, spec.search.metric, run_dir)
+        show_results(console, board, spec.search.metric, run_dir)
+        _finished(board, run_dir)
 
 
 @contextmanager
@@ -238,15 +210,6 @@ def named_run_dir(run_dir: Path | None) -> Path | None:
     (a ``latest`` alias), the folder the link points to. The folder named is the person's
     choice; nothing inside it is followed (``runner.files``)."""
     return run_dir.resolve() if run_dir is not None and run_dir.is_symlink() else run_dir
-
-
-def _notifier(console: Console):
-    """How the run tells a person what the control file did: a line above the progress bars."""
-
-    def notify(message: str) -> None:
-        console.print(message, soft_wrap=True, highlight=False)
-
-    return notify
 
 
 @main.command()
@@ -367,7 +330,9 @@ def _control_schema(run_dir: Path, plugin_refs: tuple[str, ...]) -> ControlSchem
     backend = experiment.get("backend", DEFAULT_PLUGINS["backend"]) if isinstance(experiment, dict) else None
     name = backend.get("name") if isinstance(backend, dict) else backend
     try:
-        return ControlSchema.for_backend(load_plugins(plugin_refs).registry.get("backend", str(name)))
+        backend_cls = load_plugins(plugin_refs).registry.get("backend", str(name))
+        model = experiment.get("model", {}) if isinstance(experiment, dict) else {}
+        return ControlSchema.for_backend(backend_cls.for_model(model if isinstance(model, dict) else {}))
     except SpecError:
         pass  # not installed here, or unavailable
     live = read_status(run_dir)["control"].get("settings")
@@ -505,11 +470,9 @@ def _open_in_browser(page: Path) -> None:
         click.echo(f"no browser found here; open {page} where there is one", err=True)
 
 
-def _finished(console: Console, board, metric: str, run_dir: Path) -> None:
-    """The end of ``start`` and ``resume``: the leaderboard, where the results are, and exit
-    code 1 if every trial failed."""
-    console.print(leaderboard_table(board, metric))
-    console.print(f"results: {run_dir / 'results.json'}", highlight=False, soft_wrap=True, markup=False)
+def _finished(board, run_dir: Path) -> None:
+    """The end of ``start`` and ``resume``, once the leaderboard is shown: exit code 1 if
+    every trial failed."""
     if board and all(r.state == "failed" for r in board):
         raise RunnerError(f"every trial failed; the reasons are in {run_dir / 'events.jsonl'} (trial_complete)")
 
@@ -520,7 +483,7 @@ def _finished(console: Console, board, metric: str, run_dir: Path) -> None:
 def validate(experiment: Path, plugin_refs: tuple[str, ...]) -> None:
     """Check EXPERIMENT (its plugins, options, search space and data) without running it."""
     with reported_errors():
-        plugins, spec, dataset = _prepare(experiment, plugin_refs, None)
+        plugins, spec, dataset = prepare(experiment, plugin_refs)
         planned = build_strategy(spec, plugins.registry).planned_trials()
         params = ", ".join(f"{p.path} ({getattr(p, 'scale', 'choice')})" for p in spec.search.space) or "none"
         click.echo(f"ok: {experiment}")
@@ -530,9 +493,16 @@ def validate(experiment: Path, plugin_refs: tuple[str, ...]) -> None:
         )
         click.echo(f"  space:   {params}")
         click.echo(f"  backend: {spec.backend.name}, {spec.train.epochs} epochs; executor: {spec.executor.name}")
+        shape = dataset.input_shape
+        inputs = f"{dataset.n_features} features" if len(shape) == 1 else f"inputs of shape {shape}"
+        targets = (
+            f"{dataset.n_classes} classes"
+            if dataset.task == "classification"
+            else f"regression on {dataset.n_targets} target{'s' if dataset.n_targets > 1 else ''}"
+        )
         click.echo(
             f"  data:    {spec.data.name}: {len(dataset.x_train)} train / {len(dataset.x_val)} val examples, "
-            f"{dataset.n_features} features, {dataset.n_classes} classes"
+            f"{inputs}, {targets}"
         )
 
 
@@ -581,20 +551,14 @@ def print_schema(plugin_refs: tuple[str, ...], out: Path | None) -> None:
         click.echo(f"wrote {out}")
 
 
-def terminal() -> Console:
-    """The console for output: the terminal's width, or wide lines when piped to a file."""
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=200)
-    return console
-
-
 def _plugin_rows(plugins: Plugins) -> list[dict]:
     pm = plugins.manager
     by_plugin: dict[str, list[str]] = {}
     for entry in plugins.registry.entries():
         note = f" (unavailable: {entry.unavailable})" if entry.unavailable else ""
         by_plugin.setdefault(entry.plugin, []).append(f"{entry.kind} {entry.name}{note}")
+    for declared in plugins.registry.options():
+        by_plugin.setdefault(declared.plugin, []).append(f"options {declared.name}")
     rows = []
     for name, plugin in sorted(pm.list_name_plugin()):
         rows.append(
@@ -606,16 +570,6 @@ def _plugin_rows(plugins: Plugins) -> list[dict]:
             }
         )
     return rows
-
-
-def _prepare(experiment: Path, plugin_refs: tuple[str, ...], seed: int | None, start_from: dict | None = None):
-    plugins = load_plugins(plugin_refs)
-    spec = load(experiment, plugins.registry, seed=seed, start_from=start_from)
-    try:
-        dataset = load_dataset(spec, plugins)
-    except SpecError as err:
-        raise err.in_file(str(experiment)) from None
-    return plugins, spec, dataset
 
 
 class _Where:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from runner.backend import NoOptions
+from runner.registry import PluginOptions
 from runner.trial import TrialResult
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Session:
     run_dir: Path
     metric: str
     logged: Counter  # trial id -> its events in the log so far
+    plugin_options: Mapping[str, Any] = field(default_factory=PluginOptions)  # the experiment's, for a Trial made here
 
 
 class Executor(ABC):

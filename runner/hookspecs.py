@@ -5,6 +5,10 @@ may accept any subset of a hook's arguments, and a hook may gain an argument lat
 breaking older plugins. Objects passed to hooks (``trial``, ``experiment``) are owned by the
 runner: read them, do not change them. Changes to a run go through returned decisions
 (``Nudge``, ``Stop``, ``Prune``), which the loop alone applies.
+
+A plugin's own options come from the experiment file's ``plugins`` section: declare them in
+``runner_register`` (``registry.add_options("my_logger", Options)``, a frozen dataclass) and
+read them in any hook with ``experiment.options("my_logger")`` or ``trial.options("my_logger")``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,11 @@ def runner_register(registry: Registry) -> None:
     validated (validation needs to know every plugin's options); and once in each worker
     process of an executor that runs trials elsewhere, which builds its own manager. Call
     ``registry.add_backend(cls)``, ``add_strategy(cls)``, ``add_dataset(obj)`` or
-    ``add_executor(cls)``; two plugins registering the same name is an error.
+    ``add_executor(cls)``; two plugins registering the same name is an error. A plugin that
+    only implements hooks declares the options it takes from the experiment file with
+    ``registry.add_options(name, Options)`` (a frozen dataclass, fields with defaults and
+    ``runner.bounds``): the file's ``plugins.<name>`` is checked against it before anything
+    runs, and hooks read the result with ``experiment.options(name)`` or ``trial.options(name)``.
     """
 
 
@@ -52,7 +60,8 @@ def runner_experiment_start(experiment: Experiment) -> None:
     more when ``runner resume`` continues the run).
 
     ``experiment.spec`` is the validated experiment file, ``experiment.run_dir`` the run
-    directory. Results are ignored.
+    directory, ``experiment.options(name)`` the options declared as ``name`` with
+    ``registry.add_options``, as the file's ``plugins`` section set them. Results are ignored.
     """
 
 
@@ -76,7 +85,9 @@ def runner_trial_start(trial: Trial) -> None:
     resumed run continues the trial (``trial.epoch`` and ``trial.step`` say from where).
 
     ``trial.params`` are the strategy's choices, ``trial.config`` the full config and
-    ``trial.hyperparameters`` the live values in force. Results are ignored.
+    ``trial.hyperparameters`` the live values in force; ``trial.options(name)`` gives a
+    plugin's options (``registry.add_options``), in every hook that receives the trial,
+    wherever it runs. Results are ignored.
     """
 
 

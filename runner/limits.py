@@ -104,14 +104,14 @@ def check_experiment(spec: ExperimentSpec, registry: Registry) -> None:
         return
     _check_data(spec.limits, size)
     known = None not in (size.examples, size.features, size.classes)
-    _check_models(spec, registry, size.examples or 1, size.features or 1, size.classes or 2, known=known)
+    _check_models(spec, size.examples or 1, size.features or 1, size.classes or 2, known=known)
 
 
-def check_loaded(spec: ExperimentSpec, registry: Registry, data: Dataset) -> None:
+def check_loaded(spec: ExperimentSpec, data: Dataset) -> None:
     """Called once the data are loaded and prepared, before any trial builds its model (and
     before ``runner start`` makes the run directory): every trial's model, now with the
     data's true shape. Raises SpecError naming the JSON path; changes nothing."""
-    _check_models(spec, registry, len(data.x_train) + len(data.x_val), data.n_features, data.n_classes)
+    _check_models(spec, len(data.x_train) + len(data.x_val), data.n_features, data.n_classes)
 
 
 def prepared_bytes(examples: int, features: int) -> int:
@@ -133,9 +133,7 @@ def _check_data(limits: Limits, size: DataSize) -> None:
         )
 
 
-def _check_models(
-    spec: ExperimentSpec, registry: Registry, examples: int, features: int, classes: int, *, known: bool = True
-) -> None:
+def _check_models(spec: ExperimentSpec, examples: int, features: int, classes: int, *, known: bool = True) -> None:
     """Every trial the search space can make, at its largest, against both limits, for data
     of this shape (``known`` False: a lower bound of it)."""
     shape = {"examples": examples, "features": features, "classes": classes}
@@ -145,7 +143,7 @@ def _check_models(
         """The backend's estimate, once per trial (building a trial's sections costs)."""
         key = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
         if key not in estimates:
-            estimates[key] = _model_size(spec, registry, params, shape)
+            estimates[key] = _model_size(spec, params, shape)
         return estimates[key]
 
     if model_size({}) is None:
@@ -171,15 +169,12 @@ def _check_models(
             raise SpecError(_blame(spec, params, measure), message)
 
 
-def _model_size(
-    spec: ExperimentSpec, registry: Registry, params: dict[str, Any], shape: dict[str, int]
-) -> ModelSize | None:
+def _model_size(spec: ExperimentSpec, params: dict[str, Any], shape: dict[str, int]) -> ModelSize | None:
     """The backend's estimate for the trial with ``params`` (None: the backend makes none)."""
     from runner.spec import trial_sections  # spec imports this module
 
-    model, train, options = trial_sections(spec, registry, params)
-    backend_cls = registry.get("backend", spec.backend.name, "backend.name")
-    return backend_cls.estimate(model=model, train=train, options=options, **shape)
+    model, train, options = trial_sections(spec, params)
+    return spec.backend_class.estimate(model=model, train=train, options=options, **shape)
 
 
 def _largest(spec: ExperimentSpec, measure) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from runner.errors import RunnerError, SpecError
 from runner.events import EventLog
 from runner.executor import Session
 from runner.files import write_json
+from runner.imports import experiment_folder
 from runner.inbox import ControlInbox, Delivery
 from runner.interrupt import FLAG, Interrupted
 from runner.limits import check_loaded
@@ -56,6 +57,12 @@ class Experiment:
     spec: ExperimentSpec
     run_dir: Path
     planned_trials: int | None  # what the strategy expects to run, if it knows
+
+    def options(self, name: str) -> Any:
+        """The options a plugin declared as ``name`` (``registry.add_options``), built from the
+        experiment file's ``plugins.<name>`` (their defaults where the file does not name it).
+        A KeyError if no plugin loaded declared ``name``."""
+        return self.spec.options(name)
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ def load_dataset(spec: ExperimentSpec, plugins: Plugins) -> Dataset:
     plugin = plugins.registry.get("dataset", spec.data.name, "data.name")
     raw = plugin.load(spec.data.options, seed=spec.seed, base_dir=spec.base_dir)
     dataset = prepare(spec.data.name, raw, spec.data.options, seed=spec.seed)
-    check_loaded(spec, plugins.registry, dataset)
+    check_loaded(spec, dataset)
     return dataset
 
 
@@ -146,12 +153,16 @@ def run_experiment(
             strategy.tell(history, record.result)
         waiting = [
             TrialJob(
-                r.id, r.params, trial_seed(spec.seed, r.id), resume=_str(resume.continue_from[r.id]), announced=True
+                r.id,
+                r.params,
+                trial_seed(spec.seed, r.id),
+                resume=_str(resume.continue_from[r.id]),
+                announced=r.id not in resume.unannounced,
             )
             for r in history.running
         ]
 
-    backend_cls = registry.get("backend", spec.backend.name)
+    backend_cls = spec.backend_class
     control_path = run_dir / CONTROL_FILE
     with EventLog(run_dir / "events.jsonl") as log:
         strategy.write_note = note_writer(log, past)
@@ -199,14 +210,14 @@ def run_experiment(
         writer, executor, aborting = SnapshotWriter(), None, True
         stopping = any(r.result.ends_experiment for r in history.finished)  # a resumed run that was stopping
         try:
-            inbox.start(initial_control(spec, registry, backend_cls.live), fresh=resume is None)
+            inbox.start(initial_control(spec, backend_cls.live), fresh=resume is None)
             status.set_control(watching=inbox.mode)  # polling if inotify could not be had
             hook.runner_experiment_start(experiment=experiment)
             run_trial = TrialRunner(experiment, plugins, dataset, log, writer, inbox, strategy)
             setup = WorkerSetup(
                 as_run, str(spec.base_dir), tuple(plugins.extra), str(run_dir), experiment.planned_trials, dataset
             )
-            session = Session(setup, log, inbox, hook, run_dir, search.metric, logged)
+            session = Session(setup, log, inbox, hook, run_dir, search.metric, logged, spec.plugins)
             executor = registry.get("executor", spec.executor.name)(
                 spec.executor.options, run_trial=run_trial, session=session
             )
@@ -231,6 +242,7 @@ def run_experiment(
                         break
                     trial_id = len(history)
                     history.add(trial_id, params)
+                    log.emit("trial_queued", queued=trial_id, params=params)  # a resume knows it, started or not
                     executor.submit(TrialJob(trial_id, params, trial_seed(spec.seed, trial_id)))
                 if executor.pending() == 0:
                     break
@@ -282,10 +294,10 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def initial_control(spec: ExperimentSpec, registry, live: tuple[str, ...]) -> bytes:
+def initial_control(spec: ExperimentSpec, live: tuple[str, ...]) -> bytes:
     """The control file a run starts with: each live setting with the value trials start
     with, or null where the search chooses it per trial."""
-    train = trial_sections(spec, registry, {})[1]
+    train = trial_sections(spec, {})[1]
     searched = {p.path for p in spec.search.space}
     return initial_document(
         live, {name: getattr(train, name, None) for name in live if f"train.{name}" not in searched}
@@ -339,7 +351,7 @@ class TrialLoop:
         spec = runner.experiment.spec
         self.runner, self.job, self.spec = runner, job, spec
         self.log, self.hook = runner.log, runner.plugins.hook
-        self.backend_cls = runner.plugins.registry.get("backend", spec.backend.name)
+        self.backend_cls = spec.backend_class
         self.metric, self.mode = spec.search.metric, spec.search.mode
         run_dir = runner.experiment.run_dir
         self.trial = Trial(
@@ -349,6 +361,7 @@ class TrialLoop:
             seed=job.seed,
             folder=trial_folder(run_dir, job.trial),
             run_folder=run_dir,
+            plugin_options=spec.plugins,
         )
         self.store = CheckpointStore(self.trial.folder, job.trial, spec.checkpoint, runner.writer, within=run_dir)
         self.detector = SpikeDetector(spec.divergence)
@@ -377,15 +390,16 @@ class TrialLoop:
         trial = self.trial
         end, error, announced = EndTrial("completed"), None, False
         try:
-            model, train, options = trial_sections(self.spec, self.runner.plugins.registry, trial.params)
+            model, train, options = trial_sections(self.spec, trial.params)
             trial.config = {
                 "model": asdict(model),
                 "train": asdict(train),
                 "backend": {"name": self.spec.backend.name, **asdict(options)},
             }
-            self.backend = self.backend_cls(
-                model=model, train=train, options=options, data=self.runner.dataset, seed=trial.seed
-            )
+            with experiment_folder(self.spec.base_dir):  # a backend may import what the model section names
+                self.backend = self.backend_cls(
+                    model=model, train=train, options=options, data=self.runner.dataset, seed=trial.seed
+                )
             trial.hyperparameters = self.backend.hyperparameters()
             if self.runner.strategy is not None:
                 self.babysitter = self.runner.strategy.babysitter(trial) or self.babysitter

@@ -1,10 +1,12 @@
-"""The registry: where plugins add backends, strategies, datasets and executors by name.
+"""The registry: where plugins add backends, strategies, datasets and executors by name,
+and the options a plugin that only implements hooks takes from the experiment file.
 
 Filled once per run by the ``runner_register`` hook::
 
     @hookimpl
     def runner_register(registry):
         registry.add_strategy(MyStrategy)
+        registry.add_options("my_logger", Options)  # the experiment's "plugins": {"my_logger": {...}}
 
 Each addition remembers the plugin that made it, so ``runner plugins`` can say who
 provides what and a clash between two plugins names them both.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,9 +35,19 @@ class Entry:
     unavailable: str | None = None  # why it cannot be used here, and how to fix that
 
 
+@dataclass(frozen=True)
+class OptionsEntry:
+    """Options a plugin declared with ``Registry.add_options``."""
+
+    name: str  # the key under the experiment file's "plugins" section
+    cls: type  # a dataclass, built like every plugin's Options (``runner.typed.build``)
+    plugin: str  # the name of the plugin that declared it
+
+
 class Registry:
     def __init__(self) -> None:
         self._entries: dict[Kind, dict[str, Entry]] = {k: {} for k in KINDS}
+        self._options: dict[str, OptionsEntry] = {}
         self.provider = "?"  # set by the plugin manager while one plugin registers
 
     def add_backend(self, cls: type) -> None:
@@ -62,6 +75,48 @@ class Registry:
 
         self._check_class("executor", cls, Executor, Options=None)
         self._add("executor", cls)
+
+    def add_options(self, name: str, cls: type) -> None:
+        """Declare the options a plugin takes from the experiment file, under
+        ``"plugins": {name: {...}}``: ``cls`` is a dataclass whose fields carry types,
+        defaults and ``runner.bounds``, like every plugin's ``Options``. The file is checked
+        against it before anything runs; hooks read the built instance with
+        ``experiment.options(name)`` or ``trial.options(name)`` (its defaults where the file
+        does not name ``name``). For a plugin that only implements hooks: a backend, strategy,
+        dataset or executor takes its options in its own section."""
+        where = f"plugin {self.provider!r} declared options {name!r}"
+        if not isinstance(name, str) or not name.strip():
+            raise PluginError(f"plugin {self.provider!r} declared options without a name: {name!r}")
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise PluginError(f"{where}: they must be a dataclass, got {cls!r}")
+        if not cls.__dataclass_params__.frozen:  # one instance is shared by every hook call
+            raise PluginError(f"{where}: the dataclass must be frozen: @dataclass(frozen=True)")
+        existing = self._options.get(name)
+        if existing is not None:
+            raise PluginError(
+                f'options "{name}" are declared twice: by plugin {existing.plugin!r} and by plugin {self.provider!r}'
+            )
+        self._options[name] = OptionsEntry(name, cls, self.provider)
+
+    def options(self) -> list[OptionsEntry]:
+        """Every ``add_options`` declaration, by name."""
+        return [entry for _, entry in sorted(self._options.items())]
+
+    def options_class(self, name: str, path: str = "") -> type:
+        """The dataclass declared as options ``name``; a SpecError naming ``path`` if no
+        plugin declared it (with the nearest declared name)."""
+        if name in self._options:
+            return self._options[name].cls
+        hint = difflib.get_close_matches(name, list(self._options), n=1)
+        suggestion = f' (did you mean "{hint[0]}"?)' if hint else ""
+        if not self._options:
+            raise SpecError(
+                path,
+                f'no plugin loaded declares options "{name}", nor any others: is the plugin that takes '
+                "them installed, or loaded as a one-off (--plugin FILE.py)?",
+            )
+        declared = ", ".join(sorted(self._options))
+        raise SpecError(path, f'no plugin loaded declares options "{name}"{suggestion}; declared: {declared}')
 
     def add_unavailable(self, kind: Kind, name: str, reason: str) -> None:
         """Name something this plugin provides but cannot here, and say why and how to get it
@@ -116,3 +171,39 @@ class Registry:
 @dataclass(frozen=True)
 class _Named:
     name: str
+
+
+class UnknownOptions(KeyError):
+    """Asked for options that no plugin loaded declared."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class PluginOptions(Mapping):
+    """The options of each plugin that declared some (``Registry.add_options``), built from
+    an experiment's ``plugins`` section: plugin options name -> its dataclass instance.
+    Read-only; a name nobody declared is a KeyError (``UnknownOptions``) that lists the
+    declared ones."""
+
+    def __init__(self, built: Mapping[str, Any] | None = None):
+        self._built = dict(built or {})
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._built[name]
+        except KeyError:
+            declared = ", ".join(sorted(self._built)) or "none"
+            raise UnknownOptions(
+                f"no options named {name!r} (declared: {declared}); a plugin declares its options "
+                "with registry.add_options(name, Options) in runner_register"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built)
+
+    def __len__(self) -> int:
+        return len(self._built)
+
+    def __repr__(self) -> str:
+        return f"PluginOptions({self._built!r})"

@@ -303,6 +303,7 @@ class RemoteExecutor(Executor):
             folder=trial_folder(Path(session.run_dir), job.trial),
             run_folder=Path(session.run_dir),
             epoch=result.epochs,
+            plugin_options=session.plugin_options,
         )
         session.hook.runner_trial_complete(trial=trial, result=result)
         return result

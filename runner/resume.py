@@ -33,7 +33,7 @@ from runner.files import (
 )
 from runner.inputs import check_regular
 
-# What runner writes in a run directory (the README's table), besides the trials' snapshots
+# What runner writes in a run directory (the table in docs/run-directory.md), besides the trials' snapshots
 # and the report's figures: each must be a regular file, never a link.
 RUN_FILES = (
     "experiment.json",
@@ -58,6 +58,7 @@ class ResumePlan:
     continue_from: dict[int, Path | None]  # interrupted trial -> snapshot file (None: from scratch)
     start: dict[str, Any]  # the experiment_start event
     notes: list[str] = field(default_factory=list)
+    unannounced: set[int] = field(default_factory=set)  # queued trials whose trial_start never reached the log
 
 
 START_FIELDS = ("name", "metric", "mode")  # what every reader of a run takes from experiment_start
@@ -96,6 +97,10 @@ def plan_resume(run_dir: Path) -> ResumePlan:
     finished = {e["trial"] for e in events if e["event"] == "trial_complete"}
     plan = ResumePlan(events=[], continue_from={}, start=events[0])
     keep: dict[int, int] = {}  # interrupted trial -> how many of its events to keep
+    queued = {e["queued"] for e in events if e["event"] == "trial_queued"}
+    for trial in sorted(queued - set(started) - finished):  # handed to a worker that had not started it
+        plan.continue_from[trial] = None
+        plan.unannounced.add(trial)
     for trial in sorted(set(started) - finished):
         snapshot, meta = newest_intact_snapshot(run_dir, trial, plan.notes)
         plan.continue_from[trial] = snapshot

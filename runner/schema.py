@@ -3,8 +3,9 @@
 An experiment file names it with ``"$schema"``, and editors that read JSON Schema (VS Code,
 JetBrains IDEs, any JSON language server) then complete and check the file as it is typed.
 It is generated each time from what ``runner.spec`` checks, so it cannot drift from it: the
-core's sections and dataclasses, and the ``Options``, ``Model`` and ``Train`` dataclasses of
-every plugin in the registry (installed ones and ``--plugin`` ones). The rules that depend
+core's sections and dataclasses, the ``Options``, ``Model`` and ``Train`` dataclasses of
+every plugin in the registry (installed ones and ``--plugin`` ones), and under ``plugins``
+the options each plugin declared with ``registry.add_options``. The rules that depend
 on the backend (``model``, ``train``, ``search.metric``, the paths ``search.space`` may
 name and the values it may give them) are keyed on it with ``if``/``then``. What a schema
 cannot say (low < high, a plugin's own ``check``, a data file that exists) is left to
@@ -75,6 +76,7 @@ def experiment_schema(registry: Registry) -> dict[str, Any]:
             "description": "how big the data and one trial's model may be estimated to get before the file is refused",
             **dataclass_schema(Limits),
         },
+        "plugins": _plugins_section(registry),
     }
     return {
         "$schema": DRAFT,
@@ -85,7 +87,7 @@ def experiment_schema(registry: Registry) -> dict[str, Any]:
         "required": ["data", "train"],
         "properties": {key: sections[key] for key in TOP_LEVEL},  # a KeyError when spec.py gains a section
         "additionalProperties": False,
-        "allOf": [_backend_rule(e, definitions, named) for e in backends],
+        "allOf": [rule for e in backends for rule in _backend_rules(e, definitions, named)],
         "definitions": definitions,
     }
 
@@ -160,6 +162,22 @@ def _plugin_section(registry: Registry, kind: Kind, path: str, what: str) -> dic
     return {**section, "default": {"name": default}} if default else section
 
 
+def _plugins_section(registry: Registry) -> dict[str, Any]:
+    """The ``plugins`` section: the options of each plugin that declared some with
+    ``registry.add_options``, under its name; no other name."""
+    properties = {
+        entry.name: {"description": f"options of plugin {entry.plugin}", **dataclass_schema(entry.cls)}
+        for entry in registry.options()
+    }
+    return {
+        "description": "options of plugins that only implement hooks, by the name each declared them under",
+        "type": "object",
+        "default": {},
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
 def _about(entry: Entry) -> str:
     """A plugin in one sentence: the first of its docstring, where it comes from, and why it is unavailable."""
     doc = " ".join((entry.obj.__doc__ or "").split("\n\n")[0].split()) if entry.obj is not None else ""
@@ -204,29 +222,55 @@ def _search_section(registry: Registry) -> dict[str, Any]:
     }
 
 
-def _backend_rule(entry: Entry, definitions: dict[str, Any], named: dict[type, str]) -> dict[str, Any]:
+def _backend_rules(entry: Entry, definitions: dict[str, Any], named: dict[type, str]) -> list[dict[str, Any]]:
     """``model``, ``train``, ``search.metric`` and ``search.space`` when the backend is ``entry``
-    (named as a string or in an object, or left out when it is the default). Its sections go
-    to ``definitions`` (``named``: those already there, shared by backends that share them)."""
+    (named as a string or in an object, or left out when it is the default): one rule, or two
+    when the backend hands a model section with a ``class_path`` to another class
+    (``Backend.for_model``). Its sections go to ``definitions`` (``named``: those already
+    there, shared by backends that share them)."""
     named_here = {
         "anyOf": [
             {"const": entry.name},
             {"type": "object", "required": ["name"], "properties": {"name": {"const": entry.name}}},
         ]
     }
-    when = {"properties": {"backend": named_here}}
-    if entry.name != DEFAULT_PLUGINS["backend"]:
-        when["required"] = ["backend"]
+    own = entry.obj.for_model({"class_path": "module:Class"})
+    if own is entry.obj:
+        return [_backend_rule(entry.name, entry.obj, named_here, None, definitions, named)]
+    return [
+        _backend_rule(entry.name, entry.obj, named_here, {"not": {"required": ["class_path"]}}, definitions, named),
+        _backend_rule(entry.name, own, named_here, {"required": ["class_path"]}, definitions, named),
+    ]
+
+
+def _backend_rule(
+    name: str,
+    cls: type,
+    named_here: dict[str, Any],
+    model_rule: dict[str, Any] | None,
+    definitions: dict[str, Any],
+    named: dict[type, str],
+) -> dict[str, Any]:
+    when: dict[str, Any] = {"properties": {"backend": named_here}}
+    required = [] if name == DEFAULT_PLUGINS["backend"] else ["backend"]
+    if model_rule is not None:
+        when["properties"]["model"] = model_rule
+        if "required" in model_rule:
+            required.append("model")
+    if required:
+        when["required"] = required
     refs, space = {}, {"properties": {}, "patternProperties": {}, "additionalProperties": False}
-    for section, cls in (("model", entry.obj.Model), ("train", entry.obj.Train), ("backend", entry.obj.Options)):
-        if cls not in named:
-            named[cls] = f"{entry.name}.{section}"
-            definitions[named[cls]] = dataclass_schema(cls)
-        refs[section] = "#/definitions/" + named[cls].replace("~", "~0").replace("/", "~1")
-        _searchable(section, definitions[named[cls]], refs[section], space)
+    suffix = "" if model_rule is None or "not" in model_rule else ".own"
+    for section, part in (("model", cls.Model), ("train", cls.Train), ("backend", cls.Options)):
+        if part not in named:
+            named[part] = f"{name}{suffix}.{section}"
+            definitions[named[part]] = dataclass_schema(part)
+        refs[section] = "#/definitions/" + named[part].replace("~", "~0").replace("/", "~1")
+        _searchable(section, definitions[named[part]], refs[section], space)
     if not space["patternProperties"]:
         del space["patternProperties"]
-    metrics = {"enum": ["train_loss", *(f"val_{m}" for m in entry.obj.metrics)]}
+    reported = dict.fromkeys(m for task in getattr(cls, "tasks", ("classification",)) for m in cls.metrics_for(task))
+    metrics = {"enum": ["train_loss", *(f"val_{m}" for m in reported)]}
     return {
         "if": when,
         "then": {

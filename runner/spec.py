@@ -2,15 +2,16 @@
 
 Validation happens before anything runs and names the JSON path of every problem
 (``search.space.train.lr.low: must be > 0 for scale "log", got 0``). Plugin-defined
-sections (``model``, ``train``, each plugin's options) are checked against the dataclasses
-the named plugins declare, and every searched parameter is checked at its extreme values,
-so a typo in a dotted path or a choice the backend rejects is caught up front.
+sections (``model``, ``train``, each plugin's options, and under ``plugins`` the options of
+plugins that only implement hooks) are checked against the dataclasses the plugins declare,
+and every searched parameter is checked at its extreme values, so a typo in a dotted path
+or a choice the backend rejects is caught up front.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,11 +20,12 @@ import orjson
 from runner.checkpoints import CheckpointOptions
 from runner.divergence import DivergenceOptions
 from runner.errors import SpecError, join_path
+from runner.imports import experiment_folder
 from runner.inputs import EXPERIMENT_FILE, InputError, duplicate_key, read_bytes
 from runner.limits import Limits, check_experiment
-from runner.registry import Kind, Registry
+from runner.registry import Kind, PluginOptions, Registry
 from runner.space import Space
-from runner.typed import build, convert
+from runner.typed import build, convert, describe
 
 TOP_LEVEL = (
     "$schema",
@@ -39,6 +41,7 @@ TOP_LEVEL = (
     "divergence",
     "executor",
     "limits",
+    "plugins",
 )
 SEARCHABLE_SECTIONS = ("model", "train", "backend")
 DEFAULT_PLUGINS = {"backend": "numpy", "search.strategy": "random", "executor": "inline"}  # for a section left out
@@ -80,7 +83,15 @@ class ExperimentSpec:
     executor: PluginRef
     limits: Limits
     raw: dict[str, Any]  # the file as read, for the run directory and for resume
-    base_dir: Path  # the experiment file's folder; relative data paths resolve against it
+    base_dir: Path  # the experiment file's folder; relative data paths and import paths resolve against it
+    backend_class: type  # the class that trains this model section (``Backend.for_model``)
+    plugins: PluginOptions = field(default_factory=PluginOptions)  # the "plugins" section, built
+
+    def options(self, name: str) -> Any:
+        """The options that a plugin declared as ``name`` (``Registry.add_options``), as the
+        file's ``plugins.<name>`` section set them, or their defaults where the file does not
+        name it. A KeyError if no plugin loaded declared ``name``."""
+        return self.plugins[name]
 
     def trial_config(self, params: dict[str, Any]) -> dict[str, Any]:
         """The base config (model, train and backend sections, as written) with ``params`` applied.
@@ -155,18 +166,39 @@ def load(
     path = Path(path)
     raw = read_json(path)
     try:
-        if start_from and isinstance(raw, dict):
-            raw = copy.deepcopy(raw)
-            set_paths(raw, start_from, "--from")
-        spec = parse(raw, registry, base_dir=base_dir or path.resolve().parent, seed=seed)
-        check_experiment(spec, registry)
-        return spec
+        base_dir = base_dir or path.resolve().parent
+        return load_document(raw, registry, seed=seed, base_dir=base_dir, start_from=start_from)
     except SpecError as err:
         raise err.in_file(str(path)) from None
 
 
+def load_document(
+    raw: Any,
+    registry: Registry,
+    *,
+    base_dir: Path,
+    seed: int | None = None,
+    start_from: dict[str, Any] | None = None,
+) -> ExperimentSpec:
+    """``load`` for an experiment already parsed from JSON (``runner.run`` given a dict):
+    ``start_from`` set in it, validated, checked against its ``limits``; relative paths in it
+    resolve against ``base_dir``."""
+    if start_from and isinstance(raw, dict):
+        raw = copy.deepcopy(raw)
+        set_paths(raw, start_from, "--from")
+    spec = parse(raw, registry, base_dir=base_dir, seed=seed)
+    check_experiment(spec, registry)
+    return spec
+
+
 def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int | None = None) -> ExperimentSpec:
-    """Validate the parsed JSON of an experiment file against the registered plugins."""
+    """Validate the parsed JSON of an experiment file against the registered plugins. Import
+    paths it names (a ``model.class_path``) resolve against ``base_dir`` first."""
+    with experiment_folder(base_dir):
+        return _parse(raw, registry, base_dir=base_dir, seed=seed)
+
+
+def _parse(raw: Any, registry: Registry, *, base_dir: Path, seed: int | None) -> ExperimentSpec:
     if not isinstance(raw, dict):
         raise SpecError("", "an experiment file must hold a JSON object")
     for key in raw:
@@ -189,11 +221,17 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
 
     data = _plugin_ref(raw["data"], "dataset", "data", registry)
     backend = _plugin_ref(raw.get("backend", {"name": DEFAULT_PLUGINS["backend"]}), "backend", "backend", registry)
-    backend_cls = registry.get("backend", backend.name)
+    backend_cls = registry.get("backend", backend.name).for_model(raw.get("model", {}))
     model = build(backend_cls.Model, raw.get("model", {}), "model")
     train = build(backend_cls.Train, raw["train"], "train")
     search = _search(raw.get("search", {}), registry)
-    reported = ["train_loss", *(f"val_{m}" for m in backend_cls.metrics)]
+    task = getattr(data.options, "task", "classification")  # a dataset whose options lack it: classification
+    if task not in backend_cls.tasks:
+        raise SpecError(
+            "data.task",
+            f'backend "{backend.name}" does not train "{task}"; it trains {", ".join(backend_cls.tasks)}',
+        )
+    reported = ["train_loss", *(f"val_{m}" for m in backend_cls.metrics_for(task))]
     if search.metric not in reported:
         raise SpecError(
             "search.metric",
@@ -204,6 +242,7 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
     divergence = build(DivergenceOptions, raw.get("divergence", {}), "divergence")
     executor = _plugin_ref(raw.get("executor", {"name": DEFAULT_PLUGINS["executor"]}), "executor", "executor", registry)
     limits = build(Limits, raw.get("limits", {}), "limits")
+    plugin_options = _plugin_options(raw.get("plugins", {}), registry)
 
     spec = ExperimentSpec(
         name=name,
@@ -220,11 +259,13 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
         limits=limits,
         raw=raw,
         base_dir=base_dir,
+        backend_class=backend_cls,
+        plugins=plugin_options,
     )
     for param in search.space:
         for value in param.extremes():
             try:
-                trial_sections(spec, registry, {param.path: value})
+                trial_sections(spec, {param.path: value})
             except SpecError as err:
                 shown = orjson.dumps(value).decode()
                 raise SpecError(
@@ -233,16 +274,17 @@ def parse(raw: Any, registry: Registry, *, base_dir: Path = Path("."), seed: int
     return spec
 
 
-def trial_sections(spec: ExperimentSpec, registry: Registry, params: dict[str, Any]) -> tuple[Any, Any, Any]:
+def trial_sections(spec: ExperimentSpec, params: dict[str, Any]) -> tuple[Any, Any, Any]:
     """The backend's (model, train, options) dataclasses for a trial with ``params``."""
     config = spec.trial_config(params)
-    backend_cls = registry.get("backend", spec.backend.name)
+    backend_cls = spec.backend_class
     options = {k: v for k, v in config["backend"].items() if k != "name"}
-    return (
-        build(backend_cls.Model, config["model"], "model"),
-        build(backend_cls.Train, config["train"], "train"),
-        build(backend_cls.Options, options, "backend"),
-    )
+    with experiment_folder(spec.base_dir):
+        return (
+            build(backend_cls.Model, config["model"], "model"),
+            build(backend_cls.Train, config["train"], "train"),
+            build(backend_cls.Options, options, "backend"),
+        )
 
 
 def _search(raw: Any, registry: Registry) -> Search:
@@ -278,6 +320,22 @@ def check_searchable(path: str, where: str = "search.space") -> None:
         )
     if path == "backend.name":
         raise SpecError(join_path(where, path), "the backend cannot be searched: run one experiment per backend")
+
+
+def _plugin_options(raw: Any, registry: Registry) -> PluginOptions:
+    """The ``plugins`` section: for every options declaration (``Registry.add_options``), its
+    dataclass built from ``plugins.<name>`` (from ``{}``, its defaults, where the file does not
+    name it). A name no plugin declared is refused, with the nearest declared one."""
+    if not isinstance(raw, dict):
+        raise SpecError("plugins", f'must be an object such as {{"my_logger": {{"every": 2}}}}, got {describe(raw)}')
+    for name in raw:
+        registry.options_class(name, join_path("plugins", name))
+    return PluginOptions(
+        {
+            entry.name: build(entry.cls, raw.get(entry.name, {}), join_path("plugins", entry.name))
+            for entry in registry.options()
+        }
+    )
 
 
 def _plugin_ref(raw: Any, kind: Kind, path: str, registry: Registry) -> PluginRef:

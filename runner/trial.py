@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from runner.registry import PluginOptions
 
 TrialState = Literal["completed", "diverged", "pruned", "stopped", "failed"]
 
@@ -23,7 +25,8 @@ class Trial:
     ``params`` are the values the strategy chose (keys are dotted paths such as
     ``train.lr``); ``config`` is the experiment's base config with those applied.
     ``folder`` is the trial's own folder (``RUN_DIR/trials/t003``: its snapshots);
-    ``run_folder`` is the run directory it belongs to.
+    ``run_folder`` is the run directory it belongs to. ``options(name)`` gives the options a
+    plugin declared as ``name`` (``registry.add_options``), as the experiment file set them.
     """
 
     id: int
@@ -40,6 +43,13 @@ class Trial:
     rollbacks: int = 0  # rollbacks so far, whoever asked
     divergence_rollbacks: int = 0  # rollbacks answering a divergence so far
     recent_rollbacks: int = 0  # rollbacks answering a divergence since an epoch last ended without diverging
+    plugin_options: Mapping[str, Any] = field(default_factory=PluginOptions, repr=False)  # name -> built options
+
+    def options(self, name: str) -> Any:
+        """The options a plugin declared as ``name`` (``registry.add_options``), built from the
+        experiment file's ``plugins.<name>`` (their defaults where the file does not name it).
+        A KeyError if no plugin loaded declared ``name``."""
+        return self.plugin_options[name]
 
     @property
     def label(self) -> str:
@@ -115,10 +125,13 @@ class History:
 
     @classmethod
     def from_events(cls, events: Iterable[dict[str, Any]]) -> History:
-        """Rebuild the history from an event log: ``trial_start`` asks, ``trial_complete`` ends."""
+        """Rebuild the history from an event log: ``trial_queued`` (or, in a log written
+        before runner 0.2, ``trial_start``) asks, ``trial_complete`` ends."""
         history = cls()
         for event in events:
-            if event["event"] == "trial_start":
+            if event["event"] == "trial_queued":
+                history.add(event["queued"], event["params"])
+            elif event["event"] == "trial_start" and event["trial"] not in {r.id for r in history}:
                 history.add(event["trial"], event["params"])
             elif event["event"] == "trial_complete":
                 history.finish(TrialResult.from_json(event))

@@ -143,7 +143,7 @@ def test_a_run_snapshots_each_epoch_and_a_snapshot_continues_bit_for_bit(write_e
     assert [e["epoch"] for e in events if e["event"] == "checkpoint"] == [1, 2, 3, 4]
 
     # Continue from the epoch-2 snapshot with a fresh backend: epochs 3 and 4 come out identical.
-    model, train, options = trial_sections(spec, plugins.registry, {})
+    model, train, options = trial_sections(spec, {})
     dataset = load_dataset(spec, plugins)
     backend = plugins.registry.get("backend", "numpy")(
         model=model, train=train, options=options, data=dataset, seed=trial_seed(spec.seed, 0)

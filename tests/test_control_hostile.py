@@ -906,7 +906,7 @@ def expected_action(item: Any) -> Action:
 
 
 def expected_parse(data: bytes) -> ControlDocument:
-    """What ``parse`` must make of ``data``, worked out afresh from the rules the README and the
+    """What ``parse`` must make of ``data``, worked out afresh from the rules docs/control-file.md and the
     module's docstring state (not by calling runner.control): the document, or Refused."""
     if len(data) > MAX_BYTES:
         raise Refused("too big")

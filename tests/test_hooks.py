@@ -101,12 +101,14 @@ def test_exact_hook_order_for_two_trials_of_two_epochs(write_experiment, tmp_pat
     kinds = [(e["event"], e.get("trial")) for e in events]
     assert kinds == [
         ("experiment_start", None),
+        ("trial_queued", None),  # the driver's: it names the trial as "queued"
         ("trial_start", 0),
         ("epoch_end", 0),
         ("epoch_end", 0),
         ("checkpoint", 0),
         ("checkpoint", 0),
         ("trial_complete", 0),
+        ("trial_queued", None),
         ("trial_start", 1),
         ("epoch_end", 1),
         ("nudge", 1),
@@ -253,11 +255,11 @@ def test_every_hook_is_documented_and_fires_in_a_real_run(write_experiment, tmp_
     import sys
 
     called = {call[0] for call in sys.modules["runner_plugin_recorder"].CALLS}
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "plugins.md").read_text()
     for name in hook_names():
         spec = getattr(hookspecs, name)
         assert spec.__doc__ and len(spec.__doc__) > 80, f"{name} needs a docstring saying when it is called"
-        assert f"`{name}" in readme, f"{name} is not documented in README.md"
+        assert f"`{name}" in readme, f"{name} is not documented in docs/plugins.md"
         assert name in called, f"{name} did not fire"
 
 

@@ -30,6 +30,7 @@ def test_every_built_in_comes_through_the_entry_point_group():
         "digits",
         "spirals",
         "files",
+        "python",
         "inline",
         "process",
         "ray",

@@ -19,7 +19,8 @@ EXAMPLES = [
 def test_every_example_experiment_is_valid(path, plugins):
     spec = load(path, plugins.registry)
     assert spec.train.epochs >= 1
-    assert spec.search.metric in ("val_acc", "val_loss")
+    task = spec.data.options.task
+    assert spec.search.metric in ["train_loss", *(f"val_{m}" for m in spec.backend_class.metrics_for(task))]
 
 
 def test_defaults_fill_every_section_but_data_and_train(write_experiment, plugins):

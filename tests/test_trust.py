@@ -14,7 +14,7 @@ import orjson
 from tests.conftest import QUICK, deep_update
 from tests.test_cli import run_dir_of, runner
 
-BUILT_INS = {"numpy", "torch", "grid", "random", "coarse-to-fine", "panda-nudge", "digits", "spirals", "files"}
+BUILT_INS = {"numpy", "torch", "grid", "random", "coarse-to-fine", "panda-nudge", "digits", "spirals", "files", "python"}
 BUILT_INS |= {"inline", "process", "ray", "rollback"}
 
 
@@ -101,6 +101,38 @@ def test_commands_that_read_a_run_never_import_the_code_it_names(tmp_path):
     resumed = runner("resume", run_dir, cwd=tmp_path)
     assert resumed.returncode == 2 and f"--plugin {evil} --plugin evil" in resumed.stderr
     assert not marker.exists()
+
+
+def test_code_a_run_names_by_import_path_is_imported_only_by_resume_with_trust_code(tmp_path):
+    """A run's experiment.json may name a module beside the experiment (a python data source,
+    a model's class_path). Reading the run never imports it; resuming does only when told."""
+    project = tmp_path / "project"
+    project.mkdir()
+    marker = tmp_path / "their-data-code-ran"
+    marker_plugin(project / "their_data.py", marker, "def load():\n    raise AssertionError('never called')\n")
+    exp = project / "exp.json"
+    exp.write_bytes(orjson.dumps(deep_update(QUICK, {"search": {"space": None}})))
+    started = runner("start", exp, "--plain", "--out", project / "runs")
+    assert started.returncode == 0, started.stderr
+    run_dir = run_dir_of(started.stdout)
+    # Someone edits the run before sending it: its experiment now loads data with code of theirs.
+    experiment = orjson.loads((run_dir / "experiment.json").read_bytes())
+    experiment["data"] = {"name": "python", "path": "their_data:load"}
+    (run_dir / "experiment.json").write_bytes(orjson.dumps(experiment))
+    events = (run_dir / "events.jsonl").read_bytes().splitlines()
+    (run_dir / "events.jsonl").write_bytes(b"\n".join(events[:-1]) + b"\n")  # as if it had been killed
+
+    for args in (("report", run_dir), ("report", run_dir, "--json"), ("status", run_dir)):
+        proc = runner(*args, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    refused = runner("resume", run_dir, cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert 'data.path: names code to import, "their_data:load"' in refused.stderr
+    assert f"runner resume {run_dir} --trust-code" in refused.stderr
+    assert not marker.exists()
+    trusted = runner("resume", run_dir, "--trust-code", cwd=tmp_path)
+    assert marker.exists(), "with --trust-code, resume imports what the run names"
+    assert trusted.returncode == 2 and "their_data:load raised AssertionError: never called" in trusted.stderr
 
 
 def test_resume_asks_again_for_the_one_off_plugins_the_run_started_with_and_goes_on_with_them(tmp_path):

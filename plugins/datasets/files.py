@@ -1,9 +1,11 @@
 """The "npz" and "csv" datasets: a user's own data, read from files.
 
-``npz`` reads arrays from a NumPy ``.npz`` archive (``np.savez``): features, labels and, when
-the archive has them, a validation split. ``csv`` reads a delimited text file whose columns
-are numeric features plus one target column (numbers or strings), optionally with a
-separate validation file. Relative paths are resolved against the experiment file's
+``npz`` reads arrays from a NumPy ``.npz`` archive (``np.savez``): features of any per-example
+shape (kept: an (N, 2, 20) array stays (N, 2, 20)), labels and, when the archive has them,
+a validation split. ``csv`` reads a delimited text file whose columns are numeric features
+plus one target column (numbers or strings), optionally with a separate validation file.
+With ``task: "regression"`` the targets must be numbers: (N,) or (N, k) in an archive, one
+column in a CSV file. Relative paths are resolved against the experiment file's
 folder. Every problem with the files is reported as a ``SpecError`` naming the option
 (``data.path``, ``data.x``, ...) and, for CSV files, the line and column.
 
@@ -52,7 +54,11 @@ class NpzOptions(DataOptions):
     )
     x: str = field(default="x", metadata=bounds(doc="name of the array of features, one row per example"))
     y: str = field(
-        default="y", metadata=bounds(doc="name of the array of labels (numbers or strings), one per example")
+        default="y",
+        metadata=bounds(
+            doc="name of the array of labels (numbers or strings), one per example; "
+            "for regression, numeric targets of shape (N,) or (N, k)"
+        ),
     )
     x_val: str = field(
         default="x_val",
@@ -236,6 +242,12 @@ class NpzDataset(DatasetPlugin):
                 f'array "{options.x_val}" has rows of shape {x_val.shape[1:]} '
                 f'but "{options.x}" has {x.shape[1:]} in {file}',
             )
+        if options.task == "regression" and y_val.shape[1:] != y.shape[1:]:
+            raise SpecError(
+                join_path(DATA, "y_val"),
+                f'array "{options.y_val}" has targets of shape {y_val.shape} but "{options.y}" has {y.shape} '
+                f"in {file}; each example needs as many targets",
+            )
         if (y.dtype.kind == "U") != (y_val.dtype.kind == "U"):
             kinds = {True: "strings", False: "numbers"}
             raise SpecError(
@@ -312,7 +324,7 @@ def _npz_array(archive, options: NpzOptions, key: str, file: Path) -> np.ndarray
 
 
 def _npz_features(archive, options: NpzOptions, key: str, file: Path) -> np.ndarray:
-    """Features as float64 with one row per example (extra dimensions are kept; the core flattens them)."""
+    """Features as float64, one example per entry of the first axis, each of the stored shape."""
     a = _npz_array(archive, options, key, file)
     name, where = getattr(options, key), join_path(DATA, key)
     if a.ndim == 0:
@@ -331,9 +343,26 @@ def _npz_features(archive, options: NpzOptions, key: str, file: Path) -> np.ndar
 
 
 def _npz_labels(archive, options: NpzOptions, key: str, file: Path) -> np.ndarray:
-    """Labels as a 1-D array of numbers or str; an (n, 1) column is flattened."""
+    """Labels as a 1-D array of numbers or str (an (n, 1) column is flattened); for
+    regression, numeric targets of shape (n,) or (n, k) as stored."""
     a = _npz_array(archive, options, key, file)
     name, where = getattr(options, key), join_path(DATA, key)
+    if options.task == "regression":
+        if a.ndim not in (1, 2) or 0 in a.shape[1:]:
+            raise SpecError(
+                where, f'array "{name}" in {file} must hold targets of shape (n,) or (n, k), got shape {a.shape}'
+            )
+        if a.dtype.kind not in "iuf":
+            raise SpecError(
+                where, f'array "{name}" in {file} must hold numbers for task "regression", got dtype {a.dtype}'
+            )
+        bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+        if bad.any():
+            raise SpecError(
+                where,
+                f'array "{name}" in {file} contains NaN or infinite targets (first in row {int(np.argmax(bad))})',
+            )
+        return a
     if a.ndim == 2 and a.shape[1] == 1:
         a = a[:, 0]
     if a.ndim != 1:
@@ -414,8 +443,9 @@ class CsvDataset(DatasetPlugin):
         table = _read_csv(_resolve(options.path, base_dir, join_path(DATA, "path")), options, join_path(DATA, "path"))
         target = _target_index(table, options)
         x, labels = _split_columns(table, target)
+        regression = options.task == "regression"
         if not options.val_path:
-            return RawData(x=x, y=_labels(labels))
+            return RawData(x=x, y=_targets(table, target, labels) if regression else _labels(labels))
         where = join_path(DATA, "val_path")
         val = _read_csv(_resolve(options.val_path, base_dir, where), options, where)
         if table.header is not None and val.header != table.header:
@@ -427,6 +457,8 @@ class CsvDataset(DatasetPlugin):
         if val.width != table.width:
             raise SpecError(where, f"{val.file} has {val.width} columns but {table.file} has {table.width}")
         x_val, val_labels = _split_columns(val, target)
+        if regression:
+            return RawData(x=x, y=_targets(table, target, labels), x_val=x_val, y_val=_targets(val, target, val_labels))
         y_all = _labels(labels + val_labels)
         return RawData(x=x, y=y_all[: len(labels)], x_val=x_val, y_val=y_all[len(labels) :])
 
@@ -521,6 +553,26 @@ def _split_columns(table: _Table, target: int) -> tuple[np.ndarray, list[str]]:
                 )
             x[i, j] = value
     return x, labels
+
+
+def _targets(table: _Table, target: int, values: list[str]) -> np.ndarray:
+    """Regression targets as float64, one per data row; a SpecError naming the line and
+    column of the first that is not a finite number."""
+    y = np.empty(len(values), dtype=np.float64)
+    for i, (n, cell) in enumerate(zip(table.lines, values)):
+        try:
+            y[i] = float(cell)
+        except ValueError:
+            raise SpecError(
+                table.where,
+                f'{table.file}, line {n}, {table.column(target)}: "{cell}" is not a number; '
+                'task "regression" needs numeric targets',
+            ) from None
+        if not math.isfinite(y[i]):
+            raise SpecError(
+                table.where, f'{table.file}, line {n}, {table.column(target)}: "{cell}" is not a finite number'
+            )
+    return y
 
 
 def _labels(values: list[str]) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 
 from runner.data import DataOptions, RawData, prepare
 from runner.errors import SpecError
-from runner.plugins.datasets import digits, files, spirals
+from runner.plugins.datasets import digits, files, python_source, spirals
 from runner.registry import Registry
 from runner.typed import build
 
@@ -53,17 +53,21 @@ def write(path: Path, text: str) -> Path:
 
 def test_modules_register_their_datasets():
     registry = Registry()
-    for module in (digits, spirals, files):
+    for module in (digits, spirals, files, python_source):
         registry.provider = module.__name__
         module.runner_register(registry=registry)
-    assert registry.names("dataset") == ["csv", "digits", "npz", "spirals"]
+    assert registry.names("dataset") == ["csv", "digits", "npz", "python", "spirals"]
     for name in registry.names("dataset"):
         plugin = registry.get("dataset", name)
         assert plugin.name == name
         assert issubclass(plugin.Options, DataOptions)
 
 
-@pytest.mark.parametrize("plugin", [digits.DigitsDataset(), spirals.SpiralsDataset(), NPZ, CSV], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "plugin",
+    [digits.DigitsDataset(), spirals.SpiralsDataset(), NPZ, CSV, python_source.PythonDataset()],
+    ids=lambda p: p.name,
+)
 def test_every_option_has_a_one_line_doc(plugin):
     for f in dataclasses.fields(plugin.Options):
         doc = f.metadata.get("doc")
@@ -72,11 +76,12 @@ def test_every_option_has_a_one_line_doc(plugin):
 
 def test_option_names():
     names = lambda plugin: [f.name for f in dataclasses.fields(plugin.Options)]  # noqa: E731
-    base = ["val_fraction", "standardize"]
-    assert names(digits.DigitsDataset()) == base
+    base = ["val_fraction", "standardize", "task"]
+    assert names(digits.DigitsDataset()) == base + ["shape"]
     assert names(spirals.SpiralsDataset()) == base + ["classes", "points_per_class", "noise"]
     assert names(NPZ) == base + ["path", "x", "y", "x_val", "y_val"]
     assert names(CSV) == base + ["path", "target", "header", "delimiter", "val_path"]
+    assert names(python_source.PythonDataset()) == base + ["path", "args"]
 
 
 @pytest.mark.parametrize(
@@ -95,6 +100,17 @@ def test_option_names():
         (spirals.SpiralsDataset(), {"noise": -0.1}, "data.noise", "must be >= 0"),
         (digits.DigitsDataset(), {"val_fraction": 1.0}, "data.val_fraction", "must be < 1"),
         (digits.DigitsDataset(), {"colour": True}, "data.colour", "unknown key"),
+        (digits.DigitsDataset(), {"shape": "square"}, "data.shape", 'must be one of "flat", "image"'),
+        (
+            digits.DigitsDataset(),
+            {"standardize": "channels"},
+            "data.standardize",
+            'must be a boolean or one of "feature", "channel", "none", got string "channels"',
+        ),
+        (digits.DigitsDataset(), {"standardize": 1}, "data.standardize", "must be a boolean or one of"),
+        (digits.DigitsDataset(), {"task": "ranking"}, "data.task", 'must be one of "classification", "regression"'),
+        (python_source.PythonDataset(), {}, "data.path", "is required"),
+        (python_source.PythonDataset(), {"path": "m:f", "args": [1]}, "data.args", "must be an object"),
     ],
 )
 def test_bad_options_name_the_key(plugin, data, where, problem):

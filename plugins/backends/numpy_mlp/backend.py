@@ -51,16 +51,17 @@ class NumpyBackend(MiniBatchBackend):
     Options = Options
 
     def __init__(self, *, model: Model, train: Train, options: Options, data: Dataset, seed: int) -> None:
-        """Called once per trial, before the first epoch: casts the data to ``options.dtype``
-        (once), draws the initial weights and creates zero optimizer moments."""
+        """Called once per trial, before the first epoch: flattens each example's inputs to
+        ``data.n_features`` values and casts them to ``options.dtype`` (once), draws the
+        initial weights and creates zero optimizer moments."""
         if data.n_features < 1 or len(data.x_train) < 1:
             raise ValueError("the training split needs at least one example and one feature")
         self.options = options
         self.dtype = np.dtype(options.dtype)
         rng = self._start(model, train, len(data.x_train), seed)
-        self._x_train = np.ascontiguousarray(data.x_train, dtype=self.dtype)
+        self._x_train = np.ascontiguousarray(data.x_train.reshape(len(data.x_train), -1), dtype=self.dtype)
         self._y_train = np.ascontiguousarray(data.y_train, dtype=np.intp)
-        self._x_val = np.ascontiguousarray(data.x_val, dtype=self.dtype)
+        self._x_val = np.ascontiguousarray(data.x_val.reshape(len(data.x_val), -1), dtype=self.dtype)
         self._y_val = np.ascontiguousarray(data.y_val, dtype=np.intp)
         # Reused batch buffers: a step copies its rows in instead of allocating new arrays.
         self._xb = np.empty((self._batch_size, data.n_features), dtype=self.dtype)

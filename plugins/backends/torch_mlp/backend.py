@@ -26,18 +26,20 @@ MPS) the loss is read at once.
 from __future__ import annotations
 
 import re
-from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from runner import BackendState, bounds
+from runner import Backend, BackendState, bounds
 from runner.data import Dataset
 from runner.errors import SpecError, join_path
 from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
 from runner.plugins.backends.numpy_mlp.network import MLP
+from runner.plugins.backends.torch_mlp.lagged import LaggedLosses
 from runner.plugins.backends.torch_mlp.lazy import lazy_import
+from runner.torch_state import check_arrays, copy_arrays_into, tensors_to_arrays
 
 torch = lazy_import("torch")  # loaded (about a second) when a trial first uses it, not when plugins load
 
@@ -92,9 +94,21 @@ class TorchBackend(MiniBatchBackend):
     name = "torch"
     Options = Options
 
+    @classmethod
+    def for_model(cls, model: Mapping[str, Any]) -> type[Backend]:
+        """Called when an experiment file is read: a ``model`` section with a ``class_path``
+        (a person's own ``torch.nn.Module``) is trained by ``ModuleBackend``; any other, by
+        this MLP."""
+        if isinstance(model, Mapping) and "class_path" in model:
+            from runner.plugins.backends.torch_module.backend import ModuleBackend
+
+            return ModuleBackend
+        return cls
+
     def __init__(self, *, model: Model, train: Train, options: Options, data: Dataset, seed: int) -> None:
-        """Called once per trial, before the first epoch: moves the data to the device (once),
-        draws the initial weights (as the NumPy backend does) and creates zero moments."""
+        """Called once per trial, before the first epoch: flattens each example's inputs to
+        ``data.n_features`` values and moves the data to the device (once), draws the initial
+        weights (as the NumPy backend does) and creates zero moments."""
         if data.n_features < 1 or len(data.x_train) < 1:
             raise ValueError("the training split needs at least one example and one feature")
         self.options = options
@@ -106,8 +120,11 @@ class TorchBackend(MiniBatchBackend):
         def to_device(array: np.ndarray, dtype) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=self.device)
 
-        self._x_train, self._y_train = to_device(data.x_train, self.dtype), to_device(data.y_train, torch.int64)
-        self._x_val, self._y_val = to_device(data.x_val, self.dtype), to_device(data.y_val, torch.int64)
+        def flat(x: np.ndarray) -> np.ndarray:
+            return x.reshape(len(x), -1)
+
+        self._x_train, self._y_train = to_device(flat(data.x_train), self.dtype), to_device(data.y_train, torch.int64)
+        self._x_val, self._y_val = to_device(flat(data.x_val), self.dtype), to_device(data.y_val, torch.int64)
         network = MLP(
             n_inputs=data.n_features,
             hidden=tuple(model.hidden),
@@ -128,7 +145,7 @@ class TorchBackend(MiniBatchBackend):
         # that does, such as dropout, must use it): seeded from the trial's seed, saved in state().
         self.generator = torch.Generator(device=self.device).manual_seed(seed % 2**63)
         self._lagged = self.device.type == "cuda"
-        self._losses: deque[tuple[torch.Tensor, Any]] = deque()  # (pinned copy, event), CUDA only
+        self._losses = LaggedLosses()  # CUDA only
 
     def _order_changed(self) -> None:
         """The epoch's order changed: send it to the device (once per epoch or reshuffle)."""
@@ -181,7 +198,7 @@ class TorchBackend(MiniBatchBackend):
             self._update(dict(zip(self.params, grads)))
         if not self._lagged:
             return loss.item()
-        return self._lag(loss.detach())
+        return self._losses.push(loss.detach())
 
     def _update_running(self, stats: list[tuple], k: int) -> None:
         """EWMA of the batch mean and the unbiased batch variance (PyTorch's convention)."""
@@ -212,27 +229,9 @@ class TorchBackend(MiniBatchBackend):
                 s = self.moments["s"][key].mul_(b2).addcmul_(g, g, value=1 - b2)
                 w.sub_(v / ((s / c2).sqrt() + eps), alpha=lr / c1)
 
-    def _lag(self, loss: torch.Tensor) -> float | None:
-        """Queue this step's loss for the host; return the previous step's (None at first)."""
-        pinned = torch.empty((), dtype=loss.dtype, pin_memory=True)
-        pinned.copy_(loss, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self._losses.append((pinned, event))
-        if len(self._losses) < 2:
-            return None
-        pinned, event = self._losses.popleft()
-        event.synchronize()
-        return float(pinned)
-
     def pending_losses(self) -> list[float]:
         """Losses of steps ``train_step`` has not returned yet (CUDA: the last one), oldest first."""
-        losses = []
-        while self._losses:
-            pinned, event = self._losses.popleft()
-            event.synchronize()
-            losses.append(float(pinned))
-        return losses
+        return self._losses.drain()
 
     def evaluate(self, split: Literal["train", "val"]) -> dict[str, float]:
         """Called after an epoch: mean loss and accuracy over the whole split in evaluation
@@ -260,14 +259,10 @@ class TorchBackend(MiniBatchBackend):
         to continue bit for bit (on CPU). ``arrays``: ``param/``, ``running/``, ``opt/<slot>/``,
         ``perm`` and ``rng/torch`` (the trial's torch generator); ``meta`` as the NumPy
         backend's (the NumPy generator that orders the data among it)."""
-        on_cpu = self.device.type == "cpu"
-
-        def host(tensor: torch.Tensor) -> np.ndarray:  # a copy: training on must not change it
-            return tensor.detach().numpy().copy() if on_cpu else tensor.detach().cpu().numpy()
-
-        arrays = {f"param/{k}": host(v) for k, v in self.params.items()}
-        arrays.update({f"running/{k}": host(v) for k, v in self.running.items()})
-        arrays.update({f"opt/{slot}/{k}": host(v) for slot, buf in self.moments.items() for k, v in buf.items()})
+        arrays = tensors_to_arrays(self.params, "param/")  # copies: training on must not change them
+        arrays.update(tensors_to_arrays(self.running, "running/"))
+        for slot, buf in self.moments.items():
+            arrays.update(tensors_to_arrays(buf, f"opt/{slot}/"))
         arrays["perm"] = self._perm.copy()
         arrays["rng/torch"] = self.generator.get_state().numpy().copy()
         meta = {
@@ -292,20 +287,14 @@ class TorchBackend(MiniBatchBackend):
                 f"state is for dtype {meta.get('dtype')!r} with optimizer {meta.get('optimizer')!r}; "
                 f"this backend uses {self.np_dtype.name!r} with {self.train.optimizer!r}"
             )
-        targets = {f"param/{k}": v for k, v in self.params.items()}
-        targets.update({f"running/{k}": v for k, v in self.running.items()})
-        targets.update({f"opt/{slot}/{k}": v for slot, buf in self.moments.items() for k, v in buf.items()})
-        required = set(targets) | {"perm", "rng/torch"}
+        groups = {"param/": self.params, "running/": self.running}
+        groups.update({f"opt/{slot}/": buf for slot, buf in self.moments.items()})
+        required = {prefix + k for prefix, tensors in groups.items() for k in tensors} | {"perm", "rng/torch"}
         if set(arrays) != required:
             missing, extra = sorted(required - set(arrays)), sorted(set(arrays) - required)
             raise ValueError(f"state arrays do not match this network: missing {missing}, unexpected {extra}")
-        for key, tensor in targets.items():
-            saved = np.asarray(arrays[key])
-            if saved.shape != tuple(tensor.shape) or saved.dtype != self.np_dtype:
-                raise ValueError(
-                    f"state array {key}: expected {self.np_dtype} {tuple(tensor.shape)}, "
-                    f"got {saved.dtype} {saved.shape}"
-                )
+        for prefix, tensors in groups.items():
+            check_arrays(tensors, arrays, prefix)  # shapes and dtypes, before anything changes
         perm = np.asarray(arrays["perm"])
         order = self._check_order(meta, perm)
         generator_state = torch.from_numpy(np.array(arrays["rng/torch"], dtype=np.uint8))
@@ -313,9 +302,8 @@ class TorchBackend(MiniBatchBackend):
             self.generator.set_state(generator_state)
         except RuntimeError as err:  # saved on another kind of device: the generators differ
             raise ValueError(f"state's torch generator does not fit a {self.device.type} generator: {err}") from None
-        with torch.no_grad():
-            for key, tensor in targets.items():
-                tensor.copy_(torch.from_numpy(np.asarray(arrays[key])))
+        for prefix, tensors in groups.items():
+            copy_arrays_into(tensors, arrays, prefix)
         self.t = int(meta["t"])
         self._losses.clear()
         self._restore_order(meta, perm, order)
