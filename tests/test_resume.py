@@ -466,3 +466,27 @@ def test_a_torch_run_killed_and_resumed_gives_the_uninterrupted_result(tmp_path,
     assert_same(outcome(run_dir), baseline)
     assert_clean_log(run_dir)
     assert_resumed_from(run_dir, expected, trained)
+
+
+def test_a_trial_queued_but_not_yet_begun_when_the_run_died_runs_on_resume_under_its_own_id(tmp_path, uninterrupted):
+    """A worker may die before it logs its trial's trial_start; the driver's trial_queued keeps
+    the trial known, so a resume starts it (and does not give its id to another trial)."""
+    proc, run_dir = start(tmp_path, "killed", EXPERIMENT, kill="trial_end:0")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    events = log_of(run_dir)
+    queued = [e for e in events if e["event"] == "trial_queued"]
+    assert [(e["queued"], e["params"]) for e in queued][:1] == [(0, events[1]["params"])]
+    # As if trial 1 had been handed to a worker that died before it logged anything.
+    params = {"train.lr": 0.02}
+    lines = [orjson.dumps(e) for e in events]
+    lines.append(orjson.dumps({"t": events[-1]["t"], "event": "trial_queued", "queued": 1, "params": params}))
+    (run_dir / "events.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+    resumed, _ = resume(run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "t001 continues from the start (no snapshot)" in resumed.stdout
+    after = log_of(run_dir)
+    starts = [e for e in after if e["event"] == "trial_start"]
+    assert [(e["trial"], e["params"]) for e in starts][1] == (1, params)  # its own id, the params it was given
+    assert sorted(e["trial"] for e in starts) == [0, 1, 2]
+    assert [e["queued"] for e in after if e["event"] == "trial_queued"] == [0, 1, 2]
