@@ -336,3 +336,11 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x):
         return self.layers(x)
+
+
+def test_limits_count_the_modules_parameters_exactly_without_allocating_them(tmp_path):
+    # Net(channels=4): conv 2*4*3+4, batch norm 4+4, linear 4*20*3+3 = 279 parameters.
+    spec_for(tmp_path, {"limits": {"max_parameters": 279}, "search": {"space": None}})
+    with pytest.raises(SpecError) as caught:
+        spec_for(tmp_path, {"limits": {"max_parameters": 278}, "search": {"space": None}})
+    assert "279" in caught.value.message and "cnn:Net" in caught.value.message

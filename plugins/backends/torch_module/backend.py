@@ -73,18 +73,15 @@ class ModuleBackend(MiniBatchBackend):
         bytes count parameters, gradients, the optimizer's moments, buffers and the data on
         the device (activations depend on the module's code and are not counted). None when
         the module cannot be built there."""
-        try:
-            with torch.device("meta"):
-                net = model.build()
-        except Exception:  # a constructor that needs real tensors: no estimate
+        size = model.size_on_meta()
+        if not isinstance(size, tuple):  # a constructor that needs real tensors: no estimate
             return None
-        parameters = sum(p.numel() for p in net.parameters())
-        buffers = sum(b.numel() for b in net.buffers())
+        parameters, buffers = size
         itemsize = 8 if options.dtype == "float64" else 4
         moments = {"sgd": int(train.momentum > 0), "rmsprop": 1 + int(train.momentum > 0)}.get(train.optimizer, 2)
         state = (parameters * (1 + moments) + buffers) * itemsize + examples * 8
         working = parameters * itemsize + examples * (features * itemsize + 8)
-        return ModelSize(parameters, state + working, state, f"{type(net).__name__} from {model.class_path}")
+        return ModelSize(parameters, state + working, state, model.class_path)
 
     def __init__(self, *, model: Model, train: Train, options: Options, data: Dataset, seed: int) -> None:
         """Called once per trial, before the first epoch: moves the data to the device (once),

@@ -20,12 +20,16 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from runner import bounds, import_object
 from runner.errors import SpecError, join_path
 from runner.plugins.backends.mlp_family import Train as MLPTrain
 from runner.plugins.backends.torch_mlp.lazy import lazy_import
 
 torch = lazy_import("torch")
+
+_META_SIZES: dict[tuple[type, bytes], tuple[int, int] | Exception | None] = {}
 
 
 def module_class(class_path: str, where: str) -> type:
@@ -96,20 +100,37 @@ class Model:
 
     def check(self, path: str) -> None:
         """Called when the section is built: the class exists, is a module, takes these
-        arguments and accepts their values (it is built once on PyTorch's "meta" device,
-        which allocates no memory, so a constructor that refuses a value stops the run
-        before anything trains)."""
+        arguments and accepts their values (it is built on PyTorch's "meta" device, which
+        allocates no memory, so a constructor that refuses a value stops the run before
+        anything trains)."""
         cls = checked_class(self.class_path, self.init_args, path)
-        where = join_path(path, "init_args")
-        try:
-            with torch.device("meta"):
-                cls(**self.init_args)
-        except (ValueError, TypeError) as err:
+        refusal = self.size_on_meta(cls)
+        if isinstance(refusal, Exception):
             raise SpecError(
-                where, f"{cls.__name__}(...) refused these arguments: {type(err).__name__}: {err}"
-            ) from None
-        except Exception:  # a constructor that cannot run on the meta device: the trial builds it for real
-            pass
+                join_path(path, "init_args"),
+                f"{cls.__name__}(...) refused these arguments: {type(refusal).__name__}: {refusal}",
+            )
+
+    def size_on_meta(self, cls: type | None = None) -> tuple[int, int] | Exception | None:
+        """``(parameters, buffer values)`` of the module built on the "meta" device; the
+        ValueError or TypeError its constructor raised; None when it cannot be built there.
+        Remembered per class and arguments: a trial's sections are checked again in every
+        process, and the module file changed gives a new class."""
+        cls = cls or module_class(self.class_path, "model.class_path")
+        key = (cls, orjson.dumps(self.init_args, option=orjson.OPT_SORT_KEYS))
+        if key not in _META_SIZES:
+            try:
+                with torch.device("meta"):
+                    net = cls(**self.init_args)
+                _META_SIZES[key] = (
+                    sum(p.numel() for p in net.parameters()),
+                    sum(b.numel() for b in net.buffers()),
+                )
+            except (ValueError, TypeError) as err:
+                _META_SIZES[key] = err
+            except Exception:  # a constructor that cannot run on the meta device: the trial builds it for real
+                _META_SIZES[key] = None
+        return _META_SIZES[key]
 
     def build(self) -> torch.nn.Module:
         """A new instance, with the class resolved as when the section was checked."""
