@@ -102,8 +102,9 @@ class Fixture:
         from runner.checkpoints import SnapshotWriter
         from runner.control import ControlSchema
         from runner.events import EventLog
+        from runner.experiment import Experiment, TrialJob
         from runner.inbox import ControlInbox
-        from runner.loop import Experiment, TrialJob, TrialLoop, TrialRunner
+        from runner.trial_loop import TrialLoop, TrialRunner
 
         self.label, self.backend = label, backend
         run_dir = work / f"run-{label}"
@@ -167,7 +168,7 @@ def rollback_sides(fx: Fixture) -> dict:
     import numpy as np
 
     from runner.decisions import Rollback
-    from runner.loop import RolledBack
+    from runner.trial_loop import RolledBack
 
     backend, loop, state, meta = fx.backend, fx.loop, fx.state, fx.meta
     src = list(state.arrays.values())
@@ -541,7 +542,7 @@ def instrumented(spec, plugins, dataset, root: Path, n: int) -> dict[str, float]
 
 def every_epoch(args, plugins, work: Path) -> dict:
     from benchmarks.bench_overhead import COMPARED, bench_experiment
-    from runner.loop import load_dataset
+    from runner.experiment import load_dataset
     from runner.spec import load
 
     specs = {}
@@ -653,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only or ("1", "2", "3"))
 
     from benchmarks.bench_overhead import bench_experiment, machine
-    from runner.loop import load_dataset
+    from runner.experiment import load_dataset
     from runner.plugin_manager import load_plugins
     from runner.spec import load
 

@@ -559,8 +559,8 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
     # the figures above.
     import runner.watch
     from benchmarks.bench_overhead import MethodTimer
-    from runner.loop import TrialLoop
     from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
+    from runner.trial_loop import TrialLoop
 
     handled: dict[str, int] = {}
     original_handler = runner.watch._Handler.on_any_event
@@ -605,7 +605,7 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
 def mailbox_check_cost(repeats: int = 7, number: int = 1_000_000) -> dict:
     """The loop's per-step check for mail, timed alone: the same expression on an empty
     deque and an object with ``paused``, against the same loop without it (ns per step)."""
-    from runner.loop import TrialLoop
+    from runner.trial_loop import TrialLoop
 
     source, first = inspect.getsourcelines(TrialLoop.run_epoch)
     line = next((first + k for k, text in enumerate(source) if "if mail or self.paused" in text), None)
@@ -843,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
 
         if "2" in only:
-            from runner.loop import load_dataset
+            from runner.experiment import load_dataset
             from runner.plugin_manager import load_plugins
             from runner.spec import load
 

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     apply_blas_threads(parser, args)
 
-    from runner.loop import load_dataset
+    from runner.experiment import load_dataset
     from runner.plugin_manager import load_plugins
     from runner.spec import parse
 

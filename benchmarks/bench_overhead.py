@@ -4,7 +4,7 @@
     python benchmarks/bench_overhead.py [--trials 20] [--epochs 15] [--repeats 7]
 
 Every side trains the same ``NumpyBackend`` on the same prepared data, for the same trials
-(same parameters, same per-trial seeds from ``runner.loop.trial_seed``):
+(same parameters, same per-trial seeds from ``runner.experiment.trial_seed``):
 
 * bare loop: build ``NumpyBackend`` directly and run ``for epoch: begin_epoch; for steps:
   train_step; evaluate("val")``. No runner code besides the backend and the data.
@@ -88,7 +88,7 @@ from pathlib import Path
 t = [time.perf_counter()]
 import runner.cli  # what the `runner` console script imports (click, rich, the core)
 from runner.files import create_run_dir
-from runner.loop import load_dataset
+from runner.experiment import load_dataset
 from runner.plugin_manager import load_plugins
 from runner.spec import load
 t.append(time.perf_counter())
@@ -249,7 +249,7 @@ def runner_run(
 
 def planned_jobs(spec, plugins) -> list[tuple[int, dict, int]]:
     """The trials, exactly as the runner's (random) strategy will ask for them: (id, params, seed)."""
-    from runner.loop import build_strategy, trial_seed
+    from runner.experiment import build_strategy, trial_seed
     from runner.trial import History
 
     strategy = build_strategy(spec, plugins.registry)
@@ -380,8 +380,8 @@ def cold_fixed_costs(experiment: Path, work: Path, times: int) -> dict[str, list
 
 def warm_fixed_costs(experiment: Path, work: Path, times: int) -> dict[str, list[float]]:
     """The same stages repeated in this (warm) process: modules and files already loaded."""
+    from runner.experiment import load_dataset
     from runner.files import create_run_dir
-    from runner.loop import load_dataset
     from runner.plugin_manager import load_plugins
     from runner.spec import load
 
@@ -436,8 +436,8 @@ def instrumented_runner(
 ) -> dict[str, float]:
     """One runner run with the backend's methods, the trial runner and the checkpoint store
     timed; seconds per trial by place."""
-    from runner.loop import TrialRunner
     from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
+    from runner.trial_loop import TrialRunner
 
     backend_cls = backend_cls or NumpyBackend
     try:
@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--trials, --epochs, --repeats, --instrumented and --cold must be >= 1")
     apply_blas_threads(parser, args)
 
-    from runner.loop import load_dataset
+    from runner.experiment import load_dataset
     from runner.plugin_manager import load_plugins
     from runner.spec import TOP_LEVEL, load
 

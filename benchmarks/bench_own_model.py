@@ -26,7 +26,7 @@ comparison; ``--threads 2`` or more measures a quiet machine's cores):
   ``np.random.default_rng(seed)`` (the order ``ModuleBackend`` draws), ``model.train()``,
   for each batch forward, loss, ``zero_grad``, ``backward``, ``step`` and ``loss.item()``
   (the runner reads every step's loss, for its divergence checks); then the validation
-  split in eval mode under ``no_grad``. ``seed`` is the trial's, ``runner.loop.trial_seed(spec.seed, 0)``.
+  split in eval mode under ``no_grad``. ``seed`` is the trial's, ``runner.experiment.trial_seed(spec.seed, 0)``.
 * **runner**: ``run_experiment`` (as ``runner start`` runs it, in-process: ``load_plugins``,
   the experiment validated by ``load_document``, ``load_dataset`` once, ``create_run_dir``)
   of one trial (grid over an empty space), inline executor, the default ``checkpoint``
@@ -444,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from runner.experiment import load_dataset, trial_seed
     from runner.imports import import_object
-    from runner.loop import load_dataset, trial_seed
     from runner.plugin_manager import load_plugins
     from runner.spec import load_document
 

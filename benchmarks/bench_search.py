@@ -222,8 +222,9 @@ def run_one(job: dict) -> dict:
     """Run one experiment (dataset, seed, strategy, budget) in process; its summary."""
     import orjson
 
+    from runner.experiment import load_dataset
     from runner.files import create_run_dir
-    from runner.loop import load_dataset, run_experiment
+    from runner.loop import run_experiment
     from runner.plugin_manager import load_plugins
     from runner.spec import load
 

@@ -211,7 +211,7 @@ def worker(side: str, threads: int, experiment: Path, wide_rows: int) -> int:
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the protocol
     import numpy as np
 
-    from runner.loop import load_dataset
+    from runner.experiment import load_dataset
     from runner.plugin_manager import load_plugins
     from runner.spec import load, trial_sections
     from runner.testing import Driver
@@ -411,7 +411,7 @@ def torch_experiment(
 def overhead(args: argparse.Namespace) -> dict:
     import torch
 
-    from runner.loop import load_dataset
+    from runner.experiment import load_dataset
     from runner.plugin_manager import load_plugins
     from runner.plugins.backends.torch_mlp.backend import TorchBackend
     from runner.spec import TOP_LEVEL, load

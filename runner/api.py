@@ -31,10 +31,11 @@ from runner.checkpoints import trial_folder
 from runner.control import FILE_NAME as CONTROL_FILE
 from runner.data import Dataset
 from runner.errors import SpecError, join_path
+from runner.experiment import load_dataset
 from runner.files import create_run_dir, run_lock
 from runner.interrupt import Interrupted, graceful_interrupts
 from runner.live import LiveView
-from runner.loop import load_dataset, run_experiment
+from runner.loop import run_experiment
 from runner.plugin_manager import Plugins, load_plugins
 from runner.progress import leaderboard_table
 from runner.results import best_of, best_of_run, leaderboard

@@ -28,11 +28,12 @@ from runner.api import notifier, prepare, show_results, start_run, terminal
 from runner.control import FILE_NAME as CONTROL_FILE
 from runner.control import ROLLBACK_TARGETS, ControlError, ControlSchema, trial_id
 from runner.errors import PluginError, RunnerError, SpecError
+from runner.experiment import build_strategy, load_dataset
 from runner.files import UnsafePath, atomic_write, run_is_held, run_lock, write_own_file
 from runner.imports import refusing_code
 from runner.interrupt import Interrupted, graceful_interrupts
 from runner.live import LiveView
-from runner.loop import build_strategy, load_dataset, run_experiment
+from runner.loop import run_experiment
 from runner.nudge import Change, latest_run, read_status, send
 from runner.plugin_manager import (
     TRACE_ENV,

@@ -20,7 +20,7 @@ import pluggy
 if TYPE_CHECKING:
     from runner.decisions import Decision
     from runner.divergence import DivergenceEvent
-    from runner.loop import Experiment
+    from runner.experiment import Experiment
     from runner.registry import Registry
     from runner.report import ReportFigure, RunView
     from runner.trial import Trial, TrialResult

@@ -37,10 +37,12 @@ from typing import Any
 
 from runner.checkpoints import SnapshotWriter
 from runner.data import Dataset
+from runner.experiment import Experiment, build_strategy
 from runner.inbox import Delivery, Mailbox
 from runner.interrupt import FLAG, Interrupted
 from runner.plugin_manager import load_plugins
 from runner.spec import parse
+from runner.trial_loop import TrialRunner
 
 Message = tuple
 
@@ -58,8 +60,6 @@ class WorkerSetup:
 
     def runner(self, link: WorkerLink, writer: SnapshotWriter):
         """Called once in each worker: the worker's own plugins, spec, strategy and TrialRunner."""
-        from runner.loop import Experiment, TrialRunner, build_strategy
-
         plugins = load_plugins(self.plugin_files)
         spec = parse(self.raw, plugins.registry, base_dir=Path(self.base_dir))
         experiment = Experiment(spec, Path(self.run_dir), self.planned_trials)

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
+from runner.experiment import load_dataset
 from runner.files import create_run_dir
-from runner.loop import load_dataset, run_experiment
+from runner.loop import run_experiment
 from runner.plugin_manager import load_plugins
 from runner.spec import load
 

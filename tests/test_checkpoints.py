@@ -7,7 +7,7 @@ import pytest
 
 from runner.backend import BackendState
 from runner.checkpoints import CheckpointOptions, CheckpointStore, CorruptSnapshot, SnapshotWriter, read_snapshot
-from runner.loop import load_dataset, trial_seed
+from runner.experiment import load_dataset, trial_seed
 from runner.spec import trial_sections
 from tests.conftest import run_file
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from runner.divergence import DivergenceOptions, SpikeDetector, val_divergence
+from runner.experiment import load_dataset
 from runner.files import create_run_dir
-from runner.loop import load_dataset
 from runner.plugin_manager import load_plugins
 from runner.spec import load
 from tests.conftest import run_file
@@ -150,8 +150,9 @@ def test_a_rollback_restores_the_backend_exactly(write_experiment, tmp_path):
     from runner.checkpoints import SnapshotWriter
     from runner.control import ControlSchema
     from runner.events import EventLog
+    from runner.experiment import Experiment, TrialJob
     from runner.inbox import ControlInbox
-    from runner.loop import Experiment, TrialJob, TrialLoop, TrialRunner
+    from runner.trial_loop import TrialLoop, TrialRunner
 
     run_dir = create_run_dir(tmp_path, "x")
     writer = SnapshotWriter()

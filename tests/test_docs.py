@@ -45,8 +45,9 @@ import runner.testing
 from runner import docs_tables, hookspecs
 from runner.control import ControlSchema
 from runner.control import parse as parse_control
+from runner.experiment import load_dataset
 from runner.files import create_run_dir
-from runner.loop import load_dataset, run_experiment
+from runner.loop import run_experiment
 from runner.plugin_manager import load_plugins
 from runner.spec import TOP_LEVEL, load, parse
 from tests.conftest import ROOT

@@ -215,8 +215,8 @@ def spec_for(tmp_path: Path, changes: dict | None = None):
 
 
 def backend_for(tmp_path: Path, changes: dict | None = None, params: dict | None = None):
+    from runner.experiment import load_dataset
     from runner.imports import experiment_folder
-    from runner.loop import load_dataset
 
     plugins, spec = spec_for(tmp_path, changes)
     model, train, options = trial_sections(spec, params or {})

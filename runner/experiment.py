@@ -1,0 +1,82 @@
+"""What the driver, the trial loop and the workers share about one run: the run as hooks
+see it (``Experiment``), a trial as an executor receives it (``TrialJob``), each trial's seed,
+the strategy and the data, built the same way wherever a trial runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.data import Dataset, prepare
+from runner.limits import check_loaded
+from runner.plugin_manager import Plugins
+from runner.spec import ExperimentSpec
+from runner.strategy import TRIAL_STREAM, Strategy
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The run as hooks see it."""
+
+    spec: ExperimentSpec
+    run_dir: Path
+    planned_trials: int | None  # what the strategy expects to run, if it knows
+
+    def options(self, name: str) -> Any:
+        """The options a plugin declared as ``name`` (``registry.add_options``), built from the
+        experiment file's ``plugins.<name>`` (their defaults where the file does not name it).
+        A KeyError if no plugin loaded declared ``name``."""
+        return self.spec.options(name)
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What an executor needs to run one trial."""
+
+    trial: int
+    params: dict[str, Any]
+    seed: int
+    resume: str | None = None  # a snapshot file to continue from
+    announced: bool = False  # its trial_start is already in the event log (a resumed run)
+    logged: int | None = None  # a retry after its worker died: the trial's events in the log so far
+
+
+class EndTrial(Exception):
+    """Raised inside the trial loop to end a trial early in a given state."""
+
+    def __init__(self, state: str, reason: str = "", *, experiment: bool = False):
+        super().__init__(reason)
+        self.state, self.reason, self.experiment = state, reason, experiment
+
+
+def load_dataset(spec: ExperimentSpec, plugins: Plugins) -> Dataset:
+    """Load and prepare the experiment's data once, before the run directory exists; then
+    check every trial's model for data of this shape against the file's ``limits`` (a
+    SpecError before any model is built)."""
+    plugin = plugins.registry.get("dataset", spec.data.name, "data.name")
+    raw = plugin.load(spec.data.options, seed=spec.seed, base_dir=spec.base_dir)
+    dataset = prepare(spec.data.name, raw, spec.data.options, seed=spec.seed)
+    check_loaded(spec, dataset)
+    return dataset
+
+
+def trial_seed(experiment_seed: int, trial_id: int) -> int:
+    """Each trial's seed: independent streams derived from the experiment's seed."""
+    sequence = np.random.SeedSequence(experiment_seed, spawn_key=(TRIAL_STREAM, trial_id))
+    return int(sequence.generate_state(1)[0])
+
+
+def build_strategy(spec: ExperimentSpec, registry) -> Strategy:
+    """The experiment's strategy, fresh (the driver's asks and tells; a worker's babysits)."""
+    search = spec.search
+    return registry.get("strategy", search.strategy.name)(
+        space=search.space,
+        options=search.strategy.options,
+        seed=spec.seed,
+        metric=search.metric,
+        mode=search.mode,
+    )

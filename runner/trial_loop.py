@@ -1,0 +1,689 @@
+"""The trial loop: one trial trained like a textbook loop (epochs of steps), plus snapshots,
+divergence checks, the control file's orders and the decisions hooks return.
+
+``TrialRunner`` is what an executor calls with a ``TrialJob``, in the driver (inline) or in
+a worker process; ``TrialLoop`` is one trial's run. Every trial hook is called here, next to
+the event it writes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.markup import escape
+
+from runner.babysitter import Babysitter
+from runner.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot, trial_folder
+from runner.data import Dataset
+from runner.decisions import Checkpoint, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Unpause, flatten
+from runner.divergence import DivergenceEvent, SpikeDetector, val_divergence
+from runner.errors import RunnerError, SpecError
+from runner.events import EventLog
+from runner.experiment import EndTrial, Experiment, TrialJob
+from runner.imports import experiment_folder
+from runner.inbox import ControlInbox, Delivery
+from runner.interrupt import FLAG, Interrupted
+from runner.plugin_manager import Plugins
+from runner.refusal import NudgeOnTrial, settings
+from runner.spec import trial_sections
+from runner.strategy import Strategy
+from runner.trial import Trial, TrialResult, better
+from runner.typed import check_field
+
+if TYPE_CHECKING:  # the worker's end of a trial's log and inbox; it imports this module
+    from runner.worker import WorkerLink
+
+
+class TrialRunner:
+    """Trains trials to their end. Executors call it with a ``TrialJob``.
+
+    ``log`` and ``inbox`` are the driver's event log and control inbox, or, in a worker
+    process, a ``runner.worker.WorkerLink`` standing in for both."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        plugins: Plugins,
+        dataset: Dataset,
+        log: EventLog | WorkerLink,
+        writer: SnapshotWriter,
+        inbox: ControlInbox | WorkerLink,
+        strategy: Strategy | None = None,
+    ):
+        self.experiment, self.plugins, self.dataset, self.log, self.writer = experiment, plugins, dataset, log, writer
+        self.inbox, self.strategy = inbox, strategy
+
+    def __call__(self, job: TrialJob) -> TrialResult:
+        return TrialLoop(self, job).run()
+
+
+# Rollbacks without reaching a new epoch, whoever asks: a plugin that always rolls back must not loop forever.
+MAX_ROLLBACKS = 100
+
+
+class RolledBack(Exception):
+    """Raised inside an epoch after a rollback: the epoch loop starts again from the snapshot.
+    ``after`` holds what the babysitter decided on hearing of it, to apply to the restored state."""
+
+    def __init__(self, after: list | None = None):
+        super().__init__()
+        self.after = after or []
+
+
+class TrialLoop:
+    """One trial: the textbook loop, plus snapshots, divergence checks and decisions.
+
+    Every change to the running trial (a nudge, a rollback, an end) happens in this class,
+    at a step boundary or at the end of an epoch.
+    """
+
+    def __init__(self, runner: TrialRunner, job: TrialJob):
+        spec = runner.experiment.spec
+        self.runner, self.job, self.spec = runner, job, spec
+        self.log, self.hook = runner.log, runner.plugins.hook
+        self.backend_cls = spec.backend_class
+        self.metric, self.mode = spec.search.metric, spec.search.mode
+        run_dir = runner.experiment.run_dir
+        self.trial = Trial(
+            id=job.trial,
+            params=job.params,
+            config={},
+            seed=job.seed,
+            folder=trial_folder(run_dir, job.trial),
+            run_folder=run_dir,
+            plugin_options=spec.plugins,
+        )
+        self.store = CheckpointStore(self.trial.folder, job.trial, spec.checkpoint, runner.writer, within=run_dir)
+        self.detector = SpikeDetector(spec.divergence)
+        self.events = 0  # this trial's events in the log, so a resume can cut the log where a snapshot was taken
+        self.partial: tuple[int, float] | None = None  # (steps done, loss sum) when an epoch resumes midway
+        self.lowest_val_loss: float | None = None
+        self.ending: EndTrial | None = None  # a Stop or Prune decided at the epoch the snapshot closes
+        self.snapshot_step = -1  # step of the newest snapshot, so a restored one is not taken twice
+        self.restored_step = -1  # step the last rollback restored (until training moves on, the ring holds it)
+        self.before_nudge_events = None  # the trial's event count when its latest before-nudge snapshot was taken
+        self.backend = None
+        self.babysitter = Babysitter()  # the strategy's, if it babysits trials (set once the trial is built)
+        self.furthest = 0  # the most epochs this trial has completed, on any path
+        self.stuck_rollbacks = 0  # rollbacks since the trial last completed more epochs than ever before
+        self.mailbox = runner.inbox.open(job.trial)  # orders from the control file
+        self.paused = False
+        self.order: str | None = None  # the control-file order being carried out: events name it
+        self.on_trial: NudgeOnTrial | None = None  # a person's nudge that a divergence would refuse (runner.refusal)
+
+    # -- the trial, start to end ----------------------------------------------------------
+
+    def run(self) -> TrialResult:
+        """Train the trial; whatever ends it (a decision, a divergence, an error in the backend
+        or a plugin) becomes its result. Every ``trial_complete`` follows a ``trial_start``."""
+        started = time.perf_counter()
+        trial = self.trial
+        end, error, announced = EndTrial("completed"), None, False
+        try:
+            model, train, options = trial_sections(self.spec, trial.params)
+            trial.config = {
+                "model": asdict(model),
+                "train": asdict(train),
+                "backend": {"name": self.spec.backend.name, **asdict(options)},
+            }
+            with experiment_folder(self.spec.base_dir):  # a backend may import what the model section names
+                self.backend = self.backend_cls(
+                    model=model, train=train, options=options, data=self.runner.dataset, seed=trial.seed
+                )
+            trial.hyperparameters = self.backend.hyperparameters()
+            if self.runner.strategy is not None:
+                self.babysitter = self.runner.strategy.babysitter(trial) or self.babysitter
+            announced = True
+            if self.job.resume:
+                self.resume(Path(self.job.resume))
+                if self.ending is not None:  # the snapshot closed an epoch that ended the trial
+                    raise self.ending
+            else:
+                self.announce()
+                self.snapshot("start", improved=False, durable=False)  # what a first rollback returns to
+            self.train(train.epochs)
+        except EndTrial as ended:
+            end = ended
+        except Interrupted:
+            raise
+        except Exception as err:  # a bug in a backend or a plugin fails this trial, not the search
+            end = EndTrial("failed", f"{type(err).__name__}: {err}")
+            error = traceback.format_exc()
+        if not announced:
+            self.announce()
+        self.runner.inbox.close_mailbox(trial.id)  # orders that come too late are reported dropped
+        self.store.finish()
+        self.report_snapshots()
+
+        best = trial.best
+        result = TrialResult(
+            trial=trial.id,
+            state=end.state,
+            params=trial.params,
+            best=best,
+            final=trial.metrics or None,
+            epochs=trial.epoch,
+            seconds=time.perf_counter() - started,
+            score=best[self.metric] if best else None,
+            reason=end.reason,
+            ends_experiment=end.experiment,
+        )
+        self.emit("trial_complete", **result.to_json(), **({"traceback": error} if error else {}))
+        self.hook.runner_trial_complete(trial=trial, result=result)
+        return result
+
+    def resume(self, path: Path) -> None:
+        """Continue from a snapshot file: backend and loop state as they were when it was taken."""
+        state, meta = read_snapshot(path)
+        self.backend.load_state(state)
+        self.restore_loop(meta, counters=True)
+        if self.job.logged is not None:  # a retry: the lost work's events and the retry stay in the log
+            self.events = self.job.logged
+        trial = self.trial
+        trial.hyperparameters = self.backend.hyperparameters()
+        self.store.adopt(
+            path.parent, upto=meta["loop"]["events"], before_nudge_events=meta["loop"].get("before_nudge_events")
+        )
+        self.store.save(
+            state,
+            epoch=trial.epoch,
+            step=trial.step,
+            reason="resume",
+            best=False,
+            hyperparameters=trial.hyperparameters,
+            metrics=trial.metrics,
+            loop=self.loop_state(self.partial),
+            durable=False,
+        )
+        self.emit(
+            "trial_resume",
+            epoch=trial.epoch,
+            step=trial.step,
+            hyperparameters=trial.hyperparameters,
+            snapshot=str(path.relative_to(self.runner.experiment.run_dir)),
+        )
+        self.hook.runner_trial_start(trial=trial)
+
+    def announce(self) -> None:
+        trial = self.trial
+        if self.job.announced:  # a resumed run restarts this trial: its trial_start is in the log
+            self.events = 1 if self.job.logged is None else self.job.logged
+            self.emit("trial_resume", epoch=0, step=0, hyperparameters=trial.hyperparameters, snapshot=None)
+            self.hook.runner_trial_start(trial=trial)
+            return
+        self.emit(
+            "trial_start",
+            params=trial.params,
+            seed=trial.seed,
+            config=trial.config,
+            hyperparameters=trial.hyperparameters,
+        )
+        self.hook.runner_trial_start(trial=trial)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Log an event of this trial; while an order from the control file is carried out,
+        the event names it (``order``), which acknowledges it in ``status.json``."""
+        if self.order is not None:
+            fields["order"] = self.order
+        self.log.emit(event, **{"trial": self.trial.id, **fields})
+        self.events += 1
+
+    # -- training -------------------------------------------------------------------------
+
+    def train(self, epochs: int) -> None:
+        """Epochs until the last; a rollback restarts from the epoch of its snapshot."""
+        while self.trial.epoch < epochs:
+            try:
+                self.run_epoch()
+            except RolledBack:
+                continue
+
+    def run_epoch(self) -> None:
+        """The textbook epoch: mini-batch steps, an evaluation, then what the hooks decide."""
+        trial, backend = self.trial, self.backend
+        epoch = trial.epoch
+        started = time.perf_counter()
+        if self.partial is None:
+            backend.begin_epoch(epoch)
+            done, total = 0, 0.0
+        else:
+            (done, total), self.partial = self.partial, None
+        steps = backend.steps_per_epoch
+        every_steps = self.spec.checkpoint.every_steps
+        mail = self.mailbox.items
+        for _ in range(steps - done):  # a snapshot below records the loss sum: first settle what a GPU owes
+            if self.on_trial is not None and self.on_trial.served(trial.step):
+                total += self.settle(epoch)  # a divergence in its last step still refuses it
+                self.keep_nudge()
+            if FLAG.requested:
+                total += self.settle(epoch)
+                self.interrupt(done, total)
+            if mail or self.paused:
+                total += self.settle(epoch)
+                self.take_mail((done, total))
+            if every_steps and done and trial.step % every_steps == 0 and trial.step != self.snapshot_step:
+                total += self.settle(epoch)
+                self.snapshot("steps", improved=False, partial=(done, total))
+            loss = backend.train_step()
+            trial.step += 1
+            if loss is not None:
+                total += self.checked(loss, epoch)
+            done += 1
+        total += self.settle(epoch)
+
+        val = backend.evaluate("val")
+        if (blown := val_divergence(val["loss"], self.lowest_val_loss, self.spec.divergence)) is not None:
+            self.diverged(DivergenceEvent(blown[0], epoch, trial.step, val["loss"], blown[1]))
+        self.lowest_val_loss = min(val["loss"], self.lowest_val_loss or math.inf)
+        trial.hyperparameters = backend.hyperparameters()
+        trial.recent_rollbacks = 0  # this epoch trained through
+        if epoch + 1 > self.furthest:
+            self.furthest, self.stuck_rollbacks = epoch + 1, 0
+        metrics = {
+            "train_loss": total / steps,
+            **{f"val_{name}": value for name, value in val.items()},
+            **trial.hyperparameters,
+            "seconds": time.perf_counter() - started,
+        }
+        trial.epoch, trial.metrics = epoch + 1, metrics
+        improved = self.track_best(metrics)
+        self.emit("epoch_end", epoch=epoch, step=trial.step, **metrics)
+        decisions = flatten(self.hook.runner_epoch_end(trial=trial, epoch=epoch, metrics=metrics))
+        self.ending = self.apply(decisions, source="plugin", partial=None)
+        if self.ending is None:
+            decisions = flatten([self.babysitter.epoch_end(trial, epoch, metrics)])
+            self.ending = self.apply(decisions, source="strategy", partial=None)
+        options = self.spec.checkpoint
+        if (options.every_epochs and trial.epoch % options.every_epochs == 0) or (improved and options.best):
+            best = improved and options.best
+            self.snapshot("best" if best else "epoch", improved=best)
+        if self.ending is not None:
+            raise self.ending
+
+    def checked(self, loss: float, epoch: int) -> float:
+        """A step's loss, once it is known to be finite and no spike (else a divergence)."""
+        if not math.isfinite(loss):
+            self.diverged(DivergenceEvent("non_finite_loss", epoch, self.trial.step, loss))
+        if self.detector.spiked(loss):
+            self.diverged(DivergenceEvent("loss_spike", epoch, self.trial.step, loss, self.detector.threshold()))
+        return loss
+
+    def settle(self, epoch: int) -> float:
+        """The sum of the losses the backend still owes (a GPU backend's last step), checked."""
+        return sum(self.checked(loss, epoch) for loss in self.backend.pending_losses())
+
+    def track_best(self, metrics: dict[str, float]) -> bool:
+        """Keep ``trial.best``, the metrics of its best epoch so far; True if this epoch is the new best."""
+        if self.metric not in metrics:
+            raise RunnerError(
+                f"the experiment's metric {self.metric!r} was not reported; reported: {', '.join(sorted(metrics))}"
+            )
+        score = metrics[self.metric]
+        if not math.isfinite(score):
+            return False
+        if better(score, self.trial.best[self.metric] if self.trial.best else None, self.mode):
+            self.trial.best = dict(metrics)
+            return True
+        return False
+
+    def interrupt(self, done: int, total: float) -> None:
+        """Ctrl-C or SIGTERM: save a durable snapshot of this very step, then stop the run."""
+        trial = self.trial
+        self.emit("interrupted", epoch=trial.epoch, step=trial.step)  # before the snapshot: a resume keeps it
+        self.snapshot("interrupt", improved=False, durable=True, partial=(done, total))
+        self.report_snapshots()
+        raise Interrupted(
+            f"interrupted at trial {trial.id}, epoch {trial.epoch}, step {trial.step}; "
+            f"continue with: runner resume {self.runner.experiment.run_dir}"
+        )
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def apply(self, decisions: list, source: str, partial: tuple[int, float] | None) -> EndTrial | None:
+        """Apply decisions in order. An end (Stop, Prune, Finish) is returned, so the epoch's
+        snapshot is still taken before it. A rollback happens at once: what the babysitter
+        answers to it, then the decisions after it, apply to the restored state, then
+        RolledBack is raised (the epoch loop starts again from the snapshot). ``partial`` is
+        (steps done, loss sum) when applied mid-epoch."""
+        trial = self.trial
+        for index, decision in enumerate(decisions):
+            if isinstance(decision, Nudge):
+                self.nudge(decision, source, partial)
+            elif isinstance(decision, Rollback):
+                try:
+                    self.rollback(decision, source)
+                except NoSnapshot as missing:
+                    if source == "control":
+                        raise
+                    raise EndTrial("diverged" if source == "divergence" else "failed", str(missing)) from None
+                except RolledBack as rolled:
+                    order, self.order = self.order, None  # what the babysitter answers is not the order's doing
+                    try:
+                        ending = self.apply(rolled.after, "strategy", partial=self.partial)
+                    finally:
+                        self.order = order
+                    ending = ending or self.apply(decisions[index + 1 :], source, partial=self.partial)
+                    if ending is not None:
+                        raise ending from None
+                    raise
+            elif isinstance(decision, Note):
+                self.emit(
+                    "note",
+                    epoch=trial.epoch,
+                    step=trial.step,
+                    kind=decision.kind,
+                    reason=decision.reason,
+                    source=source,
+                    **decision.fields,
+                )
+            elif isinstance(decision, Finish):
+                self.emit("finish", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
+                return EndTrial("completed", decision.reason)
+            elif isinstance(decision, Prune):
+                self.emit("prune", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
+                return EndTrial("pruned", decision.reason)
+            elif isinstance(decision, Stop):
+                self.emit(
+                    "stop",
+                    epoch=trial.epoch,
+                    step=trial.step,
+                    reason=decision.reason,
+                    source=source,
+                    experiment=decision.experiment,
+                )
+                return EndTrial("stopped", decision.reason, experiment=decision.experiment)
+            elif isinstance(decision, Pause):
+                self.paused = True
+                self.emit("pause", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
+            elif isinstance(decision, Unpause):
+                self.paused = False
+                self.emit("unpause", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
+            elif isinstance(decision, Checkpoint):
+                self.snapshot("requested", improved=False, durable=True, partial=partial)
+                self.report_snapshots()
+        return None
+
+    def take_mail(self, partial: tuple[int, float]) -> None:
+        """At a step boundary: carry out the control file's orders, oldest first; while
+        paused, wait here for more (a resume, a stop, anything), still answering Ctrl-C.
+        After a rollback the orders behind it wait for the next step."""
+        mail = self.mailbox.items
+        while True:
+            while mail:
+                self.carry_out(mail.popleft(), partial)
+            if not self.paused:
+                return
+            if FLAG.requested:
+                self.interrupt(*partial)
+            self.mailbox.wait(0.2)
+
+    def carry_out(self, delivery: Delivery, partial: tuple[int, float]) -> None:
+        """Called by ``take_mail`` on the training thread: one order from the control file.
+        One that cannot be carried out (no snapshot to roll back to, a value the backend
+        refuses) is reported and training goes on."""
+        notify, label = (
+            self.runner.inbox.notify,
+            escape(f"t{self.trial.id:03d} step {self.trial.step}: {delivery.what}"),
+        )
+        self.order = delivery.order
+        try:
+            ending = self.apply([delivery.decision], source="control", partial=partial)
+        except (NoSnapshot, SpecError, ValueError) as err:
+            self.emit("control_error", message=f"{delivery.what}: {err}")
+            notify(f"[red]{label}: {escape(str(err))}[/]")
+            return
+        except RolledBack:
+            notify(f"{label} (control.json)")
+            raise
+        finally:
+            self.order = None
+        notify(f"{label} (control.json)")
+        if ending is not None:
+            raise ending
+
+    def nudge(self, nudge: Nudge, source: str, partial: tuple[int, float] | None) -> None:
+        """Set live hyperparameters from the next step on, after a snapshot of this very
+        point (mid-epoch: ``partial``), so that a rollback to ``before_nudge`` undoes it."""
+        live, backend = self.backend_cls.live, self.backend
+        for name, value in nudge.changes.items():
+            if name not in live:
+                raise SpecError(
+                    f"nudge.{name}",
+                    f"not a live hyperparameter of backend {self.spec.backend.name!r}; live: {', '.join(live)}",
+                )
+            if name in self.backend_cls.Train.__dataclass_fields__:
+                check_field(self.backend_cls.Train, name, value, f"nudge.{name}")
+        grace = self.spec.divergence.nudge_grace_steps if source == "control" else 0
+        # A strategy's try, and a person's nudge on trial, are written to disk, so that a
+        # resumed run can still revert or refuse them.
+        self.snapshot(
+            "before_nudge",
+            improved=False,
+            durable=source == "strategy" or grace > 0,
+            partial=partial,
+            in_ring=self.trial.step != self.restored_step,
+        )
+        self.before_nudge_events = self.events  # as the snapshot recorded it
+        before = backend.hyperparameters()
+        backend.set_hyperparameters(**nudge.changes)
+        self.trial.hyperparameters = backend.hyperparameters()
+        change = {k: {"old": before[k], "new": self.trial.hyperparameters[k]} for k in nudge.changes}
+        self.on_trial = None  # only the latest nudge can be undone by going back to the snapshot from before it
+        if grace > 0:
+            self.on_trial = NudgeOnTrial.of(self.order, self.trial.step, grace, change, self.before_nudge_events)
+        on_trial = {"refusable_until": self.on_trial.until} if self.on_trial else {}
+        self.emit(
+            "nudge",
+            epoch=self.trial.epoch,
+            step=self.trial.step,
+            changes=change,
+            source=source,
+            reason=nudge.reason,
+            **on_trial,
+        )
+        self.hook.runner_nudge_applied(trial=self.trial, change=change, source=source)
+        self.babysitter.nudge_applied(self.trial, change, source)
+
+    def diverged(self, event: DivergenceEvent) -> None:
+        """Report a divergence and undo the person's nudge that caused it (see ``refuse``),
+        or else carry out the policy's answer; never returns normally."""
+        trial = self.trial
+        if self.order is not None:  # found while carrying out an order, which never took effect
+            self.emit("control_error", message=f"not applied: the trial diverged first ({event.kind})")
+            self.order = None
+        self.emit("divergence", **asdict(event), lr=self.backend.hyperparameters().get("lr"), rollbacks=trial.rollbacks)
+        if self.refusable(event):
+            try:
+                raise self.apply([self.refuse(event)], source="control", partial=None)
+            finally:
+                self.order = None
+        decision = self.hook.runner_divergence(trial=trial, event=event, experiment=self.runner.experiment)
+        if decision is None:
+            n = trial.divergence_rollbacks
+            tried = f" after {n} rollback{'s' * (n != 1)}" if n else ""
+            raise EndTrial("diverged", f"{event.kind} at step {event.step}{tried}")
+        if not isinstance(decision, (Rollback, Stop, Prune)):
+            raise TypeError(f"runner_divergence answered {decision!r}; it may answer Rollback, Stop, Prune or None")
+        raise self.apply([decision], source="divergence", partial=None)
+
+    def refusable(self, event: DivergenceEvent) -> bool:
+        """True if ``event`` came within the grace steps of a person's nudge whose snapshot
+        from just before it is still at hand (after a resume, only if a file held it)."""
+        nudge = self.on_trial
+        if nudge is None or not nudge.covers(event):
+            return False
+        found = self.store.find("before_nudge")
+        return found is not None and found[1]["loop"]["events"] == nudge.snapshot_events
+
+    def refuse(self, event: DivergenceEvent) -> Rollback:
+        """Called by ``diverged`` for a divergence ``refusable`` says a person's nudge caused:
+        write its ``nudge_refused`` event and return the rollback that undoes it, to be carried
+        out for its order (source ``control``: no lr cut, not counted against
+        ``divergence.max_rollbacks``). Leaves ``self.order`` set to the nudge's order."""
+        nudge, self.on_trial = self.on_trial, None
+        refused = nudge.refused(event)
+        self.order = nudge.order
+        self.emit("nudge_refused", **refused)
+        label = escape(f"t{self.trial.id:03d} step {event.step}: {settings(nudge.asked)} refused: {refused['reason']}")
+        self.runner.inbox.notify(f"[red]{label}[/] (control.json)")
+        return Rollback("before_nudge", reason=f"nudge refused: {event.kind} at step {event.step}")
+
+    def keep_nudge(self) -> None:
+        """Called at the step boundary where a person's nudge has trained through its grace
+        steps without diverging: it is kept, and can no longer be refused."""
+        nudge, self.on_trial = self.on_trial, None
+        self.order = nudge.order
+        try:
+            self.emit("nudge_kept", **nudge.kept(self.trial.epoch, self.trial.step))
+        finally:
+            self.order = None
+
+    def rollback(self, rollback: Rollback, source: str) -> None:
+        """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
+        trial, backend = self.trial, self.backend
+        if self.stuck_rollbacks >= MAX_ROLLBACKS:
+            raise EndTrial(
+                "failed",
+                f"{self.stuck_rollbacks} rollbacks without reaching a new epoch: "
+                "something keeps rolling this trial back",
+            )
+        found = self.store.find(rollback.to, rollback.older)
+        if found is None:
+            which = {"last": "snapshot", "best": "best snapshot", "before_nudge": "snapshot from before a nudge"}
+            raise NoSnapshot(
+                f"no {which.get(rollback.to, f'snapshot of epoch {rollback.to}')} to roll back to "
+                "(in memory or on disk)"
+            )
+        state, meta = found
+        lr_before, step_before, epoch_before = backend.hyperparameters().get("lr"), trial.step, trial.epoch
+        backend.load_state(state)
+        self.restore_loop(meta)
+        self.store.abandon(after=meta["loop"]["events"], until=self.events)
+        self.restored_step = trial.step
+        self.on_trial = None  # a rollback undid the person's nudge on trial, or moved on from it: it is over
+        trial.rollbacks += 1
+        self.stuck_rollbacks += 1
+        if source == "divergence":
+            trial.divergence_rollbacks += 1
+            trial.recent_rollbacks += 1
+        if rollback.reshuffle:
+            backend.reshuffle(trial.rollbacks)
+        if rollback.lr_factor is not None:
+            lower = min(backend.hyperparameters()["lr"], lr_before)
+            backend.set_hyperparameters(lr=lower * rollback.lr_factor)
+        trial.hyperparameters = backend.hyperparameters()
+        done = dict(
+            to_epoch=trial.epoch,
+            to_step=trial.step,
+            from_epoch=epoch_before,
+            from_step=step_before,
+            snapshot=meta["reason"],
+            reason=rollback.reason,
+            source=source,
+            lr_before=lr_before,
+            lr_after=trial.hyperparameters.get("lr"),
+            reshuffled=rollback.reshuffle,
+            rollbacks=trial.rollbacks,
+        )
+        self.emit("rollback", **done)
+        raise RolledBack(flatten([self.babysitter.rolled_back(trial, done)]))
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def loop_state(self, partial: tuple[int, float] | None = None) -> dict[str, Any]:
+        """The loop's own state that a snapshot carries besides the backend's."""
+        trial = self.trial
+        ending = self.ending
+        return {
+            "best": trial.best,
+            "metrics": trial.metrics,
+            "rollbacks": trial.rollbacks,
+            "recent_rollbacks": trial.recent_rollbacks,
+            "divergence_rollbacks": trial.divergence_rollbacks,
+            "furthest": self.furthest,
+            "stuck_rollbacks": self.stuck_rollbacks,
+            "before_nudge_events": self.before_nudge_events,
+            "nudge_on_trial": None if self.on_trial is None else self.on_trial.to_json(),
+            "babysitter": self.babysitter.state(),
+            "detector": self.detector.state(),
+            "lowest_val_loss": self.lowest_val_loss,
+            "events": self.events,
+            "partial": partial,
+            "ending": None if ending is None else [ending.state, ending.reason, ending.experiment],
+        }
+
+    def restore_loop(self, meta: dict[str, Any], *, counters: bool = False) -> None:
+        """Put the loop back where a snapshot was taken. A rollback keeps counting rollbacks
+        (``counters`` False); a resume restores the counts too."""
+        loop, trial = meta["loop"], self.trial
+        if counters:
+            trial.rollbacks, trial.recent_rollbacks = loop["rollbacks"], loop["recent_rollbacks"]
+            trial.divergence_rollbacks = loop.get("divergence_rollbacks", trial.rollbacks)  # older snapshots count all
+            self.furthest, self.stuck_rollbacks = loop.get("furthest", meta["epoch"]), loop.get("stuck_rollbacks", 0)
+            self.before_nudge_events = loop.get("before_nudge_events")
+            self.on_trial = NudgeOnTrial.from_json(loop.get("nudge_on_trial"))
+            self.babysitter.load_state(loop.get("babysitter") or {})
+            self.events = loop["events"]
+        trial.epoch, trial.step = meta["epoch"], meta["step"]
+        trial.best, trial.metrics = loop["best"], loop["metrics"]
+        self.detector.load_state(loop["detector"])
+        self.lowest_val_loss = loop["lowest_val_loss"]
+        self.partial = tuple(loop["partial"]) if loop["partial"] else None
+        self.snapshot_step = trial.step
+        if counters and loop["ending"]:
+            state, reason, experiment = loop["ending"]
+            self.ending = EndTrial(state, reason, experiment=experiment)
+
+    def snapshot(
+        self,
+        reason: str,
+        *,
+        improved: bool,
+        durable: bool | None = None,
+        partial: tuple[int, float] | None = None,
+        in_ring: bool = True,
+    ) -> None:
+        """Take a snapshot; files written earlier are reported first (they had at least an
+        epoch to be written, so this rarely waits), which keeps event order deterministic."""
+        self.report_snapshots()
+        trial, state = self.trial, self.backend.state()
+        if not all(np.isfinite(a).all() for a in state.arrays.values() if a.dtype.kind == "f"):
+            self.diverged(DivergenceEvent("non_finite_parameters", trial.epoch, trial.step, math.nan))
+        if durable or (durable is None and self.store.due()):
+            self.log.sync()  # the log is never behind a snapshot file, even after a power cut
+            durable = True
+        self.snapshot_step = trial.step
+        self.store.save(
+            state,
+            epoch=trial.epoch,
+            step=trial.step,
+            reason=reason,
+            best=improved,
+            hyperparameters=trial.hyperparameters,
+            metrics=trial.metrics,
+            loop=self.loop_state(partial),
+            durable=durable,
+            in_ring=in_ring,
+        )
+
+    def report_snapshots(self) -> None:
+        """Wait for the trial's queued snapshot writes; log and announce each durable one."""
+        for item in self.store.collect(wait=True):
+            if isinstance(item, Exception):
+                self.emit("checkpoint_error", message=f"{type(item).__name__}: {item}")
+                continue
+            checkpoint = item.to_json(relative_to=self.runner.experiment.run_dir)
+            order = self.order
+            if item.reason != "requested":  # a file written earlier: not what an order in progress asked for
+                self.order = None
+            try:
+                self.emit("checkpoint", **checkpoint)
+            finally:
+                self.order = order
+            self.hook.runner_checkpoint_saved(trial=self.trial, checkpoint=checkpoint)
