@@ -60,21 +60,41 @@ def run_experiment(
     ``watchers`` are called with every event as it is written (the terminal's live view).
     Returns the leaderboard, best first.
     """
-    registry, hook = plugins.registry, plugins.hook
-    search = spec.search
-    strategy = build_strategy(spec, registry)
-    experiment = Experiment(spec, run_dir, strategy.planned_trials())
-    past = [] if resume is None else resume.events
-    as_run = {**spec.raw, "seed": spec.seed}  # the seed in force
-    if resume is None:
-        write_json(run_dir / "experiment.json", as_run)
-        history, waiting = History(), []
-    else:
-        rewrite_events(run_dir, resume.events)
-        history = History.from_events(resume.events)
-        for record in history.finished:
-            strategy.tell(history, record.result)
-        waiting = [
+    run = ExperimentRun(spec, plugins, dataset, run_dir, resume)
+    run.prepare()
+    with EventLog(run_dir / "events.jsonl") as log:
+        run.open(log, poll=poll, notify=notify, watchers=watchers)
+        run.announce(origin)
+        stopping = run.drive()
+        return run.close(stopping)
+
+
+class ExperimentRun:
+    """One run of an experiment, from its first event to ``results.json``: each step is a
+    method, in the order ``run_experiment`` calls them."""
+
+    def __init__(
+        self, spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run_dir: Path, resume: ResumePlan | None
+    ):
+        self.spec, self.plugins, self.dataset, self.run_dir, self.resume = spec, plugins, dataset, run_dir, resume
+        self.strategy = build_strategy(spec, plugins.registry)
+        self.experiment = Experiment(spec, run_dir, self.strategy.planned_trials())
+        self.as_run = {**spec.raw, "seed": spec.seed}  # the seed in force
+        self.history, self.waiting = History(), []  # the trials asked for; those a resume continues first
+
+    def prepare(self) -> None:
+        """Before the log opens: a new run writes ``experiment.json``; a resumed one cuts its
+        log to what the plan keeps and rebuilds the history (telling the strategy the
+        finished trials) and the jobs of its interrupted trials."""
+        spec, resume = self.spec, self.resume
+        if resume is None:
+            write_json(self.run_dir / "experiment.json", self.as_run)
+            return
+        rewrite_events(self.run_dir, resume.events)
+        self.history = History.from_events(resume.events)
+        for record in self.history.finished:
+            self.strategy.tell(self.history, record.result)
+        self.waiting = [
             TrialJob(
                 r.id,
                 r.params,
@@ -82,66 +102,99 @@ def run_experiment(
                 resume=_str(resume.continue_from[r.id]),
                 announced=r.id not in resume.unannounced,
             )
-            for r in history.running
+            for r in self.history.running
         ]
 
-    backend_cls = spec.backend_class
-    control_path = run_dir / CONTROL_FILE
-    with EventLog(run_dir / "events.jsonl") as log:
-        strategy.write_note = note_writer(log, past)
-        status = StatusBoard(
-            run_dir / STATUS_FILE, control={"path": str(control_path.resolve()), "settings": list(backend_cls.live)}
+    def open(
+        self,
+        log: EventLog,
+        *,
+        poll: bool,
+        notify: Callable[[str], None],
+        watchers: list[Callable[[dict[str, Any]], None]],
+    ) -> None:
+        """The log's readers: ``status.json``, the control file's inbox, the watchers, and a
+        count of each trial's events (a retried trial goes on from it)."""
+        past = [] if self.resume is None else self.resume.events
+        backend_cls = self.spec.backend_class
+        control_path = self.run_dir / CONTROL_FILE
+        self.log = log
+        self.strategy.write_note = note_writer(log, past)
+        self.status = StatusBoard(
+            self.run_dir / STATUS_FILE,
+            control={"path": str(control_path.resolve()), "settings": list(backend_cls.live)},
         )
-        inbox = ControlInbox(
-            control_path, ControlSchema.for_backend(backend_cls), log, poll=poll, notify=notify, on_idle=status.flush
+        self.inbox = ControlInbox(
+            control_path,
+            ControlSchema.for_backend(backend_cls),
+            log,
+            poll=poll,
+            notify=notify,
+            on_idle=self.status.flush,
         )
-        if resume is not None:
-            status.replay(resume.events)  # what the run had done before
-            inbox.resume(resume.events, continuing=set(resume.continue_from))
-        log.observers.append(status.observe)
+        if self.resume is not None:
+            self.status.replay(self.resume.events)  # what the run had done before
+            self.inbox.resume(self.resume.events, continuing=set(self.resume.continue_from))
+        log.observers.append(self.status.observe)
         log.observers.extend(watchers)
-        logged = Counter(e["trial"] for e in past if "trial" in e)  # each trial's events in the log
+        self.logged = logged = Counter(e["trial"] for e in past if "trial" in e)  # each trial's events in the log
 
         def count(event: dict[str, Any]) -> None:
             if "trial" in event:
                 logged[event["trial"]] += 1
 
         log.observers.append(count)
-        if resume is None:
-            log.emit(
+
+    def announce(self, origin: dict[str, Any] | None) -> None:
+        """The run's first event: ``experiment_start``, or ``resume`` naming what goes on."""
+        spec, search = self.spec, self.spec.search
+        if self.resume is None:
+            self.log.emit(
                 "experiment_start",
                 name=spec.name,
                 seed=spec.seed,
-                run_dir=str(run_dir.resolve()),
+                run_dir=str(self.run_dir.resolve()),
                 base_dir=str(spec.base_dir),
-                plugins=plugins.origins,
-                plugin_files=plugins.extra,
+                plugins=self.plugins.origins,
+                plugin_files=self.plugins.extra,
                 runner_version=__version__,
                 metric=search.metric,
                 mode=search.mode,
-                planned_trials=experiment.planned_trials,
+                planned_trials=self.experiment.planned_trials,
                 started_from=origin,
             )
         else:
-            log.emit(
+            self.log.emit(
                 "resume",
-                trials={str(j.trial): j.resume for j in waiting},
-                notes=resume.notes,
+                trials={str(j.trial): j.resume for j in self.waiting},
+                notes=self.resume.notes,
                 runner_version=__version__,
             )
 
+    def drive(self) -> bool:
+        """Ask, run, tell until the strategy has no more trials, a person stops the run or a
+        trial's result ends it; start the control file and the executor first, close them
+        last (stopping the trials still running when an error ends the run). Returns whether
+        the run stopped early."""
+        spec, plugins, log, inbox, hook = self.spec, self.plugins, self.log, self.inbox, self.plugins.hook
+        history, strategy, waiting = self.history, self.strategy, self.waiting
         writer, executor, aborting = SnapshotWriter(), None, True
         stopping = any(r.result.ends_experiment for r in history.finished)  # a resumed run that was stopping
         try:
-            inbox.start(initial_control(spec, backend_cls.live), fresh=resume is None)
-            status.set_control(watching=inbox.mode)  # polling if inotify could not be had
-            hook.runner_experiment_start(experiment=experiment)
-            run_trial = TrialRunner(experiment, plugins, dataset, log, writer, inbox, strategy)
+            inbox.start(initial_control(spec, spec.backend_class.live), fresh=self.resume is None)
+            self.status.set_control(watching=inbox.mode)  # polling if inotify could not be had
+            hook.runner_experiment_start(experiment=self.experiment)
+            run_trial = TrialRunner(self.experiment, plugins, self.dataset, log, writer, inbox, strategy)
             setup = WorkerSetup(
-                as_run, str(spec.base_dir), tuple(plugins.extra), str(run_dir), experiment.planned_trials, dataset
+                self.as_run,
+                str(spec.base_dir),
+                tuple(plugins.extra),
+                str(self.run_dir),
+                self.experiment.planned_trials,
+                self.dataset,
             )
-            session = Session(setup, log, inbox, hook, run_dir, search.metric, logged, spec.plugins)
-            executor = registry.get("executor", spec.executor.name)(
+            session = Session(setup, log, inbox, hook, self.run_dir, spec.search.metric, self.logged, spec.plugins)
+            executor = plugins.registry.get("executor", spec.executor.name)(
                 spec.executor.options, run_trial=run_trial, session=session
             )
             while True:
@@ -150,7 +203,7 @@ def run_experiment(
                         if executor.pending():  # trials running elsewhere save a snapshot; next_result waits
                             break
                         log.emit("interrupted", between_trials=True)
-                        raise Interrupted(f"interrupted between trials; continue with: runner resume {run_dir}")
+                        raise Interrupted(f"interrupted between trials; continue with: runner resume {self.run_dir}")
                     if (stop := inbox.take_run_stop()) is not None:
                         log.emit(
                             "stop", reason=stop.decision.reason, source="control", experiment=True, order=stop.order
@@ -182,16 +235,20 @@ def run_experiment(
                 executor.close(aborting=aborting)
             writer.close()
             inbox.close()
+        return stopping
 
-        board = leaderboard([r.result for r in history.finished], search.mode)
-        document = results_document(spec.name, search.metric, search.mode, board)
-        write_json(run_dir / "results.json", document)
+    def close(self, stopping: bool) -> list[TrialResult]:
+        """``results.json``, then ``experiment_complete`` and its hook: the leaderboard, best first."""
+        search = self.spec.search
+        board = leaderboard([r.result for r in self.history.finished], search.mode)
+        document = results_document(self.spec.name, search.metric, search.mode, board)
+        write_json(self.run_dir / "results.json", document)
         best = document["best"]
-        log.emit(
+        self.log.emit(
             "experiment_complete", trials=len(board), best_trial=best["trial"] if best else None, stopped_early=stopping
         )
-        hook.runner_experiment_complete(experiment=experiment, results=board)
-    return board
+        self.plugins.hook.runner_experiment_complete(experiment=self.experiment, results=board)
+        return board
 
 
 def note_writer(log: EventLog, past: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
