@@ -145,8 +145,9 @@ def no_lap(name: str) -> None:
     """The timed rounds' ``lap``: nothing."""
 
 
-def hand_written(net_class: type, init_args: dict, train: dict, data, seed: int, lap=no_lap) -> list[dict]:
-    """The plain PyTorch loop; each epoch's train_loss (mean of the steps' losses), val_loss and val_acc."""
+def hand_setup(net_class: type, init_args: dict, train: dict, data, seed: int) -> tuple:
+    """What a person sets up by hand: the module from the seed, SGD, the loss, the data as
+    tensors once, the NumPy generator of each epoch's order, the rows and the batch size."""
     import numpy as np
     import torch
 
@@ -162,6 +163,16 @@ def hand_written(net_class: type, init_args: dict, train: dict, data, seed: int,
     y_val = torch.as_tensor(data.y_val, dtype=torch.int64)
     order = np.random.default_rng(seed)
     m, batch = len(x_train), min(train["batch_size"], len(x_train))
+    return model, optimizer, loss_fn, x_train, y_train, x_val, y_val, order, m, batch
+
+
+def hand_written(net_class: type, init_args: dict, train: dict, data, seed: int, lap=no_lap) -> list[dict]:
+    """The plain PyTorch loop; each epoch's train_loss (mean of the steps' losses), val_loss and val_acc."""
+    import torch
+
+    model, optimizer, loss_fn, x_train, y_train, x_val, y_val, order, m, batch = hand_setup(
+        net_class, init_args, train, data, seed
+    )
     history = []
     lap("__init__")
     for _ in range(train["epochs"]):
@@ -308,7 +319,6 @@ def interleaved(setup: dict, epochs: int) -> tuple[dict[str, list[float]], list[
     seed) and the hand-written model, optimizer and data, ``epochs`` epochs of each.
     Seconds of every step and every evaluation, each side, and the results that differ
     (both sides train the same weights on the same batches, so none should)."""
-    import numpy as np
     import torch
 
     from runner.imports import experiment_folder
@@ -319,18 +329,9 @@ def interleaved(setup: dict, epochs: int) -> tuple[dict[str, list[float]], list[
     model_section, train_section, options = trial_sections(spec, {})
     with experiment_folder(spec.base_dir):
         backend = spec.backend_class(model=model_section, train=train_section, options=options, data=data, seed=seed)
-    torch.manual_seed(seed)
-    model = net_class(**init_args)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"]
+    model, optimizer, loss_fn, x_train, y_train, x_val, y_val, order, m, batch = hand_setup(
+        net_class, init_args, train, data, seed
     )
-    loss_fn = torch.nn.CrossEntropyLoss()
-    x_train = torch.as_tensor(np.ascontiguousarray(data.x_train), dtype=torch.float32)
-    y_train = torch.as_tensor(data.y_train, dtype=torch.int64)
-    x_val = torch.as_tensor(np.ascontiguousarray(data.x_val), dtype=torch.float32)
-    y_val = torch.as_tensor(data.y_val, dtype=torch.int64)
-    order = np.random.default_rng(seed)
-    m, batch = len(x_train), min(train["batch_size"], len(x_train))
     perm = None
 
     def hand_step(start: int) -> float:
