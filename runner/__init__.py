@@ -4,6 +4,11 @@ Plugin authors import what they need from here::
 
     from runner import hookimpl, Strategy, Backend, Nudge, Stop
 
+The public API is the names in ``__all__`` below and the modules in ``PUBLIC_MODULES``
+(each names its public names in its own ``__all__``); every other module is internal and
+may change. The built-in plugins (``runner.plugins``) import nothing else, as a third
+party's would (``tests/test_public_api.py`` checks them).
+
 Scripts and notebooks run experiments with ``runner.run`` (``runner.api``), which returns a
 ``runner.RunResult``; both load on first use, so ``import runner`` stays light.
 """
@@ -18,7 +23,7 @@ hookimpl = pluggy.HookimplMarker("runner")
 
 from runner.babysitter import Babysitter
 from runner.backend import Backend, BackendState, NoOptions, TrainConfig
-from runner.data import DataOptions, Dataset, DatasetPlugin, RawData
+from runner.data import DataOptions, Dataset, DatasetPlugin, RawData, check_raw
 from runner.decisions import (
     Checkpoint,
     Decision,
@@ -31,15 +36,25 @@ from runner.decisions import (
     Stop,
     Unpause,
 )
-from runner.errors import RunnerError, SpecError
+from runner.errors import RunnerError, SpecError, join_path
 from runner.executor import Executor
 from runner.imports import import_object
 from runner.limits import DataSize, ModelSize
 from runner.registry import Registry
-from runner.space import Space
+from runner.space import Choice, Float, Int, Param, Space
 from runner.strategy import Strategy
-from runner.trial import History, Trial, TrialResult
+from runner.trial import History, Trial, TrialRecord, TrialResult, default_mode
 from runner.typed import bounds
+
+PUBLIC_MODULES = (
+    "runner.executor",  # the executor contract, and the kit for executors that run trials elsewhere
+    "runner.inputs",  # bounded regular files: how a dataset reads the files it is given
+    "runner.report",  # what ``runner_report_figures`` receives and returns, and the figure helpers
+    "runner.testing",  # conformance suites, for a plugin's own tests
+    "runner.torch_state",  # pickle-free state of a Torch model, for a backend's ``state``/``load_state``
+)
+"""The modules a plugin may import from besides ``runner`` itself (and its own package):
+the public names of each are its ``__all__``."""
 
 _LAZY = {"run": "runner.api", "RunResult": "runner.api"}  # name -> module, imported on first use
 
@@ -61,6 +76,7 @@ __all__ = [
     "Backend",
     "BackendState",
     "Checkpoint",
+    "Choice",
     "DataOptions",
     "DataSize",
     "Dataset",
@@ -68,11 +84,14 @@ __all__ = [
     "Decision",
     "Executor",
     "Finish",
+    "Float",
     "History",
+    "Int",
     "ModelSize",
     "NoOptions",
     "Note",
     "Nudge",
+    "Param",
     "Pause",
     "Prune",
     "RawData",
@@ -86,10 +105,14 @@ __all__ = [
     "Strategy",
     "TrainConfig",
     "Trial",
+    "TrialRecord",
     "TrialResult",
     "Unpause",
     "bounds",
+    "check_raw",
+    "default_mode",
     "hookimpl",
     "import_object",
+    "join_path",
     "run",
 ]

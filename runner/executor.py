@@ -9,8 +9,21 @@ The driver hands an executor jobs while it has room and collects results as tria
 ``run_trial`` is the function that trains one job to its end; an in-process executor calls
 it directly. An executor that runs trials elsewhere builds the same function where the
 trial runs, from ``session.setup``, and carries what the trial writes (events) and reads
-(orders from the control file) across: ``runner.remote.RemoteExecutor`` does that part for
-any transport, ``runner.worker`` is the worker's end.
+(orders from the control file) across.
+
+This module is public (``runner.PUBLIC_MODULES``): it is the whole kit for writing an
+executor, and its ``__all__`` is all a plugin imports for one. Besides the contract:
+
+- the driver's end, ``RemoteExecutor`` (``runner.remote``): the base of executors whose
+  trials run in other processes; a subclass provides only the transport;
+- the worker's end (``runner.worker`` lists the messages between the two):
+  ``WorkerSetup`` (what ``session.setup`` holds: picklable, sent once to each worker),
+  ``WorkerLink`` (the driver as the worker's trial loop sees it), ``build_runner(setup,
+  link, writer)`` (the worker's trial runner, built once), ``run_job(runner, link, job)``
+  (train one job and tell the driver how it ended) and ``SnapshotWriter`` (the worker's
+  background thread that writes snapshots; ``close()`` it when the worker ends).
+
+These load on first use, so a run that keeps its trials in-process never imports them.
 """
 
 from __future__ import annotations
@@ -27,9 +40,22 @@ from runner.registry import PluginOptions
 from runner.trial import TrialResult
 
 if TYPE_CHECKING:
+    from runner.checkpoints import SnapshotWriter
     from runner.events import EventLog
     from runner.inbox import ControlInbox
-    from runner.worker import WorkerSetup
+    from runner.remote import RemoteExecutor
+    from runner.worker import WorkerLink, WorkerSetup, build_runner, run_job
+
+__all__ = [
+    "Executor",
+    "RemoteExecutor",
+    "Session",
+    "SnapshotWriter",
+    "WorkerLink",
+    "WorkerSetup",
+    "build_runner",
+    "run_job",
+]
 
 
 @dataclass
@@ -77,3 +103,25 @@ class Executor(ABC):
         """Release workers. Called once, at the end of the run: also after Ctrl-C (trials
         still running elsewhere are let finish their snapshot first) and after an error
         or a second Ctrl-C (``aborting``: stop at once)."""
+
+
+_KIT = {  # name -> the module it lives in, imported on first use
+    "RemoteExecutor": "runner.remote",
+    "SnapshotWriter": "runner.checkpoints",
+    "WorkerLink": "runner.worker",
+    "WorkerSetup": "runner.worker",
+    "build_runner": "runner.worker",
+    "run_job": "runner.worker",
+}
+
+
+def __getattr__(name: str):
+    if name in _KIT:
+        import importlib
+
+        return getattr(importlib.import_module(_KIT[name]), name)
+    raise AttributeError(f"module 'runner.executor' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_KIT))

@@ -23,6 +23,12 @@ control.json                      1 MiB       (fixed)
 
 ``duplicate_key`` finds a key written twice in one object of the JSON people write
 (experiment and control files), which a JSON parser would otherwise let the last one win.
+
+This module is public (``runner.PUBLIC_MODULES``): bounded regular files, for a dataset
+that reads the files an experiment names. Its ``__all__`` is what a plugin uses:
+``open_binary(path, DATA_FILE)`` and ``read_bytes`` read a file, ``check_regular`` looks at
+one without opening it (for an ``estimate``), ``Limit`` is a limit of a plugin's own, and
+``InputError`` is what they raise.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from runner.errors import RunnerError
+
+__all__ = ["DATA_FILE", "InputError", "Limit", "check_regular", "open_binary", "read_bytes"]
 
 _KINDS = (
     (stat.S_ISFIFO, "a named pipe (FIFO)"),

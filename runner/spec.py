@@ -25,6 +25,7 @@ from runner.inputs import EXPERIMENT_FILE, InputError, duplicate_key, read_bytes
 from runner.limits import Limits, check_experiment
 from runner.registry import Kind, PluginOptions, Registry
 from runner.space import Space
+from runner.trial import default_mode
 from runner.typed import build, convert, describe
 
 TOP_LEVEL = (
@@ -304,11 +305,6 @@ def _search(raw: Any, registry: Registry) -> Search:
     for param in space:
         check_searchable(param.path)
     return Search(strategy=strategy, metric=metric, mode=mode, space=space)
-
-
-def default_mode(metric: str) -> Literal["min", "max"]:
-    """Whether a metric is better high or low when the file does not say: accuracies are maximised."""
-    return "max" if "acc" in metric else "min"
 
 
 def check_searchable(path: str, where: str = "search.space") -> None:

@@ -16,6 +16,10 @@ They check the contract in ``runner.backend``: epochs of ``steps_per_epoch`` ste
 losses, evaluation that changes nothing, live hyperparameters in force from the next step
 and refused whole when invalid, ``state()`` as a copy, ``load_state`` continuing bit for
 bit (what resume and rollback need), and a deterministic ``reshuffle``.
+
+This module is public (``runner.PUBLIC_MODULES``); its ``__all__`` is the suite and the two
+helpers it is built on, for a backend's own tests: ``small_dataset`` (a learnable
+synthetic data set) and ``Driver`` (steps a backend as the loop does).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import pytest
 from runner.backend import Backend, BackendState
 from runner.data import DataOptions, RawData, prepare
 from runner.typed import build
+
+__all__ = ["BackendConformance", "Driver", "small_dataset"]
 
 
 def small_dataset(n: int = 90, features: int = 5, classes: int = 3, seed: int = 0):

@@ -59,6 +59,10 @@ Guarantees:
 torch is imported when these functions first run, not with this module: the built-in
 Torch backend imports this module when plugins load, and torch must wait until a trial
 uses it.
+
+This module is public (``runner.PUBLIC_MODULES``); its ``__all__`` is the state helper
+for Torch backends: ``capture`` and ``restore``, and for a dict of named tensors of a
+backend's own, ``tensors_to_arrays``, ``check_arrays`` and ``copy_arrays_into``.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ from runner.backend import BackendState
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = ["capture", "check_arrays", "copy_arrays_into", "restore", "tensors_to_arrays"]
 
 MODULE = "module/"
 OPTIMIZER = "optimizer/"

@@ -18,6 +18,11 @@ def better(score: float, than: float | None, mode: str) -> bool:
     return than is None or (score < than if mode == "min" else score > than)
 
 
+def default_mode(metric: str) -> Literal["min", "max"]:
+    """Whether a metric is better high or low when the file does not say: accuracies are maximised."""
+    return "max" if "acc" in metric else "min"
+
+
 @dataclass
 class Trial:
     """One running trial. Owned and updated by the loop; plugins read it, never change it.

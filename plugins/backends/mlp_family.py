@@ -18,8 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from runner import Backend, ModelSize, TrainConfig, bounds
-from runner.errors import SpecError, join_path
+from runner import Backend, ModelSize, SpecError, TrainConfig, bounds, join_path
 from runner.plugins.backends.schedules import scheduled_lr
 
 #: Moment arrays each optimizer keeps per parameter (momentum: velocity; RMSprop: the mean

@@ -14,9 +14,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from runner import DataSize, hookimpl
-from runner.data import DataOptions, DatasetPlugin, RawData
-from runner.typed import bounds
+from runner import DataOptions, DatasetPlugin, DataSize, RawData, bounds, hookimpl
 
 EXAMPLES, FEATURES, CLASSES = 1797, 64, 10  # the shape of scikit-learn's digits
 IMAGE = (1, 8, 8)  # one example with shape "image": (channels, height, width)

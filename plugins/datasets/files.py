@@ -27,11 +27,8 @@ from typing import BinaryIO, ClassVar
 
 import numpy as np
 
-from runner import DataSize, hookimpl
-from runner.data import DataOptions, DatasetPlugin, RawData
-from runner.errors import SpecError, join_path
+from runner import DataOptions, DatasetPlugin, DataSize, RawData, SpecError, bounds, hookimpl, join_path
 from runner.inputs import DATA_FILE, InputError, check_regular, open_binary
-from runner.typed import bounds
 
 DATA = "data"  # where the data section sits in an experiment file
 #: Bytes of memory per byte of CSV text while it is read: each cell is a Python string (about

@@ -28,9 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runner import SpecError, hookimpl, import_object
-from runner.data import DataOptions, DatasetPlugin, RawData, check_raw
-from runner.typed import bounds
+from runner import DataOptions, DatasetPlugin, RawData, SpecError, bounds, check_raw, hookimpl, import_object
 
 WHERE = "data.path"  # every problem with the function or what it returns is reported here
 ITEMS = ("x", "y", "x_val", "y_val")

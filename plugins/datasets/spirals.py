@@ -16,9 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from runner import DataSize, hookimpl
-from runner.data import DataOptions, DatasetPlugin, RawData
-from runner.typed import bounds
+from runner import DataOptions, DatasetPlugin, DataSize, RawData, bounds, hookimpl
 
 SWEEP = 4.0  # radians each arm turns from centre to rim, as in CS231n
 

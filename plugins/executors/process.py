@@ -5,7 +5,7 @@ threads, CUDA and Torch) that builds its own trial runner once and then runs tri
 trial. Every worker has its own pair of pipes to the driver, so a worker killed in the
 middle of a message cannot block the others. Workers ignore Ctrl-C and SIGTERM (both reach
 a whole process group: a terminal's Ctrl-C, a scheduler's stop): the driver passes them on
-(``runner.remote``) so that every trial saves a snapshot before the run stops; a worker
+(``RemoteExecutor``) so that every trial saves a snapshot before the run stops; a worker
 whose driver is gone exits.
 
 With GPUs, worker k sees only GPU ``gpus[k % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``), so the
@@ -24,11 +24,8 @@ from dataclasses import dataclass, field
 from multiprocessing import connection, get_context
 from typing import Any
 
-from runner import bounds, hookimpl
-from runner.checkpoints import SnapshotWriter
-from runner.errors import RunnerError, SpecError, join_path
-from runner.remote import RemoteExecutor
-from runner.worker import WorkerLink, WorkerSetup, build_runner, run_job
+from runner import RunnerError, SpecError, bounds, hookimpl, join_path
+from runner.executor import RemoteExecutor, SnapshotWriter, WorkerLink, WorkerSetup, build_runner, run_job
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # workers ignore them: the driver passes a stop on

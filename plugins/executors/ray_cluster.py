@@ -12,7 +12,7 @@ which returns as soon as there is something, with everything there is (so a busy
 events travel in batches, and an idle one costs nothing). Orders reach an actor through its
 ``receive`` method. Both are served by a thread of their own (concurrency groups of one
 thread, so each keeps its order) while ``run`` trains. A dead actor (its node lost, out of
-memory, ``ray.kill``) is noticed when its ``run`` call fails; ``runner.remote`` retries the
+memory, ``ray.kill``) is noticed when its ``run`` call fails; ``RemoteExecutor`` retries the
 trial in a new actor.
 
 Every node must see the run directory at the same path (snapshots are written and read
@@ -30,11 +30,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner import bounds, hookimpl
-from runner.checkpoints import SnapshotWriter
-from runner.errors import RunnerError
-from runner.remote import RemoteExecutor
-from runner.worker import WorkerLink, build_runner, run_job
+from runner import RunnerError, bounds, hookimpl
+from runner.executor import RemoteExecutor, SnapshotWriter, WorkerLink, build_runner, run_job
 
 INSTALL = "needs Ray: pip install 'panda-caviar[ray]' (or pip install ray)"
 MAIL = "mail"  # the actor's concurrency group for messages from the driver: one thread, in order
@@ -65,7 +62,7 @@ class RayOptions:
 
 
 class TrialWorker:
-    """A Ray actor that trains trials: the worker's end of ``runner.worker``."""
+    """A Ray actor that trains trials: the worker's end (``WorkerLink``, ``run_job``)."""
 
     def __init__(self, setup):
         self.outbox: deque[tuple] = deque()

@@ -19,9 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner import History, SpecError, Strategy, bounds, hookimpl
-from runner.space import Choice, Int, Param, Space
-from runner.trial import TrialRecord
+from runner import Choice, History, Int, Param, Space, SpecError, Strategy, TrialRecord, bounds, hookimpl
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.lines import Line2D
 
-from runner.report import ReportFigure, RunView
-from runner.report.figures import new_figure, param_axis
-from runner.space import Choice, Space
+from runner import Choice, Space
+from runner.report import ReportFigure, RunView, new_figure, param_axis
 
 
 def regions_figure(run: RunView, rounds: list[dict[str, Any]]) -> ReportFigure:

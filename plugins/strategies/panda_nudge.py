@@ -35,9 +35,20 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from runner import Babysitter, Finish, Note, Nudge, Rollback, SpecError, Strategy, Trial, bounds, hookimpl
-from runner.decisions import Decision
-from runner.spec import default_mode
+from runner import (
+    Babysitter,
+    Decision,
+    Finish,
+    Note,
+    Nudge,
+    Rollback,
+    SpecError,
+    Strategy,
+    Trial,
+    bounds,
+    default_mode,
+    hookimpl,
+)
 
 
 @dataclass(frozen=True)

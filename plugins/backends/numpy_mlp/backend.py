@@ -13,8 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from runner import BackendState, bounds
-from runner.data import Dataset
+from runner import BackendState, Dataset, bounds
 from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
 from runner.plugins.backends.numpy_mlp.network import MLP, log_softmax
 from runner.plugins.backends.numpy_mlp.optimizers import copy_into, make_optimizer

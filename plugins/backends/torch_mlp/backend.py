@@ -32,9 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from runner import Backend, BackendState, bounds
-from runner.data import Dataset
-from runner.errors import SpecError, join_path
+from runner import Backend, BackendState, Dataset, SpecError, bounds, join_path
 from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
 from runner.plugins.backends.numpy_mlp.network import MLP
 from runner.plugins.backends.torch_mlp.lagged import LaggedLosses

@@ -33,8 +33,7 @@ from typing import Literal
 
 import numpy as np
 
-from runner import BackendState, ModelSize
-from runner.data import Dataset
+from runner import BackendState, Dataset, ModelSize
 from runner.plugins.backends.mlp_family import MiniBatchBackend
 from runner.plugins.backends.torch_mlp.backend import EVAL_CHUNK, Options, resolve_device
 from runner.plugins.backends.torch_mlp.lagged import LaggedLosses

@@ -22,8 +22,7 @@ from typing import Any, Literal
 
 import orjson
 
-from runner import bounds, import_object
-from runner.errors import SpecError, join_path
+from runner import SpecError, bounds, import_object, join_path
 from runner.plugins.backends.mlp_family import Train as MLPTrain
 from runner.plugins.backends.torch_mlp.lazy import lazy_import
 
