@@ -14,7 +14,9 @@ markdown table (key, type, default, bounds, description) between two markers::
     <!-- /options -->
 
 A fenced block right after ``<!-- file: experiments/digits_cnn.py -->`` shows that file,
-whole, as it is in the repository (the README's own-model example).
+whole, as it is in the repository (the README's own-model example). The table of events
+between ``<!-- events -->`` and ``<!-- /events -->`` is the catalogue of
+``runner.event_kinds``, one row per kind (kinds that share a description share a row).
 
 After changing an option, adding a plugin or editing a shown file, regenerate them from the
 repository's root folder::
@@ -43,12 +45,14 @@ import orjson
 
 from runner.checkpoints import CheckpointOptions
 from runner.divergence import DivergenceOptions
+from runner.event_kinds import EVENTS
 from runner.limits import Limits
 from runner.registry import Registry
 from runner.typed import type_hints
 
 COMMAND = "python -m runner.docs_tables --write"
 MARKER = re.compile(r"<!-- options: (?P<key>\S+) -->\n(?P<table>.*?)<!-- /options -->", re.S)
+EVENTS_MARKER = re.compile(r"<!-- events -->\n(?P<table>.*?)<!-- /events -->", re.S)
 FILE_MARKER = re.compile(r"<!-- file: (?P<path>\S+) -->\n```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$", re.S | re.M)
 HEADER = "| key | type | default | bounds | description |\n|---|---|---|---|---|\n"
 NO_OPTIONS = "This section takes no options besides `name`.\n"
@@ -218,6 +222,19 @@ def file_text(root: Path, path: str) -> str | None:
     return text if text.endswith("\n") else text + "\n"
 
 
+def events_table() -> str:
+    """The table of ``runner.event_kinds.EVENTS``, in the catalogue's order."""
+    rows: list[tuple[list[str], str]] = []
+    for kind in EVENTS.values():
+        if rows and rows[-1][1] == kind.doc:
+            rows[-1][0].append(kind.name)
+        else:
+            rows.append(([kind.name], kind.doc))
+    lines = ["| event | fields |", "|---|---|"]
+    lines += ["| " + ", ".join(f"`{name}`" for name in names) + f" | {doc} |" for names, doc in rows]
+    return "\n".join(lines) + "\n"
+
+
 def check(root: Path, registry: Registry) -> list[str]:
     """What differs between the pages' tables and the generated ones, one line each;
     empty when every table is current."""
@@ -237,6 +254,14 @@ def check(root: Path, registry: Registry) -> list[str]:
     for key, section in wanted.items():
         if key not in shown and section.cls is not None:
             problems.append(f"no page shows the table {key} ({section.cls.__qualname__})")
+    events = [(page, m["table"]) for page in pages(root) for m in EVENTS_MARKER.finditer(page.read_text())]
+    if len(events) != 1:
+        problems.append(f"the table of events must be shown once, between <!-- events --> markers; found {len(events)}")
+    problems += [
+        f"{p.relative_to(root)}: the table of events differs from runner.event_kinds"
+        for p, t in events
+        if t != events_table()
+    ]
     for page in pages(root):
         for path, block in shown_files(page.read_text()):
             expected = file_text(root, path)
@@ -269,6 +294,7 @@ def write(root: Path, registry: Registry) -> list[Path]:
             return f"<!-- file: {match['path']} -->\n```{match['lang']}\n{expected}```"
 
         new = FILE_MARKER.sub(copy, MARKER.sub(table, text))
+        new = EVENTS_MARKER.sub(lambda _: f"<!-- events -->\n{events_table()}<!-- /events -->", new)
         if new != text:
             page.write_text(new)
             changed.append(page)

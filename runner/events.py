@@ -1,6 +1,7 @@
 """The event log (``events.jsonl``): one JSON object a line, written by one writer.
 
-Every line has ``t`` (unix time, seconds), ``event`` and, where it applies, ``trial``.
+Every line has ``t`` (unix time, seconds), ``event`` and, where it applies, ``trial``; the
+kinds of event and their fields are catalogued in ``runner.event_kinds``.
 Lines are flushed as they are written, so ``tail -f`` and scripts see them at once.
 Non-finite numbers (a NaN loss) are written as null.
 """
@@ -16,10 +17,12 @@ from typing import Any
 
 import orjson
 
+from runner.event_kinds import EVENTS, unknown_fields
 from runner.files import open_for_append
 from runner.inputs import EVENT_LOG, open_binary
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+CHECK_FIELDS = os.environ.get("RUNNER_CHECK_EVENTS") == "1"  # every field against the catalogue (tests)
 
 
 class EventLog:
@@ -39,7 +42,14 @@ class EventLog:
         return self.write({"t": round(time.time(), 6), "event": event, **fields})
 
     def write(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Write an event made elsewhere (a worker process: ``t`` is when it happened there)."""
+        """Write an event made elsewhere (a worker process: ``t`` is when it happened there).
+        An event kind missing from ``runner.event_kinds`` is a bug: ValueError, nothing
+        written. With ``RUNNER_CHECK_EVENTS=1`` (the test suite sets it), a field the
+        catalogue does not list is one too."""
+        if record.get("event") not in EVENTS:
+            raise ValueError(f"event {record.get('event')!r} is not in runner.event_kinds.EVENTS")
+        if CHECK_FIELDS and (extra := unknown_fields(record)):
+            raise ValueError(f"event {record['event']!r} has fields runner.event_kinds does not list: {extra}")
         with self._lock:
             self._file.write(orjson.dumps(record, option=_OPTIONS) + b"\n")
             self._file.flush()

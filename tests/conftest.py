@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ["RUNNER_CHECK_EVENTS"] = "1"  # every event any run writes, here or in a subprocess, is checked
+
 import copy
 from pathlib import Path
 from types import SimpleNamespace
