@@ -109,7 +109,6 @@ def _import_module(name: str, folder: Path | None, where: str) -> ModuleType:
     try:
         if local is None:
             return importlib.import_module(name)
-        assert folder is not None
         with _first_on_path(folder):
             module = _load_local(top, local)
             return module if name == top else importlib.import_module(name)

@@ -132,13 +132,14 @@ class History:
     def from_events(cls, events: Iterable[dict[str, Any]]) -> History:
         """Rebuild the history from an event log: ``trial_queued`` (or, in a log written
         before runner 0.2, ``trial_start``) asks, ``trial_complete`` ends."""
-        history = cls()
+        history, known = cls(), set()
         for event in events:
-            if event["event"] == "trial_queued":
-                history.add(event["queued"], event["params"])
-            elif event["event"] == "trial_start" and event["trial"] not in {r.id for r in history}:
-                history.add(event["trial"], event["params"])
-            elif event["event"] == "trial_complete":
+            kind = event["event"]
+            trial = event.get("queued" if kind == "trial_queued" else "trial")
+            if kind in ("trial_queued", "trial_start") and trial not in known:
+                known.add(trial)
+                history.add(trial, event["params"])
+            elif kind == "trial_complete":
                 history.finish(TrialResult.from_json(event))
         return history
 

@@ -113,7 +113,6 @@ class ModuleBackend(MiniBatchBackend):
             self.loss_fn = module_class(train.loss.class_path, "train.loss.class_path")(**train.loss.init_args)
         else:
             self.loss_fn = torch.nn.CrossEntropyLoss() if classification else torch.nn.MSELoss()
-        self._sync_groups()
         self._perm_device = torch.empty(0, dtype=torch.int64, device=self.device)
         self._lagged = self.device.type == "cuda"
         self._losses = LaggedLosses()  # CUDA only
@@ -199,9 +198,9 @@ class ModuleBackend(MiniBatchBackend):
                 group["momentum"] = self._beta1
 
     def _apply_schedule(self) -> None:
+        """Called by ``begin_epoch``: the epoch's scheduled rate, into the param groups."""
         super()._apply_schedule()
-        if hasattr(self, "optimizer"):
-            self._sync_groups()
+        self._sync_groups()
 
     def hyperparameters(self) -> dict[str, float]:
         """The live values in force: ``lr`` (after the schedule's decay), ``momentum``, ``beta2``, ``weight_decay``."""
