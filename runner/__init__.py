@@ -38,12 +38,13 @@ from runner.decisions import (
 )
 from runner.errors import RunnerError, SpecError, join_path
 from runner.executor import Executor
+from runner.history import History
 from runner.imports import import_object
 from runner.limits import DataSize, ModelSize
 from runner.registry import Registry
 from runner.space import Choice, Float, Int, Param, Space
 from runner.strategy import Strategy
-from runner.trial import History, Trial, TrialRecord, TrialResult, default_mode
+from runner.trial import Trial, TrialRecord, TrialResult, default_mode
 from runner.typed import bounds
 
 PUBLIC_MODULES = (

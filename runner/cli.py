@@ -28,6 +28,7 @@ from runner.api import notifier, prepare, show_results, start_run, terminal
 from runner.control import FILE_NAME as CONTROL_FILE
 from runner.control import ROLLBACK_TARGETS, ControlError, ControlSchema, trial_id
 from runner.errors import PluginError, RunnerError, SpecError
+from runner.events import read_run
 from runner.experiment import build_strategy, load_dataset
 from runner.files import UnsafePath, atomic_write, run_is_held, run_lock, write_own_file
 from runner.imports import refusing_code
@@ -45,7 +46,7 @@ from runner.plugin_manager import (
     recorded_one_offs,
 )
 from runner.progress import leaderboard_table, status_view
-from runner.resume import check_run_dir, clean_temporary_files, plan_resume, read_run
+from runner.resume import check_run_dir, clean_temporary_files, plan_resume
 from runner.schema import experiment_schema
 from runner.spec import DEFAULT_PLUGINS, load, read_json
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import orjson
 
+from runner.errors import RunnerError
 from runner.event_kinds import EVENTS, unknown_fields
 from runner.files import open_for_append
-from runner.inputs import EVENT_LOG, open_binary
+from runner.inputs import EVENT_LOG, check_regular, open_binary
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 CHECK_FIELDS = os.environ.get("RUNNER_CHECK_EVENTS") == "1"  # every field against the catalogue (tests)
@@ -81,3 +82,29 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
             if not line.endswith(b"\n"):
                 return
             yield orjson.loads(line)
+
+
+START_FIELDS = ("name", "metric", "mode")  # what every reader of a run takes from experiment_start
+
+
+def read_run(run_dir: Path) -> list[dict[str, Any]]:
+    """The events of a run directory; a RunnerError (exit 2) if it is not one, and an
+    InputError (exit 2) if its ``events.jsonl`` or ``experiment.json`` is not a regular
+    file (a link, a FIFO, a device) or its log is over ``inputs.EVENT_LOG``."""
+    path = run_dir / "events.jsonl"
+    if not os.path.lexists(path) or not os.path.lexists(run_dir / "experiment.json"):
+        raise RunnerError(f"{run_dir} is not a run directory (no events.jsonl and experiment.json)", exit_code=2)
+    check_regular(run_dir / "experiment.json", follow_symlinks=False)  # read later by whoever needs it
+    try:
+        events = list(read_events(path))
+    except orjson.JSONDecodeError as err:
+        raise RunnerError(f"{path} is damaged: {err}", exit_code=2) from None
+    for number, event in enumerate(events, 1):
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            raise RunnerError(f"{path} is damaged: line {number} is not an event", exit_code=2)
+    if not events or events[0]["event"] != "experiment_start":
+        raise RunnerError(f"{path} does not begin with experiment_start", exit_code=2)
+    missing = [name for name in START_FIELDS if not isinstance(events[0].get(name), str)]
+    if missing:
+        raise RunnerError(f"{path} is damaged: experiment_start has no {', '.join(missing)}", exit_code=2)
+    return events

@@ -52,6 +52,15 @@ class EndTrial(Exception):
         super().__init__(reason)
         self.state, self.reason, self.experiment = state, reason, experiment
 
+    def to_json(self) -> list[Any]:
+        """As a snapshot records the end its epoch decided: ``[state, reason, experiment]``."""
+        return [self.state, self.reason, self.experiment]
+
+    @classmethod
+    def from_json(cls, record: list[Any]) -> EndTrial:
+        state, reason, experiment = record
+        return cls(state, reason, experiment=experiment)
+
 
 def load_dataset(spec: ExperimentSpec, plugins: Plugins) -> Dataset:
     """Load and prepare the experiment's data once, before the run directory exists; then

@@ -14,7 +14,6 @@ view's own state. The drawing happens on rich's refresh thread (four times a sec
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 from rich import box
@@ -24,24 +23,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from runner.fold import RunFold, TrialStanding
 from runner.progress import STATE_STYLE, fmt, short_params
-from runner.trial import better
 
-
-@dataclass
-class TrialRow:
-    """One trial as the view shows it."""
-
-    id: int
-    params: dict[str, Any]
-    epochs: int | None  # planned
-    state: str = "running"
-    epoch: int = 0  # epochs completed
-    metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
-    hyperparameters: dict[str, float] = field(default_factory=dict)
-    score: float | None = None  # best value of the experiment's metric so far
-    seconds: float | None = None  # when finished
-    reason: str = ""
+LOSSES = ("train_loss", "val_loss", "val_acc")  # the columns of an epoch's metrics
 
 
 class LiveView:
@@ -50,9 +35,7 @@ class LiveView:
     def __init__(self, console: Console | None = None, *, live: bool | None = None):
         self.console = console or Console()
         self.live = self.console.is_terminal if live is None else live
-        self.metric, self.mode = "val_loss", "min"
-        self.planned: int | None = None
-        self.rows: dict[int, TrialRow] = {}
+        self.fold = RunFold()  # each trial's standing, from the events
         self._lock = threading.Lock()
         self._display: Live | None = None
         self.progress = Progress(
@@ -92,57 +75,20 @@ class LiveView:
     # -- events --------------------------------------------------------------------------------
 
     def observe(self, event: dict[str, Any]) -> None:
-        kind, trial = event["event"], event.get("trial")
         with self._lock:
-            if kind == "experiment_start":
-                self.metric, self.mode, self.planned = event["metric"], event["mode"], event.get("planned_trials")
-            elif kind == "trial_start":
-                epochs = event["config"].get("train", {}).get("epochs")
-                self.rows[trial] = TrialRow(trial, event["params"], epochs, hyperparameters=event["hyperparameters"])
-            elif trial not in self.rows:
-                return
-            else:
-                self.follow(self.rows[trial], kind, event)
-        if kind == "trial_complete" and not self.live:
-            self.console.print(finished_line(self.rows[trial], self.metric), highlight=False, soft_wrap=True)
-
-    def follow(self, row: TrialRow, kind: str, event: dict[str, Any]) -> None:
-        """One event of a trial the view knows."""
-        if kind == "epoch_end":
-            row.epoch = event["epoch"] + 1
-            row.metrics = event
-            row.hyperparameters = {k: event[k] for k in row.hyperparameters if k in event}
-            score = event.get(self.metric)
-            if score is not None and better(score, row.score, self.mode):
-                row.score = score
-        elif kind in ("trial_resume", "rollback"):
-            row.epoch = event.get("epoch", event.get("to_epoch", row.epoch))
-            row.state = "running"
-        elif kind == "nudge":
-            row.hyperparameters.update({k: v["new"] for k, v in event["changes"].items()})
-        elif kind in ("pause", "unpause"):
-            row.state = "paused" if kind == "pause" else "running"
-        elif kind == "trial_retry":
-            row.state = "retrying"
-        elif kind == "interrupted":
-            row.state = "interrupted"
-        elif kind == "trial_complete":
-            row.state, row.epoch, row.seconds, row.reason = (
-                event["state"],
-                event["epochs"],
-                event["seconds"],
-                event["reason"],
-            )
-            row.score = event["score"]
+            trial = self.fold.observe(event)
+        if trial is not None and event["event"] == "trial_complete" and not self.live:
+            self.console.print(finished_line(trial, self.fold), highlight=False, soft_wrap=True)
 
     def update_progress(self) -> None:
         """Epochs done over epochs planned: a finished trial counts its whole budget."""
-        rows = list(self.rows.values())
-        per_trial = next((r.epochs for r in rows if r.epochs), None)
-        total = self.planned * per_trial if self.planned and per_trial else None
-        done = sum((r.epochs or r.epoch) if r.seconds is not None else r.epoch for r in rows)
-        finished = sum(r.seconds is not None for r in rows)
-        trials = f"{finished}/{self.planned}" if self.planned else f"{finished}"
+        rows = list(self.fold.trials.values())
+        planned = (self.fold.start or {}).get("planned_trials")
+        per_trial = next((r.planned_epochs for r in rows if r.planned_epochs), None)
+        total = planned * per_trial if planned and per_trial else None
+        done = sum((r.planned_epochs or r.epoch) if r.ended else r.epoch for r in rows)
+        finished = sum(r.ended for r in rows)
+        trials = f"{finished}/{planned}" if planned else f"{finished}"
         self.progress.update(self.task, total=total, completed=done, done=f"{done}/{total or '?'} · trials {trials}")
 
     # -- drawing -------------------------------------------------------------------------------
@@ -155,14 +101,15 @@ class LiveView:
 
     def table(self) -> Table:
         """Running trials by id, then finished ones best first, as many as the screen holds."""
-        running = sorted((r for r in self.rows.values() if r.seconds is None), key=lambda r: r.id)
-        finished = sorted((r for r in self.rows.values() if r.seconds is not None), key=self.rank)
+        trials, score = self.fold.trials, self.fold.score
+        running = sorted((r for r in trials.values() if not r.ended), key=lambda r: r.id)
+        finished = sorted((r for r in trials.values() if r.ended), key=self.rank)
         room = max(3, self.console.size.height - 8)
         shown = running[:room] + finished[: max(0, room - len(running))]
-        hidden = len(self.rows) - len(shown)
+        hidden = len(trials) - len(shown)
         table = Table(
             box=box.SIMPLE_HEAD,
-            title=f"trials (best: {self.metric})",
+            title=f"trials (best: {self.fold.metric})",
             title_justify="left",
             caption=f"{hidden} more finished trials in the log" if hidden else None,
         )
@@ -186,34 +133,35 @@ class LiveView:
                 overflow="ellipsis",
             )
         for row in shown:
-            style = STATE_STYLE.get(row.state, "")
+            style, metrics, settings = STATE_STYLE.get(row.state, ""), row.metrics or {}, row.hyperparameters
             table.add_row(
                 f"t{row.id:03d}",
                 f"[{style}]{row.state}[/]" if style else row.state,
-                f"{row.epoch}/{row.epochs}" if row.epochs else str(row.epoch),
+                f"{row.epoch}/{row.planned_epochs}" if row.planned_epochs else str(row.epoch),
                 *(
-                    fmt(row.metrics[k]) if row.metrics.get(k) is not None else "-"
+                    fmt(metrics[k]) if metrics.get(k) is not None else "-"
                     for k in ("train_loss", "val_loss", "val_acc")
                 ),
-                *(fmt(row.hyperparameters[k]) if k in row.hyperparameters else "-" for k in ("lr", "momentum")),
-                fmt(row.score) if row.score is not None else "-",
+                *(fmt(settings[k]) if k in settings else "-" for k in ("lr", "momentum")),
+                fmt(score(row)) if score(row) is not None else "-",
                 escape(short_params(row.params)),
             )
         return table
 
-    def rank(self, row: TrialRow) -> tuple:
+    def rank(self, row: TrialStanding) -> tuple:
         """Best first by the metric; trials without a score last, by id."""
-        if row.score is None:
+        score = self.fold.score(row)
+        if score is None:
             return (1, 0.0, row.id)
-        return (0, row.score if self.mode == "min" else -row.score, row.id)
+        return (0, score if self.fold.mode == "min" else -score, row.id)
 
 
-def finished_line(row: TrialRow, metric: str) -> str:
+def finished_line(row: TrialStanding, fold: RunFold) -> str:
     """A finished trial as one plain line (rich markup)."""
-    style = STATE_STYLE.get(row.state, "")
-    score = f"{metric}={fmt(row.score)}" if row.score is not None else "no score"
-    reason = f" ({escape(row.reason)})" if row.reason else ""
+    result, style = row.result, STATE_STYLE.get(row.state, "")
+    score = f"{fold.metric}={fmt(result.score)}" if result.score is not None else "no score"
+    reason = f" ({escape(result.reason)})" if result.reason else ""
     return (
-        f"t{row.id:03d} [{style}]{row.state}[/] {score} epochs={row.epoch} {row.seconds:.1f}s  "
+        f"t{row.id:03d} [{style}]{row.state}[/] {score} epochs={row.epoch} {result.seconds:.1f}s  "
         f"{escape(short_params(row.params))}{reason}"
     )

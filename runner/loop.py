@@ -24,6 +24,7 @@ from runner.events import EventLog
 from runner.executor import Session
 from runner.experiment import Experiment, TrialJob, build_strategy, trial_seed
 from runner.files import write_json
+from runner.history import History
 from runner.inbox import ControlInbox
 from runner.interrupt import FLAG, Interrupted
 from runner.plugin_manager import Plugins
@@ -32,7 +33,7 @@ from runner.resume import ResumePlan, rewrite_events
 from runner.spec import ExperimentSpec, trial_sections
 from runner.status import FILE_NAME as STATUS_FILE
 from runner.status import StatusBoard
-from runner.trial import History, TrialResult
+from runner.trial import TrialResult
 from runner.trial_loop import TrialRunner
 from runner.worker import WorkerSetup
 

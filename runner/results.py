@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError
-from runner.trial import History, TrialResult
+from runner.events import read_run
+from runner.fold import RunFold
+from runner.trial import TrialResult
 
 
 def leaderboard(results: list[TrialResult], mode: str) -> list[TrialResult]:
@@ -48,15 +50,13 @@ def best_of_run(run_dir: Path) -> dict[str, Any]:
     log: as in ``results.json`` (``trial``, ``params``, ``score``, ...), plus ``config``, its
     full ``model``/``train``/``backend`` config. A RunnerError (exit 2) when ``run_dir`` is no
     run or no trial of it has a score."""
-    from runner.resume import read_run  # resume reads snapshots; only this needs it
-
     events = read_run(Path(run_dir))
-    start = events[0]
-    board = leaderboard([r.result for r in History.from_events(events).finished], start["mode"])
+    start, fold = events[0], RunFold.of(events)
+    board = leaderboard([trial.result for trial in fold.trials.values() if trial.result is not None], start["mode"])
     best = results_document(start["name"], start["metric"], start["mode"], board)["best"]
     if best is None:
         raise RunnerError(f"no trial of the run in {run_dir} has a score yet to start from", exit_code=2)
-    begun = next((e for e in events if e["event"] == "trial_start" and e["trial"] == best["trial"]), {})
+    begun = fold.trials[best["trial"]].begun
     if not isinstance(begun.get("config"), dict):
         raise RunnerError(f"{run_dir}/events.jsonl has no config for trial {best['trial']}", exit_code=2)
     return {**best, "config": begun["config"]}

@@ -21,7 +21,7 @@ import orjson
 
 from runner.checkpoints import CorruptSnapshot, is_snapshot_temporary, scan_snapshots, trial_folder
 from runner.errors import RunnerError
-from runner.events import read_events
+from runner.events import read_run
 from runner.files import (
     atomic_write,
     check_real,
@@ -31,7 +31,7 @@ from runner.files import (
     rename_file,
     temporary_of,
 )
-from runner.inputs import check_regular
+from runner.fold import RunFold
 
 # What runner writes in a run directory (the table in docs/run-directory.md), besides the trials' snapshots
 # and the report's figures: each must be a regular file, never a link.
@@ -61,47 +61,19 @@ class ResumePlan:
     unannounced: set[int] = field(default_factory=set)  # queued trials whose trial_start never reached the log
 
 
-START_FIELDS = ("name", "metric", "mode")  # what every reader of a run takes from experiment_start
-
-
-def read_run(run_dir: Path) -> list[dict[str, Any]]:
-    """The events of a run directory; a RunnerError (exit 2) if it is not one, and an
-    InputError (exit 2) if its ``events.jsonl`` or ``experiment.json`` is not a regular
-    file (a link, a FIFO, a device) or its log is over ``inputs.EVENT_LOG``."""
-    path = run_dir / "events.jsonl"
-    if not os.path.lexists(path) or not os.path.lexists(run_dir / "experiment.json"):
-        raise RunnerError(f"{run_dir} is not a run directory (no events.jsonl and experiment.json)", exit_code=2)
-    check_regular(run_dir / "experiment.json", follow_symlinks=False)  # read later by whoever needs it
-    try:
-        events = list(read_events(path))
-    except orjson.JSONDecodeError as err:
-        raise RunnerError(f"{path} is damaged: {err}", exit_code=2) from None
-    for number, event in enumerate(events, 1):
-        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-            raise RunnerError(f"{path} is damaged: line {number} is not an event", exit_code=2)
-    if not events or events[0]["event"] != "experiment_start":
-        raise RunnerError(f"{path} does not begin with experiment_start", exit_code=2)
-    missing = [name for name in START_FIELDS if not isinstance(events[0].get(name), str)]
-    if missing:
-        raise RunnerError(f"{path} is damaged: experiment_start has no {', '.join(missing)}", exit_code=2)
-    return events
-
-
 def plan_resume(run_dir: Path) -> ResumePlan:
     """Decide how to continue the run in ``run_dir``. Changes nothing on disk but setting
     damaged snapshot files aside (renamed ``*.damaged``)."""
     events = read_run(run_dir)
-    if any(e["event"] == "experiment_complete" for e in events):
+    fold = RunFold.of(events)
+    if fold.finished:
         raise RunnerError(f"the run in {run_dir} has finished; there is nothing to resume", exit_code=2)
-    started = {e["trial"]: e for e in events if e["event"] == "trial_start"}
-    finished = {e["trial"] for e in events if e["event"] == "trial_complete"}
     plan = ResumePlan(events=[], continue_from={}, start=events[0])
     keep: dict[int, int] = {}  # interrupted trial -> how many of its events to keep
-    queued = {e["queued"] for e in events if e["event"] == "trial_queued"}
-    for trial in sorted(queued - set(started) - finished):  # handed to a worker that had not started it
+    for trial in sorted(fold.unannounced()):  # handed to a worker that had not started it
         plan.continue_from[trial] = None
         plan.unannounced.add(trial)
-    for trial in sorted(set(started) - finished):
+    for trial in sorted(trial_id for trial_id, standing in fold.trials.items() if not standing.ended):
         snapshot, meta = newest_intact_snapshot(run_dir, trial, plan.notes)
         plan.continue_from[trial] = snapshot
         keep[trial] = meta["loop"]["events"] if meta else 1  # from scratch: only its trial_start

@@ -1,9 +1,10 @@
 """``status.json``: the run as it is now, for ``runner status``, ``runner nudge`` and scripts.
 
 ``StatusBoard`` folds the event stream into one small document: the run's state, each
-running trial (epoch, step, losses, the hyperparameters in force, paused or not), a
-summary of finished trials, and the control file's recent reads with the fate of every
-order each one gave (pending, applied, refused, failed, dropped). A person's nudge keeps
+running trial (epoch, step, losses, the hyperparameters in force, paused or not: its
+standing, as ``runner.fold`` reads it, and its latest change), a summary of finished
+trials, and the control file's recent reads with the fate of every order each one gave
+(pending, applied, refused, failed, dropped). A person's nudge keeps
 ``refusable_until`` (the last step at which a divergence refuses it, ``runner.refusal``)
 until training has kept it, refused it, or moved on from it (the trial's next nudge or
 rollback, or its end). The event log calls ``observe`` after writing each event, so the
@@ -31,6 +32,7 @@ from typing import Any
 import orjson
 
 from runner.files import atomic_write
+from runner.fold import RunFold, TrialStanding
 from runner.trial import better
 
 FILE_NAME = "status.json"
@@ -52,7 +54,7 @@ AT_ONCE = {
     "resume",
     "interrupted",
 }
-TRIAL_FIELDS = ("epoch", "step", "train_loss", "val_loss", "val_acc")
+LOSSES = ("train_loss", "val_loss", "val_acc")  # of a trial's latest epoch
 
 
 class StatusBoard:
@@ -75,6 +77,8 @@ class StatusBoard:
             "trials": {},
             "finished": {"count": 0, "states": {}, "best": None},
         }
+        self.fold = RunFold()  # each trial's standing
+        self._changes: dict[int, dict[str, Any]] = {}  # trial -> its latest change (a nudge, a rollback, ...)
         self._reads: deque[dict[str, Any]] = deque(maxlen=RECENT_READS)
         self._orders: dict[str, dict[str, Any]] = {}  # order id -> its entry in a read, while kept
         self._lock = threading.Lock()
@@ -115,6 +119,7 @@ class StatusBoard:
 
     def _fold(self, record: dict[str, Any]) -> None:
         try:
+            self.fold.observe(record)
             handler = getattr(self, f"_on_{record['event']}", None)
             if handler is not None:
                 handler(record)
@@ -138,47 +143,12 @@ class StatusBoard:
         self.doc["run"]["state"] = "running"
         self.doc["run"]["resumed"] = e["t"]
 
-    def _on_trial_start(self, e: dict) -> None:
-        self.doc["trials"][str(e["trial"])] = {
-            "state": "running",
-            "epoch": 0,
-            "step": 0,
-            "params": e.get("params"),
-            "hyperparameters": dict(e.get("hyperparameters") or {}),
-            "best": None,
-            "rollbacks": 0,
-            "last_change": None,
-        }
-
-    def _on_trial_resume(self, e: dict) -> None:
-        """A trial goes on after a resume: its ``trial_start`` was folded by ``replay``."""
-        if str(e["trial"]) not in self.doc["trials"]:
-            self._on_trial_start(e)
-        self.doc["trials"][str(e["trial"])].update(
-            state="running", epoch=e["epoch"], step=e["step"], hyperparameters=dict(e.get("hyperparameters") or {})
-        )
-
-    def _on_epoch_end(self, e: dict) -> None:
-        trial = self._trial(e)
-        if trial is None:
-            return
-        trial.update({k: e[k] for k in TRIAL_FIELDS if k in e})
-        trial["epoch"] = e["epoch"] + 1
-        trial["hyperparameters"] = {k: e[k] for k in trial["hyperparameters"] if k in e}
-        metric = self.doc["run"]["metric"]
-        if e.get(metric) is not None and better(e[metric], (trial["best"] or {}).get(metric), self.doc["run"]["mode"]):
-            trial["best"] = {"epoch": e["epoch"] + 1, metric: e[metric]}
-
     def _on_nudge(self, e: dict) -> None:
         self._end_nudge_trials(e["trial"])  # only the latest nudge can be refused
         if e.get("refusable_until") is not None and (entry := self._orders.get(e.get("order"))) is not None:
             entry["refusable_until"] = e["refusable_until"]
-        trial = self._trial(e)
-        if trial is not None:
-            trial["step"] = e["step"]
-            trial["hyperparameters"].update({k: v["new"] for k, v in e["changes"].items()})
+        if self._known(e):
             self._record_change(
-                trial,
                 {
                     "t": e["t"],
                     "trial": e["trial"],
@@ -203,9 +173,6 @@ class StatusBoard:
         if entry is not None:
             entry.update(state="refused", detail=e["reason"], refusable_until=None, t=e["t"], step=e["nudge_step"])
             self._settle(entry["read"])
-        trial = self._trial(e)
-        if trial is not None:
-            trial["hyperparameters"].update(e["restored"])
 
     def _end_nudge_trials(self, trial_id: int) -> None:
         """The trial's nudge on trial, if any, can no longer be refused (a later nudge or a
@@ -217,18 +184,13 @@ class StatusBoard:
 
     def _on_rollback(self, e: dict) -> None:
         self._end_nudge_trials(e["trial"])
-        trial = self._trial(e)
-        if trial is not None:
-            trial.update(epoch=e["to_epoch"], step=e["to_step"], rollbacks=e["rollbacks"])
-            if e.get("lr_after") is not None:
-                trial["hyperparameters"]["lr"] = e["lr_after"]
+        if self._known(e):
             refused = self._orders.get(e.get("order"))
             if refused is None or refused["state"] != "refused":
                 what = f"rollback to {e['snapshot']}"
             else:  # the undoing of a person's nudge that training refused
                 what = f"{refused['what']} refused: back to before it"
             self._record_change(
-                trial,
                 {
                     "t": e["t"],
                     "trial": e["trial"],
@@ -239,28 +201,22 @@ class StatusBoard:
             )
 
     def _on_pause(self, e: dict) -> None:
-        self._set_state(e, "paused")
-
-    def _on_unpause(self, e: dict) -> None:
-        self._set_state(e, "running")
-
-    def _set_state(self, e: dict, state: str) -> None:
-        trial = self._trial(e)
-        if trial is not None:
-            trial.update(state=state, step=e["step"])
+        if self._known(e):
             self._record_change(
-                trial, {"t": e["t"], "trial": e["trial"], "what": e["event"], "source": e["source"], "step": e["step"]}
+                {"t": e["t"], "trial": e["trial"], "what": e["event"], "source": e["source"], "step": e["step"]}
             )
 
-    def _record_change(self, trial: dict[str, Any], change: dict[str, Any]) -> None:
+    _on_unpause = _on_pause
+
+    def _record_change(self, change: dict[str, Any]) -> None:
         """A trial's latest change; the control file's too, if it asked for it."""
-        trial["last_change"] = change
+        self._changes[change["trial"]] = change
         if change["source"] == "control":
             self.doc["control"]["last_change"] = change
 
     def _on_trial_complete(self, e: dict) -> None:
         self._end_nudge_trials(e["trial"])
-        self.doc["trials"].pop(str(e["trial"]), None)
+        self._changes.pop(e["trial"], None)
         finished = self.doc["finished"]
         finished["count"] += 1
         finished["states"][e["state"]] = finished["states"].get(e["state"], 0) + 1
@@ -277,7 +233,6 @@ class StatusBoard:
 
     def _on_experiment_complete(self, e: dict) -> None:
         self.doc["run"]["state"] = "finished"
-        self.doc["trials"] = {}
         for entry in self._orders.values():
             if entry["state"] == "pending":  # for the next trial to start, and none did
                 entry.update(state="dropped", detail="the run ended first")
@@ -350,11 +305,29 @@ class StatusBoard:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _trial(self, e: dict) -> dict[str, Any] | None:
-        return self.doc["trials"].get(str(e.get("trial")))
+    def _known(self, e: dict) -> bool:
+        """Whether the event is about a trial that began (``runner.fold``)."""
+        return e.get("trial") in self.fold.trials
+
+    def _trial_entry(self, trial: TrialStanding) -> dict[str, Any]:
+        """A running trial as ``status.json`` shows it."""
+        metric, best, metrics = self.fold.metric, trial.best, trial.metrics or {}
+        return {
+            "state": trial.state,
+            "epoch": trial.epoch,
+            "step": trial.step,
+            "params": trial.params,
+            "hyperparameters": trial.hyperparameters,
+            "best": None if best is None else {"epoch": best["epoch"] + 1, metric: best[metric]},
+            "rollbacks": trial.rollbacks,
+            "last_change": self._changes.get(trial.id),
+            **{k: metrics[k] for k in LOSSES if k in metrics},
+        }
 
     def _write(self) -> None:
         self.doc["run"]["updated"] = round(time.time(), 6)
+        running = [] if self.fold.finished else [t for t in self.fold.trials.values() if not t.ended]
+        self.doc["trials"] = {str(trial.id): self._trial_entry(trial) for trial in running}
         self.doc["control"]["recent"] = list(self._reads)
         data = orjson.dumps(self.doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
         try:

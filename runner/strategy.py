@@ -23,8 +23,9 @@ import numpy as np
 from runner.babysitter import Babysitter
 from runner.backend import NoOptions
 from runner.decisions import Note
+from runner.history import History
 from runner.space import Space
-from runner.trial import History, Trial, TrialResult, better
+from runner.trial import Trial, TrialResult, better
 
 TRIAL_STREAM = 0  # spawn key of the streams that seed trials (weights, data order)
 STRATEGY_STREAM = 1  # spawn key of strategies' random streams

@@ -1,14 +1,19 @@
-"""Trials as hooks and strategies see them: the live trial, its result, the history."""
+"""Trials as hooks and strategies see them: the live trial, and how it ended."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from runner.registry import PluginOptions
+
+# Field markers: a trial's snapshots carry the field; a rollback puts back a REWOUND one
+# and leaves a KEPT one alone (it keeps counting), a resume puts back both (runner.trial_state).
+REWOUND = {"saved": "rewound"}
+KEPT = {"saved": "kept"}
 
 TrialState = Literal["completed", "diverged", "pruned", "stopped", "failed"]
 
@@ -43,11 +48,12 @@ class Trial:
     epoch: int = 0  # epochs completed
     step: int = 0  # training steps taken, over all epochs
     hyperparameters: dict[str, float] = field(default_factory=dict)  # live values in force
-    metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
-    best: dict[str, float] | None = None  # metrics of the best epoch so far, by the experiment's metric
-    rollbacks: int = 0  # rollbacks so far, whoever asked
-    divergence_rollbacks: int = 0  # rollbacks answering a divergence so far
-    recent_rollbacks: int = 0  # rollbacks answering a divergence since an epoch last ended without diverging
+    metrics: dict[str, float] = field(default_factory=dict, metadata=REWOUND)  # the last epoch's
+    best: dict[str, float] | None = field(default=None, metadata=REWOUND)  # the best epoch's, by the metric
+    rollbacks: int = field(default=0, metadata=KEPT)  # rollbacks so far, whoever asked
+    divergence_rollbacks: int = field(default=0, metadata=KEPT)  # rollbacks answering a divergence so far
+    # rollbacks answering a divergence since an epoch last ended without diverging
+    recent_rollbacks: int = field(default=0, metadata=KEPT)
     plugin_options: Mapping[str, Any] = field(default_factory=PluginOptions, repr=False)  # name -> built options
 
     def options(self, name: str) -> Any:
@@ -116,56 +122,3 @@ class TrialRecord:
     id: int
     params: dict[str, Any]
     result: TrialResult | None = None
-
-
-class History:
-    """Every trial of the experiment so far, in the order they were asked for.
-
-    Strategies derive their progress from it, so a resumed run (whose history is rebuilt
-    from the event log) needs no saved strategy state.
-    """
-
-    def __init__(self, records: list[TrialRecord] | None = None):
-        self._records: list[TrialRecord] = list(records or [])
-
-    @classmethod
-    def from_events(cls, events: Iterable[dict[str, Any]]) -> History:
-        """Rebuild the history from an event log: ``trial_queued`` (or, in a log written
-        before runner 0.2, ``trial_start``) asks, ``trial_complete`` ends."""
-        history, known = cls(), set()
-        for event in events:
-            kind = event["event"]
-            trial = event.get("queued" if kind == "trial_queued" else "trial")
-            if kind in ("trial_queued", "trial_start") and trial not in known:
-                known.add(trial)
-                history.add(trial, event["params"])
-            elif kind == "trial_complete":
-                history.finish(TrialResult.from_json(event))
-        return history
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __iter__(self):
-        return iter(self._records)
-
-    def __getitem__(self, index: int) -> TrialRecord:
-        return self._records[index]
-
-    @property
-    def finished(self) -> list[TrialRecord]:
-        return [r for r in self._records if r.result is not None]
-
-    @property
-    def running(self) -> list[TrialRecord]:
-        return [r for r in self._records if r.result is None]
-
-    def add(self, trial_id: int, params: dict[str, Any]) -> None:
-        self._records.append(TrialRecord(trial_id, params))
-
-    def finish(self, result: TrialResult) -> None:
-        for i, record in enumerate(self._records):
-            if record.id == result.trial:
-                self._records[i] = TrialRecord(record.id, record.params, result)
-                return
-        raise KeyError(f"no trial {result.trial} in the history")

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.markup import escape
 
-from runner.babysitter import Babysitter
 from runner.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot, trial_folder
 from runner.data import Dataset
 from runner.decisions import Checkpoint, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Unpause, flatten
@@ -34,6 +33,7 @@ from runner.refusal import NudgeOnTrial, settings
 from runner.spec import trial_sections
 from runner.strategy import Strategy
 from runner.trial import Trial, TrialResult, better
+from runner.trial_state import LoopState, load_state, save_state
 from runner.typed import check_field
 
 if TYPE_CHECKING:  # the worker's end of a trial's log and inbox; it imports this module
@@ -100,22 +100,13 @@ class TrialLoop:
             plugin_options=spec.plugins,
         )
         self.store = CheckpointStore(self.trial.folder, job.trial, spec.checkpoint, runner.writer, within=run_dir)
-        self.detector = SpikeDetector(spec.divergence)
-        self.events = 0  # this trial's events in the log, so a resume can cut the log where a snapshot was taken
-        self.partial: tuple[int, float] | None = None  # (steps done, loss sum) when an epoch resumes midway
-        self.lowest_val_loss: float | None = None
-        self.ending: EndTrial | None = None  # a Stop or Prune decided at the epoch the snapshot closes
+        self.state = LoopState(detector=SpikeDetector(spec.divergence))  # what its snapshots carry (and the Trial)
         self.snapshot_step = -1  # step of the newest snapshot, so a restored one is not taken twice
         self.restored_step = -1  # step the last rollback restored (until training moves on, the ring holds it)
-        self.before_nudge_events = None  # the trial's event count when its latest before-nudge snapshot was taken
         self.backend = None
-        self.babysitter = Babysitter()  # the strategy's, if it babysits trials (set once the trial is built)
-        self.furthest = 0  # the most epochs this trial has completed, on any path
-        self.stuck_rollbacks = 0  # rollbacks since the trial last completed more epochs than ever before
         self.mailbox = runner.inbox.open(job.trial)  # orders from the control file
         self.paused = False
         self.order: str | None = None  # the control-file order being carried out: events name it
-        self.on_trial: NudgeOnTrial | None = None  # a person's nudge that a divergence would refuse (runner.refusal)
 
     # -- the trial, start to end ----------------------------------------------------------
 
@@ -138,12 +129,12 @@ class TrialLoop:
                 )
             trial.hyperparameters = self.backend.hyperparameters()
             if self.runner.strategy is not None:
-                self.babysitter = self.runner.strategy.babysitter(trial) or self.babysitter
+                self.state.babysitter = self.runner.strategy.babysitter(trial) or self.state.babysitter
             announced = True
             if self.job.resume:
                 self.resume(Path(self.job.resume))
-                if self.ending is not None:  # the snapshot closed an epoch that ended the trial
-                    raise self.ending
+                if self.state.ending is not None:  # the snapshot closed an epoch that ended the trial
+                    raise self.state.ending
             else:
                 self.announce()
                 self.snapshot("start", improved=False, durable=False)  # what a first rollback returns to
@@ -180,25 +171,25 @@ class TrialLoop:
 
     def resume(self, path: Path) -> None:
         """Continue from a snapshot file: backend and loop state as they were when it was taken."""
-        state, meta = read_snapshot(path)
-        self.backend.load_state(state)
-        self.restore_loop(meta, counters=True)
+        saved, meta = read_snapshot(path)
+        self.backend.load_state(saved)
+        self.restore(meta, resume=True)
         if self.job.logged is not None:  # a retry: the lost work's events and the retry stay in the log
-            self.events = self.job.logged
+            self.state.events = self.job.logged
         trial = self.trial
         trial.hyperparameters = self.backend.hyperparameters()
         self.store.adopt(
             path.parent, upto=meta["loop"]["events"], before_nudge_events=meta["loop"].get("before_nudge_events")
         )
         self.store.save(
-            state,
+            saved,
             epoch=trial.epoch,
             step=trial.step,
             reason="resume",
             best=False,
             hyperparameters=trial.hyperparameters,
             metrics=trial.metrics,
-            loop=self.loop_state(self.partial),
+            loop=save_state(trial, self.state),
             durable=False,
         )
         self.emit(
@@ -213,7 +204,7 @@ class TrialLoop:
     def announce(self) -> None:
         trial = self.trial
         if self.job.announced:  # a resumed run restarts this trial: its trial_start is in the log
-            self.events = 1 if self.job.logged is None else self.job.logged
+            self.state.events = 1 if self.job.logged is None else self.job.logged
             self.emit("trial_resume", epoch=0, step=0, hyperparameters=trial.hyperparameters, snapshot=None)
             self.hook.runner_trial_start(trial=trial)
             return
@@ -232,7 +223,7 @@ class TrialLoop:
         if self.order is not None:
             fields["order"] = self.order
         self.log.emit(event, **{"trial": self.trial.id, **fields})
-        self.events += 1
+        self.state.events += 1
 
     # -- training -------------------------------------------------------------------------
 
@@ -249,42 +240,50 @@ class TrialLoop:
         trial, backend = self.trial, self.backend
         epoch = trial.epoch
         started = time.perf_counter()
-        if self.partial is None:
+        state = self.state
+        if state.partial is None:
             backend.begin_epoch(epoch)
             done, total = 0, 0.0
         else:
-            (done, total), self.partial = self.partial, None
+            done, total = state.partial
         steps = backend.steps_per_epoch
         every_steps = self.spec.checkpoint.every_steps
         mail = self.mailbox.items
-        for _ in range(steps - done):  # a snapshot below records the loss sum: first settle what a GPU owes
-            if self.on_trial is not None and self.on_trial.served(trial.step):
+        # At a step boundary where the loop stops to act, state.partial says where the epoch
+        # stands, for a snapshot taken there. A snapshot records the loss sum: first settle
+        # what a GPU backend still owes.
+        for _ in range(steps - done):
+            if state.nudge_on_trial is not None and state.nudge_on_trial.served(trial.step):
                 total += self.settle(epoch)  # a divergence in its last step still refuses it
                 self.keep_nudge()
             if FLAG.requested:
                 total += self.settle(epoch)
-                self.interrupt(done, total)
+                state.partial = (done, total)
+                self.interrupt()
             if mail or self.paused:
                 total += self.settle(epoch)
-                self.take_mail((done, total))
+                state.partial = (done, total)
+                self.take_mail()
             if every_steps and done and trial.step % every_steps == 0 and trial.step != self.snapshot_step:
                 total += self.settle(epoch)
-                self.snapshot("steps", improved=False, partial=(done, total))
+                state.partial = (done, total)
+                self.snapshot("steps", improved=False)
             loss = backend.train_step()
             trial.step += 1
             if loss is not None:
                 total += self.checked(loss, epoch)
             done += 1
         total += self.settle(epoch)
+        state.partial = None
 
         val = backend.evaluate("val")
-        if (blown := val_divergence(val["loss"], self.lowest_val_loss, self.spec.divergence)) is not None:
+        if (blown := val_divergence(val["loss"], state.lowest_val_loss, self.spec.divergence)) is not None:
             self.diverged(DivergenceEvent(blown[0], epoch, trial.step, val["loss"], blown[1]))
-        self.lowest_val_loss = min(val["loss"], self.lowest_val_loss or math.inf)
+        state.lowest_val_loss = min(val["loss"], state.lowest_val_loss or math.inf)
         trial.hyperparameters = backend.hyperparameters()
         trial.recent_rollbacks = 0  # this epoch trained through
-        if epoch + 1 > self.furthest:
-            self.furthest, self.stuck_rollbacks = epoch + 1, 0
+        if epoch + 1 > state.furthest:
+            state.furthest, state.stuck_rollbacks = epoch + 1, 0
         metrics = {
             "train_loss": total / steps,
             **{f"val_{name}": value for name, value in val.items()},
@@ -295,23 +294,23 @@ class TrialLoop:
         improved = self.track_best(metrics)
         self.emit("epoch_end", epoch=epoch, step=trial.step, **metrics)
         decisions = flatten(self.hook.runner_epoch_end(trial=trial, epoch=epoch, metrics=metrics))
-        self.ending = self.apply(decisions, source="plugin", partial=None)
-        if self.ending is None:
-            decisions = flatten([self.babysitter.epoch_end(trial, epoch, metrics)])
-            self.ending = self.apply(decisions, source="strategy", partial=None)
+        state.ending = self.apply(decisions, source="plugin")
+        if state.ending is None:
+            decisions = flatten([state.babysitter.epoch_end(trial, epoch, metrics)])
+            state.ending = self.apply(decisions, source="strategy")
         options = self.spec.checkpoint
         if (options.every_epochs and trial.epoch % options.every_epochs == 0) or (improved and options.best):
             best = improved and options.best
             self.snapshot("best" if best else "epoch", improved=best)
-        if self.ending is not None:
-            raise self.ending
+        if state.ending is not None:
+            raise state.ending
 
     def checked(self, loss: float, epoch: int) -> float:
         """A step's loss, once it is known to be finite and no spike (else a divergence)."""
         if not math.isfinite(loss):
             self.diverged(DivergenceEvent("non_finite_loss", epoch, self.trial.step, loss))
-        if self.detector.spiked(loss):
-            self.diverged(DivergenceEvent("loss_spike", epoch, self.trial.step, loss, self.detector.threshold()))
+        if (detector := self.state.detector).spiked(loss):
+            self.diverged(DivergenceEvent("loss_spike", epoch, self.trial.step, loss, detector.threshold()))
         return loss
 
     def settle(self, epoch: int) -> float:
@@ -332,11 +331,11 @@ class TrialLoop:
             return True
         return False
 
-    def interrupt(self, done: int, total: float) -> None:
+    def interrupt(self) -> None:
         """Ctrl-C or SIGTERM: save a durable snapshot of this very step, then stop the run."""
         trial = self.trial
         self.emit("interrupted", epoch=trial.epoch, step=trial.step)  # before the snapshot: a resume keeps it
-        self.snapshot("interrupt", improved=False, durable=True, partial=(done, total))
+        self.snapshot("interrupt", improved=False, durable=True)
         self.report_snapshots()
         raise Interrupted(
             f"interrupted at trial {trial.id}, epoch {trial.epoch}, step {trial.step}; "
@@ -345,16 +344,15 @@ class TrialLoop:
 
     # -- decisions --------------------------------------------------------------------------
 
-    def apply(self, decisions: list, source: str, partial: tuple[int, float] | None) -> EndTrial | None:
+    def apply(self, decisions: list, source: str) -> EndTrial | None:
         """Apply decisions in order. An end (Stop, Prune, Finish) is returned, so the epoch's
         snapshot is still taken before it. A rollback happens at once: what the babysitter
         answers to it, then the decisions after it, apply to the restored state, then
-        RolledBack is raised (the epoch loop starts again from the snapshot). ``partial`` is
-        (steps done, loss sum) when applied mid-epoch."""
+        RolledBack is raised (the epoch loop starts again from the snapshot)."""
         trial = self.trial
         for index, decision in enumerate(decisions):
             if isinstance(decision, Nudge):
-                self.nudge(decision, source, partial)
+                self.nudge(decision, source)
             elif isinstance(decision, Rollback):
                 try:
                     self.rollback(decision, source)
@@ -365,10 +363,10 @@ class TrialLoop:
                 except RolledBack as rolled:
                     order, self.order = self.order, None  # what the babysitter answers is not the order's doing
                     try:
-                        ending = self.apply(rolled.after, "strategy", partial=self.partial)
+                        ending = self.apply(rolled.after, "strategy")
                     finally:
                         self.order = order
-                    ending = ending or self.apply(decisions[index + 1 :], source, partial=self.partial)
+                    ending = ending or self.apply(decisions[index + 1 :], source)
                     if ending is not None:
                         raise ending from None
                     raise
@@ -405,25 +403,25 @@ class TrialLoop:
                 self.paused = False
                 self.emit("unpause", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
             elif isinstance(decision, Checkpoint):
-                self.snapshot("requested", improved=False, durable=True, partial=partial)
+                self.snapshot("requested", improved=False, durable=True)
                 self.report_snapshots()
         return None
 
-    def take_mail(self, partial: tuple[int, float]) -> None:
+    def take_mail(self) -> None:
         """At a step boundary: carry out the control file's orders, oldest first; while
         paused, wait here for more (a resume, a stop, anything), still answering Ctrl-C.
         After a rollback the orders behind it wait for the next step."""
         mail = self.mailbox.items
         while True:
             while mail:
-                self.carry_out(mail.popleft(), partial)
+                self.carry_out(mail.popleft())
             if not self.paused:
                 return
             if FLAG.requested:
-                self.interrupt(*partial)
+                self.interrupt()
             self.mailbox.wait(0.2)
 
-    def carry_out(self, delivery: Delivery, partial: tuple[int, float]) -> None:
+    def carry_out(self, delivery: Delivery) -> None:
         """Called by ``take_mail`` on the training thread: one order from the control file.
         One that cannot be carried out (no snapshot to roll back to, a value the backend
         refuses) is reported and training goes on."""
@@ -433,7 +431,7 @@ class TrialLoop:
         )
         self.order = delivery.order
         try:
-            ending = self.apply([delivery.decision], source="control", partial=partial)
+            ending = self.apply([delivery.decision], source="control")
         except (NoSnapshot, SpecError, ValueError) as err:
             self.emit("control_error", message=f"{delivery.what}: {err}")
             notify(f"[red]{label}: {escape(str(err))}[/]")
@@ -447,10 +445,10 @@ class TrialLoop:
         if ending is not None:
             raise ending
 
-    def nudge(self, nudge: Nudge, source: str, partial: tuple[int, float] | None) -> None:
+    def nudge(self, nudge: Nudge, source: str) -> None:
         """Set live hyperparameters from the next step on, after a snapshot of this very
-        point (mid-epoch: ``partial``), so that a rollback to ``before_nudge`` undoes it."""
-        live, backend = self.backend_cls.live, self.backend
+        point, so that a rollback to ``before_nudge`` undoes it."""
+        live, backend, state = self.backend_cls.live, self.backend, self.state
         for name, value in nudge.changes.items():
             if name not in live:
                 raise SpecError(
@@ -466,18 +464,19 @@ class TrialLoop:
             "before_nudge",
             improved=False,
             durable=source == "strategy" or grace > 0,
-            partial=partial,
             in_ring=self.trial.step != self.restored_step,
         )
-        self.before_nudge_events = self.events  # as the snapshot recorded it
+        state.before_nudge_events = state.events  # as the snapshot recorded it
         before = backend.hyperparameters()
         backend.set_hyperparameters(**nudge.changes)
         self.trial.hyperparameters = backend.hyperparameters()
         change = {k: {"old": before[k], "new": self.trial.hyperparameters[k]} for k in nudge.changes}
-        self.on_trial = None  # only the latest nudge can be undone by going back to the snapshot from before it
+        state.nudge_on_trial = None  # only the latest nudge can be undone by going back to the snapshot before it
         if grace > 0:
-            self.on_trial = NudgeOnTrial.of(self.order, self.trial.step, grace, change, self.before_nudge_events)
-        on_trial = {"refusable_until": self.on_trial.until} if self.on_trial else {}
+            state.nudge_on_trial = NudgeOnTrial.of(
+                self.order, self.trial.step, grace, change, state.before_nudge_events
+            )
+        on_trial = {"refusable_until": state.nudge_on_trial.until} if state.nudge_on_trial else {}
         self.emit(
             "nudge",
             epoch=self.trial.epoch,
@@ -488,7 +487,7 @@ class TrialLoop:
             **on_trial,
         )
         self.hook.runner_nudge_applied(trial=self.trial, change=change, source=source)
-        self.babysitter.nudge_applied(self.trial, change, source)
+        state.babysitter.nudge_applied(self.trial, change, source)
 
     def diverged(self, event: DivergenceEvent) -> None:
         """Report a divergence and undo the person's nudge that caused it (see ``refuse``),
@@ -500,7 +499,7 @@ class TrialLoop:
         self.emit("divergence", **asdict(event), lr=self.backend.hyperparameters().get("lr"), rollbacks=trial.rollbacks)
         if self.refusable(event):
             try:
-                raise self.apply([self.refuse(event)], source="control", partial=None)
+                raise self.apply([self.refuse(event)], source="control")
             finally:
                 self.order = None
         decision = self.hook.runner_divergence(trial=trial, event=event, experiment=self.runner.experiment)
@@ -510,12 +509,12 @@ class TrialLoop:
             raise EndTrial("diverged", f"{event.kind} at step {event.step}{tried}")
         if not isinstance(decision, (Rollback, Stop, Prune)):
             raise TypeError(f"runner_divergence answered {decision!r}; it may answer Rollback, Stop, Prune or None")
-        raise self.apply([decision], source="divergence", partial=None)
+        raise self.apply([decision], source="divergence")
 
     def refusable(self, event: DivergenceEvent) -> bool:
         """True if ``event`` came within the grace steps of a person's nudge whose snapshot
         from just before it is still at hand (after a resume, only if a file held it)."""
-        nudge = self.on_trial
+        nudge = self.state.nudge_on_trial
         if nudge is None or not nudge.covers(event):
             return False
         found = self.store.find("before_nudge")
@@ -526,7 +525,7 @@ class TrialLoop:
         write its ``nudge_refused`` event and return the rollback that undoes it, to be carried
         out for its order (source ``control``: no lr cut, not counted against
         ``divergence.max_rollbacks``). Leaves ``self.order`` set to the nudge's order."""
-        nudge, self.on_trial = self.on_trial, None
+        nudge, self.state.nudge_on_trial = self.state.nudge_on_trial, None
         refused = nudge.refused(event)
         self.order = nudge.order
         self.emit("nudge_refused", **refused)
@@ -537,7 +536,7 @@ class TrialLoop:
     def keep_nudge(self) -> None:
         """Called at the step boundary where a person's nudge has trained through its grace
         steps without diverging: it is kept, and can no longer be refused."""
-        nudge, self.on_trial = self.on_trial, None
+        nudge, self.state.nudge_on_trial = self.state.nudge_on_trial, None
         self.order = nudge.order
         try:
             self.emit("nudge_kept", **nudge.kept(self.trial.epoch, self.trial.step))
@@ -546,11 +545,11 @@ class TrialLoop:
 
     def rollback(self, rollback: Rollback, source: str) -> None:
         """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
-        trial, backend = self.trial, self.backend
-        if self.stuck_rollbacks >= MAX_ROLLBACKS:
+        trial, backend, state = self.trial, self.backend, self.state
+        if state.stuck_rollbacks >= MAX_ROLLBACKS:
             raise EndTrial(
                 "failed",
-                f"{self.stuck_rollbacks} rollbacks without reaching a new epoch: "
+                f"{state.stuck_rollbacks} rollbacks without reaching a new epoch: "
                 "something keeps rolling this trial back",
             )
         found = self.store.find(rollback.to, rollback.older)
@@ -560,15 +559,15 @@ class TrialLoop:
                 f"no {which.get(rollback.to, f'snapshot of epoch {rollback.to}')} to roll back to "
                 "(in memory or on disk)"
             )
-        state, meta = found
+        saved, meta = found
         lr_before, step_before, epoch_before = backend.hyperparameters().get("lr"), trial.step, trial.epoch
-        backend.load_state(state)
-        self.restore_loop(meta)
-        self.store.abandon(after=meta["loop"]["events"], until=self.events)
+        backend.load_state(saved)
+        self.restore(meta, resume=False)
+        self.store.abandon(after=meta["loop"]["events"], until=state.events)
         self.restored_step = trial.step
-        self.on_trial = None  # a rollback undid the person's nudge on trial, or moved on from it: it is over
+        state.nudge_on_trial = None  # a rollback undid the person's nudge on trial, or moved on from it: it is over
         trial.rollbacks += 1
-        self.stuck_rollbacks += 1
+        state.stuck_rollbacks += 1
         if source == "divergence":
             trial.divergence_rollbacks += 1
             trial.recent_rollbacks += 1
@@ -592,53 +591,16 @@ class TrialLoop:
             rollbacks=trial.rollbacks,
         )
         self.emit("rollback", **done)
-        raise RolledBack(flatten([self.babysitter.rolled_back(trial, done)]))
+        raise RolledBack(flatten([state.babysitter.rolled_back(trial, done)]))
 
     # -- snapshots --------------------------------------------------------------------------
 
-    def loop_state(self, partial: tuple[int, float] | None = None) -> dict[str, Any]:
-        """The loop's own state that a snapshot carries besides the backend's."""
-        trial = self.trial
-        ending = self.ending
-        return {
-            "best": trial.best,
-            "metrics": trial.metrics,
-            "rollbacks": trial.rollbacks,
-            "recent_rollbacks": trial.recent_rollbacks,
-            "divergence_rollbacks": trial.divergence_rollbacks,
-            "furthest": self.furthest,
-            "stuck_rollbacks": self.stuck_rollbacks,
-            "before_nudge_events": self.before_nudge_events,
-            "nudge_on_trial": None if self.on_trial is None else self.on_trial.to_json(),
-            "babysitter": self.babysitter.state(),
-            "detector": self.detector.state(),
-            "lowest_val_loss": self.lowest_val_loss,
-            "events": self.events,
-            "partial": partial,
-            "ending": None if ending is None else [ending.state, ending.reason, ending.experiment],
-        }
-
-    def restore_loop(self, meta: dict[str, Any], *, counters: bool = False) -> None:
-        """Put the loop back where a snapshot was taken. A rollback keeps counting rollbacks
-        (``counters`` False); a resume restores the counts too."""
-        loop, trial = meta["loop"], self.trial
-        if counters:
-            trial.rollbacks, trial.recent_rollbacks = loop["rollbacks"], loop["recent_rollbacks"]
-            trial.divergence_rollbacks = loop.get("divergence_rollbacks", trial.rollbacks)  # older snapshots count all
-            self.furthest, self.stuck_rollbacks = loop.get("furthest", meta["epoch"]), loop.get("stuck_rollbacks", 0)
-            self.before_nudge_events = loop.get("before_nudge_events")
-            self.on_trial = NudgeOnTrial.from_json(loop.get("nudge_on_trial"))
-            self.babysitter.load_state(loop.get("babysitter") or {})
-            self.events = loop["events"]
-        trial.epoch, trial.step = meta["epoch"], meta["step"]
-        trial.best, trial.metrics = loop["best"], loop["metrics"]
-        self.detector.load_state(loop["detector"])
-        self.lowest_val_loss = loop["lowest_val_loss"]
-        self.partial = tuple(loop["partial"]) if loop["partial"] else None
-        self.snapshot_step = trial.step
-        if counters and loop["ending"]:
-            state, reason, experiment = loop["ending"]
-            self.ending = EndTrial(state, reason, experiment=experiment)
+    def restore(self, meta: dict[str, Any], *, resume: bool) -> None:
+        """Put the loop back where a snapshot was taken (``runner.trial_state``): a rollback
+        puts back where training stood and keeps counting; a resume puts back everything."""
+        self.trial.epoch, self.trial.step = meta["epoch"], meta["step"]
+        load_state(meta, self.trial, self.state, resume=resume)
+        self.snapshot_step = self.trial.step
 
     def snapshot(
         self,
@@ -646,28 +608,27 @@ class TrialLoop:
         *,
         improved: bool,
         durable: bool | None = None,
-        partial: tuple[int, float] | None = None,
         in_ring: bool = True,
     ) -> None:
         """Take a snapshot; files written earlier are reported first (they had at least an
         epoch to be written, so this rarely waits), which keeps event order deterministic."""
         self.report_snapshots()
-        trial, state = self.trial, self.backend.state()
-        if not all(np.isfinite(a).all() for a in state.arrays.values() if a.dtype.kind == "f"):
+        trial, backend_state = self.trial, self.backend.state()
+        if not all(np.isfinite(a).all() for a in backend_state.arrays.values() if a.dtype.kind == "f"):
             self.diverged(DivergenceEvent("non_finite_parameters", trial.epoch, trial.step, math.nan))
         if durable or (durable is None and self.store.due()):
             self.log.sync()  # the log is never behind a snapshot file, even after a power cut
             durable = True
         self.snapshot_step = trial.step
         self.store.save(
-            state,
+            backend_state,
             epoch=trial.epoch,
             step=trial.step,
             reason=reason,
             best=improved,
             hyperparameters=trial.hyperparameters,
             metrics=trial.metrics,
-            loop=self.loop_state(partial),
+            loop=save_state(trial, self.state),
             durable=durable,
             in_ring=in_ring,
         )

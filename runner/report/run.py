@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError, SpecError
+from runner.events import read_run
 from runner.files import run_is_held
+from runner.fold import RunFold, TrialStanding
 from runner.results import leaderboard
-from runner.resume import read_run
 from runner.space import Space
 from runner.spec import DEFAULT_PLUGINS, read_json
 from runner.trial import TrialResult, better
@@ -121,7 +122,7 @@ def read_run_view(run_dir: Path) -> RunView:
     except SpecError as err:
         raise RunnerError(f"{run_dir / 'experiment.json'}: {err}", exit_code=2) from None
     state = _run_state(events, held)
-    trials = _trials(events, start["metric"], start["mode"], state)
+    trials = _trials(events, state)
     ranked = {r.trial: i for i, r in enumerate(leaderboard([t.result for t in trials], start["mode"]))}
     return RunView(
         run_dir=run_dir,
@@ -157,65 +158,53 @@ def _run_state(events: list[dict[str, Any]], held: bool) -> str:
     return "interrupted" if last == "interrupted" else "unfinished"
 
 
-def _trials(events: list[dict[str, Any]], metric: str, mode: str, run_state: str) -> list[TrialView]:
-    begun: dict[int, dict[str, Any]] = {}
-    epochs: dict[int, list[dict[str, Any]]] = {}
-    lineage: dict[int, list[dict[str, Any]]] = {}  # the epochs the model as it stands went through
+def _trials(events: list[dict[str, Any]], run_state: str) -> list[TrialView]:
+    """Each trial as the log tells it (``runner.fold``), with what only a report follows:
+    its lineage (the epochs the model as it stands went through) and its marks."""
+    fold = RunFold()
+    lineage: dict[int, list[dict[str, Any]]] = {}
     marks: dict[int, list[Mark]] = {}
-    ended: dict[int, TrialResult] = {}
-    paused: set[int] = set()
     for event in events:
-        kind, trial_id = event["event"], event.get("trial")
-        if kind == "trial_start":
-            begun[trial_id] = event
-            epochs[trial_id], lineage[trial_id], marks[trial_id] = [], [], []
-        elif trial_id not in begun:
+        trial = fold.observe(event)
+        kind = event["event"]
+        if trial is None:
             continue
+        if kind == "trial_start":
+            lineage[trial.id], marks[trial.id] = [], []
         elif kind == "epoch_end":
-            epochs[trial_id].append(event)
-            lineage[trial_id] = lineage[trial_id][: event["epoch"]] + [event]
-        elif kind == "trial_complete":
-            ended[trial_id] = TrialResult.from_json(event)
+            lineage[trial.id] = lineage[trial.id][: event["epoch"]] + [event]
         elif kind not in UNMARKED:
-            marks[trial_id].append(Mark(event, len(epochs[trial_id])))
+            marks[trial.id].append(Mark(event, len(trial.epochs)))
             if kind in ("rollback", "trial_retry", "trial_resume"):  # back to a snapshot of that many epochs
-                lineage[trial_id] = lineage[trial_id][: event.get("to_epoch", event.get("epoch", 0))]
-            if kind == "pause":
-                paused.add(trial_id)
-            elif kind in ("unpause", "trial_resume", "trial_retry"):  # a resumed or retried trial starts unpaused
-                paused.discard(trial_id)
-    views = []
-    for trial_id, start in begun.items():
-        result = ended.get(trial_id)
-        if result is None:
-            state = ("paused" if trial_id in paused else "running") if run_state == "running" else "interrupted"
-            result = _standing(trial_id, start, lineage[trial_id], metric, mode, state)
-        views.append(
-            TrialView(
-                trial_id,
-                start["params"],
-                tuple(start.get("hyperparameters", {})),
-                result,
-                epochs[trial_id],
-                marks[trial_id],
-            )
+                lineage[trial.id] = lineage[trial.id][: event.get("to_epoch", event.get("epoch", 0))]
+    return [
+        TrialView(
+            trial.id,
+            trial.params,
+            trial.settings,
+            trial.result or _standing(trial, lineage[trial.id], fold, run_state),
+            trial.epochs,
+            marks[trial.id],
         )
-    return views
+        for trial in fold.trials.values()
+    ]
 
 
-def _standing(
-    trial_id: int, begun: dict[str, Any], epochs: list[dict[str, Any]], metric: str, mode: str, state: str
-) -> TrialResult:
-    """A trial that has not ended, as far as it got: its best epoch by ``metric`` among
+def _standing(trial: TrialStanding, epochs: list[dict[str, Any]], fold: RunFold, run_state: str) -> TrialResult:
+    """A trial that has not ended, as far as it got: its best epoch by the metric among
     ``epochs``, those of the model as it stands (a rollback's undone epochs are not its)."""
     best, score = None, None
     for epoch in epochs:
-        value = epoch.get(metric)
-        if value is not None and math.isfinite(value) and better(value, score, mode):
+        value = epoch.get(fold.metric)
+        if value is not None and math.isfinite(value) and better(value, score, fold.mode):
             best, score = epoch, value
-    last = epochs[-1] if epochs else None
+    last, begun = epochs[-1] if epochs else None, trial.begun
+    if run_state != "running":
+        state = "interrupted"
+    else:
+        state = "paused" if trial.state == "paused" else "running"
     return TrialResult(
-        trial=trial_id,
+        trial=trial.id,
         state=state,
         params=begun["params"],  # type: ignore[arg-type]  # running, paused, interrupted
         best=metrics_of(best) if best else None,
