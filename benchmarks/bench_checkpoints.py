@@ -8,8 +8,8 @@ Three measurements, each against a baseline that does the same amount of raw wor
 1. **In-memory rollback** against a plain copy of the same bytes (aim: under 2x). A real
    ``TrialLoop`` (real spec, event log, snapshot writer, checkpoint store) holds a snapshot
    of a real ``NumpyBackend`` in its memory ring; timed are ``backend.load_state(state)``,
-   ``TrialLoop.restore_loop(meta)``, ``CheckpointStore.find("last")`` and the whole
-   ``TrialLoop.rollback`` (find + load_state + restore_loop + the ``rollback`` event).
+   ``TrialLoop.restore(meta, resume=False)``, ``CheckpointStore.find("last")`` and the whole
+   ``TrialLoop.rollback`` (find + load_state + restore + the ``rollback`` event).
    Baselines: ``np.copyto`` of every array of the state into preallocated buffers of the
    same shapes, and one ``np.copyto`` (a memcpy) of a single buffer of the same total size.
    Two networks: the digits demo's (64-64-10, batch norm, Adam, on the real digits data)
@@ -99,12 +99,12 @@ class Fixture:
     """A real TrialLoop around a trained backend, with one snapshot in its memory ring."""
 
     def __init__(self, label: str, spec, plugins, dataset, backend, work: Path):
-        from runner.checkpoints import SnapshotWriter
-        from runner.control import ControlSchema
-        from runner.events import EventLog
-        from runner.experiment import Experiment, TrialJob
-        from runner.inbox import ControlInbox
-        from runner.trial_loop import TrialLoop, TrialRunner
+        from runner.control.file import ControlSchema
+        from runner.control.inbox import ControlInbox
+        from runner.engine.checkpoints import SnapshotWriter
+        from runner.engine.experiment import Experiment, TrialJob
+        from runner.engine.trial_loop import TrialLoop, TrialRunner
+        from runner.records.events import EventLog
 
         self.label, self.backend = label, backend
         run_dir = work / f"run-{label}"
@@ -141,8 +141,8 @@ def build_fixtures(spec, plugins, dataset, work: Path, wide_rows: int) -> list[F
     import numpy as np
 
     from runner.data import Dataset
+    from runner.experiment_file.spec import trial_sections
     from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
-    from runner.spec import trial_sections
 
     model, train, options = trial_sections(spec, {})
     digits = NumpyBackend(model=model, train=train, options=options, data=dataset, seed=1)
@@ -168,7 +168,7 @@ def rollback_sides(fx: Fixture) -> dict:
     import numpy as np
 
     from runner.decisions import Rollback
-    from runner.trial_loop import RolledBack
+    from runner.engine.trial_loop import RolledBack
 
     backend, loop, state, meta = fx.backend, fx.loop, fx.state, fx.meta
     src = list(state.arrays.values())
@@ -193,7 +193,7 @@ def rollback_sides(fx: Fixture) -> dict:
         "memcpy, one buffer": lambda: np.copyto(big_dst, big_src),
         "np.copyto, same arrays": copyto_arrays,
         "backend.load_state": lambda: backend.load_state(state),
-        "TrialLoop.restore_loop": lambda: loop.restore_loop(meta),
+        "TrialLoop.restore": lambda: loop.restore(meta, resume=False),
         "CheckpointStore.find": lambda: loop.store.find("last"),
         "TrialLoop.rollback, all": rollback,
     }
@@ -279,7 +279,7 @@ def load_state_parts(fx: Fixture, samples: int, target_s: float) -> dict[str, li
 
 
 def write_sides(fx: Fixture, folder: Path) -> dict:
-    from runner.checkpoints import fsync_dir, write_snapshot
+    from runner.engine.checkpoints import fsync_dir, write_snapshot
 
     raw = fx.raw
     dirs = {name: folder / name for name in ("npz", "raw-rename", "raw")}
@@ -335,11 +335,11 @@ def interleaved_once(sides: dict, targets: dict, samples: int) -> dict[str, list
 
 
 def staged_write_snapshot(path: Path, state, meta, clock=time.perf_counter) -> dict[str, float]:
-    """``runner.checkpoints.write_snapshot``, line for line, with a clock between lines."""
+    """``runner.engine.checkpoints.write_snapshot``, line for line, with a clock between lines."""
     import numpy as np
     import orjson
 
-    from runner.checkpoints import META_KEY, checksum, fsync_dir
+    from runner.engine.checkpoints import META_KEY, checksum, fsync_dir
 
     t = {}
     t0 = clock()
@@ -372,7 +372,7 @@ def staged_write_snapshot(path: Path, state, meta, clock=time.perf_counter) -> d
 
 
 def staged_raw(path: Path, raw: bytes, clock=time.perf_counter) -> dict[str, float]:
-    from runner.checkpoints import fsync_dir
+    from runner.engine.checkpoints import fsync_dir
 
     t0 = clock()
     tmp = path.with_name(path.name + ".tmp")
@@ -408,7 +408,7 @@ def write_breakdown(fx: Fixture, folder: Path, samples: int) -> tuple[dict, dict
     """Stages of write_snapshot and of the raw write (interleaved), plus CPU-only pieces."""
     import numpy as np
 
-    from runner.checkpoints import read_snapshot, write_snapshot
+    from runner.engine.checkpoints import read_snapshot, write_snapshot
 
     problems = []
     folder.mkdir(parents=True)
@@ -469,8 +469,8 @@ def timed_run(spec, plugins, dataset, root: Path) -> tuple[float, float, dict]:
     loop, the snapshot writer, BLAS) and each trial's final metrics. The run directory is
     made before and removed after (untimed)."""
     from benchmarks.bench_overhead import COMPARED
-    from runner.files import create_run_dir
-    from runner.loop import run_experiment
+    from runner.engine.loop import run_experiment
+    from runner.records.files import create_run_dir
 
     run_dir = create_run_dir(root, spec.name)
     gc.collect()
@@ -497,9 +497,9 @@ def cpu_jiffies() -> tuple[int, int, int] | None:
 def instrumented(spec, plugins, dataset, root: Path, n: int) -> dict[str, float]:
     """One run with the backend's training calls, the snapshot calls and the writer timed;
     per trial (seconds) and counts per run."""
-    import runner.checkpoints as checkpoints
+    import runner.engine.checkpoints as checkpoints
     from benchmarks.bench_overhead import TRAINING, MethodTimer
-    from runner.checkpoints import CheckpointStore
+    from runner.engine.checkpoints import CheckpointStore
     from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
 
     writes = {"wall": 0.0, "cpu": 0.0, "calls": 0}
@@ -542,8 +542,8 @@ def instrumented(spec, plugins, dataset, root: Path, n: int) -> dict[str, float]
 
 def every_epoch(args, plugins, work: Path) -> dict:
     from benchmarks.bench_overhead import COMPARED, bench_experiment
-    from runner.experiment import load_dataset
-    from runner.spec import load
+    from runner.engine.experiment import load_dataset
+    from runner.experiment_file.spec import load
 
     specs = {}
     base_dir = args.experiment.resolve().parent
@@ -654,9 +654,9 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only or ("1", "2", "3"))
 
     from benchmarks.bench_overhead import bench_experiment, machine
-    from runner.experiment import load_dataset
-    from runner.plugin_manager import load_plugins
-    from runner.spec import load
+    from runner.engine.experiment import load_dataset
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.spec import load
 
     started = time.perf_counter()
     info = machine()
@@ -747,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     print("## Summary against the aims")
     for fx_label, r in results.get("rollback", {}).items():
         t = {k: statistics.median(v) for k, v in r["sides"].items()}
-        both = t["backend.load_state"] + t["TrialLoop.restore_loop"]
+        both = t["backend.load_state"] + t["TrialLoop.restore"]
         print(
             f"- rollback, {fx_label}: {both * 1e6:.1f} µs = {both / t['memcpy, one buffer']:.2f}x one memcpy, "
             f"{both / t['np.copyto, same arrays']:.2f}x np.copyto of the same arrays (aim < {AIMS['rollback']:g}x)"
@@ -801,8 +801,8 @@ def report_rollback(fx: Fixture, t: dict, parts: dict) -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     rows = dict(us)
-    ls, rl = us["backend.load_state"], us["TrialLoop.restore_loop"]
-    rows["load_state + restore_loop"] = (ls[0] + rl[0], ls[1] + rl[1])
+    ls, rl = us["backend.load_state"], us["TrialLoop.restore"]
+    rows["load_state + restore"] = (ls[0] + rl[0], ls[1] + rl[1])
     for name, (m, lo) in rows.items():
         print(
             f"| {name} | {m:.2f} | {lo:.2f} | {m / memcpy[0]:.2f}x | {lo / memcpy[1]:.2f}x "
@@ -812,7 +812,7 @@ def report_rollback(fx: Fixture, t: dict, parts: dict) -> None:
     r_mem = (ls[0] + rl[0]) / memcpy[0]
     r_cp = (ls[0] + rl[0]) / copyto[0]
     print(
-        f"Aim: load_state + restore_loop under {aim:g}x a copy of the same bytes: against one memcpy "
+        f"Aim: load_state + restore under {aim:g}x a copy of the same bytes: against one memcpy "
         f"{r_mem:.2f}x ({'met' if r_mem < aim else 'MISSED'}), against np.copyto of the same arrays "
         f"{r_cp:.2f}x ({'met' if r_cp < aim else 'MISSED'}); the whole TrialLoop.rollback "
         f"{us['TrialLoop.rollback, all'][0] / memcpy[0]:.2f}x / {us['TrialLoop.rollback, all'][0] / copyto[0]:.2f}x."

@@ -27,7 +27,7 @@ observer) where it applies:
    sections, ``--epochs`` epochs, ``checkpoint.min_interval`` 3600 so that no snapshot file
    is written before the trial's end), in these configurations:
    (a) as shipped: the control watcher runs (inotify, and ``poll=True`` for ``--poll``);
-   (b) watcher off, the baseline: ``runner.inbox.FileWatcher`` is replaced, for these runs
+   (b) watcher off, the baseline: ``runner.control.inbox.FileWatcher`` is replaced, for these runs
        only, by a stand-in with the same attributes whose ``start``/``stop`` do nothing (no
        watchdog observer, no inotify thread, no watcher thread; the control file is still
        written and read once at the start, and ``status.json`` is still kept);
@@ -35,7 +35,7 @@ observer) where it applies:
        ``--rewrite-interval`` seconds with contents of unchanged meaning (a trailing space
        toggled; in-place writes and rename-saves alternate), so that each save is read,
        parsed, compared and logged (a ``control`` event with no orders) as a real one is.
-   In (a) and (c) the watcher is ``runner.watch.FileWatcher`` itself, subclassed only to
+   In (a) and (c) the watcher is ``runner.control.watch.FileWatcher`` itself, subclassed only to
    note the threads it starts and read their CPU clocks once it has started and just
    before it stops. Rounds rotate the order of the configurations; one untimed warm-up
    run of each comes first. Reported: the trial's time (``TrialResult.seconds``) and the
@@ -384,7 +384,7 @@ def report_latency(results: dict) -> list[str]:
 
 
 class InertWatcher:
-    """Stands in for ``runner.watch.FileWatcher`` in the "watcher off" runs: the attributes
+    """Stands in for ``runner.control.watch.FileWatcher`` in the "watcher off" runs: the attributes
     ``ControlInbox`` and ``run_experiment`` use, and no observer, inotify or thread."""
 
     def __init__(self, path, check, *, on_idle=lambda: None, poll=False, **_):
@@ -410,9 +410,9 @@ def thread_cpu(threads: list[threading.Thread]) -> dict[str, float]:
 
 
 def timed_watcher_class():
-    """``runner.watch.FileWatcher`` unchanged, plus: the threads it starts are noted, and
+    """``runner.control.watch.FileWatcher`` unchanged, plus: the threads it starts are noted, and
     their CPU clocks read when it has started and just before it stops (``last``)."""
-    from runner.watch import FileWatcher
+    from runner.control.watch import FileWatcher
 
     class TimedWatcher(FileWatcher):
         last: dict = {}
@@ -489,18 +489,18 @@ def configurations(args) -> list[Config]:
 
 
 def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
-    import runner.inbox
-    from runner.events import read_events
-    from runner.files import create_run_dir
-    from runner.loop import run_experiment
+    import runner.control.inbox
+    from runner.engine.loop import run_experiment
+    from runner.records.events import read_events
+    from runner.records.files import create_run_dir
 
-    original = runner.inbox.FileWatcher
+    original = runner.control.inbox.FileWatcher
     timed = timed_watcher_class()
     configs = configurations(args)
     root = work / "throughput"
 
     def one(config: Config) -> dict:
-        runner.inbox.FileWatcher = timed if config.watcher else InertWatcher
+        runner.control.inbox.FileWatcher = timed if config.watcher else InertWatcher
         timed.last = {}
         run_dir = create_run_dir(root, spec.name)
         rewriter = Rewriter(run_dir / "control.json", args.rewrite_interval) if config.rewrite else None
@@ -514,7 +514,7 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
         finally:
             if rewriter:
                 rewriter.stop()
-            runner.inbox.FileWatcher = original
+            runner.control.inbox.FileWatcher = original
         events = list(read_events(run_dir / "events.jsonl"))
         shutil.rmtree(run_dir)
         result = board[0]
@@ -557,13 +557,13 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
     # One more run, with the first watcher configuration and timers: what a snapshot costs (a nudge
     # takes one, "before_nudge", before it applies the new value) and what a step costs. Not part of
     # the figures above.
-    import runner.watch
+    import runner.control.watch
     from benchmarks.bench_overhead import MethodTimer
+    from runner.engine.trial_loop import TrialLoop
     from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
-    from runner.trial_loop import TrialLoop
 
     handled: dict[str, int] = {}
-    original_handler = runner.watch._Handler.on_any_event
+    original_handler = runner.control.watch._Handler.on_any_event
 
     def counting(self, event):  # which files' events reach the watcher's handler
         name = os.path.basename(os.fsdecode(event.dest_path or event.src_path))
@@ -572,7 +572,7 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
         handled[key] = handled.get(key, 0) + 1
         return original_handler(self, event)
 
-    runner.watch._Handler.on_any_event = counting
+    runner.control.watch._Handler.on_any_event = counting
     try:
         with (
             MethodTimer(TrialLoop, ("snapshot",)) as loop_timer,
@@ -580,7 +580,7 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
         ):
             instrumented = one(configs[1] if len(configs) > 1 else configs[0])
     finally:
-        runner.watch._Handler.on_any_event = original_handler
+        runner.control.watch._Handler.on_any_event = original_handler
     per_call = {
         "TrialLoop.snapshot": loop_timer.seconds["snapshot"] / max(1, loop_timer.calls["snapshot"]),
         **{
@@ -605,7 +605,7 @@ def throughput_runs(args, work: Path, plugins, dataset, spec) -> dict:
 def mailbox_check_cost(repeats: int = 7, number: int = 1_000_000) -> dict:
     """The loop's per-step check for mail, timed alone: the same expression on an empty
     deque and an object with ``paused``, against the same loop without it (ns per step)."""
-    from runner.trial_loop import TrialLoop
+    from runner.engine.trial_loop import TrialLoop
 
     source, first = inspect.getsourcelines(TrialLoop.run_epoch)
     line = next((first + k for k, text in enumerate(source) if "if mail or self.paused" in text), None)
@@ -711,7 +711,7 @@ def report_throughput(t: dict, args, mailbox: dict) -> None:
     per_call, calls = t["per_call"], t["calls"]
     step_ms = per_call["NumpyBackend.train_step"] * 1e3
     print(
-        f"- Mailbox check (`if mail or self.paused:`, runner/loop.py:{mailbox['line']}) timed alone: "
+        f"- Mailbox check (`if mail or self.paused:`, runner/engine/loop.py:{mailbox['line']}) timed alone: "
         f"{mailbox['ns']:.1f} ns per step, against {step_ms:.3f} ms per `train_step`: "
         f"{mailbox['ns'] * 1e-6 / step_ms * 100:.4f} % of a step."
     )
@@ -809,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info["watchdog"] = watchdog.version.VERSION_STRING
     info["sys.getswitchinterval()"] = f"{sys.getswitchinterval() * 1e3:g} ms"
-    from runner.watch import FileWatcher
+    from runner.control.watch import FileWatcher
 
     defaults = inspect.signature(FileWatcher.__init__).parameters
     info["FileWatcher defaults"] = ", ".join(
@@ -843,9 +843,9 @@ def main(argv: list[str] | None = None) -> int:
             print()
 
         if "2" in only:
-            from runner.experiment import load_dataset
-            from runner.plugin_manager import load_plugins
-            from runner.spec import load
+            from runner.engine.experiment import load_dataset
+            from runner.engine.plugin_manager import load_plugins
+            from runner.experiment_file.spec import load
 
             raw = json.loads(args.experiment.read_text())
             raw["name"] = "bench-control"

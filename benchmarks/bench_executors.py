@@ -66,10 +66,10 @@ def experiment(trials: int, epochs: int, executor: dict) -> dict:
 def run(raw: dict, plugins, dataset, work: Path) -> dict:
     """One ``run_experiment`` in this process: wall time, each trial's final metrics, and
     from its event log the workers' start-up and the seconds trials spent training."""
-    from runner.events import read_events
-    from runner.files import create_run_dir
-    from runner.loop import run_experiment
-    from runner.spec import parse
+    from runner.engine.loop import run_experiment
+    from runner.experiment_file.spec import parse
+    from runner.records.events import read_events
+    from runner.records.files import create_run_dir
 
     spec = parse(raw, plugins.registry, base_dir=SOURCE.parent)
     run_dir = create_run_dir(work, spec.name)
@@ -166,7 +166,7 @@ def part_ray(args, plugins, dataset, work: Path) -> dict:
 
     import ray
 
-    from runner.spec import parse
+    from runner.experiment_file.spec import parse
 
     # Tune at its fastest: without its default JSON, CSV and TensorBoard loggers of every result
     # (the runner writes one events.jsonl). With them, Tune took about 3 s more per trial here.
@@ -219,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     apply_blas_threads(parser, args)
 
-    from runner.experiment import load_dataset
-    from runner.plugin_manager import load_plugins
-    from runner.spec import parse
+    from runner.engine.experiment import load_dataset
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.spec import parse
 
     plugins = load_plugins()
     dataset = load_dataset(

@@ -4,7 +4,7 @@
     python benchmarks/bench_overhead.py [--trials 20] [--epochs 15] [--repeats 7]
 
 Every side trains the same ``NumpyBackend`` on the same prepared data, for the same trials
-(same parameters, same per-trial seeds from ``runner.experiment.trial_seed``):
+(same parameters, same per-trial seeds from ``runner.engine.experiment.trial_seed``):
 
 * bare loop: build ``NumpyBackend`` directly and run ``for epoch: begin_epoch; for steps:
   train_step; evaluate("val")``. No runner code besides the backend and the data.
@@ -87,10 +87,10 @@ import json, sys, time
 from pathlib import Path
 t = [time.perf_counter()]
 import runner.cli  # what the `runner` console script imports (click, rich, the core)
-from runner.files import create_run_dir
-from runner.experiment import load_dataset
-from runner.plugin_manager import load_plugins
-from runner.spec import load
+from runner.records.files import create_run_dir
+from runner.engine.experiment import load_dataset
+from runner.engine.plugin_manager import load_plugins
+from runner.experiment_file.spec import load
 t.append(time.perf_counter())
 plugins = load_plugins()
 t.append(time.perf_counter())
@@ -227,8 +227,8 @@ def runner_run(
     spec, plugins, dataset, root: Path, profiler: cProfile.Profile | None = None
 ) -> tuple[float, dict[int, dict[str, float]]]:
     """One ``run_experiment``, timed; the run directory is made before and removed after."""
-    from runner.files import create_run_dir
-    from runner.loop import run_experiment
+    from runner.engine.loop import run_experiment
+    from runner.records.files import create_run_dir
 
     run_dir = create_run_dir(root, spec.name)
     gc.collect()
@@ -249,8 +249,8 @@ def runner_run(
 
 def planned_jobs(spec, plugins) -> list[tuple[int, dict, int]]:
     """The trials, exactly as the runner's (random) strategy will ask for them: (id, params, seed)."""
-    from runner.experiment import build_strategy, trial_seed
-    from runner.trial import History
+    from runner import History
+    from runner.engine.experiment import build_strategy, trial_seed
 
     strategy = build_strategy(spec, plugins.registry)
     history, jobs = History(), []
@@ -380,10 +380,10 @@ def cold_fixed_costs(experiment: Path, work: Path, times: int) -> dict[str, list
 
 def warm_fixed_costs(experiment: Path, work: Path, times: int) -> dict[str, list[float]]:
     """The same stages repeated in this (warm) process: modules and files already loaded."""
-    from runner.experiment import load_dataset
-    from runner.files import create_run_dir
-    from runner.plugin_manager import load_plugins
-    from runner.spec import load
+    from runner.engine.experiment import load_dataset
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.spec import load
+    from runner.records.files import create_run_dir
 
     stages: dict[str, list[float]] = defaultdict(list)
     for i in range(times):
@@ -436,12 +436,12 @@ def instrumented_runner(
 ) -> dict[str, float]:
     """One runner run with the backend's methods, the trial runner and the checkpoint store
     timed; seconds per trial by place."""
+    from runner.engine.trial_loop import TrialRunner
     from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
-    from runner.trial_loop import TrialRunner
 
     backend_cls = backend_cls or NumpyBackend
     try:
-        from runner.checkpoints import CheckpointStore
+        from runner.engine.checkpoints import CheckpointStore
     except ImportError:  # a runner without snapshots
         CheckpointStore = None
     backend_methods = TRAINING + OTHER_BACKEND + (("state",) if "state" in backend_cls.__dict__ else ())
@@ -512,9 +512,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--trials, --epochs, --repeats, --instrumented and --cold must be >= 1")
     apply_blas_threads(parser, args)
 
-    from runner.experiment import load_dataset
-    from runner.plugin_manager import load_plugins
-    from runner.spec import TOP_LEVEL, load
+    from runner.engine.experiment import load_dataset
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.spec import TOP_LEVEL, load
 
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))

@@ -26,7 +26,7 @@ comparison; ``--threads 2`` or more measures a quiet machine's cores):
   ``np.random.default_rng(seed)`` (the order ``ModuleBackend`` draws), ``model.train()``,
   for each batch forward, loss, ``zero_grad``, ``backward``, ``step`` and ``loss.item()``
   (the runner reads every step's loss, for its divergence checks); then the validation
-  split in eval mode under ``no_grad``. ``seed`` is the trial's, ``runner.experiment.trial_seed(spec.seed, 0)``.
+  split in eval mode under ``no_grad``. ``seed`` is the trial's, ``runner.engine.experiment.trial_seed(spec.seed, 0)``.
 * **runner**: ``run_experiment`` (as ``runner start`` runs it, in-process: ``load_plugins``,
   the experiment validated by ``load_document``, ``load_dataset`` once, ``create_run_dir``)
   of one trial (grid over an empty space), inline executor, the default ``checkpoint``
@@ -222,8 +222,8 @@ def run_hand(setup: tuple, lap=no_lap):
 def run_runner(spec, plugins, dataset, root: Path, profiler: cProfile.Profile | None = None):
     """One ``run_experiment``, timed alone: the run directory is made before and read and
     removed after. (seconds, each epoch's metrics from the event log, others' CPU, snapshot files written)."""
-    from runner.files import create_run_dir
-    from runner.loop import run_experiment
+    from runner.engine.loop import run_experiment
+    from runner.records.files import create_run_dir
 
     run_dir = create_run_dir(root, spec.name)
 
@@ -277,7 +277,7 @@ OWN_PARTS = {
 def instrumented_pair(setup: dict, plugins, root: Path, runner_first: bool) -> dict[str, dict[str, float]]:
     """A hand-written run with its laps timed and a runner run with ModuleBackend's methods
     and the snapshot store timed, in the order asked for: seconds per phase, each side."""
-    from runner.checkpoints import CheckpointStore
+    from runner.engine.checkpoints import CheckpointStore
     from runner.plugins.backends.torch_module.backend import ModuleBackend
 
     laps = Laps()
@@ -321,8 +321,8 @@ def interleaved(setup: dict, epochs: int) -> tuple[dict[str, list[float]], list[
     (both sides train the same weights on the same batches, so none should)."""
     import torch
 
+    from runner.experiment_file.spec import trial_sections
     from runner.imports import experiment_folder
-    from runner.spec import trial_sections
 
     spec, data, seed = setup["spec"], setup["dataset"], setup["seed"]
     net_class, init_args, train, _, _ = setup["hand"]
@@ -445,10 +445,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from runner.experiment import load_dataset, trial_seed
+    from runner.engine.experiment import load_dataset, trial_seed
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.spec import load_document
     from runner.imports import import_object
-    from runner.plugin_manager import load_plugins
-    from runner.spec import load_document
 
     torch.set_num_threads(args.threads)
     info = machine()

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import orjson
 
-from runner.experiment import load_dataset
-from runner.files import create_run_dir
-from runner.loop import run_experiment
-from runner.plugin_manager import load_plugins
-from runner.spec import load
+from runner.engine.experiment import load_dataset
+from runner.engine.loop import run_experiment
+from runner.engine.plugin_manager import load_plugins
+from runner.experiment_file.spec import load
+from runner.records.files import create_run_dir
 
 EXPERIMENT = orjson.loads((Path(__file__).resolve().parent.parent / "experiments" / "digits_panda.json").read_bytes())
 

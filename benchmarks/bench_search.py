@@ -161,7 +161,7 @@ def tpe_strategy_class():
     import optuna
 
     from runner import Strategy, bounds
-    from runner.space import Choice, Float, Int
+    from runner.experiment_file.space import Choice, Float, Int
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -222,11 +222,11 @@ def run_one(job: dict) -> dict:
     """Run one experiment (dataset, seed, strategy, budget) in process; its summary."""
     import orjson
 
-    from runner.experiment import load_dataset
-    from runner.files import create_run_dir
-    from runner.loop import run_experiment
-    from runner.plugin_manager import load_plugins
-    from runner.spec import load
+    from runner.engine.experiment import load_dataset
+    from runner.engine.loop import run_experiment
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.spec import load
+    from runner.records.files import create_run_dir
 
     work = Path(tempfile.mkdtemp(prefix="bench-search-", dir=job["tmp"]))
     try:
@@ -502,7 +502,7 @@ def paired(rows: list[dict], reference: list[dict]) -> list[float]:
 
 def grid_axes(points: int) -> str:
     """The grid's values per parameter, for the report."""
-    from runner.space import Space
+    from runner.experiment_file.space import Space
 
     space = Space.parse(SPACE)
     return "; ".join(

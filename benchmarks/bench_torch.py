@@ -211,9 +211,9 @@ def worker(side: str, threads: int, experiment: Path, wide_rows: int) -> int:
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the protocol
     import numpy as np
 
-    from runner.experiment import load_dataset
-    from runner.plugin_manager import load_plugins
-    from runner.spec import load, trial_sections
+    from runner.engine.experiment import load_dataset
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.spec import load, trial_sections
     from runner.testing import Driver
 
     info = {"pid": os.getpid()}
@@ -411,10 +411,10 @@ def torch_experiment(
 def overhead(args: argparse.Namespace) -> dict:
     import torch
 
-    from runner.experiment import load_dataset
-    from runner.plugin_manager import load_plugins
+    from runner.engine.experiment import load_dataset
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.spec import TOP_LEVEL, load
     from runner.plugins.backends.torch_mlp.backend import TorchBackend
-    from runner.spec import TOP_LEVEL, load
 
     if args.overhead_threads:
         torch.set_num_threads(args.overhead_threads)

@@ -38,14 +38,14 @@ from runner.decisions import (
 )
 from runner.errors import RunnerError, SpecError, join_path
 from runner.executor import Executor
+from runner.experiment_file.limits import DataSize, ModelSize
+from runner.experiment_file.space import Choice, Float, Int, Param, Space
+from runner.experiment_file.typed import bounds
 from runner.history import History
 from runner.imports import import_object
-from runner.limits import DataSize, ModelSize
 from runner.registry import Registry
-from runner.space import Choice, Float, Int, Param, Space
 from runner.strategy import Strategy
 from runner.trial import Trial, TrialRecord, TrialResult, default_mode
-from runner.typed import bounds
 
 PUBLIC_MODULES = (
     "runner.executor",  # the executor contract, and the kit for executors that run trials elsewhere
@@ -57,7 +57,8 @@ PUBLIC_MODULES = (
 """The modules a plugin may import from besides ``runner`` itself (and its own package):
 the public names of each are its ``__all__``."""
 
-_LAZY = {"run": "runner.api", "RunResult": "runner.api"}  # name -> module, imported on first use
+# name -> module, imported on first use
+_LAZY = {"run": "runner.api", "RunResult": "runner.api", "read_snapshot": "runner.engine.checkpoints"}
 
 
 def __getattr__(name: str):
@@ -115,5 +116,6 @@ __all__ = [
     "hookimpl",
     "import_object",
     "join_path",
+    "read_snapshot",
     "run",
 ]

@@ -27,20 +27,20 @@ from typing import Any
 
 from rich.console import Console
 
-from runner.checkpoints import trial_folder
-from runner.control import FILE_NAME as CONTROL_FILE
+from runner.control.file import FILE_NAME as CONTROL_FILE
 from runner.data import Dataset
+from runner.engine.checkpoints import trial_folder
+from runner.engine.experiment import load_dataset
+from runner.engine.interrupt import Interrupted, graceful_interrupts
+from runner.engine.loop import run_experiment
+from runner.engine.plugin_manager import Plugins, load_plugins
 from runner.errors import SpecError, join_path
-from runner.experiment import load_dataset
-from runner.files import create_run_dir, run_lock
-from runner.interrupt import Interrupted, graceful_interrupts
-from runner.live import LiveView
-from runner.loop import run_experiment
-from runner.plugin_manager import Plugins, load_plugins
-from runner.progress import leaderboard_table
-from runner.results import best_of, best_of_run, leaderboard
-from runner.spec import ExperimentSpec, load, load_document
+from runner.experiment_file.spec import ExperimentSpec, load, load_document
+from runner.records.files import create_run_dir, run_lock
+from runner.records.results import best_of, best_of_run, leaderboard
 from runner.trial import TrialResult
+from runner.views.live import LiveView
+from runner.views.progress import leaderboard_table
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def start_run(
 ) -> RunResult:
     """What ``runner start`` and ``runner.run`` do: load the plugins, validate the experiment
     and load its data (``prepare``), make the run directory, hold it, and run every trial
-    (``runner.loop.run_experiment``) while Ctrl-C asks for a clean stop.
+    (``runner.engine.loop.run_experiment``) while Ctrl-C asks for a clean stop.
 
     ``from_run`` starts from the best trial of an earlier run (``runner start --from``).
     ``console`` is where a person follows the run (None: nothing is printed), with a live

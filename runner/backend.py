@@ -9,7 +9,7 @@ The loop drives a backend like a textbook training loop::
             loss = backend.train_step()
         metrics = backend.evaluate("val")
 
-A backend declares its config sections as frozen dataclasses (see ``runner.typed``): the
+A backend declares its config sections as frozen dataclasses (see ``runner.experiment_file.typed``): the
 ``model`` section, the ``train`` section (a subclass of ``TrainConfig``) and the options of
 the ``backend`` section. The runner validates an experiment file against them before
 anything runs, with errors that name the JSON path.
@@ -25,8 +25,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from runner.data import Dataset
-from runner.limits import ModelSize
-from runner.typed import bounds
+from runner.experiment_file.limits import ModelSize
+from runner.experiment_file.typed import bounds
 
 
 @dataclass(frozen=True)

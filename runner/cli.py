@@ -25,18 +25,13 @@ from rich.text import Text
 
 from runner import __version__
 from runner.api import notifier, prepare, show_results, start_run, terminal
-from runner.control import FILE_NAME as CONTROL_FILE
-from runner.control import ROLLBACK_TARGETS, ControlError, ControlSchema, trial_id
-from runner.errors import PluginError, RunnerError, SpecError
-from runner.events import read_run
-from runner.experiment import build_strategy, load_dataset
-from runner.files import UnsafePath, atomic_write, run_is_held, run_lock, write_own_file
-from runner.imports import refusing_code
-from runner.interrupt import Interrupted, graceful_interrupts
-from runner.live import LiveView
-from runner.loop import run_experiment
-from runner.nudge import Change, latest_run, read_status, send
-from runner.plugin_manager import (
+from runner.control.file import FILE_NAME as CONTROL_FILE
+from runner.control.file import ROLLBACK_TARGETS, ControlError, ControlSchema, trial_id
+from runner.control.nudge import Change, latest_run, read_status, send
+from runner.engine.experiment import build_strategy, load_dataset
+from runner.engine.interrupt import Interrupted, graceful_interrupts
+from runner.engine.loop import run_experiment
+from runner.engine.plugin_manager import (
     TRACE_ENV,
     Plugins,
     hooks_of,
@@ -45,10 +40,15 @@ from runner.plugin_manager import (
     plugin_args,
     recorded_one_offs,
 )
-from runner.progress import leaderboard_table, status_view
-from runner.resume import check_run_dir, clean_temporary_files, plan_resume
-from runner.schema import experiment_schema
-from runner.spec import DEFAULT_PLUGINS, load, read_json
+from runner.engine.resume import check_run_dir, clean_temporary_files, plan_resume
+from runner.errors import PluginError, RunnerError, SpecError
+from runner.experiment_file.schema import experiment_schema
+from runner.experiment_file.spec import DEFAULT_PLUGINS, load, read_json
+from runner.imports import refusing_code
+from runner.records.events import read_run
+from runner.records.files import UnsafePath, atomic_write, run_is_held, run_lock, write_own_file
+from runner.views.live import LiveView
+from runner.views.progress import leaderboard_table, status_view
 
 plugin_option = click.option(
     "--plugin",
@@ -210,7 +210,7 @@ def damaged_if_misread(path: Path, hint: str = ""):
 def named_run_dir(run_dir: Path | None) -> Path | None:
     """The run directory a person named on the command line; named through a symbolic link
     (a ``latest`` alias), the folder the link points to. The folder named is the person's
-    choice; nothing inside it is followed (``runner.files``)."""
+    choice; nothing inside it is followed (``runner.records.files``)."""
     return run_dir.resolve() if run_dir is not None and run_dir.is_symlink() else run_dir
 
 

@@ -27,8 +27,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from runner.errors import SpecError, join_path
-from runner.limits import DataSize
-from runner.typed import bounds
+from runner.experiment_file.limits import DataSize
+from runner.experiment_file.typed import bounds
 
 Task = Literal["classification", "regression"]
 Standardization = Literal["feature", "channel", "none"]

@@ -16,7 +16,7 @@ markdown table (key, type, default, bounds, description) between two markers::
 A fenced block right after ``<!-- file: experiments/digits_cnn.py -->`` shows that file,
 whole, as it is in the repository (the README's own-model example). The table of events
 between ``<!-- events -->`` and ``<!-- /events -->`` is the catalogue of
-``runner.event_kinds``, one row per kind (kinds that share a description share a row).
+``runner.records.event_kinds``, one row per kind (kinds that share a description share a row).
 
 After changing an option, adding a plugin or editing a shown file, regenerate them from the
 repository's root folder::
@@ -43,12 +43,12 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import orjson
 
-from runner.checkpoints import CheckpointOptions
-from runner.divergence import DivergenceOptions
-from runner.event_kinds import EVENTS
-from runner.limits import Limits
+from runner.engine.checkpoints import CheckpointOptions
+from runner.engine.divergence import DivergenceOptions
+from runner.experiment_file.limits import Limits
+from runner.experiment_file.typed import type_hints
+from runner.records.event_kinds import EVENTS
 from runner.registry import Registry
-from runner.typed import type_hints
 
 COMMAND = "python -m runner.docs_tables --write"
 MARKER = re.compile(r"<!-- options: (?P<key>\S+) -->\n(?P<table>.*?)<!-- /options -->", re.S)
@@ -223,7 +223,7 @@ def file_text(root: Path, path: str) -> str | None:
 
 
 def events_table() -> str:
-    """The table of ``runner.event_kinds.EVENTS``, in the catalogue's order."""
+    """The table of ``runner.records.event_kinds.EVENTS``, in the catalogue's order."""
     rows: list[tuple[list[str], str]] = []
     for kind in EVENTS.values():
         if rows and rows[-1][1] == kind.doc:
@@ -258,7 +258,7 @@ def check(root: Path, registry: Registry) -> list[str]:
     if len(events) != 1:
         problems.append(f"the table of events must be shown once, between <!-- events --> markers; found {len(events)}")
     problems += [
-        f"{p.relative_to(root)}: the table of events differs from runner.event_kinds"
+        f"{p.relative_to(root)}: the table of events differs from runner.records.event_kinds"
         for p, t in events
         if t != events_table()
     ]
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.root / "docs").is_dir():
         parser.error(f"no docs/ folder in {args.root.resolve()}: run it from the repository's root, or give --root")
-    from runner.plugin_manager import load_plugins
+    from runner.engine.plugin_manager import load_plugins
 
     registry = load_plugins().registry
     undocumented = missing_docs(registry)

@@ -14,9 +14,9 @@ trial runs, from ``session.setup``, and carries what the trial writes (events) a
 This module is public (``runner.PUBLIC_MODULES``): it is the whole kit for writing an
 executor, and its ``__all__`` is all a plugin imports for one. Besides the contract:
 
-- the driver's end, ``RemoteExecutor`` (``runner.remote``): the base of executors whose
+- the driver's end, ``RemoteExecutor`` (``runner.execution.remote``): the base of executors whose
   trials run in other processes; a subclass provides only the transport;
-- the worker's end (``runner.worker`` lists the messages between the two):
+- the worker's end (``runner.execution.worker`` lists the messages between the two):
   ``WorkerSetup`` (what ``session.setup`` holds: picklable, sent once to each worker),
   ``WorkerLink`` (the driver as the worker's trial loop sees it), ``build_runner(setup,
   link, writer)`` (the worker's trial runner, built once), ``run_job(runner, link, job)``
@@ -40,11 +40,11 @@ from runner.registry import PluginOptions
 from runner.trial import TrialResult
 
 if TYPE_CHECKING:
-    from runner.checkpoints import SnapshotWriter
-    from runner.events import EventLog
-    from runner.inbox import ControlInbox
-    from runner.remote import RemoteExecutor
-    from runner.worker import WorkerLink, WorkerSetup, build_runner, run_job
+    from runner.control.inbox import ControlInbox
+    from runner.engine.checkpoints import SnapshotWriter
+    from runner.execution.remote import RemoteExecutor
+    from runner.execution.worker import WorkerLink, WorkerSetup, build_runner, run_job
+    from runner.records.events import EventLog
 
 __all__ = [
     "Executor",
@@ -106,12 +106,12 @@ class Executor(ABC):
 
 
 _KIT = {  # name -> the module it lives in, imported on first use
-    "RemoteExecutor": "runner.remote",
-    "SnapshotWriter": "runner.checkpoints",
-    "WorkerLink": "runner.worker",
-    "WorkerSetup": "runner.worker",
-    "build_runner": "runner.worker",
-    "run_job": "runner.worker",
+    "RemoteExecutor": "runner.execution.remote",
+    "SnapshotWriter": "runner.engine.checkpoints",
+    "WorkerLink": "runner.execution.worker",
+    "WorkerSetup": "runner.execution.worker",
+    "build_runner": "runner.execution.worker",
+    "run_job": "runner.execution.worker",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from runner.fold import RunFold
+from runner.records.fold import RunFold
 from runner.trial import TrialRecord, TrialResult
 
 

@@ -19,8 +19,8 @@ import pluggy
 
 if TYPE_CHECKING:
     from runner.decisions import Decision
-    from runner.divergence import DivergenceEvent
-    from runner.experiment import Experiment
+    from runner.engine.divergence import DivergenceEvent
+    from runner.engine.experiment import Experiment
     from runner.registry import Registry
     from runner.report import ReportFigure, RunView
     from runner.trial import Trial, TrialResult

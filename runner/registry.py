@@ -40,7 +40,7 @@ class OptionsEntry:
     """Options a plugin declared with ``Registry.add_options``."""
 
     name: str  # the key under the experiment file's "plugins" section
-    cls: type  # a dataclass, built like every plugin's Options (``runner.typed.build``)
+    cls: type  # a dataclass, built like every plugin's Options (``runner.experiment_file.typed.build``)
     plugin: str  # the name of the plugin that declared it
 
 

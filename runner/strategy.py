@@ -23,8 +23,8 @@ import numpy as np
 from runner.babysitter import Babysitter
 from runner.backend import NoOptions
 from runner.decisions import Note
+from runner.experiment_file.space import Space
 from runner.history import History
-from runner.space import Space
 from runner.trial import Trial, TrialResult, better
 
 TRIAL_STREAM = 0  # spawn key of the streams that seed trials (weights, data order)

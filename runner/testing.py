@@ -34,7 +34,7 @@ import pytest
 
 from runner.backend import Backend, BackendState
 from runner.data import DataOptions, RawData, prepare
-from runner.typed import build
+from runner.experiment_file.typed import build
 
 __all__ = ["BackendConformance", "Driver", "small_dataset"]
 

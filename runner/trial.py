@@ -11,7 +11,7 @@ from typing import Any, Literal
 from runner.registry import PluginOptions
 
 # Field markers: a trial's snapshots carry the field; a rollback puts back a REWOUND one
-# and leaves a KEPT one alone (it keeps counting), a resume puts back both (runner.trial_state).
+# and leaves a KEPT one alone (it keeps counting), a resume puts back both (runner.engine.trial_state).
 REWOUND = {"saved": "rewound"}
 KEPT = {"saved": "kept"}
 

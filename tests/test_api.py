@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 import runner
-from runner.events import read_events
+from runner.records.events import read_events
 from tests.conftest import QUICK, ROOT, deep_update
 from tests.test_cli import run_dir_of
 from tests.test_cli import runner as cli
@@ -316,7 +316,8 @@ def test_import_runner_stays_light_and_run_loads_on_first_use():
         [
             sys.executable,
             "-c",
-            "import sys, runner; heavy = [m for m in ('runner.api', 'runner.loop', 'rich') if m in sys.modules]; "
+            "import sys, runner; "
+            "heavy = [m for m in ('runner.api', 'runner.engine.loop', 'rich') if m in sys.modules]; "
             "assert not heavy, heavy; "
             "from runner import run, RunResult; assert run.__module__ == 'runner.api'; "
             "assert 'run' in runner.__all__ and 'RunResult' in dir(runner)",

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from runner.backend import BackendState
-from runner.checkpoints import CheckpointOptions, CheckpointStore, CorruptSnapshot, SnapshotWriter, read_snapshot
-from runner.experiment import load_dataset, trial_seed
-from runner.spec import trial_sections
+from runner.engine.checkpoints import CheckpointOptions, CheckpointStore, CorruptSnapshot, SnapshotWriter, read_snapshot
+from runner.engine.experiment import load_dataset, trial_seed
+from runner.experiment_file.spec import trial_sections
 from tests.conftest import run_file
 
 

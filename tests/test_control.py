@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from runner.control import ControlDocument, ControlError, ControlSchema, initial_document, orders, parse
+from runner.control.file import ControlDocument, ControlError, ControlSchema, initial_document, orders, parse
+from runner.control.nudge import Change, edit
 from runner.decisions import Checkpoint, Nudge, Pause, Rollback, Stop, Unpause
-from runner.nudge import Change, edit
 from runner.plugins.backends.numpy_mlp.backend import Train
 
 SCHEMA = ControlSchema(("lr", "momentum", "beta2"), Train)

@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from runner.control import (
+from runner.control.file import (
     ACTIONS,
     FILE_NAME,
     MAX_BYTES,
@@ -46,12 +46,12 @@ from runner.control import (
     parse,
     render,
 )
+from runner.control.inbox import ControlInbox
 from runner.decisions import Nudge
-from runner.events import EventLog, read_events
-from runner.files import atomic_write
-from runner.inbox import ControlInbox
 from runner.plugins.backends.numpy_mlp.backend import Train
-from runner.status import StatusBoard
+from runner.records.events import EventLog, read_events
+from runner.records.files import atomic_write
+from runner.records.status import StatusBoard
 
 LIVE = ("lr", "momentum", "beta2")
 SCHEMA = ControlSchema(LIVE, Train)
@@ -907,7 +907,7 @@ def expected_action(item: Any) -> Action:
 
 def expected_parse(data: bytes) -> ControlDocument:
     """What ``parse`` must make of ``data``, worked out afresh from the rules docs/control-file.md and the
-    module's docstring state (not by calling runner.control): the document, or Refused."""
+    module's docstring state (not by calling runner.control.file): the document, or Refused."""
     if len(data) > MAX_BYTES:
         raise Refused("too big")
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from runner.events import read_events
+from runner.records.events import read_events
 from tests.conftest import QUICK, deep_update
 
 LONG = deep_update(

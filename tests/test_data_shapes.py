@@ -2,7 +2,7 @@
 the ``python`` data source (issue 16, part 4).
 
 Every test goes through the core's ``runner.data.prepare``, as the runner does, with options
-built by ``runner.typed.build`` from JSON-like dicts.
+built by ``runner.experiment_file.typed.build`` from JSON-like dicts.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import orjson
 import pytest
 
 from runner.data import DataOptions, Dataset, RawData, prepare
+from runner.engine.plugin_manager import load_plugins
 from runner.errors import SpecError
-from runner.plugin_manager import load_plugins
+from runner.experiment_file.spec import parse
+from runner.experiment_file.typed import build
 from runner.plugins.backends.numpy_mlp import Model, NumpyBackend, Options, Train
 from runner.plugins.datasets import digits, files, python_source
-from runner.spec import parse
 from runner.testing import Driver, small_dataset
-from runner.typed import build
 
 NPZ, CSV, PYTHON = files.NpzDataset(), files.CsvDataset(), python_source.PythonDataset()
 

@@ -8,11 +8,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from runner.divergence import DivergenceOptions, SpikeDetector, val_divergence
-from runner.experiment import load_dataset
-from runner.files import create_run_dir
-from runner.plugin_manager import load_plugins
-from runner.spec import load
+from runner.engine.divergence import DivergenceOptions, SpikeDetector, val_divergence
+from runner.engine.experiment import load_dataset
+from runner.engine.plugin_manager import load_plugins
+from runner.experiment_file.spec import load
+from runner.records.files import create_run_dir
 from tests.conftest import run_file
 
 
@@ -147,12 +147,12 @@ def test_a_rollback_restores_the_backend_exactly(write_experiment, tmp_path):
     """Rolling back to a snapshot and training on gives what training from it gives."""
     plugins = load_plugins()
     spec = load(write_experiment({"train": {"epochs": 2}, "search": {"space": None}}), plugins.registry)
-    from runner.checkpoints import SnapshotWriter
-    from runner.control import ControlSchema
-    from runner.events import EventLog
-    from runner.experiment import Experiment, TrialJob
-    from runner.inbox import ControlInbox
-    from runner.trial_loop import TrialLoop, TrialRunner
+    from runner.control.file import ControlSchema
+    from runner.control.inbox import ControlInbox
+    from runner.engine.checkpoints import SnapshotWriter
+    from runner.engine.experiment import Experiment, TrialJob
+    from runner.engine.trial_loop import TrialLoop, TrialRunner
+    from runner.records.events import EventLog
 
     run_dir = create_run_dir(tmp_path, "x")
     writer = SnapshotWriter()

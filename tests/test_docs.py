@@ -7,7 +7,7 @@ The examples of every page are checked, by the kind of their fenced block:
   ``NAME.py`` (the name after ``<!-- plugin: NAME.py -->`` right before the block, else the
   first ``*.py`` its first line names) and loaded with ``load_plugins``; some are then used in
   runs below. A block right after ``<!-- no-run -->`` is only compiled.
-- ```json: a whole experiment file is validated (``runner.spec.parse``, with the page's
+- ```json: a whole experiment file is validated (``runner.experiment_file.spec.parse``, with the page's
   plugin blocks loaded), a control file by the control file's parser, a fragment of an
   experiment (``"executor": {...}``) within a small experiment. ``<!-- no-check -->`` right
   before a block skips it (an excerpt of ``status.json``).
@@ -43,14 +43,14 @@ import runner
 import runner.report
 import runner.testing
 from runner import docs_tables, hookspecs
-from runner.control import ControlSchema
-from runner.control import parse as parse_control
-from runner.event_kinds import EVENTS
-from runner.experiment import load_dataset
-from runner.files import create_run_dir
-from runner.loop import run_experiment
-from runner.plugin_manager import load_plugins
-from runner.spec import TOP_LEVEL, load, parse
+from runner.control.file import ControlSchema
+from runner.control.file import parse as parse_control
+from runner.engine.experiment import load_dataset
+from runner.engine.loop import run_experiment
+from runner.engine.plugin_manager import load_plugins
+from runner.experiment_file.spec import TOP_LEVEL, load, parse
+from runner.records.event_kinds import EVENTS
+from runner.records.files import create_run_dir
 from tests.conftest import ROOT
 
 DOCS = ROOT / "docs"
@@ -344,7 +344,9 @@ def test_every_event_the_code_writes_is_in_the_events_table():
     written = set()
     for path in (ROOT / "runner").rglob("*.py"):
         written |= set(re.findall(r'emit\(\s*"([a-z_]+)"', path.read_text()))
-    assert written and written <= set(EVENTS), f"events not in runner.event_kinds: {sorted(written - set(EVENTS))}"
+    assert written and written <= set(EVENTS), (
+        f"events not in runner.records.event_kinds: {sorted(written - set(EVENTS))}"
+    )
     for kind in EVENTS.values():  # the table is generated from the catalogue (docs_tables); each field is in its text
         missing = [f for f in kind.fields if f"`{f}`" not in kind.doc and f != "order"]  # order: after the table
         assert not missing, f"{kind.name}: fields its description does not name: {missing}"

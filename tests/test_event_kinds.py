@@ -1,24 +1,24 @@
-"""The catalogue of events (``runner.event_kinds``) is what the log accepts."""
+"""The catalogue of events (``runner.records.event_kinds``) is what the log accepts."""
 
 from __future__ import annotations
 
 import pytest
 
-import runner.events
-from runner.event_kinds import EVENTS, unknown_fields
-from runner.events import EventLog
+import runner.records.events
+from runner.records.event_kinds import EVENTS, unknown_fields
+from runner.records.events import EventLog
 
 
 def test_the_log_refuses_a_kind_the_catalogue_lacks_and_writes_nothing(tmp_path):
     with EventLog(tmp_path / "events.jsonl") as log:
-        with pytest.raises(ValueError, match=r"'epoch_ended' is not in runner\.event_kinds"):
+        with pytest.raises(ValueError, match=r"'epoch_ended' is not in runner\.records\.event_kinds"):
             log.emit("epoch_ended", trial=0)
         log.emit("checkpoint_error", trial=0, message="disk full")
     assert (tmp_path / "events.jsonl").read_bytes().count(b"\n") == 1
 
 
 def test_with_checks_on_a_field_the_catalogue_does_not_list_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner.events, "CHECK_FIELDS", True)
+    monkeypatch.setattr(runner.records.events, "CHECK_FIELDS", True)
     with EventLog(tmp_path / "events.jsonl") as log:
         with pytest.raises(ValueError, match=r"'divergence' has fields .* does not list: \['los'\]"):
             log.emit("divergence", trial=0, kind="loss_spike", epoch=1, step=9, los=3.0)

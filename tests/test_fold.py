@@ -1,11 +1,11 @@
-"""The one reading of the event log (runner.fold): a log in, each trial's standing out.
+"""The one reading of the event log (runner.records.fold): a log in, each trial's standing out.
 
 Hand-written logs with the fields the catalogue lists: retries, rollbacks, resumes, pauses,
 refused nudges and interruptions, each moving a trial where a reader of the run must see it.
 """
 
-from runner.fold import RunFold
 from runner.history import History
+from runner.records.fold import RunFold
 
 START = {"t": 0.0, "event": "experiment_start", "name": "x", "metric": "val_acc", "mode": "max", "planned_trials": 3}
 

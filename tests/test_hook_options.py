@@ -14,11 +14,11 @@ import pytest
 from jsonschema import Draft7Validator
 
 from runner import SpecError
+from runner.engine.plugin_manager import load_plugins
 from runner.errors import PluginError
-from runner.events import read_events
-from runner.plugin_manager import load_plugins
-from runner.schema import experiment_schema
-from runner.spec import load
+from runner.experiment_file.schema import experiment_schema
+from runner.experiment_file.spec import load
+from runner.records.events import read_events
 from tests.conftest import QUICK, ROOT, deep_update, run_file
 from tests.test_cli import run_dir_of, runner
 from tests.test_control_live import LiveRun

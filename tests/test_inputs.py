@@ -268,7 +268,7 @@ def test_a_snapshot_that_is_not_a_regular_file_is_reported_damaged_at_once(run_c
     snapshot = next(run_copy.glob("trials/t000/*.npz"))
     make_fifo(snapshot)
     code = (
-        "import sys; from runner.checkpoints import read_snapshot, CorruptSnapshot\n"
+        "import sys; from runner.engine.checkpoints import read_snapshot, CorruptSnapshot\n"
         "try:\n    read_snapshot(sys.argv[1])\nexcept CorruptSnapshot as err:\n    print(err)\n"
     )
     proc = subprocess.run(
@@ -344,7 +344,7 @@ def test_a_csv_whose_labels_make_the_model_too_big_is_refused_once_loaded(tmp_pa
 
 
 def test_every_example_passes_the_limits_easily(plugins):
-    from runner.spec import load
+    from runner.experiment_file.spec import load
 
     for path in sorted((Path(__file__).parent.parent / "experiments").glob("*.json")):
         if path.name.endswith(".schema.json"):

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from runner.live import LiveView
+from runner.views.live import LiveView
 from tests.conftest import run_file
 
 

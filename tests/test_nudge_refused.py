@@ -1,4 +1,4 @@
-"""A person's nudge that blows training up is undone, not paid for (``runner.refusal``).
+"""A person's nudge that blows training up is undone, not paid for (``runner.control.refusal``).
 
 Real ``runner start`` processes, nudged through their real control file (and ``runner
 nudge``), as in ``tests/test_control_live.py``. Each test waits for events, never for time.
@@ -12,9 +12,9 @@ import subprocess
 import sys
 import textwrap
 
-import runner.nudge as nudge_module
-from runner.nudge import awaiting_verdict
-from runner.status import StatusBoard
+import runner.control.nudge as nudge_module
+from runner.control.nudge import awaiting_verdict
+from runner.records.status import StatusBoard
 from tests.conftest import deep_update
 from tests.test_control_live import live, runner  # noqa: F401  (live is a fixture)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.engine.plugin_manager import load_plugins
 from runner.errors import PluginError
-from runner.plugin_manager import load_plugins
 
 
 def plugin_file(tmp_path: Path, name: str, body: str) -> str:

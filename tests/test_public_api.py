@@ -96,7 +96,7 @@ def test_the_check_finds_private_imports_wherever_they_are():
         """
         import runner
         import runner.report
-        import runner.spec
+        import runner.experiment_file.spec
         from runner import TrialRecord, hookimpl
         from runner import PUBLIC_MODULES
         from runner.executor import RemoteExecutor
@@ -106,17 +106,17 @@ def test_the_check_finds_private_imports_wherever_they_are():
         import numpy
 
         def later():
-            from runner.worker import run_job
-            torch = lazy_import("runner.remote")
+            from runner.execution.worker import run_job
+            torch = lazy_import("runner.execution.remote")
             return importlib.import_module("runner.report")
         """
     )
     assert private_imports(source, "p.py") == [
-        "p.py:4: import runner.spec (runner.spec is not a public module)",
+        "p.py:4: import runner.experiment_file.spec (runner.experiment_file.spec is not a public module)",
         "p.py:6: from runner import PUBLIC_MODULES (not in runner.__all__: PUBLIC_MODULES)",
         "p.py:8: from runner.report import figures (not in runner.report.__all__: figures)",
-        "p.py:14: from runner.worker import run_job (runner.worker is not a public module)",
-        "p.py:15: lazy_import('runner.remote') (runner.remote is not a public module)",
+        "p.py:14: from runner.execution.worker import run_job (runner.execution.worker is not a public module)",
+        "p.py:15: lazy_import('runner.execution.remote') (runner.execution.remote is not a public module)",
     ]
 
 
@@ -162,6 +162,6 @@ def loaded_after(imports: str, modules: tuple[str, ...]) -> list[str]:
 
 def test_the_public_api_keeps_imports_light():
     """``import runner`` loads no spec parsing; the executor kit and the figure helpers load on first use."""
-    assert loaded_after("runner", ("runner.spec", "runner.checkpoints")) == []
-    heavy = ("runner.remote", "runner.worker", "matplotlib", "torch")
+    assert loaded_after("runner", ("runner.experiment_file.spec", "runner.engine.checkpoints")) == []
+    heavy = ("runner.execution.remote", "runner.execution.worker", "matplotlib", "torch")
     assert loaded_after("runner.executor, runner.report, runner.inputs, runner.torch_state", heavy) == []

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from runner.files import run_lock
+from runner.records.files import run_lock
 from runner.report import read_run_view
 from runner.report.build import draw_figures, write_report
 from runner.report.figures import _branches, learning_curves, new_figure, parameter_effects, scale_axis

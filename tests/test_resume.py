@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
-from runner.checkpoints import CorruptSnapshot, read_snapshot
+from runner.engine.checkpoints import CorruptSnapshot, read_snapshot
 from tests.conftest import QUICK, deep_update
 
 KILLER = textwrap.dedent('''
@@ -45,7 +45,7 @@ KILLER = textwrap.dedent('''
         MLP.loss_and_grads = loss_and_grads
 
     if where == "write":  # halfway through writing a snapshot file, on the writer thread
-        import runner.checkpoints as checkpoints
+        import runner.engine.checkpoints as checkpoints
         real_savez = np.savez
 
         def savez(f, **arrays):
@@ -441,7 +441,7 @@ def test_a_stop_decided_before_a_kill_still_holds_after_resume(tmp_path, stop_al
 def test_two_processes_cannot_share_a_run_directory(tmp_path):
     proc, run_dir = start(tmp_path, "killed", EXPERIMENT, kill="step:20")
     assert proc.returncode == -signal.SIGKILL
-    from runner.files import run_lock
+    from runner.records.files import run_lock
 
     with run_lock(run_dir):
         other = runner("resume", run_dir, "--plugin", tmp_path / "killer.py")

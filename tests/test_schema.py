@@ -11,9 +11,9 @@ from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
 
 from runner import SpecError
-from runner.plugin_manager import load_plugins
-from runner.schema import experiment_schema
-from runner.spec import TOP_LEVEL, parse
+from runner.engine.plugin_manager import load_plugins
+from runner.experiment_file.schema import experiment_schema
+from runner.experiment_file.spec import TOP_LEVEL, parse
 from tests.conftest import QUICK, ROOT, deep_update
 from tests.test_cli import runner
 from tests.test_spec import BAD_SPECS

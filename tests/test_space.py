@@ -1,4 +1,4 @@
-"""Search spaces (runner/space.py): scales, sampling, grids and parse errors.
+"""Search spaces (runner/experiment_file/space.py): scales, sampling, grids and parse errors.
 
 Statistical checks use fixed seeds, so each is exact for a given NumPy; their tolerances are
 several standard deviations wide, so another NumPy's generator would pass them too.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runner.errors import SpecError
-from runner.space import Choice, Float, Int, Space, parse_param
+from runner.experiment_file.space import Choice, Float, Int, Space, parse_param
 
 N = 40_000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runner import SpecError
-from runner.spec import load
+from runner.experiment_file.spec import load
 from tests.conftest import ROOT
 
 EXAMPLES = [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-import runner.status as status_module
-from runner.status import StatusBoard
+import runner.records.status as status_module
+from runner.records.status import StatusBoard
 
 
 def board(tmp_path) -> StatusBoard:

@@ -6,11 +6,11 @@ import orjson
 import pytest
 
 from runner import History, Space, Stop, hookimpl
-from runner.experiment import load_dataset
-from runner.files import create_run_dir
-from runner.loop import run_experiment
-from runner.plugin_manager import load_plugins
-from runner.spec import load
+from runner.engine.experiment import load_dataset
+from runner.engine.loop import run_experiment
+from runner.engine.plugin_manager import load_plugins
+from runner.experiment_file.spec import load
+from runner.records.files import create_run_dir
 
 SPACE = Space.parse(
     {
@@ -21,7 +21,7 @@ SPACE = Space.parse(
 
 
 def make(plugins, name, **options):
-    from runner.typed import build
+    from runner.experiment_file.typed import build
 
     cls = plugins.registry.get("strategy", name)
     return cls(space=SPACE, options=build(cls.Options, options), seed=3, metric="val_loss", mode="min")

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from runner.events import read_events
+from runner.records.events import read_events
 from tests.conftest import QUICK, deep_update
 from tests.test_control_live import LiveRun
 from tests.test_resume import runner
@@ -59,7 +59,7 @@ KILL_WORKER_MID_WRITE = textwrap.dedent("""
     import io, os, signal
     from pathlib import Path
     import numpy as np
-    import runner.checkpoints as checkpoints
+    import runner.engine.checkpoints as checkpoints
 
     MARKER = Path(__file__).with_name("killed-mid-write")
     count = [0]

@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 
 from runner import SpecError, bounds
-from runner.typed import build, check_field
+from runner.experiment_file.typed import build, check_field
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from runner.watch import FileWatcher
+from runner.control.watch import FileWatcher
 
 
 def watch(path, **options) -> tuple[FileWatcher, list[bytes]]:

@@ -6,7 +6,7 @@ cluster ``RAY_ADDRESS`` names, else one ``ray start`` started on this machine, e
 starts a local one for the run and stops it after. Each
 actor reserves ``cpus`` CPUs and ``gpus`` GPUs (a fraction shares a GPU between trials);
 Ray sets ``CUDA_VISIBLE_DEVICES`` in each actor, so a backend's ``"cuda"`` is the GPU Ray
-gave it. Each actor keeps what it has to tell the driver (``runner.worker``'s messages)
+gave it. Each actor keeps what it has to tell the driver (``runner.execution.worker``'s messages)
 until the driver collects it: the driver keeps one ``collect`` call waiting on every actor,
 which returns as soon as there is something, with everything there is (so a busy actor's
 events travel in batches, and an idle one costs nothing). Orders reach an actor through its

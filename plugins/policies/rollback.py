@@ -7,7 +7,7 @@ further back (before a bad nudge, say). After ``divergence.max_rollbacks`` rollb
 divergence (a person's or a strategy's rollbacks do not count) the trial ends as ``diverged``
 and the search goes on. It answers last, so any plugin that answers
 ``runner_divergence`` replaces it. A divergence right after a person's nudge never reaches
-it: the loop refuses that nudge itself (``runner.refusal``); a strategy's or a plugin's
+it: the loop refuses that nudge itself (``runner.control.refusal``); a strategy's or a plugin's
 nudge is answered here like any other divergence.
 """
 

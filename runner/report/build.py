@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 import pluggy
 
+from runner.engine.plugin_manager import each_plugin
 from runner.errors import RunnerError
-from runner.files import atomic_write, check_real, remove_file
 from runner.inputs import InputError, Limit, read_bytes
-from runner.plugin_manager import each_plugin
+from runner.records.files import atomic_write, check_real, remove_file
 from runner.report import ReportFigure
 from runner.report.figures import learning_curves, parameter_effects, settings_over_time
 from runner.report.html import render

@@ -20,10 +20,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
+from runner.experiment_file.space import Choice, Param
+from runner.records.results import best_of
 from runner.report import ReportFigure
 from runner.report.run import RunView, TrialView
-from runner.results import best_of
-from runner.space import Choice, Param
 
 STATE_COLORS = {
     "completed": "#1f77b4",

@@ -9,9 +9,9 @@ import time
 from typing import Any
 
 from runner import __version__
-from runner.progress import leaderboard_cells
 from runner.report import ReportFigure
 from runner.report.run import RunView
+from runner.views.progress import leaderboard_cells
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;

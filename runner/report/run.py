@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError, SpecError
-from runner.events import read_run
-from runner.files import run_is_held
-from runner.fold import RunFold, TrialStanding
-from runner.results import leaderboard
-from runner.space import Space
-from runner.spec import DEFAULT_PLUGINS, read_json
+from runner.experiment_file.space import Space
+from runner.experiment_file.spec import DEFAULT_PLUGINS, read_json
+from runner.records.events import read_run
+from runner.records.files import run_is_held
+from runner.records.fold import RunFold, TrialStanding
+from runner.records.results import leaderboard
 from runner.trial import TrialResult, better
 
 # What an epoch_end carries besides its metrics and live settings.
@@ -159,7 +159,7 @@ def _run_state(events: list[dict[str, Any]], held: bool) -> str:
 
 
 def _trials(events: list[dict[str, Any]], run_state: str) -> list[TrialView]:
-    """Each trial as the log tells it (``runner.fold``), with what only a report follows:
+    """Each trial as the log tells it (``runner.records.fold``), with what only a report follows:
     its lineage (the epochs the model as it stands went through) and its marks."""
     fold = RunFold()
     lineage: dict[int, list[dict[str, Any]]] = {}

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
+from runner.records.results import results_document
 from runner.report.run import RunView
-from runner.results import results_document
 
 
 def csv_columns(run: RunView) -> list[str]:

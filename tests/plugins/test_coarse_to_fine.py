@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from runner import History, SpecError, TrialResult
-from runner.space import Choice, Float, Int, Space
-from runner.spec import parse
-from runner.typed import build
+from runner.experiment_file.space import Choice, Float, Int, Space
+from runner.experiment_file.spec import parse
+from runner.experiment_file.typed import build
 from tests.test_resume import KILLER, assert_resumed_from, resume, runner, snapshots_to_resume
 
 # A backend whose "loss" is a known function of its hyperparameters: the optimum is planted

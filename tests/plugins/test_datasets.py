@@ -1,6 +1,6 @@
 """The built-in dataset plugins, loaded and prepared exactly as the core does it.
 
-Options are built with ``runner.typed.build(Options, {...}, "data")`` and every dataset goes
+Options are built with ``runner.experiment_file.typed.build(Options, {...}, "data")`` and every dataset goes
 through ``runner.data.prepare``. Files are real files written into ``tmp_path``.
 """
 
@@ -14,9 +14,9 @@ import pytest
 
 from runner.data import DataOptions, RawData, prepare
 from runner.errors import SpecError
+from runner.experiment_file.typed import build
 from runner.plugins.datasets import digits, files, python_source, spirals
 from runner.registry import Registry
-from runner.typed import build
 
 NPZ = files.NpzDataset()
 CSV = files.CsvDataset()

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from runner.errors import RunnerError
-from runner.events import read_events
+from runner.records.events import read_events
 from tests.conftest import deep_update
 from tests.test_control_live import LiveRun
 from tests.test_control_live import runner as cli

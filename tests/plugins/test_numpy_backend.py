@@ -12,12 +12,12 @@ import pytest
 from runner import Backend, BackendState
 from runner.data import Dataset
 from runner.errors import SpecError
+from runner.experiment_file.typed import build
 from runner.plugins.backends.numpy_mlp import Model, NumpyBackend, Options, Train, runner_register
 from runner.plugins.backends.numpy_mlp.network import MLP, log_softmax, softmax_cross_entropy
 from runner.plugins.backends.numpy_mlp.optimizers import make_optimizer
 from runner.plugins.backends.schedules import scheduled_lr
 from runner.registry import Registry
-from runner.typed import build
 
 # -- helpers ---------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from runner import SpecError
-from runner.spec import parse
+from runner.experiment_file.spec import parse
 from tests.conftest import ROOT, deep_update, run_file
 from tests.test_control_live import live  # noqa: F401  (a fixture)
 from tests.test_resume import assert_resumed_from, outcome, resume, snapshots_to_resume, start

@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
+from runner.engine.plugin_manager import load_plugins
 from runner.errors import SpecError
-from runner.plugin_manager import load_plugins
-from runner.spec import load, trial_sections
+from runner.experiment_file.spec import load, trial_sections
 from runner.testing import BackendConformance
 from tests.conftest import deep_update
 from tests.test_control_live import LiveRun
@@ -215,7 +215,7 @@ def spec_for(tmp_path: Path, changes: dict | None = None):
 
 
 def backend_for(tmp_path: Path, changes: dict | None = None, params: dict | None = None):
-    from runner.experiment import load_dataset
+    from runner.engine.experiment import load_dataset
     from runner.imports import experiment_folder
 
     plugins, spec = spec_for(tmp_path, changes)

@@ -2,7 +2,7 @@
 
 An experiment file names it with ``"$schema"``, and editors that read JSON Schema (VS Code,
 JetBrains IDEs, any JSON language server) then complete and check the file as it is typed.
-It is generated each time from what ``runner.spec`` checks, so it cannot drift from it: the
+It is generated each time from what ``runner.experiment_file.spec`` checks, so it cannot drift from it: the
 core's sections and dataclasses, the ``Options``, ``Model`` and ``Train`` dataclasses of
 every plugin in the registry (installed ones and ``--plugin`` ones), and under ``plugins``
 the options each plugin declared with ``registry.add_options``. The rules that depend
@@ -22,13 +22,20 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import orjson
 
-from runner.checkpoints import CheckpointOptions
-from runner.divergence import DivergenceOptions
-from runner.limits import Limits
+from runner.engine.checkpoints import CheckpointOptions
+from runner.engine.divergence import DivergenceOptions
+from runner.experiment_file.limits import Limits
+from runner.experiment_file.space import Float, Int
+from runner.experiment_file.spec import (
+    DEFAULT_METRIC,
+    DEFAULT_PLUGINS,
+    SEARCHABLE_SECTIONS,
+    SEED_LIMIT,
+    TOP_LEVEL,
+    Search,
+)
+from runner.experiment_file.typed import type_hints
 from runner.registry import Entry, Kind, Registry
-from runner.space import Float, Int
-from runner.spec import DEFAULT_METRIC, DEFAULT_PLUGINS, SEARCHABLE_SECTIONS, SEED_LIMIT, TOP_LEVEL, Search
-from runner.typed import type_hints
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 _BOUNDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
@@ -93,7 +100,7 @@ def experiment_schema(registry: Registry) -> dict[str, Any]:
 
 
 def dataclass_schema(cls: type) -> dict[str, Any]:
-    """The object ``runner.typed.build`` accepts for dataclass ``cls``: each field's type,
+    """The object ``runner.experiment_file.typed.build`` accepts for dataclass ``cls``: each field's type,
     bounds, ``doc`` and default; fields without a default are required, others refused."""
     hints = type_hints(cls)
     properties, required = {}, []
@@ -117,7 +124,7 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
 
 
 def type_schema(tp: Any) -> dict[str, Any]:
-    """The values ``runner.typed.convert`` accepts for annotation ``tp``, as a schema."""
+    """The values ``runner.experiment_file.typed.convert`` accepts for annotation ``tp``, as a schema."""
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
         return {}

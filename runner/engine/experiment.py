@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from runner.data import Dataset, prepare
-from runner.limits import check_loaded
-from runner.plugin_manager import Plugins
-from runner.spec import ExperimentSpec
+from runner.engine.plugin_manager import Plugins
+from runner.experiment_file.limits import check_loaded
+from runner.experiment_file.spec import ExperimentSpec
 from runner.strategy import TRIAL_STREAM, Strategy
 
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from runner.babysitter import Babysitter
-from runner.divergence import SpikeDetector
-from runner.experiment import EndTrial
-from runner.refusal import NudgeOnTrial
+from runner.control.refusal import NudgeOnTrial
+from runner.engine.divergence import SpikeDetector
+from runner.engine.experiment import EndTrial
 from runner.trial import KEPT, REWOUND
 
 
@@ -39,7 +39,7 @@ class LoopState:
     furthest: int = field(default=0, metadata=KEPT)  # the most epochs this trial has completed, on any path
     stuck_rollbacks: int = field(default=0, metadata=KEPT)  # rollbacks since it last completed more epochs than ever
     before_nudge_events: int | None = field(default=None, metadata=KEPT)  # its events at its latest before_nudge
-    # a person's nudge that a divergence would still refuse (runner.refusal)
+    # a person's nudge that a divergence would still refuse (runner.control.refusal)
     nudge_on_trial: NudgeOnTrial | None = field(default=None, metadata=loaded(KEPT, NudgeOnTrial.from_json))
     babysitter: Babysitter = field(default_factory=Babysitter, metadata=KEPT)  # the strategy's, if it babysits
     lowest_val_loss: float | None = field(default=None, metadata=REWOUND)

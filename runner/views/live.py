@@ -23,8 +23,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from runner.fold import RunFold, TrialStanding
-from runner.progress import STATE_STYLE, fmt, short_params
+from runner.records.fold import RunFold, TrialStanding
+from runner.views.progress import STATE_STYLE, fmt, short_params
 
 LOSSES = ("train_loss", "val_loss", "val_acc")  # the columns of an epoch's metrics
 

@@ -1,7 +1,7 @@
 """Tables for people: the leaderboard a run ends with, and ``runner status``.
 
 ``status_view`` renders ``status.json``; ``fmt`` and ``short_params`` are how values and
-parameters read everywhere in the terminal (``runner.live`` draws a run as it goes).
+parameters read everywhere in the terminal (``runner.views.live`` draws a run as it goes).
 """
 
 from __future__ import annotations

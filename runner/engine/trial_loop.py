@@ -18,33 +18,33 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.markup import escape
 
-from runner.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot, trial_folder
+from runner.control.inbox import ControlInbox, Delivery
+from runner.control.refusal import NudgeOnTrial, settings
 from runner.data import Dataset
 from runner.decisions import Checkpoint, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Unpause, flatten
-from runner.divergence import DivergenceEvent, SpikeDetector, val_divergence
+from runner.engine.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot, trial_folder
+from runner.engine.divergence import DivergenceEvent, SpikeDetector, val_divergence
+from runner.engine.experiment import EndTrial, Experiment, TrialJob
+from runner.engine.interrupt import FLAG, Interrupted
+from runner.engine.plugin_manager import Plugins
+from runner.engine.trial_state import LoopState, load_state, save_state
 from runner.errors import RunnerError, SpecError
-from runner.events import EventLog
-from runner.experiment import EndTrial, Experiment, TrialJob
+from runner.experiment_file.spec import trial_sections
+from runner.experiment_file.typed import check_field
 from runner.imports import experiment_folder
-from runner.inbox import ControlInbox, Delivery
-from runner.interrupt import FLAG, Interrupted
-from runner.plugin_manager import Plugins
-from runner.refusal import NudgeOnTrial, settings
-from runner.spec import trial_sections
+from runner.records.events import EventLog
 from runner.strategy import Strategy
 from runner.trial import Trial, TrialResult, better
-from runner.trial_state import LoopState, load_state, save_state
-from runner.typed import check_field
 
 if TYPE_CHECKING:  # the worker's end of a trial's log and inbox; it imports this module
-    from runner.worker import WorkerLink
+    from runner.execution.worker import WorkerLink
 
 
 class TrialRunner:
     """Trains trials to their end. Executors call it with a ``TrialJob``.
 
     ``log`` and ``inbox`` are the driver's event log and control inbox, or, in a worker
-    process, a ``runner.worker.WorkerLink`` standing in for both."""
+    process, a ``runner.execution.worker.WorkerLink`` standing in for both."""
 
     def __init__(
         self,
@@ -596,7 +596,7 @@ class TrialLoop:
     # -- snapshots --------------------------------------------------------------------------
 
     def restore(self, meta: dict[str, Any], *, resume: bool) -> None:
-        """Put the loop back where a snapshot was taken (``runner.trial_state``): a rollback
+        """Put the loop back where a snapshot was taken (``runner.engine.trial_state``): a rollback
         puts back where training stood and keeps counting; a resume puts back everything."""
         self.trial.epoch, self.trial.step = meta["epoch"], meta["step"]
         load_state(meta, self.trial, self.state, resume=resume)

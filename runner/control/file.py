@@ -32,8 +32,8 @@ import orjson
 
 from runner.decisions import Checkpoint, Decision, Nudge, Pause, Rollback, Stop, Unpause
 from runner.errors import SpecError, join_path
+from runner.experiment_file.typed import check_field, describe
 from runner.inputs import CONTROL_FILE, duplicate_key
-from runner.typed import check_field, describe
 
 FILE_NAME = "control.json"
 MAX_BYTES = CONTROL_FILE.default  # a control file is a few hundred bytes; anything past 1 MiB is a mistake

@@ -2,8 +2,8 @@
 
 Read it top to bottom: ``run_experiment`` opens the run (the log, ``status.json``, the
 control file), drives the executor until the strategy has no more trials, and closes the
-run (``results.json``). Each trial is trained by ``runner.trial_loop``; what both share is
-in ``runner.experiment``. Every experiment hook is called here, next to the event it writes.
+run (``results.json``). Each trial is trained by ``runner.engine.trial_loop``; what both share is
+in ``runner.engine.experiment``. Every experiment hook is called here, next to the event it writes.
 """
 
 from __future__ import annotations
@@ -16,26 +16,26 @@ from typing import Any
 import orjson
 
 from runner import __version__
-from runner.checkpoints import SnapshotWriter
-from runner.control import FILE_NAME as CONTROL_FILE
-from runner.control import ControlSchema, initial_document
+from runner.control.file import FILE_NAME as CONTROL_FILE
+from runner.control.file import ControlSchema, initial_document
+from runner.control.inbox import ControlInbox
 from runner.data import Dataset
-from runner.events import EventLog
+from runner.engine.checkpoints import SnapshotWriter
+from runner.engine.experiment import Experiment, TrialJob, build_strategy, trial_seed
+from runner.engine.interrupt import FLAG, Interrupted
+from runner.engine.plugin_manager import Plugins
+from runner.engine.resume import ResumePlan, rewrite_events
+from runner.engine.trial_loop import TrialRunner
+from runner.execution.worker import WorkerSetup
 from runner.executor import Session
-from runner.experiment import Experiment, TrialJob, build_strategy, trial_seed
-from runner.files import write_json
+from runner.experiment_file.spec import ExperimentSpec, trial_sections
 from runner.history import History
-from runner.inbox import ControlInbox
-from runner.interrupt import FLAG, Interrupted
-from runner.plugin_manager import Plugins
-from runner.results import leaderboard, results_document
-from runner.resume import ResumePlan, rewrite_events
-from runner.spec import ExperimentSpec, trial_sections
-from runner.status import FILE_NAME as STATUS_FILE
-from runner.status import StatusBoard
+from runner.records.events import EventLog
+from runner.records.files import write_json
+from runner.records.results import leaderboard, results_document
+from runner.records.status import FILE_NAME as STATUS_FILE
+from runner.records.status import StatusBoard
 from runner.trial import TrialResult
-from runner.trial_loop import TrialRunner
-from runner.worker import WorkerSetup
 
 
 def run_experiment(
@@ -53,7 +53,7 @@ def run_experiment(
     """Run every trial the strategy asks for; write the event log, ``status.json`` and
     ``results.json``, and take orders from the control file while trials train.
 
-    With ``resume`` (see ``runner.resume``), the run directory's log is first cut to what
+    With ``resume`` (see ``runner.engine.resume``), the run directory's log is first cut to what
     ``resume`` keeps; its interrupted trials continue before any new one is asked for.
     ``poll`` watches the control file by polling (for file systems without inotify);
     ``notify`` shows a person what the control file did (a line of rich markup); ``origin``

@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.checkpoints import SnapshotWriter
+from runner.control.inbox import Delivery, Mailbox
 from runner.data import Dataset
-from runner.experiment import Experiment, build_strategy
-from runner.inbox import Delivery, Mailbox
-from runner.interrupt import FLAG, Interrupted
-from runner.plugin_manager import load_plugins
-from runner.spec import parse
-from runner.trial_loop import TrialRunner
+from runner.engine.checkpoints import SnapshotWriter
+from runner.engine.experiment import Experiment, build_strategy
+from runner.engine.interrupt import FLAG, Interrupted
+from runner.engine.plugin_manager import load_plugins
+from runner.engine.trial_loop import TrialRunner
+from runner.experiment_file.spec import parse
 
 Message = tuple
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError
-from runner.events import read_run
-from runner.fold import RunFold
+from runner.records.events import read_run
+from runner.records.fold import RunFold
 from runner.trial import TrialResult
 
 

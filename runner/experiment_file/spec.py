@@ -17,16 +17,16 @@ from typing import Any, Literal
 
 import orjson
 
-from runner.checkpoints import CheckpointOptions
-from runner.divergence import DivergenceOptions
+from runner.engine.checkpoints import CheckpointOptions
+from runner.engine.divergence import DivergenceOptions
 from runner.errors import SpecError, join_path
+from runner.experiment_file.limits import Limits, check_experiment
+from runner.experiment_file.space import Space
+from runner.experiment_file.typed import build, convert, describe
 from runner.imports import experiment_folder
 from runner.inputs import EXPERIMENT_FILE, InputError, duplicate_key, read_bytes
-from runner.limits import Limits, check_experiment
 from runner.registry import Kind, PluginOptions, Registry
-from runner.space import Space
 from runner.trial import default_mode
-from runner.typed import build, convert, describe
 
 TOP_LEVEL = (
     "$schema",
@@ -163,7 +163,7 @@ def load(
     (dotted path -> value: an earlier run's best config) is set in the file's model, train
     and backend sections first, so the run's ``experiment.json`` holds it. Then the size
     of the data and of every trial's model are checked against the file's ``limits``
-    (``runner.limits``), before any data are loaded."""
+    (``runner.experiment_file.limits``), before any data are loaded."""
     path = Path(path)
     raw = read_json(path)
     try:

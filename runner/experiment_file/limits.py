@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from runner.errors import SpecError, join_path
-from runner.typed import bounds
+from runner.experiment_file.typed import bounds
 
 if TYPE_CHECKING:
     from runner.data import Dataset
+    from runner.experiment_file.spec import ExperimentSpec
     from runner.registry import Registry
-    from runner.spec import ExperimentSpec
 
 #: Float64 copies of the features the core's ``prepare`` holds at its peak (converted,
 #: split, standardized), and int64 copies of the labels (codes, split, cast).
@@ -171,7 +171,7 @@ def _check_models(spec: ExperimentSpec, examples: int, features: int, classes: i
 
 def _model_size(spec: ExperimentSpec, params: dict[str, Any], shape: dict[str, int]) -> ModelSize | None:
     """The backend's estimate for the trial with ``params`` (None: the backend makes none)."""
-    from runner.spec import trial_sections  # spec imports this module
+    from runner.experiment_file.spec import trial_sections  # spec imports this module
 
     model, train, options = trial_sections(spec, params)
     return spec.backend_class.estimate(model=model, train=train, options=options, **shape)

@@ -7,7 +7,7 @@ once it has ended. ``status.json``, the live view, the report, the ``History`` s
 see and the resume plan all read a run through it; each keeps only its own job on top
 (status its orders and its file, live its drawing, the report its lineage and marks).
 
-It reads only the fields ``runner.event_kinds`` lists, and needs few of them: an event of
+It reads only the fields ``runner.records.event_kinds`` lists, and needs few of them: an event of
 a trial it has not seen begin (a cut log) is passed over, and a missing epoch or step
 count leaves it where it was.
 """

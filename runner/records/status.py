@@ -2,10 +2,10 @@
 
 ``StatusBoard`` folds the event stream into one small document: the run's state, each
 running trial (epoch, step, losses, the hyperparameters in force, paused or not: its
-standing, as ``runner.fold`` reads it, and its latest change), a summary of finished
+standing, as ``runner.records.fold`` reads it, and its latest change), a summary of finished
 trials, and the control file's recent reads with the fate of every order each one gave
 (pending, applied, refused, failed, dropped). A person's nudge keeps
-``refusable_until`` (the last step at which a divergence refuses it, ``runner.refusal``)
+``refusable_until`` (the last step at which a divergence refuses it, ``runner.control.refusal``)
 until training has kept it, refused it, or moved on from it (the trial's next nudge or
 rollback, or its end). The event log calls ``observe`` after writing each event, so the
 file never says anything the log does not.
@@ -31,8 +31,8 @@ from typing import Any
 
 import orjson
 
-from runner.files import atomic_write
-from runner.fold import RunFold, TrialStanding
+from runner.records.files import atomic_write
+from runner.records.fold import RunFold, TrialStanding
 from runner.trial import better
 
 FILE_NAME = "status.json"
@@ -306,7 +306,7 @@ class StatusBoard:
     # -- writing ----------------------------------------------------------------------------
 
     def _known(self, e: dict) -> bool:
-        """Whether the event is about a trial that began (``runner.fold``)."""
+        """Whether the event is about a trial that began (``runner.records.fold``)."""
         return e.get("trial") in self.fold.trials
 
     def _trial_entry(self, trial: TrialStanding) -> dict[str, Any]:

@@ -32,9 +32,9 @@ import numpy as np
 import orjson
 
 from runner.backend import BackendState
-from runner.files import remove_file, replacing, temporary_of
+from runner.experiment_file.typed import bounds
 from runner.inputs import InputError, open_binary
-from runner.typed import bounds
+from runner.records.files import remove_file, replacing, temporary_of
 
 META_KEY = "__meta__"
 SNAPSHOT_NAME = re.compile(r"e\d{5,}-s\d{9,}-n\d{6,}\.npz")  # as ``CheckpointStore.save`` names its files
@@ -121,7 +121,7 @@ def checksum(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
 def write_snapshot(path: Path, state: BackendState, meta: dict[str, Any], *, within: Path | None = None) -> None:
     """Write atomically and durably: temporary name, fsync, rename, fsync the folder. The
     folders from ``within`` (the run directory; by default the file's own folder) down must
-    be real ones, never links (``runner.files.replacing``); missing ones are made."""
+    be real ones, never links (``runner.records.files.replacing``); missing ones are made."""
     meta = {**meta, "backend": state.meta}
     document = {**meta, "checksum": checksum(state.arrays, meta)}
     payload = {**state.arrays, META_KEY: np.frombuffer(orjson.dumps(document), dtype=np.uint8)}

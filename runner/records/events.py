@@ -1,7 +1,7 @@
 """The event log (``events.jsonl``): one JSON object a line, written by one writer.
 
 Every line has ``t`` (unix time, seconds), ``event`` and, where it applies, ``trial``; the
-kinds of event and their fields are catalogued in ``runner.event_kinds``.
+kinds of event and their fields are catalogued in ``runner.records.event_kinds``.
 Lines are flushed as they are written, so ``tail -f`` and scripts see them at once.
 Non-finite numbers (a NaN loss) are written as null.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 
 from runner.errors import RunnerError
-from runner.event_kinds import EVENTS, unknown_fields
-from runner.files import open_for_append
 from runner.inputs import EVENT_LOG, check_regular, open_binary
+from runner.records.event_kinds import EVENTS, unknown_fields
+from runner.records.files import open_for_append
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 CHECK_FIELDS = os.environ.get("RUNNER_CHECK_EVENTS") == "1"  # every field against the catalogue (tests)
@@ -44,13 +44,13 @@ class EventLog:
 
     def write(self, record: dict[str, Any]) -> dict[str, Any]:
         """Write an event made elsewhere (a worker process: ``t`` is when it happened there).
-        An event kind missing from ``runner.event_kinds`` is a bug: ValueError, nothing
+        An event kind missing from ``runner.records.event_kinds`` is a bug: ValueError, nothing
         written. With ``RUNNER_CHECK_EVENTS=1`` (the test suite sets it), a field the
         catalogue does not list is one too."""
         if record.get("event") not in EVENTS:
-            raise ValueError(f"event {record.get('event')!r} is not in runner.event_kinds.EVENTS")
+            raise ValueError(f"event {record.get('event')!r} is not in runner.records.event_kinds.EVENTS")
         if CHECK_FIELDS and (extra := unknown_fields(record)):
-            raise ValueError(f"event {record['event']!r} has fields runner.event_kinds does not list: {extra}")
+            raise ValueError(f"event {record['event']!r} has fields runner.records.event_kinds does not list: {extra}")
         with self._lock:
             self._file.write(orjson.dumps(record, option=_OPTIONS) + b"\n")
             self._file.flush()

@@ -20,15 +20,15 @@ from typing import Any
 
 import orjson
 
-from runner.control import FILE_NAME as CONTROL_FILE
-from runner.control import ControlError, ControlSchema, parse, render, trial_id
+from runner.control.file import FILE_NAME as CONTROL_FILE
+from runner.control.file import ControlError, ControlSchema, parse, render, trial_id
 from runner.errors import RunnerError
-from runner.events import read_events
-from runner.files import atomic_write, lock_file, run_is_held
 from runner.inputs import CONTROL_FILE as CONTROL_LIMIT
 from runner.inputs import STATUS_FILE as STATUS_LIMIT
 from runner.inputs import InputError, read_bytes
-from runner.status import FILE_NAME as STATUS_FILE
+from runner.records.events import read_events
+from runner.records.files import atomic_write, lock_file, run_is_held
+from runner.records.status import FILE_NAME as STATUS_FILE
 
 
 @dataclass
@@ -165,7 +165,7 @@ def send(run_dir: Path, change: Change, schema: ControlSchema, timeout: float | 
 
 def awaiting_verdict(read: dict[str, Any], status: dict[str, Any]) -> bool:
     """True while a nudge of ``read`` is on trial in a trial that trains: a divergence in its
-    next few steps would still refuse it (``runner.refusal``). A paused trial gives no verdict
+    next few steps would still refuse it (``runner.control.refusal``). A paused trial gives no verdict
     until it goes on, so its nudges are not waited for."""
     trials = status["trials"]
     return any(

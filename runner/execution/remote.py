@@ -5,7 +5,7 @@ A subclass provides the transport: start a worker in a slot, hand it a job, send
 message, receive the next message from any worker, and say which busy workers died. This
 class does the rest, the same for every transport:
 
-- what workers send (``runner.worker`` lists the messages) is written to the one event
+- what workers send (``runner.execution.worker`` lists the messages) is written to the one event
   log in the order it comes, so ``events.jsonl`` and ``status.json`` read as in a single
   process; a worker's request to sync is answered once the log is durable;
 - each running trial's mailbox in the control inbox forwards its orders to the worker;
@@ -29,12 +29,12 @@ from typing import Any
 
 from rich.markup import escape
 
-from runner.checkpoints import trial_folder
+from runner.control.inbox import Delivery
+from runner.engine.checkpoints import trial_folder
+from runner.engine.interrupt import FLAG, Interrupted
+from runner.engine.resume import newest_intact_snapshot, remove_trial_temporaries
 from runner.errors import RunnerError
 from runner.executor import Executor
-from runner.inbox import Delivery
-from runner.interrupt import FLAG, Interrupted
-from runner.resume import newest_intact_snapshot, remove_trial_temporaries
 from runner.trial import Trial, TrialResult
 
 DEATH_CHECK_SECONDS = 0.5  # how often busy workers are checked for death while messages keep coming
@@ -87,7 +87,7 @@ class RemoteExecutor(Executor):
 
     @abstractmethod
     def launch(self, slot: int, job: Any) -> None:
-        """Hand the worker in ``slot`` a job to run with ``runner.worker.run_job``."""
+        """Hand the worker in ``slot`` a job to run with ``runner.execution.worker.run_job``."""
 
     @abstractmethod
     def send(self, slot: int, message: tuple) -> None:
@@ -168,7 +168,7 @@ class RemoteExecutor(Executor):
                 self.lost(slot, why)
 
     def handle(self, slot: int, message: tuple) -> None:
-        """One message from the worker in ``slot`` (see ``runner.worker``)."""
+        """One message from the worker in ``slot`` (see ``runner.execution.worker``)."""
         kind, session = message[0], self.session
         if kind == "event":
             record = message[1]

@@ -1,10 +1,10 @@
 """From the control file to the running trials: read, validate, and deliver each order once.
 
 ``ControlInbox`` owns ``control.json`` for the length of a run. It writes the file when a
-run starts, watches it (``runner.watch``), and on every save reads it on the watcher's
+run starts, watches it (``runner.control.watch``), and on every save reads it on the watcher's
 thread: a version that cannot be applied is reported (a ``control_error`` event, the
 terminal, ``status.json``) and changes nothing; a valid one is compared with the last valid
-one (``runner.control.orders``) and each order goes to the mailbox of the trial it names,
+one (``runner.control.file.orders``) and each order goes to the mailbox of the trial it names,
 recorded first in a ``control`` event. Trials take their mail at the next step boundary
 (``TrialLoop``) and every event they write while carrying out an order names it, which is
 how ``status.json`` acknowledges it.
@@ -21,12 +21,12 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from runner.control import Action, ControlDocument, ControlError, ControlSchema, Order, orders, parse
+from runner.control.file import Action, ControlDocument, ControlError, ControlSchema, Order, orders, parse
+from runner.control.watch import FileWatcher, signature
 from runner.decisions import Decision, Stop, decision_from_json, decision_to_json
-from runner.events import EventLog
-from runner.files import atomic_write
 from runner.inputs import CONTROL_FILE, InputError, read_bytes
-from runner.watch import FileWatcher, signature
+from runner.records.events import EventLog
+from runner.records.files import atomic_write
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from runner.divergence import DivergenceEvent
+from runner.engine.divergence import DivergenceEvent
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ above ``spike_factor`` times its running average (an exponentially weighted aver
 validation loss the same way against the best one so far. Each check is a few float
 operations. Parameters are scanned only when a snapshot is taken: a state with a
 non-finite value is never saved, and counts as divergence. A divergence within
-``nudge_grace_steps`` steps of a person's nudge refuses that nudge (``runner.refusal``);
+``nudge_grace_steps`` steps of a person's nudge refuses that nudge (``runner.control.refusal``);
 any other goes to the ``runner_divergence`` policy.
 """
 
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from runner.typed import bounds
+from runner.experiment_file.typed import bounds
 
 Kind = Literal["non_finite_loss", "loss_spike", "non_finite_val_loss", "val_loss_spike", "non_finite_parameters"]
 

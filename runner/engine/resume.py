@@ -19,10 +19,10 @@ from typing import Any
 
 import orjson
 
-from runner.checkpoints import CorruptSnapshot, is_snapshot_temporary, scan_snapshots, trial_folder
+from runner.engine.checkpoints import CorruptSnapshot, is_snapshot_temporary, scan_snapshots, trial_folder
 from runner.errors import RunnerError
-from runner.events import read_run
-from runner.files import (
+from runner.records.events import read_run
+from runner.records.files import (
     atomic_write,
     check_real,
     folder_exists,
@@ -31,7 +31,7 @@ from runner.files import (
     rename_file,
     temporary_of,
 )
-from runner.fold import RunFold
+from runner.records.fold import RunFold
 
 # What runner writes in a run directory (the table in docs/run-directory.md), besides the trials' snapshots
 # and the report's figures: each must be a regular file, never a link.

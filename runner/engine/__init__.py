@@ -1,0 +1,12 @@
+"""What runs an experiment, start to end.
+
+- ``loop``: the driver; ask the strategy, hand trials to the executor, tell the strategy.
+- ``experiment``: what the driver, the trial loop and the workers share about one run.
+- ``trial_loop``: one trial, trained like a textbook loop, with its snapshots and decisions.
+- ``trial_state``: what a trial's snapshots carry besides the backend's state.
+- ``checkpoints``: snapshot files on disk, and the ring of recent ones in memory.
+- ``divergence``: what counts as training blowing up.
+- ``interrupt``: clean stops on Ctrl-C and SIGTERM.
+- ``resume``: where each trial of an interrupted run goes on.
+- ``plugin_manager``: the plugins of one run: built-ins, installed ones, one-off modules.
+"""
