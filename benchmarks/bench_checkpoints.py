@@ -279,7 +279,7 @@ def load_state_parts(fx: Fixture, samples: int, target_s: float) -> dict[str, li
 
 
 def write_sides(fx: Fixture, folder: Path) -> dict:
-    from runner.engine.checkpoints import fsync_dir, write_snapshot
+    from runner.engine.snapshot_files import fsync_dir, write_snapshot
 
     raw = fx.raw
     dirs = {name: folder / name for name in ("npz", "raw-rename", "raw")}
@@ -335,11 +335,11 @@ def interleaved_once(sides: dict, targets: dict, samples: int) -> dict[str, list
 
 
 def staged_write_snapshot(path: Path, state, meta, clock=time.perf_counter) -> dict[str, float]:
-    """``runner.engine.checkpoints.write_snapshot``, line for line, with a clock between lines."""
+    """``runner.engine.snapshot_files.write_snapshot``, line for line, with a clock between lines."""
     import numpy as np
     import orjson
 
-    from runner.engine.checkpoints import META_KEY, checksum, fsync_dir
+    from runner.engine.snapshot_files import META_KEY, checksum, fsync_dir
 
     t = {}
     t0 = clock()
@@ -372,7 +372,7 @@ def staged_write_snapshot(path: Path, state, meta, clock=time.perf_counter) -> d
 
 
 def staged_raw(path: Path, raw: bytes, clock=time.perf_counter) -> dict[str, float]:
-    from runner.engine.checkpoints import fsync_dir
+    from runner.engine.snapshot_files import fsync_dir
 
     t0 = clock()
     tmp = path.with_name(path.name + ".tmp")
@@ -408,7 +408,7 @@ def write_breakdown(fx: Fixture, folder: Path, samples: int) -> tuple[dict, dict
     """Stages of write_snapshot and of the raw write (interleaved), plus CPU-only pieces."""
     import numpy as np
 
-    from runner.engine.checkpoints import read_snapshot, write_snapshot
+    from runner.engine.snapshot_files import read_snapshot, write_snapshot
 
     problems = []
     folder.mkdir(parents=True)

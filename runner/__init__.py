@@ -58,7 +58,7 @@ PUBLIC_MODULES = (
 the public names of each are its ``__all__``."""
 
 # name -> module, imported on first use
-_LAZY = {"run": "runner.api", "RunResult": "runner.api", "read_snapshot": "runner.engine.checkpoints"}
+_LAZY = {"run": "runner.api", "RunResult": "runner.api", "read_snapshot": "runner.engine.snapshot_files"}
 
 
 def __getattr__(name: str):

@@ -29,11 +29,11 @@ from rich.console import Console
 
 from runner.control.file import FILE_NAME as CONTROL_FILE
 from runner.data import Dataset
-from runner.engine.checkpoints import trial_folder
 from runner.engine.experiment import load_dataset
 from runner.engine.interrupt import Interrupted, graceful_interrupts
 from runner.engine.loop import run_experiment
 from runner.engine.plugin_manager import Plugins, load_plugins
+from runner.engine.snapshot_files import trial_folder
 from runner.errors import SpecError, join_path
 from runner.experiment_file.spec import ExperimentSpec, load, load_document
 from runner.records.files import create_run_dir, run_lock

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from runner.backend import BackendState
-from runner.engine.checkpoints import CheckpointOptions, CheckpointStore, CorruptSnapshot, SnapshotWriter, read_snapshot
+from runner.engine.checkpoints import CheckpointOptions, CheckpointStore, SnapshotWriter
 from runner.engine.experiment import load_dataset, trial_seed
+from runner.engine.snapshot_files import CorruptSnapshot, read_snapshot
 from runner.experiment_file.spec import trial_sections
 from tests.conftest import run_file
 

@@ -268,7 +268,7 @@ def test_a_snapshot_that_is_not_a_regular_file_is_reported_damaged_at_once(run_c
     snapshot = next(run_copy.glob("trials/t000/*.npz"))
     make_fifo(snapshot)
     code = (
-        "import sys; from runner.engine.checkpoints import read_snapshot, CorruptSnapshot\n"
+        "import sys; from runner.engine.snapshot_files import read_snapshot, CorruptSnapshot\n"
         "try:\n    read_snapshot(sys.argv[1])\nexcept CorruptSnapshot as err:\n    print(err)\n"
     )
     proc = subprocess.run(

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
-from runner.engine.checkpoints import CorruptSnapshot, read_snapshot
+from runner.engine.snapshot_files import CorruptSnapshot, read_snapshot
 from tests.conftest import QUICK, deep_update
 
 KILLER = textwrap.dedent('''
@@ -45,7 +45,7 @@ KILLER = textwrap.dedent('''
         MLP.loss_and_grads = loss_and_grads
 
     if where == "write":  # halfway through writing a snapshot file, on the writer thread
-        import runner.engine.checkpoints as checkpoints
+        import runner.engine.snapshot_files as snapshot_files
         real_savez = np.savez
 
         def savez(f, **arrays):
@@ -57,7 +57,7 @@ KILLER = textwrap.dedent('''
                 f.flush()
                 die()
             real_savez(f, **arrays)
-        checkpoints.np = type("np", (), {"savez": staticmethod(savez), "load": np.load, "frombuffer": np.frombuffer,
+        snapshot_files.np = type("np", (), {"savez": staticmethod(savez), "load": np.load, "frombuffer": np.frombuffer,
                                          "ascontiguousarray": np.ascontiguousarray, "uint8": np.uint8})
 
     @hookimpl

@@ -59,7 +59,7 @@ KILL_WORKER_MID_WRITE = textwrap.dedent("""
     import io, os, signal
     from pathlib import Path
     import numpy as np
-    import runner.engine.checkpoints as checkpoints
+    import runner.engine.snapshot_files as snapshot_files
 
     MARKER = Path(__file__).with_name("killed-mid-write")
     count = [0]
@@ -86,7 +86,7 @@ KILL_WORKER_MID_WRITE = textwrap.dedent("""
             return getattr(np, name)
 
     Numpy.savez = staticmethod(savez)
-    checkpoints.np = Numpy()
+    snapshot_files.np = Numpy()
 """)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from runner.engine.checkpoints import read_snapshot, write_snapshot
+from runner.engine.snapshot_files import read_snapshot, write_snapshot
 
 torch = pytest.importorskip("torch")
 from runner.torch_state import capture, check_arrays, copy_arrays_into, restore, tensors_to_arrays  # noqa: E402

@@ -2,9 +2,11 @@
 
 - ``loop``: the driver; ask the strategy, hand trials to the executor, tell the strategy.
 - ``experiment``: what the driver, the trial loop and the workers share about one run.
-- ``trial_loop``: one trial, trained like a textbook loop, with its snapshots and decisions.
+- ``trial_loop``: one trial, trained like a textbook loop, with its snapshots.
+- ``trial_decisions``: what decisions do to the running trial (nudges, rollbacks, ends...).
 - ``trial_state``: what a trial's snapshots carry besides the backend's state.
-- ``checkpoints``: snapshot files on disk, and the ring of recent ones in memory.
+- ``checkpoints``: when a trial's snapshots are taken, the ring in memory, which files stay.
+- ``snapshot_files``: the snapshot file format, written durably and read back checked.
 - ``divergence``: what counts as training blowing up.
 - ``interrupt``: clean stops on Ctrl-C and SIGTERM.
 - ``resume``: where each trial of an interrupted run goes on.

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from runner.engine.checkpoints import CorruptSnapshot, is_snapshot_temporary, scan_snapshots, trial_folder
+from runner.engine.snapshot_files import CorruptSnapshot, is_snapshot_temporary, scan_snapshots, trial_folder
 from runner.errors import RunnerError
 from runner.records.events import read_run
 from runner.records.files import (

@@ -1,9 +1,9 @@
-"""The trial loop: one trial trained like a textbook loop (epochs of steps), plus snapshots,
-divergence checks, the control file's orders and the decisions hooks return.
+"""The trial loop: one trial trained like a textbook loop (epochs of steps), plus snapshots
+and divergence checks; what the decisions it meets do is in ``trial_decisions``.
 
 ``TrialRunner`` is what an executor calls with a ``TrialJob``, in the driver (inline) or in
-a worker process; ``TrialLoop`` is one trial's run. Every trial hook is called here, next to
-the event it writes.
+a worker process; ``TrialLoop`` is one trial's run. Every trial hook is called here or in
+``trial_decisions``, next to the event it writes.
 """
 
 from __future__ import annotations
@@ -16,21 +16,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rich.markup import escape
 
-from runner.control.inbox import ControlInbox, Delivery
-from runner.control.refusal import NudgeOnTrial, settings
+from runner.control.inbox import ControlInbox
 from runner.data import Dataset
-from runner.decisions import Checkpoint, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Unpause, flatten
-from runner.engine.checkpoints import CheckpointStore, NoSnapshot, SnapshotWriter, read_snapshot, trial_folder
+from runner.decisions import flatten
+from runner.engine.checkpoints import CheckpointStore, SnapshotWriter
 from runner.engine.divergence import DivergenceEvent, SpikeDetector, val_divergence
 from runner.engine.experiment import EndTrial, Experiment, TrialJob
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.plugin_manager import Plugins
+from runner.engine.snapshot_files import read_snapshot, trial_folder
+from runner.engine.trial_decisions import RolledBack, TrialDecisions
 from runner.engine.trial_state import LoopState, load_state, save_state
-from runner.errors import RunnerError, SpecError
+from runner.errors import RunnerError
 from runner.experiment_file.spec import trial_sections
-from runner.experiment_file.typed import check_field
 from runner.imports import experiment_folder
 from runner.records.events import EventLog
 from runner.strategy import Strategy
@@ -63,20 +62,7 @@ class TrialRunner:
         return TrialLoop(self, job).run()
 
 
-# Rollbacks without reaching a new epoch, whoever asks: a plugin that always rolls back must not loop forever.
-MAX_ROLLBACKS = 100
-
-
-class RolledBack(Exception):
-    """Raised inside an epoch after a rollback: the epoch loop starts again from the snapshot.
-    ``after`` holds what the babysitter decided on hearing of it, to apply to the restored state."""
-
-    def __init__(self, after: list | None = None):
-        super().__init__()
-        self.after = after or []
-
-
-class TrialLoop:
+class TrialLoop(TrialDecisions):
     """One trial: the textbook loop, plus snapshots, divergence checks and decisions.
 
     Every change to the running trial (a nudge, a rollback, an end) happens in this class,
@@ -341,257 +327,6 @@ class TrialLoop:
             f"interrupted at trial {trial.id}, epoch {trial.epoch}, step {trial.step}; "
             f"continue with: runner resume {self.runner.experiment.run_dir}"
         )
-
-    # -- decisions --------------------------------------------------------------------------
-
-    def apply(self, decisions: list, source: str) -> EndTrial | None:
-        """Apply decisions in order. An end (Stop, Prune, Finish) is returned, so the epoch's
-        snapshot is still taken before it. A rollback happens at once: what the babysitter
-        answers to it, then the decisions after it, apply to the restored state, then
-        RolledBack is raised (the epoch loop starts again from the snapshot)."""
-        trial = self.trial
-        for index, decision in enumerate(decisions):
-            if isinstance(decision, Nudge):
-                self.nudge(decision, source)
-            elif isinstance(decision, Rollback):
-                try:
-                    self.rollback(decision, source)
-                except NoSnapshot as missing:
-                    if source == "control":
-                        raise
-                    raise EndTrial("diverged" if source == "divergence" else "failed", str(missing)) from None
-                except RolledBack as rolled:
-                    order, self.order = self.order, None  # what the babysitter answers is not the order's doing
-                    try:
-                        ending = self.apply(rolled.after, "strategy")
-                    finally:
-                        self.order = order
-                    ending = ending or self.apply(decisions[index + 1 :], source)
-                    if ending is not None:
-                        raise ending from None
-                    raise
-            elif isinstance(decision, Note):
-                self.emit(
-                    "note",
-                    epoch=trial.epoch,
-                    step=trial.step,
-                    kind=decision.kind,
-                    reason=decision.reason,
-                    source=source,
-                    **decision.fields,
-                )
-            elif isinstance(decision, Finish):
-                self.emit("finish", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
-                return EndTrial("completed", decision.reason)
-            elif isinstance(decision, Prune):
-                self.emit("prune", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
-                return EndTrial("pruned", decision.reason)
-            elif isinstance(decision, Stop):
-                self.emit(
-                    "stop",
-                    epoch=trial.epoch,
-                    step=trial.step,
-                    reason=decision.reason,
-                    source=source,
-                    experiment=decision.experiment,
-                )
-                return EndTrial("stopped", decision.reason, experiment=decision.experiment)
-            elif isinstance(decision, Pause):
-                self.paused = True
-                self.emit("pause", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
-            elif isinstance(decision, Unpause):
-                self.paused = False
-                self.emit("unpause", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
-            elif isinstance(decision, Checkpoint):
-                self.snapshot("requested", improved=False, durable=True)
-                self.report_snapshots()
-        return None
-
-    def take_mail(self) -> None:
-        """At a step boundary: carry out the control file's orders, oldest first; while
-        paused, wait here for more (a resume, a stop, anything), still answering Ctrl-C.
-        After a rollback the orders behind it wait for the next step."""
-        mail = self.mailbox.items
-        while True:
-            while mail:
-                self.carry_out(mail.popleft())
-            if not self.paused:
-                return
-            if FLAG.requested:
-                self.interrupt()
-            self.mailbox.wait(0.2)
-
-    def carry_out(self, delivery: Delivery) -> None:
-        """Called by ``take_mail`` on the training thread: one order from the control file.
-        One that cannot be carried out (no snapshot to roll back to, a value the backend
-        refuses) is reported and training goes on."""
-        notify, label = (
-            self.runner.inbox.notify,
-            escape(f"t{self.trial.id:03d} step {self.trial.step}: {delivery.what}"),
-        )
-        self.order = delivery.order
-        try:
-            ending = self.apply([delivery.decision], source="control")
-        except (NoSnapshot, SpecError, ValueError) as err:
-            self.emit("control_error", message=f"{delivery.what}: {err}")
-            notify(f"[red]{label}: {escape(str(err))}[/]")
-            return
-        except RolledBack:
-            notify(f"{label} (control.json)")
-            raise
-        finally:
-            self.order = None
-        notify(f"{label} (control.json)")
-        if ending is not None:
-            raise ending
-
-    def nudge(self, nudge: Nudge, source: str) -> None:
-        """Set live hyperparameters from the next step on, after a snapshot of this very
-        point, so that a rollback to ``before_nudge`` undoes it."""
-        live, backend, state = self.backend_cls.live, self.backend, self.state
-        for name, value in nudge.changes.items():
-            if name not in live:
-                raise SpecError(
-                    f"nudge.{name}",
-                    f"not a live hyperparameter of backend {self.spec.backend.name!r}; live: {', '.join(live)}",
-                )
-            if name in self.backend_cls.Train.__dataclass_fields__:
-                check_field(self.backend_cls.Train, name, value, f"nudge.{name}")
-        grace = self.spec.divergence.nudge_grace_steps if source == "control" else 0
-        # A strategy's try, and a person's nudge on trial, are written to disk, so that a
-        # resumed run can still revert or refuse them.
-        self.snapshot(
-            "before_nudge",
-            improved=False,
-            durable=source == "strategy" or grace > 0,
-            in_ring=self.trial.step != self.restored_step,
-        )
-        state.before_nudge_events = state.events  # as the snapshot recorded it
-        before = backend.hyperparameters()
-        backend.set_hyperparameters(**nudge.changes)
-        self.trial.hyperparameters = backend.hyperparameters()
-        change = {k: {"old": before[k], "new": self.trial.hyperparameters[k]} for k in nudge.changes}
-        state.nudge_on_trial = None  # only the latest nudge can be undone by going back to the snapshot before it
-        if grace > 0:
-            state.nudge_on_trial = NudgeOnTrial.of(
-                self.order, self.trial.step, grace, change, state.before_nudge_events
-            )
-        on_trial = {"refusable_until": state.nudge_on_trial.until} if state.nudge_on_trial else {}
-        self.emit(
-            "nudge",
-            epoch=self.trial.epoch,
-            step=self.trial.step,
-            changes=change,
-            source=source,
-            reason=nudge.reason,
-            **on_trial,
-        )
-        self.hook.runner_nudge_applied(trial=self.trial, change=change, source=source)
-        state.babysitter.nudge_applied(self.trial, change, source)
-
-    def diverged(self, event: DivergenceEvent) -> None:
-        """Report a divergence and undo the person's nudge that caused it (see ``refuse``),
-        or else carry out the policy's answer; never returns normally."""
-        trial = self.trial
-        if self.order is not None:  # found while carrying out an order, which never took effect
-            self.emit("control_error", message=f"not applied: the trial diverged first ({event.kind})")
-            self.order = None
-        self.emit("divergence", **asdict(event), lr=self.backend.hyperparameters().get("lr"), rollbacks=trial.rollbacks)
-        if self.refusable(event):
-            try:
-                raise self.apply([self.refuse(event)], source="control")
-            finally:
-                self.order = None
-        decision = self.hook.runner_divergence(trial=trial, event=event, experiment=self.runner.experiment)
-        if decision is None:
-            n = trial.divergence_rollbacks
-            tried = f" after {n} rollback{'s' * (n != 1)}" if n else ""
-            raise EndTrial("diverged", f"{event.kind} at step {event.step}{tried}")
-        if not isinstance(decision, (Rollback, Stop, Prune)):
-            raise TypeError(f"runner_divergence answered {decision!r}; it may answer Rollback, Stop, Prune or None")
-        raise self.apply([decision], source="divergence")
-
-    def refusable(self, event: DivergenceEvent) -> bool:
-        """True if ``event`` came within the grace steps of a person's nudge whose snapshot
-        from just before it is still at hand (after a resume, only if a file held it)."""
-        nudge = self.state.nudge_on_trial
-        if nudge is None or not nudge.covers(event):
-            return False
-        found = self.store.find("before_nudge")
-        return found is not None and found[1]["loop"]["events"] == nudge.snapshot_events
-
-    def refuse(self, event: DivergenceEvent) -> Rollback:
-        """Called by ``diverged`` for a divergence ``refusable`` says a person's nudge caused:
-        write its ``nudge_refused`` event and return the rollback that undoes it, to be carried
-        out for its order (source ``control``: no lr cut, not counted against
-        ``divergence.max_rollbacks``). Leaves ``self.order`` set to the nudge's order."""
-        nudge, self.state.nudge_on_trial = self.state.nudge_on_trial, None
-        refused = nudge.refused(event)
-        self.order = nudge.order
-        self.emit("nudge_refused", **refused)
-        label = escape(f"t{self.trial.id:03d} step {event.step}: {settings(nudge.asked)} refused: {refused['reason']}")
-        self.runner.inbox.notify(f"[red]{label}[/] (control.json)")
-        return Rollback("before_nudge", reason=f"nudge refused: {event.kind} at step {event.step}")
-
-    def keep_nudge(self) -> None:
-        """Called at the step boundary where a person's nudge has trained through its grace
-        steps without diverging: it is kept, and can no longer be refused."""
-        nudge, self.state.nudge_on_trial = self.state.nudge_on_trial, None
-        self.order = nudge.order
-        try:
-            self.emit("nudge_kept", **nudge.kept(self.trial.epoch, self.trial.step))
-        finally:
-            self.order = None
-
-    def rollback(self, rollback: Rollback, source: str) -> None:
-        """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
-        trial, backend, state = self.trial, self.backend, self.state
-        if state.stuck_rollbacks >= MAX_ROLLBACKS:
-            raise EndTrial(
-                "failed",
-                f"{state.stuck_rollbacks} rollbacks without reaching a new epoch: "
-                "something keeps rolling this trial back",
-            )
-        found = self.store.find(rollback.to, rollback.older)
-        if found is None:
-            which = {"last": "snapshot", "best": "best snapshot", "before_nudge": "snapshot from before a nudge"}
-            raise NoSnapshot(
-                f"no {which.get(rollback.to, f'snapshot of epoch {rollback.to}')} to roll back to "
-                "(in memory or on disk)"
-            )
-        saved, meta = found
-        lr_before, step_before, epoch_before = backend.hyperparameters().get("lr"), trial.step, trial.epoch
-        backend.load_state(saved)
-        self.restore(meta, resume=False)
-        self.store.abandon(after=meta["loop"]["events"], until=state.events)
-        self.restored_step = trial.step
-        state.nudge_on_trial = None  # a rollback undid the person's nudge on trial, or moved on from it: it is over
-        trial.rollbacks += 1
-        state.stuck_rollbacks += 1
-        if source == "divergence":
-            trial.divergence_rollbacks += 1
-            trial.recent_rollbacks += 1
-        if rollback.reshuffle:
-            backend.reshuffle(trial.rollbacks)
-        if rollback.lr_factor is not None:
-            lower = min(backend.hyperparameters()["lr"], lr_before)
-            backend.set_hyperparameters(lr=lower * rollback.lr_factor)
-        trial.hyperparameters = backend.hyperparameters()
-        done = dict(
-            to_epoch=trial.epoch,
-            to_step=trial.step,
-            from_epoch=epoch_before,
-            from_step=step_before,
-            snapshot=meta["reason"],
-            reason=rollback.reason,
-            source=source,
-            lr_before=lr_before,
-            lr_after=trial.hyperparameters.get("lr"),
-            reshuffled=rollback.reshuffle,
-            rollbacks=trial.rollbacks,
-        )
-        self.emit("rollback", **done)
-        raise RolledBack(flatten([state.babysitter.rolled_back(trial, done)]))
 
     # -- snapshots --------------------------------------------------------------------------
 

@@ -30,9 +30,9 @@ from typing import Any
 from rich.markup import escape
 
 from runner.control.inbox import Delivery
-from runner.engine.checkpoints import trial_folder
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.resume import newest_intact_snapshot, remove_trial_temporaries
+from runner.engine.snapshot_files import trial_folder
 from runner.errors import RunnerError
 from runner.executor import Executor
 from runner.trial import Trial, TrialResult

@@ -84,7 +84,7 @@ def test_a_nudge_is_in_force_at_the_next_step_as_with_numpy(digits):
 CONTINUE_ELSEWHERE = """
 import pickle, sys
 import orjson
-from runner.engine.checkpoints import read_snapshot
+from runner.engine.snapshot_files import read_snapshot
 from runner.data import prepare
 from runner.engine.plugin_manager import load_plugins
 from runner.testing import Driver
@@ -107,7 +107,7 @@ sys.stdout.buffer.write(orjson.dumps([float(x) for x in Driver(fresh, epoch=0, s
 def test_the_state_moves_between_processes_without_pickle(digits, tmp_path):
     """A snapshot of a Torch trial is the runner's .npz: arrays and JSON, nothing unpickled;
     another process continues from it exactly."""
-    from runner.engine.checkpoints import write_snapshot
+    from runner.engine.snapshot_files import write_snapshot
 
     _, torched = both(digits, "adam", True, "float32")
     driver = Driver(torched)

@@ -1,0 +1,153 @@
+"""The commands that run an experiment: ``runner start`` and ``runner resume``."""
+
+from __future__ import annotations
+
+import shlex
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
+
+import click
+from rich.text import Text
+
+from runner.api import notifier, show_results, start_run, terminal
+from runner.cli.errors import reported_errors
+from runner.cli.group import main
+from runner.cli.options import named_run_dir, plugin_option, poll_option
+from runner.control.file import FILE_NAME as CONTROL_FILE
+from runner.engine.experiment import load_dataset
+from runner.engine.interrupt import graceful_interrupts
+from runner.engine.loop import run_experiment
+from runner.engine.plugin_manager import load_plugins, missing_one_offs, plugin_args, recorded_one_offs
+from runner.engine.resume import check_run_dir, clean_temporary_files, plan_resume
+from runner.errors import RunnerError
+from runner.experiment_file.spec import load
+from runner.imports import refusing_code
+from runner.records.events import read_run
+from runner.records.files import run_lock
+from runner.views.live import LiveView
+
+
+@main.command()
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("checkpoints"),
+    show_default=True,
+    help="Folder in which the run directory is created.",
+)
+@plugin_option
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), help="Override the experiment file's seed.")
+@click.option(
+    "--from",
+    "from_run",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="RUN_DIR",
+    help="Start from the best trial of an earlier run: its model and train config (all but "
+    "train.epochs) replaces this file's (panda-nudge then babysits it).",
+)
+@click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
+@poll_option
+def start(
+    experiment: Path,
+    out: Path,
+    plugin_refs: tuple[str, ...],
+    seed: int | None,
+    from_run: Path | None,
+    plain: bool,
+    poll: bool,
+) -> None:
+    """Run the experiment described by EXPERIMENT (a JSON file)."""
+    console = terminal()
+    with reported_errors() as where:
+        result = start_run(
+            experiment,
+            out=out,
+            plugin_refs=plugin_refs,
+            seed=seed,
+            from_run=from_run,
+            console=console,
+            plain=plain,
+            poll=poll,
+            on_run_dir=lambda run_dir: setattr(where, "run_dir", run_dir),
+        )
+        _finished(result.leaderboard, result.run_dir)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@plugin_option
+@click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
+@poll_option
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Import the code the run's experiment names by import path (a model's class_path, a python "
+    "data source): only for a run directory you trust.",
+)
+def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool, trust_code: bool) -> None:
+    """Continue the run in RUN_DIR after a crash, a kill or Ctrl-C.
+
+    Finished trials stay finished; an interrupted trial continues from its last intact
+    snapshot (or starts again if it has none); the trials not yet run follow. A run started
+    with one-off plugins needs the same --plugin arguments again, and a run whose experiment
+    names code by import path (a model's class_path, a python data source) needs
+    --trust-code: runner never loads code that a run directory names unless told to.
+    """
+    console = terminal()
+    with reported_errors() as where, ExitStack() as held:
+        run_dir = named_run_dir(run_dir)
+        start = read_run(run_dir)[0]
+        missing = missing_one_offs(recorded_one_offs(start, str(run_dir / "events.jsonl")), plugin_refs)
+        if missing:
+            raise RunnerError(
+                f"{run_dir} was started with one-off plugins that runner does not load from a run directory; "
+                f"give them again: runner resume {shlex.quote(str(run_dir))} {plugin_args(missing)}",
+                exit_code=2,
+            )
+        held.enter_context(run_lock(run_dir))
+        check_run_dir(run_dir)  # no link in it is written through: refused before anything changes
+        plugins = load_plugins(plugin_refs)
+        if not isinstance(start.get("base_dir"), str):
+            raise RunnerError(f"{run_dir / 'events.jsonl'} is damaged: experiment_start has no base_dir", exit_code=2)
+        again = " ".join(filter(None, ("runner resume", shlex.quote(str(run_dir)), plugin_args(plugin_refs))))
+        advice = f"a run directory is data, and resuming would run that code; if it is yours, run: {again} --trust-code"
+        with nullcontext() if trust_code else refusing_code(advice):
+            spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
+            dataset = load_dataset(spec, plugins)
+        where.run_dir = run_dir
+        for path in clean_temporary_files(run_dir):
+            console.print(f"removed a half-written file: {path}", soft_wrap=True, markup=False)
+        plan = plan_resume(run_dir)
+        for note in plan.notes:
+            console.print(Text(note, style="yellow"), soft_wrap=True)
+        for trial, snapshot in plan.continue_from.items():
+            where_from = f"from {snapshot.relative_to(run_dir)}" if snapshot else "from the start (no snapshot)"
+            console.print(f"t{trial:03d} continues {where_from}", soft_wrap=True, markup=False)
+        console.print(
+            f"control file: {run_dir / CONTROL_FILE} (its current contents are the starting point)",
+            soft_wrap=True,
+            markup=False,
+        )
+        view = LiveView(console, live=False if plain else None)
+        view.replay(plan.events)
+        with graceful_interrupts(), view:
+            board = run_experiment(
+                spec,
+                plugins,
+                dataset,
+                run_dir,
+                resume=plan,
+                poll=poll,
+                notify=notifier(console),
+                watchers=[view.observe],
+            )
+        show_results(console, board, spec.search.metric, run_dir)
+        _finished(board, run_dir)
+
+
+def _finished(board, run_dir: Path) -> None:
+    """The end of ``start`` and ``resume``, once the leaderboard is shown: exit code 1 if
+    every trial failed."""
+    if board and all(r.state == "failed" for r in board):
+        raise RunnerError(f"every trial failed; the reasons are in {run_dir / 'events.jsonl'} (trial_complete)")
