@@ -9,12 +9,14 @@ Two objects hold it, and their fields say what is saved: the ``Trial`` that hook
 - a resume puts back both.
 
 To have something new saved and restored, declare it here as a field: nothing else copies
-it. A field whose value has ``state()``/``load_state()`` (the babysitter, the spike
-detector) is saved as its state and loaded into the object in place.
+it. A field marked ``stateful`` holds an object with ``state()``/``load_state()`` (the
+babysitter, the spike detector): it is saved as its state and loaded into the object in
+place. One with a ``load`` function is written with its value's ``to_json()``, if it has one.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -35,13 +37,14 @@ def loaded(kind: dict[str, str], load: Callable[[Any], Any]) -> dict[str, Any]:
 class LoopState:
     """The trial loop's own resumable state (the ``Trial`` holds the rest)."""
 
-    detector: SpikeDetector = field(metadata=REWOUND)  # the step-loss spike detector
+    detector: SpikeDetector = field(metadata={**REWOUND, "stateful": True})  # the step-loss spike detector
     furthest: int = field(default=0, metadata=KEPT)  # the most epochs this trial has completed, on any path
     stuck_rollbacks: int = field(default=0, metadata=KEPT)  # rollbacks since it last completed more epochs than ever
     before_nudge_events: int | None = field(default=None, metadata=KEPT)  # its events at its latest before_nudge
     # a person's nudge that a divergence would still refuse (runner.control.refusal)
     nudge_on_trial: NudgeOnTrial | None = field(default=None, metadata=loaded(KEPT, NudgeOnTrial.from_json))
-    babysitter: Babysitter = field(default_factory=Babysitter, metadata=KEPT)  # the strategy's, if it babysits
+    # the strategy's, if it babysits trials
+    babysitter: Babysitter = field(default_factory=Babysitter, metadata={**KEPT, "stateful": True})
     lowest_val_loss: float | None = field(default=None, metadata=REWOUND)
     events: int = field(default=0, metadata=KEPT)  # its events in the log, so a resume can cut the log there
     # mid-epoch, at a step boundary where the loop stopped to act: (steps done, loss sum) so far
@@ -57,18 +60,37 @@ OLDER_SNAPSHOTS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class Saved:
+    """One saved field of a holder's class: how it is written and read back."""
+
+    name: str
+    rewound: bool  # a rollback puts it back (else only a resume does)
+    stateful: bool  # an object with state()/load_state(), loaded in place
+    load: Callable[[Any], Any] | None  # JSON -> value, for a value written with to_json()
+
+
+@functools.cache
+def saved_fields(cls: type) -> tuple[Saved, ...]:
+    """The saved fields of a dataclass, read once per class (a snapshot is taken often)."""
+    return tuple(
+        Saved(f.name, f.metadata["saved"] == "rewound", f.metadata.get("stateful", False), f.metadata.get("load"))
+        for f in fields(cls)
+        if "saved" in f.metadata
+    )
+
+
 def save_state(*holders: Any) -> dict[str, Any]:
     """The saved fields of ``holders`` as JSON values: a snapshot's ``loop`` record."""
     record = {}
     for holder in holders:
-        for spec in fields(holder):
-            if "saved" in spec.metadata:
-                value = getattr(holder, spec.name)
-                if hasattr(value, "load_state"):
-                    value = value.state()
-                elif hasattr(value, "to_json"):
-                    value = value.to_json()
-                record[spec.name] = value
+        for field_ in saved_fields(type(holder)):
+            value = getattr(holder, field_.name)
+            if field_.stateful:
+                value = value.state()
+            elif field_.load is not None and value is not None and hasattr(value, "to_json"):
+                value = value.to_json()
+            record[field_.name] = value
     return record
 
 
@@ -77,19 +99,17 @@ def load_state(meta: dict[str, Any], *holders: Any, resume: bool) -> None:
     ones for a rollback, all of them for a ``resume``."""
     loop = meta["loop"]
     for holder in holders:
-        for spec in fields(holder):
-            kind = spec.metadata.get("saved")
-            if kind is None or (kind == "kept" and not resume):
+        for field_ in saved_fields(type(holder)):
+            name = field_.name
+            if not (resume or field_.rewound):
                 continue
-            if spec.name in loop:
-                value = loop[spec.name]
-            elif spec.name in OLDER_SNAPSHOTS:
-                value = OLDER_SNAPSHOTS[spec.name](loop, meta)
+            if name in loop:
+                value = loop[name]
+            elif name in OLDER_SNAPSHOTS:
+                value = OLDER_SNAPSHOTS[name](loop, meta)
             else:
                 continue
-            current = getattr(holder, spec.name)
-            if hasattr(current, "load_state"):
-                current.load_state(value or {})
+            if field_.stateful:
+                getattr(holder, name).load_state(value or {})
             else:
-                load = spec.metadata.get("load")
-                setattr(holder, spec.name, load(value) if load and value is not None else value)
+                setattr(holder, name, field_.load(value) if field_.load and value is not None else value)
