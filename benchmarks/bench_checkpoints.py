@@ -183,7 +183,7 @@ def rollback_sides(fx: Fixture) -> dict:
             np.copyto(d, s)
 
     def rollback():
-        loop.stuck_rollbacks = 0  # thousands of samples must not trip the guard against endless rollbacks
+        loop.state.stuck_rollbacks = 0  # thousands of samples must not trip the guard against endless rollbacks
         try:
             loop.rollback(decision, "plugin")
         except RolledBack:
