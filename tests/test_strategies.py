@@ -38,6 +38,55 @@ def test_grid_asks_every_point_once_in_order_then_stops(plugins):
     assert grid.planned_trials() == 6
 
 
+def test_grid_takes_a_count_per_parameter_and_points_for_the_rest(plugins):
+    from runner.experiment_file.typed import build
+
+    space = Space.parse(
+        {
+            "train.lr": {"low": 1e-3, "high": 1.0, "scale": "log"},
+            "train.momentum": {"low": 0.8, "high": 0.9},
+            "model.hidden": {"choices": [[8], [16], [32]]},
+        }
+    )
+    cls = plugins.registry.get("strategy", "grid")
+    options = build(cls.Options, {"points": 2, "per_parameter": {"train.lr": 4}})
+    grid = cls(space=space, options=options, seed=3, metric="val_loss", mode="min")
+    history, asked = History(), []
+    while (params := grid.ask(history)) is not None:
+        history.add(len(history), params)
+        asked.append((round(params["train.lr"], 12), round(params["train.momentum"], 12), params["model.hidden"][0]))
+    assert grid.planned_trials() == len(asked) == 4 * 2 * 3  # 24: a size no single `points` gives (8, 27, 64)
+    assert sorted({a[0] for a in asked}) == [1e-3, 1e-2, 1e-1, 1.0] and sorted({a[1] for a in asked}) == [0.8, 0.9]
+    assert asked[:4] == [(1e-3, 0.8, 8), (1e-3, 0.8, 16), (1e-3, 0.8, 32), (1e-3, 0.9, 8)]  # the first varies slowest
+
+
+@pytest.mark.parametrize(
+    "per_parameter, message",
+    [
+        ({"train.lrr": 4}, "search.strategy.per_parameter.train.lrr: not a parameter of search.space; did you mean"),
+        ({"model.hidden": 2}, "search.strategy.per_parameter.model.hidden: is a choice"),
+        ({"train.lr": 0}, "search.strategy.per_parameter.train.lr: must be >= 1, got 0"),
+        ({"train.lr": "4"}, "search.strategy.per_parameter.train.lr: must be an integer"),
+    ],
+)
+def test_a_grid_count_for_a_parameter_it_cannot_size_is_bad_input(write_experiment, per_parameter, message):
+    from tests.test_cli import runner
+
+    path = write_experiment(
+        {
+            "search": {
+                "strategy": {"name": "grid", "per_parameter": per_parameter},
+                "space": {
+                    "train.lr": {"low": 1e-3, "high": 1.0, "scale": "log"},
+                    "model.hidden": {"choices": [[8], [16]]},
+                },
+            }
+        }
+    )
+    result = runner("validate", str(path))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
 def test_random_asks_the_same_trials_for_the_same_seed_and_stops_at_its_count(plugins):
     first, second = make(plugins, "random", trials=4), make(plugins, "random", trials=4)
     history = History()
