@@ -6,7 +6,7 @@
     python benchmarks/bench_search.py --quick      # smoke run: 1 seed, 12 trials, 2 epochs (about 10 s)
     python benchmarks/bench_search.py --from-json FILE   # print the tables again from a --json file
 
-Needs Optuna for the ``tpe`` side (``pip install optuna``: a benchmark-only dependency).
+Needs Optuna for the ``tpe`` side (``pip install 'panda-caviar[optuna]'``).
 The defaults take 7 to 10 minutes on 2 slow cores.
 
 Compared, on the same training code (the NumPy backend run by ``run_experiment``, in process):
@@ -17,15 +17,13 @@ Compared, on the same training code (the NumPy backend run by ``run_experiment``
 * ``random`` (built in): ``trials`` = the budget.
 * ``coarse-to-fine`` (built in): ``rounds`` (3) x ``trials_per_round`` (budget / rounds),
   ``keep_top`` 0.3, ``margin`` 0.1 (the plugin's defaults).
-* ``tpe``: Optuna's ``TPESampler(seed=experiment seed)`` with its defaults, wrapped in a
-  runner ``Strategy`` defined here (``ask`` = ``study.ask()`` + ``suggest_*``, ``tell`` =
-  ``study.tell(score)``) and registered for the run. So its trials go through the same
+* ``tpe``: the shipped ``optuna`` strategy with ``sampler: "tpe"`` and Optuna's defaults
+  (``plugins/strategies/optuna_search.py``). Its trials go through the same
   ``run_experiment`` as the others', and trial k gets the same per-trial seed
   (``trial_seed(seed, k)``: initial weights, batch order) as trial k of every other strategy.
-  Same parameters on the same scales: lr with ``suggest_float(log=True)``, momentum as
-  ``1 - suggest_float("one_minus_momentum", 1 - high, 1 - low, log=True)``, the width with
-  ``suggest_categorical`` over the choices' indices. A trial without a finite score is told
-  to Optuna as failed (what Optuna does when an objective returns NaN).
+  Same parameters on the same scales: lr log-uniform, momentum as a log-uniform ``1 - x``,
+  the width a categorical over the choices' positions. A trial without a finite score is
+  told to Optuna as failed (what Optuna does when an objective returns NaN).
 
 Every strategy runs ``trials x epochs`` epochs (no early stopping), metric ``val_loss``
 (mode min), checkpoints off. The search space is the same for all::
@@ -78,7 +76,6 @@ if str(ROOT) not in sys.path:  # ``python benchmarks/bench_search.py`` from anyw
     sys.path.insert(0, str(ROOT))
 
 STRATEGIES = ("grid", "random", "coarse-to-fine", "tpe")
-TPE_NAME = "optuna-tpe"  # the name the Optuna strategy is registered under for a run
 METRIC = "val_loss"
 
 SPACE = {
@@ -130,7 +127,7 @@ def strategy_section(name: str, trials: int, rounds: int) -> tuple[dict, int]:
             "margin": C2F_DEFAULTS["margin"],
         }, rounds * per_round
     if name == "tpe":
-        return {"name": TPE_NAME, "trials": trials}, trials
+        return {"name": "optuna", "trials": trials, "sampler": "tpe"}, trials
     raise ValueError(name)
 
 
@@ -148,71 +145,6 @@ def experiment(dataset: str, seed: int, strategy: dict, epochs: int, fixed: dict
         **raw,
         "search": {"strategy": strategy, "metric": METRIC, "mode": "min", "space": space},
     }
-
-
-# -- Optuna's TPE as a runner strategy --------------------------------------------------------
-
-
-def tpe_strategy_class():
-    """A runner ``Strategy`` that asks Optuna's TPE sampler (defined here, so that NumPy and
-    Optuna are imported only in the worker processes)."""
-    from dataclasses import dataclass, field
-
-    import optuna
-
-    from runner import Strategy, bounds
-    from runner.experiment_file.space import Choice, Float, Int
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    @dataclass(frozen=True)
-    class TPEOptions:
-        trials: int = field(default=20, metadata=bounds(ge=1, doc="trials to ask for"))
-
-    class OptunaTPE(Strategy):
-        name = TPE_NAME
-        Options = TPEOptions
-
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.study = optuna.create_study(
-                direction="minimize" if self.mode == "min" else "maximize",
-                sampler=optuna.samplers.TPESampler(seed=self.seed),
-            )
-            self.asked: dict[int, optuna.Trial] = {}  # runner trial id -> Optuna trial
-
-        def planned_trials(self) -> int:
-            return self.options.trials
-
-        def ask(self, history):
-            index = len(history)
-            if index >= self.options.trials:
-                return None
-            trial = self.study.ask()
-            params = {}
-            for p in self.space:
-                if isinstance(p, Choice):
-                    params[p.path] = p.choices[trial.suggest_categorical(p.path, list(range(len(p.choices))))]
-                elif isinstance(p, Int):
-                    params[p.path] = trial.suggest_int(p.path, p.low, p.high, log=p.scale == "log")
-                elif isinstance(p, Float) and p.scale == "log1m":
-                    one_minus = trial.suggest_float(
-                        f"one_minus_{p.path.rsplit('.', 1)[-1]}", 1.0 - p.high, 1.0 - p.low, log=True
-                    )
-                    params[p.path] = min(max(1.0 - one_minus, p.low), p.high)
-                else:
-                    params[p.path] = trial.suggest_float(p.path, p.low, p.high, log=p.scale == "log")
-            self.asked[index] = trial
-            return params
-
-        def tell(self, history, result):
-            trial = self.asked.pop(result.trial)
-            if result.score is not None and math.isfinite(result.score):
-                self.study.tell(trial, result.score)
-            else:
-                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-
-    return OptunaTPE
 
 
 # -- one run (in a worker process) ----------------------------------------------------------
@@ -234,8 +166,6 @@ def run_one(job: dict) -> dict:
         path = work / f"{raw['name']}.json"
         path.write_bytes(orjson.dumps(raw))
         plugins = load_plugins()
-        if job["strategy"] == "tpe":
-            plugins.registry.add_strategy(tpe_strategy_class())
         spec = load(path, plugins.registry)
         dataset = load_dataset(spec, plugins)
         run_dir = create_run_dir(work / "runs", spec.name)
@@ -596,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         optuna = None
         if "tpe" in args.strategies:
-            parser.error("the tpe strategy needs Optuna (a benchmark-only dependency): pip install optuna")
+            parser.error("the tpe strategy needs Optuna: pip install 'panda-caviar[optuna]'")
 
     from benchmarks.bench_overhead import machine
 

@@ -27,6 +27,7 @@ def test_every_built_in_comes_through_the_entry_point_group():
         "random",
         "coarse-to-fine",
         "panda-nudge",
+        "optuna",
         "digits",
         "spirals",
         "files",

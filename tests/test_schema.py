@@ -68,15 +68,15 @@ def validator(schema):
 
 
 def test_the_committed_schema_is_what_runner_schema_generates(schema):
-    missing = [name for name in ("torch", "ray") if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("torch", "ray", "optuna") if importlib.util.find_spec(name) is None]
     if missing:
         pytest.skip(
-            f"{COMMITTED.name} is generated with torch and ray installed; without {' and '.join(missing)} "
+            f"{COMMITTED.name} is generated with torch, ray and optuna installed; without {' and '.join(missing)} "
             "their plugins are unavailable, which changes the schema"
         )
     assert orjson.loads(COMMITTED.read_bytes()) == as_json(schema), (
         f"{COMMITTED.relative_to(ROOT)} is out of date: regenerate it with "
-        f"`runner schema --out {COMMITTED.relative_to(ROOT)}` (with torch and ray installed)"
+        f"`runner schema --out {COMMITTED.relative_to(ROOT)}` (with torch, ray and optuna installed)"
     )
 
 
