@@ -24,7 +24,7 @@ class History:
         """Rebuild the history from an event log: ``trial_queued`` (or, in a log written
         before runner 0.2, ``trial_start``) asks, ``trial_complete`` ends."""
         fold = RunFold.of(events)
-        ended = {trial_id: trial.result for trial_id, trial in fold.trials.items() if trial.result is not None}
+        ended = fold.results
         return cls([TrialRecord(trial_id, params, ended.get(trial_id)) for trial_id, params in fold.asked.items()])
 
     def __len__(self) -> int:

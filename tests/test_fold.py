@@ -187,3 +187,23 @@ def test_an_ended_trial_takes_its_results_state_and_the_history_keeps_the_order_
 def test_events_of_a_trial_it_never_saw_begin_are_passed_over():
     fold = RunFold.of([START, epoch(4, 0, 0.9), {"t": 3.0, "event": "trial_resume", "trial": 4, "epoch": 1}])
     assert fold.trials == {} and fold.asked == {}
+
+
+def test_a_trial_that_ended_before_it_began_is_finished_not_queued():
+    """A worker that died before its trial started, and was given up on: trial_complete, no trial_start."""
+    events = [
+        START,
+        {"t": 1.0, "event": "trial_queued", "queued": 0, "params": {"train.lr": 0.1}},
+        complete(0, "failed", None, 0),
+    ]
+    fold = RunFold.of(events)
+    assert fold.results[0].state == "failed" and fold.unannounced() == [] and fold.trials == {}
+    assert [r.result.state for r in History.from_events(events)] == ["failed"]
+
+
+def test_a_fold_that_keeps_no_epochs_still_keeps_the_latest_and_the_best():
+    fold = RunFold(keep_epochs=False)
+    for event in [START, *begin(0), epoch(0, 0, 0.5), epoch(0, 1, 0.7), epoch(0, 2, 0.6)]:
+        fold.observe(event)
+    trial = fold.trials[0]
+    assert trial.epochs == [] and trial.metrics["epoch"] == 2 and trial.best["epoch"] == 1

@@ -21,12 +21,15 @@ rebuilt as if they had come in order.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import orjson
 
 from runner import Choice, Float, History, Int, Param, Space, SpecError, Strategy, TrialResult, bounds, hookimpl
 
@@ -38,6 +41,7 @@ SAMPLERS = {  # name -> the Optuna sampler class's name
     "qmc": "QMCSampler",
     "random": "RandomSampler",
 }
+EXTRAS = {"cmaes": ("cmaes",), "gp": ("torch", "scipy")}  # what a sampler imports only when it first samples
 
 
 @dataclass(frozen=True)
@@ -59,16 +63,36 @@ def optuna_module():
     """Optuna, imported on first use (a second on import), its logging kept to warnings."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its per-trial warnings would run through the live view
     return optuna
 
 
-def make_sampler(options: OptunaOptions, seed: int):
-    """The sampler the options name, seeded; a TypeError for an option it does not take."""
-    sampler_class = getattr(optuna_module().samplers, SAMPLERS[options.sampler])
+def make_sampler(options: OptunaOptions, seed: int, draw_seed: int | None = None):
+    """The sampler the options name, seeded with ``seed``; a TypeError or ValueError for an
+    option it does not take. ``draw_seed`` seeds this ask's draws: QMC keeps ``seed`` (its
+    sequence, scrambled by the seed, goes on from trial to trial) and draws what its sequence
+    does not cover with a random sampler seeded with it; every other sampler takes it as its seed."""
+    optuna = optuna_module()
+    sampler_class = getattr(optuna.samplers, SAMPLERS[options.sampler])
+    kwargs = dict(options.sampler_options)
+    if options.sampler == "qmc":
+        kwargs["independent_sampler"] = optuna.samplers.RandomSampler(seed=draw_seed if draw_seed is not None else seed)
+    elif draw_seed is not None:
+        seed = draw_seed
     with warnings.catch_warnings():  # Optuna marks some options experimental; they work as documented
         warnings.simplefilter("ignore")
-        return sampler_class(**options.sampler_options, seed=seed)
+        return sampler_class(**kwargs, seed=seed)
+
+
+def settable(sampler: str) -> dict[str, inspect.Parameter]:
+    """The sampler's keyword arguments a JSON file can set: not ``seed`` (the experiment's),
+    nor those that take a function or another sampler."""
+    parameters = inspect.signature(getattr(optuna_module().samplers, SAMPLERS[sampler])).parameters
+    return {
+        name: p
+        for name, p in parameters.items()
+        if name != "seed" and not any(word in str(p.annotation) for word in ("Callable", "Sampler"))
+    }
 
 
 class ParamMap:
@@ -80,6 +104,9 @@ class ParamMap:
         self.param, self.name = param, param.path
         if isinstance(param, Choice):
             self.distribution = optuna.distributions.CategoricalDistribution(list(range(len(param.choices))))
+            self.positions: dict[bytes, int] = {}
+            for i, choice in enumerate(param.choices):
+                self.positions.setdefault(orjson.dumps(choice, option=orjson.OPT_SORT_KEYS), i)
         elif isinstance(param, Int):
             self.distribution = optuna.distributions.IntDistribution(param.low, param.high, log=param.scale == "log")
         elif isinstance(param, Float) and param.scale == "log1m":
@@ -102,8 +129,8 @@ class ParamMap:
     def to_optuna(self, value: Any) -> Any:
         """Optuna's value for a value a trial got (the history holds those)."""
         param = self.param
-        if isinstance(param, Choice):
-            return next(i for i, choice in enumerate(param.choices) if choice == value)
+        if isinstance(param, Choice):  # by JSON text: 1, 1.0 and true are three choices
+            return self.positions[orjson.dumps(value, option=orjson.OPT_SORT_KEYS)]
         if isinstance(param, Float) and param.scale == "log1m":
             return min(max(1.0 - value, 1.0 - param.high), 1.0 - param.low)
         return value
@@ -129,14 +156,23 @@ class OptunaSearch(Strategy):
         """Every parameter maps to an Optuna distribution, and the sampler takes its options."""
         for param in space.params:
             ParamMap(param)
+        for module in EXTRAS.get(options.sampler, ()):
+            if importlib.util.find_spec(module) is None:
+                raise SpecError("search.strategy.sampler", f"{options.sampler} needs {module}: pip install {module}")
+        known = settable(options.sampler)
+        where = "search.strategy.sampler_options"
+        for name in options.sampler_options:
+            if name not in known:
+                raise SpecError(
+                    f"{where}.{name}",
+                    f"not an option {options.sampler} takes from a file"
+                    + (" (the seed is the experiment's)" if name == "seed" else "")
+                    + f"; it takes: {', '.join(known)}",
+                )
         try:
             make_sampler(options, seed=0)
-        except TypeError as err:
-            accepted = inspect.signature(getattr(optuna_module().samplers, SAMPLERS[options.sampler])).parameters
-            known = ", ".join(name for name in accepted if name != "seed")
-            raise SpecError("search.strategy.sampler_options", f"{options.sampler}: {err}; it takes: {known}") from None
-        except ImportError as err:  # a sampler's own extra (cmaes; torch and scipy for gp)
-            raise SpecError("search.strategy.sampler", f"{options.sampler} {err}") from None
+        except (TypeError, ValueError) as err:
+            raise SpecError(where, f"{options.sampler}: {err}; it takes: {', '.join(known)}") from None
 
     def planned_trials(self) -> int:
         return self.options.trials
@@ -158,10 +194,13 @@ class OptunaSearch(Strategy):
         the probe's sampler state (CMA-ES keeps its own there), so a resumed run rebuilds
         exactly the study an uninterrupted one has."""
         optuna = optuna_module()
-        self.study.sampler = make_sampler(self.options, seed=int(self.rng(index).integers(2**31)))
+        self.study.sampler = make_sampler(self.options, self.seed, draw_seed=int(self.rng(index).integers(2**31)))
         probe = self.study.ask(self.distributions)
-        params = asked or {m.param.path: m.to_trial(probe.params[m.name]) for m in self.maps}
-        attrs = dict(self.study.trials[probe.number].system_attrs)
+        if asked is None:
+            params = {m.param.path: m.to_trial(probe.params[m.name]) for m in self.maps}
+        else:
+            params = asked
+        attrs = dict(self.study.get_trials(deepcopy=False)[probe.number].system_attrs)
         self.study.tell(probe, state=optuna.trial.TrialState.FAIL)
         self.study.add_trial(
             optuna.trial.create_trial(
@@ -171,7 +210,7 @@ class OptunaSearch(Strategy):
                 system_attrs=attrs,
             )
         )
-        self.numbers[index] = len(self.study.trials) - 1
+        self.numbers[index] = probe.number + 1  # added right after the probe
         return params
 
     def catch_up(self, history: History) -> None:

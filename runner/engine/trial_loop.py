@@ -231,7 +231,7 @@ class TrialLoop(TrialDecisions):
             backend.begin_epoch(epoch)
             done, total = 0, 0.0
         else:
-            done, total = state.partial
+            (done, total), state.partial = state.partial, None  # set again wherever the loop stops mid-epoch
         steps = backend.steps_per_epoch
         every_steps = self.spec.checkpoint.every_steps
         mail = self.mailbox.items

@@ -61,14 +61,19 @@ class RunFold:
 
     ``asked`` holds every trial the driver asked for (``trial_queued``, or in a log written
     before runner 0.2 ``trial_start``), in order, with its params; ``trials`` those that
-    began (``trial_start``), by id."""
+    began (``trial_start``), by id; ``results`` every trial that ended, by id (one that ended
+    before it began too: a worker that died before its trial started, and was given up on).
+    ``keep_epochs`` False keeps no list of each trial's epochs (a view that lives as long as
+    the run needs only the latest and the best)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_epochs: bool = True) -> None:
         self.start: dict[str, Any] | None = None  # the experiment_start event
         self.metric, self.mode = "val_loss", "min"
         self.asked: dict[int, dict[str, Any]] = {}
         self.trials: dict[int, TrialStanding] = {}
+        self.results: dict[int, TrialResult] = {}
         self.finished = False  # experiment_complete is in the log
+        self.keep_epochs = keep_epochs
 
     @classmethod
     def of(cls, events: Iterable[dict[str, Any]]) -> RunFold:
@@ -99,24 +104,32 @@ class RunFold:
         trial = self.trials.get(trial_id)
         if trial is not None:
             self._follow(trial, kind, event)
+        elif kind == "trial_complete" and trial_id in self.asked:
+            params = self.asked[trial_id]
+            self.results[trial_id] = TrialResult.from_json(
+                {"params": params, "best": None, "final": None, "epochs": 0, "seconds": 0.0, "score": None, **event}
+            )
         return trial
 
     def _follow(self, trial: TrialStanding, kind: str, e: dict[str, Any]) -> None:
         """One event of a trial the fold knows."""
         if kind == "epoch_end":
+            if "epoch" not in e:
+                return
             trial.epoch, trial.step, trial.metrics = e["epoch"] + 1, e.get("step", trial.step), e
             trial.hyperparameters = {k: e[k] for k in trial.hyperparameters if k in e}
-            trial.epochs.append(e)
+            if self.keep_epochs:
+                trial.epochs.append(e)
             score = e.get(self.metric)
             if score is not None and better(score, self.score_of(trial.best), self.mode):
                 trial.best = e
         elif kind == "nudge":
             trial.step = e.get("step", trial.step)
-            trial.hyperparameters.update({k: v["new"] for k, v in e["changes"].items()})
+            trial.hyperparameters.update({k: v["new"] for k, v in (e.get("changes") or {}).items()})
         elif kind == "nudge_refused":
-            trial.hyperparameters.update(e["restored"])
+            trial.hyperparameters.update(e.get("restored") or {})
         elif kind == "rollback":
-            trial.epoch, trial.step = e["to_epoch"], e.get("to_step", trial.step)
+            trial.epoch, trial.step = e.get("to_epoch", trial.epoch), e.get("to_step", trial.step)
             trial.rollbacks = e.get("rollbacks", trial.rollbacks + 1)
             if e.get("lr_after") is not None:
                 trial.hyperparameters["lr"] = e["lr_after"]
@@ -130,7 +143,7 @@ class RunFold:
         elif kind == "interrupted":
             trial.state = "interrupted"
         elif kind == "trial_complete":
-            trial.result = TrialResult.from_json({**self._no_result(trial), **e})
+            trial.result = self.results[trial.id] = TrialResult.from_json({**self._no_result(trial), **e})
             trial.state, trial.epoch = trial.result.state, trial.result.epochs
 
     @staticmethod
@@ -154,5 +167,6 @@ class RunFold:
         return trial.result.score if trial.result is not None else self.score_of(trial.best)
 
     def unannounced(self) -> list[int]:
-        """Trials the driver asked for whose ``trial_start`` never reached the log (queued)."""
-        return [trial_id for trial_id in self.asked if trial_id not in self.trials]
+        """Trials the driver asked for whose ``trial_start`` never reached the log (queued),
+        and that did not end either."""
+        return [trial_id for trial_id in self.asked if trial_id not in self.trials and trial_id not in self.results]

@@ -77,7 +77,7 @@ class StatusBoard:
             "trials": {},
             "finished": {"count": 0, "states": {}, "best": None},
         }
-        self.fold = RunFold()  # each trial's standing
+        self.fold = RunFold(keep_epochs=False)  # each trial's standing
         self._changes: dict[int, dict[str, Any]] = {}  # trial -> its latest change (a nudge, a rollback, ...)
         self._reads: deque[dict[str, Any]] = deque(maxlen=RECENT_READS)
         self._orders: dict[str, dict[str, Any]] = {}  # order id -> its entry in a read, while kept
@@ -326,8 +326,11 @@ class StatusBoard:
 
     def _write(self) -> None:
         self.doc["run"]["updated"] = round(time.time(), 6)
-        running = [] if self.fold.finished else [t for t in self.fold.trials.values() if not t.ended]
-        self.doc["trials"] = {str(trial.id): self._trial_entry(trial) for trial in running}
+        try:
+            running = [] if self.fold.finished else [t for t in self.fold.trials.values() if not t.ended]
+            self.doc["trials"] = {str(trial.id): self._trial_entry(trial) for trial in running}
+        except Exception:  # a bug here must not stop training: the file keeps its last trials
+            traceback.print_exc()
         self.doc["control"]["recent"] = list(self._reads)
         data = orjson.dumps(self.doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
         try:

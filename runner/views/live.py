@@ -35,7 +35,7 @@ class LiveView:
     def __init__(self, console: Console | None = None, *, live: bool | None = None):
         self.console = console or Console()
         self.live = self.console.is_terminal if live is None else live
-        self.fold = RunFold()  # each trial's standing, from the events
+        self.fold = RunFold(keep_epochs=False)  # each trial's standing, from the events
         self._lock = threading.Lock()
         self._display: Live | None = None
         self.progress = Progress(

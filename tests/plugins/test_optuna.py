@@ -161,4 +161,22 @@ def test_an_option_the_sampler_does_not_take_is_bad_input_naming_what_it_takes(t
         [sys.executable, "-m", "runner", "validate", str(path)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2, proc.stderr
-    assert "search.strategy.sampler_options: tpe:" in proc.stderr and "n_startup_trials" in proc.stderr
+    assert "search.strategy.sampler_options.n_startup: not an option tpe takes" in proc.stderr
+    assert "n_startup_trials" in proc.stderr and "gamma" not in proc.stderr  # a function: not from a file
+
+
+def test_choices_equal_in_python_but_not_in_json_stay_apart():
+    search = strategy(space={"model.act": {"choices": [1, True, 1.0, 0, False]}})
+    (choice,) = search.maps
+    assert [choice.to_optuna(v) for v in (1, True, 1.0, 0, False)] == [0, 1, 2, 3, 4]
+
+
+def test_qmc_walks_one_sequence_across_trials():
+    """QMC's points come from one scrambled sequence, trial after trial: the study's counter
+    goes 0, 1, 2, ... (a sampler seeded anew for every ask would start a new one each time).
+    Its first trial is drawn independently, to learn the space: 6 asks leave the counter at 4."""
+    space = {k: SPACE[k] for k in ("train.lr", "train.momentum")}
+    search = strategy("qmc", space=space, sampler_options={"scramble": True})
+    run_asks(search, 6)
+    attrs = search.study._storage.get_study_system_attrs(search.study._study_id)  # where QMC keeps its counter
+    assert [v for k, v in attrs.items() if k.startswith("qmc")] == [4], attrs
