@@ -225,8 +225,11 @@ def test_bad_saves_are_reported_and_change_nothing(live):
     assert "not valid JSON" in error["message"]
     run.write({**good, "momentum": 1.5})
     run.until(lambda: [e for e in run.find("control_error") if "momentum: must be < 1" in e["message"]])
-    status = json.loads((run.run_dir / "status.json").read_text())
-    assert "momentum: must be < 1" in status["control"]["last_error"]["message"]
+
+    def last_error() -> str:  # status.json is rewritten right after the log line, not with it
+        return json.loads((run.run_dir / "status.json").read_text())["control"]["last_error"]["message"]
+
+    assert "momentum: must be < 1" in run.until(lambda: "momentum: must be < 1" in last_error() and last_error())
     run.write({**good, "[/oops]": 1})  # markup-like text is shown as written, not interpreted
     run.until(lambda: [e for e in run.find("control_error") if "[/oops]: unknown key" in e["message"]])
     run.write({**good, "lr": 0.005})  # fixed: the change since the last valid version is applied
