@@ -23,7 +23,7 @@ class History:
     def from_events(cls, events: Iterable[dict[str, Any]]) -> History:
         """Rebuild the history from an event log: ``trial_queued`` (or, in a log written
         before runner 0.2, ``trial_start``) asks, ``trial_complete`` ends."""
-        fold = RunFold.of(events)
+        fold = RunFold.of(events, keep_epochs=False)  # the results alone
         ended = fold.results
         return cls([TrialRecord(trial_id, params, ended.get(trial_id)) for trial_id, params in fold.asked.items()])
 

@@ -65,7 +65,7 @@ def plan_resume(run_dir: Path) -> ResumePlan:
     """Decide how to continue the run in ``run_dir``. Changes nothing on disk but setting
     damaged snapshot files aside (renamed ``*.damaged``)."""
     events = read_run(run_dir)
-    fold = RunFold.of(events)
+    fold = RunFold.of(events, keep_epochs=False)
     if fold.finished:
         raise RunnerError(f"the run in {run_dir} has finished; there is nothing to resume", exit_code=2)
     plan = ResumePlan(events=[], continue_from={}, start=events[0])

@@ -76,8 +76,8 @@ class RunFold:
         self.keep_epochs = keep_epochs
 
     @classmethod
-    def of(cls, events: Iterable[dict[str, Any]]) -> RunFold:
-        fold = cls()
+    def of(cls, events: Iterable[dict[str, Any]], *, keep_epochs: bool = True) -> RunFold:
+        fold = cls(keep_epochs=keep_epochs)
         for event in events:
             fold.observe(event)
         return fold
@@ -105,10 +105,7 @@ class RunFold:
         if trial is not None:
             self._follow(trial, kind, event)
         elif kind == "trial_complete" and trial_id in self.asked:
-            params = self.asked[trial_id]
-            self.results[trial_id] = TrialResult.from_json(
-                {"params": params, "best": None, "final": None, "epochs": 0, "seconds": 0.0, "score": None, **event}
-            )
+            self.results[trial_id] = TrialResult.from_json({**self._no_result(self.asked[trial_id], 0), **event})
         return trial
 
     def _follow(self, trial: TrialStanding, kind: str, e: dict[str, Any]) -> None:
@@ -143,20 +140,15 @@ class RunFold:
         elif kind == "interrupted":
             trial.state = "interrupted"
         elif kind == "trial_complete":
-            trial.result = self.results[trial.id] = TrialResult.from_json({**self._no_result(trial), **e})
+            trial.result = self.results[trial.id] = TrialResult.from_json(
+                {**self._no_result(trial.params, trial.epoch), **e}
+            )
             trial.state, trial.epoch = trial.result.state, trial.result.epochs
 
     @staticmethod
-    def _no_result(trial: TrialStanding) -> dict[str, Any]:
+    def _no_result(params: dict[str, Any], epochs: int) -> dict[str, Any]:
         """What a ``trial_complete`` missing a field (a hand-made log) is taken to say."""
-        return {
-            "params": trial.params,
-            "best": None,
-            "final": None,
-            "epochs": trial.epoch,
-            "seconds": 0.0,
-            "score": None,
-        }
+        return {"params": params, "best": None, "final": None, "epochs": epochs, "seconds": 0.0, "score": None}
 
     def score_of(self, epoch: dict[str, Any] | None) -> float | None:
         """The experiment's metric in an epoch_end event (None: no event)."""

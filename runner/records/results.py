@@ -51,7 +51,7 @@ def best_of_run(run_dir: Path) -> dict[str, Any]:
     full ``model``/``train``/``backend`` config. A RunnerError (exit 2) when ``run_dir`` is no
     run or no trial of it has a score."""
     events = read_run(Path(run_dir))
-    start, fold = events[0], RunFold.of(events)
+    start, fold = events[0], RunFold.of(events, keep_epochs=False)
     board = leaderboard([trial.result for trial in fold.trials.values() if trial.result is not None], start["mode"])
     best = results_document(start["name"], start["metric"], start["mode"], board)["best"]
     if best is None:

@@ -143,7 +143,7 @@ class LiveView:
                     for k in ("train_loss", "val_loss", "val_acc")
                 ),
                 *(fmt(settings[k]) if k in settings else "-" for k in ("lr", "momentum")),
-                fmt(score(row)) if score(row) is not None else "-",
+                "-" if (best := score(row)) is None else fmt(best),
                 escape(short_params(row.params)),
             )
         return table
