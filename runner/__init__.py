@@ -43,6 +43,7 @@ from runner.experiment_file.space import Choice, Float, Int, Param, Space
 from runner.experiment_file.typed import bounds
 from runner.history import History
 from runner.imports import import_object
+from runner.pruner import Curves, Pruner
 from runner.registry import Registry
 from runner.strategy import Strategy
 from runner.trial import Trial, TrialRecord, TrialResult, default_mode
@@ -79,6 +80,7 @@ __all__ = [
     "BackendState",
     "Checkpoint",
     "Choice",
+    "Curves",
     "DataOptions",
     "DataSize",
     "Dataset",
@@ -96,6 +98,7 @@ __all__ = [
     "Param",
     "Pause",
     "Prune",
+    "Pruner",
     "RawData",
     "Registry",
     "Rollback",

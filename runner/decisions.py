@@ -32,9 +32,11 @@ class Stop:
 
 @dataclass(frozen=True)
 class Prune:
-    """End the trial early as ``pruned``: it is not worth finishing."""
+    """End the trial early as ``pruned``: it is not worth finishing. A pruner names the
+    ``rung`` (the epochs trained) where it judged so."""
 
     reason: str = ""
+    rung: int | None = None
 
 
 @dataclass(frozen=True)

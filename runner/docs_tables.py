@@ -65,6 +65,7 @@ PAGE_FOR = {
     "backend": "experiment-file.md",
     "dataset": "experiment-file.md",
     "strategy": "strategies.md",
+    "pruner": "pruners.md",
     "executor": "executors.md",
     "plugins": "experiment-file.md",
 }

@@ -35,14 +35,14 @@ hookspec = pluggy.HookspecMarker("runner")
 
 @hookspec
 def runner_register(registry: Registry) -> None:
-    """Add backends, strategies, datasets and executors by name.
+    """Add backends, strategies, pruners, datasets and executors by name.
 
     Called once per run, when the plugin manager is built, before the experiment file is
     validated (validation needs to know every plugin's options); and once in each worker
     process of an executor that runs trials elsewhere, which builds its own manager. Call
-    ``registry.add_backend(cls)``, ``add_strategy(cls)``, ``add_dataset(obj)`` or
-    ``add_executor(cls)``; two plugins registering the same name is an error. A plugin that
-    only implements hooks declares the options it takes from the experiment file with
+    ``registry.add_backend(cls)``, ``add_strategy(cls)``, ``add_pruner(cls)``,
+    ``add_dataset(obj)`` or ``add_executor(cls)``; two plugins registering the same name is
+    an error. A plugin that only implements hooks declares the options it takes from the experiment file with
     ``registry.add_options(name, Options)`` (a frozen dataclass, fields with defaults and
     ``runner.bounds``): the file's ``plugins.<name>`` is checked against it before anything
     runs, and hooks read the result with ``experiment.options(name)`` or ``trial.options(name)``.

@@ -1,4 +1,4 @@
-"""The registry: where plugins add backends, strategies, datasets and executors by name,
+"""The registry: where plugins add backends, strategies, pruners, datasets and executors by name,
 and the options a plugin that only implements hooks takes from the experiment file.
 
 Filled once per run by the ``runner_register`` hook::
@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from runner.errors import PluginError, SpecError
 
-Kind = Literal["backend", "strategy", "dataset", "executor"]
-KINDS: tuple[Kind, ...] = ("backend", "strategy", "dataset", "executor")
+Kind = Literal["backend", "strategy", "pruner", "dataset", "executor"]
+KINDS: tuple[Kind, ...] = ("backend", "strategy", "pruner", "dataset", "executor")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,12 @@ class Registry:
 
         self._check_class("strategy", cls, Strategy, Options=None)
         self._add("strategy", cls)
+
+    def add_pruner(self, cls: type) -> None:
+        from runner.pruner import Pruner
+
+        self._check_class("pruner", cls, Pruner, Options=None)
+        self._add("pruner", cls)
 
     def add_dataset(self, dataset: Any) -> None:
         """Add a dataset plugin (a ``DatasetPlugin`` instance or class)."""

@@ -31,11 +31,14 @@ from runner.records.files import atomic_write
 
 @dataclass(frozen=True)
 class Delivery:
-    """One order for one trial. ``order`` ("5.1": read 5, second delivery) names it in events."""
+    """One order for one trial. ``order`` ("5.1": read 5, second delivery) names it in events.
+    ``source`` says who gave it: ``control`` (the control file), or a part of the run that
+    sends orders the same way (``pruner``), which is the ``source`` of the events it causes."""
 
     order: str
     decision: Decision
     what: str
+    source: str = "control"
 
 
 class Mailbox:
@@ -147,6 +150,23 @@ class ControlInbox:
                 mailbox.put(delivery)
             self._waiting = []
         return mailbox
+
+    def send(self, trial: int, delivery: Delivery) -> bool:
+        """An order from the driver itself (a pruner's verdict) for a running trial: into its
+        mailbox, as the control file's orders go. False if the trial is not running. Called by
+        an observer of the event log, under the log's lock, so it takes no lock of the inbox's
+        (the watcher's thread holds that one while it writes to the log)."""
+        mailbox = self._mailboxes.get(trial)
+        if mailbox is None:
+            return False
+        mailbox.put(delivery)
+        return True
+
+    def hold(self, trial: int, delivery: Delivery) -> None:
+        """An order a resumed run owes a trial it continues: it waits in the trial's mailbox
+        when the trial opens it. Called by the driver before the first trial runs."""
+        with self._lock:
+            self._held.setdefault(trial, []).append(delivery)
 
     def close_mailbox(self, trial: int) -> None:
         """A trial ended: orders read from now on cannot reach it (and are reported so)."""

@@ -15,6 +15,7 @@ from runner.data import Dataset, prepare
 from runner.engine.plugin_manager import Plugins
 from runner.experiment_file.limits import check_loaded
 from runner.experiment_file.spec import ExperimentSpec
+from runner.pruner import Pruner
 from runner.strategy import TRIAL_STREAM, Strategy
 
 
@@ -88,4 +89,14 @@ def build_strategy(spec: ExperimentSpec, registry) -> Strategy:
         seed=spec.seed,
         metric=search.metric,
         mode=search.mode,
+    )
+
+
+def build_pruner(spec: ExperimentSpec, registry) -> Pruner | None:
+    """The experiment's pruner (``search.pruner``), fresh; None when the file names none."""
+    search = spec.search
+    if search.pruner is None:
+        return None
+    return registry.get("pruner", search.pruner.name)(
+        options=search.pruner.options, metric=search.metric, mode=search.mode, epochs=spec.train.epochs
     )

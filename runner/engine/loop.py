@@ -21,9 +21,10 @@ from runner.control.file import ControlSchema, initial_document
 from runner.control.inbox import ControlInbox
 from runner.data import Dataset
 from runner.engine.checkpoints import SnapshotWriter
-from runner.engine.experiment import Experiment, TrialJob, build_strategy, trial_seed
+from runner.engine.experiment import Experiment, TrialJob, build_pruner, build_strategy, trial_seed
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.plugin_manager import Plugins
+from runner.engine.pruning import PruneJudge
 from runner.engine.resume import ResumePlan, rewrite_events
 from runner.engine.trial_loop import TrialRunner
 from runner.execution.worker import WorkerSetup
@@ -114,8 +115,9 @@ class ExperimentRun:
         notify: Callable[[str], None],
         watchers: list[Callable[[dict[str, Any]], None]],
     ) -> None:
-        """The log's readers: ``status.json``, the control file's inbox, the watchers, and a
-        count of each trial's events (a retried trial goes on from it)."""
+        """The log's readers: ``status.json``, the control file's inbox, the watchers, a
+        count of each trial's events (a retried trial goes on from it), and the pruner's
+        judge (``runner.engine.pruning``), if the file names a pruner."""
         past = [] if self.resume is None else self.resume.events
         backend_cls = self.spec.backend_class
         control_path = self.run_dir / CONTROL_FILE
@@ -133,9 +135,13 @@ class ExperimentRun:
             notify=notify,
             on_idle=self.status.flush,
         )
+        pruner = build_pruner(self.spec, self.plugins.registry)
+        self.pruning = None if pruner is None else PruneJudge(pruner, self.inbox)
         if self.resume is not None:
             self.status.replay(self.resume.events)  # what the run had done before
             self.inbox.resume(self.resume.events, continuing=set(self.resume.continue_from))
+            if self.pruning is not None:
+                self.pruning.replay(self.resume.events, continuing=set(self.resume.continue_from))
         log.observers.append(self.status.observe)
         log.observers.extend(watchers)
         self.logged = logged = Counter(e["trial"] for e in past if "trial" in e)  # each trial's events in the log
@@ -145,6 +151,8 @@ class ExperimentRun:
                 logged[event["trial"]] += 1
 
         log.observers.append(count)
+        if self.pruning is not None:
+            log.observers.append(self.pruning.observe)
 
     def announce(self, origin: dict[str, Any] | None) -> None:
         """The run's first event: ``experiment_start``, or ``resume`` naming what goes on."""
@@ -224,6 +232,8 @@ class ExperimentRun:
                 if executor.pending() == 0:
                     break
                 result = executor.next_result()
+                if self.pruning is not None:
+                    self.pruning.check()
                 history.finish(result)
                 strategy.tell(history, result)
                 stopping = stopping or result.ends_experiment

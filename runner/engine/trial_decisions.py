@@ -80,7 +80,8 @@ class TrialDecisions:
                 self.emit("finish", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
                 return EndTrial("completed", decision.reason)
             elif isinstance(decision, Prune):
-                self.emit("prune", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
+                rung = {} if decision.rung is None else {"rung": decision.rung}
+                self.emit("prune", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source, **rung)
                 return EndTrial("pruned", decision.reason)
             elif isinstance(decision, Stop):
                 self.emit(
@@ -118,26 +119,30 @@ class TrialDecisions:
             self.mailbox.wait(0.2)
 
     def carry_out(self, delivery: Delivery) -> None:
-        """Called by ``take_mail`` on the training thread: one order from the control file.
-        One that cannot be carried out (no snapshot to roll back to, a value the backend
-        refuses) is reported and training goes on."""
+        """Called by ``take_mail`` on the training thread: one order, from the control file
+        or from the driver (a pruner's verdict: ``delivery.source``). One that cannot be
+        carried out (no snapshot to roll back to, a value the backend refuses) is reported
+        and training goes on."""
         notify, label = (
             self.runner.inbox.notify,
             escape(f"t{self.trial.id:03d} step {self.trial.step}: {delivery.what}"),
         )
+        by = "control.json" if delivery.source == "control" else delivery.source
+        if delivery.source != "control":  # a pruner's verdict: the trial's end line says it
+            notify = lambda line: None  # noqa: E731
         self.order = delivery.order
         try:
-            ending = self.apply([delivery.decision], source="control")
+            ending = self.apply([delivery.decision], source=delivery.source)
         except (NoSnapshot, SpecError, ValueError) as err:
             self.emit("control_error", message=f"{delivery.what}: {err}")
             notify(f"[red]{label}: {escape(str(err))}[/]")
             return
         except RolledBack:
-            notify(f"{label} (control.json)")
+            notify(f"{label} ({by})")
             raise
         finally:
             self.order = None
-        notify(f"{label} (control.json)")
+        notify(f"{label} ({by})")
         if ending is not None:
             raise ending
 

@@ -187,6 +187,8 @@ class RemoteExecutor(Executor):
             session.inbox.close_mailbox(message[1])
         elif kind == "unreachable":
             _, trial, delivery = message
+            if delivery.source != "control":  # a pruner's verdict on a trial that ended anyway
+                return
             text = f"{delivery.what}: trial {trial} ended before the order reached it"
             session.log.emit("control_error", order=delivery.order, message=text)
             session.inbox.notify(f"[red]control.json: {escape(text)}[/]")

@@ -200,6 +200,9 @@ def _search_section(registry: Registry) -> dict[str, Any]:
     """The ``search`` section; the metric and the searched paths are narrowed per backend by ``_backend_rule``."""
     parts = {
         "strategy": _plugin_section(registry, "strategy", "search.strategy", "how trials are chosen"),
+        "pruner": _plugin_section(
+            registry, "pruner", "search.pruner", "which trials end early (left out: every trial trains to its end)"
+        ),
         "metric": {
             "type": "string",
             "default": DEFAULT_METRIC,

@@ -45,6 +45,7 @@ TOP_LEVEL = (
     "plugins",
 )
 SEARCHABLE_SECTIONS = ("model", "train", "backend")
+SEARCH_KEYS = ("metric", "mode", "pruner", "space", "strategy")
 DEFAULT_PLUGINS = {"backend": "numpy", "search.strategy": "random", "executor": "inline"}  # for a section left out
 DEFAULT_METRIC = "val_loss"
 SEED_LIMIT = 2**63  # a seed is >= 0 and < SEED_LIMIT
@@ -65,6 +66,7 @@ class Search:
     metric: str
     mode: Literal["min", "max"]
     space: Space
+    pruner: PluginRef | None = None  # none: every trial trains to its end
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,8 @@ def _parse(raw: Any, registry: Registry, *, base_dir: Path, seed: int | None) ->
             f'backend "{backend.name}" does not report "{search.metric}"; it reports {", ".join(reported)}',
         )
     registry.get("strategy", search.strategy.name).check(search.space, search.strategy.options, tuple(reported))
+    if search.pruner is not None:
+        registry.get("pruner", search.pruner.name).check(search.pruner.options, train.epochs)
     checkpoint = build(CheckpointOptions, raw.get("checkpoint", {}), "checkpoint")
     divergence = build(DivergenceOptions, raw.get("divergence", {}), "divergence")
     executor = _plugin_ref(raw.get("executor", {"name": DEFAULT_PLUGINS["executor"]}), "executor", "executor", registry)
@@ -292,11 +296,12 @@ def _search(raw: Any, registry: Registry) -> Search:
     if not isinstance(raw, dict):
         raise SpecError("search", "must be an object")
     for key in raw:
-        if key not in ("strategy", "metric", "mode", "space"):
-            raise SpecError(join_path("search", key), "unknown key; known keys: metric, mode, space, strategy")
+        if key not in SEARCH_KEYS:
+            raise SpecError(join_path("search", key), f"unknown key; known keys: {', '.join(SEARCH_KEYS)}")
     strategy = _plugin_ref(
         raw.get("strategy", {"name": DEFAULT_PLUGINS["search.strategy"]}), "strategy", "search.strategy", registry
     )
+    pruner = None if raw.get("pruner") is None else _plugin_ref(raw["pruner"], "pruner", "search.pruner", registry)
     metric = convert(str, raw.get("metric", DEFAULT_METRIC), "search.metric")
     mode = convert(str, raw.get("mode", default_mode(metric)), "search.mode")
     if mode not in ("min", "max"):
@@ -304,7 +309,7 @@ def _search(raw: Any, registry: Registry) -> Search:
     space = Space.parse(raw.get("space", {}), "search.space")
     for param in space:
         check_searchable(param.path)
-    return Search(strategy=strategy, metric=metric, mode=mode, space=space)
+    return Search(strategy=strategy, metric=metric, mode=mode, space=space, pruner=pruner)
 
 
 def check_searchable(path: str, where: str = "search.space") -> None:

@@ -210,18 +210,19 @@ EVENTS: dict[str, EventKind] = {
         ),
         EventKind(
             "prune",
-            ("trial", "epoch", "step", "reason", "source", "order"),
+            ("trial", "epoch", "step", "reason", "source", "order", "rung"),
             (
-                "`trial`, `epoch`, `step`, `reason`, `source`; `stop` also `experiment` (true if it ends the run); a "
-                "`stop` without `trial` is the control file ending the run between trials"
+                "`trial`, `epoch`, `step`, `reason`, `source`: the trial ends `pruned`. A pruner's verdict "
+                "(`search.pruner`) has `source` `pruner`, the `order` that carried it and the `rung` (epochs "
+                "trained) it judged at"
             ),
         ),
         EventKind(
             "stop",
             ("trial", "epoch", "step", "reason", "source", "experiment", "order"),
             (
-                "`trial`, `epoch`, `step`, `reason`, `source`; `stop` also `experiment` (true if it ends the run); a "
-                "`stop` without `trial` is the control file ending the run between trials"
+                "`trial`, `epoch`, `step`, `reason`, `source`, `experiment` (true if it ends the run); a `stop` "
+                "without `trial` is the control file ending the run between trials"
             ),
         ),
         EventKind(
@@ -239,7 +240,7 @@ EVENTS: dict[str, EventKind] = {
                 "`kind`, `reason`, `source`, and the note's own fields: why a strategy or plugin did what it did. A "
                 "strategy's note between trials (`Strategy.note`) has no `trial`; a `Note` decision from a trial's "
                 "babysitter or a plugin has `trial`, `epoch`, `step`. The built-in kinds are listed with the "
-                "strategies that write them"
+                "strategies and pruners that write them"
             ),
             more="the note's own fields",
         ),

@@ -23,7 +23,7 @@ from runner.errors import RunnerError
 from runner.inputs import InputError, Limit, read_bytes
 from runner.records.files import atomic_write, check_real, remove_file
 from runner.report import ReportFigure
-from runner.report.figures import learning_curves, parameter_effects, settings_over_time
+from runner.report.figures import learning_curves, parameter_effects, pruned_curves, settings_over_time
 from runner.report.html import render
 from runner.report.run import RunView
 
@@ -48,14 +48,20 @@ def draw_figures(
     run: RunView, manager: pluggy.PluginManager | None, *, top: int = 6
 ) -> tuple[list[ReportFigure], list[str]]:
     """The built-in figures that apply to ``run`` (learning curves of the ``top`` best
-    trials, parameters against the metric, live settings over time), then those of each
+    trials, every trial's curve when some were pruned, parameters against the metric, live
+    settings over time), then those of each
     plugin of ``manager`` (None: no plugin figures).
 
     Each figure is drawn on its own: one that fails (a plugin's bug, a ``runner_report_figures``
     answer that is not figures) is named in the returned problems, and the others are kept."""
     figures: list[ReportFigure] = []
     problems: list[str] = []
-    for draw in (lambda: learning_curves(run, top), lambda: parameter_effects(run), lambda: settings_over_time(run)):
+    for draw in (
+        lambda: learning_curves(run, top),
+        lambda: pruned_curves(run),
+        lambda: parameter_effects(run),
+        lambda: settings_over_time(run),
+    ):
         with _noted(problems, "a built-in figure could not be drawn"):
             figures += [f for f in [draw()] if f]
     for name, call in each_plugin(manager, "runner_report_figures") if manager else []:

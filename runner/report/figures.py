@@ -42,6 +42,7 @@ MARK_STYLES = {
     "divergence": ("X", "#d62728", "divergence"),
     "trial_retry": ("s", "#8c564b", "worker died, retried"),
     "pause": ("|", "#7f7f7f", "pause"),
+    "prune": ("x", "#ff7f0e", "pruned"),
 }
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
 
@@ -251,6 +252,65 @@ def _mark_x(event: dict[str, Any]) -> float:
 def _positive(epochs: list[dict[str, Any]], metrics: Sequence[str]) -> bool:
     values = [e.get(m) for e in epochs for m in metrics]
     return any(v is not None for v in values) and all(v is None or v > 0 for v in values)
+
+
+# --------------------------------------------------------------------------------------
+# Pruning: every trial's curve, and where it ended
+# --------------------------------------------------------------------------------------
+
+
+def pruned_curves(run: RunView) -> ReportFigure | None:
+    """The metric per epoch of every trial, when some were pruned: pruned curves end in a
+    cross at the rung that ended them, the best trial is drawn bold, and the rungs where a
+    pruner judged are dotted lines. The caption counts the epochs trained against those
+    the trials would have trained without pruning."""
+    pruned = [t for t in run.trials if t.state == "pruned"]
+    if not pruned:
+        return None
+    figure, (ax,) = new_figure(1, columns=1, size=(10.0, 4.6))
+    best = best_of([t.result for t in run.trials])
+    for trial in reversed(run.trials):  # the best drawn last, on top
+        is_best = best is not None and trial.id == best.trial
+        color = STATE_COLORS.get(trial.state, "#333333")
+        for xs, ys, kept in _branches(trial.epochs, run.metric):
+            if not kept:
+                continue
+            ax.plot(xs, ys, color=color, linewidth=2.2 if is_best else 0.9, alpha=1.0 if is_best else 0.55)
+            if trial.state == "pruned":
+                ax.plot([xs[-1]], [ys[-1]], marker="x", color=color, markersize=6, linestyle="none")
+    rungs = sorted(
+        {
+            e["rung"]
+            for e in run.events
+            if isinstance(e.get("rung"), int) and (e["event"] == "prune" or e.get("kind") == "rung")
+        }
+    )
+    for rung in rungs:
+        ax.axvline(rung, color="#999999", linestyle=":", linewidth=1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epochs completed", fontsize=8)
+    ax.set_ylabel(f"{run.metric} ({'higher' if run.mode == 'max' else 'lower'} is better)", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    states = [s for s in STATE_COLORS if any(t.state == s for t in run.trials)]
+    handles = [Line2D([], [], color=STATE_COLORS[s], label=s) for s in states]
+    handles.append(Line2D([], [], marker="x", color=STATE_COLORS["pruned"], linestyle="none", label="pruned here"))
+    if rungs:
+        handles.append(Line2D([], [], color="#999999", linestyle=":", label="rung"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    trained = sum(t.result.epochs for t in run.trials)
+    planned = sum(_planned_epochs(t) for t in run.trials)
+    share = f" ({trained / planned:.0%})" if planned else ""
+    caption = (
+        f"{len(pruned)} of {len(run.trials)} trials were pruned; the trials trained {trained} epochs in all, "
+        f"of the {planned} they would have trained without pruning{share}."
+    )
+    return ReportFigure("pruning", "Every trial's curve, and where pruning ended it", figure, caption)
+
+
+def _planned_epochs(trial: TrialView) -> int:
+    """The epochs a trial was set to train (its config's ``train.epochs``), or those it trained."""
+    return trial.planned_epochs or trial.result.epochs
 
 
 # --------------------------------------------------------------------------------------

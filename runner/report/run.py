@@ -53,6 +53,7 @@ class TrialView:
     result: TrialResult
     epochs: list[dict[str, Any]]  # epoch_end events in log order
     marks: list[Mark]
+    planned_epochs: int | None = None  # train.epochs of its config, if the backend has one
 
     @property
     def state(self) -> str:
@@ -185,6 +186,7 @@ def _trials(events: list[dict[str, Any]], run_state: str) -> list[TrialView]:
             trial.result or _standing(trial, lineage[trial.id], fold, run_state),
             trial.epochs,
             marks[trial.id],
+            trial.planned_epochs,
         )
         for trial in fold.trials.values()
     ]

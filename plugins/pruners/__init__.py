@@ -1,0 +1,1 @@
+"""Built-in pruners: which trials of a search end early (``search.pruner``)."""
