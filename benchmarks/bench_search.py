@@ -17,6 +17,10 @@ Compared, on the same training code (the NumPy backend run by ``run_experiment``
 * ``random`` (built in): ``trials`` = the budget.
 * ``coarse-to-fine`` (built in): ``rounds`` (3) x ``trials_per_round`` (budget / rounds),
   ``keep_top`` 0.3, ``margin`` 0.1 (the plugin's defaults).
+* ``random+asha``: ``random`` with the ``asha`` pruner (``search.pruner``): rungs from
+  ``grace_epochs`` = a fifth of the epochs (2 on digits, 10 on spirals), ``reduction_factor``
+  3. The same trials as ``random`` (trial k has the same parameters and seed), fewer epochs:
+  its table sets the best it finds against random's, seed by seed, and the epochs each trains.
 * ``tpe``: the shipped ``optuna`` strategy with ``sampler: "tpe"`` and Optuna's defaults
   (``plugins/strategies/optuna_search.py``). Its trials go through the same
   ``run_experiment`` as the others', and trial k gets the same per-trial seed
@@ -25,7 +29,7 @@ Compared, on the same training code (the NumPy backend run by ``run_experiment``
   the width a categorical over the choices' positions. A trial without a finite score is
   told to Optuna as failed (what Optuna does when an objective returns NaN).
 
-Every strategy runs ``trials x epochs`` epochs (no early stopping), metric ``val_loss``
+Every strategy but ``random+asha`` runs ``trials x epochs`` epochs (no early stopping), metric ``val_loss``
 (mode min), checkpoints off. The search space is the same for all::
 
     train.lr        log   1e-4 .. 1
@@ -75,7 +79,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # ``python benchmarks/bench_search.py`` from anywhere
     sys.path.insert(0, str(ROOT))
 
-STRATEGIES = ("grid", "random", "coarse-to-fine", "tpe")
+STRATEGIES = ("grid", "random", "coarse-to-fine", "tpe", "random+asha")
 METRIC = "val_loss"
 
 SPACE = {
@@ -110,12 +114,17 @@ def grid_points(trials: int) -> tuple[int, int]:
     return best, best**numeric * choices
 
 
+def asha_section(epochs: int) -> dict:
+    """The ``random+asha`` side's ``search.pruner``: rungs from a fifth of the epochs, eta 3."""
+    return {"name": "asha", "grace_epochs": max(1, epochs // 5), "reduction_factor": 3}
+
+
 def strategy_section(name: str, trials: int, rounds: int) -> tuple[dict, int]:
     """The ``search.strategy`` section for a budget of ``trials``, and the trials it will run."""
     if name == "grid":
         points, size = grid_points(trials)
         return {"name": "grid", "points": points}, size
-    if name == "random":
+    if name in ("random", "random+asha"):
         return {"name": "random", "trials": trials}, trials
     if name == "coarse-to-fine":
         per_round = max(1, trials // rounds)
@@ -131,19 +140,28 @@ def strategy_section(name: str, trials: int, rounds: int) -> tuple[dict, int]:
     raise ValueError(name)
 
 
-def experiment(dataset: str, seed: int, strategy: dict, epochs: int, fixed: dict | None = None) -> dict:
+def experiment(
+    dataset: str, seed: int, strategy: dict, epochs: int, fixed: dict | None = None, pruner: dict | None = None
+) -> dict:
     """The experiment dict of one run. With ``fixed`` (path -> value), the space holds one
-    value per parameter instead: every trial trains those parameters, only the trial seed varies."""
+    value per parameter instead: every trial trains those parameters, only the trial seed varies.
+    ``pruner``: the ``search.pruner`` section, if any."""
     data, _ = DATASETS[dataset]
     raw = json.loads(json.dumps(BASE))
     raw["train"]["epochs"] = epochs
     space = SPACE if fixed is None else {path: {"choices": [value]} for path, value in fixed.items()}
     return {
-        "name": f"search-{dataset}-{strategy['name']}-s{seed}",
+        "name": f"search-{dataset}-{strategy['name']}{'-' + pruner['name'] if pruner else ''}-s{seed}",
         "seed": seed,
         "data": data,
         **raw,
-        "search": {"strategy": strategy, "metric": METRIC, "mode": "min", "space": space},
+        "search": {
+            "strategy": strategy,
+            "metric": METRIC,
+            "mode": "min",
+            "space": space,
+            **({"pruner": pruner} if pruner else {}),
+        },
     }
 
 
@@ -162,7 +180,9 @@ def run_one(job: dict) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-search-", dir=job["tmp"]))
     try:
-        raw = experiment(job["dataset"], job["seed"], job["section"], job["epochs"], job.get("fixed"))
+        raw = experiment(
+            job["dataset"], job["seed"], job["section"], job["epochs"], job.get("fixed"), job.get("pruner")
+        )
         path = work / f"{raw['name']}.json"
         path.write_bytes(orjson.dumps(raw))
         plugins = load_plugins()
@@ -420,6 +440,55 @@ def summary_tables(records: list[dict], strategies: list[str], seeds: list[int])
         print()
 
 
+def pruning_table(records: list[dict], noise: list[dict]) -> None:
+    """random+asha against random: the best each finds, seed by seed, and the epochs each trains."""
+    if not any(r["strategy"] == "random+asha" for r in records):
+        return
+    print("### Pruning: random with ASHA against random, the same trials")
+    print()
+    print(
+        "| dataset | trials | random: best val_loss, median (min..max) | random+asha | paired difference: median "
+        "(seeds better / worse) | epochs trained: random / random+asha (median) | share | trial-seed sd (median) |"
+    )
+    print("|---|---:|---|---|---|---|---:|---:|")
+    for dataset in DATASETS:
+        sd = [
+            statistics.stdev(scores)
+            for r in noise
+            if r["dataset"] == dataset
+            for scores in [[s for _, s in r["trial_scores"] if s is not None and math.isfinite(s)]]
+            if len(scores) > 1
+        ]
+        for budget in sorted({r["budget"] for r in records if r["dataset"] == dataset}):
+            sides = {
+                s: [r for r in records if (r["dataset"], r["budget"], r["strategy"]) == (dataset, budget, s)]
+                for s in ("random", "random+asha")
+            }
+            if not all(sides.values()):
+                continue
+            losses = {s: [r["best_val_loss"] for r in rs if r["best_val_loss"] is not None] for s, rs in sides.items()}
+            diffs = paired(sides["random+asha"], sides["random"])
+            epochs = {s: statistics.median(r["epochs_run"] for r in rs) for s, rs in sides.items()}
+            share = statistics.median(
+                a["epochs_run"] / b["epochs_run"]
+                for a in sides["random+asha"]
+                for b in sides["random"]
+                if a["seed"] == b["seed"]
+            )
+
+            def cell(v):
+                return f"{statistics.median(v):.4f} ({min(v):.4f}..{max(v):.4f})" if v else "-"
+
+            print(
+                f"| {dataset} | {budget} | {cell(losses['random'])} | {cell(losses['random+asha'])} | "
+                f"{statistics.median(diffs):+.4f} ({sum(d < 0 for d in diffs)} / {sum(d > 0 for d in diffs)}) | "
+                f"{epochs['random']:.0f} / {epochs['random+asha']:.0f} | {share:.0%} | "
+                + (f"{statistics.median(sd):.4f}" if sd else "-")
+                + " |"
+            )
+    print()
+
+
 def paired(rows: list[dict], reference: list[dict]) -> list[float]:
     """Best val_loss minus the reference's, seed by seed (seeds where both have one)."""
     ref = {r["seed"]: r["best_val_loss"] for r in reference}
@@ -511,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         report(saved["runs"], strategies, saved["seeds"])
         summary_tables(saved["runs"], strategies, saved["seeds"])
         noise_table(saved.get("noise", []))
+        pruning_table(saved["runs"], saved.get("noise", []))
         return 0
 
     if "numpy" in sys.modules:
@@ -550,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
                             "section": section,
                             "planned": trials,
                             "tmp": str(tmp),
+                            **({"pruner": asha_section(epochs[dataset])} if strategy == "random+asha" else {}),
                         }
                     )
     jobs.sort(key=lambda j: -j["planned"] * j["epochs"] * (4 if j["dataset"] == "digits" else 1))  # longest first
@@ -594,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = report(records, args.strategies, seeds)
     summary_tables(records, args.strategies, seeds)
     noise_table(noise)
+    pruning_table(records, noise)
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -21,6 +21,7 @@ from runner.plugins.pruners.median import MedianOptions, MedianPruner
 from runner.report import read_run_view
 from runner.report.build import draw_figures
 from tests.conftest import deep_update, run_file
+from tests.plugins.test_executors import ray_cluster  # noqa: F401  (a fixture: a local Ray cluster)
 from tests.test_resume import EXPERIMENT, outcome, resume, runner, start
 
 # A backend whose val_acc after epoch e is model.curve[e]: every verdict can be worked out by hand.
@@ -268,9 +269,17 @@ def test_the_median_pruner_on_the_same_curves(tmp_path, curve_plugin):
     assert not [e for e in r.events if e["event"] == "note"], "the median pruner logs only its prunes"
 
 
-def test_pruning_orders_reach_trials_in_worker_processes_and_results_agree_with_snapshots(tmp_path, curve_plugin):
+@pytest.fixture(params=["process", "ray"])
+def one_worker(request) -> dict:
+    """An executor that runs trials outside the driver, one at a time (so verdicts are as inline)."""
+    if request.param == "process":
+        return {"name": "process", "workers": 1}
+    return {"name": "ray", "address": request.getfixturevalue("ray_cluster"), "workers": 1}
+
+
+def test_pruning_orders_reach_trials_in_workers_and_results_agree_with_snapshots(tmp_path, curve_plugin, one_worker):
     pruner = {"name": "asha", "grace_epochs": 1, "reduction_factor": 2}
-    experiment = curve_experiment(pruner, {"name": "process", "workers": 1}, step_seconds=0.01)
+    experiment = curve_experiment(pruner, one_worker, step_seconds=0.01)
     r = run_curves(tmp_path, curve_plugin, experiment)
     states = {x.trial: x.state for x in r.board}
     assert states == {t: s for t, (s, _) in EXPECTED.items()}, "one worker: trials in order, the same verdicts"
