@@ -47,13 +47,24 @@ class Rollback:
     help, go further). ``lr_factor`` multiplies the lower of the restored learning rate and
     the one in force before the rollback (so repeated rollbacks keep cutting, and a bad
     nudge is not carried back); ``reshuffle`` draws a new data order, so the batches that
-    blew up are not replayed in the same state."""
+    blew up are not replayed in the same state.
+
+    ``trial`` names another trial whose snapshot file to take instead (``"last"``,
+    ``"best"`` or an epoch; population-based training's exploit): the weights, the
+    optimizer's state, the data order and the live settings come from it, training goes on
+    from its epoch and step, and this trial keeps its own record (its best epoch, its
+    counts), as its events tell it."""
 
     to: str | int = "last"  # "last", "best", "before_nudge" or an epoch
     older: int = 0
     lr_factor: float | None = None
     reshuffle: bool = False
     reason: str = ""
+    trial: int | None = None  # another trial, whose snapshot to take
+
+    def __post_init__(self):
+        if self.trial is not None and self.to == "before_nudge":
+            raise ValueError('a Rollback to another trial takes its "last", "best" or an epoch, not "before_nudge"')
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ RUN_FILES = (
     ".control.lock",
 )
 RUN_FOLDERS = ("trials", "report")
+MID_DECISIONS = ("before_nudge", "exploit")  # snapshot reasons a resume never starts from
 TRIAL_FOLDER = re.compile(r"t\d{3,}")
 
 
@@ -104,9 +105,9 @@ def newest_intact_snapshot(run_dir: Path, trial: int, notes: list[str]) -> tuple
             notes.append(f"{error}; using an earlier snapshot")
             rename_file(path, path.name + ".damaged", within=run_dir)
 
-    # A before-nudge snapshot is taken in the middle of applying an epoch's decisions: a
-    # resume starts from the one taken after them (it stays, for reverting the nudge).
-    found = [(path, meta) for path, meta in scan_snapshots(folder, skipped) if meta["reason"] != "before_nudge"]
+    # A before-nudge or exploit snapshot is taken in the middle of applying decisions: a
+    # resume starts from the one taken after them (it stays, for rolling back to).
+    found = [(path, meta) for path, meta in scan_snapshots(folder, skipped) if meta["reason"] not in MID_DECISIONS]
     return found[-1] if found else (None, None)
 
 

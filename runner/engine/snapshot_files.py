@@ -21,7 +21,7 @@ import orjson
 
 from runner.backend import BackendState
 from runner.inputs import InputError, open_binary
-from runner.records.files import replacing, temporary_of
+from runner.records.files import folder_exists, replacing, temporary_of
 
 META_KEY = "__meta__"
 SNAPSHOT_NAME = re.compile(r"e\d{5,}-s\d{9,}-n\d{6,}\.npz")  # as ``CheckpointStore.save`` names its files
@@ -123,6 +123,28 @@ def scan_snapshots(folder: Path, skipped=None) -> list[tuple[Path, dict[str, Any
             continue
         found.append(((meta["loop"]["events"], meta["step"]), path, meta))
     return [(path, meta) for _, path, meta in sorted(found, key=lambda item: item[0])]
+
+
+def trial_snapshot(
+    run_dir: Path, trial: int, to: str | int, older: int = 0
+) -> tuple[Path, BackendState, dict[str, Any]] | None:
+    """A snapshot file of ``trial`` taken at an epoch's end, for another trial to take
+    (``Rollback(trial=...)``): ``"last"`` (its newest), ``"best"`` or the one taken after
+    epoch ``to``, skipping ``older`` newer matches; damaged files are passed over (and left
+    where they are: they are another trial's). None if none matches; UnsafePath if the
+    trial's folder, or one above it in the run directory, is a link."""
+    folder = trial_folder(run_dir, trial)
+    if not folder_exists(folder, within=run_dir):
+        return None
+    found = None
+    for path, meta in reversed(scan_snapshots(folder)):
+        at_boundary = not meta["loop"].get("partial") and meta["reason"] != "before_nudge"
+        if at_boundary and (to == "last" or (to == "best" and meta["best"]) or meta["epoch"] == to):
+            found = path
+            if older == 0:
+                break
+            older -= 1
+    return None if found is None else (found, *read_snapshot(found))
 
 
 def fsync_dir(folder: Path) -> None:

@@ -11,9 +11,11 @@ writes events with the loop's ``emit``; it takes snapshots with the loop's ``sna
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 from rich.markup import escape
 
+from runner.backend import BackendState
 from runner.control.inbox import Delivery
 from runner.control.refusal import NudgeOnTrial, settings
 from runner.decisions import Checkpoint, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Unpause, flatten
@@ -21,6 +23,7 @@ from runner.engine.checkpoints import NoSnapshot
 from runner.engine.divergence import DivergenceEvent
 from runner.engine.experiment import EndTrial
 from runner.engine.interrupt import FLAG
+from runner.engine.snapshot_files import trial_snapshot
 from runner.errors import SpecError
 from runner.experiment_file.typed import check_field
 
@@ -245,7 +248,8 @@ class TrialDecisions:
             self.order = None
 
     def rollback(self, rollback: Rollback, source: str) -> None:
-        """Restore a snapshot (from memory when it can), then cut lr and reshuffle as asked."""
+        """Restore a snapshot (from memory when it can), or take another trial's, then cut
+        lr and reshuffle as asked."""
         trial, backend, state = self.trial, self.backend, self.state
         if state.stuck_rollbacks >= MAX_ROLLBACKS:
             raise EndTrial(
@@ -253,18 +257,15 @@ class TrialDecisions:
                 f"{state.stuck_rollbacks} rollbacks without reaching a new epoch: "
                 "something keeps rolling this trial back",
             )
-        found = self.store.find(rollback.to, rollback.older)
-        if found is None:
-            which = {"last": "snapshot", "best": "best snapshot", "before_nudge": "snapshot from before a nudge"}
-            raise NoSnapshot(
-                f"no {which.get(rollback.to, f'snapshot of epoch {rollback.to}')} to roll back to "
-                "(in memory or on disk)"
-            )
-        saved, meta = found
-        lr_before, step_before, epoch_before = backend.hyperparameters().get("lr"), trial.step, trial.epoch
+        saved, meta, donor = self.find_snapshot(rollback)
+        before, step_before, epoch_before = backend.hyperparameters(), trial.step, trial.epoch
+        lr_before = before.get("lr")
         backend.load_state(saved)
-        self.restore(meta, resume=False)
-        self.store.abandon(after=meta["loop"]["events"], until=state.events)
+        if donor is None:
+            self.restore(meta, resume=False)
+            self.store.abandon(after=meta["loop"]["events"], until=state.events)
+        else:
+            self.take_over(meta)
         self.restored_step = trial.step
         state.nudge_on_trial = None  # a rollback undid the person's nudge on trial, or moved on from it: it is over
         trial.rollbacks += 1
@@ -291,5 +292,42 @@ class TrialDecisions:
             reshuffled=rollback.reshuffle,
             rollbacks=trial.rollbacks,
         )
+        if donor is not None:
+            done.update(
+                donor=rollback.trial,
+                donor_snapshot=str(donor.relative_to(self.runner.experiment.run_dir)),
+                changes={k: {"old": before[k], "new": v} for k, v in trial.hyperparameters.items()},
+            )
         self.emit("rollback", **done)
+        if donor is not None:  # the first snapshot of the path it took: what a rollback now returns to
+            self.snapshot("exploit", improved=False, durable=True)
         raise RolledBack(flatten([state.babysitter.rolled_back(trial, done)]))
+
+    def find_snapshot(self, rollback: Rollback) -> tuple[BackendState, dict, Path | None]:
+        """The snapshot a rollback asks for: this trial's, or the file of the trial it names
+        (then with that file's path); NoSnapshot if there is none."""
+        to, donor = rollback.to, rollback.trial
+        which = {"last": "snapshot", "best": "best snapshot", "before_nudge": "snapshot from before a nudge"}
+        described = which.get(to, f"snapshot of epoch {to}")
+        if donor is None or donor == self.trial.id:
+            found = self.store.find(to, rollback.older)
+            if found is None:
+                raise NoSnapshot(f"no {described} to roll back to (in memory or on disk)")
+            return (*found, None)
+        taken = trial_snapshot(self.runner.experiment.run_dir, donor, to, rollback.older)
+        if taken is None:
+            raise NoSnapshot(f"trial {donor} has no {described} file to take")
+        path, saved, meta = taken
+        return saved, meta, path
+
+    def take_over(self, meta: dict) -> None:
+        """After loading another trial's snapshot: go on from its epoch and step, with the
+        divergence checks that follow its weights; this trial keeps its own record (best
+        epoch, metrics, counts), and its own snapshots, of the path it left, are no longer
+        rolled back to."""
+        trial, state, loop = self.trial, self.state, meta["loop"]
+        trial.epoch, trial.step = meta["epoch"], meta["step"]
+        state.detector.load_state(loop.get("detector") or {})
+        state.lowest_val_loss = loop.get("lowest_val_loss")
+        state.partial = None
+        self.store.abandon(after=0, until=state.events)

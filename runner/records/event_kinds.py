@@ -201,11 +201,16 @@ EVENTS: dict[str, EventKind] = {
                 "reshuffled",
                 "rollbacks",
                 "order",
+                "donor",
+                "donor_snapshot",
+                "changes",
             ),
             (
                 "`trial`, `to_epoch`, `to_step`, `from_epoch`, `from_step`, `snapshot` (its reason: `epoch`, `best`, "
-                "`steps`, `start`, `before_nudge`, `resume`, `interrupt`), `reason`, `source`, `lr_before`, "
-                "`lr_after`, `reshuffled`, `rollbacks`"
+                "`steps`, `start`, `before_nudge`, `resume`, `interrupt`, `exploit`), `reason`, `source`, "
+                "`lr_before`, `lr_after`, `reshuffled`, `rollbacks`. A rollback to another trial's snapshot "
+                "(population-based training's exploit) also has `donor` (that trial), `donor_snapshot` (its file, in "
+                'the run directory) and `changes` (each live setting, `{"old": .., "new": ..}`)'
             ),
         ),
         EventKind(

@@ -130,6 +130,7 @@ class RunFold:
             trial.rollbacks = e.get("rollbacks", trial.rollbacks + 1)
             if e.get("lr_after") is not None:
                 trial.hyperparameters["lr"] = e["lr_after"]
+            trial.hyperparameters.update({k: v["new"] for k, v in (e.get("changes") or {}).items()})
         elif kind in ("pause", "unpause"):
             trial.state, trial.step = ("paused" if kind == "pause" else "running"), e.get("step", trial.step)
         elif kind == "trial_resume":  # after a resume or a retry: from a snapshot, or from scratch
