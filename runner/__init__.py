@@ -34,6 +34,7 @@ from runner.decisions import (
     Prune,
     Rollback,
     Stop,
+    Suspend,
     Unpause,
 )
 from runner.errors import RunnerError, SpecError, join_path
@@ -45,7 +46,7 @@ from runner.history import History
 from runner.imports import import_object
 from runner.pruner import Curves, Pruner
 from runner.registry import Registry
-from runner.strategy import Strategy
+from runner.strategy import Continue, Strategy
 from runner.trial import Trial, TrialRecord, TrialResult, default_mode
 
 PUBLIC_MODULES = (
@@ -80,6 +81,7 @@ __all__ = [
     "BackendState",
     "Checkpoint",
     "Choice",
+    "Continue",
     "Curves",
     "DataOptions",
     "DataSize",
@@ -108,6 +110,7 @@ __all__ = [
     "SpecError",
     "Stop",
     "Strategy",
+    "Suspend",
     "TrainConfig",
     "Trial",
     "TrialRecord",

@@ -83,6 +83,17 @@ class Unpause:
 
 
 @dataclass(frozen=True)
+class Suspend:
+    """End this run of the trial here, with a durable snapshot, and free its place in the
+    executor: the trial waits, ``suspended``, until its strategy continues it (``Continue``
+    from ``Strategy.ask``), from that snapshot; a run that ends first ends it ``stopped``.
+    Population-based training suspends each member every few epochs, so that a population
+    larger than the executor's slots trains side by side."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """Take a snapshot now and write it to disk at once (whatever ``min_interval`` says)."""
 
@@ -115,8 +126,8 @@ class Note:
             raise ValueError(f"a Note's fields may not be named {', '.join(clash)}")
 
 
-Decision = Nudge | Stop | Prune | Finish | Rollback | Pause | Unpause | Checkpoint | Note
-DECISIONS = (Nudge, Stop, Prune, Finish, Rollback, Pause, Unpause, Checkpoint, Note)
+Decision = Nudge | Stop | Prune | Finish | Suspend | Rollback | Pause | Unpause | Checkpoint | Note
+DECISIONS = (Nudge, Stop, Prune, Finish, Suspend, Rollback, Pause, Unpause, Checkpoint, Note)
 
 
 def flatten(results: list[Any]) -> list[Decision]:

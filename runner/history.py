@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from runner.records.fold import RunFold
@@ -22,10 +23,22 @@ class History:
     @classmethod
     def from_events(cls, events: Iterable[dict[str, Any]]) -> History:
         """Rebuild the history from an event log: ``trial_queued`` (or, in a log written
-        before runner 0.2, ``trial_start``) asks, ``trial_complete`` ends."""
+        before runner 0.2, ``trial_start``) asks, ``trial_suspend`` suspends,
+        ``trial_continue`` continues, ``trial_complete`` ends."""
         fold = RunFold.of(events, keep_epochs=False)  # the results alone
-        ended = fold.results
-        return cls([TrialRecord(trial_id, params, ended.get(trial_id)) for trial_id, params in fold.asked.items()])
+        ended, begun = fold.results, fold.trials
+        return cls(
+            [
+                TrialRecord(
+                    trial_id,
+                    params,
+                    ended.get(trial_id),
+                    tuple(begun[trial_id].suspensions) if trial_id in begun else (),
+                    trial_id in begun and begun[trial_id].state == "suspended",
+                )
+                for trial_id, params in fold.asked.items()
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self._records)
@@ -42,14 +55,35 @@ class History:
 
     @property
     def running(self) -> list[TrialRecord]:
-        return [r for r in self._records if r.result is None]
+        """Trials asked for that have not ended and are not suspended."""
+        return [r for r in self._records if r.result is None and not r.waiting]
+
+    @property
+    def waiting(self) -> list[TrialRecord]:
+        """Suspended trials, waiting for their strategy to continue them."""
+        return [r for r in self._records if r.waiting]
 
     def add(self, trial_id: int, params: dict[str, Any]) -> None:
         self._records.append(TrialRecord(trial_id, params))
 
     def finish(self, result: TrialResult) -> None:
-        for i, record in enumerate(self._records):
-            if record.id == result.trial:
-                self._records[i] = TrialRecord(record.id, record.params, result)
-                return
-        raise KeyError(f"no trial {result.trial} in the history")
+        self._update(result.trial, result=result, waiting=False)
+
+    def suspend(self, standing: TrialResult) -> None:
+        """A trial was suspended (``standing.state`` is ``suspended``): it waits."""
+        record = self._record(standing.trial)
+        self._update(standing.trial, suspensions=(*record.suspensions, standing), waiting=True)
+
+    def continue_trial(self, trial_id: int) -> None:
+        """A suspended trial goes on."""
+        self._update(trial_id, waiting=False)
+
+    def _record(self, trial_id: int) -> TrialRecord:
+        for record in self._records:
+            if record.id == trial_id:
+                return record
+        raise KeyError(f"no trial {trial_id} in the history")
+
+    def _update(self, trial_id: int, **changes: Any) -> None:
+        record = self._record(trial_id)
+        self._records[self._records.index(record)] = replace(record, **changes)

@@ -98,7 +98,7 @@ def runner_epoch_end(trial: Trial, epoch: int, metrics: dict[str, float]) -> Dec
     ``epoch`` counts from 0; ``metrics`` holds ``train_loss``, ``val_loss``, ``val_acc``,
     ``lr``, ``momentum`` and ``seconds`` (plus any metric the backend adds). Every
     implementation is called; each may return None, a decision or a list of decisions
-    (``Nudge``, ``Rollback``, ``Stop``, ``Prune``, ``Finish``, ``Note``), which the loop
+    (``Nudge``, ``Rollback``, ``Stop``, ``Prune``, ``Finish``, ``Suspend``, ``Note``), which the loop
     applies in plugin call order before the next epoch.
     """
 

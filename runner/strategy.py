@@ -16,19 +16,32 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from runner.babysitter import Babysitter
 from runner.backend import NoOptions
-from runner.decisions import Note
+from runner.decisions import Decision, Note
 from runner.experiment_file.space import Space
 from runner.history import History
 from runner.trial import Trial, TrialResult, better
 
 TRIAL_STREAM = 0  # spawn key of the streams that seed trials (weights, data order)
 STRATEGY_STREAM = 1  # spawn key of strategies' random streams
+
+
+@dataclass(frozen=True)
+class Continue:
+    """What ``Strategy.ask`` returns to continue a suspended trial (``history.waiting``) from
+    the snapshot it was suspended with: ``decisions`` are carried out first, in order, as
+    orders with source ``strategy`` (population-based training: ``Rollback(epoch, trial=donor)``
+    then ``Nudge(...)``); ``reason`` goes into the ``trial_continue`` event."""
+
+    trial: int
+    decisions: tuple[Decision, ...] = ()
+    reason: str = ""
 
 
 class Strategy(ABC):
@@ -54,12 +67,14 @@ class Strategy(ABC):
         none). Optional."""
 
     @abstractmethod
-    def ask(self, history: History) -> dict[str, Any] | None:
-        """Parameters of the next trial (dotted path -> value), or None.
+    def ask(self, history: History) -> dict[str, Any] | Continue | None:
+        """Parameters of the next trial (dotted path -> value), a ``Continue`` for a
+        suspended trial, or None.
 
         None means "nothing to ask now": the run ends once no trial is running either, so
         a strategy that waits for running trials (a round-based one) returns None until
-        they finish. Called in the driver whenever an executor has room for a trial.
+        they finish; a trial still suspended then ends ``stopped``. Called in the driver
+        whenever an executor has room for a trial.
         """
 
     def tell(self, history: History, result: TrialResult) -> None:

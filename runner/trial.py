@@ -15,7 +15,7 @@ from runner.registry import PluginOptions
 REWOUND = {"saved": "rewound"}
 KEPT = {"saved": "kept"}
 
-TrialState = Literal["completed", "diverged", "pruned", "stopped", "failed"]
+TrialState = Literal["completed", "diverged", "pruned", "stopped", "failed", "suspended"]
 
 
 def better(score: float, than: float | None, mode: str) -> bool:
@@ -117,8 +117,13 @@ class TrialResult:
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One entry of the history: a trial asked for, and its result once it has ended."""
+    """One entry of the history: a trial asked for, and its result once it has ended.
+    ``suspensions`` holds its standing each time a ``Suspend`` stopped it (state
+    ``suspended``: its best and last epoch so far), oldest first; ``waiting`` is True while
+    it is suspended, until its strategy continues it."""
 
     id: int
     params: dict[str, Any]
     result: TrialResult | None = None
+    suspensions: tuple[TrialResult, ...] = ()
+    waiting: bool = False

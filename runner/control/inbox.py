@@ -116,9 +116,16 @@ class ControlInbox:
         """Called by the driver of a resumed run, before ``start``, with the events it keeps:
         read numbers and action ids go on from them, and orders that were read but whose
         effect was lost with the work after the last snapshot are carried out again when
-        their trial continues (or, for every trial, by the next one to run)."""
+        their trial continues (or, for every trial, by the next one to run). So are those a
+        strategy gave a suspended trial it continued (``trial_continue``)."""
         settled = {e["order"] for e in events if "order" in e}
         for event in events:
+            if event["event"] == "trial_continue" and event["trial"] in continuing:
+                for entry in event["orders"]:
+                    if entry["order"] not in settled:
+                        decision = decision_from_json(entry["decision"])
+                        delivery = Delivery(entry["order"], decision, entry["what"], source="strategy")
+                        self._held.setdefault(event["trial"], []).append(delivery)
             if event["event"] not in ("control", "control_error") or event.get("read") is None:
                 continue
             self.reads = max(self.reads, event["read"])

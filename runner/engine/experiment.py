@@ -13,10 +13,12 @@ import numpy as np
 
 from runner.data import Dataset, prepare
 from runner.engine.plugin_manager import Plugins
+from runner.engine.snapshot_files import trial_folder
 from runner.experiment_file.limits import check_loaded
 from runner.experiment_file.spec import ExperimentSpec
 from runner.pruner import Pruner
 from runner.strategy import TRIAL_STREAM, Strategy
+from runner.trial import Trial, TrialResult
 
 
 @dataclass(frozen=True)
@@ -100,3 +102,21 @@ def build_pruner(spec: ExperimentSpec, registry) -> Pruner | None:
     return registry.get("pruner", search.pruner.name)(
         options=search.pruner.options, metric=search.metric, mode=search.mode, epochs=spec.train.epochs
     )
+
+
+def end_elsewhere(result: TrialResult, seed: int, run_dir: Path, log: Any, hook: Any, plugin_options: Any) -> None:
+    """End, from the driver, a trial that is not training (its worker died too often, or
+    the run ends while it is suspended): its ``trial_complete``, then the hook, with the
+    trial as the result says it stood."""
+    log.emit("trial_complete", **result.to_json())
+    trial = Trial(
+        id=result.trial,
+        params=result.params,
+        config={},
+        seed=seed,
+        folder=trial_folder(run_dir, result.trial),
+        run_folder=run_dir,
+        epoch=result.epochs,
+        plugin_options=plugin_options,
+    )
+    hook.runner_trial_complete(trial=trial, result=result)

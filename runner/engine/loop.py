@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,18 @@ import orjson
 from runner import __version__
 from runner.control.file import FILE_NAME as CONTROL_FILE
 from runner.control.file import ControlSchema, initial_document
-from runner.control.inbox import ControlInbox
+from runner.control.inbox import ControlInbox, Delivery
+from runner.control.refusal import settings
 from runner.data import Dataset
+from runner.decisions import Decision, Nudge, Rollback, decision_to_json
 from runner.engine.checkpoints import SnapshotWriter
-from runner.engine.experiment import Experiment, TrialJob, build_pruner, build_strategy, trial_seed
+from runner.engine.experiment import Experiment, TrialJob, build_pruner, build_strategy, end_elsewhere, trial_seed
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.plugin_manager import Plugins
 from runner.engine.pruning import PruneJudge
-from runner.engine.resume import ResumePlan, rewrite_events
+from runner.engine.resume import ResumePlan, newest_intact_snapshot, rewrite_events
 from runner.engine.trial_loop import TrialRunner
+from runner.errors import RunnerError
 from runner.execution.worker import WorkerSetup
 from runner.executor import Session
 from runner.experiment_file.spec import ExperimentSpec, trial_sections
@@ -36,6 +40,7 @@ from runner.records.files import write_json
 from runner.records.results import leaderboard, results_document
 from runner.records.status import FILE_NAME as STATUS_FILE
 from runner.records.status import StatusBoard
+from runner.strategy import Continue
 from runner.trial import TrialResult
 
 
@@ -225,6 +230,9 @@ class ExperimentRun:
                     params = strategy.ask(history)
                     if params is None:
                         break
+                    if isinstance(params, Continue):
+                        executor.submit(self.continuation(params))
+                        continue
                     trial_id = len(history)
                     history.add(trial_id, params)
                     log.emit("trial_queued", queued=trial_id, params=params)  # a resume knows it, started or not
@@ -234,9 +242,13 @@ class ExperimentRun:
                 result = executor.next_result()
                 if self.pruning is not None:
                     self.pruning.check()
+                if result.state == "suspended":
+                    history.suspend(result)
+                    continue
                 history.finish(result)
                 strategy.tell(history, result)
                 stopping = stopping or result.ends_experiment
+            self.end_waiting("the run stopped while it was suspended" if stopping else "its strategy left it suspended")
             aborting = False
         except Interrupted:
             aborting = False
@@ -247,6 +259,45 @@ class ExperimentRun:
             writer.close()
             inbox.close()
         return stopping
+
+    def continuation(self, order: Continue) -> TrialJob:
+        """A suspended trial its strategy continues: the ``trial_continue`` event, the
+        decisions held for its mailbox as orders (source ``strategy``), and the job that goes
+        on from its newest snapshot file."""
+        trial_id = order.trial
+        record = next((r for r in self.history.waiting if r.id == trial_id), None)
+        if record is None:
+            name = self.spec.search.strategy.name
+            raise RunnerError(f"strategy {name!r} asked to continue trial {trial_id}, which is not suspended")
+        snapshot, meta = newest_intact_snapshot(self.run_dir, trial_id, [])
+        first = self.logged[trial_id]
+        deliveries = [
+            Delivery(f"continue.{trial_id}.{first}.{i}", decision, describe(decision), source="strategy")
+            for i, decision in enumerate(order.decisions)
+        ]
+        self.log.emit(
+            "trial_continue",
+            trial=trial_id,
+            epoch=meta["epoch"] if meta else 0,
+            reason=order.reason,
+            orders=[{"order": d.order, "what": d.what, "decision": decision_to_json(d.decision)} for d in deliveries],
+        )
+        for delivery in deliveries:
+            self.inbox.hold(trial_id, delivery)
+        self.history.continue_trial(trial_id)
+        seed = trial_seed(self.spec.seed, trial_id)
+        return TrialJob(
+            trial_id, record.params, seed, resume=_str(snapshot), announced=True, logged=self.logged[trial_id]
+        )
+
+    def end_waiting(self, reason: str) -> None:
+        """Trials still suspended when no more will run end ``stopped``, as they stood."""
+        for record in self.history.waiting:
+            result = replace(record.suspensions[-1], state="stopped", reason=reason)
+            seed = trial_seed(self.spec.seed, record.id)
+            end_elsewhere(result, seed, self.run_dir, self.log, self.plugins.hook, self.spec.plugins)
+            self.history.finish(result)
+            self.strategy.tell(self.history, result)
 
     def close(self, stopping: bool) -> list[TrialResult]:
         """``results.json``, then ``experiment_complete`` and its hook: the leaderboard, best first."""
@@ -279,6 +330,16 @@ def note_writer(log: EventLog, past: list[dict[str, Any]]) -> Callable[[dict[str
         log.emit("note", source="strategy", **note)
 
     return write
+
+
+def describe(decision: Decision) -> str:
+    """A strategy's order, in a few words: ``lr=0.01``, ``rollback to epoch 4 of t005``."""
+    if isinstance(decision, Nudge):
+        return settings(decision.changes)
+    if isinstance(decision, Rollback):
+        to = f"epoch {decision.to}" if isinstance(decision.to, int) else decision.to
+        return f"rollback to {to}" + ("" if decision.trial is None else f" of t{decision.trial:03d}")
+    return type(decision).__name__.lower()
 
 
 def _str(path: Path | None) -> str | None:

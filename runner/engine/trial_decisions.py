@@ -18,7 +18,7 @@ from rich.markup import escape
 from runner.backend import BackendState
 from runner.control.inbox import Delivery
 from runner.control.refusal import NudgeOnTrial, settings
-from runner.decisions import Checkpoint, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Unpause, flatten
+from runner.decisions import Checkpoint, Finish, Note, Nudge, Pause, Prune, Rollback, Stop, Suspend, Unpause, flatten
 from runner.engine.checkpoints import NoSnapshot
 from runner.engine.divergence import DivergenceEvent
 from runner.engine.experiment import EndTrial
@@ -44,8 +44,8 @@ class TrialDecisions:
     """Carries out decisions on the running trial; ``TrialLoop`` inherits it (see the module)."""
 
     def apply(self, decisions: list, source: str) -> EndTrial | None:
-        """Apply decisions in order. An end (Stop, Prune, Finish) is returned, so the epoch's
-        snapshot is still taken before it. A rollback happens at once: what the babysitter
+        """Apply decisions in order. An end (Stop, Prune, Finish, Suspend) is returned, so the
+        epoch's snapshot is still taken before it. A rollback happens at once: what the babysitter
         answers to it, then the decisions after it, apply to the restored state, then
         RolledBack is raised (the epoch loop starts again from the snapshot)."""
         trial = self.trial
@@ -79,6 +79,8 @@ class TrialDecisions:
                     source=source,
                     **decision.fields,
                 )
+            elif isinstance(decision, Suspend):
+                return EndTrial("suspended", decision.reason)
             elif isinstance(decision, Finish):
                 self.emit("finish", epoch=trial.epoch, step=trial.step, reason=decision.reason, source=source)
                 return EndTrial("completed", decision.reason)

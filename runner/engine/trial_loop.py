@@ -132,14 +132,22 @@ class TrialLoop(TrialDecisions):
         except Exception as err:  # a bug in a backend or a plugin fails this trial, not the search
             end = EndTrial("failed", f"{type(err).__name__}: {err}")
             error = traceback.format_exc()
+        if end.state == "suspended" and announced:
+            return self.suspend(end, started)
         if not announced:
             self.announce()
         self.runner.inbox.close_mailbox(trial.id)  # orders that come too late are reported dropped
         self.store.finish()
         self.report_snapshots()
+        result = self.result(end, started)
+        self.emit("trial_complete", **result.to_json(), **({"traceback": error} if error else {}))
+        self.hook.runner_trial_complete(trial=trial, result=result)
+        return result
 
-        best = trial.best
-        result = TrialResult(
+    def result(self, end: EndTrial, started: float) -> TrialResult:
+        """The trial as it stands, ended (or suspended) as ``end`` says."""
+        trial, best = self.trial, self.trial.best
+        return TrialResult(
             trial=trial.id,
             state=end.state,
             params=trial.params,
@@ -151,8 +159,18 @@ class TrialLoop(TrialDecisions):
             reason=end.reason,
             ends_experiment=end.experiment,
         )
-        self.emit("trial_complete", **result.to_json(), **({"traceback": error} if error else {}))
-        self.hook.runner_trial_complete(trial=trial, result=result)
+
+    def suspend(self, end: EndTrial, started: float) -> TrialResult:
+        """A ``Suspend`` ended this run of the trial: log its standing (before the snapshot, so
+        a resume keeps it), take a durable snapshot it continues from, and free its place.
+        No ``trial_complete``: the trial has not ended."""
+        self.state.ending = None  # the snapshot it continues from goes on training
+        result = self.result(end, started)
+        self.emit("trial_suspend", step=self.trial.step, **result.to_json())
+        self.snapshot("suspend", improved=False, durable=True)
+        self.runner.inbox.close_mailbox(self.trial.id)
+        self.store.finish()
+        self.report_snapshots()
         return result
 
     def resume(self, path: Path) -> None:

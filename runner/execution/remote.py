@@ -30,12 +30,12 @@ from typing import Any
 from rich.markup import escape
 
 from runner.control.inbox import Delivery
+from runner.engine.experiment import end_elsewhere
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.resume import newest_intact_snapshot, remove_trial_temporaries
-from runner.engine.snapshot_files import trial_folder
 from runner.errors import RunnerError
 from runner.executor import Executor
-from runner.trial import Trial, TrialResult
+from runner.trial import TrialResult
 
 DEATH_CHECK_SECONDS = 0.5  # how often busy workers are checked for death while messages keep coming
 
@@ -296,16 +296,5 @@ class RemoteExecutor(Executor):
             score=best.get(session.metric) if best else None,
             reason=f"its worker died {running.attempt + 1} times (last: {why})",
         )
-        session.log.emit("trial_complete", **result.to_json())
-        trial = Trial(
-            id=job.trial,
-            params=job.params,
-            config={},
-            seed=job.seed,
-            folder=trial_folder(Path(session.run_dir), job.trial),
-            run_folder=Path(session.run_dir),
-            epoch=result.epochs,
-            plugin_options=session.plugin_options,
-        )
-        session.hook.runner_trial_complete(trial=trial, result=result)
+        end_elsewhere(result, job.seed, Path(session.run_dir), session.log, session.hook, session.plugin_options)
         return result

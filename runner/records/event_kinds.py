@@ -162,6 +162,36 @@ EVENTS: dict[str, EventKind] = {
             ),
         ),
         EventKind(
+            "trial_suspend",
+            (
+                "trial",
+                "step",
+                "state",
+                "params",
+                "score",
+                "best",
+                "final",
+                "epochs",
+                "seconds",
+                "reason",
+                "ends_experiment",
+            ),
+            (
+                "`trial`, `step`, and its standing as `trial_complete` gives a result: `state` (`suspended`), "
+                "`params`, `score`, `best`, `final`, `epochs`, `seconds`, `reason`, `ends_experiment`. A `Suspend` "
+                "ended this run of the trial with a durable snapshot; it waits until its strategy continues it"
+            ),
+        ),
+        EventKind(
+            "trial_continue",
+            ("trial", "epoch", "reason", "orders"),
+            (
+                "`trial`, `epoch` (where it goes on from), `reason`, `orders` (what its strategy has it do first, "
+                'each `{"order": "continue.3.41.0", "what": "rollback to epoch 4 of t005", "decision": {...}}`): '
+                "its strategy continues a suspended trial; a `trial_resume` follows when it starts"
+            ),
+        ),
+        EventKind(
             "trial_retry",
             ("trial", "attempt", "retries", "reason", "snapshot", "epoch", "step", "notes"),
             (

@@ -27,7 +27,7 @@ class TrialStanding:
 
     id: int
     begun: dict[str, Any]  # its trial_start event
-    state: str = "running"  # running, paused, retrying, interrupted; once ended, its result's state
+    state: str = "running"  # running, paused, suspended, retrying, interrupted; once ended, its result's state
     epoch: int = 0  # epochs completed by the model as it stands (a rollback goes back)
     step: int = 0  # training steps taken by the model as it stands
     hyperparameters: dict[str, float] = field(default_factory=dict)  # the live settings in force
@@ -36,6 +36,7 @@ class TrialStanding:
     rollbacks: int = 0
     epochs: list[dict[str, Any]] = field(default_factory=list)  # its epoch_end events, in log order
     result: TrialResult | None = None  # once its trial_complete is in the log
+    suspensions: list[TrialResult] = field(default_factory=list)  # its standing at each trial_suspend
 
     @property
     def params(self) -> dict[str, Any]:
@@ -140,6 +141,11 @@ class RunFold:
             trial.state, trial.epoch, trial.step = "retrying", e.get("epoch", trial.epoch), e.get("step", trial.step)
         elif kind == "interrupted":
             trial.state = "interrupted"
+        elif kind == "trial_suspend":  # a Suspend ended this run of it: it waits for its strategy
+            trial.state, trial.step = "suspended", e.get("step", trial.step)
+            trial.suspensions.append(TrialResult.from_json({**self._no_result(trial.params, trial.epoch), **e}))
+        elif kind == "trial_continue":  # its strategy continues it
+            trial.state = "running"
         elif kind == "trial_complete":
             trial.result = self.results[trial.id] = TrialResult.from_json(
                 {**self._no_result(trial.params, trial.epoch), **e}
