@@ -7,7 +7,7 @@
     python benchmarks/bench_search.py --from-json FILE   # print the tables again from a --json file
 
 Needs Optuna for the ``tpe`` side (``pip install 'panda-caviar[optuna]'``).
-The defaults take 7 to 10 minutes on 2 slow cores.
+The defaults (every strategy) take about 15 minutes on 2 slow cores.
 
 Compared, on the same training code (the NumPy backend run by ``run_experiment``, in process):
 
@@ -21,6 +21,11 @@ Compared, on the same training code (the NumPy backend run by ``run_experiment``
   ``grace_epochs`` = a fifth of the epochs (2 on digits, 10 on spirals), ``reduction_factor``
   3. The same trials as ``random`` (trial k has the same parameters and seed), fewer epochs:
   its table sets the best it finds against random's, seed by seed, and the epochs each trains.
+* ``pbt``: population-based training with ``population`` = the budget, ``interval`` = a fifth
+  of the epochs, the other options at their defaults; it searches lr and beta1 only (members
+  take each other's weights, so the width stays the base config's [64]). Its baseline is
+  ``random-live``: random over the same two settings, the same trials, so both train
+  ``trials x epochs`` epochs.
 * ``tpe``: the shipped ``optuna`` strategy with ``sampler: "tpe"`` and Optuna's defaults
   (``plugins/strategies/optuna_search.py``). Its trials go through the same
   ``run_experiment`` as the others', and trial k gets the same per-trial seed
@@ -79,7 +84,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # ``python benchmarks/bench_search.py`` from anywhere
     sys.path.insert(0, str(ROOT))
 
-STRATEGIES = ("grid", "random", "coarse-to-fine", "tpe", "random+asha")
+STRATEGIES = ("grid", "random", "coarse-to-fine", "tpe", "random+asha", "random-live", "pbt")
+LIVE_ONLY = ("random-live", "pbt")  # sides that search the live settings only: hidden stays [64]
 METRIC = "val_loss"
 
 SPACE = {
@@ -124,8 +130,10 @@ def strategy_section(name: str, trials: int, rounds: int) -> tuple[dict, int]:
     if name == "grid":
         points, size = grid_points(trials)
         return {"name": "grid", "points": points}, size
-    if name in ("random", "random+asha"):
+    if name in ("random", "random+asha", "random-live"):
         return {"name": "random", "trials": trials}, trials
+    if name == "pbt":
+        return {"name": "pbt", "population": trials}, trials
     if name == "coarse-to-fine":
         per_round = max(1, trials // rounds)
         return {
@@ -141,15 +149,25 @@ def strategy_section(name: str, trials: int, rounds: int) -> tuple[dict, int]:
 
 
 def experiment(
-    dataset: str, seed: int, strategy: dict, epochs: int, fixed: dict | None = None, pruner: dict | None = None
+    dataset: str,
+    seed: int,
+    strategy: dict,
+    epochs: int,
+    fixed: dict | None = None,
+    pruner: dict | None = None,
+    live_only: bool = False,
 ) -> dict:
     """The experiment dict of one run. With ``fixed`` (path -> value), the space holds one
     value per parameter instead: every trial trains those parameters, only the trial seed varies.
-    ``pruner``: the ``search.pruner`` section, if any."""
+    ``pruner``: the ``search.pruner`` section, if any; ``live_only``: the space without the width."""
     data, _ = DATASETS[dataset]
     raw = json.loads(json.dumps(BASE))
     raw["train"]["epochs"] = epochs
-    space = SPACE if fixed is None else {path: {"choices": [value]} for path, value in fixed.items()}
+    space = {k: v for k, v in SPACE.items() if k.startswith("train.") or not live_only}
+    if fixed is not None:
+        space = {path: {"choices": [value]} for path, value in fixed.items()}
+    if strategy["name"] == "pbt":
+        strategy = {**strategy, "interval": max(1, epochs // 5)}
     return {
         "name": f"search-{dataset}-{strategy['name']}{'-' + pruner['name'] if pruner else ''}-s{seed}",
         "seed": seed,
@@ -181,7 +199,13 @@ def run_one(job: dict) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-search-", dir=job["tmp"]))
     try:
         raw = experiment(
-            job["dataset"], job["seed"], job["section"], job["epochs"], job.get("fixed"), job.get("pruner")
+            job["dataset"],
+            job["seed"],
+            job["section"],
+            job["epochs"],
+            job.get("fixed"),
+            job.get("pruner"),
+            job["strategy"] in LIVE_ONLY,
         )
         path = work / f"{raw['name']}.json"
         path.write_bytes(orjson.dumps(raw))
@@ -331,13 +355,19 @@ def report(records: list[dict], strategies: list[str], seeds: list[int]) -> dict
 
 
 def noise_jobs(records: list[dict], trials: int, tmp: Path) -> list[dict]:
-    """Per dataset and seed: the best parameters any strategy found, trained again with the
-    trial seeds 0..trials-1 of the same experiment seed (the same data)."""
+    """Per dataset and seed: the best parameters any strategy found (pbt aside: its members'
+    settings change as they train), trained again with the trial seeds 0..trials-1 of the same
+    experiment seed (the same data)."""
     jobs = []
     for dataset in DATASETS:
         for seed in sorted({r["seed"] for r in records if r["dataset"] == dataset}):
             mine = [
-                r for r in records if r["dataset"] == dataset and r["seed"] == seed and r["best_val_loss"] is not None
+                r
+                for r in records
+                if r["dataset"] == dataset
+                and r["seed"] == seed
+                and r["best_val_loss"] is not None
+                and r["strategy"] != "pbt"  # a member's params are where it started, not how it was trained
             ]
             if not mine:
                 continue
@@ -442,13 +472,25 @@ def summary_tables(records: list[dict], strategies: list[str], seeds: list[int])
 
 def pruning_table(records: list[dict], noise: list[dict]) -> None:
     """random+asha against random: the best each finds, seed by seed, and the epochs each trains."""
-    if not any(r["strategy"] == "random+asha" for r in records):
+    paired_table(records, noise, "random", "random+asha", "Pruning: random with ASHA against random, the same trials")
+
+
+def pbt_table(records: list[dict], noise: list[dict]) -> None:
+    """pbt against random over the same two settings, at the same epochs trained."""
+    paired_table(
+        records, noise, "random-live", "pbt", "Population-based training against random, lr and beta1, equal epochs"
+    )
+
+
+def paired_table(records: list[dict], noise: list[dict], base: str, other: str, title: str) -> None:
+    """``other`` against ``base``: the best each finds, seed by seed, and the epochs each trains."""
+    if not any(r["strategy"] == other for r in records):
         return
-    print("### Pruning: random with ASHA against random, the same trials")
+    print(f"### {title}")
     print()
     print(
-        "| dataset | trials | random: best val_loss, median (min..max) | random+asha | paired difference: median "
-        "(seeds better / worse) | epochs trained: random / random+asha (median) | share | trial-seed sd (median) |"
+        f"| dataset | trials | {base}: best val_loss, median (min..max) | {other} | paired difference: median "
+        f"(seeds better / worse) | epochs trained: {base} / {other} (median) | share | trial-seed sd (median) |"
     )
     print("|---|---:|---|---|---|---|---:|---:|")
     for dataset in DATASETS:
@@ -462,27 +504,24 @@ def pruning_table(records: list[dict], noise: list[dict]) -> None:
         for budget in sorted({r["budget"] for r in records if r["dataset"] == dataset}):
             sides = {
                 s: [r for r in records if (r["dataset"], r["budget"], r["strategy"]) == (dataset, budget, s)]
-                for s in ("random", "random+asha")
+                for s in (base, other)
             }
             if not all(sides.values()):
                 continue
             losses = {s: [r["best_val_loss"] for r in rs if r["best_val_loss"] is not None] for s, rs in sides.items()}
-            diffs = paired(sides["random+asha"], sides["random"])
+            diffs = paired(sides[other], sides[base])
             epochs = {s: statistics.median(r["epochs_run"] for r in rs) for s, rs in sides.items()}
             share = statistics.median(
-                a["epochs_run"] / b["epochs_run"]
-                for a in sides["random+asha"]
-                for b in sides["random"]
-                if a["seed"] == b["seed"]
+                a["epochs_run"] / b["epochs_run"] for a in sides[other] for b in sides[base] if a["seed"] == b["seed"]
             )
 
             def cell(v):
                 return f"{statistics.median(v):.4f} ({min(v):.4f}..{max(v):.4f})" if v else "-"
 
             print(
-                f"| {dataset} | {budget} | {cell(losses['random'])} | {cell(losses['random+asha'])} | "
+                f"| {dataset} | {budget} | {cell(losses[base])} | {cell(losses[other])} | "
                 f"{statistics.median(diffs):+.4f} ({sum(d < 0 for d in diffs)} / {sum(d > 0 for d in diffs)}) | "
-                f"{epochs['random']:.0f} / {epochs['random+asha']:.0f} | {share:.0%} | "
+                f"{epochs[base]:.0f} / {epochs[other]:.0f} | {share:.0%} | "
                 + (f"{statistics.median(sd):.4f}" if sd else "-")
                 + " |"
             )
@@ -581,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         summary_tables(saved["runs"], strategies, saved["seeds"])
         noise_table(saved.get("noise", []))
         pruning_table(saved["runs"], saved.get("noise", []))
+        pbt_table(saved["runs"], saved.get("noise", []))
         return 0
 
     if "numpy" in sys.modules:
@@ -666,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     summary_tables(records, args.strategies, seeds)
     noise_table(noise)
     pruning_table(records, noise)
+    pbt_table(records, noise)
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -77,6 +77,17 @@ def test_keeps_the_last_k_and_the_best(tmp_path, writer):
     assert [s.epoch for s, _, _ in store.ring] == [3, 4, 5, 6], "the in-memory ring holds the latest four"
 
 
+def test_the_latest_two_suspensions_are_kept_for_the_members_that_take_them(tmp_path, writer):
+    store = CheckpointStore(tmp_path, 0, CheckpointOptions(keep=1, min_interval=0, best=False), writer)
+    for epoch in range(1, 9):
+        reason = "suspend" if epoch % 2 == 0 else "epoch"
+        store.save(
+            state(epoch), epoch=epoch, step=epoch, reason=reason, best=False, hyperparameters={}, metrics={}, loop={}
+        )
+        store.collect(wait=True)
+    assert sorted(p.name[:6] for p in tmp_path.iterdir()) == ["e00006", "e00008"], "8 is also the last"
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
 def test_a_damaged_snapshot_is_detected_with_a_clear_message(tmp_path, writer, damage):
     store = CheckpointStore(tmp_path, 0, CheckpointOptions(min_interval=0), writer)

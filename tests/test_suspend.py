@@ -197,3 +197,51 @@ def test_a_resumed_run_gives_a_continued_trial_the_orders_it_had_not_carried_out
         inbox.resume([went_on, done], continuing={1})
         [owed] = inbox.open(1).items
     assert (owed.order, owed.decision, owed.source) == ("continue.1.9.0", nudge, "strategy")
+
+
+def test_a_worker_keeps_mail_for_a_trials_next_run_apart_from_its_last():
+    """A continued (or retried) trial may run again in the worker that ran it: an order for
+    its new run that comes before the run starts waits for it, one for its old run fails."""
+    from runner.control.inbox import Delivery
+    from runner.engine.experiment import TrialJob
+    from runner.execution.worker import WorkerLink
+
+    sent = []
+    link = WorkerLink(sent.append)
+    late, early = Delivery("1.0", Nudge(lr=0.1), "lr=0.1"), Delivery("continue.3.17.0", Nudge(lr=0.2), "lr=0.2")
+    link.start(TrialJob(3, {}, 1))
+    link.open(3)
+    link.close_mailbox(3)
+    link.receive(("mail", 3, late, None))  # for the run that ended
+    link.receive(("mail", 3, early, 17))  # for the run that continues it, not started yet
+    assert sent[-1] == ("unreachable", 3, late)
+    link.start(TrialJob(3, {}, 1, logged=17))
+    assert list(link.open(3).items) == [early]
+
+
+def test_orders_a_suspended_trial_had_not_carried_out_wait_for_its_next_run(tmp_path):
+    from runner.control.file import ControlSchema
+    from runner.control.inbox import ControlInbox, Delivery
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
+    from runner.records.events import EventLog, read_events
+
+    first, second, exploit = (
+        Delivery("1.0", Nudge(lr=0.1), "lr=0.1"),
+        Delivery("2.0", Nudge(lr=0.2), "lr=0.2"),
+        Delivery("continue.3.9.0", Nudge(lr=0.3), "lr=0.3", source="strategy"),
+    )
+    with EventLog(tmp_path / "events.jsonl") as log:
+        inbox = ControlInbox(tmp_path / "control.json", ControlSchema.for_backend(NumpyBackend), log)
+        inbox.open(3).put(first)  # came as the trial was suspended
+        inbox.close_mailbox(3, suspended=True)
+        inbox.undelivered(3, second)  # one its worker got too late is kept too
+        inbox.hold(3, exploit)  # its strategy continues it
+        assert list(inbox.open(3).items) == [exploit, first, second], "the strategy's first, then the person's"
+        inbox.open(3).put(first)
+        inbox.close_mailbox(3)  # ended: an order left over is reported, not lost silently
+        inbox.undelivered(3, second)
+    errors = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "control_error"]
+    assert [(e["order"], e["message"]) for e in errors] == [
+        ("1.0", "lr=0.1: trial 3 ended before the order reached it"),
+        ("2.0", "lr=0.2: trial 3 ended before the order reached it"),
+    ]

@@ -89,6 +89,7 @@ class ControlInbox:
         self._mailboxes: dict[int, Mailbox] = {}
         self._waiting: list[Delivery] = []  # orders for every trial, read while none was running
         self._held: dict[int, list[Delivery]] = {}  # orders a resumed trial had not carried out
+        self._suspended: dict[int, list[Delivery]] = {}  # suspended trial -> orders waiting for its next run
         self._run_stop: Delivery | None = None
         self._lock = threading.Lock()
 
@@ -153,7 +154,7 @@ class ControlInbox:
         mailbox = mailbox if mailbox is not None else Mailbox()
         with self._lock:
             self._mailboxes[trial] = mailbox
-            for delivery in self._held.pop(trial, []) + self._waiting:
+            for delivery in self._held.pop(trial, []) + self._suspended.pop(trial, []) + self._waiting:
                 mailbox.put(delivery)
             self._waiting = []
         return mailbox
@@ -175,10 +176,38 @@ class ControlInbox:
         with self._lock:
             self._held.setdefault(trial, []).append(delivery)
 
-    def close_mailbox(self, trial: int) -> None:
-        """A trial ended: orders read from now on cannot reach it (and are reported so)."""
+    def close_mailbox(self, trial: int, *, suspended: bool = False, carried: list[Delivery] = ()) -> None:
+        """A trial ended: orders read from now on cannot reach it (and are reported so). A
+        ``suspended`` trial keeps the orders it had not carried out (those in its mailbox, or
+        ``carried`` back from its worker), and those read while it waits, for its next run,
+        after what its strategy has it do first."""
         with self._lock:
-            self._mailboxes.pop(trial, None)
+            mailbox = self._mailboxes.pop(trial, None)
+            left = list(carried)
+            if isinstance(mailbox, Mailbox):  # the trial's own, in this process: drained here, under the lock
+                left += [mailbox.items.popleft() for _ in range(len(mailbox.items))]
+            if suspended:
+                self._suspended.setdefault(trial, []).extend(left)
+                return
+            for delivery in left:
+                self._lost(trial, delivery)
+
+    def undelivered(self, trial: int, delivery: Delivery) -> None:
+        """An order that reached a trial's worker after the trial's run ended there: kept for
+        its next run if the trial is suspended, else reported lost."""
+        with self._lock:
+            if trial in self._suspended:
+                self._suspended[trial].append(delivery)
+            else:
+                self._lost(trial, delivery)
+
+    def _lost(self, trial: int, delivery: Delivery) -> None:
+        """A person's order that its trial ended before carrying out (a pruner's verdict on
+        a trial that ended anyway needs no word)."""
+        if delivery.source == "control":
+            message = f"{delivery.what}: trial {trial} ended before the order reached it"
+            self.log.emit("control_error", order=delivery.order, message=message)
+            self.notify(f"[red]control.json: {escape(message)}[/]")
 
     def take_run_stop(self) -> Delivery | None:
         """A stop for the whole run read while no trial was running (the driver ends the run)."""
@@ -274,6 +303,9 @@ class ControlInbox:
         for delivery, trial, _order in deliveries:
             if trial in self._mailboxes:
                 self._mailboxes[trial].put(delivery)  # the trial says when it is applied
+            elif trial in self._suspended:
+                self._suspended[trial].append(delivery)
+                self.notify(f"control.json: {escape(delivery.what)} for t{trial:03d} when it goes on (suspended)")
             elif trial is not None:
                 running = ", ".join(f"t{t:03d}" for t in sorted(self._mailboxes)) or "none"
                 message = f"{delivery.what}: trial {trial} is not running (running: {running})"

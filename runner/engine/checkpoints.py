@@ -325,12 +325,14 @@ class CheckpointStore:
             self._changed.notify_all()
 
     def _prune(self) -> None:
-        """Delete durable snapshots beyond the last ``keep``, sparing the best and the latest
-        before-nudge one (a try of a strategy may be reverted to it after a resume). A file
-        that cannot be deleted (its folder was replaced by a link, say) stays, and the error
-        is reported with the snapshots, as a write error is."""
+        """Delete durable snapshots beyond the last ``keep``, sparing the best, the latest
+        before-nudge one (a try of a strategy may be reverted to it after a resume) and the
+        latest two a suspension took (other trials of a population may still take them). A
+        file that cannot be deleted (its folder was replaced by a link, say) stays, and the
+        error is reported with the snapshots, as a write error is."""
         recent = self._durable[-self.options.keep :]
-        spared = (self.best, self._before_nudge_file)
+        suspended = [s for s in self._durable if s.reason == "suspend"][-2:]
+        spared = (self.best, self._before_nudge_file, *suspended)
         for old in self._durable[: -self.options.keep]:
             if not any(old is s for s in spared):
                 try:

@@ -163,12 +163,13 @@ class TrialLoop(TrialDecisions):
     def suspend(self, end: EndTrial, started: float) -> TrialResult:
         """A ``Suspend`` ended this run of the trial: log its standing (before the snapshot, so
         a resume keeps it), take a durable snapshot it continues from, and free its place.
-        No ``trial_complete``: the trial has not ended."""
+        No ``trial_complete``: the trial has not ended. Orders that came too late for this run
+        wait for its next one."""
         self.state.ending = None  # the snapshot it continues from goes on training
         result = self.result(end, started)
         self.emit("trial_suspend", step=self.trial.step, **result.to_json())
         self.snapshot("suspend", improved=False, durable=True)
-        self.runner.inbox.close_mailbox(self.trial.id)
+        self.runner.inbox.close_mailbox(self.trial.id, suspended=True)
         self.store.finish()
         self.report_snapshots()
         return result

@@ -61,7 +61,8 @@ class Forward:
     def put(self, delivery: Delivery) -> None:
         """Called on the watcher's thread (or by ``ControlInbox.open``)."""
         self.running.delivered.append(delivery)
-        self.executor.send(self.slot, ("mail", self.running.job.trial, delivery))
+        job = self.running.job
+        self.executor.send(self.slot, ("mail", job.trial, delivery, job.logged))
 
 
 class RemoteExecutor(Executor):
@@ -184,14 +185,10 @@ class RemoteExecutor(Executor):
         elif kind == "notify":
             session.inbox.notify(message[1])
         elif kind == "closed":
-            session.inbox.close_mailbox(message[1])
+            _, trial, carried = message
+            session.inbox.close_mailbox(trial, suspended=carried is not None, carried=carried or [])
         elif kind == "unreachable":
-            _, trial, delivery = message
-            if delivery.source != "control":  # a pruner's verdict on a trial that ended anyway
-                return
-            text = f"{delivery.what}: trial {trial} ended before the order reached it"
-            session.log.emit("control_error", order=delivery.order, message=text)
-            session.inbox.notify(f"[red]control.json: {escape(text)}[/]")
+            session.inbox.undelivered(message[1], message[2])
         elif kind == "done":
             del self.running[slot]
             self.finished.append(message[2])

@@ -10,7 +10,9 @@ worker → driver, through ``send`` (order kept)::
     ("event", record)              an event, timestamped here; the driver writes it to the log
     ("sync", token)                before a durable snapshot: the driver fsyncs the log, answers ("synced", token)
     ("notify", message)            a line for the person at the terminal (rich markup)
-    ("closed", trial)              the trial's mailbox closed: orders for it now fail
+    ("closed", trial, carried)     the trial's mailbox closed: orders for it now fail; or, for a
+                                   trial suspended (carried: the orders it had not carried out,
+                                   else None), wait for its next run
     ("unreachable", trial, delivery)  an order that arrived after its trial ended
     ("done", trial, result)        the trial ended (a TrialResult)
     ("interrupted", trial, message)   it saved a snapshot after ("interrupt",) and stopped
@@ -19,7 +21,9 @@ worker → driver, through ``send`` (order kept)::
 
 driver → worker, through ``receive`` (on the worker's receiving thread)::
 
-    ("mail", trial, delivery)      an order from the control file, for the trial's mailbox
+    ("mail", trial, delivery, run)  an order (the control file's, a pruner's, a strategy's) for the
+                                   trial's mailbox in its run ``run`` (its job's ``logged``: each
+                                   start of a trial, a retry or a continuation, is a run of its own)
     ("synced", token)              the log is durable up to the sync asked for
     ("interrupt",)                 Ctrl-C or SIGTERM reached the driver: snapshot and stop
 """
@@ -76,8 +80,9 @@ class WorkerLink:
     def __init__(self, send: Callable[[Message], None], alive: Callable[[], bool] = lambda: True):
         self.send, self.alive = send, alive
         self._mailboxes: dict[int, Mailbox] = {}
-        self._early: dict[int, list[Delivery]] = {}  # mail that came before its trial opened its mailbox
-        self._closed: set[int] = set()
+        self._runs: dict[int, int | None] = {}  # trial -> the run of it this worker started last
+        self._early: dict[tuple[int, int | None], list[Delivery]] = {}  # mail that came before its run opened
+        self._closed: set[tuple[int, int | None]] = set()  # runs that ended here
         self._synced: dict[int, threading.Event] = {}
         self._tokens = itertools.count()
         self._lock = threading.Lock()
@@ -102,20 +107,28 @@ class WorkerLink:
 
     # -- the control inbox ---------------------------------------------------------------------
 
+    def start(self, job) -> None:
+        """Called by ``run_job`` before a job runs: mail for this run of its trial (a retry or a
+        continuation of one that ran here before included) waits for its mailbox."""
+        with self._lock:
+            self._runs[job.trial] = job.logged
+
     def open(self, trial: int) -> Mailbox:
         mailbox = Mailbox()
         with self._lock:
             self._mailboxes[trial] = mailbox
-            self._closed.discard(trial)
-            for delivery in self._early.pop(trial, []):
+            for delivery in self._early.pop((trial, self._runs.get(trial)), []):
                 mailbox.put(delivery)
         return mailbox
 
-    def close_mailbox(self, trial: int) -> None:
+    def close_mailbox(self, trial: int, *, suspended: bool = False) -> None:
         with self._lock:
-            self._mailboxes.pop(trial, None)
-            self._closed.add(trial)
-        self.send(("closed", trial))
+            mailbox = self._mailboxes.pop(trial, None)
+            self._closed.add((trial, self._runs.get(trial)))
+            carried = None
+            if suspended:
+                carried = [] if mailbox is None else [mailbox.items.popleft() for _ in range(len(mailbox.items))]
+        self.send(("closed", trial, carried))
 
     def notify(self, message: str) -> None:
         self.send(("notify", message))
@@ -126,14 +139,14 @@ class WorkerLink:
         """Called on the worker's receiving thread with each message from the driver."""
         kind = message[0]
         if kind == "mail":
-            _, trial, delivery = message
+            _, trial, delivery, run = message
             with self._lock:
-                if trial in self._mailboxes:
+                if trial in self._mailboxes and self._runs.get(trial) == run:
                     self._mailboxes[trial].put(delivery)
-                elif trial in self._closed:
+                elif (trial, run) in self._closed:
                     self.send(("unreachable", trial, delivery))
                 else:
-                    self._early.setdefault(trial, []).append(delivery)
+                    self._early.setdefault((trial, run), []).append(delivery)
         elif kind == "synced":
             if (done := self._synced.get(message[1])) is not None:
                 done.set()
@@ -156,6 +169,7 @@ def build_runner(setup: WorkerSetup, link: WorkerLink, writer: SnapshotWriter):
 
 def run_job(runner, link: WorkerLink, job) -> None:
     """Train one job in a worker and tell the driver how it ended."""
+    link.start(job)
     try:
         result = runner(job)
     except Interrupted as stopped:

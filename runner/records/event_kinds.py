@@ -23,6 +23,20 @@ class EventKind:
     more: str = ""
 
 
+# A trial's result, as trial_complete (and trial_suspend, for its standing so far) writes it: TrialResult.to_json.
+RESULT_FIELDS = (
+    "trial",
+    "state",
+    "params",
+    "score",
+    "best",
+    "final",
+    "epochs",
+    "seconds",
+    "reason",
+    "ends_experiment",
+)
+
 EVENTS: dict[str, EventKind] = {
     kind.name: kind
     for kind in (
@@ -163,19 +177,7 @@ EVENTS: dict[str, EventKind] = {
         ),
         EventKind(
             "trial_suspend",
-            (
-                "trial",
-                "step",
-                "state",
-                "params",
-                "score",
-                "best",
-                "final",
-                "epochs",
-                "seconds",
-                "reason",
-                "ends_experiment",
-            ),
+            ("step", *RESULT_FIELDS),
             (
                 "`trial`, `step`, and its standing as `trial_complete` gives a result: `state` (`suspended`), "
                 "`params`, `score`, `best`, `final`, `epochs`, `seconds`, `reason`, `ends_experiment`. A `Suspend` "
@@ -281,19 +283,7 @@ EVENTS: dict[str, EventKind] = {
         ),
         EventKind(
             "trial_complete",
-            (
-                "trial",
-                "state",
-                "params",
-                "score",
-                "best",
-                "final",
-                "epochs",
-                "seconds",
-                "reason",
-                "ends_experiment",
-                "traceback",
-            ),
+            (*RESULT_FIELDS, "traceback"),
             (
                 "`trial`, `state` (`completed`, `diverged`, `pruned`, `stopped`, `failed`), `params`, `score` (best "
                 "value of the metric), `best` (metrics of the best epoch), `final` (metrics of the last epoch), "
