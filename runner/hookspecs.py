@@ -131,7 +131,8 @@ def runner_nudge_applied(trial: Trial, change: dict[str, Any], source: str) -> N
     """Called after a nudge took effect, before the next training step.
 
     ``change`` maps each hyperparameter to ``{"old": .., "new": ..}``; ``source`` says who
-    asked (``plugin``, ``strategy``, ``control``). Results are ignored.
+    asked (``plugin``, ``strategy``, ``control``: a person through the control file, ``resume``:
+    a person's ``runner resume --set``). Results are ignored.
     """
 
 

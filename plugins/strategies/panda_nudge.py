@@ -397,7 +397,7 @@ class PandaBabysitter(Babysitter):
         book.drop_try()
         book.plateau_from = book.epochs
         book.wait = self.options.every
-        if source == "control":
+        if source in ("control", "resume"):  # a person's: the control file, or runner resume --set
             book.cooling = self.options.cooldown
             book.notes.append(["yield", f"a person {what}: automatic nudges wait {self.options.cooldown} epochs"])
         else:

@@ -85,10 +85,10 @@ class Interval(Babysitter):
         return None
 
     def nudge_applied(self, trial, change, source):
-        self.steered = self.steered or source == "control"
+        self.steered = self.steered or source in ("control", "resume")
 
     def rolled_back(self, trial, rollback):
-        self.steered = self.steered or rollback["source"] == "control"
+        self.steered = self.steered or rollback["source"] in ("control", "resume")
         return None
 
     def state(self) -> dict[str, Any]:

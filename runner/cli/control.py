@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import orjson
 from runner.api import terminal
 from runner.cli.errors import damaged_if_misread, reported_errors
 from runner.cli.group import main
-from runner.cli.options import latest_run_option, named_run_dir, plugin_option
+from runner.cli.options import latest_run_option, named_run_dir, parse_setting, plugin_option
 from runner.control.file import FILE_NAME as CONTROL_FILE
 from runner.control.file import ROLLBACK_TARGETS, ControlError, ControlSchema, trial_id
 from runner.control.nudge import Change, latest_run, read_status, send
@@ -95,17 +94,7 @@ def _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint,
     if len(run_dirs) > 1:
         raise RunnerError(f"one run directory at most, got {', '.join(run_dirs)}; settings are NAME=VALUE", exit_code=2)
     run_dir = named_run_dir(Path(run_dirs[0])) if run_dirs else latest_run(out)
-    settings = {}
-    for arg in args:
-        if "=" in arg:
-            name, _, text = arg.partition("=")
-            try:
-                value = float(text)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise RunnerError(f"{arg}: the value must be a finite number", exit_code=2)
-            settings[name.strip()] = value
+    settings = dict(parse_setting(arg, "runner nudge") for arg in args if "=" in arg)
     actions: list[dict] = []
     if rollback_to is not None:
         if not rollback_to.isdigit() and rollback_to not in ROLLBACK_TARGETS:

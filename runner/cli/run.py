@@ -12,7 +12,7 @@ from rich.text import Text
 from runner.api import notifier, show_results, start_run, terminal
 from runner.cli.errors import reported_errors
 from runner.cli.group import main
-from runner.cli.options import named_run_dir, plugin_option, poll_option
+from runner.cli.options import check_settings, named_run_dir, parse_setting, plugin_option, poll_option
 from runner.control.file import FILE_NAME as CONTROL_FILE
 from runner.engine.experiment import load_dataset
 from runner.engine.interrupt import graceful_interrupts
@@ -85,7 +85,17 @@ def start(
     help="Import the code the run's experiment names by import path (a model's class_path, a python "
     "data source): only for a run directory you trust.",
 )
-def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool, trust_code: bool) -> None:
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A live setting (lr, momentum, ...) in force from the first step of every trial that goes on, "
+    "checked like a nudge and logged as one with source resume. Repeat for more.",
+)
+def resume(
+    run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool, trust_code: bool, overrides: tuple[str, ...]
+) -> None:
     """Continue the run in RUN_DIR after a crash, a kill or Ctrl-C.
 
     Finished trials stay finished; an interrupted trial continues from its last intact
@@ -97,6 +107,7 @@ def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool,
     console = terminal()
     with reported_errors() as where, ExitStack() as held:
         run_dir = named_run_dir(run_dir)
+        settings = dict(parse_setting(arg, "--set") for arg in overrides)
         start = read_run(run_dir)[0]
         missing = missing_one_offs(recorded_one_offs(start, str(run_dir / "events.jsonl")), plugin_refs)
         if missing:
@@ -115,10 +126,12 @@ def resume(run_dir: Path, plugin_refs: tuple[str, ...], plain: bool, poll: bool,
         with nullcontext() if trust_code else refusing_code(advice):
             spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
             dataset = load_dataset(spec, plugins)
+        check_settings(spec.backend_class, settings, "--set")
         where.run_dir = run_dir
         for path in clean_temporary_files(run_dir):
             console.print(f"removed a half-written file: {path}", soft_wrap=True, markup=False)
         plan = plan_resume(run_dir)
+        plan.settings = settings
         for note in plan.notes:
             console.print(Text(note, style="yellow"), soft_wrap=True)
         for trial, snapshot in plan.continue_from.items():

@@ -28,6 +28,9 @@ from runner.inputs import CONTROL_FILE, InputError, read_bytes
 from runner.records.events import EventLog
 from runner.records.files import atomic_write
 
+# Events that record orders the run gives its trials itself, by the source those orders carry.
+OWN_ORDERS = {"trial_continue": "strategy", "resume": "resume"}
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -118,15 +121,17 @@ class ControlInbox:
         read numbers and action ids go on from them, and orders that were read but whose
         effect was lost with the work after the last snapshot are carried out again when
         their trial continues (or, for every trial, by the next one to run). So are those a
-        strategy gave a suspended trial it continued (``trial_continue``)."""
+        strategy gave a suspended trial it continued (``trial_continue``) and those of an
+        earlier ``runner resume --set`` (``resume``)."""
         settled = {e["order"] for e in events if "order" in e}
         for event in events:
-            if event["event"] == "trial_continue" and event["trial"] in continuing:
-                for entry in event["orders"]:
-                    if entry["order"] not in settled:
+            if event["event"] in OWN_ORDERS:  # a strategy's (trial_continue), runner resume --set's (resume)
+                for entry in event.get("orders", []):
+                    trial = entry.get("trial", event.get("trial"))
+                    if entry["order"] not in settled and trial in continuing:
                         decision = decision_from_json(entry["decision"])
-                        delivery = Delivery(entry["order"], decision, entry["what"], source="strategy")
-                        self._held.setdefault(event["trial"], []).append(delivery)
+                        delivery = Delivery(entry["order"], decision, entry["what"], source=OWN_ORDERS[event["event"]])
+                        self._held.setdefault(trial, []).append(delivery)
             if event["event"] not in ("control", "control_error") or event.get("read") is None:
                 continue
             self.reads = max(self.reads, event["read"])

@@ -88,6 +88,7 @@ class ExperimentRun:
         self.experiment = Experiment(spec, run_dir, self.strategy.planned_trials())
         self.as_run = {**spec.raw, "seed": spec.seed}  # the seed in force
         self.history, self.waiting = History(), []  # the trials asked for; those a resume continues first
+        self.overrides: list[tuple[int, Delivery]] = []  # runner resume --set's orders, by trial
 
     def prepare(self) -> None:
         """Before the log opens: a new run writes ``experiment.json``; a resumed one cuts its
@@ -145,6 +146,7 @@ class ExperimentRun:
         if self.resume is not None:
             self.status.replay(self.resume.events)  # what the run had done before
             self.inbox.resume(self.resume.events, continuing=set(self.resume.continue_from))
+            self.overrides = self.hold_overrides()
             if self.pruning is not None:
                 self.pruning.replay(self.resume.events, continuing=set(self.resume.continue_from))
         log.observers.append(self.status.observe)
@@ -158,6 +160,22 @@ class ExperimentRun:
         log.observers.append(count)
         if self.pruning is not None:
             log.observers.append(self.pruning.observe)
+
+    def hold_overrides(self) -> list[tuple[int, Delivery]]:
+        """``runner resume --set``: a nudge with source ``resume`` for each trial that goes on,
+        waiting in its mailbox, so it is in force from its first step."""
+        settings = self.resume.settings
+        if not settings:
+            return []
+        number = sum(1 for e in self.resume.events if e["event"] == "resume") + 1
+        nudge = Nudge(settings, reason="runner resume --set")
+        held = [
+            (trial, Delivery(f"resume.{number}.{trial}", nudge, describe(nudge), source="resume"))
+            for trial in sorted(self.resume.continue_from)
+        ]
+        for trial, delivery in held:
+            self.inbox.hold(trial, delivery)
+        return held
 
     def announce(self, origin: dict[str, Any] | None) -> None:
         """The run's first event: ``experiment_start``, or ``resume`` naming what goes on."""
@@ -183,6 +201,11 @@ class ExperimentRun:
                 trials={str(j.trial): j.resume for j in self.waiting},
                 notes=self.resume.notes,
                 runner_version=__version__,
+                settings=self.resume.settings,
+                orders=[
+                    {"order": d.order, "trial": trial, "what": d.what, "decision": decision_to_json(d.decision)}
+                    for trial, d in self.overrides
+                ],
             )
 
     def drive(self) -> bool:

@@ -60,6 +60,7 @@ class ResumePlan:
     start: dict[str, Any]  # the experiment_start event
     notes: list[str] = field(default_factory=list)
     unannounced: set[int] = field(default_factory=set)  # queued trials whose trial_start never reached the log
+    settings: dict[str, float] = field(default_factory=dict)  # runner resume --set: live settings in force at once
 
 
 def plan_resume(run_dir: Path) -> ResumePlan:

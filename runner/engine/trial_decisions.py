@@ -133,7 +133,7 @@ class TrialDecisions:
             escape(f"t{self.trial.id:03d} step {self.trial.step}: {delivery.what}"),
         )
         by = "control.json" if delivery.source == "control" else delivery.source
-        if delivery.source != "control":  # a pruner's verdict: the trial's end line says it
+        if delivery.source in ("pruner", "strategy"):  # the run's own orders: the trial's end line says it
             notify = lambda line: None  # noqa: E731
         self.order = delivery.order
         try:

@@ -161,10 +161,11 @@ EVENTS: dict[str, EventKind] = {
         ),
         EventKind(
             "resume",
-            ("trials", "notes", "runner_version"),
+            ("trials", "notes", "runner_version", "settings", "orders"),
             (
                 "`trials` (each interrupted trial and the snapshot it continues from, or null), `notes` (damaged "
-                "files skipped), `runner_version`"
+                "files skipped), `runner_version`, `settings` (what `runner resume --set` put in force), `orders` "
+                "(the nudge each trial that goes on carries out first, source `resume`)"
             ),
         ),
         EventKind(
