@@ -29,13 +29,14 @@ from rich.console import Console
 
 from runner.control.file import FILE_NAME as CONTROL_FILE
 from runner.data import Dataset
-from runner.engine.experiment import load_dataset
+from runner.engine.experiment import load_dataset, misfit
 from runner.engine.interrupt import Interrupted, graceful_interrupts
 from runner.engine.loop import run_experiment
 from runner.engine.plugin_manager import Plugins, load_plugins
-from runner.engine.snapshot_files import trial_folder
-from runner.errors import SpecError, join_path
-from runner.experiment_file.spec import ExperimentSpec, load, load_document
+from runner.engine.snapshot_files import read_snapshot, trial_folder, trial_snapshot
+from runner.errors import RunnerError, SpecError, join_path
+from runner.experiment_file.spec import ExperimentSpec, load, load_document, trial_sections
+from runner.imports import experiment_folder
 from runner.records.files import create_run_dir, run_lock
 from runner.records.results import best_of, best_of_run, leaderboard
 from runner.trial import TrialResult
@@ -143,6 +144,7 @@ def start_run(
     seed: int | None = None,
     base_dir: Path | None = None,
     from_run: Path | None = None,
+    weights: bool = False,
     console: Console | None = None,
     plain: bool = True,
     poll: bool = False,
@@ -152,7 +154,9 @@ def start_run(
     and load its data (``prepare``), make the run directory, hold it, and run every trial
     (``runner.engine.loop.run_experiment``) while Ctrl-C asks for a clean stop.
 
-    ``from_run`` starts from the best trial of an earlier run (``runner start --from``).
+    ``from_run`` starts from the best trial of an earlier run (``runner start --from``), and
+    with ``weights`` from its weights and optimizer state too (``--weights``): a RunnerError
+    (exit 2) names the first array that does not fit this experiment's model.
     ``console`` is where a person follows the run (None: nothing is printed), with a live
     table unless ``plain``. ``on_run_dir`` is told the run directory as soon as it exists.
     Raises ``Interrupted`` after Ctrl-C, once the run directory can be resumed.
@@ -175,6 +179,11 @@ def start_run(
         }
         shown = "".join(f", {k}={v}" for k, v in best["params"].items())
         say(f"starting from t{best['trial']:03d} of {from_run}: its model and train config{shown}")
+        if weights:
+            origin["weights"] = weights_of(from_run, best["trial"])
+            say(f"and from its weights and optimizer state: {origin['weights']['snapshot']}")
+    elif weights:
+        raise RunnerError("--weights starts from the weights of --from RUN_DIR's best trial: give --from", exit_code=2)
     try:
         plugins, spec, dataset = prepare(experiment, plugin_refs, seed=seed, base_dir=base_dir, start_from=start_from)
     except SpecError as err:
@@ -185,6 +194,8 @@ def start_run(
             f"{err.message} (with the config of t{origin['trial']:03d} from --from {from_run} set in it)",
             source=err.source,
         ) from None
+    if origin is not None and "weights" in origin:
+        check_weights(spec, dataset, origin)
     run_dir = create_run_dir(out, spec.name)
     on_run_dir(run_dir)
     say(f"run directory: {run_dir}")
@@ -205,6 +216,38 @@ def start_run(
     if console is not None:
         show_results(console, result.leaderboard, result.metric, run_dir)
     return result
+
+
+def weights_of(from_run: Path, trial: int) -> dict[str, Any]:
+    """The snapshot file ``--weights`` starts from: the trial's best, else its newest; where
+    it is and what it holds (epoch). A RunnerError (exit 2) if the trial has none."""
+    found = trial_snapshot(Path(from_run), trial, "best") or trial_snapshot(Path(from_run), trial, "last")
+    if found is None:
+        raise RunnerError(f"t{trial:03d} of {from_run} has no snapshot file to take its weights from", exit_code=2)
+    path, _, meta = found
+    return {"path": str(path.resolve()), "snapshot": str(path.relative_to(from_run)), "epoch": meta["epoch"]}
+
+
+def check_weights(spec: ExperimentSpec, dataset: Dataset, origin: dict[str, Any]) -> None:
+    """Before the run directory exists: the ``--weights`` snapshot must fit the model this
+    experiment builds (its base config); a RunnerError (exit 2) names the first array that
+    does not."""
+    saved, _ = read_snapshot(Path(origin["weights"]["path"]))
+    model, train, options = trial_sections(spec, {})
+    with experiment_folder(spec.base_dir):
+        backend = spec.backend_class(model=model, train=train, options=options, data=dataset, seed=0)
+    why = misfit(backend.state(), saved)
+    if why is None:
+        try:
+            backend.load_state(saved)
+        except ValueError as err:  # the backend's own check: the data's size, its optimizer, ...
+            why = str(err)
+    if why is not None:
+        raise RunnerError(
+            f"--weights: the weights of t{origin['trial']:03d} of {origin['run_dir']} do not fit this experiment's "
+            f"model: {why}",
+            exit_code=2,
+        )
 
 
 def prepare(

@@ -46,6 +46,12 @@ from runner.views.live import LiveView
     help="Start from the best trial of an earlier run: its model and train config (all but "
     "train.epochs) replaces this file's (panda-nudge then babysits it).",
 )
+@click.option(
+    "--weights",
+    is_flag=True,
+    help="With --from: start every trial from that trial's weights and optimizer state too (its best "
+    "snapshot), not only its config. The model must be the same.",
+)
 @click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
 @poll_option
 def start(
@@ -54,6 +60,7 @@ def start(
     plugin_refs: tuple[str, ...],
     seed: int | None,
     from_run: Path | None,
+    weights: bool,
     plain: bool,
     poll: bool,
 ) -> None:
@@ -66,6 +73,7 @@ def start(
             plugin_refs=plugin_refs,
             seed=seed,
             from_run=from_run,
+            weights=weights,
             console=console,
             plain=plain,
             poll=poll,

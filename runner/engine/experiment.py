@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from runner.backend import BackendState
 from runner.data import Dataset, prepare
 from runner.engine.plugin_manager import Plugins
 from runner.engine.snapshot_files import trial_folder
@@ -46,6 +47,7 @@ class TrialJob:
     resume: str | None = None  # a snapshot file to continue from
     announced: bool = False  # its trial_start is already in the event log (a resumed run)
     logged: int | None = None  # a retry after its worker died: the trial's events in the log so far
+    weights: str | None = None  # a snapshot file a new trial starts from (runner start --from RUN --weights)
 
 
 class EndTrial(Exception):
@@ -120,3 +122,19 @@ def end_elsewhere(result: TrialResult, seed: int, run_dir: Path, log: Any, hook:
         plugin_options=plugin_options,
     )
     hook.runner_trial_complete(trial=trial, result=result)
+
+
+def misfit(fresh: BackendState, saved: BackendState) -> str | None:
+    """Why ``saved`` (another run's snapshot) does not fit a backend whose state is ``fresh``:
+    the first array of numbers it learns (weights, optimizer state, running statistics: the
+    floating-point ones) missing, extra or of another shape, in the backend's order; None if
+    they fit. (The data order, in integer arrays, follows the data, not the model.)"""
+    learned = {name: a for name, a in fresh.arrays.items() if a.dtype.kind == "f"}
+    theirs = {name: a for name, a in saved.arrays.items() if a.dtype.kind == "f"}
+    for name, array in learned.items():
+        if name not in theirs:
+            return f"{name}: the snapshot has no such array"
+        if theirs[name].shape != array.shape:
+            return f"{name}: {list(theirs[name].shape)} in the snapshot, {list(array.shape)} here"
+    extra = sorted(set(theirs) - set(learned))
+    return f"{extra[0]}: in the snapshot, not in this model" if extra else None

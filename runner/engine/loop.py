@@ -67,7 +67,7 @@ def run_experiment(
     ``watchers`` are called with every event as it is written (the terminal's live view).
     Returns the leaderboard, best first.
     """
-    run = ExperimentRun(spec, plugins, dataset, run_dir, resume)
+    run = ExperimentRun(spec, plugins, dataset, run_dir, resume, origin)
     run.prepare()
     with EventLog(run_dir / "events.jsonl") as log:
         run.open(log, poll=poll, notify=notify, watchers=watchers)
@@ -81,9 +81,18 @@ class ExperimentRun:
     method, in the order ``run_experiment`` calls them."""
 
     def __init__(
-        self, spec: ExperimentSpec, plugins: Plugins, dataset: Dataset, run_dir: Path, resume: ResumePlan | None
+        self,
+        spec: ExperimentSpec,
+        plugins: Plugins,
+        dataset: Dataset,
+        run_dir: Path,
+        resume: ResumePlan | None,
+        origin: dict[str, Any] | None = None,
     ):
         self.spec, self.plugins, self.dataset, self.run_dir, self.resume = spec, plugins, dataset, run_dir, resume
+        started_from = origin if resume is None else resume.start.get("started_from")
+        # runner start --from RUN --weights: the snapshot every new trial starts from
+        self.weights = ((started_from or {}).get("weights") or {}).get("path")
         self.strategy = build_strategy(spec, plugins.registry)
         self.experiment = Experiment(spec, run_dir, self.strategy.planned_trials())
         self.as_run = {**spec.raw, "seed": spec.seed}  # the seed in force
@@ -109,6 +118,7 @@ class ExperimentRun:
                 trial_seed(spec.seed, r.id),
                 resume=_str(resume.continue_from[r.id]),
                 announced=r.id not in resume.unannounced,
+                weights=self.weights,
             )
             for r in self.history.running
         ]
@@ -259,7 +269,7 @@ class ExperimentRun:
                     trial_id = len(history)
                     history.add(trial_id, params)
                     log.emit("trial_queued", queued=trial_id, params=params)  # a resume knows it, started or not
-                    executor.submit(TrialJob(trial_id, params, trial_seed(spec.seed, trial_id)))
+                    executor.submit(TrialJob(trial_id, params, trial_seed(spec.seed, trial_id), weights=self.weights))
                 if executor.pending() == 0:
                     break
                 result = executor.next_result()

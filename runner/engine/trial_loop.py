@@ -22,7 +22,7 @@ from runner.data import Dataset
 from runner.decisions import flatten
 from runner.engine.checkpoints import CheckpointStore, SnapshotWriter
 from runner.engine.divergence import DivergenceEvent, SpikeDetector, val_divergence
-from runner.engine.experiment import EndTrial, Experiment, TrialJob
+from runner.engine.experiment import EndTrial, Experiment, TrialJob, misfit
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.plugin_manager import Plugins
 from runner.engine.snapshot_files import read_snapshot, trial_folder
@@ -122,6 +122,8 @@ class TrialLoop(TrialDecisions):
                 if self.state.ending is not None:  # the snapshot closed an epoch that ended the trial
                     raise self.state.ending
             else:
+                if self.job.weights:
+                    self.take_weights(Path(self.job.weights), train)
                 self.announce()
                 self.snapshot("start", improved=False, durable=False)  # what a first rollback returns to
             self.train(train.epochs)
@@ -205,6 +207,18 @@ class TrialLoop(TrialDecisions):
             snapshot=str(path.relative_to(self.runner.experiment.run_dir)),
         )
         self.hook.runner_trial_start(trial=trial)
+
+    def take_weights(self, path: Path, train: Any) -> None:
+        """A new trial that starts from another run's snapshot (``runner start --from RUN
+        --weights``): its weights and optimizer state, with the live settings of this trial's
+        own config. A snapshot that does not fit the model fails the trial, naming why."""
+        saved, _ = read_snapshot(path)
+        if (why := misfit(self.backend.state(), saved)) is not None:
+            raise RunnerError(f"the weights in {path} do not fit this trial's model: {why}")
+        self.backend.load_state(saved)
+        live = {name: getattr(train, name) for name in self.backend_cls.live if getattr(train, name, None) is not None}
+        self.backend.set_hyperparameters(**live)
+        self.trial.hyperparameters = self.backend.hyperparameters()
 
     def announce(self) -> None:
         trial = self.trial

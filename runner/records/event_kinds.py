@@ -60,7 +60,8 @@ EVENTS: dict[str, EventKind] = {
                 "`plugin_files` (the `--plugin` ones, which `resume` asks for again and never loads on its own), "
                 "`runner_version`, `metric`, `mode`, `planned_trials` (null if the strategy does not know), "
                 "`started_from` (with `runner start --from`: the earlier run's `run_dir`, `trial`, `params` and "
-                "`score`; else null)"
+                "`score`, and with `--weights` the snapshot every trial starts from, `weights`: `path`, `snapshot`, "
+                "`epoch`; else null)"
             ),
         ),
         EventKind(
