@@ -402,8 +402,12 @@ def test_a_duplicate_key_in_the_control_file_is_a_control_error_and_the_run_goes
         run.control.write_text(text)
         error = run.until(lambda: [e for e in run.find("control_error") if "duplicate key" in e["message"]])[0]
         assert error["message"] == "control.json: lr: duplicate key"
-        status = orjson.loads((run.run_dir / "status.json").read_bytes())
-        assert status["control"]["last_error"]["message"] == "control.json: lr: duplicate key"
+
+        def last_error() -> str | None:  # status.json is rewritten right after the log line, not with it
+            error = orjson.loads((run.run_dir / "status.json").read_bytes())["control"]["last_error"]
+            return error and error["message"]
+
+        assert run.until(lambda: last_error() == "control.json: lr: duplicate key")
         assert not run.find("nudge", source="control"), "nothing in the refused version was applied"
         run.write({**orjson.loads(text.replace('"lr": 0.02, ', "")), "lr": 0.005})
         nudge = run.until(lambda: run.find("nudge", source="control"))[0]

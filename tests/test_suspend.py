@@ -245,3 +245,41 @@ def test_orders_a_suspended_trial_had_not_carried_out_wait_for_its_next_run(tmp_
         ("1.0", "lr=0.1: trial 3 ended before the order reached it"),
         ("2.0", "lr=0.2: trial 3 ended before the order reached it"),
     ]
+
+
+def test_after_a_resume_a_persons_order_for_a_suspended_trial_still_comes_after_its_strategys(tmp_path):
+    from runner.control.file import ControlSchema
+    from runner.control.inbox import ControlInbox, Delivery
+    from runner.decisions import decision_to_json
+    from runner.plugins.backends.numpy_mlp.backend import NumpyBackend
+    from runner.records.events import EventLog
+
+    person = Nudge(lr=0.5, reason="control action 1")
+    read = {
+        "event": "control",
+        "read": 1,
+        "orders": [{"order": "1.0", "trial": 3, "what": "lr=0.5", "action": 1, "decision": decision_to_json(person)}],
+    }
+    exploit = Delivery("continue.3.9.0", Nudge(lr=0.1), "lr=0.1", source="strategy")
+    with EventLog(tmp_path / "events.jsonl") as log:
+        inbox = ControlInbox(tmp_path / "control.json", ControlSchema.for_backend(NumpyBackend), log)
+        inbox.resume([read], continuing={3}, suspended={3})
+        inbox.hold(3, exploit)  # its strategy continues it
+        assert [d.order for d in inbox.open(3).items] == ["continue.3.9.0", "1.0"]
+        late = Delivery("2.0", person, "lr=0.5")
+        inbox.undelivered(3, late)  # a worker's "too late" for the last run, while the next one runs
+        assert [d.order for d in inbox._mailboxes[3].items][-1] == "2.0"
+
+
+def test_a_continued_trials_rollback_to_a_missing_snapshot_is_reported_and_it_goes_on(tmp_path, relay, monkeypatch):
+    orders = RELAY.replace('(Nudge(lr=0.001, reason="slower"),)', "(Rollback(2, trial=9), Nudge(lr=0.001))")
+    relay.write_text(
+        orders.replace("import Babysitter, Continue, Nudge,", "import Babysitter, Continue, Nudge, Rollback,")
+    )
+    monkeypatch.setenv("RUNNER_TEST_RELAY_NUDGE", "1")
+    r = run(tmp_path, RELAYED, [relay])
+    [error] = [e for e in r.events if e["event"] == "control_error"]
+    assert error["trial"] == 1
+    assert error["message"] == "rollback to epoch 2 of t009: trial 9 has no snapshot of epoch 2 file to take"
+    assert [x.state for x in r.board] == ["completed"] * 3
+    assert [e["lr"] for e in r.events if e["event"] == "epoch_end" and e["trial"] == 1][2:] == [0.001, 0.001]

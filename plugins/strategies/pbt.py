@@ -126,6 +126,14 @@ class Pbt(Strategy):
         return self.options.population
 
     def babysitter(self, trial) -> Babysitter:
+        """Where the trial runs, before it trains: a searched setting the backend cannot change
+        while training fails it, naming the setting (exploring it could never work)."""
+        for param in self.space:
+            if param.path.removeprefix("train.") not in trial.hyperparameters:
+                raise SpecError(
+                    join_path("search.space", param.path),
+                    f"population-based training explores live settings only; live: {', '.join(trial.hyperparameters)}",
+                )
         return Interval(self.options.interval, trial.config["train"]["epochs"])
 
     def ask(self, history: History) -> dict[str, Any] | Continue | None:

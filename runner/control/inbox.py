@@ -116,13 +116,16 @@ class ControlInbox:
             self.check(True)  # say what is wrong with it now; its first valid version is the starting point
         self.watcher.start()
 
-    def resume(self, events: list[dict], continuing: set[int]) -> None:
+    def resume(self, events: list[dict], continuing: set[int], suspended: set[int] = frozenset()) -> None:
         """Called by the driver of a resumed run, before ``start``, with the events it keeps:
         read numbers and action ids go on from them, and orders that were read but whose
         effect was lost with the work after the last snapshot are carried out again when
         their trial continues (or, for every trial, by the next one to run). So are those a
         strategy gave a suspended trial it continued (``trial_continue``) and those of an
-        earlier ``runner resume --set`` (``resume``)."""
+        earlier ``runner resume --set`` (``resume``). The ``suspended`` trials (among the
+        continuing ones) wait as they did: their orders come after their strategy's."""
+        for trial in suspended:
+            self._suspended.setdefault(trial, [])
         settled = {e["order"] for e in events if "order" in e}
         for event in events:
             if event["event"] in OWN_ORDERS:  # a strategy's (trial_continue), runner resume --set's (resume)
@@ -131,7 +134,7 @@ class ControlInbox:
                     if entry["order"] not in settled and trial in continuing:
                         decision = decision_from_json(entry["decision"])
                         delivery = Delivery(entry["order"], decision, entry["what"], source=OWN_ORDERS[event["event"]])
-                        self._held.setdefault(trial, []).append(delivery)
+                        self._owe(trial, delivery)
             if event["event"] not in ("control", "control_error") or event.get("read") is None:
                 continue
             self.reads = max(self.reads, event["read"])
@@ -142,9 +145,22 @@ class ControlInbox:
                     continue
                 delivery = Delivery(entry["order"], decision_from_json(entry["decision"]), entry["what"])
                 if entry["trial"] in continuing:
-                    self._held.setdefault(entry["trial"], []).append(delivery)
+                    self._owe(entry["trial"], delivery)
                 elif entry["trial"] is None:
                     self._hold_for_any_trial(delivery)
+
+    def owe(self, trial: int, delivery: Delivery) -> None:
+        """An order a resumed run owes a trial (a pruner's verdict, ``runner resume --set``):
+        it waits for the trial's next run, after what its strategy has it do first if it is
+        suspended. Called by the driver before the first trial runs."""
+        with self._lock:
+            self._owe(trial, delivery)
+
+    def _owe(self, trial: int, delivery: Delivery) -> None:
+        if trial in self._suspended and delivery.source != "strategy":
+            self._suspended[trial].append(delivery)
+        else:
+            self._held.setdefault(trial, []).append(delivery)
 
     def close(self) -> None:
         """Called once by the driver when the run ends: stop watching."""
@@ -199,11 +215,20 @@ class ControlInbox:
 
     def undelivered(self, trial: int, delivery: Delivery) -> None:
         """An order that reached a trial's worker after the trial's run ended there: kept for
-        its next run if the trial is suspended, else reported lost."""
+        its next run if the trial is suspended (or given to that run, if it has begun), else
+        reported lost."""
         with self._lock:
-            if trial in self._suspended:
+            if trial in self._mailboxes:
+                self._mailboxes[trial].put(delivery)
+            elif trial in self._suspended:
                 self._suspended[trial].append(delivery)
             else:
+                self._lost(trial, delivery)
+
+    def forget(self, trial: int) -> None:
+        """A suspended trial ends without going on: the orders that waited for it are reported lost."""
+        with self._lock:
+            for delivery in self._suspended.pop(trial, []):
                 self._lost(trial, delivery)
 
     def _lost(self, trial: int, delivery: Delivery) -> None:

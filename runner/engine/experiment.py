@@ -48,6 +48,7 @@ class TrialJob:
     announced: bool = False  # its trial_start is already in the event log (a resumed run)
     logged: int | None = None  # a retry after its worker died: the trial's events in the log so far
     weights: str | None = None  # a snapshot file a new trial starts from (runner start --from RUN --weights)
+    continues_at: int | None = None  # its strategy continues it from its suspension at this epoch
 
 
 class EndTrial(Exception):

@@ -155,7 +155,8 @@ class ExperimentRun:
         self.pruning = None if pruner is None else PruneJudge(pruner, self.inbox)
         if self.resume is not None:
             self.status.replay(self.resume.events)  # what the run had done before
-            self.inbox.resume(self.resume.events, continuing=set(self.resume.continue_from))
+            suspended = {r.id for r in self.history.waiting}
+            self.inbox.resume(self.resume.events, continuing=set(self.resume.continue_from), suspended=suspended)
             self.overrides = self.hold_overrides()
             if self.pruning is not None:
                 self.pruning.replay(self.resume.events, continuing=set(self.resume.continue_from))
@@ -184,7 +185,7 @@ class ExperimentRun:
             for trial in sorted(self.resume.continue_from)
         ]
         for trial, delivery in held:
-            self.inbox.hold(trial, delivery)
+            self.inbox.owe(trial, delivery)
         return held
 
     def announce(self, origin: dict[str, Any] | None) -> None:
@@ -320,12 +321,19 @@ class ExperimentRun:
         self.history.continue_trial(trial_id)
         seed = trial_seed(self.spec.seed, trial_id)
         return TrialJob(
-            trial_id, record.params, seed, resume=_str(snapshot), announced=True, logged=self.logged[trial_id]
+            trial_id,
+            record.params,
+            seed,
+            resume=_str(snapshot),
+            announced=True,
+            logged=self.logged[trial_id],
+            continues_at=record.suspensions[-1].epochs,
         )
 
     def end_waiting(self, reason: str) -> None:
         """Trials still suspended when no more will run end ``stopped``, as they stood."""
         for record in self.history.waiting:
+            self.inbox.forget(record.id)
             result = replace(record.suspensions[-1], state="stopped", reason=reason)
             seed = trial_seed(self.spec.seed, record.id)
             end_elsewhere(result, seed, self.run_dir, self.log, self.plugins.hook, self.spec.plugins)

@@ -51,7 +51,7 @@ class PruneJudge:
             if found is not None and found[0] in continuing:
                 owed[found[1].order] = found
         for trial, delivery in owed.values():
-            self.inbox.hold(trial, delivery)
+            self.inbox.owe(trial, delivery)
 
     def verdict(self, event: dict[str, Any]) -> tuple[int, Delivery] | None:
         """Fold one event into the curves; at an epoch's end, the pruner's verdict on it as

@@ -144,7 +144,12 @@ def trial_snapshot(
             if older == 0:
                 break
             older -= 1
-    return None if found is None else (found, *read_snapshot(found))
+    if found is None:
+        return None
+    try:
+        return (found, *read_snapshot(found))
+    except CorruptSnapshot:  # deleted or replaced since the scan read it
+        return None
 
 
 def fsync_dir(folder: Path) -> None:

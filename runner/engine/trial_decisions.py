@@ -56,7 +56,7 @@ class TrialDecisions:
                 try:
                     self.rollback(decision, source)
                 except NoSnapshot as missing:
-                    if source == "control":
+                    if self.order is not None:  # an order (a person's, a strategy's): reported, and training goes on
                         raise
                     raise EndTrial("diverged" if source == "divergence" else "failed", str(missing)) from None
                 except RolledBack as rolled:

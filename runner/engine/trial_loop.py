@@ -119,8 +119,11 @@ class TrialLoop(TrialDecisions):
             announced = True
             if self.job.resume:
                 self.resume(Path(self.job.resume))
-                if self.state.ending is not None:  # the snapshot closed an epoch that ended the trial
-                    raise self.state.ending
+                ending = self.state.ending
+                if ending is not None and ending.state == "suspended" and trial.epoch == self.job.continues_at:
+                    self.state.ending = None  # the epoch's own snapshot (the suspend one was lost): it goes on
+                elif ending is not None:  # the snapshot closed an epoch that ended the trial
+                    raise ending
             else:
                 if self.job.weights:
                     self.take_weights(Path(self.job.weights), train)

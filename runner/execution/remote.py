@@ -50,6 +50,7 @@ class Running:
     delivered: list[Delivery] = field(default_factory=list)  # orders sent to it
     named: dict[str, int] = field(default_factory=dict)  # order -> the trial's event count when an event named it
     completed: dict[str, Any] | None = None  # its trial_complete event, once written
+    suspended: dict[str, Any] | None = None  # its trial_suspend event, once written
 
 
 class Forward:
@@ -179,14 +180,16 @@ class RemoteExecutor(Executor):
                     running.named.setdefault(record["order"], session.logged[record["trial"]])
                 if record["event"] == "trial_complete":
                     running.completed = record
+                elif record["event"] == "trial_suspend":
+                    running.suspended = record
         elif kind == "sync":
             session.log.sync()
             self.send(slot, ("synced", message[1]))
         elif kind == "notify":
             session.inbox.notify(message[1])
         elif kind == "closed":
-            _, trial, carried = message
-            session.inbox.close_mailbox(trial, suspended=carried is not None, carried=carried or [])
+            _, trial, left, suspended = message
+            session.inbox.close_mailbox(trial, suspended=suspended, carried=left)
         elif kind == "unreachable":
             session.inbox.undelivered(message[1], message[2])
         elif kind == "done":
@@ -232,6 +235,10 @@ class RemoteExecutor(Executor):
         except OSError as err:  # a link planted in its folder: nothing is removed through it, the run goes on
             session.log.emit("checkpoint_error", trial=trial_id, message=f"{type(err).__name__}: {err}")
         attempt = running.attempt + 1
+        if running.suspended is not None and running.completed is None:  # it was suspended: that run is over
+            session.inbox.close_mailbox(trial_id, suspended=True)
+            self.finished.append(TrialResult.from_json(running.suspended))
+            return
         if running.completed is not None or self.interrupting:
             session.inbox.close_mailbox(trial_id)
             if running.completed is not None:  # it had ended; only telling the driver was left
@@ -272,9 +279,9 @@ class RemoteExecutor(Executor):
         job = replace(
             running.job, resume=str(snapshot) if snapshot else None, announced=True, logged=session.logged[trial_id]
         )
-        undone = [
-            d for d in running.delivered if running.named.get(d.order, math.inf) > kept
-        ]  # after the snapshot, or never
+        undone = [  # after the snapshot, or never; a pruner judges the epochs trained again anew
+            d for d in running.delivered if running.named.get(d.order, math.inf) > kept and d.source != "pruner"
+        ]
         self.begin(slot, Running(job, started=running.started, attempt=attempt), undone)
 
     def give_up(self, running: Running, meta: dict[str, Any] | None, why: str) -> TrialResult:

@@ -10,9 +10,9 @@ worker → driver, through ``send`` (order kept)::
     ("event", record)              an event, timestamped here; the driver writes it to the log
     ("sync", token)                before a durable snapshot: the driver fsyncs the log, answers ("synced", token)
     ("notify", message)            a line for the person at the terminal (rich markup)
-    ("closed", trial, carried)     the trial's mailbox closed: orders for it now fail; or, for a
-                                   trial suspended (carried: the orders it had not carried out,
-                                   else None), wait for its next run
+    ("closed", trial, left, suspended)  the trial's mailbox closed, ``left`` the orders it had not
+                                   carried out: they, and orders for it from now on, fail, or wait
+                                   for its next run if it was ``suspended``
     ("unreachable", trial, delivery)  an order that arrived after its trial ended
     ("done", trial, result)        the trial ended (a TrialResult)
     ("interrupted", trial, message)   it saved a snapshot after ("interrupt",) and stopped
@@ -125,10 +125,8 @@ class WorkerLink:
         with self._lock:
             mailbox = self._mailboxes.pop(trial, None)
             self._closed.add((trial, self._runs.get(trial)))
-            carried = None
-            if suspended:
-                carried = [] if mailbox is None else [mailbox.items.popleft() for _ in range(len(mailbox.items))]
-        self.send(("closed", trial, carried))
+            left = [] if mailbox is None else [mailbox.items.popleft() for _ in range(len(mailbox.items))]
+        self.send(("closed", trial, left, suspended))
 
     def notify(self, message: str) -> None:
         self.send(("notify", message))

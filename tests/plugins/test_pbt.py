@@ -251,3 +251,45 @@ def test_a_persons_nudge_to_a_member_wins_over_exploit_and_explore(tmp_path):
     other = 1 - member
     assert [e for e in events if e["event"] == "note" and e.get("kind") == "generation"], "the population went on"
     assert all(e["trial"] == other for e in events[at:] if e["event"] == "rollback" and e.get("donor") is not None)
+
+
+DIES_SUSPENDED = """
+import os, signal
+from pathlib import Path
+from runner import hookimpl
+
+@hookimpl
+def runner_checkpoint_saved(trial, checkpoint):
+    marker = Path(os.environ["RUNNER_TEST_MARKER"])
+    if checkpoint["reason"] == "suspend" and trial.id == 1 and checkpoint["epoch"] == 2 and not marker.exists():
+        marker.write_text("died")  # its worker dies once, after the suspension is logged and saved
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_worker_that_dies_just_after_suspending_its_member_changes_nothing(tmp_path, inline, monkeypatch):
+    plugin = tmp_path / "dies.py"
+    plugin.write_text(DIES_SUSPENDED)
+    monkeypatch.setenv("RUNNER_TEST_MARKER", str(tmp_path / "died"))
+    path = tmp_path / "exp.json"
+    path.write_bytes(orjson.dumps(deep_update(POPULATION, {"executor": {"name": "process", "workers": 2}})))
+    r = run_file(path, tmp_path, [str(plugin)])
+    assert (tmp_path / "died").exists()
+    assert_same(outcome(r.run_dir), outcome(inline.run_dir), epochs=6)
+    assert not [e for e in r.events if e["event"] == "trial_retry"], "a suspended member is not retried"
+    assert [e["trial"] for e in r.events if e["event"] == "trial_suspend" and e["epochs"] == 2].count(1) == 1
+
+
+def test_a_searched_setting_the_backend_cannot_change_while_training_fails_the_member_naming_it():
+    from types import SimpleNamespace
+
+    pbt = Pbt(
+        space=Space.parse({"train.batch_size": {"choices": [16, 32]}}),
+        options=PbtOptions(),
+        seed=0,
+        metric="val_acc",
+        mode="max",
+    )
+    member = SimpleNamespace(hyperparameters={"lr": 0.1, "momentum": 0.9}, config={"train": {"epochs": 6}})
+    with pytest.raises(SpecError, match=r"search.space.train.batch_size: .* live settings only; live: lr, momentum"):
+        pbt.babysitter(member)
