@@ -88,7 +88,8 @@ class Suspend:
     executor: the trial waits, ``suspended``, until its strategy continues it (``Continue``
     from ``Strategy.ask``), from that snapshot; a run that ends first ends it ``stopped``.
     Population-based training suspends each member every few epochs, so that a population
-    larger than the executor's slots trains side by side."""
+    larger than the executor's slots trains side by side. Only a strategy that continues
+    trials should suspend them (from its babysitter)."""
 
     reason: str = ""
 
