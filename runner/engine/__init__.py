@@ -7,6 +7,7 @@
 - ``trial_state``: what a trial's snapshots carry besides the backend's state.
 - ``checkpoints``: when a trial's snapshots are taken, the ring in memory, which files stay.
 - ``snapshot_files``: the snapshot file format, written durably and read back checked.
+- ``pruning``: the pruner at work in the driver: a verdict as each epoch ends, sent as an order.
 - ``divergence``: what counts as training blowing up.
 - ``interrupt``: clean stops on Ctrl-C and SIGTERM.
 - ``resume``: where each trial of an interrupted run goes on.
