@@ -122,8 +122,9 @@ def runner(*args, env=None):
 
 
 def start(
-    tmp_path: Path, name: str, experiment: dict, kill: str | None = None
+    tmp_path: Path, name: str, experiment: dict, kill: str | None = None, plugins=(), env: dict | None = None
 ) -> tuple[subprocess.CompletedProcess, Path]:
+    """``runner start`` with KILLER (killing where ``kill`` says, or nowhere) and one-off ``plugins``."""
     exp = tmp_path / f"{name}.json"
     exp.write_bytes(orjson.dumps(experiment))
     killer = tmp_path / "killer.py"
@@ -135,9 +136,8 @@ def start(
         "--out",
         out,
         "--plain",
-        "--plugin",
-        killer,
-        env={"RUNNER_TEST_KILL": kill} if kill else {"RUNNER_TEST_KILL": ""},
+        *[arg for plugin in (*plugins, killer) for arg in ("--plugin", plugin)],
+        env={"RUNNER_TEST_KILL": kill or "", **(env or {})},
     )
     [run_dir] = out.iterdir()
     return proc, run_dir

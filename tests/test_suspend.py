@@ -11,7 +11,7 @@ import pytest
 
 from runner import Continue, History, Nudge, TrialResult
 from tests.conftest import deep_update, run_file
-from tests.test_resume import EXPERIMENT, assert_same, outcome, resume, runner
+from tests.test_resume import EXPERIMENT, assert_same, outcome, resume, start
 
 # A strategy that asks three trials (as random does), has each suspend after two of its four
 # epochs, and continues them one by one once all three wait, giving trial 1 a nudge first.
@@ -135,31 +135,12 @@ def test_continuing_a_trial_that_is_not_suspended_is_an_error_naming_the_strateg
 
 @pytest.mark.parametrize("kill", ["trial_end:0", "step:14"])
 def test_sigkill_then_resume_gives_the_uninterrupted_result(tmp_path, relay, kill):
-    exp = tmp_path / "exp.json"
-    exp.write_bytes(orjson.dumps(RELAYED))
-    baseline = runner("start", exp, "--out", tmp_path / "base", "--plain", "--plugin", relay)
+    baseline, base_dir = start(tmp_path, "base", RELAYED, plugins=[relay])
     assert baseline.returncode == 0, baseline.stderr
-    killer = tmp_path / "killer.py"
-    from tests.test_resume import KILLER
-
-    killer.write_text(KILLER)
-    proc = runner(
-        "start",
-        exp,
-        "--out",
-        tmp_path / "killed",
-        "--plain",
-        "--plugin",
-        relay,
-        "--plugin",
-        killer,
-        env={"RUNNER_TEST_KILL": kill},
-    )
+    proc, run_dir = start(tmp_path, "killed", RELAYED, kill=kill, plugins=[relay])
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    [run_dir] = (tmp_path / "killed").iterdir()
     resumed, _ = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
-    [base_dir] = (tmp_path / "base").iterdir()
     assert_same(outcome(run_dir), outcome(base_dir))
     events = [orjson.loads(line) for line in (run_dir / "events.jsonl").read_bytes().splitlines()]
     for trial in range(3):

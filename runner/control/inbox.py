@@ -22,14 +22,28 @@ from pathlib import Path
 from rich.markup import escape
 
 from runner.control.file import Action, ControlDocument, ControlError, ControlSchema, Order, orders, parse
+from runner.control.refusal import settings
 from runner.control.watch import FileWatcher, signature
-from runner.decisions import Decision, Stop, decision_from_json, decision_to_json
+from runner.decisions import Decision, Note, Nudge, Rollback, Stop, decision_from_json, decision_to_json
 from runner.inputs import CONTROL_FILE, InputError, read_bytes
 from runner.records.events import EventLog
 from runner.records.files import atomic_write
 
 # Events that record orders the run gives its trials itself, by the source those orders carry.
 OWN_ORDERS = {"trial_continue": "strategy", "resume": "resume"}
+
+
+def describe(decision: Decision) -> str:
+    """An order the run gives itself, in a few words, as a ``Delivery``'s ``what``: ``lr=0.01``,
+    ``rollback to epoch 4 of t005``, ``prune``, ``note rung``."""
+    if isinstance(decision, Nudge):
+        return settings(decision.changes)
+    if isinstance(decision, Rollback):
+        to = f"epoch {decision.to}" if isinstance(decision.to, int) else decision.to
+        return f"rollback to {to}" + ("" if decision.trial is None else f" of t{decision.trial:03d}")
+    if isinstance(decision, Note):
+        return f"note {decision.kind}"
+    return type(decision).__name__.lower()
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,9 @@ import orjson
 from runner import __version__
 from runner.control.file import FILE_NAME as CONTROL_FILE
 from runner.control.file import ControlSchema, initial_document
-from runner.control.inbox import ControlInbox, Delivery
-from runner.control.refusal import settings
+from runner.control.inbox import ControlInbox, Delivery, describe
 from runner.data import Dataset
-from runner.decisions import Decision, Nudge, Rollback, decision_to_json
+from runner.decisions import Nudge, decision_to_json
 from runner.engine.checkpoints import SnapshotWriter
 from runner.engine.experiment import Experiment, TrialJob, build_pruner, build_strategy, end_elsewhere, trial_seed
 from runner.engine.interrupt import FLAG, Interrupted
@@ -371,16 +370,6 @@ def note_writer(log: EventLog, past: list[dict[str, Any]]) -> Callable[[dict[str
         log.emit("note", source="strategy", **note)
 
     return write
-
-
-def describe(decision: Decision) -> str:
-    """A strategy's order, in a few words: ``lr=0.01``, ``rollback to epoch 4 of t005``."""
-    if isinstance(decision, Nudge):
-        return settings(decision.changes)
-    if isinstance(decision, Rollback):
-        to = f"epoch {decision.to}" if isinstance(decision.to, int) else decision.to
-        return f"rollback to {to}" + ("" if decision.trial is None else f" of t{decision.trial:03d}")
-    return type(decision).__name__.lower()
 
 
 def _str(path: Path | None) -> str | None:

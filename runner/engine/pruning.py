@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from runner.control.inbox import ControlInbox, Delivery
+from runner.control.inbox import ControlInbox, Delivery, describe
 from runner.decisions import Note, Prune
 from runner.errors import RunnerError
 from runner.pruner import Curves, Pruner
@@ -79,8 +79,7 @@ class PruneJudge:
             return None
         if decision is None:
             return None
-        what = "prune" if isinstance(decision, Prune) else f"note {decision.kind}"
-        return trial, Delivery(f"pruner.{trial}.{self.events[trial]}", decision, what, source="pruner")
+        return trial, Delivery(f"pruner.{trial}.{self.events[trial]}", decision, describe(decision), source="pruner")
 
     def check(self) -> None:
         """Called by the driver as each trial ends: a RunnerError if the pruner failed."""

@@ -20,7 +20,7 @@ from runner.history import History
 from runner.plugins.strategies.pbt import STEERED, Interval, Pbt, PbtOptions, lineage, perturb
 from tests.conftest import deep_update, run_file
 from tests.plugins.test_executors import ray_cluster  # noqa: F401  (a fixture: a local Ray cluster)
-from tests.test_resume import EXPERIMENT, KILLER, assert_same, outcome, resume, runner
+from tests.test_resume import EXPERIMENT, assert_same, outcome, resume, start
 
 SPACE = {
     "train.lr": {"low": 0.001, "high": 0.3, "scale": "log"},
@@ -198,15 +198,8 @@ def test_the_population_is_the_same_in_worker_processes_and_on_ray(tmp_path, inl
 
 @pytest.mark.parametrize("kill", ["trial_end:1", "step:20", "step:33"])
 def test_sigkill_then_resume_gives_the_same_population_bit_for_bit(tmp_path, inline, kill):
-    exp = tmp_path / "exp.json"
-    exp.write_bytes(orjson.dumps(POPULATION))
-    killer = tmp_path / "killer.py"
-    killer.write_text(KILLER)
-    proc = runner(
-        "start", exp, "--out", tmp_path / "killed", "--plain", "--plugin", killer, env={"RUNNER_TEST_KILL": kill}
-    )
+    proc, run_dir = start(tmp_path, "killed", POPULATION, kill=kill)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    [run_dir] = (tmp_path / "killed").iterdir()
     resumed, _ = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert_same(outcome(run_dir), outcome(inline.run_dir), epochs=6)

@@ -22,7 +22,7 @@ from runner.report import read_run_view
 from runner.report.build import draw_figures
 from tests.conftest import deep_update, run_file
 from tests.plugins.test_executors import ray_cluster  # noqa: F401  (a fixture: a local Ray cluster)
-from tests.test_resume import EXPERIMENT, outcome, resume, runner, start
+from tests.test_resume import EXPERIMENT, outcome, resume, start
 
 # A backend whose val_acc after epoch e is model.curve[e]: every verdict can be worked out by hand.
 CURVE_BACKEND = textwrap.dedent('''
@@ -378,20 +378,8 @@ def test_sigkill_then_resume_prunes_as_the_uninterrupted_run(tmp_path, pruned_un
         prune = next(e for e in base_events if e["event"] == "prune")
         plugin = tmp_path / "kill_at.py"
         plugin.write_text(KILL_AT)
-        exp = tmp_path / "killed.json"
-        exp.write_bytes(orjson.dumps(PRUNED_RUN))
         at = f"{kill}:{prune['trial']}:{prune['rung']}"
-        proc = runner(
-            "start",
-            exp,
-            "--out",
-            tmp_path / "killed",
-            "--plain",
-            "--plugin",
-            plugin,
-            env={"RUNNER_TEST_PRUNE_KILL": at},
-        )
-        [run_dir] = (tmp_path / "killed").iterdir()
+        proc, run_dir = start(tmp_path, "killed", PRUNED_RUN, plugins=[plugin], env={"RUNNER_TEST_PRUNE_KILL": at})
     else:
         proc, run_dir = start(tmp_path, "killed", PRUNED_RUN, kill=kill)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
