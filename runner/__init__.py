@@ -22,7 +22,7 @@ hookimpl = pluggy.HookimplMarker("runner")
 """Marks a function or method as an implementation of a ``runner_*`` hook."""
 
 from runner.babysitter import Babysitter
-from runner.backend import Backend, BackendState, NoOptions, TrainConfig
+from runner.backend import Backend, BackendState, NoOptions, TrainConfig, dead_fraction
 from runner.data import DataOptions, Dataset, DatasetPlugin, RawData, check_raw
 from runner.decisions import (
     Checkpoint,
@@ -118,6 +118,7 @@ __all__ = [
     "Unpause",
     "bounds",
     "check_raw",
+    "dead_fraction",
     "default_mode",
     "hookimpl",
     "import_object",

@@ -55,6 +55,22 @@ class BackendState:
     meta: dict[str, Any]
 
 
+def dead_fraction(outputs: Any) -> float:
+    """The fraction of units whose output is the same (to within 1e-6) for every example of
+    ``outputs``: a NumPy array or a torch tensor of a layer's outputs, examples along the
+    first axis and units (features, or channels for an image) along the second; the other
+    axes (positions in an image) count as more examples. 0.0 with fewer than two examples."""
+    if outputs.ndim < 2 or outputs.shape[0] < 2:
+        return 0.0
+    if outputs.ndim > 2:  # (examples, units, positions...) -> (examples and positions, units)
+        outputs = outputs.swapaxes(1, -1).reshape(-1, outputs.shape[1])
+    if isinstance(outputs, np.ndarray):
+        spread = outputs.max(axis=0) - outputs.min(axis=0)
+        return float((spread <= 1e-6).mean())
+    spread = outputs.amax(dim=0) - outputs.amin(dim=0)  # a torch tensor: counted where it lives
+    return float((spread <= 1e-6).float().mean().item())
+
+
 class Backend(ABC):
     """One trial's trainable model. Subclass it and register it in ``runner_register``."""
 
@@ -130,6 +146,16 @@ class Backend(ABC):
     def evaluate(self, split: Literal["train", "val"]) -> dict[str, float]:
         """Metrics over a whole split in evaluation mode: every name of
         ``metrics_for(data.task)`` (``loss`` and ``acc`` for classification), ``loss`` first."""
+
+    def dead_units(self) -> dict[str, float] | None:
+        """Called after each epoch's evaluation while ``divergence.collapse`` is on: for each
+        hidden layer (named as the backend likes), the fraction of its units that are dead,
+        giving the same output for every example of the validation split (a ReLU that never
+        fires, a saturated tanh); ``dead_fraction`` below is a ready way to count them. A
+        layer that is nearly all dead is a collapse (``runner.engine.collapse``). Changes
+        nothing; should cost no more than an evaluation. None (the default): the backend
+        cannot tell."""
+        return None
 
     @abstractmethod
     def hyperparameters(self) -> dict[str, float]:

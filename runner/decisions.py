@@ -44,7 +44,9 @@ class Rollback:
     """Go back to a snapshot: ``"last"`` (the newest), ``"best"``, ``"before_nudge"`` (the
     one taken just before the latest nudge), or the one taken after epoch ``to`` (an int);
     ``older`` skips that many newer matches (when going back to the last snapshot did not
-    help, go further). ``lr_factor`` multiplies the lower of the restored learning rate and
+    help, go further); ``upto_step`` keeps to snapshots taken at that training step or
+    earlier (before a collapse began: the trial's first snapshot, taken before any step,
+    is kept for this). ``lr_factor`` multiplies the lower of the restored learning rate and
     the one in force before the rollback (so repeated rollbacks keep cutting, and a bad
     nudge is not carried back); ``reshuffle`` draws a new data order, so the batches that
     blew up are not replayed in the same state.
@@ -61,10 +63,13 @@ class Rollback:
     reshuffle: bool = False
     reason: str = ""
     trial: int | None = None  # another trial, whose snapshot to take
+    upto_step: int | None = None  # only snapshots taken at this step or earlier
 
     def __post_init__(self):
         if self.trial is not None and self.to == "before_nudge":
             raise ValueError('a Rollback to another trial takes its "last", "best" or an epoch, not "before_nudge"')
+        if self.trial is not None and self.upto_step is not None:
+            raise ValueError("a Rollback to another trial takes its snapshot as it is, without upto_step")
 
 
 @dataclass(frozen=True)

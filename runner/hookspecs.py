@@ -107,14 +107,17 @@ def runner_epoch_end(trial: Trial, epoch: int, metrics: dict[str, float]) -> Dec
 def runner_divergence(trial: Trial, event: DivergenceEvent, experiment: Experiment) -> Decision | None:
     """Called when training diverges: a non-finite or spiking training loss (checked each
     step), or a non-finite or exploding validation loss (checked each epoch); a non-finite
-    parameter found when a snapshot is taken. Not called for a divergence within
+    parameter found when a snapshot is taken; a collapse (kind ``collapse``: a loss jump,
+    dead units or accuracy back at chance, ``runner.engine.collapse``). Not called for a divergence within
     ``divergence.nudge_grace_steps`` steps of a person's nudge (the control file, ``runner
     nudge``): the loop refuses that nudge itself, whatever plugins are installed (a
     ``nudge_refused`` event, then a ``rollback`` with source ``control`` to the snapshot from
     just before it; no lr cut, not counted in ``trial.divergence_rollbacks``), unless that
     snapshot is gone (its file damaged or pruned before a resume).
 
-    ``event`` says what was seen (``kind``, ``epoch``, ``step``, ``loss``, ``threshold``);
+    ``event`` says what was seen (``kind``, ``epoch``, ``step``, ``loss``, ``threshold``; for a
+    collapse, ``seen`` and where it began, ``since_epoch`` and ``since_step``: a rollback should
+    go back there or earlier, ``Rollback(upto_step=event.since_step)``);
     ``trial.divergence_rollbacks`` counts the rollbacks that answered a divergence so far
     (``trial.recent_rollbacks`` those since an epoch last trained through, ``trial.rollbacks``
     all rollbacks, a person's and a strategy's included); ``experiment.spec.divergence`` holds

@@ -54,6 +54,9 @@ class Trial:
     divergence_rollbacks: int = field(default=0, metadata=KEPT)  # rollbacks answering a divergence so far
     # rollbacks answering a divergence since an epoch last ended without diverging
     recent_rollbacks: int = field(default=0, metadata=KEPT)
+    # signs of a collapse seen at the last epoch end ("dead_units", "chance", "loss_jump";
+    # runner.engine.collapse): empty while training looks healthy
+    collapse_signs: tuple[str, ...] = ()
     plugin_options: Mapping[str, Any] = field(default_factory=PluginOptions, repr=False)  # name -> built options
 
     def options(self, name: str) -> Any:

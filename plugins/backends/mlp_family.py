@@ -29,6 +29,8 @@ OPTIMIZER_MOMENTS = {"gd": 0, "momentum": 1, "rmsprop": 1, "adam": 2}
 ACTIVATION_COPIES = 4
 #: Rows evaluated at once (both backends' ``EVAL_CHUNK``).
 EVAL_ROWS = 4096
+#: Validation rows whose hidden outputs ``dead_units`` compares (the first ones: the same each epoch).
+DEAD_SAMPLE = 512
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,12 @@ the learning rate); a try that diverged counts as failed. A person's nudge or ro
 through the control file always wins: a try in progress is dropped, not reverted, and the
 automatic nudges wait ``cooldown`` epochs.
 
+It watches for a collapse as the loop does (``trial.collapse_signs``, from
+``runner.engine.collapse``): no try starts while the network shows a sign of one, so the
+snapshot a revert returns to never shows one, and a try that brings a sign on is reverted
+whatever the metric says. A collapse itself is the divergence policy's: back to before it
+began, the learning rate cut by ``divergence.collapse_lr_cut``.
+
 The budget is ``train.epochs`` epochs *trained*, counting those a revert undid, so a
 panda-nudge run costs what a fixed run of the same file costs; when it is spent the trial
 finishes as completed. Every try, keep, revert and cut is an event with its reason.
@@ -296,10 +302,13 @@ class PandaBabysitter(Babysitter):
             return []
         book.trying = None
         now = book.scores[-1]
-        got = None if now is None else self.gain(tried.score, now)
+        sick = trial.collapse_signs  # the try is wrecking the network, whatever the metric says
+        got = None if now is None or sick else self.gain(tried.score, now)
         what = f"{tried.setting} {tried.direction} to {tried.new:.4g}"
         promised = self.ahead(tried.score, tried.gain)
         verdict = f"{self.metric} {fmt(now)} after {options.probe_epochs} epochs; the trend promised {fmt(promised)}"
+        if sick:
+            verdict += f"; signs of a collapse: {', '.join(sick)}"
         record = {
             "setting": tried.setting,
             "direction": tried.direction,
@@ -359,6 +368,10 @@ class PandaBabysitter(Babysitter):
         if book.trained + k >= self.budget or now is None:
             book.wait = options.every
             return []
+        if trial.collapse_signs:  # a try from here would leave a snapshot no revert should return to
+            book.wait = options.every
+            signs = ", ".join(trial.collapse_signs)
+            return [Note("wait", f"no try while the network shows signs of a collapse ({signs})")]
         trend = k * self.pace(book.scores[-1 - k :])
         old = trial.hyperparameters[setting]
         new = self.nudge_for(setting, direction, old)

@@ -143,6 +143,7 @@ class CheckpointStore:
         self._unwritten_best: tuple[Snapshot, BackendState, dict] | None = None
         self._before_nudge: tuple[Snapshot, BackendState, dict] | None = None  # kept past the ring's length
         self._before_nudge_file: Snapshot | None = None  # its file, if it has one: spared by pruning
+        self._start: tuple[Snapshot, BackendState, dict] | None = None  # the trial's first, kept past the ring
         self._abandoned: list[tuple[int, int]] = []  # event-count ranges of paths rollbacks left behind
         self._last_write = clock()  # the first file comes min_interval after the trial starts
         self._durable: list[Snapshot] = []  # oldest first
@@ -187,6 +188,8 @@ class CheckpointStore:
             self.ring.append((snapshot, state, meta))
         if reason == "before_nudge":
             self._before_nudge, self._before_nudge_file = (snapshot, state, meta), None
+        elif reason == "start":
+            self._start = (snapshot, state, meta)
         if durable is None:
             durable = self.due()
         if durable:
@@ -245,14 +248,20 @@ class CheckpointStore:
         events = meta["loop"]["events"]
         return any(after < events <= until for after, until in self._abandoned)
 
-    def find(self, to: str | int, older: int = 0) -> tuple[BackendState, dict[str, Any]] | None:
+    def find(
+        self, to: str | int, older: int = 0, upto_step: int | None = None
+    ) -> tuple[BackendState, dict[str, Any]] | None:
         """The snapshot a rollback asks for: ``"last"``, ``"best"``, ``"before_nudge"`` or
-        the one after epoch ``to``, skipping ``older`` newer matches (or the oldest match, if
-        there are fewer). Memory first, then files (newest first, damaged ones skipped);
-        never one of a path an earlier rollback left behind. None if none matches."""
+        the one after epoch ``to``, taken at step ``upto_step`` or earlier if given, skipping
+        ``older`` newer matches (or the oldest match, if there are fewer). Memory first, then
+        files (newest first, damaged ones skipped), then the trial's first snapshot (kept in
+        memory past the ring); never one of a path an earlier rollback left behind. None if
+        none matches."""
 
         def wanted(meta: dict) -> bool:
             at_boundary = not meta["loop"].get("partial")
+            if upto_step is not None and meta["step"] > upto_step:
+                return False
             return (
                 to == "last"
                 or (to == "best" and meta["best"])
@@ -276,10 +285,13 @@ class CheckpointStore:
             for snapshot in reversed(durable):
                 if snapshot.path in in_memory:
                     continue
+                in_memory.add(snapshot.path)
                 try:
                     yield read_snapshot(snapshot.path)
                 except CorruptSnapshot:
                     continue
+            if self._start is not None and self._start[0].path not in in_memory:
+                yield self._start[1], self._start[2]
 
         found = None
         for state, meta in candidates():

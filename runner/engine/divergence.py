@@ -7,18 +7,21 @@ validation loss the same way against the best one so far. Each check is a few fl
 operations. Parameters are scanned only when a snapshot is taken: a state with a
 non-finite value is never saved, and counts as divergence. A divergence within
 ``nudge_grace_steps`` steps of a person's nudge refuses that nudge (``runner.control.refusal``);
-any other goes to the ``runner_divergence`` policy.
+any other goes to the ``runner_divergence`` policy. A network that stopped learning without
+blowing up (a collapse) is the kind ``collapse``: ``runner.engine.collapse`` watches for it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from runner.experiment_file.typed import bounds
 
-Kind = Literal["non_finite_loss", "loss_spike", "non_finite_val_loss", "val_loss_spike", "non_finite_parameters"]
+Kind = Literal[
+    "non_finite_loss", "loss_spike", "non_finite_val_loss", "val_loss_spike", "non_finite_parameters", "collapse"
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,47 @@ class DivergenceOptions:
             "back to before it, no lr cut, not counted; 0 turns this off",
         ),
     )
+    collapse: bool = field(
+        default=True,
+        metadata=bounds(
+            doc="watch for a collapse, a network that stopped learning without blowing up "
+            "(a loss jump, dead units, accuracy back at chance), and report it as the divergence kind collapse"
+        ),
+    )
+    jump_factor: float = field(
+        default=10.0,
+        metadata=bounds(
+            gt=1,
+            doc="collapse: training losses above this many times the trial's first one (or spike_floor, if "
+            "higher) for patience steps in a row",
+        ),
+    )
+    dead_fraction: float = field(
+        default=0.95,
+        metadata=bounds(
+            gt=0,
+            le=1,
+            doc="collapse: a hidden layer with at least this fraction of its units dead (the same output for "
+            "every validation example), for backends that report it",
+        ),
+    )
+    chance_margin: float = field(
+        default=0.05,
+        metadata=bounds(
+            ge=0,
+            lt=1,
+            doc="collapse: a validation accuracy within this of chance (1 / C for C classes) and a loss within "
+            "this fraction of ln C are at chance; a trial that had been four times this above chance and falls "
+            "back there collapses",
+        ),
+    )
+    collapse_epochs: int = field(
+        default=2, metadata=bounds(ge=1, doc="collapse: epochs in a row with dead units or at chance before it counts")
+    )
+    collapse_lr_cut: float = field(
+        default=0.1,
+        metadata=bounds(gt=0, le=1, doc="the rollback policy multiplies the learning rate by this after a collapse"),
+    )
 
 
 @dataclass(frozen=True)
@@ -71,7 +115,19 @@ class DivergenceEvent:
     epoch: int
     step: int
     loss: float
-    threshold: float | None = None  # what a spike exceeded
+    threshold: float | None = None  # what a spike (or a loss jump) exceeded
+    # a collapse: what was seen, and where it began (the end of the last epoch without a sign of it)
+    seen: dict[str, Any] | None = None
+    since_epoch: int | None = None
+    since_step: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As the ``divergence`` event reports it: ``seen`` and ``since_*`` only for a collapse."""
+        fields = asdict(self)
+        if self.kind != "collapse":
+            for name in ("seen", "since_epoch", "since_step"):
+                del fields[name]
+        return fields
 
 
 class SpikeDetector:

@@ -10,7 +10,6 @@ writes events with the loop's ``emit``; it takes snapshots with the loop's ``sna
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from rich.markup import escape
@@ -202,7 +201,9 @@ class TrialDecisions:
         if self.order is not None:  # found while carrying out an order, which never took effect
             self.emit("control_error", message=f"not applied: the trial diverged first ({event.kind})")
             self.order = None
-        self.emit("divergence", **asdict(event), lr=self.backend.hyperparameters().get("lr"), rollbacks=trial.rollbacks)
+        self.emit(
+            "divergence", **event.to_json(), lr=self.backend.hyperparameters().get("lr"), rollbacks=trial.rollbacks
+        )
         if self.refusable(event):
             try:
                 raise self.apply([self.refuse(event)], source="control")
@@ -311,8 +312,10 @@ class TrialDecisions:
         to, donor = rollback.to, rollback.trial
         which = {"last": "snapshot", "best": "best snapshot", "before_nudge": "snapshot from before a nudge"}
         described = which.get(to, f"snapshot of epoch {to}")
+        if rollback.upto_step is not None:
+            described += f" from step {rollback.upto_step} or earlier"
         if donor is None or donor == self.trial.id:
-            found = self.store.find(to, rollback.older)
+            found = self.store.find(to, rollback.older, rollback.upto_step)
             if found is None:
                 raise NoSnapshot(f"no {described} to roll back to (in memory or on disk)")
             return (*found, None)
@@ -330,6 +333,8 @@ class TrialDecisions:
         trial, state, loop = self.trial, self.state, meta["loop"]
         trial.epoch, trial.step = meta["epoch"], meta["step"]
         state.detector.load_state(loop.get("detector") or {})
+        state.collapse.load_state(loop.get("collapse") or {})
+        trial.collapse_signs = tuple(state.collapse.signs)
         state.lowest_val_loss = loop.get("lowest_val_loss")
         state.partial = None
         self.store.abandon(after=0, until=state.events)

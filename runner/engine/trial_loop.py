@@ -21,6 +21,7 @@ from runner.control.inbox import ControlInbox
 from runner.data import Dataset
 from runner.decisions import flatten
 from runner.engine.checkpoints import CheckpointStore, SnapshotWriter
+from runner.engine.collapse import CollapseDetector
 from runner.engine.divergence import DivergenceEvent, SpikeDetector, val_divergence
 from runner.engine.experiment import EndTrial, Experiment, TrialJob, misfit
 from runner.engine.interrupt import FLAG, Interrupted
@@ -86,7 +87,10 @@ class TrialLoop(TrialDecisions):
             plugin_options=spec.plugins,
         )
         self.store = CheckpointStore(self.trial.folder, job.trial, spec.checkpoint, runner.writer, within=run_dir)
-        self.state = LoopState(detector=SpikeDetector(spec.divergence))  # what its snapshots carry (and the Trial)
+        self.state = LoopState(  # what its snapshots carry (and the Trial)
+            detector=SpikeDetector(spec.divergence),
+            collapse=CollapseDetector(spec.divergence, runner.dataset.n_classes),
+        )
         self.snapshot_step = -1  # step of the newest snapshot, so a restored one is not taken twice
         self.restored_step = -1  # step the last rollback restored (until training moves on, the ring holds it)
         self.backend = None
@@ -298,17 +302,22 @@ class TrialLoop(TrialDecisions):
         total += self.settle(epoch)
         state.partial = None
 
-        val = backend.evaluate("val")
-        if (blown := val_divergence(val["loss"], state.lowest_val_loss, self.spec.divergence)) is not None:
-            self.diverged(DivergenceEvent(blown[0], epoch, trial.step, val["loss"], blown[1]))
-        state.lowest_val_loss = min(val["loss"], state.lowest_val_loss or math.inf)
+        val = {f"val_{name}": value for name, value in backend.evaluate("val").items()}
+        if (blown := val_divergence(val["val_loss"], state.lowest_val_loss, self.spec.divergence)) is not None:
+            self.diverged(DivergenceEvent(blown[0], epoch, trial.step, val["val_loss"], blown[1]))
+        if self.spec.divergence.collapse:
+            dead = backend.dead_units()
+            if (collapse := state.collapse.epoch_end(epoch, trial.step, total / steps, val, dead)) is not None:
+                self.diverged(collapse)
+            trial.collapse_signs = tuple(state.collapse.signs)
+        state.lowest_val_loss = min(val["val_loss"], state.lowest_val_loss or math.inf)
         trial.hyperparameters = backend.hyperparameters()
         trial.recent_rollbacks = 0  # this epoch trained through
         if epoch + 1 > state.furthest:
             state.furthest, state.stuck_rollbacks = epoch + 1, 0
         metrics = {
             "train_loss": total / steps,
-            **{f"val_{name}": value for name, value in val.items()},
+            **val,
             **trial.hyperparameters,
             "seconds": time.perf_counter() - started,
         }
@@ -333,6 +342,8 @@ class TrialLoop(TrialDecisions):
             self.diverged(DivergenceEvent("non_finite_loss", epoch, self.trial.step, loss))
         if (detector := self.state.detector).spiked(loss):
             self.diverged(DivergenceEvent("loss_spike", epoch, self.trial.step, loss, detector.threshold()))
+        if (collapse := self.state.collapse.stepped(loss, epoch, self.trial.step)) is not None:
+            self.diverged(collapse)
         return loss
 
     def settle(self, epoch: int) -> float:
@@ -371,6 +382,7 @@ class TrialLoop(TrialDecisions):
         puts back where training stood and keeps counting; a resume puts back everything."""
         self.trial.epoch, self.trial.step = meta["epoch"], meta["step"]
         load_state(meta, self.trial, self.state, resume=resume)
+        self.trial.collapse_signs = tuple(self.state.collapse.signs)
         self.snapshot_step = self.trial.step
 
     def snapshot(

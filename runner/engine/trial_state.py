@@ -23,6 +23,7 @@ from typing import Any
 
 from runner.babysitter import Babysitter
 from runner.control.refusal import NudgeOnTrial
+from runner.engine.collapse import CollapseDetector
 from runner.engine.divergence import SpikeDetector
 from runner.engine.experiment import EndTrial
 from runner.trial import KEPT, REWOUND
@@ -38,6 +39,7 @@ class LoopState:
     """The trial loop's own resumable state (the ``Trial`` holds the rest)."""
 
     detector: SpikeDetector = field(metadata={**REWOUND, "stateful": True})  # the step-loss spike detector
+    collapse: CollapseDetector = field(metadata={**REWOUND, "stateful": True})  # what a collapse would show
     furthest: int = field(default=0, metadata=KEPT)  # the most epochs this trial has completed, on any path
     stuck_rollbacks: int = field(default=0, metadata=KEPT)  # rollbacks since it last completed more epochs than ever
     before_nudge_events: int | None = field(default=None, metadata=KEPT)  # its events at its latest before_nudge

@@ -212,11 +212,26 @@ EVENTS: dict[str, EventKind] = {
         ),
         EventKind(
             "divergence",
-            ("trial", "kind", "epoch", "step", "loss", "threshold", "lr", "rollbacks"),
+            (
+                "trial",
+                "kind",
+                "epoch",
+                "step",
+                "loss",
+                "threshold",
+                "lr",
+                "rollbacks",
+                "seen",
+                "since_epoch",
+                "since_step",
+            ),
             (
                 "`trial`, `kind` (`non_finite_loss`, `loss_spike`, `non_finite_val_loss`, `val_loss_spike`, "
-                "`non_finite_parameters`), `epoch`, `step`, `loss`, `threshold` (what a spike exceeded), `lr`, "
-                "`rollbacks` (so far)"
+                "`non_finite_parameters`, `collapse`), `epoch`, `step`, `loss`, `threshold` (what a spike or a loss "
+                "jump exceeded), `lr`, `rollbacks` (so far); a `collapse` adds `seen` (its signs: `loss_jump` "
+                "`{first_loss, steps}`, `dead_units` `{layer: fraction}`, `chance` `{val_acc, chance, best_val_acc}`) "
+                "and `since_epoch`, `since_step` (where it began: the rollback goes back to a snapshot taken there or "
+                "earlier)"
             ),
         ),
         EventKind(

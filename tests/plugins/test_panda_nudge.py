@@ -31,9 +31,12 @@ def notes(events: list[dict], kind: str) -> list[dict]:
 
 @pytest.fixture(scope="module", params=[30.0, 1e-4], ids=["lr-far-too-high", "lr-far-too-low"])
 def babysat(request, tmp_path_factory):
-    """The same file run with a fixed learning rate (grid over nothing: one trial) and babysat."""
+    """The same file run with a fixed learning rate (grid over nothing: one trial) and babysat.
+    The fixed run watches for no collapse: at lr 30 its loss leaps to hundreds of times its
+    start in the first steps, which collapse detection answers with a tenfold cut, rescuing
+    the fixed run too (``tests/test_collapse.py``); here it shows babysitting alone."""
     tmp = tmp_path_factory.mktemp("panda")
-    fixed = run(tmp, {"train": {"lr": request.param}, "search": {"strategy": None}})
+    fixed = run(tmp, {"train": {"lr": request.param}, "search": {"strategy": None}, "divergence": {"collapse": False}})
     panda = run(tmp, {"train": {"lr": request.param}})
     return request.param, fixed, panda
 
@@ -201,7 +204,7 @@ def test_the_notebook_stays_small_on_a_long_run_and_a_plateau_is_still_seen():
     sitter = PandaBabysitter(
         PandaOptions(moves=("momentum",), patience=6), "val_loss", "min", budget=10**6, live=("lr", "momentum")
     )
-    trial = SimpleNamespace(epoch=0, hyperparameters={"lr": 0.1, "momentum": 0.0})
+    trial = SimpleNamespace(epoch=0, hyperparameters={"lr": 0.1, "momentum": 0.0}, collapse_signs=())
     cuts = []
     for epoch in range(5000):
         trial.epoch = epoch + 1

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from runner import BackendState, Dataset, bounds
-from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
+from runner import BackendState, Dataset, bounds, dead_fraction
+from runner.plugins.backends.mlp_family import DEAD_SAMPLE, MiniBatchBackend, Model, Train
 from runner.plugins.backends.numpy_mlp.network import MLP, log_softmax
 from runner.plugins.backends.numpy_mlp.optimizers import copy_into, make_optimizer
 
@@ -143,6 +143,16 @@ class NumpyBackend(MiniBatchBackend):
             loss_sum -= float(logp.sum(dtype=np.float64))
             correct += int((logits.argmax(axis=1) == yc).sum())
         return {"loss": loss_sum / n, "acc": correct / n}
+
+    def dead_units(self) -> dict[str, float] | None:
+        """Called after an epoch's evaluation: per hidden layer (``layer1``...), the fraction
+        of its units with the same output for the first ``DEAD_SAMPLE`` validation rows."""
+        if len(self._x_val) < 2:
+            return None
+        hidden: list[np.ndarray] = []
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self.network.forward_eval(self.params, self.running, self._x_val[:DEAD_SAMPLE], hidden)
+        return {f"layer{l}": dead_fraction(a) for l, a in enumerate(hidden, start=1)}
 
     # -- checkpoints ----------------------------------------------------------------------
 

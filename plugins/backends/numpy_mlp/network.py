@@ -170,9 +170,16 @@ class MLP:
         logits += params[f"b{self.depth}"]
         return logits, caches
 
-    def forward_eval(self, params: dict[str, np.ndarray], running: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    def forward_eval(
+        self,
+        params: dict[str, np.ndarray],
+        running: dict[str, np.ndarray],
+        x: np.ndarray,
+        hidden: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Evaluation-mode logits: batch norm uses the running statistics, so each row's
-        result depends on that row alone."""
+        result depends on that row alone. Each hidden layer's outputs are appended to
+        ``hidden`` if it is given."""
         a = x
         eps = self.bn_epsilon
         for l in range(1, self.depth):
@@ -185,6 +192,8 @@ class MLP:
             else:
                 z += params[f"b{l}"]
             a = activate(self.activation, z)
+            if hidden is not None:
+                hidden.append(a)
         logits = a @ params[f"W{self.depth}"]
         logits += params[f"b{self.depth}"]
         return logits

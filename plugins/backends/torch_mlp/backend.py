@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from runner import Backend, BackendState, Dataset, SpecError, bounds, join_path
-from runner.plugins.backends.mlp_family import MiniBatchBackend, Model, Train
+from runner import Backend, BackendState, Dataset, SpecError, bounds, dead_fraction, join_path
+from runner.plugins.backends.mlp_family import DEAD_SAMPLE, MiniBatchBackend, Model, Train
 from runner.plugins.backends.numpy_mlp.network import MLP
 from runner.plugins.backends.torch_mlp.lagged import LaggedLosses
 from runner.plugins.backends.torch_mlp.lazy import lazy_import
@@ -151,8 +151,9 @@ class TorchBackend(MiniBatchBackend):
 
     # -- the math -------------------------------------------------------------------------
 
-    def _forward(self, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, list[tuple]]:
-        """Logits, and per batch-normed layer its batch mean and biased variance (training)."""
+    def _forward(self, x: torch.Tensor, training: bool, hidden: list | None = None) -> tuple[torch.Tensor, list[tuple]]:
+        """Logits, and per batch-normed layer its batch mean and biased variance (training).
+        Each hidden layer's outputs are appended to ``hidden`` if it is given."""
         model, p = self.model, self.params
         stats = []
         a = x
@@ -177,6 +178,8 @@ class TorchBackend(MiniBatchBackend):
                 if model.activation == "tanh"
                 else torch.sigmoid(h)
             )
+            if hidden is not None:
+                hidden.append(a)
         return a @ p[f"W{self.depth}"] + p[f"b{self.depth}"], stats
 
     def train_step(self) -> float | None:
@@ -249,6 +252,16 @@ class TorchBackend(MiniBatchBackend):
                 loss_sum += torch.nn.functional.cross_entropy(logits, yc, reduction="sum").double()
                 correct += (logits.argmax(dim=1) == yc).sum()
         return {"loss": loss_sum.item() / n, "acc": correct.item() / n}
+
+    def dead_units(self) -> dict[str, float] | None:
+        """Called after an epoch's evaluation: per hidden layer (``layer1``...), the fraction
+        of its units with the same output for the first ``DEAD_SAMPLE`` validation rows."""
+        if len(self._x_val) < 2:
+            return None
+        hidden: list = []
+        with torch.no_grad():
+            self._forward(self._x_val[:DEAD_SAMPLE], training=False, hidden=hidden)
+        return {f"layer{l}": dead_fraction(a) for l, a in enumerate(hidden, start=1)}
 
     # -- checkpoints ----------------------------------------------------------------------
 

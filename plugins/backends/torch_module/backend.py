@@ -33,8 +33,8 @@ from typing import Literal
 
 import numpy as np
 
-from runner import BackendState, Dataset, ModelSize
-from runner.plugins.backends.mlp_family import MiniBatchBackend
+from runner import BackendState, Dataset, ModelSize, dead_fraction
+from runner.plugins.backends.mlp_family import DEAD_SAMPLE, MiniBatchBackend
 from runner.plugins.backends.torch_mlp.backend import EVAL_CHUNK, Options, resolve_device
 from runner.plugins.backends.torch_mlp.lagged import LaggedLosses
 from runner.plugins.backends.torch_mlp.lazy import lazy_import
@@ -278,6 +278,37 @@ class ModuleBackend(MiniBatchBackend):
         per = n if second == "acc" else y.numel()
         return {"loss": loss_sum.item() / n, second: other.item() / per}
 
+    def dead_units(self) -> dict[str, float] | None:
+        """Called after an epoch's evaluation: for each activation module of the network
+        (``torch.nn.ReLU``, ``GELU``, ``Tanh``...: ``ACTIVATIONS``), named by its path in the
+        module (``features.1``; a module called more than once gets ``#2``, ``#3`` for its
+        later calls), the fraction of its units (features, or channels) with the same output
+        for the first ``DEAD_SAMPLE`` validation examples. None for a network that applies
+        its activations as functions (``torch.relu``): nothing to watch."""
+        modules = [(name, m) for name, m in self.net.named_modules() if isinstance(m, activation_modules())]
+        if not modules or len(self._x_val) < 2:
+            return None
+        found: dict[str, float] = {}
+
+        def watch(name: str):
+            def hook(module, inputs, output) -> None:
+                if isinstance(output, torch.Tensor):
+                    calls = sum(1 for key in found if key == name or key.startswith(f"{name}#"))
+                    found[name if calls == 0 else f"{name}#{calls + 1}"] = dead_fraction(output)
+
+            return hook
+
+        handles = [module.register_forward_hook(watch(name or "net")) for name, module in modules]
+        self.net.eval()
+        try:
+            with torch.no_grad(), self._own_generators():
+                self._outputs(self._x_val[:DEAD_SAMPLE])
+        finally:
+            self.net.train()
+            for handle in handles:
+                handle.remove()
+        return found or None
+
     # -- checkpoints --------------------------------------------------------------------------
 
     def state(self) -> BackendState:
@@ -326,6 +357,15 @@ class ModuleBackend(MiniBatchBackend):
         self._restore_order(meta, perm, order)
         self._weight_decay = float(meta["hyperparameters"]["weight_decay"])
         self._sync_groups()
+
+
+def activation_modules() -> tuple[type, ...]:
+    """The module classes whose outputs ``dead_units`` watches: torch's elementwise activations."""
+    nn = torch.nn
+    return (
+        nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+        nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign,
+    )  # fmt: skip
 
 
 def _optimizer(train: Train, net: torch.nn.Module) -> torch.optim.Optimizer:
