@@ -195,3 +195,28 @@ def test_every_steps_takes_snapshots_mid_epoch_that_continue_exactly(write_exper
     [path] = (run_dir / "trials" / "t000").glob("e00000-s000000002-n*.npz")
     _, meta = read_snapshot(path)
     assert meta["reason"] == "steps" and meta["loop"]["partial"][0] == 2
+
+
+def test_the_first_snapshot_outlives_the_ring_and_a_resume_forgets_what_only_memory_held(tmp_path, writer):
+    """Collapse rollbacks reach the trial's first snapshot however many came since;
+    ``forget_memory`` is what a resumed process has (``runner replay`` replays a resume)."""
+    store = CheckpointStore(tmp_path, 0, CheckpointOptions(min_interval=3600, memory=2), writer)
+
+    def save(value: float, step: int, reason: str, durable: bool = False) -> None:
+        store.save(
+            state(value), epoch=step // 10, step=step, reason=reason, best=False,
+            hyperparameters={}, metrics={}, loop={"events": step}, durable=durable,
+        )  # fmt: skip
+
+    save(0.0, 0, "start")
+    save(1.0, 10, "epoch", durable=True)
+    for step in (20, 30, 40):
+        save(step / 10, step, "epoch")
+    store.collect(wait=True)
+    assert store.find("last", upto_step=5)[1]["reason"] == "start", "past the ring of 2"
+    assert store.find("last", upto_step=25)[1]["step"] == 10, "the file, newest at or before step 25"
+    assert store.find("last", older=10)[1]["reason"] == "start", "the oldest of all"
+    save(4.5, 45, "before_nudge")
+    store.forget_memory()
+    assert store.find("before_nudge") is None, "it had no file"
+    assert store.find("last")[1]["step"] == 10 and store.find("last", upto_step=5) is None, "only the file is left"

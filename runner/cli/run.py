@@ -1,4 +1,4 @@
-"""The commands that run an experiment: ``runner start`` and ``runner resume``."""
+"""The commands that run an experiment: ``runner start``, ``runner resume`` and ``runner replay``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from runner.engine.experiment import load_dataset
 from runner.engine.interrupt import graceful_interrupts
 from runner.engine.loop import run_experiment
 from runner.engine.plugin_manager import load_plugins, missing_one_offs, plugin_args, recorded_one_offs
+from runner.engine.replay import ReplayScript, replay_trial
 from runner.engine.resume import check_run_dir, clean_temporary_files, plan_resume
 from runner.errors import RunnerError
 from runner.experiment_file.spec import load
@@ -117,23 +118,10 @@ def resume(
         run_dir = named_run_dir(run_dir)
         settings = dict(parse_setting(arg, "--set") for arg in overrides)
         start = read_run(run_dir)[0]
-        missing = missing_one_offs(recorded_one_offs(start, str(run_dir / "events.jsonl")), plugin_refs)
-        if missing:
-            raise RunnerError(
-                f"{run_dir} was started with one-off plugins that runner does not load from a run directory; "
-                f"give them again: runner resume {shlex.quote(str(run_dir))} {plugin_args(missing)}",
-                exit_code=2,
-            )
+        check_one_offs(start, run_dir, plugin_refs, "runner resume")
         held.enter_context(run_lock(run_dir))
         check_run_dir(run_dir)  # no link in it is written through: refused before anything changes
-        plugins = load_plugins(plugin_refs)
-        if not isinstance(start.get("base_dir"), str):
-            raise RunnerError(f"{run_dir / 'events.jsonl'} is damaged: experiment_start has no base_dir", exit_code=2)
-        again = " ".join(filter(None, ("runner resume", shlex.quote(str(run_dir)), plugin_args(plugin_refs))))
-        advice = f"a run directory is data, and resuming would run that code; if it is yours, run: {again} --trust-code"
-        with nullcontext() if trust_code else refusing_code(advice):
-            spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
-            dataset = load_dataset(spec, plugins)
+        plugins, spec, dataset = recorded_experiment(start, run_dir, plugin_refs, trust_code, "runner resume")
         check_settings(spec.backend_class, settings, "--set")
         where.run_dir = run_dir
         for path in clean_temporary_files(run_dir):
@@ -165,6 +153,89 @@ def resume(
             )
         show_results(console, board, spec.search.metric, run_dir)
         _finished(board, run_dir)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--trial", "trial", type=click.IntRange(min=0), required=True, help="The trial to replay (its id).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder in which the replay's run directory is created.  [default: the run directory's folder]",
+)
+@plugin_option
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Import the code the run's experiment names by import path: only for a run directory you trust.",
+)
+def replay(run_dir: Path, trial: int, out: Path | None, plugin_refs: tuple[str, ...], trust_code: bool) -> None:
+    """Train trial N of the run in RUN_DIR again, from its seed, with every order it was
+    given at the step where it carried it out, and check the result against the original.
+
+    A person's nudges, pauses, rollbacks and stops, the pruner's verdicts and runner resume
+    --set are delivered from the log; the strategy, the divergence policy and plugins decide
+    again, as they did. The replay is a new run directory; its events and its snapshot files
+    are compared with the original's, bit for bit (on the same machine and library
+    versions). Exit 0 when they are identical; 1, naming the epoch and step where they
+    first part, when they are not.
+    """
+    console = terminal()
+    with reported_errors():
+        run_dir = named_run_dir(run_dir)
+        events = read_run(run_dir)
+        script = ReplayScript.from_events(events, trial, str(run_dir / "events.jsonl"))
+        command = f"runner replay --trial {trial}"
+        check_one_offs(script.start, run_dir, plugin_refs, command)
+        plugins, spec, dataset = recorded_experiment(script.start, run_dir, plugin_refs, trust_code, command)
+        replayed = replay_trial(run_dir, script, out or run_dir.parent, plugins, spec, dataset)
+        check = replayed.comparison
+        console.print(f"replay: {replayed.run_dir}", soft_wrap=True, markup=False)
+        if check.parted is None and not check.undelivered:
+            console.print(
+                f"t{trial:03d}: identical to the original, bit for bit: {check.events} events, "
+                f"{check.snapshots} snapshot files, {replayed.result.epochs} epochs",
+                soft_wrap=True,
+                markup=False,
+            )
+            return
+        if check.parted is not None:
+            parted = check.parted
+            message = (
+                f"t{trial:03d} parts from the original at epoch {parted['epoch']}, step {parted['step']} "
+                f"({parted['event']}: {parted['what']})"
+            )
+            if parted.get("matched_step") is not None:
+                message += f"; they still matched at step {parted['matched_step']}"
+        else:
+            message = f"t{trial:03d}: the replay never reached orders {', '.join(check.undelivered)}"
+        raise RunnerError(message, exit_code=1)
+
+
+def check_one_offs(start: dict, run_dir: Path, plugin_refs: tuple[str, ...], command: str) -> None:
+    """Refuse (exit 2) a run started with one-off plugins not given again, naming them."""
+    missing = missing_one_offs(recorded_one_offs(start, str(run_dir / "events.jsonl")), plugin_refs)
+    if missing:
+        raise RunnerError(
+            f"{run_dir} was started with one-off plugins that runner does not load from a run directory; "
+            f"give them again: {command} {shlex.quote(str(run_dir))} {plugin_args(missing)}",
+            exit_code=2,
+        )
+
+
+def recorded_experiment(start: dict, run_dir: Path, plugin_refs: tuple[str, ...], trust_code: bool, command: str):
+    """The plugins, the experiment as it ran and its data, for ``command`` (``runner
+    resume``, ``runner replay``) on the run in ``run_dir``, whose ``experiment_start`` is
+    ``start``. Code the run directory names by import path is refused without ``trust_code``."""
+    plugins = load_plugins(plugin_refs)
+    if not isinstance(start.get("base_dir"), str):
+        raise RunnerError(f"{run_dir / 'events.jsonl'} is damaged: experiment_start has no base_dir", exit_code=2)
+    again = " ".join(filter(None, (command, shlex.quote(str(run_dir)), plugin_args(plugin_refs))))
+    advice = f"a run directory is data, and {command} would run that code; if it is yours, run: {again} --trust-code"
+    with nullcontext() if trust_code else refusing_code(advice):
+        spec = load(run_dir / "experiment.json", plugins.registry, base_dir=Path(start["base_dir"]))
+        dataset = load_dataset(spec, plugins)
+    return plugins, spec, dataset
 
 
 def _finished(board, run_dir: Path) -> None:

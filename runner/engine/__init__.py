@@ -9,7 +9,9 @@
 - ``snapshot_files``: the snapshot file format, written durably and read back checked.
 - ``pruning``: the pruner at work in the driver: a verdict as each epoch ends, sent as an order.
 - ``divergence``: what counts as training blowing up.
+- ``collapse``: what counts as a network that stopped learning without blowing up.
 - ``interrupt``: clean stops on Ctrl-C and SIGTERM.
 - ``resume``: where each trial of an interrupted run goes on.
+- ``replay``: one trial trained again with the orders from its log, and compared (``runner replay``).
 - ``plugin_manager``: the plugins of one run: built-ins, installed ones, one-off modules.
 """

@@ -225,6 +225,15 @@ class CheckpointStore:
             self.best = next((s for s in reversed(found) if s.best), None)
         self._last_write = self.clock()
 
+    def forget_memory(self) -> None:
+        """What a process that resumes here no longer has (``runner replay`` replays a resume):
+        the snapshots only memory held, and which paths earlier rollbacks left behind."""
+        self.ring.clear()
+        self._start = self._unwritten_best = None
+        if self._before_nudge_file is None:
+            self._before_nudge = None
+        self._abandoned.clear()
+
     def finish(self) -> None:
         """At the end of a trial: write its best snapshot if only memory holds it."""
         if self._unwritten_best is not None:

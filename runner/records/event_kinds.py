@@ -211,6 +211,25 @@ EVENTS: dict[str, EventKind] = {
             "`trial`, `message`: a snapshot could not be written; training goes on",
         ),
         EventKind(
+            "replay",
+            ("of", "replayed_trial", "orders", "resumes"),
+            (
+                "`of` (the run directory replayed), `replayed_trial`, `orders` (the orders from outside the trial it "
+                "delivers: a person's, the pruner's, `runner resume --set`'s), `resumes` (the interruptions it "
+                "replays): `runner replay` begins, after its `experiment_start`"
+            ),
+        ),
+        EventKind(
+            "replay_check",
+            ("identical", "events", "snapshots", "parted", "undelivered"),
+            (
+                "`identical` (the trial's events and the snapshot files both kept are the original's, bit for "
+                "bit), `events` (compared), `snapshots` (files compared), `parted` (null, or where the replay "
+                "parts from the original: `epoch`, `step`, `event`, `what` differs, `matched_step`, the last "
+                "step that still matched), `undelivered` (orders the replay never reached)"
+            ),
+        ),
+        EventKind(
             "divergence",
             (
                 "trial",
