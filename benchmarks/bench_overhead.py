@@ -14,6 +14,8 @@ Every side trains the same ``NumpyBackend`` on the same prepared data, for the s
   epoch and at every new best). No terminal reporter (only the CLI registers one).
 * runner, checkpoints off: the same with ``"checkpoint": {"every_epochs": 0, "best": false}``,
   to separate the cost of snapshots from that of the loop itself (spec, events, hooks).
+* runner, collapse watch off: the runner side with ``"divergence": {"collapse": false}``, to
+  show what watching for a collapse costs (a comparison each step, ``dead_units`` each epoch).
 
 The sides take turns in every round (the order rotates from round to round) so that machine
 drift and position effects cancel. Reported:
@@ -409,13 +411,17 @@ def warm_fixed_costs(experiment: Path, work: Path, times: int) -> dict[str, list
 # -- the benchmark --------------------------------------------------------------------------
 
 BARE, RUNNER, NO_CKPT = "bare loop", "runner", "runner, checkpoints off"
+NO_COLLAPSE = "runner, collapse watch off"
 #: The ``checkpoint`` section of the third side: no periodic and no best-so-far snapshots.
 CHECKPOINTS_OFF = {"every_epochs": 0, "best": False}
 
 
-def bench_experiment(source: Path, trials: int, epochs: int, checkpoint: dict | None = None) -> dict:
+def bench_experiment(
+    source: Path, trials: int, epochs: int, checkpoint: dict | None = None, divergence: dict | None = None
+) -> dict:
     """The benchmark's experiment: the file's data, model and train sections (epochs set),
-    a fixed random search over ``SPACE``, the inline executor."""
+    a fixed random search over ``SPACE``, the inline executor; ``checkpoint`` and
+    ``divergence`` replace those sections if given."""
     raw = json.loads(source.read_text())
     raw["train"]["epochs"] = epochs
     search = raw.get("search", {})
@@ -428,6 +434,8 @@ def bench_experiment(source: Path, trials: int, epochs: int, checkpoint: dict | 
     raw["executor"] = {"name": "inline"}
     if checkpoint is not None:
         raw["checkpoint"] = checkpoint
+    if divergence is not None:
+        raw["divergence"] = divergence
     return raw
 
 
@@ -526,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         raw_off = bench_experiment(args.experiment, args.trials, args.epochs, CHECKPOINTS_OFF)
         experiment_off = work / "bench-experiment-checkpoints-off.json"
         experiment_off.write_text(json.dumps(raw_off, indent=2))
+        raw_watchless = bench_experiment(args.experiment, args.trials, args.epochs, divergence={"collapse": False})
+        experiment_watchless = work / "bench-experiment-collapse-off.json"
+        experiment_watchless.write_text(json.dumps(raw_watchless, indent=2))
         has_checkpoints = "checkpoint" in TOP_LEVEL
 
         print(
@@ -544,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         specs = {RUNNER: spec}
         if has_checkpoints:
             specs[NO_CKPT] = dataclasses.replace(load(experiment_off, plugins.registry), base_dir=base_dir)
+        if hasattr(spec.divergence, "collapse"):  # the cost of watching for a collapse (issue 19)
+            specs[NO_COLLAPSE] = dataclasses.replace(load(experiment_watchless, plugins.registry), base_dir=base_dir)
         checkpoint_config = dataclasses.asdict(spec.checkpoint) if has_checkpoints else None
         dataset = load_dataset(spec, plugins)
         warm = warm_fixed_costs(experiment, work, 5)

@@ -220,3 +220,21 @@ def test_the_first_snapshot_outlives_the_ring_and_a_resume_forgets_what_only_mem
     store.forget_memory()
     assert store.find("before_nudge") is None, "it had no file"
     assert store.find("last")[1]["step"] == 10 and store.find("last", upto_step=5) is None, "only the file is left"
+
+
+def test_pruning_spares_the_newest_file_a_resume_can_start_from(tmp_path, writer):
+    """A strategy trying a nudge every epoch writes a before-nudge file each time: with the
+    last ``keep`` all of them, the epoch file behind them stays, or a resume would start over."""
+    store = CheckpointStore(tmp_path, 0, CheckpointOptions(keep=2, min_interval=0, best=False), writer)
+    saved = [(6, "before_nudge", None), (8, "before_nudge", None), (10, "epoch", 8)]  # a try from step 8 in progress
+    saved += [(step, "before_nudge", None) for step in (12, 14, 16)]
+    for step, reason, tried_at in saved:
+        loop = {"events": step, "before_nudge_events": tried_at}
+        store.save(
+            state(step), epoch=1, step=step, reason=reason, best=False, hyperparameters={}, metrics={}, loop=loop
+        )
+        store.collect(wait=True)
+    kept = sorted((read_snapshot(p)[1]["step"], read_snapshot(p)[1]["reason"]) for p in tmp_path.glob("*.npz"))
+    assert kept == [(8, "before_nudge"), (10, "epoch"), (14, "before_nudge"), (16, "before_nudge")], (
+        "the epoch file, and the before-nudge file its try would be reverted to"
+    )

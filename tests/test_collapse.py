@@ -28,13 +28,24 @@ def detector(classes: int = 10, **options) -> CollapseDetector:
 def test_a_loss_jump_counts_after_patience_steps_above_jump_factor_times_the_first_loss():
     d = detector(jump_factor=10, patience=3)
     assert d.stepped(2.0, 0, 1) is None and d.limit() == 20.0  # the first step's loss sets the scale
-    assert [d.stepped(x, 0, s) for x, s in ((25.0, 2), (30.0, 3))] == [None, None]
-    assert d.stepped(19.0, 0, 4) is None and d.strikes == 0  # back under the limit: the count restarts
-    assert [d.stepped(21.0, 0, s) for s in (5, 6)] == [None, None]
-    event = d.stepped(21.0, 0, 7)
-    assert (event.kind, event.epoch, event.step, event.loss, event.threshold) == ("collapse", 0, 7, 21.0, 20.0)
+    assert [d.stepped(1.5, 0, s) for s in range(2, 10)] == [None] * 8
+    assert [d.stepped(x, 0, s) for x, s in ((25.0, 10), (30.0, 11))] == [None, None]
+    assert d.stepped(19.0, 0, 12) is None and d.strikes == 0  # back under the limit: the count restarts
+    assert [d.stepped(21.0, 0, s) for s in (13, 14)] == [None, None]
+    event = d.stepped(21.0, 0, 15)
+    assert (event.kind, event.epoch, event.step, event.loss, event.threshold) == ("collapse", 0, 15, 21.0, 20.0)
     assert event.seen == {"loss_jump": {"first_loss": 2.0, "steps": 3}}
-    assert (event.since_epoch, event.since_step) == (0, 1), "the step before the first leap"
+    # The loss reported at step 10 was measured on the weights after 9 updates; a GPU backend
+    # reports it a step late: the weights after 7 updates are the newest known healthy.
+    assert (event.since_epoch, event.since_step) == (0, 7)
+
+
+def test_a_leap_in_an_epochs_first_steps_goes_back_into_the_epoch_before():
+    d = detector(jump_factor=10, patience=1)
+    d.stepped(2.0, 0, 1)
+    assert d.epoch_end(0, 10, 1.0, {"val_acc": 0.9, "val_loss": 0.3}, None) is None and d.calm == (1, 10)
+    event = d.stepped(50.0, 1, 11)
+    assert (event.since_epoch, event.since_step) == (0, 8), "the epoch-end snapshot may already hold the leap"
 
 
 def test_a_tiny_first_loss_counts_as_spike_floor():
@@ -66,7 +77,7 @@ def test_accuracy_and_loss_back_at_chance_after_being_better():
     d = detector(classes=10, chance_margin=0.05, collapse_epochs=2)
     ln10 = math.log(10)
     assert d.epoch_end(0, 10, 1.0, {"val_acc": 0.60, "val_loss": 1.0}, None) is None  # better than 0.1 + 4 x 0.05
-    assert d.epoch_end(1, 20, 2.4, {"val_acc": 0.14, "val_loss": 0.95 * ln10 + 1e-9}, None) is None
+    assert d.epoch_end(1, 20, 2.4, {"val_acc": 0.14, "val_loss": 0.95 * ln10 + 1e-9}, None) is None  # risen from 1
     assert d.signs == ["chance"]
     event = d.epoch_end(2, 30, 2.4, {"val_acc": 0.12, "val_loss": 2.5}, None)
     assert event.seen["chance"] == {
@@ -85,6 +96,7 @@ def test_accuracy_and_loss_back_at_chance_after_being_better():
         ([0.14, 0.12, 0.13, 0.11, 0.15, 0.14], [2.6] * 6),  # a slow start: at chance from the first epoch
         ([0.28, 0.12, 0.13, 0.11], [2.0, 2.5, 2.5, 2.5]),  # above chance, but never by four margins
         ([0.60, 0.14, 0.13, 0.12], [1.9] * 4),  # back near chance accuracy, but learning: loss well below ln 10
+        ([0.61, 0.14, 0.13, 0.12], [2.6, 2.5, 2.4, 2.3]),  # a small split's accuracy dips; the loss still falls
     ],
 )
 def test_no_false_alarm_on_slow_or_learning_runs(accs, losses):
@@ -104,7 +116,7 @@ def test_turned_off_it_sees_nothing_and_its_state_round_trips():
     d.epoch_end(0, 2, 1.0, {"val_acc": 0.9, "val_loss": 0.3}, {"l": 1.0})
     copy = detector()
     copy.load_state(d.state())
-    assert copy.state() == d.state() and copy.leapt and copy.calm == (0, 1)
+    assert copy.state() == d.state() and copy.leapt and copy.calm == (0, 0)
     fresh = detector()
     fresh.load_state({})  # a snapshot written before collapses were watched for
     assert fresh.state() == detector().state()
@@ -406,10 +418,26 @@ def test_panda_reverts_a_try_that_brings_a_sign_on_however_good_the_metric():
 def test_after_a_short_leap_no_later_point_counts_as_healthy():
     d = detector(jump_factor=10, patience=5, collapse_epochs=2)
     d.stepped(2.0, 0, 1)
-    assert d.stepped(200.0, 0, 2) is None and d.stepped(2.0, 0, 3) is None, "one step: no collapse yet"
+    assert d.stepped(200.0, 0, 6) is None and d.stepped(2.0, 0, 7) is None, "one step: no collapse yet"
     metrics = {"val_acc": 0.9, "val_loss": 0.3}
     assert d.epoch_end(0, 10, 1.0, metrics, {"l": 0.5}) is None and d.epoch_end(1, 20, 1.0, metrics, {"l": 0.6}) is None
-    assert d.calm == (0, 1), "the epochs after the leap look fine, but its damage may still show"
+    assert d.calm == (0, 3), "the epochs after the leap look fine, but its damage may still show"
     d.epoch_end(2, 30, 1.0, metrics, {"l": 0.96})
     event = d.epoch_end(3, 40, 1.0, metrics, {"l": 0.97})
-    assert (event.since_epoch, event.since_step) == (0, 1), "back to before the leap"
+    assert (event.since_epoch, event.since_step) == (0, 3), "back to before the leap"
+
+
+def test_a_small_validation_splits_noisy_accuracy_is_no_collapse(tmp_path):
+    """Binary spirals with heavy noise and 20 validation examples: accuracy jumps between
+    0.55 and 0.75 by chance while the loss falls. Twenty runs, none flagged (one was, before
+    the loss had to have risen)."""
+    for lr in (0.003, 0.01):
+        for seed in range(10):
+            changes = {
+                "seed": seed,
+                "data": {"name": "spirals", "classes": 2, "points_per_class": 50, "noise": 1.0},
+                "model": {"batch_norm": False},
+                "train": {"epochs": 40, "optimizer": "momentum", "lr": lr, "momentum": 0.9},
+            }
+            run = one_run(tmp_path / f"{lr}-{seed}", changes)
+            assert not [e for e in run.events if e["event"] == "divergence"], (lr, seed)

@@ -87,6 +87,116 @@ def babysat(tmp_path_factory):
     return run.run_dir, plugin
 
 
+def resume_live(run: LiveRun, plugin: Path) -> None:
+    """``runner resume`` of the live run, in its place; returns once the trial trains on.
+    (The resume cuts the trial's lost work from the log, a ``trial_resume`` of an earlier
+    resume included; its own ``resume`` event stays.)"""
+    before = len(run.find("resume"))
+    run.process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "resume", run.run_dir, "--plain", "--plugin", plugin],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run.until(lambda: len(run.find("resume")) > before)
+    resumed = run.events().index(run.find("resume")[-1])
+    run.until(lambda: [e for e in run.events()[resumed:] if e["event"] == "epoch_end"])
+
+
+def more_epochs(run: LiveRun, n: int) -> None:
+    at = len(run.find("epoch_end"))
+    run.until(lambda: len(run.find("epoch_end")) > at + n)
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """A live panda run with a snapshot file every epoch: Ctrl-C while paused, resumed;
+    SIGKILL, resumed from its newest file (an epoch's end); then a person's rollback to the start, which
+    the new process no longer holds (the order fails), and a stop."""
+    tmp = tmp_path_factory.mktemp("killed")
+    plugin = tmp / "blow_up.py"
+    plugin.write_text(BLOW_UP)
+    run = LiveRun(tmp, deep_update(BABYSAT, {"checkpoint": {"min_interval": 0}}), "--plugin", str(plugin))
+    try:
+        more_epochs(run, 8)
+        run.act(1, "pause")
+        run.process.send_signal(signal.SIGINT)
+        assert run.process.wait(timeout=60) != 0
+        resume_live(run, plugin)
+        more_epochs(run, 10)
+        run.process.kill()
+        run.process.wait()
+        resume_live(run, plugin)
+        more_epochs(run, 3)
+        run.act(2, "rollback", to=0)
+        more_epochs(run, 3)
+        assert run.stop() == 0
+    finally:
+        run.kill()
+    return run.run_dir, plugin
+
+
+def test_a_trial_killed_and_resumed_replays_as_the_new_processes_went_on(killed, tmp_path):
+    run_dir, plugin = killed
+    mine = [e for e in events_of(run_dir) if e.get("trial") == 0]
+    kinds = [e["event"] for e in mine]
+    assert kinds.count("trial_resume") == 2 and kinds.count("interrupted") == 1
+    failed = [e for e in mine if e["event"] == "control_error"]
+    assert failed and "no snapshot of epoch 0" in failed[0]["message"], "the start was only in the first process"
+    replayed = cli("replay", run_dir, "--trial", "0", "--out", tmp_path, "--plugin", plugin)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "identical to the original, bit for bit" in replayed.stdout
+
+
+def files_of(run_dir: Path) -> list[tuple]:
+    """The trial's snapshot files, by what they hold (their names count events, which differ)."""
+    from runner.engine.snapshot_files import scan_snapshots, trial_folder
+
+    return sorted((m["epoch"], m["step"], m["reason"]) for _, m in scan_snapshots(trial_folder(run_dir, 0)))
+
+
+def test_where_a_resumed_trial_went_on_is_read_from_its_snapshot_file(tmp_path):
+    import numpy as np
+
+    from runner.backend import BackendState
+    from runner.engine.replay import went_on_at_epoch_end
+    from runner.engine.snapshot_files import write_snapshot
+
+    for name, partial in (("end.npz", None), ("mid.npz", [3, 1.5])):
+        meta = {"trial": 0, "epoch": 2, "step": 20, "reason": "epoch", "best": False, "hyperparameters": {},
+                "metrics": {}, "loop": {"events": 9, "partial": partial}}  # fmt: skip
+        write_snapshot(tmp_path / name, BackendState({"w": np.zeros(2)}, {}), meta)
+    resumed = {"epoch": 2, "step": 20}
+    assert went_on_at_epoch_end({**resumed, "snapshot": "end.npz"}, tmp_path, False, set()) is True
+    assert went_on_at_epoch_end({**resumed, "snapshot": "mid.npz"}, tmp_path, False, {20}) is False
+    assert went_on_at_epoch_end({**resumed, "snapshot": "gone.npz"}, tmp_path, False, {20}) is True, (
+        "epoch 2 ended there"
+    )
+    assert went_on_at_epoch_end({**resumed, "snapshot": "end.npz"}, tmp_path, True, {20}) is False, "Ctrl-C: a boundary"
+
+
+def test_an_order_whose_event_names_no_step_is_keyed_where_the_trial_stands():
+    """Logs written before control_error events named their step: the trial's position is
+    its last event's, not a snapshot file's reported later."""
+    events = [
+        {"event": "experiment_start", "base_dir": "."},
+        {
+            "event": "control",
+            "orders": [
+                {"order": "3.0", "trial": 0, "what": "rollback to epoch 99", "decision": {"kind": "Rollback", "to": 99}}
+            ],
+        },
+        {"event": "trial_start", "trial": 0, "params": {}, "seed": 1},
+        {"event": "epoch_end", "trial": 0, "epoch": 3, "step": 40},
+        {"event": "checkpoint", "trial": 0, "epoch": 1, "step": 10, "reason": "epoch"},
+        {"event": "control_error", "trial": 0, "order": "3.0", "message": "no snapshot"},
+        {"event": "trial_complete", "trial": 0},
+    ]
+    script = ReplayScript.from_events(events, 0, "log")
+    [(key, delivery)] = list(script.schedule)
+    assert key == (0, 40) and delivery.order == "3.0" and script.written[(1, 10, "epoch")] == 1
+
+
 def test_a_babysat_trial_replays_bit_for_bit(babysat, tmp_path):
     run_dir, plugin = babysat
     events = events_of(run_dir)
@@ -115,6 +225,7 @@ def test_a_babysat_trial_replays_bit_for_bit(babysat, tmp_path):
     assert [(e["step"], e["val_loss"], e["lr"]) for e in ours_epochs] == [
         (e["step"], e["val_loss"], e["lr"]) for e in their_epochs
     ], "every epoch, bit for bit"
+    assert files_of(replay_dir) == files_of(run_dir), "a snapshot becomes a file where the original's did"
     [complete] = [e for e in mine if e["event"] == "trial_complete"]
     results = orjson.loads((replay_dir / "results.json").read_bytes())
     assert results["trials"][0]["final"]["val_loss"] == complete["final"]["val_loss"]

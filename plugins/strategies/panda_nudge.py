@@ -85,6 +85,12 @@ class PandaOptions:
     plateau_factor: float = field(
         default=0.5, metadata=bounds(gt=0, lt=1, doc="a plateau multiplies the learning rate by this")
     )
+    min_lr: float = field(
+        default=1e-8,
+        metadata=bounds(
+            gt=0, doc="no plateau cut or try takes the learning rate below this (a long plateau would drive it to 0)"
+        ),
+    )
     cooldown: int = field(
         default=5, metadata=bounds(ge=0, doc="epochs without automatic nudges after a person's nudge or rollback")
     )
@@ -397,6 +403,8 @@ class PandaBabysitter(Babysitter):
             return None
         book.plateau_from = book.epochs
         lr = trial.hyperparameters["lr"]
+        if lr * self.options.plateau_factor < self.options.min_lr:
+            return None
         return Nudge(
             lr=lr * self.options.plateau_factor,
             reason=f"plateau: no better {self.metric} for {self.options.patience} epochs; "
@@ -424,7 +432,7 @@ class PandaBabysitter(Babysitter):
         if setting == "lr":
             factor = self.options.lr_factor**reach
             if direction == "down":
-                return value / factor
+                return value / factor if value / factor >= self.options.min_lr else None
             ceiling = self.book.ceiling
             new = value * factor if ceiling is None else min(value * factor, ceiling / self.options.lr_factor)
             return new if new > value else None

@@ -184,7 +184,7 @@ def replay(run_dir: Path, trial: int, out: Path | None, plugin_refs: tuple[str, 
     with reported_errors():
         run_dir = named_run_dir(run_dir)
         events = read_run(run_dir)
-        script = ReplayScript.from_events(events, trial, str(run_dir / "events.jsonl"))
+        script = ReplayScript.from_events(events, trial, str(run_dir / "events.jsonl"), run_dir)
         command = f"runner replay --trial {trial}"
         check_one_offs(script.start, run_dir, plugin_refs, command)
         plugins, spec, dataset = recorded_experiment(script.start, run_dir, plugin_refs, trust_code, command)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.backend import BackendState
-from runner.engine.snapshot_files import CorruptSnapshot, read_snapshot, scan_snapshots, write_snapshot
+from runner.engine.snapshot_files import MID_DECISIONS, CorruptSnapshot, read_snapshot, scan_snapshots, write_snapshot
 from runner.experiment_file.typed import bounds
 from runner.records.files import remove_file
 
@@ -47,7 +47,12 @@ class CheckpointOptions:
         ),
     )
     keep: int = field(
-        default=3, metadata=bounds(ge=1, doc="how many recent snapshot files each trial keeps, besides its best")
+        default=3,
+        metadata=bounds(
+            ge=1,
+            doc="how many recent snapshot files each trial keeps, besides its best and the newest a resume "
+            "can start from",
+        ),
     )
     best: bool = field(
         default=True,
@@ -144,6 +149,9 @@ class CheckpointStore:
         self._before_nudge: tuple[Snapshot, BackendState, dict] | None = None  # kept past the ring's length
         self._before_nudge_file: Snapshot | None = None  # its file, if it has one: spared by pruning
         self._start: tuple[Snapshot, BackendState, dict] | None = None  # the trial's first, kept past the ring
+        # each file's (events, before_nudge_events): a file a resume starts from needs the
+        # before-nudge file it names (a try in progress may still be reverted to it)
+        self._counts: dict[Path, tuple[int, int | None]] = {}
         self._abandoned: list[tuple[int, int]] = []  # event-count ranges of paths rollbacks left behind
         self._last_write = clock()  # the first file comes min_interval after the trial starts
         self._durable: list[Snapshot] = []  # oldest first
@@ -216,12 +224,13 @@ class CheckpointStore:
             Snapshot(path, self.trial, meta["epoch"], meta["step"], meta["reason"], meta["best"])
             for path, meta in scanned
         ]
+        counts = {path: (meta["loop"]["events"], meta["loop"].get("before_nudge_events")) for path, meta in scanned}
         for snapshot, (path, meta) in zip(found, scanned):
             if meta["reason"] == "before_nudge" and meta["loop"]["events"] == before_nudge_events:
                 self._before_nudge = (snapshot, *read_snapshot(path))
                 self._before_nudge_file = snapshot
         with self._changed:
-            self._durable = found
+            self._durable, self._counts = found, counts
             self.best = next((s for s in reversed(found) if s.best), None)
         self._last_write = self.clock()
 
@@ -325,8 +334,10 @@ class CheckpointStore:
     def _write(self, snapshot: Snapshot, state: BackendState, meta: dict) -> None:
         """Queue the file (the writer makes the trial's folder if it is missing)."""
         self._last_write = self.clock()
+        loop = meta["loop"]
         with self._changed:
             self._pending += 1
+            self._counts[snapshot.path] = (loop.get("events", 0), loop.get("before_nudge_events"))
         self.writer.submit(
             snapshot.path, state, meta, lambda error: self._finished(snapshot, error), within=self.within
         )
@@ -347,17 +358,27 @@ class CheckpointStore:
 
     def _prune(self) -> None:
         """Delete durable snapshots beyond the last ``keep``, sparing the best, the latest
-        before-nudge one (a try of a strategy may be reverted to it after a resume) and the
-        latest two a suspension took (other trials of a population may still take them). A
+        before-nudge one (a try of a strategy may be reverted to it after a resume), the
+        latest two a suspension took (other trials of a population may still take them) and
+        the latest a resume can start from (the last ``keep`` may all be before-nudge ones,
+        taken in the middle of applying decisions) with the before-nudge one it names. A
         file that cannot be deleted (its folder was replaced by a link, say) stays, and the
         error is reported with the snapshots, as a write error is."""
         recent = self._durable[-self.options.keep :]
         suspended = [s for s in self._durable if s.reason == "suspend"][-2:]
-        spared = (self.best, self._before_nudge_file, *suspended)
+        resumable = next((s for s in reversed(self._durable) if s.reason not in MID_DECISIONS), None)
+        named = self._counts.get(resumable.path, (0, None))[1] if resumable is not None else None
+        its_before_nudge = next(
+            (s for s in self._durable if s.reason == "before_nudge" and self._counts.get(s.path, (None,))[0] == named),
+            None,
+        )
+        spared = (self.best, self._before_nudge_file, resumable, its_before_nudge, *suspended)
         for old in self._durable[: -self.options.keep]:
             if not any(old is s for s in spared):
                 try:
                     remove_file(old.path, within=self.within)
                 except OSError as err:
                     self._new.append(err)
+                else:
+                    self._counts.pop(old.path, None)
         self._durable = [s for s in self._durable if s in recent or any(s is k for k in spared)]

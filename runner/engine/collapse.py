@@ -14,16 +14,19 @@ dead. ``CollapseDetector`` watches for three signs, cheaply:
   layer with at least ``dead_fraction`` of its units giving the same output for every
   validation example: nothing that passes through it depends on the input any more.
 - ``chance`` (each epoch, classification with an ``acc`` metric): the validation accuracy
-  and loss at chance, within ``chance_margin`` (an accuracy at most 1/C + margin and a loss
-  at least (1 - margin) ln C, for C classes: what guessing gives), in a trial whose
-  accuracy had been above chance by four times that margin. A slow run a little above
-  chance has a loss well below ln C: it is learning, and is not flagged.
+  and loss back at chance, within ``chance_margin`` (an accuracy at most 1/C + margin and a
+  loss at least (1 - margin) ln C, for C classes: what guessing gives, and risen above its
+  lowest by that fraction), in a trial whose accuracy had been above chance by four times
+  that margin. A slow run a little above chance has a loss well below ln C, and a noisy
+  small split's accuracy may dip while its loss still falls: both are learning, and are
+  not flagged.
 
 A sign seen at the end of ``collapse_epochs`` epochs in a row (a loss jump at once) is a
 collapse: a divergence of kind ``collapse``, whose ``seen`` says what was seen and whose
 ``since_epoch``/``since_step`` say where it began: the newest point known healthy, the end
-of the last epoch with no sign (the start of the trial, if none), or the step before the
-first step of the path above the jump limit. A leap that does not last ``patience`` steps
+of the last epoch with no sign (the start of the trial, if none), or for a loss jump the
+weights from before the first step whose loss was above the jump limit (``LAG`` steps
+before the step that reported it). A leap that does not last ``patience`` steps
 is no collapse yet, but it wrecks more than it shows at once (the ReLUs it kills stay
 dead): no later point counts as healthy until a rollback returns to before it. The rollback policy goes
 back to a snapshot taken there or earlier. A run that sits at chance from its first epoch,
@@ -43,6 +46,10 @@ from runner.engine.divergence import DivergenceEvent, DivergenceOptions
 # A trial is "better than chance" once its validation accuracy has been this many
 # chance_margins above chance: only one that was can fall back to it.
 BETTER = 4
+# The first leap is seen in the loss reported at step k, measured on the weights after k - 1
+# updates; a GPU backend reports it a step later still. The weights after k - LAG updates
+# are the newest known to be healthy.
+LAG = 3
 
 
 class CollapseDetector:
@@ -59,7 +66,9 @@ class CollapseDetector:
         # (epochs, step) of the newest point known healthy: the end of the last epoch without a
         # sign, or the step before the path's first leap; it never moves past a leap
         self.calm: tuple[int, int] = (0, 0)
+        self.epoch_began = 0  # the step at which the current epoch began
         self.best_acc: float | None = None  # the highest validation accuracy of this path
+        self.lowest_loss: float | None = None  # the lowest validation loss of this path
         self.signs: list[str] = []  # the signs seen at the last epoch end
 
     def limit(self) -> float:
@@ -79,7 +88,8 @@ class CollapseDetector:
         if not self.leapt:  # the first leap: what came before it was healthy, unless epochs showed signs
             self.leapt = True
             if not self.sick_epochs:
-                self.calm = (epoch, step - 1)
+                healthy = max(step - LAG, 0)
+                self.calm = (epoch if healthy >= self.epoch_began else max(epoch - 1, 0), healthy)
         self.strikes += 1
         if self.strikes < self.options.patience:
             return None
@@ -103,7 +113,9 @@ class CollapseDetector:
             been_better = self.best_acc is not None and self.best_acc >= self.chance + BETTER * margin
             chance_loss = -math.log(self.chance)
             at_chance = acc <= self.chance + margin and loss is not None and loss >= (1 - margin) * chance_loss
-            if been_better and at_chance:
+            # risen back: a loss still falling is learning, however noisy a small split's accuracy
+            risen = loss is not None and self.lowest_loss is not None and loss > (1 + margin) * self.lowest_loss
+            if been_better and at_chance and risen:
                 seen["chance"] = {
                     "val_acc": acc,
                     "val_loss": loss,
@@ -112,6 +124,9 @@ class CollapseDetector:
                     "best_val_acc": self.best_acc,
                 }
             self.best_acc = acc if self.best_acc is None else max(self.best_acc, acc)
+        if loss is not None and math.isfinite(loss):
+            self.lowest_loss = loss if self.lowest_loss is None else min(self.lowest_loss, loss)
+        self.epoch_began = step
         self.signs = sorted(seen) + (["loss_jump"] if self.strikes else [])
         if not seen:
             self.sick_epochs = 0
@@ -130,7 +145,9 @@ class CollapseDetector:
             "leapt": self.leapt,
             "sick_epochs": self.sick_epochs,
             "calm": self.calm,
+            "epoch_began": self.epoch_began,
             "best_acc": self.best_acc,
+            "lowest_loss": self.lowest_loss,
             "signs": self.signs,
         }
 
@@ -141,5 +158,7 @@ class CollapseDetector:
         self.leapt = state.get("leapt", False)
         self.sick_epochs = state.get("sick_epochs", 0)
         self.calm = tuple(state.get("calm", (0, 0)))
+        self.epoch_began = state.get("epoch_began", 0)
         self.best_acc = state.get("best_acc")
+        self.lowest_loss = state.get("lowest_loss")
         self.signs = list(state.get("signs", []))

@@ -24,7 +24,7 @@ snapshot (population-based training: its path depends on the other trials).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import numpy as np
 from runner.control.inbox import OWN_ORDERS, Delivery, Mailbox
 from runner.decisions import NOTE_RESERVED, Decision, Note, Prune, decision_from_json
 from runner.engine.checkpoints import SnapshotWriter
-from runner.engine.experiment import Experiment, TrialJob, build_strategy
+from runner.engine.experiment import EndTrial, Experiment, TrialJob, build_strategy
 from runner.engine.snapshot_files import CorruptSnapshot, read_snapshot, scan_snapshots, trial_folder
 from runner.engine.trial_loop import TrialLoop, TrialRunner
 from runner.errors import RunnerError
@@ -56,11 +56,13 @@ REFUSED = {
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where the original run was interrupted and later resumed: the replay takes the
-    snapshots the original took there, and forgets what only memory held."""
+    """Where the original trial went on in a new process (``runner resume``): the replay
+    takes the snapshots the original took there, and forgets what only memory held."""
 
     epoch: int
     step: int
+    interrupted: bool  # Ctrl-C or SIGTERM: the original took an interrupt snapshot here first
+    at_epoch_end: bool  # it went on from a snapshot taken at an epoch's end, before the next one began
 
 
 @dataclass
@@ -72,14 +74,19 @@ class ReplayScript:
     seed: int
     start: dict[str, Any]  # the run's experiment_start event
     events: list[dict[str, Any]]  # the trial's own events, in order
-    schedule: deque = field(default_factory=deque)  # ((rollbacks, step), Delivery | ResumePoint)
+    schedule: deque = field(default_factory=deque)  # ((rollbacks, step), Delivery | ResumePoint) at step boundaries
+    epoch_end_resumes: deque = field(default_factory=deque)  # ((rollbacks, step), ResumePoint) at epoch ends
+    written: Counter = field(default_factory=Counter)  # (epoch, step, reason) of the snapshot files it wrote
 
     @classmethod
-    def from_events(cls, events: list[dict[str, Any]], trial: int, where: str) -> ReplayScript:
-        """Read the script from a run's events (``where`` names the log, for errors); a
-        RunnerError (exit 2) names what cannot be replayed, or what is damaged."""
+    def from_events(
+        cls, events: list[dict[str, Any]], trial: int, where: str, run_dir: Path | None = None
+    ) -> ReplayScript:
+        """Read the script from a run's events (``where`` names the log, for errors; the
+        snapshot files in ``run_dir`` say where a resumed trial went on); a RunnerError
+        (exit 2) names what cannot be replayed, or what is damaged."""
         try:
-            return cls._read(events, trial, where)
+            return cls._read(events, trial, where, run_dir)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise RunnerError(
                 f"{where} is damaged: trial {trial}'s events cannot be read ({type(err).__name__}: {err})",
@@ -87,7 +94,7 @@ class ReplayScript:
             ) from None
 
     @classmethod
-    def _read(cls, events: list[dict[str, Any]], trial: int, where: str) -> ReplayScript:
+    def _read(cls, events: list[dict[str, Any]], trial: int, where: str, run_dir: Path | None) -> ReplayScript:
         start = next((e for e in events if e["event"] == "experiment_start"), None)
         if start is None:
             raise RunnerError(f"{where} has no experiment_start event: not a run's log", exit_code=2)
@@ -116,12 +123,20 @@ class ReplayScript:
                 )
         script = cls(trial, begun["params"], begun["seed"], start, mine)
         orders = given_orders(events)
-        scheduled, rollbacks, position = set(), 0, 0  # position: the step the trial stands at
+        scheduled, rollbacks, position, interrupted = set(), 0, 0, False  # position: the step it stands at
+        epoch_ends = {e["step"] for e in mine if e["event"] == "epoch_end"}
         for event in mine:
             kind = event["event"]
-            at = event.get("step", event.get("from_step", position))  # a control_error names no step
+            at = event.get("step", event.get("from_step", position))
             if kind == "interrupted":
-                script.schedule.append(((rollbacks, at), ResumePoint(event["epoch"], at)))
+                interrupted = True
+            elif kind == "trial_resume" and event.get("snapshot"):
+                at_epoch_end = went_on_at_epoch_end(event, run_dir, interrupted, epoch_ends)
+                point = ResumePoint(event["epoch"], at, interrupted, at_epoch_end)
+                (script.epoch_end_resumes if at_epoch_end else script.schedule).append(((rollbacks, at), point))
+                interrupted = False
+            elif kind == "checkpoint":
+                script.written[(event["epoch"], event["step"], event["reason"])] += 1
             order = event.get("order")
             if order is not None and order not in scheduled:
                 scheduled.add(order)
@@ -135,8 +150,24 @@ class ReplayScript:
                 script.schedule.append(((rollbacks, at), delivery))
             if kind in ("rollback", "divergence") and isinstance(event.get("rollbacks"), int):
                 rollbacks = event["rollbacks"]
-            position = event["to_step"] if kind == "rollback" else at
+            if kind not in ("checkpoint", "checkpoint_error"):  # their step is the snapshot's, not the trial's
+                position = event["to_step"] if kind == "rollback" else at
         return script
+
+
+def went_on_at_epoch_end(resumed: dict[str, Any], run_dir: Path | None, interrupted: bool, epoch_ends: set) -> bool:
+    """Whether a ``trial_resume`` went on from a snapshot taken at an epoch's end (before
+    the next epoch drew its data order) rather than at a step boundary: its file says so if
+    it is still there; else an interruption's snapshot is at a boundary, and one at the step
+    where an epoch ended is taken to be that epoch's."""
+    if interrupted:
+        return False
+    if run_dir is not None:
+        try:
+            return read_snapshot(run_dir / resumed["snapshot"])[1]["loop"].get("partial") is None
+        except (OSError, CorruptSnapshot, RunnerError):
+            pass
+    return resumed["step"] in epoch_ends
 
 
 def given_orders(events: list[dict[str, Any]]) -> dict[str, Delivery]:
@@ -197,8 +228,8 @@ class ReplayMailbox(Mailbox):
     def wait(self, timeout: float) -> None:
         """A paused trial waits for nothing: its next order is due at this very step, or never."""
         if not self.items:
-            raise RunnerError(
-                "the replay is paused with no order left to resume it: it has parted from the original", exit_code=1
+            raise EndTrial(
+                "failed", "the replay is paused with no order left to resume it: it parted from the original"
             )
 
 
@@ -207,17 +238,37 @@ class ReplayLoop(TrialLoop):
 
     def __init__(self, runner: TrialRunner, job, script: ReplayScript):
         super().__init__(runner, job)
+        self.script = script
         self.mailbox = ReplayMailbox(script.schedule, self.trial)
 
     def carry_out(self, delivery) -> None:
-        if not isinstance(delivery, ResumePoint):
+        if isinstance(delivery, ResumePoint):
+            self.went_on(delivery)
+        else:
             super().carry_out(delivery)
-            return
-        # What the original did: an interrupt snapshot; then, in a new process, a resume
-        # snapshot of the same point, with only the snapshot files to go back to.
-        self.snapshot("interrupt", improved=False, durable=True)
-        self.report_snapshots()
+
+    def snapshot(self, reason: str, *, improved: bool, durable: bool | None = None, in_ring: bool = True) -> None:
+        """A snapshot becomes a file where the original's did (the original chose by the
+        clock); one at an epoch's end where the original went on in a new process is
+        followed by what that process did."""
+        if durable is None:
+            key = (self.trial.epoch, self.trial.step, reason)
+            durable = self.script.written[key] > 0
+            self.script.written[key] -= durable
+        super().snapshot(reason, improved=improved, durable=durable, in_ring=in_ring)
+        resumes = self.script.epoch_end_resumes
+        if reason in ("epoch", "best") and resumes and resumes[0][0] == (self.trial.rollbacks, self.trial.step):
+            self.went_on(resumes.popleft()[1])
+
+    def went_on(self, point: ResumePoint) -> None:
+        """What the original did where it went on in a new process: an interrupt snapshot
+        (after Ctrl-C), then a resume snapshot of the same point, with only the snapshot
+        files to go back to, unpaused."""
+        if point.interrupted:
+            self.snapshot("interrupt", improved=False, durable=True)
+            self.report_snapshots()
         self.store.forget_memory()
+        self.paused, self.restored_step = False, -1
         self.snapshot("resume", improved=False, durable=False)
 
 

@@ -19,7 +19,13 @@ from typing import Any
 
 import orjson
 
-from runner.engine.snapshot_files import CorruptSnapshot, is_snapshot_temporary, scan_snapshots, trial_folder
+from runner.engine.snapshot_files import (
+    MID_DECISIONS,
+    CorruptSnapshot,
+    is_snapshot_temporary,
+    scan_snapshots,
+    trial_folder,
+)
 from runner.errors import RunnerError
 from runner.records.events import read_run
 from runner.records.files import (
@@ -47,7 +53,6 @@ RUN_FILES = (
     ".control.lock",
 )
 RUN_FOLDERS = ("trials", "report")
-MID_DECISIONS = ("before_nudge", "exploit")  # snapshot reasons a resume never starts from
 TRIAL_FOLDER = re.compile(r"t\d{3,}")
 
 

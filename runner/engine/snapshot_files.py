@@ -26,6 +26,10 @@ from runner.records.files import folder_exists, replacing, temporary_of
 META_KEY = "__meta__"
 SNAPSHOT_NAME = re.compile(r"e\d{5,}-s\d{9,}-n\d{6,}\.npz")  # as ``CheckpointStore.save`` names its files
 
+# Snapshot reasons a resume never starts from: taken in the middle of applying decisions, a
+# resume starts from the one taken after them (they stay, for rolling back to).
+MID_DECISIONS = ("before_nudge", "exploit")
+
 
 class CorruptSnapshot(Exception):
     """A snapshot file is truncated, damaged or not a snapshot."""

@@ -138,7 +138,7 @@ class TrialDecisions:
         try:
             ending = self.apply([delivery.decision], source=delivery.source)
         except (NoSnapshot, SpecError, ValueError) as err:
-            self.emit("control_error", message=f"{delivery.what}: {err}")
+            self.emit("control_error", epoch=self.trial.epoch, step=self.trial.step, message=f"{delivery.what}: {err}")
             notify(f"[red]{label}: {escape(str(err))}[/]")
             return
         except RolledBack:
@@ -199,7 +199,8 @@ class TrialDecisions:
         or else carry out the policy's answer; never returns normally."""
         trial = self.trial
         if self.order is not None:  # found while carrying out an order, which never took effect
-            self.emit("control_error", message=f"not applied: the trial diverged first ({event.kind})")
+            message = f"not applied: the trial diverged first ({event.kind})"
+            self.emit("control_error", epoch=event.epoch, step=event.step, message=message)
             self.order = None
         self.emit(
             "divergence", **event.to_json(), lr=self.backend.hyperparameters().get("lr"), rollbacks=trial.rollbacks
@@ -271,16 +272,18 @@ class TrialDecisions:
             self.take_over(meta)
         self.restored_step = trial.step
         state.nudge_on_trial = None  # a rollback undid the person's nudge on trial, or moved on from it: it is over
+        if rollback.reshuffle:
+            backend.reshuffle(trial.rollbacks + 1)  # salted with the rollback's own count
+        if rollback.lr_factor is not None:
+            lower = min(backend.hyperparameters()["lr"], lr_before)
+            backend.set_hyperparameters(lr=lower * rollback.lr_factor)
+        # Counted once it is done (a value the backend refuses above leaves the count alone:
+        # runner replay keys orders by it).
         trial.rollbacks += 1
         state.stuck_rollbacks += 1
         if source == "divergence":
             trial.divergence_rollbacks += 1
             trial.recent_rollbacks += 1
-        if rollback.reshuffle:
-            backend.reshuffle(trial.rollbacks)
-        if rollback.lr_factor is not None:
-            lower = min(backend.hyperparameters()["lr"], lr_before)
-            backend.set_hyperparameters(lr=lower * rollback.lr_factor)
         trial.hyperparameters = backend.hyperparameters()
         done = dict(
             to_epoch=trial.epoch,

@@ -137,11 +137,12 @@ EVENTS: dict[str, EventKind] = {
         ),
         EventKind(
             "control_error",
-            ("message", "read", "sha256", "order", "trial"),
+            ("message", "read", "sha256", "order", "trial", "epoch", "step"),
             (
                 "`message`, and either `read`, `sha256` (a version of the control file that was refused: nothing in "
                 "it applied) or `order` (an order that could not be carried out: with `read` when its trial was not "
-                "running, with `trial` when the trial could not carry it out: no such snapshot, or it diverged first; "
+                "running, with `trial`, `epoch` and `step` when the trial could not carry it out: no such snapshot, "
+                "or it diverged first; "
                 "with neither when the trial ended in its worker before the order got there)"
             ),
         ),
@@ -248,9 +249,9 @@ EVENTS: dict[str, EventKind] = {
                 "`trial`, `kind` (`non_finite_loss`, `loss_spike`, `non_finite_val_loss`, `val_loss_spike`, "
                 "`non_finite_parameters`, `collapse`), `epoch`, `step`, `loss`, `threshold` (what a spike or a loss "
                 "jump exceeded), `lr`, `rollbacks` (so far); a `collapse` adds `seen` (its signs: `loss_jump` "
-                "`{first_loss, steps}`, `dead_units` `{layer: fraction}`, `chance` `{val_acc, chance, best_val_acc}`) "
-                "and `since_epoch`, `since_step` (where it began: the rollback goes back to a snapshot taken there or "
-                "earlier)"
+                "`{first_loss, steps}`, `dead_units` `{layer: fraction}`, `chance` `{val_acc, val_loss, chance, "
+                "chance_loss, best_val_acc}`) and `since_epoch`, `since_step` (where it began: the rollback goes "
+                "back to a snapshot taken there or earlier)"
             ),
         ),
         EventKind(
