@@ -15,11 +15,11 @@ dead. ``CollapseDetector`` watches for three signs, cheaply:
   validation example: nothing that passes through it depends on the input any more.
 - ``chance`` (each epoch, classification with an ``acc`` metric): the validation accuracy
   and loss back at chance, within ``chance_margin`` (an accuracy at most 1/C + margin and a
-  loss at least (1 - margin) ln C, for C classes: what guessing gives, and risen above its
-  lowest by that fraction), in a trial whose accuracy had been above chance by four times
-  that margin. A slow run a little above chance has a loss well below ln C, and a noisy
-  small split's accuracy may dip while its loss still falls: both are learning, and are
-  not flagged.
+  loss at least (1 - margin) ln C, for C classes: what guessing gives), in a trial whose
+  accuracy had been above chance by four times that margin and by three standard errors of
+  a guess's accuracy on the validation split. A slow run a little above chance has a loss
+  well below ln C (it is learning), and on a small split a lucky epoch is not "better": neither
+  is flagged.
 
 A sign seen at the end of ``collapse_epochs`` epochs in a row (a loss jump at once) is a
 collapse: a divergence of kind ``collapse``, whose ``seen`` says what was seen and whose
@@ -44,8 +44,10 @@ from typing import Any
 from runner.engine.divergence import DivergenceEvent, DivergenceOptions
 
 # A trial is "better than chance" once its validation accuracy has been this many
-# chance_margins above chance: only one that was can fall back to it.
+# chance_margins above chance, and this many standard errors of a guess's accuracy on its
+# validation split: only one that was can fall back to it.
 BETTER = 4
+NOISE = 3
 # The first leap is seen in the loss reported at step k, measured on the weights after k - 1
 # updates; a GPU backend reports it a step later still. The weights after k - LAG updates
 # are the newest known to be healthy.
@@ -56,9 +58,13 @@ class CollapseDetector:
     """Watches one trial; the loop calls ``stepped`` after each finite step loss and
     ``epoch_end`` after each evaluation. Either returns the collapse, or None."""
 
-    def __init__(self, options: DivergenceOptions, classes: int):
+    def __init__(self, options: DivergenceOptions, classes: int, val_examples: int = 0):
         self.options = options
         self.chance = 1.0 / classes if classes >= 2 else None
+        # how far above chance "better" is: BETTER margins, and NOISE standard errors of a
+        # guess's accuracy on the validation split (on 20 examples, 0.75 is luck for a coin)
+        noise = NOISE * math.sqrt(self.chance * (1 - self.chance) / val_examples) if self.chance and val_examples else 0
+        self.better = None if self.chance is None else self.chance + max(BETTER * options.chance_margin, noise)
         self.first_loss: float | None = None  # the loss of the trial's first step (before any update)
         self.strikes = 0  # steps in a row above the jump limit
         self.leapt = False  # a step of this path went above the jump limit
@@ -68,7 +74,6 @@ class CollapseDetector:
         self.calm: tuple[int, int] = (0, 0)
         self.epoch_began = 0  # the step at which the current epoch began
         self.best_acc: float | None = None  # the highest validation accuracy of this path
-        self.lowest_loss: float | None = None  # the lowest validation loss of this path
         self.signs: list[str] = []  # the signs seen at the last epoch end
 
     def limit(self) -> float:
@@ -110,12 +115,10 @@ class CollapseDetector:
         acc, loss = metrics.get("val_acc"), metrics.get("val_loss")
         if self.chance is not None and acc is not None and math.isfinite(acc):
             margin = options.chance_margin
-            been_better = self.best_acc is not None and self.best_acc >= self.chance + BETTER * margin
+            been_better = self.best_acc is not None and self.best_acc >= self.better
             chance_loss = -math.log(self.chance)
             at_chance = acc <= self.chance + margin and loss is not None and loss >= (1 - margin) * chance_loss
-            # risen back: a loss still falling is learning, however noisy a small split's accuracy
-            risen = loss is not None and self.lowest_loss is not None and loss > (1 + margin) * self.lowest_loss
-            if been_better and at_chance and risen:
+            if been_better and at_chance:
                 seen["chance"] = {
                     "val_acc": acc,
                     "val_loss": loss,
@@ -124,8 +127,6 @@ class CollapseDetector:
                     "best_val_acc": self.best_acc,
                 }
             self.best_acc = acc if self.best_acc is None else max(self.best_acc, acc)
-        if loss is not None and math.isfinite(loss):
-            self.lowest_loss = loss if self.lowest_loss is None else min(self.lowest_loss, loss)
         self.epoch_began = step
         self.signs = sorted(seen) + (["loss_jump"] if self.strikes else [])
         if not seen:
@@ -147,7 +148,6 @@ class CollapseDetector:
             "calm": self.calm,
             "epoch_began": self.epoch_began,
             "best_acc": self.best_acc,
-            "lowest_loss": self.lowest_loss,
             "signs": self.signs,
         }
 
@@ -160,5 +160,4 @@ class CollapseDetector:
         self.calm = tuple(state.get("calm", (0, 0)))
         self.epoch_began = state.get("epoch_began", 0)
         self.best_acc = state.get("best_acc")
-        self.lowest_loss = state.get("lowest_loss")
         self.signs = list(state.get("signs", []))

@@ -94,8 +94,8 @@ class DivergenceOptions:
             ge=0,
             lt=1,
             doc="collapse: a validation accuracy within this of chance (1 / C for C classes) and a loss within "
-            "this fraction of ln C are at chance; a trial that had been four times this above chance and falls "
-            "back there collapses",
+            "this fraction of ln C are at chance; a trial that had been four times this above chance (and three "
+            "standard errors of a guess's accuracy on the validation split) and falls back there collapses",
         ),
     )
     collapse_epochs: int = field(

@@ -125,7 +125,12 @@ class ReplayScript:
         orders = given_orders(events)
         scheduled, rollbacks, position, interrupted = set(), 0, 0, False  # position: the step it stands at
         epoch_ends = {e["step"] for e in mine if e["event"] == "epoch_end"}
-        for event in mine:
+        # The trial's last events: the files reported as it ended, among them the best one
+        # that only memory held until then (written at the end, not when it was taken).
+        last = len(mine) - next(
+            (i for i, e in enumerate(reversed(mine)) if e["event"] not in ("checkpoint", "trial_complete")), 0
+        )
+        for index, event in enumerate(mine):
             kind = event["event"]
             at = event.get("step", event.get("from_step", position))
             if kind == "interrupted":
@@ -135,7 +140,7 @@ class ReplayScript:
                 point = ResumePoint(event["epoch"], at, interrupted, at_epoch_end)
                 (script.epoch_end_resumes if at_epoch_end else script.schedule).append(((rollbacks, at), point))
                 interrupted = False
-            elif kind == "checkpoint":
+            elif kind == "checkpoint" and not (index >= last and event["reason"] == "best"):
                 script.written[(event["epoch"], event["step"], event["reason"])] += 1
             order = event.get("order")
             if order is not None and order not in scheduled:

@@ -89,7 +89,7 @@ class TrialLoop(TrialDecisions):
         self.store = CheckpointStore(self.trial.folder, job.trial, spec.checkpoint, runner.writer, within=run_dir)
         self.state = LoopState(  # what its snapshots carry (and the Trial)
             detector=SpikeDetector(spec.divergence),
-            collapse=CollapseDetector(spec.divergence, runner.dataset.n_classes),
+            collapse=CollapseDetector(spec.divergence, runner.dataset.n_classes, len(runner.dataset.y_val)),
         )
         self.snapshot_step = -1  # step of the newest snapshot, so a restored one is not taken twice
         self.restored_step = -1  # step the last rollback restored (until training moves on, the ring holds it)
