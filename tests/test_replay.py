@@ -171,7 +171,7 @@ def test_where_a_resumed_trial_went_on_is_read_from_its_snapshot_file(tmp_path):
                 "metrics": {}, "loop": {"events": 9, "partial": partial}}  # fmt: skip
         write_snapshot(tmp_path / name, BackendState({"w": np.zeros(2)}, {}), meta)
     resumed = {"epoch": 2, "step": 20}
-    assert went_on_at_epoch_end({**resumed, "snapshot": "end.npz"}, tmp_path, False, set()) is True
+    assert went_on_at_epoch_end({**resumed, "snapshot": "trials/t000/end.npz"}, tmp_path, False, set()) is True
     assert went_on_at_epoch_end({**resumed, "snapshot": "mid.npz"}, tmp_path, False, {20}) is False
     assert went_on_at_epoch_end({**resumed, "snapshot": "gone.npz"}, tmp_path, False, {20}) is True, (
         "epoch 2 ended there"

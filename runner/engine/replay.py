@@ -6,9 +6,11 @@ where the run was interrupted and resumed. Everything else (the strategy's babys
 divergence and collapse policy, the plugins' hooks) decides the same way again from the
 same numbers. ``ReplayScript`` reads the outside part from the run's event log: each order
 and the step boundary where the trial carried it out, as ``(rollbacks so far, step)``, a
-key that no training step repeats (a rollback changes the count); and each interruption,
-where the replay takes the snapshots the original took there and forgets, as a resumed
-process does, what only memory held.
+key that no training step repeats (a rollback changes the count); each place the trial
+went on in a new process (after Ctrl-C, a kill or a crash), where the replay takes the
+snapshots the original took there and forgets, as a new process does, what only memory
+held; and which snapshots became files (the original chose by the clock), so that a
+rollback that reaches past memory finds what the original found.
 
 The replay trains the trial again in a new run directory, delivering each order at its
 key (``ScheduledMail``), then ``compare`` puts its events beside the original's: the same
@@ -136,7 +138,8 @@ class ReplayScript:
             if kind == "interrupted":
                 interrupted = True
             elif kind == "trial_resume" and event.get("snapshot"):
-                at_epoch_end = went_on_at_epoch_end(event, run_dir, interrupted, epoch_ends)
+                folder = None if run_dir is None else trial_folder(run_dir, trial)
+                at_epoch_end = went_on_at_epoch_end(event, folder, interrupted, epoch_ends)
                 point = ResumePoint(event["epoch"], at, interrupted, at_epoch_end)
                 (script.epoch_end_resumes if at_epoch_end else script.schedule).append(((rollbacks, at), point))
                 interrupted = False
@@ -160,16 +163,17 @@ class ReplayScript:
         return script
 
 
-def went_on_at_epoch_end(resumed: dict[str, Any], run_dir: Path | None, interrupted: bool, epoch_ends: set) -> bool:
+def went_on_at_epoch_end(resumed: dict[str, Any], folder: Path | None, interrupted: bool, epoch_ends: set) -> bool:
     """Whether a ``trial_resume`` went on from a snapshot taken at an epoch's end (before
-    the next epoch drew its data order) rather than at a step boundary: its file says so if
-    it is still there; else an interruption's snapshot is at a boundary, and one at the step
-    where an epoch ended is taken to be that epoch's."""
+    the next epoch drew its data order) rather than at a step boundary: its file in the
+    trial's ``folder`` says so if it is still there (the log names it; only its name is
+    used, so a log cannot point the replay outside the folder); else an interruption's
+    snapshot is at a boundary, and one at the step where an epoch ended is that epoch's."""
     if interrupted:
         return False
-    if run_dir is not None:
+    if folder is not None:
         try:
-            return read_snapshot(run_dir / resumed["snapshot"])[1]["loop"].get("partial") is None
+            return read_snapshot(folder / Path(resumed["snapshot"]).name)[1]["loop"].get("partial") is None
         except (OSError, CorruptSnapshot, RunnerError):
             pass
     return resumed["step"] in epoch_ends
