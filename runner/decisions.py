@@ -66,6 +66,10 @@ class Rollback:
     upto_step: int | None = None  # only snapshots taken at this step or earlier
 
     def __post_init__(self):
+        if self.lr_factor is not None and not (
+            isinstance(self.lr_factor, (int, float)) and 0 < self.lr_factor < float("inf")
+        ):
+            raise ValueError(f"a Rollback's lr_factor must be a positive number, got {self.lr_factor!r}")
         if self.trial is not None and self.to == "before_nudge":
             raise ValueError('a Rollback to another trial takes its "last", "best" or an epoch, not "before_nudge"')
         if self.trial is not None and self.upto_step is not None:

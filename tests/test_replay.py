@@ -163,20 +163,21 @@ def test_where_a_resumed_trial_went_on_is_read_from_its_snapshot_file(tmp_path):
     import numpy as np
 
     from runner.backend import BackendState
-    from runner.engine.replay import went_on_at_epoch_end
+    from runner.engine.replay import went_on_from
     from runner.engine.snapshot_files import write_snapshot
 
-    for name, partial in (("end.npz", None), ("mid.npz", [3, 1.5])):
-        meta = {"trial": 0, "epoch": 2, "step": 20, "reason": "epoch", "best": False, "hyperparameters": {},
+    for name, partial, reason in (("end.npz", None, "best"), ("mid.npz", [3, 1.5], "requested")):
+        meta = {"trial": 0, "epoch": 2, "step": 20, "reason": reason, "best": False, "hyperparameters": {},
                 "metrics": {}, "loop": {"events": 9, "partial": partial}}  # fmt: skip
         write_snapshot(tmp_path / name, BackendState({"w": np.zeros(2)}, {}), meta)
     resumed = {"epoch": 2, "step": 20}
-    assert went_on_at_epoch_end({**resumed, "snapshot": "trials/t000/end.npz"}, tmp_path, False, set()) is True
-    assert went_on_at_epoch_end({**resumed, "snapshot": "mid.npz"}, tmp_path, False, {20}) is False
-    assert went_on_at_epoch_end({**resumed, "snapshot": "gone.npz"}, tmp_path, False, {20}) is True, (
+    assert went_on_from({**resumed, "snapshot": "trials/t000/end.npz"}, tmp_path, False, set()) == (True, "best")
+    assert went_on_from({**resumed, "snapshot": "mid.npz"}, tmp_path, False, {20}) == (False, "requested")
+    assert went_on_from({**resumed, "snapshot": "gone.npz"}, tmp_path, False, {20}) == (True, "epoch"), (
         "epoch 2 ended there"
     )
-    assert went_on_at_epoch_end({**resumed, "snapshot": "end.npz"}, tmp_path, True, {20}) is False, "Ctrl-C: a boundary"
+    assert went_on_from({**resumed, "snapshot": "gone.npz"}, tmp_path, False, set()) == (False, "steps")
+    assert went_on_from({**resumed, "snapshot": "end.npz"}, tmp_path, True, {20}) == (False, "interrupt"), "Ctrl-C"
 
 
 def test_an_order_whose_event_names_no_step_is_keyed_where_the_trial_stands():
@@ -198,7 +199,7 @@ def test_an_order_whose_event_names_no_step_is_keyed_where_the_trial_stands():
     ]
     script = ReplayScript.from_events(events, 0, "log")
     [(key, delivery)] = list(script.schedule)
-    assert key == (0, 40) and delivery.order == "3.0" and script.written[(1, 10, "epoch")] == 1
+    assert key == (0, 40) and delivery.order == "3.0" and script.written[(1, 10, "epoch", None)] == 1
 
 
 def test_a_babysat_trial_replays_bit_for_bit(babysat, tmp_path):

@@ -80,11 +80,13 @@ class Snapshot:
     step: int
     reason: str  # "epoch", "best", ...
     best: bool
+    rollbacks: int | None = None  # the trial's rollbacks when it was taken: the same point again after one differs
 
     def to_json(self, relative_to: Path | None = None) -> dict[str, Any]:
         """As reported in ``checkpoint`` events: ``path`` relative to the run directory if given."""
         path = self.path.relative_to(relative_to) if relative_to else self.path
-        return {"path": str(path), "epoch": self.epoch, "step": self.step, "reason": self.reason, "best": self.best}
+        document = {"path": str(path), "epoch": self.epoch, "step": self.step, "reason": self.reason, "best": self.best}
+        return document if self.rollbacks is None else {**document, "rollbacks": self.rollbacks}
 
 
 class NoSnapshot(Exception):
@@ -181,7 +183,7 @@ class CheckpointStore:
         row must still go further back)."""
         # The trial's event count makes the name unique even when a rollback retrains an epoch.
         name = f"e{epoch:05d}-s{step:09d}-n{loop.get('events', 0):06d}.npz"
-        snapshot = Snapshot(self.folder / name, self.trial, epoch, step, reason, best)
+        snapshot = Snapshot(self.folder / name, self.trial, epoch, step, reason, best, loop.get("rollbacks"))
         meta = {
             "trial": self.trial,
             "epoch": epoch,
@@ -221,7 +223,15 @@ class CheckpointStore:
             else:
                 scanned.append((path, meta))
         found = [
-            Snapshot(path, self.trial, meta["epoch"], meta["step"], meta["reason"], meta["best"])
+            Snapshot(
+                path,
+                self.trial,
+                meta["epoch"],
+                meta["step"],
+                meta["reason"],
+                meta["best"],
+                meta["loop"].get("rollbacks"),
+            )
             for path, meta in scanned
         ]
         counts = {path: (meta["loop"]["events"], meta["loop"].get("before_nudge_events")) for path, meta in scanned}

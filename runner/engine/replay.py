@@ -65,6 +65,7 @@ class ResumePoint:
     step: int
     interrupted: bool  # Ctrl-C or SIGTERM: the original took an interrupt snapshot here first
     at_epoch_end: bool  # it went on from a snapshot taken at an epoch's end, before the next one began
+    reason: str = "steps"  # why the file it went on from was taken (at a step boundary, after a kill)
 
 
 @dataclass
@@ -78,7 +79,8 @@ class ReplayScript:
     events: list[dict[str, Any]]  # the trial's own events, in order
     schedule: deque = field(default_factory=deque)  # ((rollbacks, step), Delivery | ResumePoint) at step boundaries
     epoch_end_resumes: deque = field(default_factory=deque)  # ((rollbacks, step), ResumePoint) at epoch ends
-    written: Counter = field(default_factory=Counter)  # (epoch, step, reason) of the snapshot files it wrote
+    # (epoch, step, reason, rollbacks) of the snapshot files it wrote (rollbacks None in older logs)
+    written: Counter = field(default_factory=Counter)
 
     @classmethod
     def from_events(
@@ -139,12 +141,12 @@ class ReplayScript:
                 interrupted = True
             elif kind == "trial_resume" and event.get("snapshot"):
                 folder = None if run_dir is None else trial_folder(run_dir, trial)
-                at_epoch_end = went_on_at_epoch_end(event, folder, interrupted, epoch_ends)
-                point = ResumePoint(event["epoch"], at, interrupted, at_epoch_end)
+                at_epoch_end, reason = went_on_from(event, folder, interrupted, epoch_ends)
+                point = ResumePoint(event["epoch"], at, interrupted, at_epoch_end, reason)
                 (script.epoch_end_resumes if at_epoch_end else script.schedule).append(((rollbacks, at), point))
                 interrupted = False
             elif kind == "checkpoint" and not (index >= last and event["reason"] == "best"):
-                script.written[(event["epoch"], event["step"], event["reason"])] += 1
+                script.written[(event["epoch"], event["step"], event["reason"], event.get("rollbacks"))] += 1
             order = event.get("order")
             if order is not None and order not in scheduled:
                 scheduled.add(order)
@@ -163,20 +165,23 @@ class ReplayScript:
         return script
 
 
-def went_on_at_epoch_end(resumed: dict[str, Any], folder: Path | None, interrupted: bool, epoch_ends: set) -> bool:
-    """Whether a ``trial_resume`` went on from a snapshot taken at an epoch's end (before
-    the next epoch drew its data order) rather than at a step boundary: its file in the
-    trial's ``folder`` says so if it is still there (the log names it; only its name is
-    used, so a log cannot point the replay outside the folder); else an interruption's
-    snapshot is at a boundary, and one at the step where an epoch ended is that epoch's."""
+def went_on_from(resumed: dict[str, Any], folder: Path | None, interrupted: bool, epoch_ends: set) -> tuple[bool, str]:
+    """Where a ``trial_resume`` went on from: whether its snapshot was taken at an epoch's
+    end (before the next epoch drew its data order) rather than at a step boundary, and why
+    it was taken. Its file in the trial's ``folder`` says so if it is still there (the log
+    names it; only its name is used, so a log cannot point the replay outside the folder);
+    else an interruption's snapshot is at a boundary, and one at the step where an epoch
+    ended is that epoch's."""
     if interrupted:
-        return False
+        return False, "interrupt"
     if folder is not None:
         try:
-            return read_snapshot(folder / Path(resumed["snapshot"]).name)[1]["loop"].get("partial") is None
-        except (OSError, CorruptSnapshot, RunnerError):
+            meta = read_snapshot(folder / Path(resumed["snapshot"]).name)[1]
+            return meta["loop"].get("partial") is None, meta["reason"]
+        except (OSError, CorruptSnapshot, RunnerError, KeyError):
             pass
-    return resumed["step"] in epoch_ends
+    at_epoch_end = resumed["step"] in epoch_ends
+    return at_epoch_end, "epoch" if at_epoch_end else "steps"
 
 
 def given_orders(events: list[dict[str, Any]]) -> dict[str, Delivery]:
@@ -214,25 +219,38 @@ def pruner_order(event: dict[str, Any]) -> Delivery | None:
 class ScheduledMail(deque):
     """A trial's mail in a replay: the loop looks at it at every step boundary (and again
     after each order it carries out), and each look first lets in the orders due at the
-    trial's ``(rollbacks, step)``."""
+    trial's ``(rollbacks, step)``. Keys only grow, in the log and in training (a rollback
+    adds one to the count): once the trial is past an order's key, the replay has parted
+    from the original, and the trial ends there (``EndTrial``, failed) rather than train on
+    without what came from outside it (a person's stop, say)."""
 
-    def __init__(self, schedule: deque, trial) -> None:
+    def __init__(self, script: ReplayScript, trial) -> None:
         super().__init__()
-        self.schedule, self.trial = schedule, trial
+        self.script, self.trial = script, trial
 
     def __len__(self) -> int:
         key = (self.trial.rollbacks, self.trial.step)
-        while self.schedule and self.schedule[0][0] == key:
-            self.append(self.schedule.popleft()[1])
+        schedule = self.script.schedule
+        while schedule and schedule[0][0] == key:
+            self.append(schedule.popleft()[1])
+        for queue in (schedule, self.script.epoch_end_resumes):
+            if queue and queue[0][0] < key:
+                (rollbacks, step), missed = queue[0]
+                what = f"order {missed.order}" if isinstance(missed, Delivery) else "a resume"
+                raise EndTrial(
+                    "failed",
+                    f"the replay parted from the original: {what}, due at step {step} after {rollbacks} "
+                    f"rollbacks, was never reached (the replay is at step {key[1]} after {key[0]})",
+                )
         return super().__len__()
 
 
 class ReplayMailbox(Mailbox):
     """The mailbox of a replayed trial: its orders come from the script, never from a file."""
 
-    def __init__(self, schedule: deque, trial) -> None:
+    def __init__(self, script: ReplayScript, trial) -> None:
         super().__init__()
-        self.items = ScheduledMail(schedule, trial)
+        self.items = ScheduledMail(script, trial)
 
     def wait(self, timeout: float) -> None:
         """A paused trial waits for nothing: its next order is due at this very step, or never."""
@@ -248,7 +266,7 @@ class ReplayLoop(TrialLoop):
     def __init__(self, runner: TrialRunner, job, script: ReplayScript):
         super().__init__(runner, job)
         self.script = script
-        self.mailbox = ReplayMailbox(script.schedule, self.trial)
+        self.mailbox = ReplayMailbox(script, self.trial)
 
     def carry_out(self, delivery) -> None:
         if isinstance(delivery, ResumePoint):
@@ -260,21 +278,38 @@ class ReplayLoop(TrialLoop):
         """A snapshot becomes a file where the original's did (the original chose by the
         clock); one at an epoch's end where the original went on in a new process is
         followed by what that process did."""
-        if durable is None:
-            key = (self.trial.epoch, self.trial.step, reason)
-            durable = self.script.written[key] > 0
-            self.script.written[key] -= durable
-        super().snapshot(reason, improved=improved, durable=durable, in_ring=in_ring)
         resumes = self.script.epoch_end_resumes
-        if reason in ("epoch", "best") and resumes and resumes[0][0] == (self.trial.rollbacks, self.trial.step):
+        went_on = reason in ("epoch", "best") and resumes and resumes[0][0] == (self.trial.rollbacks, self.trial.step)
+        if went_on:
+            durable = True  # the original went on from its file (whose checkpoint event the resume cut)
+        if durable is None:
+            written, trial = self.script.written, self.trial
+            key = next(
+                (
+                    k
+                    for k in (
+                        (trial.epoch, trial.step, reason, trial.rollbacks),
+                        (trial.epoch, trial.step, reason, None),
+                    )
+                    if written[k] > 0
+                ),
+                None,
+            )
+            durable = key is not None
+            if durable:
+                written[key] -= 1
+        super().snapshot(reason, improved=improved, durable=durable, in_ring=in_ring)
+        if went_on:
             self.went_on(resumes.popleft()[1])
 
     def went_on(self, point: ResumePoint) -> None:
         """What the original did where it went on in a new process: an interrupt snapshot
         (after Ctrl-C), then a resume snapshot of the same point, with only the snapshot
         files to go back to, unpaused."""
-        if point.interrupted:
-            self.snapshot("interrupt", improved=False, durable=True)
+        if point.interrupted or not point.at_epoch_end:
+            # Ctrl-C's snapshot; or, after a kill, the file at this boundary the new process
+            # went on from (in the replay, the mail comes before a boundary's snapshot)
+            self.snapshot(point.reason, improved=False, durable=True)
             self.report_snapshots()
         self.store.forget_memory()
         self.paused, self.restored_step = False, -1
@@ -388,7 +423,8 @@ def compare(script: ReplayScript, replayed: list[dict[str, Any]], original_dir: 
     snapshots = 0
     if parted is None:
         snapshots, parted = compare_snapshots(script.trial, original_dir, replay_dir)
-    undelivered = [d.order for _, d in script.schedule if isinstance(d, Delivery)]
+    undelivered = [d.order if isinstance(d, Delivery) else f"resume at step {d.step}" for _, d in script.schedule]
+    undelivered += [f"resume at step {d.step}" for _, d in script.epoch_end_resumes]
     return Comparison(len(ours), snapshots, parted, undelivered)
 
 
@@ -466,7 +502,7 @@ def replay_trial(original: Path, script: ReplayScript, out: Path, plugins, spec,
             planned_trials=1,
         )
         orders = sum(isinstance(d, Delivery) for _, d in script.schedule)
-        resumes = len(script.schedule) - orders
+        resumes = len(script.schedule) - orders + len(script.epoch_end_resumes)
         log.emit("replay", of=str(original.resolve()), replayed_trial=trial, orders=orders, resumes=resumes)
         plugins.hook.runner_experiment_start(experiment=experiment)
         writer = SnapshotWriter()

@@ -118,11 +118,12 @@ EVENTS: dict[str, EventKind] = {
         ),
         EventKind(
             "checkpoint",
-            ("trial", "path", "epoch", "step", "reason", "best", "order"),
+            ("trial", "path", "epoch", "step", "reason", "best", "rollbacks", "order"),
             (
                 "`trial`, `path` (relative to the run directory), `epoch` (epochs completed), `step`, `reason` "
                 "(`epoch`, `best`, `steps`, `interrupt`, `requested`, `before_nudge`: before a strategy's try or a "
-                "person's nudge), `best`: written once the snapshot file is durable"
+                "person's nudge), `best`, `rollbacks` (the trial's so far when it was taken): written once the "
+                "snapshot file is durable"
             ),
         ),
         EventKind(
