@@ -207,3 +207,12 @@ def test_only_rollbacks_answering_a_divergence_count_against_max_rollbacks(write
     sources = [e["source"] for e in events if e["event"] == "rollback"]
     assert sources == ["plugin"] * 3 + ["divergence"] * 2, "three rollbacks by a plugin, then two answering the blow-up"
     assert board[0].state == "completed" and board[0].epochs == 5
+
+
+@pytest.mark.parametrize("factor", [0, -0.5, float("nan"), float("inf"), "0.5"])
+def test_a_rollback_with_an_lr_factor_that_is_no_positive_number_is_refused_when_made(factor):
+    from runner import Rollback
+
+    with pytest.raises(ValueError, match="lr_factor must be a positive number"):
+        Rollback("last", lr_factor=factor)
+    assert Rollback("last", lr_factor=0.5).lr_factor == 0.5

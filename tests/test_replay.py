@@ -353,3 +353,26 @@ def test_a_trial_that_has_not_ended_is_refused():
     events = [{"event": "experiment_start", "base_dir": "."}, {"event": "trial_start", "trial": 0, "params": {}}]
     with pytest.raises(RunnerError, match="trial 0 has not ended in log"):
         ReplayScript.from_events(events, 0, "log")
+
+
+def test_a_replay_past_an_orders_step_has_parted_and_ends_there():
+    from types import SimpleNamespace
+
+    from runner import Stop
+    from runner.control.inbox import Delivery
+    from runner.engine.experiment import EndTrial
+    from runner.engine.replay import ScheduledMail
+
+    events = [{"event": "experiment_start"}, {"event": "trial_start", "trial": 0, "params": {}, "seed": 1}]
+    script = ReplayScript(0, {}, 1, events[0], events)
+    script.schedule.extend(
+        [((1, 5), Delivery("7.0", Stop("a person"), "stop")), ((1, 9), Delivery("8.0", Stop(), "stop"))]
+    )
+    trial = SimpleNamespace(rollbacks=1, step=4)
+    mail = ScheduledMail(script, trial)
+    assert len(mail) == 0, "not yet due"
+    trial.step = 5
+    assert len(mail) == 1 and mail.popleft().order == "7.0", "due at its step"
+    trial.rollbacks, trial.step = 2, 3  # a rollback the original never made: order 8.0 can no longer come
+    with pytest.raises(EndTrial, match=r"order 8\.0, due at step 9 after 1 rollbacks, was never reached"):
+        len(mail)
