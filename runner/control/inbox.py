@@ -58,6 +58,13 @@ class Delivery:
     source: str = "control"
 
 
+def logged_delivery(event: dict, entry: dict) -> Delivery:
+    """The order that ``entry`` of a ``control``, ``trial_continue`` or ``resume`` event
+    records, as it was delivered (a resumed run delivers it again; ``runner replay`` too)."""
+    source = OWN_ORDERS.get(event["event"], "control")
+    return Delivery(entry["order"], decision_from_json(entry["decision"]), entry["what"], source=source)
+
+
 class Mailbox:
     """A trial's incoming orders. The loop reads ``items`` (a deque) once per step."""
 
@@ -146,9 +153,7 @@ class ControlInbox:
                 for entry in event.get("orders", []):
                     trial = entry.get("trial", event.get("trial"))
                     if entry["order"] not in settled and trial in continuing:
-                        decision = decision_from_json(entry["decision"])
-                        delivery = Delivery(entry["order"], decision, entry["what"], source=OWN_ORDERS[event["event"]])
-                        self._owe(trial, delivery)
+                        self._owe(trial, logged_delivery(event, entry))
             if event["event"] not in ("control", "control_error") or event.get("read") is None:
                 continue
             self.reads = max(self.reads, event["read"])
@@ -157,7 +162,7 @@ class ControlInbox:
                     self.used.setdefault(entry["action"], None)
                 if entry["order"] in settled or "decision" not in entry:
                     continue
-                delivery = Delivery(entry["order"], decision_from_json(entry["decision"]), entry["what"])
+                delivery = logged_delivery(event, entry)
                 if entry["trial"] in continuing:
                     self._owe(entry["trial"], delivery)
                 elif entry["trial"] is None:

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from runner.control.inbox import OWN_ORDERS, Delivery, Mailbox
-from runner.decisions import NOTE_RESERVED, Decision, Note, Prune, decision_from_json
+from runner.control.inbox import OWN_ORDERS, Delivery, Mailbox, logged_delivery
+from runner.decisions import NOTE_RESERVED, Decision, Note, Prune
 from runner.engine.checkpoints import SnapshotWriter
 from runner.engine.experiment import EndTrial, Experiment, TrialJob, build_strategy
 from runner.engine.snapshot_files import CorruptSnapshot, read_snapshot, scan_snapshots, trial_folder
@@ -187,17 +187,13 @@ def went_on_from(resumed: dict[str, Any], folder: Path | None, interrupted: bool
 def given_orders(events: list[dict[str, Any]]) -> dict[str, Delivery]:
     """Every order the log records (the control file's, ``runner resume --set``'s, a
     strategy's continuation), by its name."""
-    found = {}
-    for event in events:
-        kind = event["event"]
-        if kind != "control" and kind not in OWN_ORDERS:
-            continue
-        source = OWN_ORDERS.get(kind, "control")
-        for order in event.get("orders") or ():  # all of them: one for "the next trial" names none
-            if order.get("decision") is not None:
-                decision = decision_from_json(order["decision"])
-                found[order["order"]] = Delivery(order["order"], decision, order["what"], source=source)
-    return found
+    return {
+        entry["order"]: logged_delivery(event, entry)
+        for event in events
+        if event["event"] == "control" or event["event"] in OWN_ORDERS
+        for entry in event.get("orders") or ()  # all of them: one for "the next trial" names none
+        if entry.get("decision") is not None
+    }
 
 
 def pruner_order(event: dict[str, Any]) -> Delivery | None:

@@ -127,6 +127,14 @@ def start(tmp_path: Path, experiment: dict, **die) -> tuple[subprocess.Completed
     return start_with_plugin(tmp_path, DIE, experiment)
 
 
+def elsewhere(request, workers: int) -> dict:
+    """The executor section of a parametrized fixture over ``["process", "ray"]`` (Ray on the
+    module's local cluster): trials run outside the driver on ``workers`` workers."""
+    if request.param == "process":
+        return {"name": "process", "workers": workers}
+    return {"name": "ray", "address": request.getfixturevalue("ray_cluster"), "workers": workers}
+
+
 def events_of(run_dir: Path) -> list[dict]:
     return list(read_events(run_dir / "events.jsonl"))
 

@@ -19,7 +19,7 @@ from runner.experiment_file.typed import build
 from runner.history import History
 from runner.plugins.strategies.pbt import STEERED, Interval, Pbt, PbtOptions, lineage, perturb
 from tests.conftest import deep_update, run_file
-from tests.plugins.test_executors import ray_cluster  # noqa: F401  (a fixture: a local Ray cluster)
+from tests.plugins.test_executors import elsewhere, ray_cluster  # noqa: F401  (ray_cluster: a fixture)
 from tests.test_resume import EXPERIMENT, assert_same, outcome, resume, start
 
 SPACE = {
@@ -185,9 +185,7 @@ def test_the_lineage_events_give_the_whole_family_tree(inline):
 
 @pytest.fixture(params=["process", "ray"])
 def two_workers(request) -> dict:
-    if request.param == "process":
-        return {"name": "process", "workers": 2}
-    return {"name": "ray", "address": request.getfixturevalue("ray_cluster"), "workers": 2}
+    return elsewhere(request, 2)
 
 
 def test_the_population_is_the_same_in_worker_processes_and_on_ray(tmp_path, inline, two_workers):

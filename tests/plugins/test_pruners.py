@@ -21,7 +21,7 @@ from runner.plugins.pruners.median import MedianOptions, MedianPruner
 from runner.report import read_run_view
 from runner.report.build import draw_figures
 from tests.conftest import deep_update, run_file
-from tests.plugins.test_executors import ray_cluster  # noqa: F401  (a fixture: a local Ray cluster)
+from tests.plugins.test_executors import elsewhere, ray_cluster  # noqa: F401  (ray_cluster: a fixture)
 from tests.test_resume import EXPERIMENT, outcome, resume, start
 
 # A backend whose val_acc after epoch e is model.curve[e]: every verdict can be worked out by hand.
@@ -272,9 +272,7 @@ def test_the_median_pruner_on_the_same_curves(tmp_path, curve_plugin):
 @pytest.fixture(params=["process", "ray"])
 def one_worker(request) -> dict:
     """An executor that runs trials outside the driver, one at a time (so verdicts are as inline)."""
-    if request.param == "process":
-        return {"name": "process", "workers": 1}
-    return {"name": "ray", "address": request.getfixturevalue("ray_cluster"), "workers": 1}
+    return elsewhere(request, 1)
 
 
 def test_pruning_orders_reach_trials_in_workers_and_results_agree_with_snapshots(tmp_path, curve_plugin, one_worker):
