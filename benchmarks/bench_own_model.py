@@ -241,7 +241,7 @@ def run_runner(spec, plugins, dataset, root: Path, profiler: cProfile.Profile | 
     assert len(board) == 1 and not bad, f"expected one completed trial: {bad or len(board)}"
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     history = [{k: e[k] for k in COMPARED} for e in events if e["event"] == "epoch_end"]
-    snapshots = sum(1 for p in run_dir.rglob("*.npz") if p.is_file())
+    snapshots = sum(1 for p in run_dir.rglob("*.safetensors") if p.is_file())
     shutil.rmtree(run_dir)
     return seconds, history, others, snapshots
 

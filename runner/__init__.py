@@ -15,7 +15,7 @@ Scripts and notebooks run experiments with ``runner.run`` (``runner.api``), whic
 
 import pluggy
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 """The one place the version is written; pyproject.toml reads it from here."""
 
 hookimpl = pluggy.HookimplMarker("runner")

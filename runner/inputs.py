@@ -185,6 +185,25 @@ def read_bytes(path: Path | str, limit: Limit, *, follow_symlinks: bool = True) 
         os.close(fd)
 
 
+def read_into_memory(path: Path | str, limit: Limit | None, *, follow_symlinks: bool = True) -> bytearray:
+    """The whole of the regular file ``path``, read straight into one writable buffer (no
+    copy after the read: arrays can be views into it); an InputError if it is not a regular
+    file or is over ``limit`` (None: no limit). A file cut short while it is read gives
+    the bytes it still had."""
+    fd, _ = _open_checked(path, limit, follow_symlinks)
+    try:
+        buffer = bytearray(os.fstat(fd).st_size)
+        view, filled = memoryview(buffer), 0
+        while filled < len(buffer) and (count := os.readv(fd, [view[filled:]])):
+            filled += count
+        view.release()
+        return buffer if filled == len(buffer) else buffer[:filled]
+    except OSError as err:
+        raise InputError(path, "unreadable", f"cannot be read: {err.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 class _BoundedFile(io.RawIOBase):
     """A regular file opened by ``open_binary``: reading past ``bound`` bytes from its start
     (it grew after it was opened) raises the limit's InputError."""

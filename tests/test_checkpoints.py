@@ -72,7 +72,11 @@ def test_keeps_the_last_k_and_the_best(tmp_path, writer):
         )
         store.collect(wait=True)
     kept = sorted(p.name for p in tmp_path.iterdir())
-    assert kept == ["e00002-s000000020-n000000.npz", "e00005-s000000050-n000000.npz", "e00006-s000000060-n000000.npz"]
+    assert kept == [
+        "e00002-s000000020-n000000.safetensors",
+        "e00005-s000000050-n000000.safetensors",
+        "e00006-s000000060-n000000.safetensors",
+    ]
     assert store.best.epoch == 2
     assert [s.epoch for s, _, _ in store.ring] == [3, 4, 5, 6], "the in-memory ring holds the latest four"
 
@@ -126,9 +130,9 @@ def test_files_are_throttled_by_min_interval_and_the_best_is_written_at_the_end(
     [best] = store.collect(wait=True)
     assert (best.epoch, best.best) == (3, True) and store.best == best
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "e00002-s000000002-n000000.npz",
-        "e00003-s000000003-n000000.npz",
-        "e00005-s000000005-n000000.npz",
+        "e00002-s000000002-n000000.safetensors",
+        "e00003-s000000003-n000000.safetensors",
+        "e00005-s000000005-n000000.safetensors",
     ]
 
 
@@ -136,7 +140,7 @@ def test_a_write_error_is_reported_not_raised(tmp_path, writer):
     folder = tmp_path / "t000"
     store = CheckpointStore(folder, 0, CheckpointOptions(min_interval=0), writer)
     folder.mkdir()
-    (folder / "e00001-s000000001-n000000.npz").mkdir()  # a folder where the file must go: rename fails
+    (folder / "e00001-s000000001-n000000.safetensors").mkdir()  # a folder where the file must go: rename fails
     store.save(state(1.0), epoch=1, step=1, reason="epoch", best=False, hyperparameters={}, metrics={}, loop={})
     [error] = store.collect(wait=True)
     assert isinstance(error, OSError)
@@ -150,7 +154,7 @@ def run(path, tmp_path):
 def test_a_run_snapshots_each_epoch_and_a_snapshot_continues_bit_for_bit(write_experiment, tmp_path):
     changes = {"train": {"epochs": 4}, "checkpoint": {"keep": 10}, "search": {"space": None}}
     plugins, spec, run_dir, events = run(write_experiment(changes), tmp_path)
-    snapshots = sorted((run_dir / "trials" / "t000").glob("*.npz"))
+    snapshots = sorted((run_dir / "trials" / "t000").glob("*.safetensors"))
     assert len(snapshots) == 4
     assert [e["epoch"] for e in events if e["event"] == "checkpoint"] == [1, 2, 3, 4]
 
@@ -192,7 +196,7 @@ def test_every_steps_takes_snapshots_mid_epoch_that_continue_exactly(write_exper
     _, _, run_dir, events = run(write_experiment(changes), tmp_path)
     steps = [e["step"] for e in events if e["event"] == "checkpoint"]
     assert steps == [2, 4], "step 6 ends the trial's last epoch: no step snapshot there"
-    [path] = (run_dir / "trials" / "t000").glob("e00000-s000000002-n*.npz")
+    [path] = (run_dir / "trials" / "t000").glob("e00000-s000000002-n*.safetensors")
     _, meta = read_snapshot(path)
     assert meta["reason"] == "steps" and meta["loop"]["partial"][0] == 2
 
@@ -234,7 +238,7 @@ def test_pruning_spares_the_newest_file_a_resume_can_start_from(tmp_path, writer
             state(step), epoch=1, step=step, reason=reason, best=False, hyperparameters={}, metrics={}, loop=loop
         )
         store.collect(wait=True)
-    kept = sorted((read_snapshot(p)[1]["step"], read_snapshot(p)[1]["reason"]) for p in tmp_path.glob("*.npz"))
+    kept = sorted((read_snapshot(p)[1]["step"], read_snapshot(p)[1]["reason"]) for p in tmp_path.glob("*.safetensors"))
     assert kept == [(8, "before_nudge"), (10, "epoch"), (14, "before_nudge"), (16, "before_nudge")], (
         "the epoch file, and the before-nudge file its try would be reverted to"
     )

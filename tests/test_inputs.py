@@ -265,7 +265,7 @@ def test_start_from_a_run_whose_files_are_not_regular_files_is_refused_before_a_
 
 
 def test_a_snapshot_that_is_not_a_regular_file_is_reported_damaged_at_once(run_copy):
-    snapshot = next(run_copy.glob("trials/t000/*.npz"))
+    snapshot = next(run_copy.glob("trials/t000/*.safetensors"))
     make_fifo(snapshot)
     code = (
         "import sys; from runner.engine.snapshot_files import read_snapshot, CorruptSnapshot\n"

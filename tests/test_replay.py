@@ -166,18 +166,23 @@ def test_where_a_resumed_trial_went_on_is_read_from_its_snapshot_file(tmp_path):
     from runner.engine.replay import went_on_from
     from runner.engine.snapshot_files import write_snapshot
 
-    for name, partial, reason in (("end.npz", None, "best"), ("mid.npz", [3, 1.5], "requested")):
+    for name, partial, reason in (("end.safetensors", None, "best"), ("mid.safetensors", [3, 1.5], "requested")):
         meta = {"trial": 0, "epoch": 2, "step": 20, "reason": reason, "best": False, "hyperparameters": {},
                 "metrics": {}, "loop": {"events": 9, "partial": partial}}  # fmt: skip
         write_snapshot(tmp_path / name, BackendState({"w": np.zeros(2)}, {}), meta)
     resumed = {"epoch": 2, "step": 20}
-    assert went_on_from({**resumed, "snapshot": "trials/t000/end.npz"}, tmp_path, False, set()) == (True, "best")
-    assert went_on_from({**resumed, "snapshot": "mid.npz"}, tmp_path, False, {20}) == (False, "requested")
-    assert went_on_from({**resumed, "snapshot": "gone.npz"}, tmp_path, False, {20}) == (True, "epoch"), (
+    assert went_on_from({**resumed, "snapshot": "trials/t000/end.safetensors"}, tmp_path, False, set()) == (
+        True,
+        "best",
+    )
+    assert went_on_from({**resumed, "snapshot": "mid.safetensors"}, tmp_path, False, {20}) == (False, "requested")
+    assert went_on_from({**resumed, "snapshot": "gone.safetensors"}, tmp_path, False, {20}) == (True, "epoch"), (
         "epoch 2 ended there"
     )
-    assert went_on_from({**resumed, "snapshot": "gone.npz"}, tmp_path, False, set()) == (False, "steps")
-    assert went_on_from({**resumed, "snapshot": "end.npz"}, tmp_path, True, {20}) == (False, "interrupt"), "Ctrl-C"
+    assert went_on_from({**resumed, "snapshot": "gone.safetensors"}, tmp_path, False, set()) == (False, "steps")
+    assert went_on_from({**resumed, "snapshot": "end.safetensors"}, tmp_path, True, {20}) == (False, "interrupt"), (
+        "Ctrl-C"
+    )
 
 
 def test_an_order_whose_event_names_no_step_is_keyed_where_the_trial_stands():

@@ -46,19 +46,16 @@ KILLER = textwrap.dedent('''
 
     if where == "write":  # halfway through writing a snapshot file, on the writer thread
         import runner.engine.snapshot_files as snapshot_files
-        real_savez = np.savez
+        real_write_all = snapshot_files.write_all
 
-        def savez(f, **arrays):
+        def write_all(fd, buffers):
             count[0] += 1
             if count[0] == n:
-                buffer = io.BytesIO()
-                real_savez(buffer, **arrays)
-                f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-                f.flush()
+                data = b"".join(memoryview(b).cast("B").tobytes() for b in buffers)
+                os.write(fd, data[: len(data) // 2])
                 die()
-            real_savez(f, **arrays)
-        snapshot_files.np = type("np", (), {"savez": staticmethod(savez), "load": np.load, "frombuffer": np.frombuffer,
-                                         "ascontiguousarray": np.ascontiguousarray, "uint8": np.uint8})
+            real_write_all(fd, buffers)
+        snapshot_files.write_all = write_all
 
     @hookimpl
     def runner_trial_complete(trial):
@@ -156,7 +153,7 @@ def outcome(run_dir: Path) -> dict:
     }
     finals = {}
     for folder in sorted((run_dir / "trials").iterdir()):
-        last = max(folder.glob("*.npz"), key=lambda p: read_snapshot(p)[1]["loop"]["events"])
+        last = max(folder.glob("*.safetensors"), key=lambda p: read_snapshot(p)[1]["loop"]["events"])
         state, meta = read_snapshot(last)
         finals[folder.name] = (meta["epoch"], {k: v for k, v in state.arrays.items()})
     return {"trials": trials, "finals": finals}
@@ -219,7 +216,7 @@ def snapshots_to_resume(run_dir: Path) -> dict[int, tuple[str, dict] | None]:
     newest: dict[int, tuple[str, dict] | None] = {}
     for trial in [e["trial"] for e in events if e["event"] == "trial_start" and e["trial"] not in finished]:
         found = []
-        for path in (run_dir / "trials" / f"t{trial:03d}").glob("*.npz"):
+        for path in (run_dir / "trials" / f"t{trial:03d}").glob("*.safetensors"):
             try:
                 meta = read_snapshot(path)[1]
             except CorruptSnapshot:
@@ -286,7 +283,7 @@ def test_sigkill_at_any_moment_then_resume_gives_the_uninterrupted_result(tmp_pa
 def test_a_damaged_snapshot_is_skipped_with_a_message_and_the_result_is_the_same(tmp_path, uninterrupted):
     proc, run_dir = start(tmp_path, "killed", EXPERIMENT, kill="step:23")  # 12 steps a trial: trial 1, epoch 4
     assert proc.returncode == -signal.SIGKILL
-    snapshots = sorted((run_dir / "trials" / "t001").glob("*.npz"))
+    snapshots = sorted((run_dir / "trials" / "t001").glob("*.safetensors"))
     assert len(snapshots) >= 2
     newest = max(snapshots, key=lambda p: read_snapshot(p)[1]["loop"]["events"])
     data = bytearray(newest.read_bytes())
@@ -295,7 +292,7 @@ def test_a_damaged_snapshot_is_skipped_with_a_message_and_the_result_is_the_same
     assert expected[1] is not None and expected[1][0] != str(newest.relative_to(run_dir))
     resumed, trained = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{newest}: cannot be read" in resumed.stdout and "using an earlier snapshot" in resumed.stdout
+    assert f"{newest}: truncated or damaged" in resumed.stdout and "using an earlier snapshot" in resumed.stdout
     assert_same(outcome(run_dir), uninterrupted)
     assert_clean_log(run_dir)
     assert_resumed_from(run_dir, expected, trained)
@@ -340,7 +337,9 @@ def test_ctrl_c_saves_a_snapshot_mid_epoch_and_resume_finishes_the_run(tmp_path)
         orjson.loads(x) for x in (run_dir / "events.jsonl").read_bytes().splitlines() if b'"interrupted"' in x
     ]
     assert interrupted["trial"] == 1
-    snapshot = [p for p in (run_dir / "trials" / "t001").glob("*.npz") if read_snapshot(p)[1]["reason"] == "interrupt"]
+    snapshot = [
+        p for p in (run_dir / "trials" / "t001").glob("*.safetensors") if read_snapshot(p)[1]["reason"] == "interrupt"
+    ]
     assert len(snapshot) == 1 and read_snapshot(snapshot[0])[1]["step"] == interrupted["step"]
     expected = snapshots_to_resume(run_dir)
     assert expected == {1: (str(snapshot[0].relative_to(run_dir)), read_snapshot(snapshot[0])[1])}
@@ -360,17 +359,18 @@ def test_a_pickle_in_place_of_a_snapshot_is_refused_and_never_run(tmp_path):
         def __reduce__(self):
             return (Path.touch, (marker,))
 
-    path = tmp_path / "e00001-s000000001.npz"
+    path = tmp_path / "e00001-s000000001.safetensors"
     path.write_bytes(pickle.dumps(Payload()))
     with pytest.raises(CorruptSnapshot):
         read_snapshot(path)
     np.save(tmp_path / "obj.npy", np.array([Payload()], dtype=object), allow_pickle=True)
     import zipfile
 
-    with zipfile.ZipFile(path, "w") as z:  # an .npz whose array is an object array of pickles
-        z.write(tmp_path / "obj.npy", "w.npy")
-    with pytest.raises(CorruptSnapshot):
-        read_snapshot(path)
+    for named in (path, path.with_suffix(".npz")):  # under either name (runner 0.2 wrote .npz)
+        with zipfile.ZipFile(named, "w") as z:  # an .npz whose array is an object array of pickles
+            z.write(tmp_path / "obj.npy", "w.npy")
+        with pytest.raises(CorruptSnapshot):
+            read_snapshot(named)
     assert not marker.exists()
 
 

@@ -37,7 +37,7 @@ KILL_IN_TRIAL_0 = textwrap.dedent("""
     def runner_epoch_end(trial, epoch):
         if os.environ.get("SYMLINK_TEST_KILL") and trial.id == 0 and epoch == 1:
             deadline = time.monotonic() + 60
-            while not list(trial.folder.glob("e00001-*.npz")) and time.monotonic() < deadline:
+            while not list(trial.folder.glob("e00001-*.safetensors")) and time.monotonic() < deadline:
                 time.sleep(0.001)
             os.kill(os.getpid(), signal.SIGKILL)
 """)
@@ -56,13 +56,13 @@ PLANT_ERROR_LOG_AND_FAIL = textwrap.dedent("""
 # Test plugin, loaded in every worker: the worker that writes the second snapshot file of its
 # life first (the marker beside this file decides, once) writes half of it and is SIGKILLed.
 KILL_WORKER_MID_WRITE = textwrap.dedent("""
-    import io, os, signal
+    import os, signal
     from pathlib import Path
-    import numpy as np
     import runner.engine.snapshot_files as snapshot_files
 
     MARKER = Path(__file__).with_name("killed-mid-write")
     count = [0]
+    real_write_all = snapshot_files.write_all
 
     def first_to_claim(marker):
         try:
@@ -71,22 +71,15 @@ KILL_WORKER_MID_WRITE = textwrap.dedent("""
         except FileExistsError:
             return False
 
-    def savez(f, **arrays):
+    def write_all(fd, buffers):
         count[0] += 1
         if count[0] == 2 and first_to_claim(MARKER):
-            buffer = io.BytesIO()
-            np.savez(buffer, **arrays)
-            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-            f.flush()
+            data = b"".join(memoryview(b).cast("B").tobytes() for b in buffers)
+            os.write(fd, data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
-        np.savez(f, **arrays)
+        real_write_all(fd, buffers)
 
-    class Numpy:
-        def __getattr__(self, name):
-            return getattr(np, name)
-
-    Numpy.savez = staticmethod(savez)
-    snapshot_files.np = Numpy()
+    snapshot_files.write_all = write_all
 """)
 
 
@@ -127,7 +120,7 @@ def interrupted(tmp_path_factory) -> Path:
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     [run_dir] = (tmp / "runs").iterdir()
-    assert list((run_dir / "trials" / "t000").glob("e00001-*.npz"))
+    assert list((run_dir / "trials" / "t000").glob("e00001-*.safetensors"))
     return run_dir
 
 
@@ -161,7 +154,8 @@ def data(tmp_path) -> Path:
     """A person's data folder holding files named as runner names its snapshots and temporary files."""
     folder = tmp_path / "data"
     folder.mkdir()
-    (folder / "e00001-s000000004-n000009.npz").write_bytes(b"not a snapshot: a person's array")
+    (folder / "e00001-s000000004-n000009.safetensors").write_bytes(b"not a snapshot: a person's array")
+    (folder / "e00001-s000000005-n000010.npz").write_bytes(b"not a snapshot either")
     (folder / "measurements.npz").write_bytes(b"a person's arrays")
     (folder / "e00002-s000000008-n000017.npz.tmp").write_bytes(b"a person's temporary file")
     (folder / ".e00002-s000000008-n000017.npz.123-0badf00d.tmp").write_bytes(b"another")
@@ -199,10 +193,10 @@ def test_a_report_removes_only_the_figures_it_wrote_itself(run_dir):
 @pytest.mark.parametrize("linked", ["trials/t000", "trials"])
 def test_a_linked_trial_folder_is_refused_by_resume_and_the_data_in_it_stays(run_dir, resume, data, linked):
     """Before: resume's clean-up deleted the ``.tmp`` files there and renamed a damaged
-    ``.npz`` to ``.damaged``."""
+    snapshot to ``.damaged``."""
     if linked == "trials":
         (data / "t000").mkdir()
-        (data / "t000" / "e00001-s000000004-n000009.npz").write_bytes(b"a person's file in a folder named t000")
+        (data / "t000" / "e00001-s000000004-n000009.safetensors").write_bytes(b"a person's file in a folder named t000")
     shutil.rmtree(run_dir / linked)
     (run_dir / linked).symlink_to(data)
     before = files_in(data)

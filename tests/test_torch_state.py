@@ -316,7 +316,7 @@ def test_it_never_unpickles_and_survives_the_snapshot_files(tmp_path, monkeypatc
     model, optimizer = started(OPTIMIZERS["adam"], dropout=0.3)
     saved = capture(model, optimizer)
     expected = train(model, optimizer, DATA[BEFORE:])
-    path = tmp_path / "trials" / "t000" / "snapshot.npz"
+    path = tmp_path / "trials" / "t000" / "snapshot.safetensors"
     write_snapshot(path, saved, {"trial": 0}, within=tmp_path)
     loaded, document = read_snapshot(path)
     assert document["trial"] == 0 and loaded.meta == saved.meta
@@ -431,3 +431,17 @@ def test_a_state_moves_between_the_cpu_and_a_cuda_device():
     restore(from_gpu, back, back_optimizer)
     assert_same_tensors(back.state_dict(), {k: v.cpu() for k, v in on_gpu.state_dict().items()})
     assert torch.equal(torch.rand(4, device="cuda"), draws)  # the CUDA generator was restored too
+
+
+def test_the_weights_of_a_snapshot_file_load_into_a_module_with_safetensors(tmp_path):
+    """As docs/own-model.md says: ``safetensors.torch.load_file`` reads a snapshot, and its
+    ``module/`` arrays, the prefix stripped, are the module's ``state_dict``."""
+    load_file = pytest.importorskip("safetensors.torch").load_file
+    model, optimizer = started(OPTIMIZERS["adam"], dropout=0.3)
+    path = tmp_path / "snapshot.safetensors"
+    write_snapshot(path, capture(model, optimizer), {"trial": 0})
+    tensors = load_file(str(path))
+    fresh = Net(seed=5, dropout=0.3)
+    fresh.load_state_dict({k.removeprefix("module/"): v for k, v in tensors.items() if k.startswith("module/")})
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

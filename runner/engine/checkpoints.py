@@ -17,12 +17,20 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner.backend import BackendState
-from runner.engine.snapshot_files import MID_DECISIONS, CorruptSnapshot, read_snapshot, scan_snapshots, write_snapshot
+from runner.engine.snapshot_files import (
+    MID_DECISIONS,
+    CorruptSnapshot,
+    read_snapshot,
+    scan_snapshots,
+    snapshot_name,
+    write_snapshot,
+)
 from runner.experiment_file.typed import bounds
 from runner.records.files import remove_file
 
@@ -102,11 +110,18 @@ class SnapshotWriter:
         self._thread.start()
 
     def submit(
-        self, path: Path, state: BackendState, meta: dict[str, Any], done, *, within: Path | None = None
+        self,
+        path: Path,
+        state: BackendState,
+        meta: dict[str, Any],
+        done,
+        *,
+        within: Path | None = None,
+        before: Callable[[], None] | None = None,
     ) -> None:
-        """Queue a write (``within``: see ``write_snapshot``); ``done(error)`` is called on the
-        writer thread once it is durable (error None)."""
-        self._jobs.put((path, state, meta, done, within))
+        """Queue a write (``within``: see ``write_snapshot``); ``before()`` is called on the
+        writer thread just before it, and ``done(error)`` once it is durable (error None)."""
+        self._jobs.put((path, state, meta, done, within, before))
 
     def close(self) -> None:
         """Finish every queued write, then stop the thread. Called once, at the end of a run."""
@@ -115,8 +130,10 @@ class SnapshotWriter:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            path, state, meta, done, within = job
+            path, state, meta, done, within, before = job
             try:
+                if before is not None:
+                    before()
                 write_snapshot(path, state, meta, within=within)
             except Exception as err:  # reported to the loop, which logs it; training goes on
                 done(err)
@@ -131,6 +148,9 @@ class CheckpointStore:
     trial ends, ``collect`` to learn which files have become durable. Writing and pruning
     happen on the writer thread. ``within`` is the run directory (by default the folder's
     parent): every folder from it down to ``folder`` must be a real one, never a link.
+    ``before_write`` is called on the writer thread before each file is written: the run's
+    event log is made durable there, so that no snapshot file is ever ahead of the log after
+    a power cut, without training waiting for that fsync.
     """
 
     def __init__(
@@ -142,9 +162,11 @@ class CheckpointStore:
         clock=time.monotonic,
         *,
         within: Path | None = None,
+        before_write: Callable[[], None] | None = None,
     ):
         self.folder, self.trial, self.options, self.writer, self.clock = folder, trial, options, writer, clock
         self.within = within or folder.parent
+        self.before_write = before_write
         self.ring: deque[tuple[Snapshot, BackendState, dict]] = deque(maxlen=options.memory)
         self.best: Snapshot | None = None  # the best durable snapshot
         self._unwritten_best: tuple[Snapshot, BackendState, dict] | None = None
@@ -182,7 +204,7 @@ class CheckpointStore:
         (one of a point just restored, whose weights the ring holds already: rollbacks in a
         row must still go further back)."""
         # The trial's event count makes the name unique even when a rollback retrains an epoch.
-        name = f"e{epoch:05d}-s{step:09d}-n{loop.get('events', 0):06d}.npz"
+        name = snapshot_name(epoch, step, loop.get("events", 0))
         snapshot = Snapshot(self.folder / name, self.trial, epoch, step, reason, best, loop.get("rollbacks"))
         meta = {
             "trial": self.trial,
@@ -349,7 +371,12 @@ class CheckpointStore:
             self._pending += 1
             self._counts[snapshot.path] = (loop.get("events", 0), loop.get("before_nudge_events"))
         self.writer.submit(
-            snapshot.path, state, meta, lambda error: self._finished(snapshot, error), within=self.within
+            snapshot.path,
+            state,
+            meta,
+            lambda error: self._finished(snapshot, error),
+            within=self.within,
+            before=self.before_write,
         )
 
     def _finished(self, snapshot: Snapshot, error: Exception | None) -> None:

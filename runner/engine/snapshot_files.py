@@ -1,87 +1,91 @@
-"""Snapshot files: the ``.npz`` format, written durably and read back checked.
+"""Snapshot files: written durably, read back checked, found by name.
 
-A snapshot is one ``.npz`` file: the backend's arrays plus a ``__meta__`` entry holding
-JSON metadata (trial, epoch, step, reason, hyperparameters, metrics, the loop's state, the
-backend's own meta, and a SHA-256 checksum of everything else). It is loaded with
-``allow_pickle=False``: nothing is ever unpickled from disk. A file is durable once
-written under a temporary name, flushed, fsynced, renamed into place and its folder
-fsynced. ``runner.engine.checkpoints`` decides when to write one, and which to keep.
+A snapshot is one safetensors file (``runner.engine.snapshot_format``): the backend's arrays,
+and as metadata the trial, epoch, step, reason, hyperparameters, metrics, the loop's state,
+the backend's own meta and a checksum of everything. Nothing is ever unpickled from disk.
+A file is durable once written under a temporary name, flushed, fsynced, renamed into
+place and its folder fsynced. ``runner.engine.checkpoints`` decides when to write one, and
+which to keep. Files named ``.npz`` are snapshots of runs made by runner 0.2 and earlier: they are
+read, and kept or pruned, like the others; new ones are never written so.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-
 from runner.backend import BackendState
-from runner.inputs import InputError, open_binary
-from runner.records.files import folder_exists, replacing, temporary_of
+from runner.engine.snapshot_format import CorruptSnapshot, crc32, decode, decode_npz, encode
+from runner.inputs import InputError, read_into_memory
+from runner.records.files import folder_exists, replacing, temporary_of, write_all
 
-META_KEY = "__meta__"
-SNAPSHOT_NAME = re.compile(r"e\d{5,}-s\d{9,}-n\d{6,}\.npz")  # as ``CheckpointStore.save`` names its files
+SUFFIX = ".safetensors"
+LEGACY_SUFFIX = ".npz"
+SNAPSHOT_NAME = re.compile(
+    r"e\d{5,}-s\d{9,}-n\d{6,}\.(?:safetensors|npz)"
+)  # as ``CheckpointStore.save`` names its files
 
 # Snapshot reasons a resume never starts from: taken in the middle of applying decisions, a
 # resume starts from the one taken after them (they stay, for rolling back to).
 MID_DECISIONS = ("before_nudge", "exploit")
 
-
-class CorruptSnapshot(Exception):
-    """A snapshot file is truncated, damaged or not a snapshot."""
+__all__ = ["CorruptSnapshot", "read_snapshot", "snapshot_name", "write_snapshot"]
 
 
-def checksum(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
-    """SHA-256 over the file's layout (each array's name, dtype, shape) and the metadata.
-
-    The array bytes need no second checksum: every member of an ``.npz`` (a zip file)
-    carries a CRC-32 that ``np.load`` verifies as it reads, so a damaged byte already
-    fails the load. Hashing the bytes again cost a third of a large snapshot's write time.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        a = arrays[name]
-        digest.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-    digest.update(orjson.dumps(meta, option=orjson.OPT_SORT_KEYS))
-    return digest.hexdigest()
+def snapshot_name(epoch: int, step: int, events: int) -> str:
+    """The file name of a snapshot taken after ``epoch`` epochs and ``step`` steps, with the
+    trial's event count (which makes it unique when a rollback trains an epoch again)."""
+    return f"e{epoch:05d}-s{step:09d}-n{events:06d}{SUFFIX}"
 
 
 def write_snapshot(path: Path, state: BackendState, meta: dict[str, Any], *, within: Path | None = None) -> None:
     """Write atomically and durably: temporary name, fsync, rename, fsync the folder. The
     folders from ``within`` (the run directory; by default the file's own folder) down must
-    be real ones, never links (``runner.records.files.replacing``); missing ones are made."""
-    meta = {**meta, "backend": state.meta}
-    document = {**meta, "checksum": checksum(state.arrays, meta)}
-    payload = {**state.arrays, META_KEY: np.frombuffer(orjson.dumps(document), dtype=np.uint8)}
+    be real ones, never links (``runner.records.files.replacing``); missing ones are made.
+    UnstorableArray (a ValueError) names an array of a dtype a snapshot cannot hold.
+
+    The header holds the checksum of the arrays' bytes: for a large state it is computed on
+    another thread while the arrays are written, and the header written again once it is
+    known (the file is renamed into place only after that)."""
+    encoded = encode(state.arrays, {**meta, "backend": state.meta})
     with replacing(path, within=within) as f:
-        np.savez(f, **payload)
+        f.flush()
+        if encoded.nbytes < PARALLEL_CRC_BYTES:
+            write_all(f.fileno(), [encoded.head(crc32(encoded.arrays)), *encoded.arrays])
+        else:
+            crc = _checksummer().submit(crc32, encoded.arrays)
+            head = encoded.head(0)
+            write_all(f.fileno(), [head, *encoded.arrays])
+            os.pwrite(f.fileno(), encoded.head(crc.result()), 0)
 
 
-def read_snapshot(path: Path) -> tuple[BackendState, dict[str, Any]]:
-    """Load and verify a snapshot; CorruptSnapshot says what is wrong with it (a link, a
-    FIFO or a device where the file belongs included: it is refused before it is read)."""
+PARALLEL_CRC_BYTES = 1 << 20  # below this, a thread hand-off costs more than it saves
+
+
+@functools.cache
+def _checksummer() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-snapshot-crc")
+
+
+def read_snapshot(path: Path | str) -> tuple[BackendState, dict[str, Any]]:
+    """Load and verify a snapshot (its arrays are views into one buffer the file was read
+    into, writable); CorruptSnapshot says what is wrong with it (a link, a FIFO or a device
+    where the file belongs included: it is refused before it is read)."""
+    path = Path(path)
     try:
-        with open_binary(path, None, follow_symlinks=False) as handle, np.load(handle, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+        buffer = read_into_memory(path, None, follow_symlinks=False)
     except InputError as err:
         raise CorruptSnapshot(str(err)) from None
-    except Exception as err:  # zipfile, OSError, ValueError: all mean the file is unusable
-        raise CorruptSnapshot(f"{path}: cannot be read ({type(err).__name__}: {err})") from None
-    raw = arrays.pop(META_KEY, None)
-    if raw is None:
-        raise CorruptSnapshot(f"{path}: has no metadata")
+    arrays, document = (decode_npz if path.suffix == LEGACY_SUFFIX else decode)(buffer, str(path))
     try:
-        document = orjson.loads(raw.tobytes())
-        stored = document.pop("checksum")
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        backend = document.pop("backend")
+    except KeyError:
         raise CorruptSnapshot(f"{path}: its metadata is damaged") from None
-    if checksum(arrays, document) != stored:
-        raise CorruptSnapshot(f"{path}: checksum mismatch, the file is damaged")
-    return BackendState(arrays=arrays, meta=document.pop("backend")), document
+    return BackendState(arrays=arrays, meta=backend), document
 
 
 def trial_folder(run_dir: Path, trial: int) -> Path:

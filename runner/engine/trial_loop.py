@@ -86,7 +86,9 @@ class TrialLoop(TrialDecisions):
             run_folder=run_dir,
             plugin_options=spec.plugins,
         )
-        self.store = CheckpointStore(self.trial.folder, job.trial, spec.checkpoint, runner.writer, within=run_dir)
+        self.store = CheckpointStore(
+            self.trial.folder, job.trial, spec.checkpoint, runner.writer, within=run_dir, before_write=self.log.sync
+        )
         self.state = LoopState(  # what its snapshots carry (and the Trial)
             detector=SpikeDetector(spec.divergence),
             collapse=CollapseDetector(spec.divergence, runner.dataset.n_classes, len(runner.dataset.y_val)),
@@ -399,9 +401,6 @@ class TrialLoop(TrialDecisions):
         trial, backend_state = self.trial, self.backend.state()
         if not all(np.isfinite(a).all() for a in backend_state.arrays.values() if a.dtype.kind == "f"):
             self.diverged(DivergenceEvent("non_finite_parameters", trial.epoch, trial.step, math.nan))
-        if durable or (durable is None and self.store.due()):
-            self.log.sync()  # the log is never behind a snapshot file, even after a power cut
-            durable = True
         self.snapshot_step = trial.step
         self.store.save(
             backend_state,

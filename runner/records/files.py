@@ -166,6 +166,21 @@ def _remove_quietly(name: str, folder_fd: int) -> None:
         pass
 
 
+def write_all(fd: int, buffers: list) -> None:
+    """Write ``buffers`` (bytes, arrays: anything with the buffer protocol) to ``fd`` one after
+    another, in as few system calls as the kernel allows and without joining them first."""
+    views = [memoryview(b).cast("B") for b in buffers if memoryview(b).nbytes]
+    while views:
+        written = os.writev(fd, views[:IOV_MAX]) if hasattr(os, "writev") else os.write(fd, views[0])
+        while views and written >= views[0].nbytes:
+            written -= views.pop(0).nbytes
+        if views and written:
+            views[0] = views[0][written:]
+
+
+IOV_MAX = 1024  # the least POSIX systems allow in one writev
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = True, within: Path | None = None) -> None:
     """Write ``data`` to ``path`` in a run directory, whole or not at all (see ``replacing``)."""
     with replacing(path, within=within, durable=durable) as f:

@@ -47,7 +47,7 @@ DIE = textwrap.dedent("""
 
     def die(trial, epoch):
         deadline = time.monotonic() + 60
-        while not list(trial.folder.glob(f"e{epoch:05d}-*.npz")) and time.monotonic() < deadline:
+        while not list(trial.folder.glob(f"e{epoch:05d}-*.safetensors")) and time.monotonic() < deadline:
             time.sleep(0.001)
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -289,7 +289,7 @@ def test_pruning_orders_reach_trials_in_workers_and_results_agree_with_snapshots
         # the order travels to the worker and lands at a step boundary there, at the rung or a little after
         assert prune["epoch"] >= prune["rung"] and result.epochs == prune["epoch"]
         newest = max(
-            (r.run_dir / "trials" / f"t{result.trial:03d}").glob("*.npz"),
+            (r.run_dir / "trials" / f"t{result.trial:03d}").glob("*.safetensors"),
             key=lambda p: read_snapshot(p)[1]["loop"]["events"],
         )
         _, meta = read_snapshot(newest)

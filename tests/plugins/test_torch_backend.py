@@ -113,10 +113,10 @@ def test_the_state_moves_between_processes_without_pickle(digits, tmp_path):
     driver = Driver(torched)
     driver.run(7)
     assert 7 < torched.steps_per_epoch < 7 + 20, "the 20 steps after the snapshot begin a new epoch"
-    write_snapshot(tmp_path / "s.npz", torched.state(), {"reason": "test"})
+    write_snapshot(tmp_path / "s.safetensors", torched.state(), {"reason": "test"})
     expected = [float(x) for x in driver.run(20)]
     elsewhere = subprocess.run(
-        [sys.executable, "-c", CONTINUE_ELSEWHERE, str(tmp_path / "s.npz")],
+        [sys.executable, "-c", CONTINUE_ELSEWHERE, str(tmp_path / "s.safetensors")],
         capture_output=True,
         cwd=ROOT,
         timeout=300,
