@@ -4,6 +4,7 @@ written and read without pickle; runs made with the older ``.npz`` snapshots sti
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 import struct
 import subprocess
@@ -222,6 +223,10 @@ def test_a_run_interrupted_under_runner_0_2_resumes_from_its_npz_snapshots_bit_f
         return [(t["trial"], t["state"], t["params"], t["epochs"], t["score"], f) for t, f in zip(trials, timeless)]
 
     assert outcome(run_dir) == outcome(fresh_dir) and len(outcome(run_dir)) == 3
+    replayed = runner("replay", run_dir, "--trial", 1, "--out", tmp_path / "replays")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "t001: identical to the original, bit for bit" in replayed.stdout
+    assert re.search(r"[1-9]\d* snapshot files", replayed.stdout), "the .npz files were compared with the new ones"
 
 
 def runner(*args) -> subprocess.CompletedProcess:
