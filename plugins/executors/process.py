@@ -1,10 +1,17 @@
 """The process executor: trials side by side in a pool of worker processes on this machine.
 
-Each slot has one worker process (started with ``spawn``: a clean interpreter, safe with
-threads, CUDA and Torch) that builds its own trial runner once and then runs trial after
-trial. Every worker has its own pair of pipes to the driver, so a worker killed in the
-middle of a message cannot block the others. Workers ignore Ctrl-C and SIGTERM (both reach
-a whole process group: a terminal's Ctrl-C, a scheduler's stop): the driver passes them on
+Each slot has one worker process that builds its own trial runner once and then runs trial
+after trial. Workers start warm: by default they are forked from multiprocessing's
+``forkserver``, a parent process started with the first worker (a clean interpreter, with
+no thread or CUDA context of the driver's) that has runner, NumPy and the backend's module
+imported already, so a worker, and a worker that replaces one that died, is up in a
+fraction of the time a fresh interpreter takes. ``"start": "spawn"`` starts each worker
+as a fresh interpreter instead (the only way on Windows). The prepared data set reaches
+the workers through shared memory, copied once (``shared_data``), not pickled to each.
+
+Every worker has its own pair of pipes to the driver, so a worker killed in the middle of a
+message cannot block the others. Workers ignore Ctrl-C and SIGTERM (both reach a whole
+process group: a terminal's Ctrl-C, a scheduler's stop): the driver passes them on
 (``RemoteExecutor``) so that every trial saves a snapshot before the run stops; a worker
 whose driver is gone exits.
 
@@ -14,6 +21,8 @@ trials spread over them and a backend's ``"cuda"`` (or ``"auto"``) is that GPU.
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 import os
 import signal
 import sys
@@ -22,10 +31,11 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import connection, get_context
-from typing import Any
+from typing import Any, Literal
 
 from runner import RunnerError, SpecError, bounds, hookimpl, join_path
 from runner.executor import RemoteExecutor, SnapshotWriter, WorkerLink, WorkerSetup, build_runner, run_job
+from runner.plugins.executors.shared_data import SharedDataset, close
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # workers ignore them: the driver passes a stop on
@@ -41,6 +51,13 @@ class ProcessOptions:
     threads: int = field(
         default=0,
         metadata=bounds(ge=0, doc="math threads per worker (OpenMP, BLAS); 0: the cores shared out among the workers"),
+    )
+    start: Literal["forkserver", "spawn"] = field(
+        default="forkserver",
+        metadata=bounds(
+            doc="how workers start: forked from a warm parent that has runner, NumPy and the backend "
+            "imported, or each a fresh interpreter (spawn; what forkserver falls back to where it is missing)"
+        ),
     )
     gpus: tuple[int, ...] | None = field(
         default=None,
@@ -97,6 +114,16 @@ def worker_environment(slot: int, threads: int, devices: list[str]) -> dict[str,
     return env
 
 
+def limit_math_threads(threads: int) -> None:
+    """Hold the math libraries already loaded (the warm parent imported NumPy, so its BLAS
+    read its thread count there) to ``threads`` in this worker."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings it; without it the environment variables stand
+        return
+    threadpool_limits(limits=threads)
+
+
 @contextmanager
 def inherited(changes: dict[str, str]):
     """What a child inherits as it starts: these variables, and Ctrl-C and SIGTERM ignored
@@ -117,11 +144,24 @@ def inherited(changes: dict[str, str]):
             signal.signal(stop, handler)
 
 
-def worker_main(setup: WorkerSetup, inbound: connection.Connection, outbound: connection.Connection) -> None:
+def worker_main(
+    setup: WorkerSetup,
+    shared: SharedDataset,
+    env: dict[str, str],
+    inbound: connection.Connection,
+    outbound: connection.Connection,
+) -> None:
     """A worker process: build the trial runner, then run jobs until told to exit (or the
-    driver is gone). Its main thread trains; a second thread receives from the driver."""
+    driver is gone). Its main thread trains; a second thread receives from the driver.
+    ``env`` is the driver's environment as it was when it started the worker, with the
+    worker's share of threads and its GPU: a worker forked from the warm parent would
+    otherwise have that parent's, from when it started (perhaps for an earlier run)."""
     for stop in STOP_SIGNALS:  # a Ctrl-C (or a scheduler's SIGTERM) reaches the whole process group; the driver decides
         signal.signal(stop, signal.SIG_IGN)
+    os.environ.clear()  # before anything reads them: CUDA, Torch's thread pool, the plugins
+    os.environ.update(env)
+    limit_math_threads(int(env[THREAD_VARIABLES[0]]))
+    setup = dataclasses.replace(setup, dataset=shared.attach())
     lock, driver_alive = threading.Lock(), threading.Event()
     driver_alive.set()
 
@@ -171,7 +211,12 @@ class ProcessExecutor(RemoteExecutor):
         self.slots = options.workers or cpu_count()
         self.threads = options.threads or max(1, cpu_count() // self.slots)
         self.devices = device_ids(visible_gpus() if options.gpus is None else list(options.gpus))
-        self._context = get_context("spawn")
+        warm = options.start == "forkserver" and "forkserver" in multiprocessing.get_all_start_methods()
+        self._context = get_context("forkserver" if warm else "spawn")
+        if warm:
+            self._context.set_forkserver_preload(list(session.setup.modules))
+        self._shared: SharedDataset | None = None
+        self._block = None  # the shared memory holding the data set, while workers run
         self._workers: dict[int, tuple[Any, connection.Connection, connection.Connection]] = {}
         self._send_lock = threading.Lock()
         self._ready: deque[tuple[int, tuple]] = deque()
@@ -181,15 +226,19 @@ class ProcessExecutor(RemoteExecutor):
         if slot in self._workers:  # its worker died
             with self._send_lock:
                 self._forget(slot)
+        if self._shared is None:
+            self._shared, self._block = SharedDataset.share(self.session.setup.dataset)
+            self._setup = dataclasses.replace(self.session.setup, dataset=None)  # the data goes through memory
         inbound_reader, inbound_writer = self._context.Pipe(duplex=False)
         outbound_reader, outbound_writer = self._context.Pipe(duplex=False)
+        env = worker_environment(slot, self.threads, self.devices)
         process = self._context.Process(
             target=worker_main,
             name=f"runner-worker-{slot}",
             daemon=True,
-            args=(self.session.setup, inbound_reader, outbound_writer),
+            args=(self._setup, self._shared, {**os.environ, **env}, inbound_reader, outbound_writer),
         )
-        with inherited(worker_environment(slot, self.threads, self.devices)):
+        with inherited(env):  # (the warm parent, started by the first worker's start, inherits it too)
             process.start()
         inbound_reader.close()  # the worker's ends: closed here, so a dead worker reads as EOF
         outbound_writer.close()
@@ -239,6 +288,9 @@ class ProcessExecutor(RemoteExecutor):
                 process.join()
             with self._send_lock:
                 self._forget(slot)
+        if self._block is not None:
+            close(self._block)
+            self._shared = self._block = None
 
     def _forget(self, slot: int) -> None:
         self._ended.discard(slot)

@@ -239,6 +239,7 @@ class ExperimentRun:
                 str(self.run_dir),
                 self.experiment.planned_trials,
                 self.dataset,
+                ("runner.execution.worker", spec.backend_class.__module__),
             )
             session = Session(setup, log, inbox, hook, self.run_dir, spec.search.metric, self.logged, spec.plugins)
             executor = plugins.registry.get("executor", spec.executor.name)(

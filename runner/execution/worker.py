@@ -61,6 +61,9 @@ class WorkerSetup:
     run_dir: str
     planned_trials: int | None
     dataset: Dataset
+    # The modules the worker's trial runner is made of (runner's worker side, the backend
+    # plugin's module): an executor that starts workers from a warm parent imports them there.
+    modules: tuple[str, ...] = ()
 
     def runner(self, link: WorkerLink, writer: SnapshotWriter):
         """Called once in each worker: the worker's own plugins, spec, strategy and TrialRunner."""

@@ -37,6 +37,7 @@ DIE = textwrap.dedent("""
 
     SETTINGS = json.loads(Path(__file__).with_suffix(".json").read_text())
     TRIAL, EPOCH, MARKER = SETTINGS["trial"], SETTINGS["epoch"], Path(__file__).with_name("died")
+    DRIVER = Path(__file__).with_name("driver.pid")
 
     def once(marker):
         try:
@@ -61,7 +62,11 @@ DIE = textwrap.dedent("""
             if once(MARKER):
                 die(trial, epoch)
         if epoch == EPOCH + 1 and SETTINGS.get("driver") and MARKER.exists() and once(MARKER.with_name("driver-died")):
-            os.kill(os.getppid(), signal.SIGKILL)
+            os.kill(int(DRIVER.read_text()), signal.SIGKILL)  # (a worker's parent is the warm forkserver)
+
+    @hookimpl
+    def runner_experiment_start(experiment):  # called in the driver
+        DRIVER.write_text(str(os.getpid()))
 """)
 
 
@@ -205,6 +210,78 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_snapshot(tmp_path, inline
         range(retry["epoch"], 4)
     )
     assert "t001: its worker died" in proc.stdout
+
+
+# The DIE plugin, and a line per trial start in workers.jsonl: the process, its parent, the
+# shared memory blocks it has attached and where its data set's arrays live.
+WHO_RUNS = DIE + textwrap.dedent("""
+    import sys
+
+    @hookimpl
+    def runner_trial_start(trial):
+        shared = sys.modules.get("runner.plugins.executors.shared_data")
+        attached = sorted(shared._ATTACHED) if shared else []
+        line = {"trial": trial.id, "pid": os.getpid(), "parent": os.getppid(), "attached": attached}
+        with open(Path(__file__).with_name("workers.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\\n")
+""")
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_workers_start_from_one_warm_parent_and_map_the_data_from_one_shared_block(tmp_path, inline, start_method):
+    """With forkserver (the default), every worker, and the one that replaces a worker killed
+    mid-trial, is a child of the same warm parent, not of the driver; each maps the data from
+    the one shared memory block the driver made, which is gone once the run ends. The
+    results are the inline ones, bit for bit, either way."""
+    (tmp_path / "plugin.json").write_bytes(orjson.dumps({"trial": 1, "epoch": 2}))
+    experiment = deep_update(FOUR, {"executor": {**PROCESS, "start": start_method}})
+    proc, run_dir = start_with_plugin(tmp_path, WHO_RUNS, experiment)
+    assert proc.returncode == 0, proc.stderr
+    assert_same(outcome(run_dir), inline)
+    assert [e["trial"] for e in events_of(run_dir) if e["event"] == "trial_retry"] == [1]
+    starts = [orjson.loads(line) for line in (tmp_path / "workers.jsonl").read_bytes().splitlines()]
+    driver = int((tmp_path / "driver.pid").read_text())
+    assert len({s["pid"] for s in starts}) == 3, "two workers, and the one that replaced the killed one"
+    parents = {s["parent"] for s in starts}
+    if start_method == "forkserver":
+        assert len(parents) == 1 and driver not in parents, starts
+    else:
+        assert parents == {driver}
+    [blocks] = {tuple(s["attached"]) for s in starts}
+    assert len(blocks) == 1, starts
+    assert not Path("/dev/shm", blocks[0]).exists()
+    assert "leaked shared_memory" not in proc.stderr, "the driver unlinks it (not multiprocessing's tracker, at exit)"
+
+
+SEES_ENVIRONMENT = """
+import os
+from pathlib import Path
+from runner import hookimpl
+
+@hookimpl
+def runner_trial_start(trial):
+    with open(Path(__file__).with_name("seen.txt"), "a") as f:
+        f.write(f"{trial.id} {os.environ.get('RUNNER_TEST_SETTING')} {os.environ.get('OMP_NUM_THREADS')}\\n")
+"""
+
+
+def test_workers_of_a_later_run_in_the_same_process_see_the_environment_as_it_is_then(tmp_path, monkeypatch):
+    """The warm parent outlives a run (multiprocessing keeps one per process): a worker it
+    forks for a later run gets the driver's environment of that moment, as a fresh process
+    would, and its share of the threads."""
+    from tests.conftest import run_file
+
+    plugin = tmp_path / "sees.py"
+    plugin.write_text(SEES_ENVIRONMENT)
+    path = tmp_path / "exp.json"
+    path.write_bytes(orjson.dumps(deep_update(FOUR, {"executor": PROCESS, "search": {"strategy": {"trials": 2}}})))
+    monkeypatch.setenv("RUNNER_TEST_SETTING", "first")
+    run_file(path, tmp_path / "a", [str(plugin)])
+    monkeypatch.setenv("RUNNER_TEST_SETTING", "second")
+    run_file(path, tmp_path / "b", [str(plugin)])
+    seen = sorted((tmp_path / "seen.txt").read_text().splitlines())
+    threads = str(max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2) // 2))
+    assert seen == sorted(f"{t} {v} {threads}" for t in (0, 1) for v in ("first", "second")), seen
 
 
 def test_a_trial_whose_worker_keeps_dying_fails_and_the_others_finish(tmp_path, inline):

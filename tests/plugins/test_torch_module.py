@@ -66,10 +66,12 @@ CNN = textwrap.dedent("""
 # KILL_STEP-th training step (and, with KILL_DRIVER, the driver that started that worker).
 KILLER = textwrap.dedent("""
     import os, signal
+    from pathlib import Path
     from runner import hookimpl
     from runner.plugins.backends.torch_module.backend import ModuleBackend
 
     TRIAL, STEP = int(os.environ.get("KILL_TRIAL", "-1")), int(os.environ.get("KILL_STEP", "0"))
+    DRIVER = Path(__file__).with_name("driver.pid")
     current, steps = [None], [0]
     real = ModuleBackend.train_step
 
@@ -78,8 +80,8 @@ KILLER = textwrap.dedent("""
         if current[0] == TRIAL:
             steps[0] += 1
             if steps[0] == STEP:
-                if os.environ.get("KILL_DRIVER"):
-                    os.kill(os.getppid(), signal.SIGKILL)
+                if os.environ.get("KILL_DRIVER"):  # (a worker's parent is the warm forkserver)
+                    os.kill(int(DRIVER.read_text()), signal.SIGKILL)
                 os.kill(os.getpid(), signal.SIGKILL)
         return loss
 
@@ -88,6 +90,10 @@ KILLER = textwrap.dedent("""
     @hookimpl
     def runner_trial_start(trial):
         current[0] = trial.id
+
+    @hookimpl
+    def runner_experiment_start(experiment):  # called in the driver
+        DRIVER.write_text(str(os.getpid()))
 """)
 
 EXPERIMENT = {
