@@ -10,8 +10,11 @@ Every side trains the same trials: a fixed random search over lr and beta1 on
 scikit-learn's digits (``experiments/digits_random.json``'s data and model, ``--epochs``
 epochs, ``--trials`` trials; trial k has the same parameters and seed on every side).
 
-**process**: ``run_experiment`` with ``inline`` and with ``process`` (``--workers``
-workers), taking turns round by round (the order rotates). Reported: wall time per side,
+**process**: ``run_experiment`` with ``inline``, with ``process`` (``--workers`` workers,
+forked from the warm forkserver) and with ``process`` started with ``spawn`` (a fresh
+interpreter per worker, as before issue 20), taking turns round by round (the order
+rotates). The first round of a process pays for starting the forkserver, as every
+``runner start`` does. Reported: wall time per side,
 the throughput ratio inline / process, the workers' start-up (from ``experiment_start``
 to the first trial's first event) and the ratio once they are up. Every round checks that
 both sides end every trial with bit-identical metrics.
@@ -90,22 +93,27 @@ def run(raw: dict, plugins, dataset, work: Path) -> dict:
 
 
 def part_process(args, plugins, dataset, work: Path) -> dict:
-    sides = {"inline": {"name": "inline"}, "process": {"name": "process", "workers": args.workers}}
+    sides = {
+        "inline": {"name": "inline"},
+        "process": {"name": "process", "workers": args.workers},  # workers forked from the warm forkserver
+        "spawn": {"name": "process", "workers": args.workers, "start": "spawn"},  # each a fresh interpreter
+    }
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     mismatches = 0
     for i in range(args.rounds):
         for name in rotated(list(sides), i):
             runs[name].append(run(experiment(args.trials, args.epochs, sides[name]), plugins, dataset, work))
-        mismatches += runs["inline"][-1]["finals"] != runs["process"][-1]["finals"]
+        mismatches += any(runs["inline"][-1]["finals"] != runs[name][-1]["finals"] for name in ("process", "spawn"))
         print(f"  round {i + 1}: " + ", ".join(f"{n} {runs[n][-1]['wall']:.2f} s" for n in sides), flush=True)
     walls = {name: [r["wall"] for r in rs] for name, rs in runs.items()}
-    ratios = [a / b for a, b in zip(walls["inline"], walls["process"])]
-    steady = [a["after_startup"] / b["after_startup"] for a, b in zip(runs["inline"], runs["process"])]
     return {
         "walls": walls,
-        "ratios": ratios,
-        "steady": steady,
-        "startup": [r["startup"] for r in runs["process"]],
+        "ratios": {n: [a / b for a, b in zip(walls["inline"], walls[n])] for n in ("process", "spawn")},
+        "steady": {
+            n: [a["after_startup"] / b["after_startup"] for a, b in zip(runs["inline"], runs[n])]
+            for n in ("process", "spawn")
+        },
+        "startup": {n: [r["startup"] for r in runs[n]] for n in ("process", "spawn")},
         "mismatched_rounds": mismatches,
     }
 
@@ -240,9 +248,11 @@ def main(argv: list[str] | None = None) -> int:
             p = figures["process"] = part_process(args, plugins, dataset, Path(tmp))
             for name, walls in p["walls"].items():
                 print(f"  {name:8} {line(walls)}")
-            print(f"  throughput inline/process: {line(p['ratios'], 'x')}")
-            print(f"  workers' start-up:         {line(p['startup'])}")
-            print(f"  ratio once workers are up: {line(p['steady'], 'x')}")
+            for n, label in (("process", "warm workers (forkserver)"), ("spawn", "fresh interpreters (spawn)")):
+                print(f"  {label}:")
+                print(f"    throughput inline/process: {line(p['ratios'][n], 'x')}")
+                print(f"    workers' start-up:         {line(p['startup'][n])}")
+                print(f"    ratio once workers are up: {line(p['steady'][n], 'x')}")
             print(f"  rounds whose metrics differ: {p['mismatched_rounds']}\n")
             status |= p["mismatched_rounds"] > 0
         if args.part in ("ray", "both"):

@@ -10,8 +10,11 @@ may change. The built-in plugins (``runner.plugins``) import nothing else, as a 
 party's would (``tests/test_public_api.py`` checks them).
 
 Scripts and notebooks run experiments with ``runner.run`` (``runner.api``), which returns a
-``runner.RunResult``; both load on first use, so ``import runner`` stays light.
+``runner.RunResult``. Every name loads on first use, so ``import runner`` stays light (the
+``runner`` command answers ``--help``, ``status`` and ``nudge`` without loading NumPy).
 """
+
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -21,33 +24,34 @@ __version__ = "0.3.0"
 hookimpl = pluggy.HookimplMarker("runner")
 """Marks a function or method as an implementation of a ``runner_*`` hook."""
 
-from runner.babysitter import Babysitter
-from runner.backend import Backend, BackendState, NoOptions, TrainConfig, dead_fraction
-from runner.data import DataOptions, Dataset, DatasetPlugin, RawData, check_raw
-from runner.decisions import (
-    Checkpoint,
-    Decision,
-    Finish,
-    Note,
-    Nudge,
-    Pause,
-    Prune,
-    Rollback,
-    Stop,
-    Suspend,
-    Unpause,
-)
-from runner.errors import RunnerError, SpecError, join_path
-from runner.executor import Executor
-from runner.experiment_file.limits import DataSize, ModelSize
-from runner.experiment_file.space import Choice, Float, Int, Param, Space
-from runner.experiment_file.typed import bounds
-from runner.history import History
-from runner.imports import import_object
-from runner.pruner import Curves, Pruner
-from runner.registry import Registry
-from runner.strategy import Continue, Strategy
-from runner.trial import Trial, TrialRecord, TrialResult, default_mode
+if TYPE_CHECKING:  # what the names below resolve to, for type checkers and editors
+    from runner.babysitter import Babysitter
+    from runner.backend import Backend, BackendState, NoOptions, TrainConfig, dead_fraction
+    from runner.data import DataOptions, Dataset, DatasetPlugin, RawData, check_raw
+    from runner.decisions import (
+        Checkpoint,
+        Decision,
+        Finish,
+        Note,
+        Nudge,
+        Pause,
+        Prune,
+        Rollback,
+        Stop,
+        Suspend,
+        Unpause,
+    )
+    from runner.errors import RunnerError, SpecError, join_path
+    from runner.executor import Executor
+    from runner.experiment_file.limits import DataSize, ModelSize
+    from runner.experiment_file.space import Choice, Float, Int, Param, Space
+    from runner.experiment_file.typed import bounds
+    from runner.history import History
+    from runner.imports import import_object
+    from runner.pruner import Curves, Pruner
+    from runner.registry import Registry
+    from runner.strategy import Continue, Strategy
+    from runner.trial import Trial, TrialRecord, TrialResult, default_mode
 
 PUBLIC_MODULES = (
     "runner.executor",  # the executor contract, and the kit for executors that run trials elsewhere
@@ -59,15 +63,67 @@ PUBLIC_MODULES = (
 """The modules a plugin may import from besides ``runner`` itself (and its own package):
 the public names of each are its ``__all__``."""
 
-# name -> module, imported on first use
-_LAZY = {"run": "runner.api", "RunResult": "runner.api", "read_snapshot": "runner.engine.snapshot_files"}
+# name -> the module it lives in: imported on first use, so that `import runner` (and the
+# `runner` command's --help, status and nudge) does not load NumPy and the engine
+_LAZY = {
+    "Babysitter": "runner.babysitter",
+    "Backend": "runner.backend",
+    "BackendState": "runner.backend",
+    "bounds": "runner.experiment_file.typed",
+    "check_raw": "runner.data",
+    "Checkpoint": "runner.decisions",
+    "Choice": "runner.experiment_file.space",
+    "Continue": "runner.strategy",
+    "Curves": "runner.pruner",
+    "DataOptions": "runner.data",
+    "Dataset": "runner.data",
+    "DatasetPlugin": "runner.data",
+    "DataSize": "runner.experiment_file.limits",
+    "dead_fraction": "runner.backend",
+    "Decision": "runner.decisions",
+    "default_mode": "runner.trial",
+    "Executor": "runner.executor",
+    "Finish": "runner.decisions",
+    "Float": "runner.experiment_file.space",
+    "History": "runner.history",
+    "import_object": "runner.imports",
+    "Int": "runner.experiment_file.space",
+    "join_path": "runner.errors",
+    "ModelSize": "runner.experiment_file.limits",
+    "NoOptions": "runner.backend",
+    "Note": "runner.decisions",
+    "Nudge": "runner.decisions",
+    "Param": "runner.experiment_file.space",
+    "Pause": "runner.decisions",
+    "Prune": "runner.decisions",
+    "Pruner": "runner.pruner",
+    "RawData": "runner.data",
+    "Registry": "runner.registry",
+    "Rollback": "runner.decisions",
+    "RunnerError": "runner.errors",
+    "Space": "runner.experiment_file.space",
+    "SpecError": "runner.errors",
+    "Stop": "runner.decisions",
+    "Strategy": "runner.strategy",
+    "Suspend": "runner.decisions",
+    "TrainConfig": "runner.backend",
+    "Trial": "runner.trial",
+    "TrialRecord": "runner.trial",
+    "TrialResult": "runner.trial",
+    "Unpause": "runner.decisions",
+    "run": "runner.api",
+    "RunResult": "runner.api",
+    "read_snapshot": "runner.engine.snapshot_files",
+}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # found once; later lookups do not come here
+        return value
     raise AttributeError(f"module 'runner' has no attribute {name!r}")
 
 

@@ -40,6 +40,7 @@ from runner.imports import experiment_folder
 from runner.records.files import create_run_dir, run_lock
 from runner.records.results import best_of, best_of_run, leaderboard
 from runner.trial import TrialResult
+from runner.views.console import notifier, terminal
 from runner.views.live import LiveView
 from runner.views.progress import leaderboard_table
 
@@ -307,23 +308,6 @@ def _interrupts():
     if threading.current_thread() is threading.main_thread():
         return graceful_interrupts()
     return nullcontext()
-
-
-def terminal() -> Console:
-    """The console for output: the terminal's width, or wide lines when piped to a file."""
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=200)
-    return console
-
-
-def notifier(console: Console) -> Callable[[str], None]:
-    """How the run tells a person what the control file did: a line above the progress bars."""
-
-    def notify(message: str) -> None:
-        console.print(message, soft_wrap=True, highlight=False)
-
-    return notify
 
 
 def show_results(console: Console, board: Iterable[TrialResult], metric: str, run_dir: Path) -> None:

@@ -9,18 +9,13 @@ from pathlib import Path
 import click
 import orjson
 
-from runner.api import terminal
 from runner.cli.errors import damaged_if_misread, reported_errors
 from runner.cli.group import main
 from runner.cli.options import latest_run_option, named_run_dir, parse_setting, plugin_option
 from runner.control.file import FILE_NAME as CONTROL_FILE
 from runner.control.file import ROLLBACK_TARGETS, ControlError, ControlSchema, trial_id
 from runner.control.nudge import Change, latest_run, read_status, send
-from runner.engine.plugin_manager import load_plugins
 from runner.errors import RunnerError, SpecError
-from runner.experiment_file.spec import DEFAULT_PLUGINS, read_json
-from runner.records.files import run_is_held
-from runner.views.progress import status_view
 
 
 @main.command()
@@ -123,10 +118,20 @@ def _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint,
 def _control_schema(run_dir: Path, plugin_refs: tuple[str, ...]) -> ControlSchema:
     """What the run's backend lets a person change, checked before anything is written.
 
-    The backend's class comes from the installed plugins and ``--plugin`` alone, never from
-    code the run directory names. A backend they lack (a one-off the run was started with)
-    is checked by the settings the run recorded in ``status.json``, as finite numbers; the
-    run checks the rest when it reads the file, and ``runner nudge`` reports its refusal."""
+    The settings and their bounds as the run recorded them in ``status.json``, which needs
+    no plugin loaded (``runner nudge`` answers in a fraction of a second). A run that did
+    not record bounds (runner 0.2) is checked by its backend's class, from the installed
+    plugins and ``--plugin`` alone, never from code the run directory names; a backend they
+    lack, by the settings ``status.json`` lists, as finite numbers. The run checks every
+    change again when it reads the file, and ``runner nudge`` reports its refusal."""
+    control = read_status(run_dir)["control"]
+    live, bounds = control.get("settings"), control.get("bounds")
+    listed = isinstance(live, list) and all(isinstance(setting, str) for setting in live)
+    if listed and isinstance(bounds, dict) and all(isinstance(rule, dict) for rule in bounds.values()):
+        return ControlSchema(tuple(live), bounds=bounds)
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.spec import DEFAULT_PLUGINS, read_json
+
     experiment = read_json(run_dir / "experiment.json")
     backend = experiment.get("backend", DEFAULT_PLUGINS["backend"]) if isinstance(experiment, dict) else None
     name = backend.get("name") if isinstance(backend, dict) else backend
@@ -136,8 +141,7 @@ def _control_schema(run_dir: Path, plugin_refs: tuple[str, ...]) -> ControlSchem
         return ControlSchema.for_backend(backend_cls.for_model(model if isinstance(model, dict) else {}))
     except SpecError:
         pass  # not installed here, or unavailable
-    live = read_status(run_dir)["control"].get("settings")
-    if not (isinstance(live, list) and all(isinstance(setting, str) for setting in live)):
+    if not listed:
         raise RunnerError(
             f"cannot tell which settings the run's backend {name!r} takes: it is not installed here and "
             f"{run_dir / 'status.json'} does not list them; give the backend's --plugin",
@@ -153,6 +157,10 @@ def _control_schema(run_dir: Path, plugin_refs: tuple[str, ...]) -> ControlSchem
 def status(run_dir: Path | None, as_json: bool, out: Path) -> None:
     """Show a run as it is now: its trials, their epoch, losses, lr and momentum, and what
     the control file did last. RUN_DIR defaults to the latest run in --out."""
+    from runner.records.files import run_is_held
+    from runner.views.console import terminal
+    from runner.views.progress import status_view
+
     with reported_errors():
         run_dir = named_run_dir(run_dir) or latest_run(out)
         doc = read_status(run_dir)

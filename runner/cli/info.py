@@ -4,33 +4,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
-import pluggy
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
-from runner.api import prepare, terminal
 from runner.cli.errors import damaged_if_misread, reported_errors
 from runner.cli.group import main
 from runner.cli.options import latest_run_option, named_run_dir, plugin_option
 from runner.control.nudge import latest_run
-from runner.engine.experiment import build_strategy
-from runner.engine.plugin_manager import (
-    TRACE_ENV,
-    Plugins,
-    hooks_of,
-    load_plugins,
-    missing_one_offs,
-    plugin_args,
-    recorded_one_offs,
-)
 from runner.errors import PluginError, RunnerError
-from runner.experiment_file.schema import experiment_schema
-from runner.records.files import write_own_file
-from runner.views.progress import leaderboard_table
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from runner.engine.plugin_manager import Plugins
 
 
 @main.command()
@@ -81,7 +69,12 @@ def report(
         if as_csv or as_json:
             click.echo(to_csv(run) if as_csv else to_json(run).decode(), nl=False)
             return
+        from rich.markup import escape
+
+        from runner.engine.plugin_manager import recorded_one_offs
         from runner.report.build import FIGURE_DIR, draw_figures, write_report  # matplotlib loads only here
+        from runner.views.console import terminal
+        from runner.views.progress import leaderboard_table
 
         console = terminal()
         console.print(
@@ -113,6 +106,8 @@ def _report_plugins(
     """The plugins a report asks for figures: the installed ones and ``--plugin`` ones, never
     the one-off plugins the run names (a run directory is data). An installed plugin that no
     longer loads costs only the figures (a ``--plugin`` asked for now that fails is an error)."""
+    from runner.engine.plugin_manager import load_plugins, missing_one_offs, plugin_args
+
     problems = []
     missing = missing_one_offs(run_files, plugin_refs)
     if missing:
@@ -144,6 +139,9 @@ def _open_in_browser(page: Path) -> None:
 @plugin_option
 def validate(experiment: Path, plugin_refs: tuple[str, ...]) -> None:
     """Check EXPERIMENT (its plugins, options, search space and data) without running it."""
+    from runner.api import prepare
+    from runner.engine.experiment import build_strategy
+
     with reported_errors():
         plugins, spec, dataset = prepare(experiment, plugin_refs)
         planned = build_strategy(spec, plugins.registry).planned_trials()
@@ -173,6 +171,12 @@ def validate(experiment: Path, plugin_refs: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_plugins(plugin_refs: tuple[str, ...], as_json: bool) -> None:
     """List loaded plugins, what each registers, and the hooks each implements."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from runner.engine.plugin_manager import TRACE_ENV, load_plugins
+    from runner.views.console import terminal
+
     with reported_errors():
         plugins = load_plugins(plugin_refs)
         rows = _plugin_rows(plugins)
@@ -191,6 +195,8 @@ def list_plugins(plugin_refs: tuple[str, ...], as_json: bool) -> None:
 
 
 def _plugin_rows(plugins: Plugins) -> list[dict]:
+    from runner.engine.plugin_manager import hooks_of
+
     pm = plugins.manager
     by_plugin: dict[str, list[str]] = {}
     for entry in plugins.registry.entries():
@@ -222,6 +228,10 @@ def _plugin_rows(plugins: Plugins) -> list[dict]:
 def print_schema(plugin_refs: tuple[str, ...], out: Path | None) -> None:
     """Print the JSON Schema of experiment files, with the options of every plugin loaded,
     for editors to complete and check them: name it in an experiment's "$schema"."""
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.schema import experiment_schema
+    from runner.records.files import write_own_file
+
     with reported_errors():
         text = orjson.dumps(experiment_schema(load_plugins(plugin_refs).registry), option=orjson.OPT_INDENT_2) + b"\n"
         if out is None:

@@ -7,25 +7,11 @@ from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import click
-from rich.text import Text
 
-from runner.api import notifier, show_results, start_run, terminal
 from runner.cli.errors import reported_errors
 from runner.cli.group import main
 from runner.cli.options import check_settings, named_run_dir, parse_setting, plugin_option, poll_option
-from runner.control.file import FILE_NAME as CONTROL_FILE
-from runner.engine.experiment import load_dataset
-from runner.engine.interrupt import graceful_interrupts
-from runner.engine.loop import run_experiment
-from runner.engine.plugin_manager import load_plugins, missing_one_offs, plugin_args, recorded_one_offs
-from runner.engine.replay import ReplayScript, replay_trial
-from runner.engine.resume import check_run_dir, clean_temporary_files, plan_resume
 from runner.errors import RunnerError
-from runner.experiment_file.spec import load
-from runner.imports import refusing_code
-from runner.records.events import read_run
-from runner.records.files import run_lock
-from runner.views.live import LiveView
 
 
 @main.command()
@@ -66,6 +52,9 @@ def start(
     poll: bool,
 ) -> None:
     """Run the experiment described by EXPERIMENT (a JSON file)."""
+    from runner.api import start_run
+    from runner.views.console import terminal
+
     console = terminal()
     with reported_errors() as where:
         result = start_run(
@@ -113,6 +102,18 @@ def resume(
     names code by import path (a model's class_path, a python data source) needs
     --trust-code: runner never loads code that a run directory names unless told to.
     """
+    from rich.text import Text
+
+    from runner.api import show_results
+    from runner.control.file import FILE_NAME as CONTROL_FILE
+    from runner.engine.interrupt import graceful_interrupts
+    from runner.engine.loop import run_experiment
+    from runner.engine.resume import check_run_dir, clean_temporary_files, plan_resume
+    from runner.records.events import read_run
+    from runner.records.files import run_lock
+    from runner.views.console import notifier, terminal
+    from runner.views.live import LiveView
+
     console = terminal()
     with reported_errors() as where, ExitStack() as held:
         run_dir = named_run_dir(run_dir)
@@ -180,6 +181,10 @@ def replay(run_dir: Path, trial: int, out: Path | None, plugin_refs: tuple[str, 
     versions). Exit 0 when they are identical; 1, naming the epoch and step where they
     first part, when they are not.
     """
+    from runner.engine.replay import ReplayScript, replay_trial
+    from runner.records.events import read_run
+    from runner.views.console import terminal
+
     console = terminal()
     with reported_errors():
         run_dir = named_run_dir(run_dir)
@@ -214,6 +219,8 @@ def replay(run_dir: Path, trial: int, out: Path | None, plugin_refs: tuple[str, 
 
 def check_one_offs(start: dict, run_dir: Path, plugin_refs: tuple[str, ...], command: str) -> None:
     """Refuse (exit 2) a run started with one-off plugins not given again, naming them."""
+    from runner.engine.plugin_manager import missing_one_offs, plugin_args, recorded_one_offs
+
     missing = missing_one_offs(recorded_one_offs(start, str(run_dir / "events.jsonl")), plugin_refs)
     if missing:
         raise RunnerError(
@@ -227,6 +234,11 @@ def recorded_experiment(start: dict, run_dir: Path, plugin_refs: tuple[str, ...]
     """The plugins, the experiment as it ran and its data, for ``command`` (``runner
     resume``, ``runner replay``) on the run in ``run_dir``, whose ``experiment_start`` is
     ``start``. Code the run directory names by import path is refused without ``trust_code``."""
+    from runner.engine.experiment import load_dataset
+    from runner.engine.plugin_manager import load_plugins, plugin_args
+    from runner.experiment_file.spec import load
+    from runner.imports import refusing_code
+
     plugins = load_plugins(plugin_refs)
     if not isinstance(start.get("base_dir"), str):
         raise RunnerError(f"{run_dir / 'events.jsonl'} is damaged: experiment_start has no base_dir", exit_code=2)

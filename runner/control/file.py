@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ import orjson
 
 from runner.decisions import Checkpoint, Decision, Nudge, Pause, Rollback, Stop, Unpause
 from runner.errors import SpecError, join_path
-from runner.experiment_file.typed import check_field, describe
+from runner.experiment_file.typed import check_bounds, check_field, describe, field_bounds
 from runner.inputs import CONTROL_FILE, duplicate_key
 
 FILE_NAME = "control.json"
@@ -115,10 +116,19 @@ class ControlSchema:
 
     live: tuple[str, ...]
     train_cls: type | None = None
+    # bounds of the live settings, where no Train class is at hand: as status.json records them
+    bounds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @classmethod
     def for_backend(cls, backend_cls: type) -> ControlSchema:
         return cls(tuple(backend_cls.live), backend_cls.Train)
+
+    def recorded_bounds(self) -> dict[str, dict[str, float]]:
+        """Each live setting's bounds, for ``status.json`` (``runner nudge`` checks by them
+        without loading the backend)."""
+        if self.train_cls is None:
+            return {name: dict(rule) for name, rule in self.bounds.items()}
+        return {name: rule for name in self.live if (rule := field_bounds(self.train_cls, name))}
 
     def check(self, name: str, value: Any, path: str) -> float | None:
         """Called for each setting in a version of the file: its value as a float (None: no
@@ -131,6 +141,8 @@ class ControlSchema:
         try:
             if name in fields:
                 value = check_field(self.train_cls, name, value, path)
+            elif name in self.bounds:
+                check_bounds(self.bounds[name], value, path)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ControlError(path, f"must be a number, got {describe(value)}")
             if not math.isfinite(value):

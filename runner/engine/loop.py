@@ -138,13 +138,18 @@ class ExperimentRun:
         control_path = self.run_dir / CONTROL_FILE
         self.log = log
         self.strategy.write_note = note_writer(log, past)
+        schema = ControlSchema.for_backend(backend_cls)
         self.status = StatusBoard(
             self.run_dir / STATUS_FILE,
-            control={"path": str(control_path.resolve()), "settings": list(backend_cls.live)},
+            control={
+                "path": str(control_path.resolve()),
+                "settings": list(backend_cls.live),
+                "bounds": schema.recorded_bounds(),
+            },
         )
         self.inbox = ControlInbox(
             control_path,
-            ControlSchema.for_backend(backend_cls),
+            schema,
             log,
             poll=poll,
             notify=notify,

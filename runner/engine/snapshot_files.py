@@ -144,20 +144,19 @@ def trial_snapshot(
     folder = trial_folder(run_dir, trial)
     if not folder_exists(folder, within=run_dir):
         return None
-    found = None
-    for path, meta in reversed(scan_snapshots(folder)):
-        at_boundary = not meta["loop"].get("partial") and meta["reason"] != "before_nudge"
-        if at_boundary and (to == "last" or (to == "best" and meta["best"]) or meta["epoch"] == to):
-            found = path
-            if older == 0:
-                break
-            older -= 1
-    if found is None:
-        return None
-    try:
-        return (found, *read_snapshot(found))
-    except CorruptSnapshot:  # deleted or replaced since the scan read it
-        return None
+    matches = [
+        path
+        for path, meta in reversed(scan_snapshots(folder))
+        if not meta["loop"].get("partial")
+        and meta["reason"] != "before_nudge"
+        and (to == "last" or (to == "best" and meta["best"]) or meta["epoch"] == to)
+    ]
+    for path in matches[min(older, len(matches) - 1) :]:
+        try:
+            return (path, *read_snapshot(path))
+        except CorruptSnapshot:  # pruned or replaced since the scan read it: the next one matches too
+            continue
+    return None
 
 
 def fsync_dir(folder: Path) -> None:

@@ -138,6 +138,20 @@ def type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def field_bounds(cls: type, name: str) -> dict[str, float]:
+    """The numeric bounds dataclass ``cls`` declares for field ``name`` (``{"gt": 0}``);
+    empty if it has none, or no such field."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return {k: v for k, v in (f.metadata.get("bounds") or {}).items() if v is not None}
+    return {}
+
+
+def check_bounds(rule: dict | None, value: Any, path: str) -> None:
+    """SpecError naming ``path`` if the number ``value`` breaks ``rule`` (``field_bounds``)."""
+    _check_bounds(rule, value, path)
+
+
 def _check_bounds(rule: dict | None, value: Any, path: str) -> None:
     if not rule or not isinstance(value, (int, float)) or isinstance(value, bool):
         return
