@@ -377,7 +377,26 @@ def cold_fixed_costs(experiment: Path, work: Path, times: int) -> dict[str, list
         ).stdout
         for name, seconds in json.loads(out.strip().splitlines()[-1]).items():
             stages[name].append(seconds)
+        stages["runner start: launch to the first trial_start event"].append(
+            first_trial_start(experiment, work / f"first{i}")
+        )
     return stages
+
+
+def first_trial_start(experiment: Path, out: Path) -> float:
+    """Seconds from launching ``runner start`` (a fresh interpreter, as a person runs it) to
+    its first ``trial_start`` event, which comes just before the first training step."""
+    launched = time.time()
+    subprocess.run(
+        [sys.executable, "-m", "runner", "start", str(experiment), "--out", str(out), "--plain"],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
+    [run_dir] = out.iterdir()
+    with open(run_dir / "events.jsonl", "rb") as events:
+        first = next(e for e in map(json.loads, events) if e["event"] == "trial_start")
+    return first["t"] - launched
 
 
 def warm_fixed_costs(experiment: Path, work: Path, times: int) -> dict[str, list[float]]:

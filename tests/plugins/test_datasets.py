@@ -143,6 +143,27 @@ def test_digits_loads_all_examples(digits_raw):
     assert digits_raw.x.min() == 0 and digits_raw.x.max() == 16
 
 
+def test_digits_are_scikit_learns_exactly_without_importing_it(digits_raw, monkeypatch):
+    """Read from scikit-learn's bundled file, the data are ``load_digits``'s bit for bit;
+    where the file is missing, ``load_digits`` itself gives them."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    assert digits_raw.x.dtype == np.float64 and digits_raw.y.dtype == np.int64
+    assert np.array_equal(digits_raw.x, bunch.data) and np.array_equal(digits_raw.y, bunch.target)
+    probe = (
+        "import sys; from runner.plugins.datasets.digits import read_digits; "
+        "read_digits(); print('sklearn' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)
+    x, y = digits.read_digits()
+    assert np.array_equal(x, bunch.data) and np.array_equal(y, bunch.target)
+
+
 def test_digits_stratified_split(digits_raw):
     ds = prepare_digits(digits_raw)
     assert ds.classes == tuple(str(d) for d in range(10))
