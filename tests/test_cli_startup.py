@@ -71,6 +71,16 @@ def test_nudge_checks_a_change_by_the_bounds_the_run_recorded_without_loading_a_
     assert code == "1" and "no runner process is running" in text and loaded == "", text
 
 
+def test_bounds_that_are_not_what_a_run_writes_send_nudge_to_the_backend_class(finished_run, tmp_path):
+    run_dir = tmp_path / "edited"
+    shutil.copytree(finished_run, run_dir)
+    status = orjson.loads((run_dir / "status.json").read_bytes())
+    status["control"]["bounds"]["momentum"] = {"lt": "x"}
+    (run_dir / "status.json").write_bytes(orjson.dumps(status))
+    text, loaded, code = cli("nudge", run_dir, "momentum=1.5", "--no-wait")
+    assert code == "2" and "momentum: must be < 1, got 1.5" in text and "runner.engine.plugin_manager" in loaded, text
+
+
 def test_a_run_that_recorded_no_bounds_is_checked_by_its_backend_class(tmp_path):
     run_dir = tmp_path / "old"
     shutil.copytree(OLD_RUN, run_dir)

@@ -184,3 +184,21 @@ def test_an_applied_action_stays_applied_when_taken_out_and_put_back():
     with pytest.raises(ControlError, match="id 1 was already used in this run"):
         orders(tidied, doc(actions=pause), after_resume)
     assert orders(applied, applied, after_resume) == []  # the file as it was: nothing new
+
+
+def test_nudge_waits_for_status_json_to_list_a_trial_that_has_just_started(tmp_path):
+    """status.json is rewritten every quarter second: a trial that started a moment ago is
+    in the log before it is in the file. runner nudge --trial waits that long for it, then
+    says it is not running."""
+    import threading
+
+    from runner.control.nudge import trial_listed
+
+    path = tmp_path / "status.json"
+    before = {"run": {"state": "running"}, "control": {}, "trials": {}}
+    path.write_bytes(orjson.dumps(before))
+    later = threading.Timer(0.1, lambda: path.write_bytes(orjson.dumps({**before, "trials": {"3": {}}})))
+    later.start()
+    assert "3" in trial_listed(tmp_path, 3, before)["trials"]
+    later.join()
+    assert "4" not in trial_listed(tmp_path, 4, before)["trials"]  # after STATUS_LAG: not running

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from runner.engine.snapshot_files import (
     snapshot_files,
     write_snapshot,
 )
-from runner.engine.snapshot_format import UnstorableArray
+from runner.engine.snapshot_format import UnstorableArray, checksum
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -122,6 +123,28 @@ def test_every_flipped_byte_and_every_truncation_is_refused(tmp_path, size):
         read_snapshot(path)
     path.write_bytes(good)
     assert np.array_equal(read_snapshot(path)[0].arrays["w"], arrays["w"])
+
+
+@pytest.mark.parametrize(
+    "shape", [[2**62, 4], [True, 8], [2**64 - 1, 0], [-1, 3], [2.0, 4], "ab"], ids=lambda s: repr(s)
+)
+def test_a_header_with_a_shape_no_array_has_is_damaged_not_a_crash(tmp_path, shape):
+    """The header is rewritten with a bad shape and a checksum that matches it: what is
+    wrong must still be said as a damaged file (scans skip those), never another error."""
+    path = tmp_path / "s.safetensors"
+    write_snapshot(path, BackendState({"w": np.arange(8.0)}, {}), META)
+    data = path.read_bytes()
+    (length,) = struct.unpack_from("<Q", data)
+    header = orjson.loads(data[8 : 8 + length])
+    header["w"]["shape"] = shape
+    metadata = header.pop("__metadata__")
+    arrays = data[8 + length :]
+    metadata["checksum"] = checksum(orjson.dumps(header), metadata["runner"], zlib.crc32(arrays))
+    body = orjson.dumps({**header, "__metadata__": metadata})
+    body += b" " * (-len(body) % 8)
+    path.write_bytes(struct.pack("<Q", len(body)) + body + arrays)
+    with pytest.raises(CorruptSnapshot, match=r"its header is damaged \(array 'w'\)"):
+        read_snapshot(path)
 
 
 def test_a_safetensors_file_that_is_not_a_runner_snapshot_is_refused_by_name(tmp_path):

@@ -71,7 +71,8 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
     if bundled is not None and bundled.is_file():
         with gzip.open(bundled) as rows:
             table = np.loadtxt(rows, delimiter=",")
-        return np.ascontiguousarray(table[:, :-1], dtype=np.float64), table[:, -1].astype(np.int64)
+        if table.shape == (EXAMPLES, FEATURES + 1):  # else the file changed: let scikit-learn read it
+            return np.ascontiguousarray(table[:, :-1], dtype=np.float64), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -6,7 +6,7 @@ after trial. Workers start warm: by default they are forked from multiprocessing
 no thread or CUDA context of the driver's) that has runner, NumPy and the backend's module
 imported already, so a worker, and a worker that replaces one that died, is up in a
 fraction of the time a fresh interpreter takes. ``"start": "spawn"`` starts each worker
-as a fresh interpreter instead (the only way on Windows). The prepared data set reaches
+as a fresh interpreter instead (what macOS and Windows always do). The prepared data set reaches
 the workers through shared memory, copied once (``shared_data``), not pickled to each.
 
 Every worker has its own pair of pipes to the driver, so a worker killed in the middle of a
@@ -55,8 +55,8 @@ class ProcessOptions:
     start: Literal["forkserver", "spawn"] = field(
         default="forkserver",
         metadata=bounds(
-            doc="how workers start: forked from a warm parent that has runner, NumPy and the backend "
-            "imported, or each a fresh interpreter (spawn; what forkserver falls back to where it is missing)"
+            doc="how workers start: forked from a warm parent that has runner, NumPy and the backend's module "
+            "imported (on Linux), or each a fresh interpreter (spawn; what forkserver falls back to elsewhere)"
         ),
     )
     gpus: tuple[int, ...] | None = field(
@@ -114,6 +114,16 @@ def worker_environment(slot: int, threads: int, devices: list[str]) -> dict[str,
     return env
 
 
+def forkserver_is_safe() -> bool:
+    """Whether workers may fork from a warm parent here: on Linux (macOS's system libraries
+    are not safe to use after a fork from a process that loaded them, so it spawns), and not
+    with a Python whose forkserver listens where any local user can connect (CVE-2022-42919:
+    3.10.0 to 3.10.8)."""
+    if sys.platform != "linux" or "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    return not ((3, 10, 0) <= sys.version_info[:3] < (3, 10, 9))
+
+
 def limit_math_threads(threads: int) -> None:
     """Hold the math libraries already loaded (the warm parent imported NumPy, so its BLAS
     read its thread count there) to ``threads`` in this worker."""
@@ -146,7 +156,7 @@ def inherited(changes: dict[str, str]):
 
 def worker_main(
     setup: WorkerSetup,
-    shared: SharedDataset,
+    shared: SharedDataset | None,
     env: dict[str, str],
     inbound: connection.Connection,
     outbound: connection.Connection,
@@ -161,7 +171,8 @@ def worker_main(
     os.environ.clear()  # before anything reads them: CUDA, Torch's thread pool, the plugins
     os.environ.update(env)
     limit_math_threads(int(env[THREAD_VARIABLES[0]]))
-    setup = dataclasses.replace(setup, dataset=shared.attach())
+    if shared is not None:
+        setup = dataclasses.replace(setup, dataset=shared.attach())
     lock, driver_alive = threading.Lock(), threading.Event()
     driver_alive.set()
 
@@ -211,10 +222,11 @@ class ProcessExecutor(RemoteExecutor):
         self.slots = options.workers or cpu_count()
         self.threads = options.threads or max(1, cpu_count() // self.slots)
         self.devices = device_ids(visible_gpus() if options.gpus is None else list(options.gpus))
-        warm = options.start == "forkserver" and "forkserver" in multiprocessing.get_all_start_methods()
+        warm = options.start == "forkserver" and forkserver_is_safe()
         self._context = get_context("forkserver" if warm else "spawn")
         if warm:
             self._context.set_forkserver_preload(list(session.setup.modules))
+        self._setup: WorkerSetup | None = None  # what workers receive: the data set in shared memory, if it fits
         self._shared: SharedDataset | None = None
         self._block = None  # the shared memory holding the data set, while workers run
         self._workers: dict[int, tuple[Any, connection.Connection, connection.Connection]] = {}
@@ -226,9 +238,12 @@ class ProcessExecutor(RemoteExecutor):
         if slot in self._workers:  # its worker died
             with self._send_lock:
                 self._forget(slot)
-        if self._shared is None:
-            self._shared, self._block = SharedDataset.share(self.session.setup.dataset)
-            self._setup = dataclasses.replace(self.session.setup, dataset=None)  # the data goes through memory
+        if self._setup is None:
+            shared = SharedDataset.share(self.session.setup.dataset)
+            if shared is None:  # no room in /dev/shm: each worker gets the data pickled
+                self._setup = self.session.setup
+            else:
+                (self._shared, self._block), self._setup = shared, dataclasses.replace(self.session.setup, dataset=None)
         inbound_reader, inbound_writer = self._context.Pipe(duplex=False)
         outbound_reader, outbound_writer = self._context.Pipe(duplex=False)
         env = worker_environment(slot, self.threads, self.devices)
@@ -278,19 +293,21 @@ class ProcessExecutor(RemoteExecutor):
         return lost
 
     def shutdown(self, *, now: bool) -> None:
-        for slot in list(self._workers):
-            if not now:
-                self.send(slot, ("exit", None))
-        for slot, (process, _, _) in list(self._workers.items()):
-            process.join(0 if now else EXIT_SECONDS)
-            if process.is_alive():
-                process.kill()
-                process.join()
-            with self._send_lock:
-                self._forget(slot)
-        if self._block is not None:
-            close(self._block)
-            self._shared = self._block = None
+        try:
+            for slot in list(self._workers):
+                if not now:
+                    self.send(slot, ("exit", None))
+            for slot, (process, _, _) in list(self._workers.items()):
+                process.join(0 if now else EXIT_SECONDS)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+                with self._send_lock:
+                    self._forget(slot)
+        finally:  # a second Ctrl-C in a join must not leave the block in /dev/shm
+            if self._block is not None:
+                close(self._block)
+                self._shared = self._block = None
 
     def _forget(self, slot: int) -> None:
         self._ended.discard(slot)

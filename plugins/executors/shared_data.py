@@ -7,12 +7,14 @@ a worker receives is the block's name and where each array lies in it, and
 ``SharedDataset.attach`` gives back a ``Dataset`` whose arrays are views of that one block:
 no copy, however many workers there are or however often one is replaced. The driver
 unlinks the block when the run's workers are done (``close``); if the driver dies first,
-multiprocessing's resource tracker unlinks it.
+multiprocessing's resource tracker unlinks it. Where the shared memory file system has no
+room for the data, workers receive it pickled, as a spawned worker always did.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
@@ -23,6 +25,7 @@ from runner import Dataset
 
 ARRAYS = ("x_train", "y_train", "x_val", "y_val")
 ALIGN = 64  # each array starts on a cache line
+SHM_FOLDER = "/dev/shm"
 _ATTACHED: dict[str, shared_memory.SharedMemory] = {}  # in a worker: the blocks its data sets are views of
 
 
@@ -35,15 +38,19 @@ class SharedDataset:
     fields: dict[str, Any]  # the Dataset's other fields (name, classes, task)
 
     @classmethod
-    def share(cls, dataset: Dataset) -> tuple[SharedDataset, shared_memory.SharedMemory]:
+    def share(cls, dataset: Dataset) -> tuple[SharedDataset, shared_memory.SharedMemory] | None:
         """Called once by the driver: the descriptor, and the block, which the driver keeps
-        (and closes and unlinks at the end of the run)."""
+        (and closes and unlinks at the end of the run). None if the shared memory file
+        system has no room for the data (a container's /dev/shm is often 64 MB): copying
+        into a block past its end would kill the driver with SIGBUS."""
         layout, size = [], 0
         for name in ARRAYS:
             array = getattr(dataset, name)
             size = -(-size // ALIGN) * ALIGN
             layout.append((name, size, tuple(array.shape), array.dtype.str))
             size += array.nbytes
+        if not room_for(size):
+            return None
         block = shared_memory.SharedMemory(create=True, size=max(size, 1))
         try:
             for name, offset, shape, dtype in layout:
@@ -65,6 +72,16 @@ class SharedDataset:
             for name, offset, shape, dtype in self.layout
         }
         return Dataset(**self.fields, **arrays)
+
+
+def room_for(size: int, folder: str = SHM_FOLDER) -> bool:
+    """Whether ``folder`` (where Linux keeps shared memory blocks) has ``size`` bytes free,
+    with a margin; True where there is no such folder (macOS keeps them in the kernel)."""
+    try:
+        info = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return True
+    return info.f_bavail * info.f_frsize >= size + (16 << 20)
 
 
 def close(block: shared_memory.SharedMemory) -> None:

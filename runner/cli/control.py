@@ -127,7 +127,7 @@ def _control_schema(run_dir: Path, plugin_refs: tuple[str, ...]) -> ControlSchem
     control = read_status(run_dir)["control"]
     live, bounds = control.get("settings"), control.get("bounds")
     listed = isinstance(live, list) and all(isinstance(setting, str) for setting in live)
-    if listed and isinstance(bounds, dict) and all(isinstance(rule, dict) for rule in bounds.values()):
+    if listed and recorded_bounds(bounds):
         return ControlSchema(tuple(live), bounds=bounds)
     from runner.engine.plugin_manager import load_plugins
     from runner.experiment_file.spec import DEFAULT_PLUGINS, read_json
@@ -148,6 +148,16 @@ def _control_schema(run_dir: Path, plugin_refs: tuple[str, ...]) -> ControlSchem
             exit_code=2,
         )
     return ControlSchema(tuple(live))
+
+
+def recorded_bounds(bounds: object) -> bool:
+    """Whether ``status.json``'s ``control.bounds`` is what a run writes there (a damaged or
+    edited one sends ``runner nudge`` to the backend's class instead)."""
+    return isinstance(bounds, dict) and all(
+        isinstance(rule, dict)
+        and all(key in ("gt", "ge", "lt", "le") and type(limit) in (int, float) for key, limit in rule.items())
+        for rule in bounds.values()
+    )
 
 
 @main.command()

@@ -29,6 +29,9 @@ from runner.inputs import InputError, read_bytes
 from runner.records.events import read_events
 from runner.records.files import atomic_write, lock_file, run_is_held
 from runner.records.status import FILE_NAME as STATUS_FILE
+from runner.records.status import FLUSH_EVERY
+
+STATUS_LAG = 2 * FLUSH_EVERY  # how long status.json may be behind the log (it is rewritten every FLUSH_EVERY s)
 
 
 @dataclass
@@ -47,6 +50,17 @@ def latest_run(root: Path) -> Path:
     if not logs:
         raise RunnerError(f"no run directory in {root}/; name one: runner status RUN_DIR", exit_code=2)
     return max(logs, key=lambda p: (run_is_held(p.parent), p.stat().st_mtime_ns)).parent
+
+
+def trial_listed(run_dir: Path, trial: int, status: dict[str, Any]) -> dict[str, Any]:
+    """``status.json`` once it lists ``trial`` as running, or as it is after the time the run
+    takes to rewrite it (a trial that has just started is in the log a moment before it is
+    in the file)."""
+    deadline = time.monotonic() + STATUS_LAG
+    while str(trial) not in status["trials"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = read_status(run_dir)
+    return status
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
@@ -137,6 +151,8 @@ def send(run_dir: Path, change: Change, schema: ControlSchema, timeout: float | 
             f"no runner process is running {run_dir} (last state: {status['run']['state']}); "
             f"an interrupted run goes on with: runner resume {run_dir}"
         )
+    if change.trial is not None:
+        status = trial_listed(run_dir, change.trial, status)
     if change.trial is not None and str(change.trial) not in status["trials"]:
         names = ", ".join(f"t{int(t):03d}" for t in sorted(status["trials"], key=int)) or "none"
         raise RunnerError(f"trial {change.trial} is not running (running: {names}); nothing was written", exit_code=2)

@@ -58,9 +58,10 @@ def write_snapshot(path: Path, state: BackendState, meta: dict[str, Any], *, wit
             write_all(f.fileno(), [encoded.head(crc32(encoded.arrays)), *encoded.arrays])
         else:
             crc = _checksummer().submit(crc32, encoded.arrays)
-            head = encoded.head(0)
-            write_all(f.fileno(), [head, *encoded.arrays])
-            os.pwrite(f.fileno(), encoded.head(crc.result()), 0)
+            write_all(f.fileno(), [encoded.head(0), *encoded.arrays])
+            head = encoded.head(crc.result())
+            if os.pwrite(f.fileno(), head, 0) != len(head):  # (a regular file takes it whole, or raises)
+                raise OSError(f"{path}: the snapshot's header was written short")
 
 
 PARALLEL_CRC_BYTES = 1 << 20  # below this, a thread hand-off costs more than it saves

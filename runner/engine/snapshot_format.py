@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ import orjson
 FORMAT, VERSION = "runner.snapshot", "1"
 METADATA = "__metadata__"
 LEGACY_META_KEY = "__meta__"  # the metadata array of a ``.npz`` snapshot
-MAX_HEADER = 100 << 20  # as safetensors' own readers bound it
+MAX_HEADER = 100_000_000  # bytes of header at most, as safetensors' own readers bound it
 
 #: safetensors dtype codes of the NumPy dtypes a snapshot may hold (stored little-endian).
 DTYPES: dict[str, np.dtype] = {
@@ -136,13 +137,12 @@ def decode(buffer: bytearray | bytes, where: str) -> tuple[dict[str, np.ndarray]
         raise CorruptSnapshot(f"{where}: its header is damaged") from None
     data = memoryview(buffer)[8 + length :]
     entries = _entries(header, len(data), where)
-    crc = zlib.crc32(data)
+    if checksum(orjson.dumps(header), text, zlib.crc32(data)) != stored or not isinstance(document, dict):
+        raise CorruptSnapshot(f"{where}: checksum mismatch, the file is damaged")
     arrays = {
-        name: np.frombuffer(data, dtype, count=int(np.prod(shape)), offset=begin).reshape(shape)
+        name: np.frombuffer(data, dtype, count=math.prod(shape), offset=begin).reshape(shape)
         for name, dtype, shape, (begin, _) in entries
     }
-    if checksum(orjson.dumps(header), text, crc) != stored or not isinstance(document, dict):
-        raise CorruptSnapshot(f"{where}: checksum mismatch, the file is damaged")
     return arrays, document
 
 
@@ -178,10 +178,10 @@ def _entries(header: dict, size: int, where: str) -> list[tuple[str, np.dtype, t
     for name, entry in header.items():
         try:
             dtype, shape, (begin, end) = DTYPES[entry["dtype"]], tuple(entry["shape"]), entry["data_offsets"]
-            valid = all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end))
+            valid = all(type(n) is int and n >= 0 for n in (*shape, begin, end))  # (not True, not 2.0)
         except (KeyError, TypeError, ValueError):
             valid = False
-        if not valid or end - begin != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+        if not valid or end - begin != dtype.itemsize * math.prod(shape):  # (Python ints: no overflow)
             raise CorruptSnapshot(f"{where}: its header is damaged (array {name!r})")
         entries.append((name, dtype, shape, (begin, end)))
     entries.sort(key=lambda entry: entry[3])

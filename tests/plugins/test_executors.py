@@ -253,6 +253,26 @@ def test_workers_start_from_one_warm_parent_and_map_the_data_from_one_shared_blo
     assert "leaked shared_memory" not in proc.stderr, "the driver unlinks it (not multiprocessing's tracker, at exit)"
 
 
+def test_data_too_big_for_dev_shm_reaches_the_workers_pickled(tmp_path, inline, monkeypatch):
+    """A container's /dev/shm is often 64 MB: copying more into a shared block would kill
+    the driver with SIGBUS. Where it has no room, every worker gets the data pickled, and
+    the results are the same."""
+    import runner.plugins.executors.shared_data as shared_data
+    from tests.conftest import run_file
+
+    monkeypatch.setattr(shared_data, "room_for", lambda size, folder="/dev/shm": False)
+    (tmp_path / "plugin.json").write_bytes(orjson.dumps({"trial": -1, "epoch": -1}))
+    (tmp_path / "plugin.py").write_text(WHO_RUNS)
+    path = tmp_path / "exp.json"
+    path.write_bytes(orjson.dumps(deep_update(FOUR, {"executor": PROCESS})))
+    r = run_file(path, tmp_path, [str(tmp_path / "plugin.py")])
+    assert_same(outcome(r.run_dir), inline)
+    starts = [orjson.loads(line) for line in (tmp_path / "workers.jsonl").read_bytes().splitlines()]
+    assert len(starts) == 4 and all(s["attached"] == [] for s in starts), starts
+    monkeypatch.undo()  # the real check: free space, with a margin
+    assert shared_data.room_for(1 << 20, str(tmp_path)) and not shared_data.room_for(1 << 62, str(tmp_path))
+
+
 SEES_ENVIRONMENT = """
 import os
 from pathlib import Path
