@@ -47,8 +47,9 @@ class BackendState:
 
     ``arrays`` holds numeric arrays (parameters, optimizer moments, running statistics,
     the data permutation) of dtypes a snapshot file stores: booleans, integers and 16-, 32-
-    and 64-bit floats (complex numbers or text make every snapshot fail); ``meta`` holds JSON-safe values (counters, RNG state with big
-    integers as strings, hyperparameters in force). Nothing in it needs pickle to store.
+    and 64-bit floats (complex numbers or text make every snapshot fail); ``meta`` holds
+    JSON-safe values (counters, RNG state with big integers as strings, hyperparameters in
+    force). Nothing in it needs pickle to store.
     ``state()`` must return copies, so that training on does not change a saved state.
     """
 
