@@ -802,10 +802,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     for name, s in results.get("overhead", {}).items():
         print(
-            f"- runner overhead <= 3 %, {name}: {'met' if s['overhead'] <= AIMS['overhead'] else 'MISSED'} "
-            f"({s['overhead'] * 100:+.2f} % from medians, {s['overhead_of_minima'] * 100:+.2f} % from the fastest "
-            f"rounds; directly {s['direct_ms']:.2f} ms per trial outside training = "
-            f"{s['direct_share'] * 100:.2f} % of training)"
+            # judged by the direct measurement: wall times on this VM vary more than the aim
+            f"- runner overhead <= 3 %, {name}: {'met' if s['direct_share'] <= AIMS['overhead'] else 'MISSED'} "
+            f"(directly {s['direct_ms']:.2f} ms per trial outside training = {s['direct_share'] * 100:.2f} % of "
+            f"training; by wall time {s['overhead'] * 100:+.2f} % from medians, "
+            f"{s['overhead_of_minima'] * 100:+.2f} % from the fastest rounds)"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
