@@ -336,9 +336,8 @@ def interleaved_once(sides: dict, targets: dict, samples: int) -> dict[str, list
 
 def staged_write_snapshot(path: Path, state, meta, clock=time.perf_counter) -> dict[str, float]:
     """``runner.engine.snapshot_files.write_snapshot``, line for line, with a clock between lines."""
-    from runner.engine.snapshot_files import PARALLEL_CRC_BYTES, _checksummer, fsync_dir
-    from runner.engine.snapshot_format import crc32, encode
-    from runner.records.files import write_all
+    from runner.engine.snapshot_files import fsync_dir, write_encoded
+    from runner.engine.snapshot_format import encode
 
     t = {}
     t0 = clock()
@@ -347,12 +346,7 @@ def staged_write_snapshot(path: Path, state, meta, clock=time.perf_counter) -> d
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         t2 = clock()
-        if encoded.nbytes < PARALLEL_CRC_BYTES:
-            write_all(f.fileno(), [encoded.head(crc32(encoded.arrays)), *encoded.arrays])
-        else:
-            crc = _checksummer().submit(crc32, encoded.arrays)
-            write_all(f.fileno(), [encoded.head(0), *encoded.arrays])
-            os.pwrite(f.fileno(), encoded.head(crc.result()), 0)
+        write_encoded(f.fileno(), encoded, tmp)
         t3 = clock()
         os.fsync(f.fileno())
         t4 = clock()

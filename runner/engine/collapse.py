@@ -52,11 +52,34 @@ NOISE = 3
 # updates; a GPU backend reports it a step later still. The weights after k - LAG updates
 # are the newest known to be healthy.
 LAG = 3
+# The detector's state at the start of a trial (``CollapseDetector`` says what each is).
+SEEN: dict[str, Any] = {
+    "first_loss": None,
+    "strikes": 0,
+    "leapt": False,
+    "sick_epochs": 0,
+    "calm": (0, 0),
+    "epoch_began": 0,
+    "best_acc": None,
+    "signs": (),
+}
 
 
 class CollapseDetector:
     """Watches one trial; the loop calls ``stepped`` after each finite step loss and
     ``epoch_end`` after each evaluation. Either returns the collapse, or None."""
+
+    # What it has seen along the trial's path (its ``state``; a fresh trial's values in SEEN):
+    first_loss: float | None  # the loss of the trial's first step (before any update)
+    strikes: int  # steps in a row above the jump limit
+    leapt: bool  # a step of this path went above the jump limit
+    sick_epochs: int  # epoch ends in a row that showed a sign
+    # (epochs, step) of the newest point known healthy: the end of the last epoch without a
+    # sign, or the step before the path's first leap; it never moves past a leap
+    calm: tuple[int, int]
+    epoch_began: int  # the step at which the current epoch began
+    best_acc: float | None  # the highest validation accuracy of this path
+    signs: list[str]  # the signs seen at the last epoch end
 
     def __init__(self, options: DivergenceOptions, classes: int, val_examples: int = 0):
         self.options = options
@@ -65,16 +88,7 @@ class CollapseDetector:
         # guess's accuracy on the validation split (on 20 examples, 0.75 is luck for a coin)
         noise = NOISE * math.sqrt(self.chance * (1 - self.chance) / val_examples) if self.chance and val_examples else 0
         self.better = None if self.chance is None else self.chance + max(BETTER * options.chance_margin, noise)
-        self.first_loss: float | None = None  # the loss of the trial's first step (before any update)
-        self.strikes = 0  # steps in a row above the jump limit
-        self.leapt = False  # a step of this path went above the jump limit
-        self.sick_epochs = 0  # epoch ends in a row that showed a sign
-        # (epochs, step) of the newest point known healthy: the end of the last epoch without a
-        # sign, or the step before the path's first leap; it never moves past a leap
-        self.calm: tuple[int, int] = (0, 0)
-        self.epoch_began = 0  # the step at which the current epoch began
-        self.best_acc: float | None = None  # the highest validation accuracy of this path
-        self.signs: list[str] = []  # the signs seen at the last epoch end
+        self.load_state({})  # what it has seen: nothing yet
 
     def limit(self) -> float:
         return self.options.jump_factor * max(self.first_loss or 0.0, self.options.spike_floor)
@@ -140,24 +154,11 @@ class CollapseDetector:
         return DivergenceEvent("collapse", epoch, step, train_loss, None, seen, *self.calm)
 
     def state(self) -> dict[str, Any]:
-        return {
-            "first_loss": self.first_loss,
-            "strikes": self.strikes,
-            "leapt": self.leapt,
-            "sick_epochs": self.sick_epochs,
-            "calm": self.calm,
-            "epoch_began": self.epoch_began,
-            "best_acc": self.best_acc,
-            "signs": self.signs,
-        }
+        return {name: getattr(self, name) for name in SEEN}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Put back a saved state; a snapshot written before collapses were watched for starts afresh."""
-        self.first_loss = state.get("first_loss")
-        self.strikes = state.get("strikes", 0)
-        self.leapt = state.get("leapt", False)
-        self.sick_epochs = state.get("sick_epochs", 0)
-        self.calm = tuple(state.get("calm", (0, 0)))
-        self.epoch_began = state.get("epoch_began", 0)
-        self.best_acc = state.get("best_acc")
-        self.signs = list(state.get("signs", []))
+        """Put back a saved state; what a snapshot written before collapses were watched for
+        lacks starts afresh."""
+        for name, fresh in SEEN.items():
+            setattr(self, name, state.get(name, fresh))
+        self.calm, self.signs = tuple(self.calm), list(self.signs)  # (JSON gives lists)

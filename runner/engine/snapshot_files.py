@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.backend import BackendState
-from runner.engine.snapshot_format import CorruptSnapshot, crc32, decode, decode_npz, encode
+from runner.engine.snapshot_format import CorruptSnapshot, Encoded, crc32, decode, decode_npz, encode
 from runner.inputs import InputError, read_into_memory
 from runner.records.files import folder_exists, replacing, temporary_of, write_all
 
@@ -53,15 +53,20 @@ def write_snapshot(path: Path, state: BackendState, meta: dict[str, Any], *, wit
     known (the file is renamed into place only after that)."""
     encoded = encode(state.arrays, {**meta, "backend": state.meta})
     with replacing(path, within=within) as f:
-        f.flush()
-        if encoded.nbytes < PARALLEL_CRC_BYTES:
-            write_all(f.fileno(), [encoded.head(crc32(encoded.arrays)), *encoded.arrays])
-        else:
-            crc = _checksummer().submit(crc32, encoded.arrays)
-            write_all(f.fileno(), [encoded.head(0), *encoded.arrays])
-            head = encoded.head(crc.result())
-            if os.pwrite(f.fileno(), head, 0) != len(head):  # (a regular file takes it whole, or raises)
-                raise OSError(f"{path}: the snapshot's header was written short")
+        write_encoded(f.fileno(), encoded, path)
+
+
+def write_encoded(fd: int, encoded: Encoded, path: Path) -> None:
+    """The snapshot's bytes into the new file ``fd`` (``path``, for a message): with the CRC
+    computed alongside and the header written again, above ``PARALLEL_CRC_BYTES``."""
+    if encoded.nbytes < PARALLEL_CRC_BYTES:
+        write_all(fd, [encoded.head(crc32(encoded.arrays)), *encoded.arrays])
+        return
+    crc = _checksummer().submit(crc32, encoded.arrays)
+    write_all(fd, [encoded.head(0), *encoded.arrays])
+    head = encoded.head(crc.result())
+    if os.pwrite(fd, head, 0) != len(head):  # (a regular file takes it whole, or raises)
+        raise OSError(f"{path}: the snapshot's header was written short")
 
 
 PARALLEL_CRC_BYTES = 1 << 20  # below this, a thread hand-off costs more than it saves

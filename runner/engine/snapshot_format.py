@@ -82,14 +82,14 @@ class Encoded:
 
     arrays: list[np.ndarray]
     nbytes: int
-    _entries: dict[str, Any]
-    _text: str
+    _entries: bytes  # the header's array entries, as JSON
+    _text: str  # the metadata document, as JSON
 
     def head(self, crc: int) -> bytes:
-        entries = orjson.dumps(self._entries)
-        digest = checksum(entries, self._text, crc)
+        digest = checksum(self._entries, self._text, crc)
         metadata = orjson.dumps({"format": FORMAT, "version": VERSION, "runner": self._text, "checksum": digest})
-        body = entries[:-1] + (b',"' if self._entries else b'"') + METADATA.encode() + b'":' + metadata + b"}"
+        separator = b',"' if self._entries != b"{}" else b'"'
+        body = self._entries[:-1] + separator + METADATA.encode() + b'":' + metadata + b"}"
         return struct.pack("<Q", len(body) + (-len(body) % 8)) + body + b" " * (-len(body) % 8)
 
 
@@ -102,7 +102,7 @@ def encode(arrays: dict[str, np.ndarray], document: dict[str, Any]) -> Encoded:
     for name, a in ordered:
         entries[name] = {"dtype": _CODES[a.dtype], "shape": a.shape, "data_offsets": (offset, offset + a.nbytes)}
         offset += a.nbytes
-    return Encoded([a for _, a in ordered], offset, entries, orjson.dumps(document).decode())
+    return Encoded([a for _, a in ordered], offset, orjson.dumps(entries), orjson.dumps(document).decode())
 
 
 def crc32(arrays: list[np.ndarray]) -> int:

@@ -52,7 +52,7 @@ def build(cls: type, data: Any, path: str = "") -> Any:
             continue
         where = join_path(path, name)
         value = convert(hints[name], data[name], where)
-        _check_bounds(f.metadata.get("bounds"), value, where)
+        check_bounds(f.metadata.get("bounds"), value, where)
         values[name] = value
     try:
         instance = cls(**values)
@@ -69,7 +69,7 @@ def check_field(cls: type, name: str, value: Any, path: str) -> Any:
     for f in dataclasses.fields(cls):
         if f.name == name:
             value = convert(type_hints(cls)[name], value, path)
-            _check_bounds(f.metadata.get("bounds"), value, path)
+            check_bounds(f.metadata.get("bounds"), value, path)
             return value
     raise SpecError(path, f"unknown key; known keys: {', '.join(f.name for f in dataclasses.fields(cls))}")
 
@@ -149,10 +149,6 @@ def field_bounds(cls: type, name: str) -> dict[str, float]:
 
 def check_bounds(rule: dict | None, value: Any, path: str) -> None:
     """SpecError naming ``path`` if the number ``value`` breaks ``rule`` (``field_bounds``)."""
-    _check_bounds(rule, value, path)
-
-
-def _check_bounds(rule: dict | None, value: Any, path: str) -> None:
     if not rule or not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     tests = (
