@@ -4,7 +4,7 @@ runner on Ray against Ray Tune on the same local cluster.
 
     python benchmarks/bench_executors.py                      # both parts, about 3 minutes on 2 cores
     python benchmarks/bench_executors.py --part process --rounds 5
-    python benchmarks/bench_executors.py --part ray           # needs pip install "ray[tune]"
+    python benchmarks/bench_executors.py --part ray --trials 30 --epochs 20   # needs pip install "ray[tune]"
 
 Every side trains the same trials: a fixed random search over lr and beta1 on
 scikit-learn's digits (``experiments/digits_random.json``'s data and model, ``--epochs``
@@ -19,14 +19,20 @@ the throughput ratio inline / process, the workers' start-up (from ``experiment_
 to the first trial's first event) and the ratio once they are up. Every round checks that
 both sides end every trial with bit-identical metrics.
 
-**ray**: one local Ray cluster (``ray.init(num_cpus=--workers)``), then, taking turns:
-the runner with the ``ray`` executor, and Ray Tune running a function trainable that trains
-the same backend for the same trials (``tune.grid_search`` over the runner's own trial
-list, one CPU a trial, ``--workers`` at once, ``tune.report`` each epoch, actors reused,
-Tune's default result loggers off). Both with no snapshot files (the trainable saves none). Reported: wall time, and per-trial
-overhead: (slots x wall - the seconds trials spent training) / trials, where training
-seconds are measured inside each trial on both sides (the runner's ``epoch_end.seconds``,
-the trainable's own clock around the same calls).
+**ray**: one local Ray cluster (``ray.init(num_cpus=--workers)``), then, taking turns, four
+sides. The runner with the ``ray`` executor (``--workers`` actors), its snapshot files kept
+by the actors on the shared disk (``"storage": "shared"``) and kept by the driver
+(``"storage": "driver"``: what a cluster without a shared disk uses); both with the default
+``checkpoint`` section (each trial's best snapshot written when it ends). Ray Tune running a
+function trainable that trains the same backend for the same trials (``tune.grid_search``
+over the runner's own trial list, one CPU a trial, ``--workers`` at once, ``tune.report``
+each epoch; it saves no checkpoint), at its fastest (actors reused, its default result
+loggers off) and with its defaults (only ``verbose=0``, its progress table, differs).
+Reported: wall time, the speed-up of each runner side over each Tune side (Tune's wall /
+the runner's, paired round by round), and per-trial overhead: (slots x wall - the seconds
+trials spent training) / trials, where training seconds are measured inside each trial on
+every side (the runner's ``epoch_end.seconds``, the trainable's own clock around the same
+calls). Every round checks that all sides end every trial with the same metrics.
 """
 
 from __future__ import annotations
@@ -59,8 +65,8 @@ SOURCE = ROOT / "experiments" / "digits_random.json"
 NO_SNAPSHOTS = {"every_epochs": 0, "best": False}
 
 
-def experiment(trials: int, epochs: int, executor: dict) -> dict:
-    raw = bench_experiment(SOURCE, trials, epochs, checkpoint=NO_SNAPSHOTS)
+def experiment(trials: int, epochs: int, executor: dict, checkpoint: dict | None = NO_SNAPSHOTS) -> dict:
+    raw = bench_experiment(SOURCE, trials, epochs, checkpoint=checkpoint)
     raw["model"]["hidden"] = [128]
     raw["executor"] = executor
     return raw
@@ -118,9 +124,18 @@ def part_process(args, plugins, dataset, work: Path) -> dict:
     }
 
 
-def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Path) -> dict:
-    """Ray Tune running the bare training loop over the runner's own trials."""
+def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Path, *, fastest: bool) -> dict:
+    """Ray Tune running the bare training loop over the runner's own trials: ``fastest``
+    with actors reused and without its default JSON, CSV and TensorBoard loggers of every
+    result (the runner writes one events.jsonl), else with its defaults."""
+    import os
+
     from ray import tune
+
+    if fastest:
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read when ``fit`` sets up its callbacks
+    else:
+        os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
 
     def trainable(config):
         from runner.plugins.backends.numpy_mlp.backend import Model, NumpyBackend, Train
@@ -154,7 +169,7 @@ def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Pa
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"job": tune.grid_search(jobs), "raw": raw, "data": [dataset_ref]},
-        tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
+        tune_config=tune.TuneConfig(max_concurrent_trials=workers, **({"reuse_actors": True} if fastest else {})),
         run_config=tune.RunConfig(storage_path=str(storage), verbose=0, name=f"tune-{time.time_ns()}"),
     )
     start = time.perf_counter()
@@ -169,42 +184,55 @@ def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Pa
     return {"wall": wall, "training": training, "finals": finals}
 
 
-def part_ray(args, plugins, dataset, work: Path) -> dict:
-    import os
+RUNNER_SIDES = ("runner, storage shared", "runner, storage driver")
+TUNE_SIDES = ("Tune at its fastest", "Tune with its defaults")
 
+
+def part_ray(args, plugins, dataset, work: Path) -> dict:
     import ray
 
     from runner.experiment_file.spec import parse
 
-    # Tune at its fastest: without its default JSON, CSV and TensorBoard loggers of every result
-    # (the runner writes one events.jsonl). With them, Tune took about 3 s more per trial here.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     try:
-        raw = experiment(args.trials, args.epochs, {"name": "ray", "workers": args.workers})
+        raws = {
+            side: experiment(
+                args.trials, args.epochs, {"name": "ray", "workers": args.workers, "storage": storage}, checkpoint=None
+            )
+            for side, storage in zip(RUNNER_SIDES, ("shared", "driver"))
+        }
+        raw = raws[RUNNER_SIDES[0]]
         jobs = [list(job) for job in planned_jobs(parse(raw, plugins.registry, base_dir=SOURCE.parent), plugins)]
         dataset_ref = ray.put(dataset)
-        sides = {
-            "runner (ray executor)": lambda: run(raw, plugins, dataset, work),
-            "Ray Tune": lambda: tune_side(ray, jobs, raw, dataset_ref, args.workers, work),
-        }
+        sides = {side: (lambda side=side: run(raws[side], plugins, dataset, work)) for side in RUNNER_SIDES}
+        for side, fastest in zip(TUNE_SIDES, (True, False)):
+            sides[side] = lambda fastest=fastest: tune_side(
+                ray, jobs, raw, dataset_ref, args.workers, work, fastest=fastest
+            )
         runs: dict[str, list[dict]] = {name: [] for name in sides}
-        sides["runner (ray executor)"](), sides["Ray Tune"]()  # warm-up: workers' imports, Tune's first actor
+        for side in sides.values():  # warm-up: workers' imports, Tune's first actor
+            side()
+        mismatches = 0
         for i in range(args.rounds):
             for name in rotated(list(sides), i):
                 runs[name].append(sides[name]())
+            mismatches += len({json.dumps(runs[n][-1]["finals"], sort_keys=True) for n in sides}) > 1
             print(f"  round {i + 1}: " + ", ".join(f"{n} {runs[n][-1]['wall']:.2f} s" for n in sides), flush=True)
-        same = all(a["finals"] == b["finals"] for a, b in zip(*runs.values()))
     finally:
         ray.shutdown()
-    per_trial = {
-        name: [(args.workers * r["wall"] - r["training"]) / args.trials for r in rs] for name, rs in runs.items()
-    }
+    walls = {n: [r["wall"] for r in rs] for n, rs in runs.items()}
     return {
-        "walls": {n: [r["wall"] for r in rs] for n, rs in runs.items()},
-        "overhead": per_trial,
+        "walls": walls,
+        "speedup": {
+            f"{mine} vs {theirs}": [t / m for t, m in zip(walls[theirs], walls[mine])]
+            for mine in RUNNER_SIDES
+            for theirs in TUNE_SIDES
+        },
+        "overhead": {
+            name: [(args.workers * r["wall"] - r["training"]) / args.trials for r in rs] for name, rs in runs.items()
+        },
         "training": {n: [r["training"] / args.trials for r in rs] for n, rs in runs.items()},
-        "same_metrics": same,
+        "mismatched_rounds": mismatches,
     }
 
 
@@ -260,11 +288,13 @@ def main(argv: list[str] | None = None) -> int:
             r = figures["ray"] = part_ray(args, plugins, dataset, Path(tmp))
             for name in r["walls"]:
                 print(
-                    f"  {name:22} wall {line(r['walls'][name])}; training per trial "
+                    f"  {name:23} wall {line(r['walls'][name])}; training per trial "
                     f"{statistics.median(r['training'][name]):.3f} s; overhead per trial {line(r['overhead'][name], 's', 3)}"
                 )
-            print(f"  same final metrics on both sides: {r['same_metrics']}")
-            status |= not r["same_metrics"]
+            for pair, ratios in r["speedup"].items():
+                print(f"  {pair + ':':47} {line(ratios, 'x')}")
+            print(f"  rounds whose metrics differ: {r['mismatched_rounds']}")
+            status |= r["mismatched_rounds"] > 0
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return status

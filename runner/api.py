@@ -33,7 +33,8 @@ from runner.engine.experiment import load_dataset, misfit
 from runner.engine.interrupt import Interrupted, graceful_interrupts
 from runner.engine.loop import run_experiment
 from runner.engine.plugin_manager import Plugins, load_plugins
-from runner.engine.snapshot_files import read_snapshot, trial_folder, trial_snapshot
+from runner.engine.snapshot_files import read_snapshot, trial_folder
+from runner.engine.snapshot_storage import trial_snapshot
 from runner.errors import RunnerError, SpecError, join_path
 from runner.experiment_file.spec import ExperimentSpec, load, load_document, trial_sections
 from runner.imports import experiment_folder

@@ -15,8 +15,13 @@ thread, so each keeps its order) while ``run`` trains. A dead actor (its node lo
 memory, ``ray.kill``) is noticed when its ``run`` call fails; ``RemoteExecutor`` retries the
 trial in a new actor.
 
-Every node must see the run directory at the same path (snapshots are written and read
-there: NFS, a cloud file system mount) and have this package and the experiment's plugins
+Snapshot files (``storage``): on a cluster of other machines, only the driver touches the
+run directory. Actors send their snapshots to the driver, which writes them, and ask it for
+a file to resume or retry from, to take another trial's weights or to list a trial's files
+(``runner.execution.worker.DriverSnapshots``): the nodes need no shared file system. On a
+cluster of this machine alone, or with ``"storage": "shared"``, actors read and write the
+run directory themselves; then every node must see it at the same path (NFS, a cloud file
+system mount). Either way, every node needs this package and the experiment's plugins
 installed.
 """
 
@@ -27,8 +32,8 @@ import logging
 import os
 import threading
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from runner import RunnerError, bounds, hookimpl
 from runner.executor import RemoteExecutor, SnapshotWriter, WorkerLink, build_runner, run_job
@@ -58,6 +63,14 @@ class RayOptions:
     )
     retries: int = field(
         default=2, metadata=bounds(ge=0, doc="times a trial is retried from its newest snapshot after its actor dies")
+    )
+    storage: Literal["auto", "driver", "shared"] = field(
+        default="auto",
+        metadata=bounds(
+            doc="who reads and writes snapshot files: the driver, which the actors send them to (no shared disk "
+            'needed), or each actor in the run directory, which every node must then see at the same path; "auto": '
+            "shared when the cluster is this machine alone, else the driver"
+        ),
     )
 
 
@@ -129,7 +142,13 @@ class RayExecutor(RemoteExecutor):
         self.actor_class = ray.remote(concurrency_groups={MAIL: 1, OUT: 1})(TrialWorker).options(
             num_cpus=options.cpus, num_gpus=options.gpus, max_concurrency=1
         )
-        self.setup = ray.put(session.setup)  # the data set goes to the object store once
+        self.storage = (
+            options.storage if options.storage != "auto" else "shared" if self.on_this_machine() else "driver"
+        )
+        setup = session.setup
+        if self.storage == "driver":  # the run directory as the driver names it: actors only pass the paths back
+            setup = replace(setup, snapshots="driver", run_dir=str(session.run_dir))
+        self.setup = ray.put(setup)  # the data set goes to the object store once
         self.actors: dict[int, Any] = {}
         self.runs: dict[Any, int] = {}  # each actor's ``run`` call in flight -> its slot
         self.collecting: dict[Any, tuple[int, Any]] = {}  # each actor's ``collect`` call in flight -> (slot, actor)
@@ -147,6 +166,17 @@ class RayExecutor(RemoteExecutor):
                     f"executor.{option}: each trial asks for {asked:g} {kind}s, but the Ray cluster has {has:g} in all",
                     exit_code=2,
                 )
+
+    def on_this_machine(self) -> bool:
+        """True if every node of the cluster is the one this driver runs on (its actors see
+        this machine's disk), False for a cluster of other machines or one reached through
+        Ray Client."""
+        from ray.util.client import ray as client
+
+        if client.is_connected():
+            return False
+        here = self.ray.get_runtime_context().get_node_id()
+        return here is not None and all(node["NodeID"] == here for node in self.ray.nodes() if node["Alive"])
 
     def fitting(self) -> int:
         """How many trials the cluster's resources hold at once (at least one)."""

@@ -23,16 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.backend import BackendState
-from runner.engine.snapshot_files import (
-    MID_DECISIONS,
-    CorruptSnapshot,
-    read_snapshot,
-    scan_snapshots,
-    snapshot_name,
-    write_snapshot,
-)
+from runner.engine.snapshot_files import MID_DECISIONS, CorruptSnapshot, snapshot_name
+from runner.engine.snapshot_storage import LocalSnapshots, SnapshotStorage
 from runner.experiment_file.typed import bounds
-from runner.records.files import remove_file
 
 
 @dataclass(frozen=True)
@@ -102,26 +95,17 @@ class NoSnapshot(Exception):
 
 
 class SnapshotWriter:
-    """One background thread per run that writes snapshots in the order they come."""
+    """One background thread per run (or per worker) that writes snapshots in the order they come."""
 
     def __init__(self) -> None:
         self._jobs: queue.Queue = queue.Queue(maxsize=4)  # bounds memory if the disk is slow
         self._thread = threading.Thread(target=self._work, name="runner-snapshot-writer", daemon=True)
         self._thread.start()
 
-    def submit(
-        self,
-        path: Path,
-        state: BackendState,
-        meta: dict[str, Any],
-        done,
-        *,
-        within: Path | None = None,
-        before: Callable[[], None] | None = None,
-    ) -> None:
-        """Queue a write (``within``: see ``write_snapshot``); ``before()`` is called on the
-        writer thread just before it, and ``done(error)`` once it is durable (error None)."""
-        self._jobs.put((path, state, meta, done, within, before))
+    def submit(self, write: Callable[[], None], done: Callable[[Exception | None], None]) -> None:
+        """Queue ``write()`` (a ``SnapshotStorage.write``); ``done(error)`` is called on the writer
+        thread once it returned (error None: the file is durable) or raised."""
+        self._jobs.put((write, done))
 
     def close(self) -> None:
         """Finish every queued write, then stop the thread. Called once, at the end of a run."""
@@ -130,11 +114,9 @@ class SnapshotWriter:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            path, state, meta, done, within, before = job
+            write, done = job
             try:
-                if before is not None:
-                    before()
-                write_snapshot(path, state, meta, within=within)
+                write()
             except Exception as err:  # reported to the loop, which logs it; training goes on
                 done(err)
             else:
@@ -146,11 +128,10 @@ class CheckpointStore:
 
     Called on the training thread: ``save`` when a snapshot is due, ``finish`` when the
     trial ends, ``collect`` to learn which files have become durable. Writing and pruning
-    happen on the writer thread. ``within`` is the run directory (by default the folder's
-    parent): every folder from it down to ``folder`` must be a real one, never a link.
-    ``before_write`` is called on the writer thread before each file is written: the run's
-    event log is made durable there, so that no snapshot file is ever ahead of the log after
-    a power cut, without training waiting for that fsync.
+    happen on the writer thread. ``storage`` keeps the files (by default ``LocalSnapshots``
+    of the folder's parent, with no event log to sync): the trial loop's makes the run's event
+    log durable on the writer thread before each file, so that no snapshot file is ever ahead
+    of the log after a power cut, without training waiting for that fsync.
     """
 
     def __init__(
@@ -161,12 +142,10 @@ class CheckpointStore:
         writer: SnapshotWriter,
         clock=time.monotonic,
         *,
-        within: Path | None = None,
-        before_write: Callable[[], None] | None = None,
+        storage: SnapshotStorage | None = None,
     ):
         self.folder, self.trial, self.options, self.writer, self.clock = folder, trial, options, writer, clock
-        self.within = within or folder.parent
-        self.before_write = before_write
+        self.storage = storage or LocalSnapshots(folder.parent)
         self.ring: deque[tuple[Snapshot, BackendState, dict]] = deque(maxlen=options.memory)
         self.best: Snapshot | None = None  # the best durable snapshot
         self._unwritten_best: tuple[Snapshot, BackendState, dict] | None = None
@@ -239,9 +218,9 @@ class CheckpointStore:
         events, if it was written to a file. Files of work after ``upto`` (lost with the
         interruption, to be done again) are deleted."""
         scanned = []
-        for path, meta in scan_snapshots(folder):
+        for path, meta in self.storage.scan(folder):
             if meta["loop"]["events"] > upto:
-                remove_file(path, within=self.within)
+                self.storage.remove(path)
             else:
                 scanned.append((path, meta))
         found = [
@@ -259,7 +238,7 @@ class CheckpointStore:
         counts = {path: (meta["loop"]["events"], meta["loop"].get("before_nudge_events")) for path, meta in scanned}
         for snapshot, (path, meta) in zip(found, scanned):
             if meta["reason"] == "before_nudge" and meta["loop"]["events"] == before_nudge_events:
-                self._before_nudge = (snapshot, *read_snapshot(path))
+                self._before_nudge = (snapshot, *self.storage.read(path))
                 self._before_nudge_file = snapshot
         with self._changed:
             self._durable, self._counts = found, counts
@@ -337,7 +316,7 @@ class CheckpointStore:
                     continue
                 in_memory.add(snapshot.path)
                 try:
-                    yield read_snapshot(snapshot.path)
+                    yield self.storage.read(snapshot.path)
                 except CorruptSnapshot:
                     continue
             if self._start is not None and self._start[0].path not in in_memory:
@@ -371,12 +350,7 @@ class CheckpointStore:
             self._pending += 1
             self._counts[snapshot.path] = (loop.get("events", 0), loop.get("before_nudge_events"))
         self.writer.submit(
-            snapshot.path,
-            state,
-            meta,
-            lambda error: self._finished(snapshot, error),
-            within=self.within,
-            before=self.before_write,
+            lambda: self.storage.write(snapshot.path, state, meta), lambda error: self._finished(snapshot, error)
         )
 
     def _finished(self, snapshot: Snapshot, error: Exception | None) -> None:
@@ -413,7 +387,7 @@ class CheckpointStore:
         for old in self._durable[: -self.options.keep]:
             if not any(old is s for s in spared):
                 try:
-                    remove_file(old.path, within=self.within)
+                    self.storage.remove(old.path)
                 except OSError as err:
                     self._new.append(err)
                 else:

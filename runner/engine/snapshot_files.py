@@ -21,7 +21,7 @@ from typing import Any
 from runner.backend import BackendState
 from runner.engine.snapshot_format import CorruptSnapshot, Encoded, crc32, decode, decode_npz, encode
 from runner.inputs import InputError, read_into_memory
-from runner.records.files import folder_exists, replacing, temporary_of, write_all
+from runner.records.files import replacing, temporary_of, write_all
 
 SUFFIX = ".safetensors"
 LEGACY_SUFFIX = ".npz"
@@ -81,11 +81,22 @@ def read_snapshot(path: Path | str) -> tuple[BackendState, dict[str, Any]]:
     """Load and verify a snapshot (its arrays are views into one buffer the file was read
     into, writable); CorruptSnapshot says what is wrong with it (a link, a FIFO or a device
     where the file belongs included: it is refused before it is read)."""
-    path = Path(path)
+    return decode_snapshot(snapshot_bytes(path), path)
+
+
+def snapshot_bytes(path: Path | str) -> bytearray:
+    """A snapshot file's bytes, unchecked (``decode_snapshot`` checks them): a regular file
+    only, never read through a link (CorruptSnapshot otherwise, or if it is gone)."""
     try:
-        buffer = read_into_memory(path, None, follow_symlinks=False)
+        return read_into_memory(path, None, follow_symlinks=False)
     except InputError as err:
         raise CorruptSnapshot(str(err)) from None
+
+
+def decode_snapshot(buffer: bytearray, path: Path | str) -> tuple[BackendState, dict[str, Any]]:
+    """The snapshot in ``buffer``, the bytes of the file ``path`` (its suffix says the format;
+    messages name it): arrays that are views into the buffer, and the metadata, checked."""
+    path = Path(path)
     arrays, document = (decode_npz if path.suffix == LEGACY_SUFFIX else decode)(buffer, str(path))
     try:
         backend = document.pop("backend")
@@ -137,32 +148,6 @@ def scan_snapshots(folder: Path, skipped=None) -> list[tuple[Path, dict[str, Any
             continue
         found.append(((meta["loop"]["events"], meta["step"]), path, meta))
     return [(path, meta) for _, path, meta in sorted(found, key=lambda item: item[0])]
-
-
-def trial_snapshot(
-    run_dir: Path, trial: int, to: str | int, older: int = 0
-) -> tuple[Path, BackendState, dict[str, Any]] | None:
-    """A snapshot file of ``trial`` taken at an epoch's end, for another trial to take
-    (``Rollback(trial=...)``): ``"last"`` (its newest), ``"best"`` or the one taken after
-    epoch ``to``, skipping ``older`` newer matches; damaged files are passed over (and left
-    where they are: they are another trial's). None if none matches; UnsafePath if the
-    trial's folder, or one above it in the run directory, is a link."""
-    folder = trial_folder(run_dir, trial)
-    if not folder_exists(folder, within=run_dir):
-        return None
-    matches = [
-        path
-        for path, meta in reversed(scan_snapshots(folder))
-        if not meta["loop"].get("partial")
-        and meta["reason"] != "before_nudge"
-        and (to == "last" or (to == "best" and meta["best"]) or meta["epoch"] == to)
-    ]
-    for path in matches[min(older, len(matches) - 1) :]:
-        try:
-            return (path, *read_snapshot(path))
-        except CorruptSnapshot:  # pruned or replaced since the scan read it: the next one matches too
-            continue
-    return None
 
 
 def fsync_dir(folder: Path) -> None:

@@ -22,7 +22,6 @@ from runner.engine.checkpoints import NoSnapshot
 from runner.engine.divergence import DivergenceEvent
 from runner.engine.experiment import EndTrial
 from runner.engine.interrupt import FLAG
-from runner.engine.snapshot_files import trial_snapshot
 from runner.errors import SpecError
 from runner.experiment_file.typed import check_field
 
@@ -322,7 +321,7 @@ class TrialDecisions:
             if found is None:
                 raise NoSnapshot(f"no {described} to roll back to (in memory or on disk)")
             return (*found, None)
-        taken = trial_snapshot(self.runner.experiment.run_dir, donor, to, rollback.older)
+        taken = self.runner.storage.trial_snapshot(donor, to, rollback.older)
         if taken is None:
             raise NoSnapshot(f"trial {donor} has no {described} file to take")
         path, saved, meta = taken

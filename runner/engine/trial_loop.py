@@ -26,7 +26,8 @@ from runner.engine.divergence import DivergenceEvent, SpikeDetector, val_diverge
 from runner.engine.experiment import EndTrial, Experiment, TrialJob, misfit
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.plugin_manager import Plugins
-from runner.engine.snapshot_files import read_snapshot, trial_folder
+from runner.engine.snapshot_files import trial_folder
+from runner.engine.snapshot_storage import LocalSnapshots, SnapshotStorage
 from runner.engine.trial_decisions import RolledBack, TrialDecisions
 from runner.engine.trial_state import LoopState, load_state, save_state
 from runner.errors import RunnerError
@@ -44,7 +45,9 @@ class TrialRunner:
     """Trains trials to their end. Executors call it with a ``TrialJob``.
 
     ``log`` and ``inbox`` are the driver's event log and control inbox, or, in a worker
-    process, a ``runner.execution.worker.WorkerLink`` standing in for both."""
+    process, a ``runner.execution.worker.WorkerLink`` standing in for both. ``storage`` keeps
+    the snapshot files: by default on this machine, in the run directory (syncing ``log``
+    before each); a worker that cannot see the run directory has the driver keep them."""
 
     def __init__(
         self,
@@ -55,9 +58,11 @@ class TrialRunner:
         writer: SnapshotWriter,
         inbox: ControlInbox | WorkerLink,
         strategy: Strategy | None = None,
+        storage: SnapshotStorage | None = None,
     ):
         self.experiment, self.plugins, self.dataset, self.log, self.writer = experiment, plugins, dataset, log, writer
         self.inbox, self.strategy = inbox, strategy
+        self.storage = storage or LocalSnapshots(experiment.run_dir, before_write=log.sync)
 
     def __call__(self, job: TrialJob) -> TrialResult:
         return TrialLoop(self, job).run()
@@ -87,7 +92,7 @@ class TrialLoop(TrialDecisions):
             plugin_options=spec.plugins,
         )
         self.store = CheckpointStore(
-            self.trial.folder, job.trial, spec.checkpoint, runner.writer, within=run_dir, before_write=self.log.sync
+            self.trial.folder, job.trial, spec.checkpoint, runner.writer, storage=runner.storage
         )
         self.state = LoopState(  # what its snapshots carry (and the Trial)
             detector=SpikeDetector(spec.divergence),
@@ -187,7 +192,7 @@ class TrialLoop(TrialDecisions):
 
     def resume(self, path: Path) -> None:
         """Continue from a snapshot file: backend and loop state as they were when it was taken."""
-        saved, meta = read_snapshot(path)
+        saved, meta = self.runner.storage.read(path)
         self.backend.load_state(saved)
         self.restore(meta, resume=True)
         if self.job.logged is not None:  # a retry: the lost work's events and the retry stay in the log
@@ -221,7 +226,7 @@ class TrialLoop(TrialDecisions):
         """A new trial that starts from another run's snapshot (``runner start --from RUN
         --weights``): its weights and optimizer state, with the live settings of this trial's
         own config. A snapshot that does not fit the model fails the trial, naming why."""
-        saved, _ = read_snapshot(path)
+        saved, _ = self.runner.storage.read(path)
         if (why := misfit(self.backend.state(), saved)) is not None:
             raise RunnerError(f"the weights in {path} do not fit this trial's model: {why}")
         self.backend.load_state(saved)

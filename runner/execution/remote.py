@@ -8,6 +8,10 @@ class does the rest, the same for every transport:
 - what workers send (``runner.execution.worker`` lists the messages) is written to the one event
   log in the order it comes, so ``events.jsonl`` and ``status.json`` read as in a single
   process; a worker's request to sync is answered once the log is durable;
+- a worker that cannot see the run directory (its setup's ``snapshots`` is ``"driver"``) has
+  its snapshot files written, read, listed and deleted here, in the run directory, on a
+  writer thread of the driver's own: it may name only snapshot files of this run's trial
+  folders (and its job's ``weights`` file, to read), nothing else;
 - each running trial's mailbox in the control inbox forwards its orders to the worker;
 - a worker that dies takes only its trial with it: the trial is retried in a new worker
   from its newest snapshot file (a ``trial_retry`` event), up to ``options.retries``
@@ -20,6 +24,7 @@ class does the rest, the same for every transport:
 from __future__ import annotations
 
 import math
+import re
 import time
 from abc import abstractmethod
 from collections import deque
@@ -30,14 +35,18 @@ from typing import Any
 from rich.markup import escape
 
 from runner.control.inbox import Delivery
+from runner.engine.checkpoints import SnapshotWriter
 from runner.engine.experiment import end_elsewhere
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.resume import newest_intact_snapshot, remove_trial_temporaries
+from runner.engine.snapshot_files import SNAPSHOT_NAME, CorruptSnapshot, snapshot_bytes
+from runner.engine.snapshot_storage import LocalSnapshots
 from runner.errors import RunnerError
 from runner.executor import Executor
 from runner.trial import TrialResult
 
 DEATH_CHECK_SECONDS = 0.5  # how often busy workers are checked for death while messages keep coming
+TRIAL_FOLDER = re.compile(r"t\d{3,}")  # as ``trial_folder`` names them
 
 
 @dataclass
@@ -80,6 +89,8 @@ class RemoteExecutor(Executor):
         self.lost_stopping: list[int] = []  # trials whose worker died while the run was stopping
         self.interrupting = False
         self._last_death_check = 0.0
+        self.snapshots = LocalSnapshots(session.run_dir, before_write=session.log.sync)  # for workers' questions
+        self._writer: SnapshotWriter | None = None  # started by a worker's first snapshot to write
 
     # -- the transport: what a subclass provides ------------------------------------------------
 
@@ -141,7 +152,11 @@ class RemoteExecutor(Executor):
                 while self.running:
                     self.pump()
         finally:
-            self.shutdown(now=aborting)
+            try:
+                self.shutdown(now=aborting)
+            finally:
+                if self._writer is not None:  # (workers wait for their files: none is queued by now)
+                    self._writer.close()
 
     # -- the driver's side of the protocol ------------------------------------------------------
 
@@ -182,9 +197,8 @@ class RemoteExecutor(Executor):
                     running.completed = record
                 elif record["event"] == "trial_suspend":
                     running.suspended = record
-        elif kind == "sync":
-            session.log.sync()
-            self.send(slot, ("synced", message[1]))
+        elif kind == "ask":
+            self.answer(slot, *message[1:])
         elif kind == "notify":
             session.inbox.notify(message[1])
         elif kind == "closed":
@@ -208,6 +222,55 @@ class RemoteExecutor(Executor):
             raise RunnerError(f"{where}: an error in the runner or a plugin:\n{details}")
         else:
             raise RunnerError(f"unknown message from the worker in slot {slot}: {message!r}")
+
+    def answer(self, slot: int, token: int, question: str, args: tuple) -> None:
+        """A worker's question (``runner.execution.worker`` lists them), answered with
+        ``("answer", token, value, error)``: at once, or for a file to write once it is
+        durable. A path it may not reach, a file that is gone or damaged, a failed write:
+        the error goes back to the worker, which handles it as it would its own."""
+
+        def reply(value: Any = None, error: BaseException | None = None) -> None:
+            self.send(slot, ("answer", token, value, portable(error)))
+
+        try:
+            if question == "sync":
+                self.session.log.sync()
+                reply()
+            elif question == "snapshot_write":
+                path, state, meta = args
+                path = self.snapshot_path(path)
+                if self._writer is None:
+                    self._writer = SnapshotWriter()
+                self._writer.submit(lambda: self.snapshots.write(path, state, meta), lambda error: reply(error=error))
+            elif question == "snapshot_read":
+                weights = {running.job.weights for running in self.running.values()} - {None}
+                reply(snapshot_bytes(args[0] if args[0] in weights else self.snapshot_path(args[0])))
+            elif question == "snapshot_scan":
+                damaged: list[tuple[str, Any]] = []
+                found = self.snapshots.scan(
+                    self.snapshot_path(args[0], folder=True), lambda path, error: damaged.append((str(path), error))
+                )
+                reply(([(str(path), meta) for path, meta in found], [(p, portable(e)) for p, e in damaged]))
+            elif question == "snapshot_remove":
+                self.snapshots.remove(self.snapshot_path(args[0]))
+                reply()
+            else:
+                raise RunnerError(f"unknown question from the worker in slot {slot}: {question!r}")
+        except (OSError, CorruptSnapshot) as err:
+            reply(error=err)
+
+    def snapshot_path(self, named: str, *, folder: bool = False) -> Path:
+        """The path a worker named, if it is a snapshot file of one of this run's trial folders
+        (``folder``: one of those folders); PermissionError otherwise."""
+        path = Path(named)
+        trial_dir = path if folder else path.parent
+        if (
+            trial_dir.parent == Path(self.session.run_dir) / "trials"
+            and TRIAL_FOLDER.fullmatch(trial_dir.name)
+            and (folder or SNAPSHOT_NAME.fullmatch(path.name))
+        ):
+            return path
+        raise PermissionError(f"{named}: not a snapshot {'folder' if folder else 'file'} of this run")
 
     def interrupt(self) -> None:
         """Ctrl-C or SIGTERM reached the driver: every running trial snapshots and stops."""
@@ -302,3 +365,13 @@ class RemoteExecutor(Executor):
         )
         end_elsewhere(result, job.seed, Path(session.run_dir), session.log, session.hook, session.plugin_options)
         return result
+
+
+def portable(error: BaseException | None) -> BaseException | None:
+    """An error to send to a worker, as one it can unpickle and handle as it would its own:
+    Python's own and CorruptSnapshot as they are, another (UnsafePath) as an OSError naming it."""
+    if error is None or type(error).__module__ == "builtins":
+        return error
+    if isinstance(error, CorruptSnapshot):
+        return CorruptSnapshot(str(error))
+    return OSError(f"{type(error).__name__}: {error}")

@@ -8,7 +8,15 @@ outside change. ``WorkerLink`` stands in for the driver's event log and control 
 worker → driver, through ``send`` (order kept)::
 
     ("event", record)              an event, timestamped here; the driver writes it to the log
-    ("sync", token)                before a durable snapshot: the driver fsyncs the log, answers ("synced", token)
+    ("ask", token, question, args)  a question the worker waits on; the driver answers
+                                   ("answer", token, value, error) once it is done (``WorkerLink.ask``):
+        ("sync", ())               before a snapshot file this worker writes: the driver fsyncs the log
+        ("snapshot_write", (path, state, meta))  a worker that cannot see the run directory
+                                   (``DriverSnapshots``): the driver writes the file durably, its log
+                                   synced first, and answers once it is
+        ("snapshot_read", (path,))  the file's bytes (a snapshot of this run, or the job's ``weights``)
+        ("snapshot_scan", (folder,))  a trial folder's intact snapshots: ([(path, meta)], [(path, error)])
+        ("snapshot_remove", (path,))  delete a snapshot file of this run
     ("notify", message)            a line for the person at the terminal (rich markup)
     ("closed", trial, left, suspended)  the trial's mailbox closed, ``left`` the orders it had not
                                    carried out: they, and orders for it from now on, fail, or wait
@@ -24,7 +32,7 @@ driver → worker, through ``receive`` (on the worker's receiving thread)::
     ("mail", trial, delivery, run)  an order (the control file's, a pruner's, a strategy's) for the
                                    trial's mailbox in its run ``run`` (its job's ``logged``: each
                                    start of a trial, a retry or a continuation, is a run of its own)
-    ("synced", token)              the log is durable up to the sync asked for
+    ("answer", token, value, error)  what a question asked returned, or the error it raised
     ("interrupt",)                 Ctrl-C or SIGTERM reached the driver: snapshot and stop
 """
 
@@ -45,6 +53,8 @@ from runner.engine.checkpoints import SnapshotWriter
 from runner.engine.experiment import Experiment, build_strategy
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.plugin_manager import load_plugins
+from runner.engine.snapshot_files import decode_snapshot
+from runner.engine.snapshot_storage import Skipped, SnapshotStorage
 from runner.engine.trial_loop import TrialRunner
 from runner.experiment_file.spec import parse
 
@@ -64,14 +74,18 @@ class WorkerSetup:
     # The modules the worker's trial runner is made of (runner's worker side, the backend
     # plugin's module): an executor that starts workers from a warm parent imports them there.
     modules: tuple[str, ...] = ()
+    # Who reads and writes snapshot files: the worker itself, in ``run_dir`` ("local"), or the
+    # driver, for a worker that cannot see the run directory ("driver": ``DriverSnapshots``).
+    snapshots: str = "local"
 
     def runner(self, link: WorkerLink, writer: SnapshotWriter):
         """Called once in each worker: the worker's own plugins, spec, strategy and TrialRunner."""
         plugins = load_plugins(self.plugin_files)
         spec = parse(self.raw, plugins.registry, base_dir=Path(self.base_dir))
         experiment = Experiment(spec, Path(self.run_dir), self.planned_trials)
+        storage = DriverSnapshots(link, experiment.run_dir) if self.snapshots == "driver" else None
         return TrialRunner(
-            experiment, plugins, self.dataset, link, writer, link, build_strategy(spec, plugins.registry)
+            experiment, plugins, self.dataset, link, writer, link, build_strategy(spec, plugins.registry), storage
         )
 
 
@@ -86,7 +100,7 @@ class WorkerLink:
         self._runs: dict[int, int | None] = {}  # trial -> the run of it this worker started last
         self._early: dict[tuple[int, int | None], list[Delivery]] = {}  # mail that came before its run opened
         self._closed: set[tuple[int, int | None]] = set()  # runs that ended here
-        self._synced: dict[int, threading.Event] = {}
+        self._asked: dict[int, list] = {}  # token -> [answered, value, error]
         self._tokens = itertools.count()
         self._lock = threading.Lock()
 
@@ -100,13 +114,22 @@ class WorkerLink:
     def sync(self) -> None:
         """Block until the driver has made every event sent so far durable: no snapshot file
         is ever ahead of the log."""
-        token, done = next(self._tokens), threading.Event()
-        self._synced[token] = done
-        self.send(("sync", token))
-        while not done.wait(1.0):
+        self.ask("sync")
+
+    def ask(self, question: str, *args: Any) -> Any:
+        """Ask the driver ``question`` (the module's docstring lists them) and block until it
+        answers: its value, or the error it raised there, raised here. Called from any of the
+        worker's threads; the answer comes on the receiving thread."""
+        token, answered = next(self._tokens), threading.Event()
+        self._asked[token] = [answered, None, None]
+        self.send(("ask", token, question, args))
+        while not answered.wait(1.0):
             if not self.alive():
                 raise Interrupted("the driver is gone; this worker stops")
-        del self._synced[token]
+        _, value, error = self._asked.pop(token)
+        if error is not None:
+            raise error
+        return value
 
     # -- the control inbox ---------------------------------------------------------------------
 
@@ -148,13 +171,39 @@ class WorkerLink:
                     self.send(("unreachable", trial, delivery))
                 else:
                     self._early.setdefault((trial, run), []).append(delivery)
-        elif kind == "synced":
-            if (done := self._synced.get(message[1])) is not None:
-                done.set()
+        elif kind == "answer":
+            _, token, value, error = message
+            if (asked := self._asked.get(token)) is not None:
+                asked[1:] = value, error
+                asked[0].set()
         elif kind == "interrupt":
             FLAG.requested = True
         else:
             raise ValueError(f"unknown message from the driver: {message!r}")
+
+
+class DriverSnapshots(SnapshotStorage):
+    """The snapshot files of a worker that cannot see the run directory: the driver reads and
+    writes them (``LocalSnapshots`` there) and the bytes travel through ``link``. A file is
+    checked here, where it is used, as one read from a disk is."""
+
+    def __init__(self, link: WorkerLink, run_dir: Path):
+        self.link, self.run_dir = link, run_dir
+
+    def write(self, path: Path, state, meta: dict[str, Any]) -> None:
+        self.link.ask("snapshot_write", str(path), state, meta)
+
+    def read(self, path: Path):
+        return decode_snapshot(self.link.ask("snapshot_read", str(path)), path)
+
+    def scan(self, folder: Path, skipped: Skipped | None = None) -> list[tuple[Path, dict[str, Any]]]:
+        found, damaged = self.link.ask("snapshot_scan", str(folder))
+        for path, error in damaged if skipped else ():
+            skipped(Path(path), error)
+        return [(Path(path), meta) for path, meta in found]
+
+    def remove(self, path: Path) -> None:
+        self.link.ask("snapshot_remove", str(path))
 
 
 def build_runner(setup: WorkerSetup, link: WorkerLink, writer: SnapshotWriter):

@@ -212,6 +212,150 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_snapshot(tmp_path, inline
     assert "t001: its worker died" in proc.stdout
 
 
+# Test plugin for workers that cannot see the run directory. Loaded in a Ray actor (no
+# RUNNER_TEST_DRIVER in its environment), it moves the actor at once to the empty folder
+# "actors" beside it, where the run directory, given to the runner as a relative path, is not;
+# and from then on no file in the test's folder opens there, by any path.
+BLINDFOLD = textwrap.dedent("""
+    import os
+    from pathlib import Path
+
+    HERE = Path(__file__).parent
+    if os.environ.get("RUNNER_TEST_DRIVER") != "1":
+        os.chdir(HERE / "actors")
+        real_open = os.open
+
+        def blind_open(path, *args, dir_fd=None, **kwargs):
+            if dir_fd is None and HERE in Path(os.path.abspath(path)).parents:
+                raise FileNotFoundError(2, "not on this node", str(path))
+            return real_open(path, *args, dir_fd=dir_fd, **kwargs)
+
+        os.open = blind_open
+""")
+
+# And SIGKILLs the actor training trial 1 at the end of epoch 2, once the driver has that epoch's file.
+BLIND = BLINDFOLD + textwrap.dedent("""
+    import signal, time
+    from runner import hookimpl
+
+    @hookimpl
+    def runner_epoch_end(trial, epoch):
+        died = Path(__file__).with_name("died")
+        if trial.id == 1 and epoch == 2 and not died.exists():
+            os.close(real_open(died, os.O_CREAT | os.O_WRONLY))  # (the test's own marker: past the blindfold)
+            deadline = time.monotonic() + 60
+            while not list(Path(__file__).with_name("runs").glob("*/trials/t001/e00002-*.safetensors")):
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def blindfolded(tmp_path: Path, source: str = BLINDFOLD) -> Path:
+    """The plugin ``source`` (``BLINDFOLD``, by default) as ``tmp_path/plugin.py``, with the
+    empty folder ``actors`` beside it; for a driver that runs with ``RUNNER_TEST_DRIVER=1``
+    and ``tmp_path`` as its working directory."""
+    (tmp_path / "actors").mkdir()
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(source)
+    return plugin
+
+
+def test_ray_actors_that_cannot_see_the_run_directory_have_the_driver_keep_every_snapshot(
+    tmp_path, inline, ray_cluster
+):
+    """``"storage": "driver"``: actors send snapshot files to the driver and get them back from
+    it. Here they run in an empty folder where the run directory's (relative) path does not
+    exist; one is killed mid-trial, and its trial is retried from the file the driver holds,
+    bit for bit."""
+    plugin = blindfolded(tmp_path, BLIND)
+    executor = {"name": "ray", "address": ray_cluster, "storage": "driver"}
+    (tmp_path / "exp.json").write_bytes(
+        orjson.dumps(deep_update(FOUR, {"executor": executor, "checkpoint": {"keep": 2}}))
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "start", "exp.json", "--out", "runs", "--plain", "--plugin", str(plugin)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RUNNER_TEST_DRIVER": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [run_dir] = (tmp_path / "runs").iterdir()
+    assert_same(outcome(run_dir), inline)  # bit for bit, though trial 1 lost its actor
+    assert list((tmp_path / "actors").iterdir()) == []  # no actor wrote where it stood
+    events = events_of(run_dir)
+    assert not [e for e in events if e["event"] == "checkpoint_error"]
+    [retry] = [e for e in events if e["event"] == "trial_retry"]
+    assert retry["trial"] == 1 and retry["snapshot"].startswith("trials/t001/e00002-") and retry["epoch"] == 2
+    resumed = [e for e in events if e.get("trial") == 1][[e for e in events if e.get("trial") == 1].index(retry) + 1]
+    assert resumed["event"] == "trial_resume" and resumed["snapshot"] == retry["snapshot"]
+    for trial in range(4):  # the files the driver wrote (the retry's, before its report) less those keep 2 pruned
+        saved = {e["path"] for e in events if e["event"] == "checkpoint" and e["trial"] == trial}
+        saved |= {retry["snapshot"]} if trial == 1 else set()
+        kept = {str(p.relative_to(run_dir)) for p in (run_dir / "trials" / f"t{trial:03d}").glob("*.safetensors")}
+        assert saved >= kept and len(saved) > len(kept) >= 2, (trial, saved, kept)
+
+
+def test_an_actor_that_cannot_see_the_disk_starts_from_weights_the_driver_reads(tmp_path, ray_cluster, monkeypatch):
+    from runner.api import start_run
+    from tests.test_from_weights import ONE, epochs_of
+
+    original = start_run(ONE, out=tmp_path / "original")
+    monkeypatch.setenv("RUNNER_TEST_DRIVER", "1")
+    monkeypatch.chdir(tmp_path)
+    executor = {"name": "ray", "address": ray_cluster, "storage": "driver"}
+    again = start_run(
+        deep_update(ONE, {"executor": executor}),
+        out=Path("runs"),
+        from_run=original.run_dir,
+        weights=True,
+        plugin_refs=(str(blindfolded(tmp_path)),),
+    )
+    assert epochs_of(again.run_dir)[:3] == epochs_of(original.run_dir)[1:]  # bit for bit from its best snapshot
+    assert list((tmp_path / "actors").iterdir()) == []
+
+
+def test_auto_storage_is_shared_only_on_a_cluster_of_this_machine_alone():
+    pytest.importorskip("ray")
+    from types import SimpleNamespace
+
+    from runner.plugins.executors.ray_cluster import RayExecutor
+
+    def executor(*nodes):
+        here = SimpleNamespace(get_node_id=lambda: "A")
+        ray = SimpleNamespace(get_runtime_context=lambda: here, nodes=lambda: [dict(n) for n in nodes])
+        return SimpleNamespace(ray=ray)
+
+    assert RayExecutor.on_this_machine(executor({"NodeID": "A", "Alive": True}, {"NodeID": "B", "Alive": False}))
+    assert not RayExecutor.on_this_machine(executor({"NodeID": "A", "Alive": True}, {"NodeID": "B", "Alive": True}))
+
+
+def test_a_worker_may_name_only_snapshot_files_of_its_own_run_to_the_driver(tmp_path):
+    from types import SimpleNamespace
+
+    from runner.execution.remote import RemoteExecutor
+
+    driver = SimpleNamespace(session=SimpleNamespace(run_dir=Path("runs/exp")))
+    name = "e00002-s000000020-n000010.safetensors"
+    assert RemoteExecutor.snapshot_path(driver, f"runs/exp/trials/t001/{name}") == Path("runs/exp/trials/t001") / name
+    assert RemoteExecutor.snapshot_path(driver, "runs/exp/trials/t012", folder=True) == Path("runs/exp/trials/t012")
+    for named in (
+        f"runs/exp/trials/../trials/t001/{name}",
+        f"runs/exp/trials/t001/../../../{name}",
+        f"runs/other/trials/t001/{name}",
+        f"/etc/trials/t001/{name}",
+        "runs/exp/trials/t001/events.jsonl",
+        f"runs/exp/trials/t1/{name}",
+        f"runs/exp/t001/{name}",
+    ):
+        with pytest.raises(PermissionError):
+            RemoteExecutor.snapshot_path(driver, named)
+    with pytest.raises(PermissionError):
+        RemoteExecutor.snapshot_path(driver, "runs/exp/trials", folder=True)
+
+
 # The DIE plugin, and a line per trial start in workers.jsonl: the process, its parent, the
 # shared memory blocks it has attached and where its data set's arrays live.
 WHO_RUNS = DIE + textwrap.dedent("""

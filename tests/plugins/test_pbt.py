@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import signal
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -19,7 +20,7 @@ from runner.experiment_file.typed import build
 from runner.history import History
 from runner.plugins.strategies.pbt import STEERED, Interval, Pbt, PbtOptions, lineage, perturb
 from tests.conftest import deep_update, run_file
-from tests.plugins.test_executors import elsewhere, ray_cluster  # noqa: F401  (ray_cluster: a fixture)
+from tests.plugins.test_executors import blindfolded, elsewhere, ray_cluster  # noqa: F401  (ray_cluster: a fixture)
 from tests.test_resume import EXPERIMENT, assert_same, outcome, resume, start
 
 SPACE = {
@@ -183,13 +184,24 @@ def test_the_lineage_events_give_the_whole_family_tree(inline):
     assert {r.state for r in inline.board} == {"completed"} and {r.epochs for r in inline.board} == {6}
 
 
-@pytest.fixture(params=["process", "ray"])
+@pytest.fixture(params=["process", "ray", "ray-storage-driver"])
 def two_workers(request) -> dict:
-    return elsewhere(request, 2)
+    """Two workers; on Ray, with the actors' snapshot files on the shared disk, or (so that an
+    exploit takes the donor's file through the driver) kept by the driver."""
+    section = elsewhere(request, 2)
+    return {**section, "storage": "driver"} if request.param == "ray-storage-driver" else section
 
 
-def test_the_population_is_the_same_in_worker_processes_and_on_ray(tmp_path, inline, two_workers):
-    elsewhere = run(tmp_path, deep_update(POPULATION, {"executor": two_workers}))
+def test_the_population_is_the_same_in_worker_processes_and_on_ray(tmp_path, inline, two_workers, monkeypatch):
+    experiment = deep_update(POPULATION, {"executor": two_workers})
+    if two_workers.get("storage") == "driver":  # actors where the run directory is not: exploits go through the driver
+        monkeypatch.setenv("RUNNER_TEST_DRIVER", "1")
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "exp.json").write_bytes(orjson.dumps(experiment))
+        elsewhere = run_file(Path("exp.json"), Path("."), [str(blindfolded(tmp_path))])
+        assert list((tmp_path / "actors").iterdir()) == [] and not elsewhere.run_dir.is_absolute()
+    else:
+        elsewhere = run(tmp_path, experiment)
     assert_same(outcome(elsewhere.run_dir), outcome(inline.run_dir), epochs=6)
     assert lineage(elsewhere.events) == lineage(inline.events)
 
