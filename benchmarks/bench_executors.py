@@ -38,6 +38,8 @@ calls). Every round checks that all sides end every trial with the same metrics.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import sys
@@ -74,7 +76,8 @@ def experiment(trials: int, epochs: int, executor: dict, checkpoint: dict | None
 
 def run(raw: dict, plugins, dataset, work: Path) -> dict:
     """One ``run_experiment`` in this process: wall time, each trial's final metrics, and
-    from its event log the workers' start-up and the seconds trials spent training."""
+    from its event log the workers' start-up, the seconds trials spent training, and the
+    seconds per trial between its start and its end spent outside training."""
     from runner.engine.loop import run_experiment
     from runner.experiment_file.spec import parse
     from runner.records.events import read_events
@@ -89,11 +92,15 @@ def run(raw: dict, plugins, dataset, work: Path) -> dict:
     assert not bad, f"trials did not complete: {bad}"
     events = list(read_events(run_dir / "events.jsonl"))
     first_trial = next(e["t"] for e in events if "trial" in e)
+    training = sum(e["seconds"] for e in events if e["event"] == "epoch_end")
+    started = sum(e["t"] for e in events if e["event"] == "trial_start")
+    ended = sum(e["t"] for e in events if e["event"] == "trial_complete")
     return {
         "wall": wall,
         "startup": first_trial - events[0]["t"],
         "after_startup": events[-1]["t"] - first_trial,
-        "training": sum(e["seconds"] for e in events if e["event"] == "epoch_end"),
+        "training": training,
+        "in_trial": (ended - started - training) / len(board),
         "finals": {r.trial: {k: r.final[k] for k in COMPARED} for r in board},
     }
 
@@ -173,7 +180,8 @@ def tune_side(ray, jobs: list, raw: dict, dataset_ref, workers: int, storage: Pa
         run_config=tune.RunConfig(storage_path=str(storage), verbose=0, name=f"tune-{time.time_ns()}"),
     )
     start = time.perf_counter()
-    grid = tuner.fit()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        grid = tuner.fit()  # (its progress table, and with loggers off a warning per trial that it has no result file)
     wall = time.perf_counter() - start
     finals = {}
     training = 0.0
@@ -232,6 +240,8 @@ def part_ray(args, plugins, dataset, work: Path) -> dict:
             name: [(args.workers * r["wall"] - r["training"]) / args.trials for r in rs] for name, rs in runs.items()
         },
         "training": {n: [r["training"] / args.trials for r in rs] for n, rs in runs.items()},
+        "startup": {n: [r["startup"] for r in runs[n]] for n in RUNNER_SIDES},
+        "in_trial": {n: [r["in_trial"] for r in runs[n]] for n in RUNNER_SIDES},
         "mismatched_rounds": mismatches,
     }
 
@@ -290,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {name:23} wall {line(r['walls'][name])}; training per trial "
                     f"{statistics.median(r['training'][name]):.3f} s; overhead per trial {line(r['overhead'][name], 's', 3)}"
+                )
+            for name in RUNNER_SIDES:
+                print(
+                    f"  {name}: actors' start-up {line(r['startup'][name])}; per trial, from its start to its end, "
+                    f"outside training {line([1000 * v for v in r['in_trial'][name]], 'ms', 1)}"
                 )
             for pair, ratios in r["speedup"].items():
                 print(f"  {pair + ':':47} {line(ratios, 'x')}")
