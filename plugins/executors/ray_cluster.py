@@ -146,8 +146,8 @@ class RayExecutor(RemoteExecutor):
             options.storage if options.storage != "auto" else "shared" if self.on_this_machine() else "driver"
         )
         setup = session.setup
-        if self.storage == "driver":  # the run directory as the driver names it: actors only pass the paths back
-            setup = replace(setup, snapshots="driver", run_dir=str(session.run_dir))
+        if self.storage == "driver":
+            setup = replace(setup, snapshots="driver")
         self.setup = ray.put(setup)  # the data set goes to the object store once
         self.actors: dict[int, Any] = {}
         self.runs: dict[Any, int] = {}  # each actor's ``run`` call in flight -> its slot

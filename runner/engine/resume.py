@@ -12,7 +12,6 @@ rewritten atomically; strategies rebuild their progress from it.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import orjson
 
 from runner.engine.snapshot_files import (
     MID_DECISIONS,
+    TRIAL_FOLDER,
     CorruptSnapshot,
     is_snapshot_temporary,
     scan_snapshots,
@@ -53,7 +53,6 @@ RUN_FILES = (
     ".control.lock",
 )
 RUN_FOLDERS = ("trials", "report")
-TRIAL_FOLDER = re.compile(r"t\d{3,}")
 
 
 @dataclass

@@ -29,6 +29,8 @@ SNAPSHOT_NAME = re.compile(
     r"e\d{5,}-s\d{9,}-n\d{6,}\.(?:safetensors|npz)"
 )  # as ``CheckpointStore.save`` names its files
 
+TRIAL_FOLDER = re.compile(r"t\d{3,}")  # as ``trial_folder`` names a trial's folder
+
 # Snapshot reasons a resume never starts from: taken in the middle of applying decisions, a
 # resume starts from the one taken after them (they stay, for rolling back to).
 MID_DECISIONS = ("before_nudge", "exploit")

@@ -22,10 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from runner.backend import BackendState
-from runner.engine.snapshot_files import CorruptSnapshot, read_snapshot, scan_snapshots, trial_folder, write_snapshot
+from runner.engine.snapshot_files import (
+    CorruptSnapshot,
+    decode_snapshot,
+    scan_snapshots,
+    snapshot_bytes,
+    trial_folder,
+    write_snapshot,
+)
 from runner.records.files import folder_exists, remove_file
-
-Skipped = Callable[[Path, "CorruptSnapshot | None"], None]
 
 
 class SnapshotStorage(ABC):
@@ -44,10 +49,10 @@ class SnapshotStorage(ABC):
         """The snapshot in ``path``, checked; CorruptSnapshot if it is damaged or gone."""
 
     @abstractmethod
-    def scan(self, folder: Path, skipped: Skipped | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    def scan(self, folder: Path) -> list[tuple[Path, dict[str, Any]]]:
         """The intact snapshot files of a trial's folder with their metadata, in the order they
         were taken (``runner.engine.snapshot_files.scan_snapshots``); none if the folder is
-        missing. ``skipped(path, error_or_None)`` hears about each damaged file."""
+        missing. Damaged files are passed over."""
 
     @abstractmethod
     def remove(self, path: Path) -> None:
@@ -90,12 +95,20 @@ class LocalSnapshots(SnapshotStorage):
         write_snapshot(path, state, meta, within=self.run_dir)
 
     def read(self, path: Path) -> tuple[BackendState, dict[str, Any]]:
-        return read_snapshot(path)
+        return decode_snapshot(self.raw(path), path)
 
-    def scan(self, folder: Path, skipped: Skipped | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    def raw(self, path: Path) -> bytearray:
+        """The file's bytes, unchecked (what the driver sends a worker that asks to read it);
+        one in the run directory is reached through real folders only (a ``--weights`` file of
+        another run is not in it). CorruptSnapshot if it is not there."""
+        if path.is_relative_to(self.run_dir) and not folder_exists(path.parent, within=self.run_dir):
+            raise CorruptSnapshot(f"{path}: no such snapshot file")
+        return snapshot_bytes(path)
+
+    def scan(self, folder: Path) -> list[tuple[Path, dict[str, Any]]]:
         if not folder_exists(folder, within=self.run_dir):
             return []
-        return scan_snapshots(folder, skipped)
+        return scan_snapshots(folder)
 
     def remove(self, path: Path) -> None:
         remove_file(path, within=self.run_dir)

@@ -24,7 +24,6 @@ class does the rest, the same for every transport:
 from __future__ import annotations
 
 import math
-import re
 import time
 from abc import abstractmethod
 from collections import deque
@@ -39,14 +38,13 @@ from runner.engine.checkpoints import SnapshotWriter
 from runner.engine.experiment import end_elsewhere
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.resume import newest_intact_snapshot, remove_trial_temporaries
-from runner.engine.snapshot_files import SNAPSHOT_NAME, CorruptSnapshot, snapshot_bytes
+from runner.engine.snapshot_files import SNAPSHOT_NAME, TRIAL_FOLDER, CorruptSnapshot
 from runner.engine.snapshot_storage import LocalSnapshots
 from runner.errors import RunnerError
 from runner.executor import Executor
 from runner.trial import TrialResult
 
 DEATH_CHECK_SECONDS = 0.5  # how often busy workers are checked for death while messages keep coming
-TRIAL_FOLDER = re.compile(r"t\d{3,}")  # as ``trial_folder`` names them
 
 
 @dataclass
@@ -90,7 +88,7 @@ class RemoteExecutor(Executor):
         self.interrupting = False
         self._last_death_check = 0.0
         self.snapshots = LocalSnapshots(session.run_dir, before_write=session.log.sync)  # for workers' questions
-        self._writer: SnapshotWriter | None = None  # started by a worker's first snapshot to write
+        self._files: SnapshotWriter | None = None  # the thread that answers workers' snapshot questions, once asked
 
     # -- the transport: what a subclass provides ------------------------------------------------
 
@@ -155,8 +153,8 @@ class RemoteExecutor(Executor):
             try:
                 self.shutdown(now=aborting)
             finally:
-                if self._writer is not None:  # (workers wait for their files: none is queued by now)
-                    self._writer.close()
+                if self._files is not None:  # (workers wait for their answers: none is queued by now)
+                    self._files.close()
 
     # -- the driver's side of the protocol ------------------------------------------------------
 
@@ -225,39 +223,33 @@ class RemoteExecutor(Executor):
 
     def answer(self, slot: int, token: int, question: str, args: tuple) -> None:
         """A worker's question (``runner.execution.worker`` lists them), answered with
-        ``("answer", token, value, error)``: at once, or for a file to write once it is
-        durable. A path it may not reach, a file that is gone or damaged, a failed write:
-        the error goes back to the worker, which handles it as it would its own."""
+        ``("answer", token, value, error)``. A sync is answered at once; a snapshot file's
+        question on the driver's file thread, in the order they came, so that no file work
+        holds up the workers' events. A path it may not reach, a file that is gone or damaged,
+        a failed write: the error goes back to the worker, which handles it as it would its own."""
+        if question == "sync":
+            self.session.log.sync()
+            self.send(slot, ("answer", token, None, None))
+            return
+        files, weights = self.snapshots, {running.job.weights for running in self.running.values()} - {None}
+        work = {
+            "snapshot_write": lambda path, state, meta: files.write(self.snapshot_path(path), state, meta),
+            "snapshot_read": lambda path: files.raw(Path(path) if path in weights else self.snapshot_path(path)),
+            "snapshot_scan": lambda folder: [
+                (str(path), meta) for path, meta in files.scan(self.snapshot_path(folder, folder=True))
+            ],
+            "snapshot_remove": lambda path: files.remove(self.snapshot_path(path)),
+        }.get(question)
+        if work is None:
+            raise RunnerError(f"unknown question from the worker in slot {slot}: {question!r}")
+        if self._files is None:
+            self._files = SnapshotWriter()
+        value: list[Any] = [None]
 
-        def reply(value: Any = None, error: BaseException | None = None) -> None:
-            self.send(slot, ("answer", token, value, portable(error)))
+        def run() -> None:
+            value[0] = work(*args)
 
-        try:
-            if question == "sync":
-                self.session.log.sync()
-                reply()
-            elif question == "snapshot_write":
-                path, state, meta = args
-                path = self.snapshot_path(path)
-                if self._writer is None:
-                    self._writer = SnapshotWriter()
-                self._writer.submit(lambda: self.snapshots.write(path, state, meta), lambda error: reply(error=error))
-            elif question == "snapshot_read":
-                weights = {running.job.weights for running in self.running.values()} - {None}
-                reply(snapshot_bytes(args[0] if args[0] in weights else self.snapshot_path(args[0])))
-            elif question == "snapshot_scan":
-                damaged: list[tuple[str, Any]] = []
-                found = self.snapshots.scan(
-                    self.snapshot_path(args[0], folder=True), lambda path, error: damaged.append((str(path), error))
-                )
-                reply(([(str(path), meta) for path, meta in found], [(p, portable(e)) for p, e in damaged]))
-            elif question == "snapshot_remove":
-                self.snapshots.remove(self.snapshot_path(args[0]))
-                reply()
-            else:
-                raise RunnerError(f"unknown question from the worker in slot {slot}: {question!r}")
-        except (OSError, CorruptSnapshot) as err:
-            reply(error=err)
+        self._files.submit(run, lambda error: self.send(slot, ("answer", token, value[0], portable(error))))
 
     def snapshot_path(self, named: str, *, folder: bool = False) -> Path:
         """The path a worker named, if it is a snapshot file of one of this run's trial folders
@@ -288,6 +280,8 @@ class RemoteExecutor(Executor):
         past ``options.retries``, end it ``failed``. Either way the other trials go on, and
         what the dead worker left half written in the trial's folder is removed."""
         self.drain()
+        if self._files is not None:  # what it asked of the driver is done before its files are looked at
+            self._files.flush()
         self.started.discard(slot)
         running = self.running.pop(slot, None)
         if running is None:  # it had finished after all

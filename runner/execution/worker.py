@@ -15,7 +15,7 @@ worker → driver, through ``send`` (order kept)::
                                    (``DriverSnapshots``): the driver writes the file durably, its log
                                    synced first, and answers once it is
         ("snapshot_read", (path,))  the file's bytes (a snapshot of this run, or the job's ``weights``)
-        ("snapshot_scan", (folder,))  a trial folder's intact snapshots: ([(path, meta)], [(path, error)])
+        ("snapshot_scan", (folder,))  a trial folder's intact snapshots: [(path, meta)]
         ("snapshot_remove", (path,))  delete a snapshot file of this run
     ("notify", message)            a line for the person at the terminal (rich markup)
     ("closed", trial, left, suspended)  the trial's mailbox closed, ``left`` the orders it had not
@@ -39,6 +39,7 @@ driver → worker, through ``receive`` (on the worker's receiving thread)::
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 import traceback
@@ -54,7 +55,7 @@ from runner.engine.experiment import Experiment, build_strategy
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.plugin_manager import load_plugins
 from runner.engine.snapshot_files import decode_snapshot
-from runner.engine.snapshot_storage import Skipped, SnapshotStorage
+from runner.engine.snapshot_storage import SnapshotStorage
 from runner.engine.trial_loop import TrialRunner
 from runner.experiment_file.spec import parse
 
@@ -101,7 +102,7 @@ class WorkerLink:
         self._early: dict[tuple[int, int | None], list[Delivery]] = {}  # mail that came before its run opened
         self._closed: set[tuple[int, int | None]] = set()  # runs that ended here
         self._asked: dict[int, list] = {}  # token -> [answered, value, error]
-        self._tokens = itertools.count()
+        self._tokens = itertools.count(secrets.randbits(48))  # unlike a late answer to a worker of the slot before
         self._lock = threading.Lock()
 
     # -- the event log -----------------------------------------------------------------------
@@ -196,11 +197,8 @@ class DriverSnapshots(SnapshotStorage):
     def read(self, path: Path):
         return decode_snapshot(self.link.ask("snapshot_read", str(path)), path)
 
-    def scan(self, folder: Path, skipped: Skipped | None = None) -> list[tuple[Path, dict[str, Any]]]:
-        found, damaged = self.link.ask("snapshot_scan", str(folder))
-        for path, error in damaged if skipped else ():
-            skipped(Path(path), error)
-        return [(Path(path), meta) for path, meta in found]
+    def scan(self, folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+        return [(Path(path), meta) for path, meta in self.link.ask("snapshot_scan", str(folder))]
 
     def remove(self, path: Path) -> None:
         self.link.ask("snapshot_remove", str(path))

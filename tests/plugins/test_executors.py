@@ -317,6 +317,90 @@ def test_an_actor_that_cannot_see_the_disk_starts_from_weights_the_driver_reads(
     assert list((tmp_path / "actors").iterdir()) == []
 
 
+def test_a_snapshot_the_driver_is_still_writing_for_a_worker_that_died_is_where_its_retry_starts(tmp_path):
+    """``"storage": "driver"``: a worker dies while the driver writes the file it sent. The
+    driver finishes the write before it looks for the trial's newest file, so the retry starts
+    from it (and the write is not cut short by the removal of a dead worker's temporaries)."""
+    import time
+    from collections import Counter
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from runner.backend import BackendState
+    from runner.engine.experiment import TrialJob
+    from runner.engine.snapshot_files import snapshot_name, trial_folder
+    from runner.execution.remote import RemoteExecutor, Running
+    from runner.executor import Session
+
+    class Transport(RemoteExecutor):
+        slots = 1
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.sent, self.launched = [], []
+
+        def start(self, slot): ...
+        def launch(self, slot, job):
+            self.launched.append(job)
+
+        def send(self, slot, message):
+            self.sent.append(message)
+
+        def receive(self, timeout):
+            return None
+
+        def dead(self, slots):
+            return {}
+
+        def shutdown(self, *, now): ...
+
+    events = []
+    log = SimpleNamespace(sync=lambda: None, emit=lambda event, **fields: events.append({"event": event, **fields}))
+    inbox = SimpleNamespace(open=lambda trial, mailbox: None, notify=lambda message: None)
+    session = Session(None, log, inbox, None, tmp_path, "val_acc", Counter({1: 7}))
+    driver = Transport(SimpleNamespace(retries=2), run_trial=None, session=session)
+    real_write = driver.snapshots.write
+
+    def slow_write(path, state, meta):  # a large file on a slow disk
+        time.sleep(0.3)
+        real_write(path, state, meta)
+
+    driver.snapshots.write = slow_write
+    driver.running[0] = Running(TrialJob(1, {}, 0, announced=True))
+    path = trial_folder(tmp_path, 1) / snapshot_name(2, 20, 6)
+    meta = {"trial": 1, "epoch": 2, "step": 20, "reason": "epoch", "best": False, "loop": {"events": 6}}
+    try:
+        driver.answer(0, 11, "snapshot_write", (str(path), BackendState({"w": np.ones(3)}, {}), meta))
+        driver.lost(0, "killed by SIGKILL")
+    finally:
+        driver.close()
+    [retry] = [e for e in events if e["event"] == "trial_retry"]
+    assert retry["snapshot"] == str(path.relative_to(tmp_path)) and retry["epoch"] == 2
+    assert driver.launched[-1].resume == str(path) and path.is_file()
+    assert ("answer", 11, None, None) in driver.sent
+
+
+def test_the_driver_reads_no_snapshot_for_a_worker_through_a_linked_trial_folder(tmp_path):
+    import numpy as np
+
+    from runner.backend import BackendState
+    from runner.engine.snapshot_files import snapshot_name, write_snapshot
+    from runner.engine.snapshot_storage import LocalSnapshots
+    from runner.records.files import UnsafePath
+
+    outside = tmp_path / "outside"
+    name = snapshot_name(1, 10, 3)
+    meta = {"trial": 1, "epoch": 1, "step": 10, "reason": "epoch", "best": False, "loop": {"events": 3}}
+    write_snapshot(outside / name, BackendState({"w": np.ones(2)}, {}), meta, within=tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / "trials").mkdir(parents=True)
+    (run_dir / "trials" / "t001").symlink_to(outside)
+    with pytest.raises(UnsafePath):
+        LocalSnapshots(run_dir).raw(run_dir / "trials" / "t001" / name)
+    assert LocalSnapshots(outside).raw(outside / name)  # (the file itself reads)
+
+
 def test_auto_storage_is_shared_only_on_a_cluster_of_this_machine_alone():
     pytest.importorskip("ray")
     from types import SimpleNamespace
