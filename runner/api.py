@@ -147,6 +147,7 @@ def start_run(
     base_dir: Path | None = None,
     from_run: Path | None = None,
     weights: bool = False,
+    loggers: tuple[str, ...] = (),
     console: Console | None = None,
     plain: bool = True,
     poll: bool = False,
@@ -158,7 +159,8 @@ def start_run(
 
     ``from_run`` starts from the best trial of an earlier run (``runner start --from``), and
     with ``weights`` from its weights and optimizer state too (``--weights``): a RunnerError
-    (exit 2) names the first array that does not fit this experiment's model.
+    (exit 2) names the first array that does not fit this experiment's model. ``loggers``
+    are added to the experiment's ``loggers`` (``--logger``), with their default options.
     ``console`` is where a person follows the run (None: nothing is printed), with a live
     table unless ``plain``. ``on_run_dir`` is told the run directory as soon as it exists.
     Raises ``Interrupted`` after Ctrl-C, once the run directory can be resumed.
@@ -187,7 +189,9 @@ def start_run(
     elif weights:
         raise RunnerError("--weights starts from the weights of --from RUN_DIR's best trial: give --from", exit_code=2)
     try:
-        plugins, spec, dataset = prepare(experiment, plugin_refs, seed=seed, base_dir=base_dir, start_from=start_from)
+        plugins, spec, dataset = prepare(
+            experiment, plugin_refs, seed=seed, base_dir=base_dir, start_from=start_from, loggers=loggers
+        )
     except SpecError as err:
         if origin is None:
             raise
@@ -259,6 +263,7 @@ def prepare(
     seed: int | None = None,
     base_dir: Path | None = None,
     start_from: dict[str, Any] | None = None,
+    loggers: tuple[str, ...] = (),
 ) -> tuple[Plugins, ExperimentSpec, Dataset]:
     """The plugins, the validated experiment and its data, before any run directory exists
     (``runner validate`` stops here). ``experiment`` is a file, or a dict holding one whose
@@ -269,11 +274,13 @@ def prepare(
         source = None
         folder = (base_dir or Path.cwd()).resolve()
         document = _json_document(experiment, "")
-        spec = load_document(document, plugins.registry, seed=seed, base_dir=folder, start_from=start_from)
+        spec = load_document(
+            document, plugins.registry, seed=seed, base_dir=folder, start_from=start_from, loggers=loggers
+        )
     else:
         source = str(experiment)
         folder = None if base_dir is None else base_dir.resolve()
-        spec = load(experiment, plugins.registry, seed=seed, base_dir=folder, start_from=start_from)
+        spec = load(experiment, plugins.registry, seed=seed, base_dir=folder, start_from=start_from, loggers=loggers)
     try:
         dataset = load_dataset(spec, plugins)
     except SpecError as err:

@@ -67,6 +67,7 @@ PAGE_FOR = {
     "strategy": "strategies.md",
     "pruner": "pruners.md",
     "executor": "executors.md",
+    "logger": "loggers.md",
     "plugins": "experiment-file.md",
 }
 _NAMES = {int: "integer", float: "number", bool: "boolean", str: "string", type(None): "null"}

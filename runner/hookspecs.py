@@ -156,6 +156,29 @@ def runner_trial_complete(trial: Trial, result: TrialResult) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# The run's events
+# --------------------------------------------------------------------------------------
+
+
+@hookspec
+def runner_event(experiment: Experiment, event: dict[str, Any], replayed: bool) -> None:
+    """Called in the driver with each event the run writes to ``events.jsonl``, in the log's
+    order, wherever its trial ran (in this process, a worker process, a Ray actor): the whole
+    run in one place, for a logger (``registry.add_logger``) to pass on.
+
+    ``event`` is the record as written (``docs/run-directory.md`` lists the kinds and their
+    fields); do not change it. Called on a thread of its own, after the event is written, so
+    a slow call never holds up training; the run waits for the calls still to make only at
+    its end. ``runner resume`` cuts the log back to where the run continues, then calls it
+    first with every event the log keeps, from its ``experiment_start`` on (``replayed``
+    True: a logger rebuilds from them what a crash may have cost it, or skips them), then
+    with those written from then on: the first is ``resume``, and each trial that goes on
+    starts with ``trial_resume`` (its ``epoch``: the epochs it keeps). An implementation that
+    raises is not called again this run, and the person is told why. Results are ignored.
+    """
+
+
+# --------------------------------------------------------------------------------------
 # Reports
 # --------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""The registry: where plugins add backends, strategies, pruners, datasets and executors by name,
-and the options a plugin that only implements hooks takes from the experiment file.
+"""The registry: where plugins add backends, strategies, pruners, datasets, executors and
+loggers by name, and the options a plugin that only implements hooks takes from the
+experiment file.
 
 Filled once per run by the ``runner_register`` hook::
 
@@ -22,8 +23,8 @@ from typing import Any, Literal
 
 from runner.errors import PluginError, SpecError
 
-Kind = Literal["backend", "strategy", "pruner", "dataset", "executor"]
-KINDS: tuple[Kind, ...] = ("backend", "strategy", "pruner", "dataset", "executor")
+Kind = Literal["backend", "strategy", "pruner", "dataset", "executor", "logger"]
+KINDS: tuple[Kind, ...] = ("backend", "strategy", "pruner", "dataset", "executor", "logger")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,23 @@ class Registry:
 
         self._check_class("executor", cls, Executor, Options=None)
         self._add("executor", cls)
+
+    def add_logger(self, name: str, options: type | None = None) -> None:
+        """Declare a logger: a plugin whose hooks (``runner_event``, ...) write the run somewhere
+        else (TensorBoard, MLflow) when an experiment names it under ``"loggers"``, or
+        ``runner start --logger NAME``. ``options`` is its frozen dataclass of options (none:
+        it takes none), given beside the name: ``{"name": "mlflow", "tracking_uri": "..."}``.
+        Its hooks read them with ``experiment.logger(name)``, which is None when the
+        experiment does not name it: a logger's hooks do nothing then."""
+        from runner.backend import NoOptions
+
+        options = options or NoOptions
+        where = f"plugin {self.provider!r} registered logger {name!r}"
+        if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+            raise PluginError(f"{where}: its options must be a dataclass")
+        if not options.__dataclass_params__.frozen:
+            raise PluginError(f"{where}: its options must be frozen: @dataclass(frozen=True)")
+        self._add("logger", LoggerEntry(name, options))
 
     def add_options(self, name: str, cls: type) -> None:
         """Declare the options a plugin takes from the experiment file, under
@@ -177,6 +195,14 @@ class Registry:
 @dataclass(frozen=True)
 class _Named:
     name: str
+
+
+@dataclass(frozen=True)
+class LoggerEntry:
+    """A logger as ``Registry.add_logger`` declared it: its name and its options' dataclass."""
+
+    name: str
+    Options: type  # (named as every plugin's options class is)
 
 
 class UnknownOptions(KeyError):

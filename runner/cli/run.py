@@ -39,6 +39,14 @@ from runner.errors import RunnerError
     help="With --from: start every trial from that trial's weights and optimizer state too (its best "
     "snapshot), not only its config. The model must be the same.",
 )
+@click.option(
+    "--logger",
+    "loggers",
+    multiple=True,
+    metavar="NAME",
+    help="Also write the run to this logger (tensorboard, mlflow, ...: see runner plugins), with its "
+    'default options; the experiment file\'s "loggers" takes options. Repeat for more.',
+)
 @click.option("--plain", is_flag=True, help="Plain lines instead of live progress bars.")
 @poll_option
 def start(
@@ -48,6 +56,7 @@ def start(
     seed: int | None,
     from_run: Path | None,
     weights: bool,
+    loggers: tuple[str, ...],
     plain: bool,
     poll: bool,
 ) -> None:
@@ -64,6 +73,7 @@ def start(
             seed=seed,
             from_run=from_run,
             weights=weights,
+            loggers=loggers,
             console=console,
             plain=plain,
             poll=poll,

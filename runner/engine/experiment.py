@@ -36,6 +36,11 @@ class Experiment:
         A KeyError if no plugin loaded declared ``name``."""
         return self.spec.options(name)
 
+    def logger(self, name: str) -> Any:
+        """The options of the logger ``name`` (``registry.add_logger``) if the experiment names
+        it under ``loggers``, else None: a logger's hooks do nothing then."""
+        return self.spec.logger(name)
+
 
 @dataclass(frozen=True)
 class TrialJob:

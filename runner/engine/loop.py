@@ -23,6 +23,7 @@ from runner.control.inbox import ControlInbox, Delivery, describe
 from runner.data import Dataset
 from runner.decisions import Nudge, decision_to_json
 from runner.engine.checkpoints import SnapshotWriter
+from runner.engine.event_feed import EventFeed
 from runner.engine.experiment import Experiment, TrialJob, build_pruner, build_strategy, end_elsewhere, trial_seed
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.plugin_manager import Plugins
@@ -68,7 +69,9 @@ def run_experiment(
     """
     run = ExperimentRun(spec, plugins, dataset, run_dir, resume, origin)
     run.prepare()
-    with EventLog(run_dir / "events.jsonl") as log:
+    past = resume.events if resume is not None else ()
+    with EventLog(run_dir / "events.jsonl") as log, EventFeed(plugins, run.experiment, notify, past) as feed:
+        log.observers.append(feed.observe)  # plugins' runner_event: the whole log, on a thread of its own
         run.open(log, poll=poll, notify=notify, watchers=watchers)
         run.announce(origin)
         stopping = run.drive()

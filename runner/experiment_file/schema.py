@@ -79,6 +79,13 @@ def experiment_schema(registry: Registry) -> dict[str, Any]:
             **dataclass_schema(DivergenceOptions),
         },
         "executor": _plugin_section(registry, "executor", "executor", "where trials run"),
+        "loggers": {
+            "description": "where else the run is written (TensorBoard, MLflow, ...): each logger by name, "
+            "or as an object with its options",
+            "type": "array",
+            "items": _plugin_section(registry, "logger", "loggers", "a logger"),
+            "default": [],
+        },
         "limits": {
             "description": "how big the data and one trial's model may be estimated to get before the file is refused",
             **dataclass_schema(Limits),

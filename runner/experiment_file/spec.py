@@ -41,6 +41,7 @@ TOP_LEVEL = (
     "checkpoint",
     "divergence",
     "executor",
+    "loggers",
     "limits",
     "plugins",
 )
@@ -89,6 +90,12 @@ class ExperimentSpec:
     base_dir: Path  # the experiment file's folder; relative data paths and import paths resolve against it
     backend_class: type  # the class that trains this model section (``Backend.for_model``)
     plugins: PluginOptions = field(default_factory=PluginOptions)  # the "plugins" section, built
+    loggers: tuple[PluginRef, ...] = ()  # the "loggers" section: each logger named, with its options
+
+    def logger(self, name: str) -> Any:
+        """The options of the logger ``name`` if the experiment names it under ``loggers``
+        (``Registry.add_logger``), else None."""
+        return next((ref.options for ref in self.loggers if ref.name == name), None)
 
     def options(self, name: str) -> Any:
         """The options that a plugin declared as ``name`` (``Registry.add_options``), as the
@@ -159,6 +166,7 @@ def load(
     seed: int | None = None,
     base_dir: Path | None = None,
     start_from: dict[str, Any] | None = None,
+    loggers: tuple[str, ...] = (),
 ) -> ExperimentSpec:
     """Read and validate an experiment file. ``seed`` overrides the file's seed; relative
     paths in it resolve against ``base_dir`` (default: the file's folder). ``start_from``
@@ -170,7 +178,7 @@ def load(
     raw = read_json(path)
     try:
         base_dir = base_dir or path.resolve().parent
-        return load_document(raw, registry, seed=seed, base_dir=base_dir, start_from=start_from)
+        return load_document(raw, registry, seed=seed, base_dir=base_dir, start_from=start_from, loggers=loggers)
     except SpecError as err:
         raise err.in_file(str(path)) from None
 
@@ -182,13 +190,16 @@ def load_document(
     base_dir: Path,
     seed: int | None = None,
     start_from: dict[str, Any] | None = None,
+    loggers: tuple[str, ...] = (),
 ) -> ExperimentSpec:
     """``load`` for an experiment already parsed from JSON (``runner.run`` given a dict):
-    ``start_from`` set in it, validated, checked against its ``limits``; relative paths in it
-    resolve against ``base_dir``."""
+    ``start_from`` set in it, ``loggers`` added to it (``--logger``), validated, checked
+    against its ``limits``; relative paths in it resolve against ``base_dir``."""
     if start_from and isinstance(raw, dict):
         raw = copy.deepcopy(raw)
         set_paths(raw, start_from, "--from")
+    if loggers and isinstance(raw, dict):
+        raw = with_loggers(raw, loggers)
     spec = parse(raw, registry, base_dir=base_dir, seed=seed)
     check_experiment(spec, registry)
     return spec
@@ -248,6 +259,7 @@ def _parse(raw: Any, registry: Registry, *, base_dir: Path, seed: int | None) ->
     executor = _plugin_ref(raw.get("executor", {"name": DEFAULT_PLUGINS["executor"]}), "executor", "executor", registry)
     limits = build(Limits, raw.get("limits", {}), "limits")
     plugin_options = _plugin_options(raw.get("plugins", {}), registry)
+    loggers = _loggers(raw.get("loggers", []), registry)
 
     spec = ExperimentSpec(
         name=name,
@@ -266,6 +278,7 @@ def _parse(raw: Any, registry: Registry, *, base_dir: Path, seed: int | None) ->
         base_dir=base_dir,
         backend_class=backend_cls,
         plugins=plugin_options,
+        loggers=loggers,
     )
     for param in search.space:
         for value in param.extremes():
@@ -337,6 +350,28 @@ def _plugin_options(raw: Any, registry: Registry) -> PluginOptions:
             for entry in registry.options()
         }
     )
+
+
+def _loggers(raw: Any, registry: Registry) -> tuple[PluginRef, ...]:
+    """The ``loggers`` section: a list of loggers, each a name or ``{"name": ..., options}``,
+    none twice."""
+    if not isinstance(raw, list):
+        raise SpecError("loggers", f'must be a list such as ["tensorboard"], got {describe(raw)}')
+    loggers = tuple(_plugin_ref(item, "logger", f"loggers[{i}]", registry) for i, item in enumerate(raw))
+    for i, ref in enumerate(loggers):
+        if any(other.name == ref.name for other in loggers[:i]):
+            raise SpecError(f"loggers[{i}]", f'names logger "{ref.name}" a second time')
+    return loggers
+
+
+def with_loggers(raw: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """A copy of the experiment ``raw`` whose ``loggers`` also name ``names`` (``runner start
+    --logger``), those it names already left as they are."""
+    listed = raw.get("loggers", [])
+    if not names or not isinstance(listed, list):
+        return raw
+    named = {item if isinstance(item, str) else item.get("name") for item in listed if isinstance(item, str | dict)}
+    return {**raw, "loggers": [*listed, *(name for name in dict.fromkeys(names) if name not in named)]}
 
 
 def _plugin_ref(raw: Any, kind: Kind, path: str, registry: Registry) -> PluginRef:
