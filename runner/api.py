@@ -270,6 +270,8 @@ def prepare(
     relative paths resolve against ``base_dir`` (default: the current directory). A
     SpecError names the JSON path (and the file)."""
     plugins = load_plugins(plugin_refs)
+    for name in loggers:  # named on the command line: not the file's fault
+        plugins.registry.get("logger", name, "--logger")
     if isinstance(experiment, Mapping):
         source = None
         folder = (base_dir or Path.cwd()).resolve()

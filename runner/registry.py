@@ -93,11 +93,7 @@ class Registry:
         from runner.backend import NoOptions
 
         options = options or NoOptions
-        where = f"plugin {self.provider!r} registered logger {name!r}"
-        if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
-            raise PluginError(f"{where}: its options must be a dataclass")
-        if not options.__dataclass_params__.frozen:
-            raise PluginError(f"{where}: its options must be frozen: @dataclass(frozen=True)")
+        _check_options(f"plugin {self.provider!r} registered logger {name!r}: its options", options)
         self._add("logger", LoggerEntry(name, options))
 
     def add_options(self, name: str, cls: type) -> None:
@@ -108,13 +104,9 @@ class Registry:
         ``experiment.options(name)`` or ``trial.options(name)`` (its defaults where the file
         does not name ``name``). For a plugin that only implements hooks: a backend, strategy,
         dataset or executor takes its options in its own section."""
-        where = f"plugin {self.provider!r} declared options {name!r}"
         if not isinstance(name, str) or not name.strip():
             raise PluginError(f"plugin {self.provider!r} declared options without a name: {name!r}")
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            raise PluginError(f"{where}: they must be a dataclass, got {cls!r}")
-        if not cls.__dataclass_params__.frozen:  # one instance is shared by every hook call
-            raise PluginError(f"{where}: the dataclass must be frozen: @dataclass(frozen=True)")
+        _check_options(f"plugin {self.provider!r} declared options {name!r}: they", cls)
         existing = self._options.get(name)
         if existing is not None:
             raise PluginError(
@@ -190,6 +182,14 @@ class Registry:
                 f'{kind} "{name}" is registered twice: by plugin {existing.plugin!r} and by plugin {self.provider!r}'
             )
         self._entries[kind][name] = Entry(kind, name, None if unavailable else obj, self.provider, unavailable)
+
+
+def _check_options(what: str, cls: Any) -> None:
+    """Options must be a frozen dataclass: one instance is shared by every hook call."""
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise PluginError(f"{what} must be a dataclass, got {cls!r}")
+    if not cls.__dataclass_params__.frozen:
+        raise PluginError(f"{what} must be frozen: @dataclass(frozen=True)")
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,12 @@ def test_nudge_waits_for_status_json_to_list_a_trial_that_has_just_started(tmp_p
     path = tmp_path / "status.json"
     before = {"run": {"state": "running"}, "control": {}, "trials": {}}
     path.write_bytes(orjson.dumps(before))
-    later = threading.Timer(0.1, lambda: path.write_bytes(orjson.dumps({**before, "trials": {"3": {}}})))
+
+    def rewrite() -> None:  # as the run rewrites it: atomically, never an empty file in between
+        (tmp_path / "status.json.new").write_bytes(orjson.dumps({**before, "trials": {"3": {}}}))
+        (tmp_path / "status.json.new").replace(path)
+
+    later = threading.Timer(0.1, rewrite)
     later.start()
     assert "3" in trial_listed(tmp_path, 3, before)["trials"]
     later.join()

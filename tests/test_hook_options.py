@@ -193,7 +193,7 @@ def test_a_required_option_is_required_where_the_file_leaves_it_out(write_experi
     [
         ("registry.add_options('tagger', Options)", "options \"tagger\" are declared twice: by plugin 'tagger'"),
         ("registry.add_options('other', dict)", "plugin 'clash' declared options 'other': they must be a dataclass"),
-        ("registry.add_options('other', Loose)", "the dataclass must be frozen"),
+        ("registry.add_options('other', Loose)", "they must be frozen: @dataclass(frozen=True)"),
         ("registry.add_options('', Options)", "plugin 'clash' declared options without a name"),
     ],
 )

@@ -5,15 +5,19 @@ trial, ``RUN_DIR/tensorboard/tNNN``:
 
 - per epoch (the step is the epochs it has completed): ``train_loss``, the validation
   metrics (``val_loss``, ``val_acc``, ...) and the live settings (``lr``, ``momentum``, ...);
-- nudges and rollbacks as text (tags ``nudges`` and ``rollbacks``);
+- nudges and rollbacks as text (tags ``nudges`` and ``rollbacks``), at the step of the first
+  epoch they shape;
 - when it ends, in ``tNNN/hparams``, the HParams plugin's summary: its searched values
   against its best metric (``best/<metric>``) and its end state.
 
 ``tensorboard --logdir RUN_DIR/tensorboard`` shows them. The logger runs in the driver, on
 the run's events (``runner_event``), so trials in worker processes or on Ray, with or without
-a shared disk, are logged alike. A trial that goes on after a rollback or a resume writes
-on from the epoch it went back to, marked (TensorBoard's purge step) so that TensorBoard
-drops what it had beyond it: each epoch shows once, as the trial's history has it now.
+a shared disk, are logged alike. A trial that goes on after a rollback, a retry or a resume
+writes on from the epoch it went back to, marked with TensorBoard's purge step, so that
+TensorBoard drops the points it had from there on: each epoch shows once, as the trial's
+history has it now (TensorBoard's fast data server drops them once the trial writes that
+step again). A resume first passes on again all the log keeps, so what a crash kept from
+reaching TensorBoard is written then.
 Needs ``pip install 'panda-caviar[tensorboard]'`` (tensorboardX writes the files).
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -33,8 +38,14 @@ INSTALL = "needs tensorboardX: pip install 'panda-caviar[tensorboard]'"
 NOT_SCALARS = ("t", "trial", "epoch", "step", "seconds")  # the epoch_end fields that are not curves
 
 
+# What runner itself keeps in a run directory (docs/run-directory.md): the logger's folder is none of them.
+RUNNERS_OWN = ("trials", "report", "events.jsonl", "status.json", "control.json", "results.json", "experiment.json")
+
+
 @dataclass(frozen=True)
 class Options:
+    """Each trial as a TensorBoard run: curves per epoch, nudges and rollbacks as text, an HParams summary."""
+
     folder: str = field(
         default="tensorboard",
         metadata=bounds(doc="the folder, inside the run directory, that holds one TensorBoard run per trial"),
@@ -46,14 +57,29 @@ class Options:
             raise ValueError(
                 f'folder must be a folder inside the run directory, such as "tensorboard"; got {self.folder!r}'
             )
+        if parts[0] in RUNNERS_OWN or parts[0].startswith("."):
+            raise ValueError(f"folder must not be {parts[0]!r}: runner keeps its own files there")
+
+
+def real_folder(run_dir: Path, folder: Path) -> Path:
+    """``folder``, inside ``run_dir``, made where it is missing; every folder from the run
+    directory down must be a real one: an OSError names a symbolic link planted on the way,
+    and nothing is written through it."""
+    path = run_dir
+    for part in folder.relative_to(run_dir).parts:
+        path = path / part
+        if path.is_symlink():
+            raise OSError(f"{path} is a symbolic link: the tensorboard logger writes nothing through it")
+        path.mkdir(exist_ok=True)
+    return folder
 
 
 class TrialBoard:
     """One trial's TensorBoard run: a writer, opened again (with a purge step) when the
     trial goes back to an earlier epoch."""
 
-    def __init__(self, folder: Path):
-        self.folder, self.writer = folder, None
+    def __init__(self, run_dir: Path, folder: Path):
+        self.run_dir, self.folder, self.writer = run_dir, folder, None
 
     def open(self, purge_step: int | None = None) -> Any:
         """The writer, new if ``purge_step`` is given: TensorBoard drops the points it had at
@@ -62,9 +88,11 @@ class TrialBoard:
 
         if self.writer is None or purge_step is not None:
             self.close()
-            self.folder.mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(
-                str(self.folder), purge_step=purge_step, filename_suffix=f".{time.time_ns()}", flush_secs=5
+                str(real_folder(self.run_dir, self.folder)),
+                purge_step=purge_step,
+                filename_suffix=f".{time.time_ns()}",
+                flush_secs=5,
             )
         return self.writer
 
@@ -78,31 +106,32 @@ class RunBoard:
     """What the logger writes for one run."""
 
     def __init__(self, experiment: Any, options: Options):
-        self.root = Path(experiment.run_dir) / options.folder
+        self.run_dir = Path(experiment.run_dir)
+        self.root = self.run_dir / options.folder
         self.metric = experiment.spec.search.metric
         self.trials: dict[int, TrialBoard] = {}
 
     def trial(self, trial: int) -> TrialBoard:
         if trial not in self.trials:
-            self.trials[trial] = TrialBoard(self.root / f"t{trial:03d}")
+            self.trials[trial] = TrialBoard(self.run_dir, self.root / f"t{trial:03d}")
         return self.trials[trial]
 
     def write(self, event: dict[str, Any], replayed: bool) -> None:
         kind = event["event"]
-        if kind == "trial_start":  # (its first writer drops what a run before a resume wrote)
+        if kind == "trial_start":  # (its first writer drops all that a run before a resume wrote)
             self.trial(event["trial"]).open(purge_step=1)
         elif kind == "trial_resume":  # it goes on from the epochs it kept: what was written beyond them goes
             self.trial(event["trial"]).open(purge_step=event["epoch"] + 1)
         elif kind == "epoch_end":
             writer, step = self.trial(event["trial"]).open(), event["epoch"] + 1
             for name, value in event.items():
-                if name not in NOT_SCALARS and isinstance(value, int | float) and not isinstance(value, bool):
+                if name not in NOT_SCALARS and isinstance(value, numbers.Real) and not isinstance(value, bool):
                     writer.add_scalar(name, value, step)
             writer.flush()
         elif kind == "nudge":
             changes = ", ".join(f"{k} {c['old']:g} → {c['new']:g}" for k, c in event["changes"].items())
             text = f"{event['source']}: {changes}" + (f" ({event['reason']})" if event.get("reason") else "")
-            self.trial(event["trial"]).open().add_text("nudges", text, event["epoch"])  # in force after its epochs
+            self.trial(event["trial"]).open().add_text("nudges", text, event["epoch"] + 1)  # the first epoch it sets
         elif kind == "rollback":
             board = self.trial(event["trial"])
             board.open(purge_step=event["to_epoch"] + 1)  # the path it left is dropped from the curves
@@ -110,7 +139,7 @@ class RunBoard:
                 f"{event['source']}: from epoch {event['from_epoch']} back to epoch {event['to_epoch']}"
                 f" ({event.get('reason') or event['snapshot']}); lr {event.get('lr_before')} → {event.get('lr_after')}"
             )
-            board.open().add_text("rollbacks", text, event["to_epoch"])
+            board.open().add_text("rollbacks", text, event["to_epoch"] + 1)  # the first epoch trained again
         elif kind == "trial_complete":
             if not (replayed and (self.trial(event["trial"]).folder / "hparams").exists()):  # once a trial
                 self.summarise(event)
@@ -123,7 +152,10 @@ class RunBoard:
         hparams = {name: _hparam(value) for name, value in (event.get("params") or {}).items()}
         score = event.get("score")
         metrics = {f"best/{self.metric}": float(score) if score is not None else math.nan}
-        self.trial(event["trial"]).open().add_hparams({**hparams, "state": event["state"]}, metrics, name="hparams")
+        board = self.trial(event["trial"])
+        writer = board.open()
+        real_folder(self.run_dir, board.folder / "hparams")  # (where add_hparams writes)
+        writer.add_hparams({**hparams, "state": event["state"]}, metrics, name="hparams")
 
     def close(self) -> None:
         for board in self.trials.values():

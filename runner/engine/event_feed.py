@@ -53,6 +53,7 @@ class EventFeed:
         self.close()
 
     def _work(self) -> None:
+        """The feed's thread: each event to each plugin still fed, until ``close``."""
         while (item := self._events.get()) is not None:
             event, replayed = item
             for name, call in list(self.callers):
@@ -61,6 +62,6 @@ class EventFeed:
                 except Exception as err:  # one logger's failure does not end the run, nor other loggers
                     self.callers.remove((name, call))
                     self.notify(
-                        f"[red]plugin {escape(name)}: runner_event failed on a {escape(event['event'])} event "
+                        f"[red]plugin {escape(name)}: runner_event failed on event {escape(event['event'])} "
                         f"({escape(type(err).__name__)}: {escape(str(err))}); it gets no more events this run[/]"
                     )

@@ -194,7 +194,10 @@ def _plugins_section(registry: Registry) -> dict[str, Any]:
 
 def _about(entry: Entry) -> str:
     """A plugin in one sentence: the first of its docstring, where it comes from, and why it is unavailable."""
-    doc = " ".join((entry.obj.__doc__ or "").split("\n\n")[0].split()) if entry.obj is not None else ""
+    source = entry.obj.Options if entry.kind == "logger" and entry.obj is not None else entry.obj  # (a logger's own)
+    doc = " ".join((source.__doc__ or "").split("\n\n")[0].split()) if source is not None else ""
+    if doc.startswith(f"{getattr(source, '__name__', '')}("):  # the signature a dataclass writes itself
+        doc = ""
     text = f'{entry.kind} "{entry.name}"' + (f": {doc.split('. ')[0].rstrip('.')}." if doc else ".")
     if entry.plugin != entry.name:
         text += f" From plugin {entry.plugin}."

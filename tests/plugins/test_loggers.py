@@ -23,6 +23,7 @@ from tests.test_resume import resume, runner, start
 pytest.importorskip("tensorboardX")
 pytest.importorskip("tensorboard")
 
+from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -42,6 +43,14 @@ def board(run_dir: Path, trial: int, sub: str = "") -> EventAccumulator:
     accumulator = EventAccumulator(str(run_dir / "tensorboard" / f"t{trial:03d}" / sub))
     accumulator.Reload()
     return accumulator
+
+
+def texts(run_dir: Path, trial: int, tag: str) -> list:
+    """A text tag as TensorBoard's own server reads it (its plugin reader, which applies the
+    purge step to text as to curves)."""
+    accumulator = plugin_event_accumulator.EventAccumulator(str(run_dir / "tensorboard" / f"t{trial:03d}"))
+    accumulator.Reload()
+    return accumulator.Tensors(f"{tag}/text_summary")
 
 
 def curves_in_log(events: list[dict], trial: int) -> dict[str, dict[int, float]]:
@@ -85,7 +94,8 @@ def run_file_of(tmp_path: Path, experiment: dict, plugins=()):
     return run_file(path, tmp_path, plugins)
 
 
-# A nudge at the end of epoch 1 and a rollback to epoch 1's snapshot at the end of epoch 3, once.
+# A nudge at the end of the first epoch, and a rollback to the snapshot after two epochs at the
+# end of the fourth, once each.
 STEERED = """
 from runner import Nudge, Rollback, hookimpl
 
@@ -93,7 +103,7 @@ done = set()
 
 @hookimpl
 def runner_epoch_end(trial, epoch, metrics):
-    if trial.id == 0 and epoch == 1 and "nudge" not in done:
+    if trial.id == 0 and epoch == 0 and "nudge" not in done:
         done.add("nudge")
         return Nudge(lr=0.002, reason="slower")
     if trial.id == 0 and epoch == 3 and "rollback" not in done:
@@ -110,12 +120,11 @@ def test_nudges_and_rollbacks_are_text_and_a_rollback_leaves_only_the_path_taken
     [rollback] = [e for e in events if e["event"] == "rollback"]
     assert rollback["to_epoch"] == 2 and len([e for e in events if e["event"] == "epoch_end"]) == 6
     assert_curves_are_the_log(run.run_dir, 1)  # epoch 3 once: as trained again after the rollback
-    accumulator = board(run.run_dir, 0)
-    [nudge] = accumulator.Tensors("nudges/text_summary")
+    [nudge] = texts(run.run_dir, 0, "nudges")
     lr = run.board[0].params["train.lr"]
     assert nudge.step == 2 and nudge.tensor_proto.string_val[0].decode() == f"plugin: lr {lr:g} → 0.002 (slower)"
-    [text] = accumulator.Tensors("rollbacks/text_summary")
-    assert text.step == 2 and b"back to epoch 2" in text.tensor_proto.string_val[0]
+    [text] = texts(run.run_dir, 0, "rollbacks")
+    assert text.step == 3 and b"back to epoch 2" in text.tensor_proto.string_val[0]
 
 
 def test_trials_in_worker_processes_are_logged_by_the_driver(tmp_path):
@@ -158,6 +167,7 @@ def test_the_loggers_section_and_the_logger_option(tmp_path):
         '"loggers": ["tensorbord"]': ("loggers[0].name", 'unknown logger "tensorbord" (did you mean "tensorboard"?)'),
         '"loggers": ["tensorboard", "tensorboard"]': ("loggers[1]", 'names logger "tensorboard" a second time'),
         '"loggers": [{"name": "tensorboard", "folder": "../out"}]': ("loggers[0]", "folder must be a folder inside"),
+        '"loggers": [{"name": "tensorboard", "folder": "trials/tb"}]': ("loggers[0]", "folder must not be 'trials'"),
     }
     for text, (path, message) in refused.items():
         with pytest.raises(SpecError) as err:
@@ -169,6 +179,9 @@ def test_the_loggers_section_and_the_logger_option(tmp_path):
     ]
     exp = tmp_path / "exp.json"
     exp.write_bytes(orjson.dumps(deep_update(QUICK, {"train": {"epochs": 1}})))
+    typo = runner("start", exp, "--out", tmp_path / "typo", "--plain", "--logger", "tensorbord")
+    assert typo.returncode == 2 and not (tmp_path / "typo").exists()
+    assert '--logger: unknown logger "tensorbord" (did you mean "tensorboard"?)' in typo.stderr, typo.stderr
     proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--logger", "tensorboard")
     assert proc.returncode == 0, proc.stderr
     [run_dir] = (tmp_path / "runs").iterdir()
@@ -192,16 +205,17 @@ def test_a_logger_that_fails_is_told_no_more_and_the_run_and_the_other_loggers_g
     plugin.write_text(FAILING)
     proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
     assert proc.returncode == 0, proc.stderr
-    said = "plugin failing: runner_event failed on a epoch_end event (RuntimeError: the tracking server is down)"
+    said = "plugin failing: runner_event failed on event epoch_end (RuntimeError: the tracking server is down)"
     assert (proc.stdout + proc.stderr).count(said) == 1  # told once: then it gets no more events
     [run_dir] = (tmp_path / "runs").iterdir()
     assert_curves_are_the_log(run_dir, 3)
 
 
-def test_a_replayed_trial_end_adds_no_second_summary(tmp_path, monkeypatch):
-    """A resume passes the log's ``trial_complete`` events on again: a trial whose summary is
-    written keeps the one it has. (The clock moves on between writers, as it does between a
-    run and its resume: event files are named by the second.)"""
+def test_a_replay_writes_each_point_text_and_summary_once(tmp_path, monkeypatch):
+    """A resume passes the log's events on again: each curve's point and each text is
+    written again over what was there, and a trial whose summary is written keeps it.
+    (The clock moves on between writers, as it does between a run and its resume: event
+    files are named by the second.)"""
     import itertools
     import time
     from types import SimpleNamespace
@@ -214,17 +228,44 @@ def test_a_replayed_trial_end_adds_no_second_summary(tmp_path, monkeypatch):
     experiment = SimpleNamespace(run_dir=tmp_path, spec=SimpleNamespace(search=SimpleNamespace(metric="val_acc")))
     events = [
         {"event": "trial_start", "trial": 0},
+        {
+            "event": "nudge",
+            "trial": 0,
+            "epoch": 0,
+            "step": 1,
+            "changes": {"lr": {"old": 0.1, "new": 0.05}},
+            "source": "control",
+        },
         {"event": "epoch_end", "trial": 0, "epoch": 0, "step": 3, "train_loss": 1.5, "val_acc": 0.5, "seconds": 0.1},
         {"event": "trial_complete", "trial": 0, "state": "completed", "params": {"train.lr": 0.01}, "score": 0.5},
     ]
     for replayed in (False, True):
-        board = RunBoard(experiment, Options())
+        logged = RunBoard(experiment, Options())
         for event in events:
-            board.write(event, replayed)
-        board.close()
+            logged.write(event, replayed)
+        logged.close()
     assert len(list((tmp_path / "tensorboard" / "t000" / "hparams").iterdir())) == 1
-    assert [(s.step, s.value) for s in board_of(tmp_path, 0).Scalars("val_acc")] == [(1, 0.5)]
+    assert [(s.step, s.value) for s in board(tmp_path, 0).Scalars("val_acc")] == [(1, 0.5)]
+    assert [t.step for t in texts(tmp_path, 0, "nudges")] == [1]  # the replay's, alone
 
 
-def board_of(run_dir: Path, trial: int) -> EventAccumulator:
-    return board(run_dir, trial)
+LINK = """
+import os
+from pathlib import Path
+from runner import hookimpl
+
+@hookimpl
+def runner_experiment_start(experiment):  # before the first trial: the logger has written nothing yet
+    os.symlink(Path(__file__).with_name("elsewhere"), Path(experiment.run_dir) / "tensorboard")
+"""
+
+
+def test_the_tensorboard_logger_writes_nothing_through_a_link_planted_in_the_run_directory(tmp_path):
+    exp, plugin = tmp_path / "exp.json", tmp_path / "link.py"
+    (tmp_path / "elsewhere").mkdir()
+    exp.write_bytes(orjson.dumps(LOGGED))
+    plugin.write_text(LINK)
+    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
+    assert proc.returncode == 0, proc.stderr
+    assert "tensorboard is a symbolic link: the tensorboard logger writes nothing through it" in proc.stdout
+    assert list((tmp_path / "elsewhere").iterdir()) == []
