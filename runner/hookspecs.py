@@ -164,7 +164,8 @@ def runner_trial_complete(trial: Trial, result: TrialResult) -> None:
 def runner_event(experiment: Experiment, event: dict[str, Any], replayed: bool) -> None:
     """Called in the driver with each event the run writes to ``events.jsonl``, in the log's
     order, wherever its trial ran (in this process, a worker process, a Ray actor): the whole
-    run in one place, for a logger (``registry.add_logger``) to pass on.
+    run in one place, for a logger (``registry.add_logger``) to pass on. A plugin that
+    registered loggers is called only when the experiment lists one of them.
 
     ``event`` is the record as written (``docs/run-directory.md`` lists the kinds and their
     fields); do not change it. Called on a thread of its own, after the event is written, so

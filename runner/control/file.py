@@ -125,9 +125,7 @@ class ControlSchema:
 
     def recorded_bounds(self) -> dict[str, dict[str, float]]:
         """Each live setting's bounds, for ``status.json`` (``runner nudge`` checks by them
-        without loading the backend)."""
-        if self.train_cls is None:
-            return {name: dict(rule) for name, rule in self.bounds.items()}
+        without loading the backend). Called in the driver, on the schema of its backend."""
         return {name: rule for name in self.live if (rule := field_bounds(self.train_cls, name))}
 
     def check(self, name: str, value: Any, path: str) -> float | None:

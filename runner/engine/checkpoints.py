@@ -107,12 +107,6 @@ class SnapshotWriter:
         thread once it returned (error None: the file is durable) or raised."""
         self._jobs.put((write, done))
 
-    def flush(self) -> None:
-        """Block until every write queued so far has finished (and its ``done`` was called)."""
-        finished = threading.Event()
-        self._jobs.put((lambda: None, lambda error: finished.set()))
-        finished.wait()
-
     def close(self) -> None:
         """Finish every queued write, then stop the thread. Called once, at the end of a run."""
         self._jobs.put(None)

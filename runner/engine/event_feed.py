@@ -18,14 +18,22 @@ from runner.engine.plugin_manager import Plugins, each_plugin
 
 
 class EventFeed:
-    """Feeds ``runner_event`` of every plugin that implements it (no thread if none does).
-    A plugin whose hook raises is told no more events this run, and ``notify`` says why."""
+    """Feeds ``runner_event`` of every plugin that implements it, but for a plugin that
+    registered a logger the experiment does not list (no thread if none is left). A plugin
+    whose hook raises is told no more events this run, and ``notify`` says why."""
 
     def __init__(
         self, plugins: Plugins, experiment: Any, notify: Callable[[str], None], past: Iterable[dict[str, Any]] = ()
     ):
         self.experiment, self.notify = experiment, notify
-        self.callers = list(each_plugin(plugins.manager, "runner_event"))
+        unlisted = {
+            entry.plugin
+            for entry in plugins.registry.entries()
+            if entry.kind == "logger" and experiment.logger(entry.name) is None
+        }
+        self.callers = [
+            (name, call) for name, call in each_plugin(plugins.manager, "runner_event") if name not in unlisted
+        ]
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = None
         if self.callers:

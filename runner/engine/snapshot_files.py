@@ -25,9 +25,9 @@ from runner.records.files import replacing, temporary_of, write_all
 
 SUFFIX = ".safetensors"
 LEGACY_SUFFIX = ".npz"
-SNAPSHOT_NAME = re.compile(
-    r"e\d{5,}-s\d{9,}-n\d{6,}\.(?:safetensors|npz)"
-)  # as ``CheckpointStore.save`` names its files
+SNAPSHOT_NAME = re.compile(  # as ``CheckpointStore.save`` names its files
+    rf"e\d{{5,}}-s\d{{9,}}-n\d{{6,}}(?:{re.escape(SUFFIX)}|{re.escape(LEGACY_SUFFIX)})"
+)
 
 TRIAL_FOLDER = re.compile(r"t\d{3,}")  # as ``trial_folder`` names a trial's folder
 

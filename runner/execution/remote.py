@@ -27,6 +27,7 @@ import math
 import time
 from abc import abstractmethod
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from typing import Any
 from rich.markup import escape
 
 from runner.control.inbox import Delivery
-from runner.engine.checkpoints import SnapshotWriter
 from runner.engine.experiment import end_elsewhere
 from runner.engine.interrupt import FLAG, Interrupted
 from runner.engine.resume import newest_intact_snapshot, remove_trial_temporaries
@@ -88,7 +88,7 @@ class RemoteExecutor(Executor):
         self.interrupting = False
         self._last_death_check = 0.0
         self.snapshots = LocalSnapshots(session.run_dir, before_write=session.log.sync)  # for workers' questions
-        self._files: SnapshotWriter | None = None  # the thread that answers workers' snapshot questions, once asked
+        self._files: ThreadPoolExecutor | None = None  # the thread that answers workers' snapshot questions, in order
 
     # -- the transport: what a subclass provides ------------------------------------------------
 
@@ -154,7 +154,7 @@ class RemoteExecutor(Executor):
                 self.shutdown(now=aborting)
             finally:
                 if self._files is not None:  # (workers wait for their answers: none is queued by now)
-                    self._files.close()
+                    self._files.shutdown()
 
     # -- the driver's side of the protocol ------------------------------------------------------
 
@@ -243,13 +243,13 @@ class RemoteExecutor(Executor):
         if work is None:
             raise RunnerError(f"unknown question from the worker in slot {slot}: {question!r}")
         if self._files is None:
-            self._files = SnapshotWriter()
-        value: list[Any] = [None]
+            self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runner-driver-files")
 
-        def run() -> None:
-            value[0] = work(*args)
+        def reply(done: Future) -> None:  # on the files thread, before it takes the next question
+            error = done.exception()
+            self.send(slot, ("answer", token, None if error else done.result(), portable(error)))
 
-        self._files.submit(run, lambda error: self.send(slot, ("answer", token, value[0], portable(error))))
+        self._files.submit(work, *args).add_done_callback(reply)
 
     def snapshot_path(self, named: str, *, folder: bool = False) -> Path:
         """The path a worker named, if it is a snapshot file of one of this run's trial folders
@@ -280,8 +280,8 @@ class RemoteExecutor(Executor):
         past ``options.retries``, end it ``failed``. Either way the other trials go on, and
         what the dead worker left half written in the trial's folder is removed."""
         self.drain()
-        if self._files is not None:  # what it asked of the driver is done before its files are looked at
-            self._files.flush()
+        if self._files is not None:  # what it asked of the driver is done (and answered) before its files are looked at
+            self._files.submit(lambda: None).result()
         self.started.discard(slot)
         running = self.running.pop(slot, None)
         if running is None:  # it had finished after all

@@ -368,7 +368,7 @@ def with_loggers(raw: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     """A copy of the experiment ``raw`` whose ``loggers`` also name ``names`` (``runner start
     --logger``), those it names already left as they are."""
     listed = raw.get("loggers", [])
-    if not names or not isinstance(listed, list):
+    if not isinstance(listed, list):  # (parse refuses it, naming the section)
         return raw
     named = {item if isinstance(item, str) else item.get("name") for item in listed if isinstance(item, str | dict)}
     return {**raw, "loggers": [*listed, *(name for name in dict.fromkeys(names) if name not in named)]}
