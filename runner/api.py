@@ -86,6 +86,7 @@ def run(
     plugins: Iterable[str | os.PathLike] = (),
     seed: int | None = None,
     base_dir: str | os.PathLike | None = None,
+    loggers: Iterable[str] = (),
     quiet: bool = True,
 ) -> RunResult:
     """Run an experiment as ``runner start`` does, and return its results.
@@ -96,7 +97,8 @@ def run(
     module names (the installed plugins are always loaded). ``seed`` overrides the
     experiment's seed. Relative paths in the experiment (a data file) resolve against
     ``base_dir``: by default the file's folder, or for a dict the current directory.
-    ``quiet=False`` prints what ``runner start --plain`` prints.
+    ``loggers`` are logger names (``["tensorboard"]``) added to the experiment's ``loggers``
+    with their default options, as ``--logger`` adds them. ``quiet=False`` prints what ``runner start --plain`` prints.
 
     Raises ``runner.SpecError`` for a bad experiment (its message names the JSON path),
     ``runner.RunnerError`` for other bad input (a plugin that does not load, an output
@@ -115,6 +117,9 @@ def run(
     if isinstance(plugins, (str, os.PathLike)):
         raise TypeError(f"runner.run: plugins must be a list of plugin files or modules, such as [{str(plugins)!r}]")
     refs = tuple(os.fspath(p) for p in plugins)
+    logger_names = () if isinstance(loggers, str) else tuple(loggers)
+    if not all(isinstance(name, str) for name in logger_names) or isinstance(loggers, str):
+        raise TypeError(f"runner.run: loggers must be a list of logger names, such as ['tensorboard'], got {loggers!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"runner.run: seed must be an integer or None, got {type(seed).__name__}")
     started: list[Path] = []
@@ -125,6 +130,7 @@ def run(
             plugin_refs=refs,
             seed=seed,
             base_dir=None if base_dir is None else Path(base_dir),
+            loggers=logger_names,
             console=None if quiet else terminal(),
             on_run_dir=started.append,
         )

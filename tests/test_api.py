@@ -179,6 +179,8 @@ def test_arguments_of_the_wrong_type_are_a_type_error(write_experiment, tmp_path
         runner.run(3)
     with pytest.raises(TypeError, match=r"plugins must be a list .* such as \['my_plugin.py'\]"):
         runner.run(write_experiment(), plugins="my_plugin.py")
+    with pytest.raises(TypeError, match=r"loggers must be a list of logger names, such as \['tensorboard'\]"):
+        runner.run(write_experiment(), out=tmp_path, loggers="tensorboard")
     with pytest.raises(TypeError, match="seed must be an integer"):
         runner.run(write_experiment(), seed="3")
 

@@ -57,6 +57,9 @@ def test_the_built_wheel_holds_runner_alone_with_its_plugins_inside(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"runner", f"panda_caviar-{runner.__version__}.dist-info"}
     assert "runner/plugins/backends/numpy_mlp/network.py" in names
+    static = {path.name for path in (ROOT / "runner" / "dashboard" / "static").iterdir()}
+    assert {f"runner/dashboard/static/{name}" for name in static} <= set(names)  # the page, served from the install
+    assert {"index.html", "dashboard.js", "uPlot.iife.min.js", "uPlot.LICENSE"} <= static
     assert f"panda_caviar-{runner.__version__}.dist-info/licenses/LICENSE" in names
     entry_points = zipfile.ZipFile(wheel).read(f"panda_caviar-{runner.__version__}.dist-info/entry_points.txt").decode()
     modules = [line.split(" = ")[1] for line in entry_points.splitlines() if " = " in line and "cli:main" not in line]

@@ -39,6 +39,7 @@ def test_every_built_in_comes_through_the_entry_point_group():
         "asha",
         "pbt",
         "tensorboard",
+        "mlflow",
     }
     assert all(origin.startswith("panda-caviar ") for origin in plugins.origins.values())
     assert load_plugins(entry_points=False).registry.entries() == []

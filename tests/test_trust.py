@@ -16,6 +16,7 @@ from tests.test_cli import run_dir_of, runner
 
 BUILT_INS = {"numpy", "torch", "grid", "random", "coarse-to-fine", "panda-nudge", "digits", "spirals", "files"}
 BUILT_INS |= {"python", "inline", "process", "ray", "rollback", "optuna", "median", "asha", "pbt", "tensorboard"}
+BUILT_INS |= {"mlflow"}
 
 
 def marker_plugin(path: Path, marker: Path, body: str = "") -> Path:

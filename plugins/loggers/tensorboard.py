@@ -28,18 +28,15 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from runner import bounds, hookimpl
+from runner.plugins.loggers.folders import check_folder, real_folder
 
 NAME = "tensorboard"
 INSTALL = "needs tensorboardX: pip install 'panda-caviar[tensorboard]'"
 NOT_SCALARS = ("t", "trial", "epoch", "step", "seconds")  # the epoch_end fields that are not curves
-
-
-# What runner itself keeps in a run directory (docs/run-directory.md): the logger's folder is none of them.
-RUNNERS_OWN = ("trials", "report", "events.jsonl", "status.json", "control.json", "results.json", "experiment.json")
 
 
 @dataclass(frozen=True)
@@ -52,26 +49,7 @@ class Options:
     )
 
     def __post_init__(self) -> None:
-        parts = PurePosixPath(self.folder).parts
-        if not parts or PurePosixPath(self.folder).is_absolute() or ".." in parts:
-            raise ValueError(
-                f'folder must be a folder inside the run directory, such as "tensorboard"; got {self.folder!r}'
-            )
-        if parts[0] in RUNNERS_OWN or parts[0].startswith("."):
-            raise ValueError(f"folder must not be {parts[0]!r}: runner keeps its own files there")
-
-
-def real_folder(run_dir: Path, folder: Path) -> Path:
-    """``folder``, inside ``run_dir``, made where it is missing; every folder from the run
-    directory down must be a real one: an OSError names a symbolic link planted on the way,
-    and nothing is written through it."""
-    path = run_dir
-    for part in folder.relative_to(run_dir).parts:
-        path = path / part
-        if path.is_symlink():
-            raise OSError(f"{path} is a symbolic link: the tensorboard logger writes nothing through it")
-        path.mkdir(exist_ok=True)
-    return folder
+        check_folder(self.folder, NAME)
 
 
 class TrialBoard:
@@ -89,7 +67,7 @@ class TrialBoard:
         if self.writer is None or purge_step is not None:
             self.close()
             self.writer = SummaryWriter(
-                str(real_folder(self.run_dir, self.folder)),
+                str(real_folder(self.run_dir, self.folder, NAME)),
                 purge_step=purge_step,
                 filename_suffix=f".{time.time_ns()}",
                 flush_secs=5,
@@ -154,7 +132,7 @@ class RunBoard:
         metrics = {f"best/{self.metric}": float(score) if score is not None else math.nan}
         board = self.trial(event["trial"])
         writer = board.open()
-        real_folder(self.run_dir, board.folder / "hparams")  # (where add_hparams writes)
+        real_folder(self.run_dir, board.folder / "hparams", NAME)  # (where add_hparams writes)
         writer.add_hparams({**hparams, "state": event["state"]}, metrics, name="hparams")
 
     def close(self) -> None:

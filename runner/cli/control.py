@@ -13,8 +13,8 @@ from runner.cli.errors import damaged_if_misread, reported_errors
 from runner.cli.group import main
 from runner.cli.options import latest_run_option, named_run_dir, parse_setting, plugin_option
 from runner.control.file import FILE_NAME as CONTROL_FILE
-from runner.control.file import ROLLBACK_TARGETS, ControlError, ControlSchema, trial_id
-from runner.control.nudge import Change, latest_run, read_status, send
+from runner.control.file import ROLLBACK_TARGETS, trial_id
+from runner.control.nudge import Change, check_change, control_schema, latest_run, read_status, send
 from runner.errors import RunnerError, SpecError
 
 
@@ -59,12 +59,8 @@ def nudge(
     """
     with reported_errors():
         run_dir, change = _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint, out)
-        schema = _control_schema(run_dir, plugin_refs)
-        for name, value in change.settings.items():
-            try:
-                schema.check(name, value, name)
-            except ControlError as err:
-                raise RunnerError(f"not sent: {err}", exit_code=2) from None
+        schema = control_schema(run_dir, plugin_refs)
+        check_change(schema, change)
         read = send(run_dir, change, schema, None if no_wait else timeout)
         if read is None:
             click.echo(f"written to {run_dir / CONTROL_FILE}")
@@ -113,51 +109,6 @@ def _parse_nudge(args, trial_ref, rollback_to, pause, unpause, stop, checkpoint,
     except SpecError as err:
         raise RunnerError(str(err), exit_code=2) from None
     return run_dir, Change(settings, actions, trial)
-
-
-def _control_schema(run_dir: Path, plugin_refs: tuple[str, ...]) -> ControlSchema:
-    """What the run's backend lets a person change, checked before anything is written.
-
-    The settings and their bounds as the run recorded them in ``status.json``, which needs
-    no plugin loaded (``runner nudge`` answers in a fraction of a second). A run that did
-    not record bounds (runner 0.2) is checked by its backend's class, from the installed
-    plugins and ``--plugin`` alone, never from code the run directory names; a backend they
-    lack, by the settings ``status.json`` lists, as finite numbers. The run checks every
-    change again when it reads the file, and ``runner nudge`` reports its refusal."""
-    control = read_status(run_dir)["control"]
-    live, bounds = control.get("settings"), control.get("bounds")
-    listed = isinstance(live, list) and all(isinstance(setting, str) for setting in live)
-    if listed and recorded_bounds(bounds):
-        return ControlSchema(tuple(live), bounds=bounds)
-    from runner.engine.plugin_manager import load_plugins
-    from runner.experiment_file.spec import DEFAULT_PLUGINS, read_json
-
-    experiment = read_json(run_dir / "experiment.json")
-    backend = experiment.get("backend", DEFAULT_PLUGINS["backend"]) if isinstance(experiment, dict) else None
-    name = backend.get("name") if isinstance(backend, dict) else backend
-    try:
-        backend_cls = load_plugins(plugin_refs).registry.get("backend", str(name))
-        model = experiment.get("model", {}) if isinstance(experiment, dict) else {}
-        return ControlSchema.for_backend(backend_cls.for_model(model if isinstance(model, dict) else {}))
-    except SpecError:
-        pass  # not installed here, or unavailable
-    if not listed:
-        raise RunnerError(
-            f"cannot tell which settings the run's backend {name!r} takes: it is not installed here and "
-            f"{run_dir / 'status.json'} does not list them; give the backend's --plugin",
-            exit_code=2,
-        )
-    return ControlSchema(tuple(live))
-
-
-def recorded_bounds(bounds: object) -> bool:
-    """Whether ``status.json``'s ``control.bounds`` is what a run writes there (a damaged or
-    edited one sends ``runner nudge`` to the backend's class instead)."""
-    return isinstance(bounds, dict) and all(
-        isinstance(rule, dict)
-        and all(key in ("gt", "ge", "lt", "le") and type(limit) in (int, float) for key, limit in rule.items())
-        for rule in bounds.values()
-    )
 
 
 @main.command()

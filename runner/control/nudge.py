@@ -22,7 +22,7 @@ import orjson
 
 from runner.control.file import FILE_NAME as CONTROL_FILE
 from runner.control.file import ControlError, ControlSchema, parse, render, trial_id
-from runner.errors import RunnerError
+from runner.errors import RunnerError, SpecError
 from runner.inputs import CONTROL_FILE as CONTROL_LIMIT
 from runner.inputs import STATUS_FILE as STATUS_LIMIT
 from runner.inputs import InputError, read_bytes
@@ -83,6 +83,62 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     return doc
 
 
+def control_schema(run_dir: Path, plugin_refs: tuple[str, ...] = ()) -> ControlSchema:
+    """What the run's backend lets a person change, checked before anything is written
+    (``runner nudge``, the dashboard).
+
+    The settings and their bounds as the run recorded them in ``status.json``, which needs
+    no plugin loaded (``runner nudge`` answers in a fraction of a second). A run that did
+    not record bounds (runner 0.2) is checked by its backend's class, from the installed
+    plugins and ``--plugin`` alone, never from code the run directory names; a backend they
+    lack, by the settings ``status.json`` lists, as finite numbers. The run checks every
+    change again when it reads the file, and ``runner nudge`` reports its refusal."""
+    control = read_status(run_dir)["control"]
+    live, bounds = control.get("settings"), control.get("bounds")
+    listed = isinstance(live, list) and all(isinstance(setting, str) for setting in live)
+    if listed and recorded_bounds(bounds):
+        return ControlSchema(tuple(live), bounds=bounds)
+    from runner.engine.plugin_manager import load_plugins
+    from runner.experiment_file.spec import DEFAULT_PLUGINS, read_json
+
+    experiment = read_json(run_dir / "experiment.json")
+    backend = experiment.get("backend", DEFAULT_PLUGINS["backend"]) if isinstance(experiment, dict) else None
+    name = backend.get("name") if isinstance(backend, dict) else backend
+    try:
+        backend_cls = load_plugins(plugin_refs).registry.get("backend", str(name))
+        model = experiment.get("model", {}) if isinstance(experiment, dict) else {}
+        return ControlSchema.for_backend(backend_cls.for_model(model if isinstance(model, dict) else {}))
+    except SpecError:
+        pass  # not installed here, or unavailable
+    if not listed:
+        raise RunnerError(
+            f"cannot tell which settings the run's backend {name!r} takes: it is not installed here and "
+            f"{run_dir / 'status.json'} does not list them; give the backend's --plugin",
+            exit_code=2,
+        )
+    return ControlSchema(tuple(live))
+
+
+def recorded_bounds(bounds: object) -> bool:
+    """Whether ``status.json``'s ``control.bounds`` is what a run writes there (a damaged or
+    edited one sends ``runner nudge`` to the backend's class instead)."""
+    return isinstance(bounds, dict) and all(
+        isinstance(rule, dict)
+        and all(key in ("gt", "ge", "lt", "le") and type(limit) in (int, float) for key, limit in rule.items())
+        for rule in bounds.values()
+    )
+
+
+def check_change(schema: ControlSchema, change: Change) -> None:
+    """Before anything is written (``runner nudge``, the dashboard): a RunnerError (exit 2)
+    naming the first setting of ``change`` that ``schema`` refuses, as the person wrote it."""
+    for name, value in change.settings.items():
+        try:
+            schema.check(name, value, name)
+        except ControlError as err:
+            raise RunnerError(f"not sent: {err}", exit_code=2) from None
+
+
 @contextmanager
 def control_lock(run_dir: Path):
     """One ``runner nudge`` at a time edits a run's control file. The lock file is never
@@ -141,10 +197,29 @@ def _names(key: str, trial: int) -> bool:
 
 
 def send(run_dir: Path, change: Change, schema: ControlSchema, timeout: float | None) -> dict[str, Any] | None:
-    """Write the change into the control file and, unless ``timeout`` is None, wait for the
-    run's record of reading it (see ``wait``). Raises RunnerError if the run is not running,
-    or the file or the change is not valid (then nothing is written). The control lock is
-    held until the run has answered, so two ``runner nudge`` never race."""
+    """Write the change into the control file (as ``write_change`` does) and, unless
+    ``timeout`` is None, wait for the run's record of reading it (see ``wait``). The control
+    lock is held until the run has answered, so two ``runner nudge`` never race."""
+    check_running(run_dir, change)
+    with control_lock(run_dir):
+        sha, reads = _write_change(run_dir, change, schema)
+        return None if timeout is None else wait(run_dir, sha, reads, timeout)
+
+
+def write_change(run_dir: Path, change: Change, schema: ControlSchema) -> tuple[str, int]:
+    """Write the change into the control file, under the control lock, and return at once:
+    the SHA-256 of the version written and how many versions the run had read before it,
+    by which ``wait`` (or a page watching ``status.json``: the dashboard) finds the run's
+    verdict. Raises RunnerError if the run is not running, or the file or the change is not
+    valid (then nothing is written)."""
+    check_running(run_dir, change)
+    with control_lock(run_dir):
+        return _write_change(run_dir, change, schema)
+
+
+def check_running(run_dir: Path, change: Change) -> None:
+    """A RunnerError unless a runner process runs ``run_dir`` and the trial ``change`` names
+    (if any) is running in it."""
     status = read_status(run_dir)
     if not run_is_held(run_dir):
         raise RunnerError(
@@ -156,27 +231,28 @@ def send(run_dir: Path, change: Change, schema: ControlSchema, timeout: float | 
     if change.trial is not None and str(change.trial) not in status["trials"]:
         names = ", ".join(f"t{int(t):03d}" for t in sorted(status["trials"], key=int)) or "none"
         raise RunnerError(f"trial {change.trial} is not running (running: {names}); nothing was written", exit_code=2)
+
+
+def _write_change(run_dir: Path, change: Change, schema: ControlSchema) -> tuple[str, int]:
+    """``write_change``'s work, with the control lock held."""
     path = run_dir / CONTROL_FILE
-    with control_lock(run_dir):
-        try:
-            current = read_bytes(path, CONTROL_LIMIT)
-            parse(current, schema)
-        except ControlError as err:
-            raise RunnerError(
-                f"{path} is not valid now, so it was left alone: {err}. Fix it first; "
-                "the run keeps its last valid settings",
-                exit_code=2,
-            ) from None
-        data = render(edit(orjson.loads(current), change, used_action_ids(run_dir)))
-        try:
-            parse(data, schema)
-        except ControlError as err:
-            raise RunnerError(f"not sent: {err}", exit_code=2) from None
-        reads = read_status(run_dir)["control"]["reads"]
-        atomic_write(path, data)
-        if timeout is None:
-            return None
-        return wait(run_dir, hashlib.sha256(data).hexdigest(), reads, timeout)
+    try:
+        current = read_bytes(path, CONTROL_LIMIT)
+        parse(current, schema)
+    except ControlError as err:
+        raise RunnerError(
+            f"{path} is not valid now, so it was left alone: {err}. Fix it first; "
+            "the run keeps its last valid settings",
+            exit_code=2,
+        ) from None
+    data = render(edit(orjson.loads(current), change, used_action_ids(run_dir)))
+    try:
+        parse(data, schema)
+    except ControlError as err:
+        raise RunnerError(f"not sent: {err}", exit_code=2) from None
+    reads = read_status(run_dir)["control"]["reads"]
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest(), reads
 
 
 def awaiting_verdict(read: dict[str, Any], status: dict[str, Any]) -> bool:

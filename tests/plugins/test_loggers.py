@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 
+import runner as runner_api
 from runner.engine.plugin_manager import load_plugins
 from runner.errors import SpecError
 from runner.experiment_file.spec import parse, with_loggers
@@ -187,6 +188,9 @@ def test_the_loggers_section_and_the_logger_option(tmp_path):
     [run_dir] = (tmp_path / "runs").iterdir()
     assert orjson.loads((run_dir / "experiment.json").read_bytes())["loggers"] == ["tensorboard"]
     assert [s.step for s in board(run_dir, 0).Scalars("val_acc")] == [1]
+    result = runner_api.run(exp, out=tmp_path / "api", loggers=["tensorboard"])  # the Python API's --logger
+    assert orjson.loads((result.run_dir / "experiment.json").read_bytes())["loggers"] == ["tensorboard"]
+    assert [s.step for s in board(result.run_dir, 0).Scalars("val_acc")] == [1]
 
 
 FAILING = """
