@@ -190,7 +190,8 @@ def runner_trial_start(trial):
     for _ in range(600):
         for saved in Path(__file__).parent.glob("killed/*/mlflow/runs.json"):
             client = MlflowClient(tracking_uri="sqlite:///" + str(saved.with_name("mlflow.db")))
-            if client.search_runs(["1"], filter_string="tags.`runner.state` = 'completed'"):
+            ended = "tags.`runner.state` = 'completed' and attributes.status = 'FINISHED'"  # (set last)
+            if client.search_runs(["1"], filter_string=ended):
                 return
         time.sleep(0.1)
 """
