@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from runner.dashboard.runs import ServedRuns
 
 INSTALL = "runner dashboard needs Starlette and uvicorn: pip install 'panda-caviar[dashboard]'"
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from runner.errors import SpecError
 from runner.experiment_file.spec import parse, with_loggers
 from runner.records.events import read_run
 from tests.conftest import QUICK, deep_update, run_file
+from tests.plugins.logger_plugins import STEERED, assert_nothing_written_through_a_link
 from tests.test_resume import resume, runner, start
 
 pytest.importorskip("tensorboardX")
@@ -93,24 +94,6 @@ def run_file_of(tmp_path: Path, experiment: dict, plugins=()):
     path = tmp_path / "exp.json"
     path.write_bytes(orjson.dumps(experiment))
     return run_file(path, tmp_path, plugins)
-
-
-# A nudge at the end of the first epoch, and a rollback to the snapshot after two epochs at the
-# end of the fourth, once each.
-STEERED = """
-from runner import Nudge, Rollback, hookimpl
-
-done = set()
-
-@hookimpl
-def runner_epoch_end(trial, epoch, metrics):
-    if trial.id == 0 and epoch == 0 and "nudge" not in done:
-        done.add("nudge")
-        return Nudge(lr=0.002, reason="slower")
-    if trial.id == 0 and epoch == 3 and "rollback" not in done:
-        done.add("rollback")
-        return Rollback(to=2, reason="back to before epoch 3")
-"""
 
 
 def test_nudges_and_rollbacks_are_text_and_a_rollback_leaves_only_the_path_taken(tmp_path):
@@ -253,23 +236,5 @@ def test_a_replay_writes_each_point_text_and_summary_once(tmp_path, monkeypatch)
     assert [t.step for t in texts(tmp_path, 0, "nudges")] == [1]  # the replay's, alone
 
 
-LINK = """
-import os
-from pathlib import Path
-from runner import hookimpl
-
-@hookimpl
-def runner_experiment_start(experiment):  # before the first trial: the logger has written nothing yet
-    os.symlink(Path(__file__).with_name("elsewhere"), Path(experiment.run_dir) / "tensorboard")
-"""
-
-
 def test_the_tensorboard_logger_writes_nothing_through_a_link_planted_in_the_run_directory(tmp_path):
-    exp, plugin = tmp_path / "exp.json", tmp_path / "link.py"
-    (tmp_path / "elsewhere").mkdir()
-    exp.write_bytes(orjson.dumps(LOGGED))
-    plugin.write_text(LINK)
-    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
-    assert proc.returncode == 0, proc.stderr
-    assert "tensorboard is a symbolic link: the tensorboard logger writes nothing through it" in proc.stdout
-    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert_nothing_written_through_a_link(tmp_path, LOGGED, "tensorboard")

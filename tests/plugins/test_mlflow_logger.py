@@ -18,7 +18,8 @@ from runner.errors import SpecError
 from runner.experiment_file.spec import parse
 from runner.records.events import read_run
 from tests.conftest import QUICK, deep_update, run_file
-from tests.test_resume import resume, runner, start
+from tests.plugins.logger_plugins import STEERED, assert_nothing_written_through_a_link
+from tests.test_resume import resume, start
 
 pytest.importorskip("mlflow")
 pytest.importorskip("sqlalchemy")
@@ -125,24 +126,6 @@ def test_the_run_and_each_trial_are_mlflow_runs_of_its_settings_curves_state_and
         assert meta["score"] == result.score and meta["best"] == result.best and meta["metric"] == "val_acc"
         assert meta["snapshot"] == {k: newest[k] for k in ("path", "epoch", "step", "reason", "rollbacks")}
         assert (run.run_dir / meta["snapshot"]["path"]).is_file()
-
-
-# A nudge at the end of the first epoch, and a rollback to the snapshot after two epochs at the
-# end of the fourth, once each.
-STEERED = """
-from runner import Nudge, Rollback, hookimpl
-
-done = set()
-
-@hookimpl
-def runner_epoch_end(trial, epoch, metrics):
-    if trial.id == 0 and epoch == 0 and "nudge" not in done:
-        done.add("nudge")
-        return Nudge(lr=0.002, reason="slower")
-    if trial.id == 0 and epoch == 3 and "rollback" not in done:
-        done.add("rollback")
-        return Rollback(to=2, reason="back to before epoch 3")
-"""
 
 
 def test_a_rollback_leaves_one_point_per_step_the_path_taken_and_nudges_and_rollbacks_are_tags(tmp_path):
@@ -277,26 +260,10 @@ def test_the_options_and_their_refusals():
         assert err.value.path.startswith("loggers[0]") and message in err.value.message, (text, err.value)
 
 
-LINK = """
-import os
-from pathlib import Path
-from runner import hookimpl
-
-@hookimpl
-def runner_experiment_start(experiment):  # before the logger's first write
-    os.symlink(Path(__file__).with_name("elsewhere"), Path(experiment.run_dir) / "mlflow")
-"""
-
-
 def test_the_mlflow_logger_writes_nothing_through_a_link_planted_in_the_run_directory(tmp_path):
-    exp, plugin = tmp_path / "exp.json", tmp_path / "link.py"
-    (tmp_path / "elsewhere").mkdir()
-    exp.write_bytes(orjson.dumps(deep_update(LOGGED, {"search": {"strategy": {"trials": 1}}})))
-    plugin.write_text(LINK)
-    proc = runner("start", exp, "--out", tmp_path / "runs", "--plain", "--plugin", plugin)
-    assert proc.returncode == 0, proc.stderr
-    assert "mlflow is a symbolic link: the mlflow logger writes nothing through it" in proc.stdout
-    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert_nothing_written_through_a_link(
+        tmp_path, deep_update(LOGGED, {"search": {"strategy": {"trials": 1}}}), "mlflow"
+    )
 
 
 def test_states_as_mlflow_statuses_an_interruption_and_a_resume_that_goes_back(tmp_path):

@@ -363,7 +363,12 @@ class Steering {
       const read = newer.find((r) => r.sha256 === entry.sha);
       if (read) {
         if (read.outcome === "rejected") { entry.settled = true; this.show(entry, "refused", read.message); continue; }
-        if (read.orders.some((o) => o.state === "pending") && !ended) { this.show(entry, "pending", "read by the run; applying"); continue; }
+        if (read.orders.some((o) => o.state === "pending")) {
+          if (!ended) { this.show(entry, "pending", "read by the run; applying"); continue; }
+          entry.settled = true;
+          this.show(entry, "dropped", "the run ended before it carried this out");
+          continue;
+        }
         const onTrial = read.orders.filter((o) => o.refusable_until != null && status.trials[o.trial]?.state === "running");
         const bad = read.orders.find((o) => o.state !== "applied");
         const where = read.orders.map((o) => `${trialName(o.trial)} at step ${o.step ?? "–"}`).join(", ");
