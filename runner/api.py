@@ -98,7 +98,8 @@ def run(
     experiment's seed. Relative paths in the experiment (a data file) resolve against
     ``base_dir``: by default the file's folder, or for a dict the current directory.
     ``loggers`` are logger names (``["tensorboard"]``) added to the experiment's ``loggers``
-    with their default options, as ``--logger`` adds them. ``quiet=False`` prints what ``runner start --plain`` prints.
+    with their default options, as ``--logger`` adds them. ``quiet=False`` prints what
+    ``runner start --plain`` prints.
 
     Raises ``runner.SpecError`` for a bad experiment (its message names the JSON path),
     ``runner.RunnerError`` for other bad input (a plugin that does not load, an output
@@ -118,7 +119,7 @@ def run(
         raise TypeError(f"runner.run: plugins must be a list of plugin files or modules, such as [{str(plugins)!r}]")
     refs = tuple(os.fspath(p) for p in plugins)
     logger_names = () if isinstance(loggers, str) else tuple(loggers)
-    if not all(isinstance(name, str) for name in logger_names) or isinstance(loggers, str):
+    if isinstance(loggers, str) or not all(isinstance(name, str) for name in logger_names):
         raise TypeError(f"runner.run: loggers must be a list of logger names, such as ['tensorboard'], got {loggers!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"runner.run: seed must be an integer or None, got {type(seed).__name__}")
