@@ -18,13 +18,16 @@ force, and what a page watching a run costs its training, in one command.
 3. **Cost to training.** ``runner start`` of the same experiment with ``--train-epochs``
    epochs (the default 150), timed whole, with and without a dashboard (``--out`` the run's
    folder, started before the run, as a person's would be) streaming it to one reader from
-   its first epoch, in alternating order for ``--rounds`` rounds; the ratio of the medians.
+   its first epoch, in alternating order for ``--rounds`` rounds; the ratio of the medians,
+   and the dashboard process's own CPU time over each run it streamed (``/proc/PID/stat``),
+   which does not drown in the noise of whole-run times as the ratio can.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -111,6 +114,12 @@ def latencies(folder: Path, epochs: int, orders: int) -> None:
         process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, all its threads (Linux: /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_along(stream) -> None:
     """A page reading the stream until it ends."""
     try:
@@ -123,11 +132,13 @@ def read_along(stream) -> None:
 def cost(folder: Path, epochs: int, rounds: int) -> None:
     exp = experiment(folder, epochs)
     times: dict[str, list[float]] = {"without": [], "with": []}
+    busy: list[float] = []  # the dashboard process's CPU seconds over each run it streamed
     for r in range(rounds):
         for mode in ("without", "with") if r % 2 == 0 else ("with", "without"):
             out = folder / f"cost-{r}-{mode}"
             out.mkdir()
             board = Dashboard("--out", out) if mode == "with" else None  # serving already, as a person's would be
+            cpu_before = cpu_seconds(board.process.pid) if board else 0.0
             began = time.perf_counter()
             process = subprocess.Popen(
                 [sys.executable, "-m", "runner", "start", exp, "--out", out, "--plain"],
@@ -141,8 +152,13 @@ def cost(folder: Path, epochs: int, rounds: int) -> None:
             process.wait()
             times[mode].append(time.perf_counter() - began)
             if board is not None:
+                busy.append(cpu_seconds(board.process.pid) - cpu_before)
                 board.close()  # (its stream ends, and the reader with it)
     without, with_ = statistics.median(times["without"]), statistics.median(times["with"])
+    print(
+        f"\nthe dashboard's own CPU time while it streamed each run: {', '.join(f'{b:.2f}' for b in busy)} s, "
+        f"{100 * statistics.median(busy) / with_:.1f} % of one core"
+    )
     print(
         f"\n`runner start` of {epochs} epochs, median of {rounds}: without a dashboard {without:.2f} s, "
         f"with one streaming it {with_:.2f} s: ratio {with_ / without:.3f}"
