@@ -76,7 +76,7 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(runs: ServedRuns, sock: socket.socket, announce: Callable[[str], None], token: str | None = None) -> None:
+def serve(runs: ServedRuns, sock: socket.socket, announce: Callable[[str], None]) -> None:
     """Serve ``runs`` on the listening ``sock`` until interrupted. ``announce`` gets the
     page's address, with its token, once the server is about to answer."""
     import uvicorn
@@ -85,7 +85,7 @@ def serve(runs: ServedRuns, sock: socket.socket, announce: Callable[[str], None]
 
     host, port = sock.getsockname()[:2]
     address = Address(host, port)
-    token = token or secrets.token_urlsafe(24)
+    token = secrets.token_urlsafe(24)
     app = create_app(runs, token, hosts=address.hosts(), origins=address.origins())
     announce(f"http://{address.url_host}:{port}/?token={token}")
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, access_log=False)

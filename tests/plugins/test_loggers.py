@@ -18,8 +18,14 @@ from runner.engine.plugin_manager import load_plugins
 from runner.errors import SpecError
 from runner.experiment_file.spec import parse, with_loggers
 from runner.records.events import read_run
-from tests.conftest import QUICK, deep_update, run_file
-from tests.plugins.logger_plugins import STEERED, assert_nothing_written_through_a_link
+from tests.conftest import QUICK, deep_update
+from tests.plugins.logger_plugins import (
+    assert_nothing_written_through_a_link,
+    curves_in_log,
+    logged_experiment,
+    run_file_of,
+    steered_run,
+)
 from tests.test_resume import resume, runner, start
 
 pytest.importorskip("tensorboardX")
@@ -29,15 +35,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-LOGGED = deep_update(
-    QUICK,
-    {
-        "name": "logged",
-        "train": {"epochs": 4},
-        "loggers": ["tensorboard"],
-        "search": {"strategy": {"name": "random", "trials": 3}, "space": {"train.lr": {"low": 0.003, "high": 0.03}}},
-    },
-)
+LOGGED = logged_experiment("tensorboard")
 CURVES = ("train_loss", "val_loss", "val_acc", "lr")
 
 
@@ -55,23 +53,12 @@ def texts(run_dir: Path, trial: int, tag: str) -> list:
     return accumulator.Tensors(f"{tag}/text_summary")
 
 
-def curves_in_log(events: list[dict], trial: int) -> dict[str, dict[int, float]]:
-    """Each curve's value per step (epochs completed) as the log has it now: the last
-    ``epoch_end`` of each epoch (a rollback trains an epoch again)."""
-    curves: dict[str, dict[int, float]] = {name: {} for name in CURVES}
-    for e in events:
-        if e["event"] == "epoch_end" and e["trial"] == trial:
-            for name in CURVES:
-                curves[name][e["epoch"] + 1] = e[name]
-    return curves
-
-
 def assert_curves_are_the_log(run_dir: Path, trials: int) -> None:
     """Every curve of every trial holds each step once, with the log's value to float32."""
     events = read_run(run_dir)
     for trial in range(trials):
         accumulator = board(run_dir, trial)
-        for name, points in curves_in_log(events, trial).items():
+        for name, points in curves_in_log(events, trial, CURVES).items():
             steps = [s.step for s in accumulator.Scalars(name)]
             assert steps == sorted(points), (trial, name, steps)
             assert [s.value for s in accumulator.Scalars(name)] == [np.float32(v) for v in points.values()]
@@ -90,19 +77,8 @@ def test_each_trial_is_a_tensorboard_run_of_its_curves_and_searched_values(tmp_p
         assert best.value == np.float32(result.score)
 
 
-def run_file_of(tmp_path: Path, experiment: dict, plugins=()):
-    path = tmp_path / "exp.json"
-    path.write_bytes(orjson.dumps(experiment))
-    return run_file(path, tmp_path, plugins)
-
-
 def test_nudges_and_rollbacks_are_text_and_a_rollback_leaves_only_the_path_taken(tmp_path):
-    plugin = tmp_path / "steer.py"
-    plugin.write_text(STEERED)
-    run = run_file_of(tmp_path, deep_update(LOGGED, {"search": {"strategy": {"trials": 1}}}), [str(plugin)])
-    events = read_run(run.run_dir)
-    [rollback] = [e for e in events if e["event"] == "rollback"]
-    assert rollback["to_epoch"] == 2 and len([e for e in events if e["event"] == "epoch_end"]) == 6
+    run = steered_run(tmp_path, LOGGED)
     assert_curves_are_the_log(run.run_dir, 1)  # epoch 3 once: as trained again after the rollback
     [nudge] = texts(run.run_dir, 0, "nudges")
     lr = run.board[0].params["train.lr"]

@@ -17,8 +17,14 @@ from runner.engine.plugin_manager import load_plugins
 from runner.errors import SpecError
 from runner.experiment_file.spec import parse
 from runner.records.events import read_run
-from tests.conftest import QUICK, deep_update, run_file
-from tests.plugins.logger_plugins import STEERED, assert_nothing_written_through_a_link
+from tests.conftest import QUICK, deep_update
+from tests.plugins.logger_plugins import (
+    assert_nothing_written_through_a_link,
+    curves_in_log,
+    logged_experiment,
+    run_file_of,
+    steered_run,
+)
 from tests.test_resume import resume, start
 
 pytest.importorskip("mlflow")
@@ -32,15 +38,7 @@ from mlflow.utils.file_utils import path_to_local_file_uri, path_to_local_sqlite
 # SQLAlchemy 2.1 warns about a loader MLflow's store still uses: MLflow's to mend, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
-LOGGED = deep_update(
-    QUICK,
-    {
-        "name": "logged",
-        "train": {"epochs": 4},
-        "loggers": ["mlflow"],
-        "search": {"strategy": {"name": "random", "trials": 3}, "space": {"train.lr": {"low": 0.003, "high": 0.03}}},
-    },
-)
+LOGGED = logged_experiment("mlflow")
 CURVES = ("train_loss", "val_loss", "val_acc", "lr", "momentum", "beta2")
 
 
@@ -60,17 +58,6 @@ def runs_of(client: MlflowClient, experiment: str = "logged") -> tuple:
     return parent, by_trial
 
 
-def histories_in_log(events: list[dict], trial: int) -> dict[str, dict[int, float]]:
-    """Each metric's value per step (epochs completed) as the log has it now: the last
-    ``epoch_end`` of each epoch (a rollback trains an epoch again)."""
-    curves: dict[str, dict[int, float]] = {name: {} for name in CURVES}
-    for e in events:
-        if e["event"] == "epoch_end" and e["trial"] == trial:
-            for name in CURVES:
-                curves[name][e["epoch"] + 1] = e[name]
-    return curves
-
-
 def assert_histories_are_the_log(run_dir: Path, trials: int, client: MlflowClient | None = None) -> dict:
     """Every metric of every trial's run holds each step once, with the log's exact value."""
     client = client or client_of(run_dir)
@@ -78,7 +65,7 @@ def assert_histories_are_the_log(run_dir: Path, trials: int, client: MlflowClien
     _, runs = runs_of(client)
     assert sorted(runs) == list(range(trials))
     for trial, run in runs.items():
-        for name, points in histories_in_log(events, trial).items():
+        for name, points in curves_in_log(events, trial, CURVES).items():
             history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
             assert history == sorted(points.items()), (trial, name)
     return runs
@@ -87,12 +74,6 @@ def assert_histories_are_the_log(run_dir: Path, trials: int, client: MlflowClien
 def artifact(run_id: str, path: str, tracking_uri: str, tmp_path: Path):
     local = download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(tmp_path), tracking_uri=tracking_uri)
     return orjson.loads(Path(local).read_bytes())
-
-
-def run_file_of(tmp_path: Path, experiment: dict, plugins=()):
-    path = tmp_path / "exp.json"
-    path.write_bytes(orjson.dumps(experiment))
-    return run_file(path, tmp_path, plugins)
 
 
 def test_the_run_and_each_trial_are_mlflow_runs_of_its_settings_curves_state_and_artifacts(tmp_path):
@@ -129,12 +110,7 @@ def test_the_run_and_each_trial_are_mlflow_runs_of_its_settings_curves_state_and
 
 
 def test_a_rollback_leaves_one_point_per_step_the_path_taken_and_nudges_and_rollbacks_are_tags(tmp_path):
-    plugin = tmp_path / "steer.py"
-    plugin.write_text(STEERED)
-    run = run_file_of(tmp_path, deep_update(LOGGED, {"search": {"strategy": {"trials": 1}}}), [str(plugin)])
-    events = read_run(run.run_dir)
-    [rollback] = [e for e in events if e["event"] == "rollback"]
-    assert rollback["to_epoch"] == 2 and len([e for e in events if e["event"] == "epoch_end"]) == 6
+    run = steered_run(tmp_path, LOGGED)
     [trial] = assert_histories_are_the_log(run.run_dir, 1).values()  # epochs 3 and 4 once: as trained again
     lr = run.board[0].params["train.lr"]
     assert trial.data.tags["runner.nudges"] == f"step 2: plugin: lr {lr:g} → 0.002 (slower)"
@@ -231,7 +207,7 @@ def test_a_tracking_uri_and_an_experiment_name_of_ones_own(tmp_path):
         [trial] = [r for r in found if r.data.tags.get("mlflow.parentRunId") == saved["parent_run_id"]]
         assert trial.info.artifact_uri.startswith(logger["artifact_location"])
         history = [(m.step, m.value) for m in client.get_metric_history(trial.info.run_id, "val_loss")]
-        assert history == sorted(histories_in_log(run.events, 0)["val_loss"].items())
+        assert history == sorted(curves_in_log(run.events, 0, CURVES)["val_loss"].items())
 
 
 def test_the_options_and_their_refusals():
